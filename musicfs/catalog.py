@@ -1,0 +1,228 @@
+"""SQLite catalog: files and their tags, origin identity, chunk manifests, scan state, inodes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+from dataclasses import dataclass, fields
+from typing import Iterable, Iterator
+
+from . import points
+from .errors import CatalogCorrupt, CatalogError
+from .failpoints import fail_point
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS files(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    path TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, etag TEXT NOT NULL DEFAULT '',
+    artist TEXT, albumartist TEXT, album TEXT, title TEXT,
+    track_no INTEGER, disc_no INTEGER, year TEXT, genre TEXT, duration REAL
+);
+CREATE TABLE IF NOT EXISTS manifests(
+    file_id INTEGER NOT NULL, ident TEXT NOT NULL, chunk INTEGER NOT NULL, hash TEXT NOT NULL,
+    PRIMARY KEY(file_id, ident, chunk)
+);
+CREATE INDEX IF NOT EXISTS manifests_hash ON manifests(hash);
+CREATE TABLE IF NOT EXISTS inodes(key TEXT PRIMARY KEY, ino INTEGER NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS scan_state(key TEXT PRIMARY KEY, value TEXT);
+"""
+
+KINDS = ("track", "cover", "junk")
+
+
+@dataclass(frozen=True)
+class FileRow:
+    """One origin file as the catalog knows it. kind: track | cover | junk (unreadable)."""
+
+    path: str
+    kind: str
+    size: int
+    mtime_ns: int
+    etag: str = ""
+    artist: str | None = None
+    albumartist: str | None = None
+    album: str | None = None
+    title: str | None = None
+    track_no: int | None = None
+    disc_no: int | None = None
+    year: str | None = None
+    genre: str | None = None
+    duration: float | None = None
+    id: int = 0
+
+    @property
+    def ident(self) -> str:
+        """The origin identity that keys this file's manifest."""
+        return f"{self.size}:{self.mtime_ns}:{self.etag}"
+
+
+_COLS = [f.name for f in fields(FileRow) if f.name != "id"]
+
+
+class Catalog:
+    """Thread-safe wrapper over one SQLite connection (WAL, synchronous=NORMAL)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._lock = threading.RLock()
+        if fail_point(points.DB_OPEN_CORRUPT) is not None:
+            raise CatalogCorrupt(f"{path}: corruption injected by failpoint")
+        try:
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            self._db.execute("INSERT OR IGNORE INTO meta VALUES('schema', ?)", (str(SCHEMA_VERSION),))
+        except sqlite3.DatabaseError as exc:
+            raise CatalogCorrupt(f"{path}: {exc}") from exc
+
+    # -- plumbing -----------------------------------------------------------
+    def _run(self, sql: str, args: Iterable = ()) -> list[tuple]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, tuple(args)).fetchall()
+            except sqlite3.DatabaseError as exc:
+                raise CatalogError(f"{self.path}: {exc}") from exc
+
+    def _transaction(self, work) -> None:
+        """Run work(cursor) in one transaction: all of it lands, or none of it."""
+        with self._lock:
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                work(cur)
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            cur.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def quick_check(self, full: bool = False) -> list[str]:
+        """[] when healthy, else SQLite's complaints."""
+        pragma = "integrity_check" if full else "quick_check"
+        try:
+            rows = self._run(f"PRAGMA {pragma}")
+        except CatalogError as exc:
+            return [str(exc)]
+        problems = [r[0] for r in rows if r[0] != "ok"]
+        return problems
+
+    # -- files ----------------------------------------------------------------
+    def files(self, kind: str | None = None) -> list[FileRow]:
+        sql = f"SELECT {', '.join(_COLS)}, id FROM files"
+        rows = self._run(sql + " WHERE kind = ?", (kind,)) if kind else self._run(sql)
+        return [FileRow(*r) for r in rows]
+
+    def file(self, file_id: int) -> FileRow | None:
+        rows = self._run(f"SELECT {', '.join(_COLS)}, id FROM files WHERE id = ?", (file_id,))
+        return FileRow(*rows[0]) if rows else None
+
+    def identities(self) -> dict[str, tuple[int, int, str]]:
+        """path -> (size, mtime_ns, etag) for every known file: what a rescan compares against."""
+        return {p: (s, m, e) for p, s, m, e in self._run("SELECT path, size, mtime_ns, etag FROM files")}
+
+    def count(self, kind: str = "track") -> int:
+        return self._run("SELECT count(*) FROM files WHERE kind = ?", (kind,))[0][0]
+
+    def upsert_files(self, rows: list[FileRow], checkpoint: dict[str, str] | None = None) -> None:
+        """Insert or update files (and the scan checkpoint) in one transaction.
+
+        A file whose identity changed loses its manifest in the same transaction,
+        so chunks of the old content can never be served for the new one.
+        """
+        placeholders = ", ".join("?" for _ in _COLS)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in _COLS if c != "path")
+
+        def work(cur):
+            for row in rows:
+                cur.execute(
+                    f"INSERT INTO files({', '.join(_COLS)}) VALUES({placeholders}) "
+                    f"ON CONFLICT(path) DO UPDATE SET {updates}",
+                    [getattr(row, c) for c in _COLS],
+                )
+                cur.execute(
+                    "DELETE FROM manifests WHERE file_id = (SELECT id FROM files WHERE path = ?) AND ident != ?",
+                    (row.path, row.ident),
+                )
+            for key, value in (checkpoint or {}).items():
+                cur.execute("INSERT OR REPLACE INTO scan_state VALUES(?, ?)", (key, value))
+
+        self._transaction(work)
+
+    def delete_paths(self, paths: list[str]) -> None:
+        def work(cur):
+            for path in paths:
+                cur.execute("DELETE FROM manifests WHERE file_id = (SELECT id FROM files WHERE path = ?)", (path,))
+                cur.execute("DELETE FROM inodes WHERE key = ?", ("f:" + path,))
+                cur.execute("DELETE FROM files WHERE path = ?", (path,))
+
+        self._transaction(work)
+
+    # -- manifests --------------------------------------------------------------
+    def manifest(self, file_id: int, ident: str) -> dict[int, str]:
+        rows = self._run("SELECT chunk, hash FROM manifests WHERE file_id = ? AND ident = ?", (file_id, ident))
+        return dict(rows)
+
+    def set_manifest_chunk(self, file_id: int, ident: str, chunk: int, digest: str) -> None:
+        """Record one chunk; ignored if the file's identity moved on meanwhile."""
+        fail_point(points.MANIFEST_WRITE)
+        self._run(
+            "INSERT OR REPLACE INTO manifests SELECT id, ?, ?, ? FROM files "
+            "WHERE id = ? AND size || ':' || mtime_ns || ':' || etag = ?",
+            (ident, chunk, digest, file_id, ident),
+        )
+
+    def manifest_hashes(self) -> set[str]:
+        return {r[0] for r in self._run("SELECT DISTINCT hash FROM manifests")}
+
+    def manifest_rows(self) -> Iterator[tuple[int, str, int, str]]:
+        yield from self._run("SELECT file_id, ident, chunk, hash FROM manifests")
+
+    def drop_manifest_chunk(self, digest: str) -> None:
+        self._run("DELETE FROM manifests WHERE hash = ?", (digest,))
+
+    # -- inodes -------------------------------------------------------------------
+    def inode_map(self) -> dict[str, int]:
+        return dict(self._run("SELECT key, ino FROM inodes"))
+
+    def add_inodes(self, keys: list[str], first: int) -> dict[str, int]:
+        """Give each new key the next free inode number (>= first); returns the new map entries."""
+        if not keys:
+            return {}
+        out: dict[str, int] = {}
+
+        def work(cur):
+            top = cur.execute("SELECT max(ino) FROM inodes").fetchone()[0] or 0
+            nxt = max(top + 1, first)
+            for key in keys:
+                cur.execute("INSERT INTO inodes VALUES(?, ?)", (key, nxt))
+                out[key] = nxt
+                nxt += 1
+
+        self._transaction(work)
+        return out
+
+    # -- scan state -----------------------------------------------------------------
+    def scan_state(self) -> dict[str, str]:
+        return dict(self._run("SELECT key, value FROM scan_state"))
+
+    def set_scan_state(self, **values: str) -> None:
+        self._transaction(
+            lambda cur: [cur.execute("INSERT OR REPLACE INTO scan_state VALUES(?, ?)", (k, v)) for k, v in values.items()]
+        )
+
+
+def open_catalog(state_dir: str) -> Catalog:
+    os.makedirs(state_dir, exist_ok=True)
+    return Catalog(os.path.join(state_dir, "catalog.db"))

@@ -1,0 +1,167 @@
+"""Command line: mount, scan, search, demo, failpoints."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from . import __version__
+from .config import Config, ConfigError, load
+from .errors import MusicFSError
+
+EX_USAGE = 2
+EX_CONFIG = 78
+log = logging.getLogger("musicfs")
+
+
+def setup_logging(level: str) -> None:
+    # Under systemd the journal stamps each line; elsewhere we do.
+    fmt = "%(levelname)s %(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM") else \
+        "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=level, format=fmt, stream=sys.stderr, force=True)
+
+
+def _add_state_args(p: argparse.ArgumentParser, cache: bool = False) -> None:
+    p.add_argument("--state-dir", help="catalog and index folder (default: under $XDG_STATE_HOME/musicfs)")
+    if cache:
+        p.add_argument("--cache-dir", help="chunk cache folder (default: under $XDG_CACHE_HOME/musicfs)")
+    p.add_argument("--config", help="TOML config file")
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="musicfs", description="Mount a music library as Artist/Album/NN - Title.ext")
+    parser.add_argument("--version", action="version", version=f"musicfs {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("mount", help="mount SOURCE(s) on MOUNTPOINT in the foreground")
+    p.add_argument("paths", nargs="+", metavar="SOURCE [SOURCE ...] MOUNTPOINT")
+    _add_state_args(p, cache=True)
+    p.add_argument("--cache-size", help="chunk cache quota, e.g. 500M or 10G (default 10G)")
+    p.add_argument("--rescan-interval", type=float, metavar="SECONDS", help="seconds between rescans (default 900)")
+    p.add_argument("--allow-other", action="store_true", default=None, help="let other users read the mount")
+
+    p = sub.add_parser("scan", help="scan SOURCE(s) into the catalog and search index without mounting")
+    p.add_argument("sources", nargs="+", metavar="SOURCE")
+    _add_state_args(p)
+
+    p = sub.add_parser("search", help="print the tree paths matching QUERY")
+    p.add_argument("query", metavar="QUERY")
+    p.add_argument("--state-dir", help="the library's state folder (default: the only library under XDG state)")
+    p.add_argument("--limit", type=int, default=20)
+
+    p = sub.add_parser("demo", help="write a sample library of real audio files into DIR")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--tracks", type=int, default=24)
+    p.add_argument("--big-file-mb", type=int, default=0, help="also write one FLAC of this many MB")
+
+    p = sub.add_parser("failpoints", help="failpoint tools")
+    p.add_argument("action", choices=["list"])
+    return parser
+
+
+def _config(args, sources: list[str], mountpoint: str = "") -> Config:
+    overrides = {
+        "state_dir": getattr(args, "state_dir", None),
+        "cache_dir": getattr(args, "cache_dir", None),
+        "cache_size": getattr(args, "cache_size", None),
+        "log_level": getattr(args, "log_level", None),
+        "rescan_interval": getattr(args, "rescan_interval", None),
+        "allow_other": getattr(args, "allow_other", None),
+        "sources": tuple(sources),
+        "mountpoint": mountpoint,
+    }
+    return load(getattr(args, "config", None), overrides).resolved()
+
+
+def cmd_mount(args) -> int:
+    if len(args.paths) < 2:
+        raise ConfigError("MOUNTPOINT", "give at least one SOURCE and a MOUNTPOINT")
+    *sources, mountpoint = args.paths
+    cfg = _config(args, sources, os.path.abspath(mountpoint))
+    setup_logging(cfg.log_level)
+    from .daemon import run
+
+    return run(cfg)
+
+
+def cmd_scan(args) -> int:
+    cfg = _config(args, args.sources)
+    setup_logging(cfg.log_level)
+    from .library import Library
+
+    lib = Library.open(cfg, with_cache=False)
+    try:
+        result = lib.scan()
+        tree = lib.build_tree()
+        lib.reindex(tree)
+        print(f"{tree.track_count} tracks: {result.summary()}")
+    finally:
+        lib.close()
+    return 0
+
+
+def _only_library(kind_env: str, fallback: str) -> str:
+    from .config import xdg_dir
+
+    base = xdg_dir(kind_env, fallback) / "musicfs"
+    libs = sorted(p for p in base.glob("*") if (p / "index").is_dir()) if base.is_dir() else []
+    if len(libs) == 1:
+        return str(libs[0])
+    if not libs:
+        raise ConfigError("--state-dir", f"no library found under {base}: mount or scan one first")
+    raise ConfigError("--state-dir", f"{len(libs)} libraries under {base}; choose one: " + ", ".join(map(str, libs)))
+
+
+def cmd_search(args) -> int:
+    setup_logging("WARNING")
+    from .index import SearchIndex
+
+    state = args.state_dir or _only_library("XDG_STATE_HOME", ".local/state")
+    for path in SearchIndex(os.path.join(state, "index"), create=False).search(args.query, args.limit):
+        print(path)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    setup_logging("INFO")
+    from .demo import make_library
+    from .progress import Progress
+
+    bar = Progress("writing demo library", args.tracks)
+    made = make_library(args.dir, args.tracks, big_file_mb=args.big_file_mb, progress=lambda done, total: bar.advance())
+    bar.finish()
+    print(f"wrote {len(made)} tracks to {args.dir}")
+    return 0
+
+
+def cmd_failpoints(args) -> int:
+    from . import points  # noqa: F401 - declares every point
+    from .failpoints import declared
+
+    for name, description in sorted(declared().items()):
+        print(f"{name:36} {description}")
+    return 0
+
+
+COMMANDS = {"mount": cmd_mount, "scan": cmd_scan, "search": cmd_search, "demo": cmd_demo, "failpoints": cmd_failpoints}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        print(f"musicfs: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    except MusicFSError as exc:
+        print(f"musicfs: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

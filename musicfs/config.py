@@ -1,0 +1,117 @@
+"""Settings: TOML file + command-line flags -> one frozen Config; errors name the key."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+from .errors import ConfigError
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str | int, key: str = "size") -> int:
+    """'500M' -> bytes. Binary units; a bare number is bytes."""
+    if isinstance(text, int):
+        return text
+    m = _SIZE.match(str(text))
+    if not m:
+        raise ConfigError(key, f"{text!r} is not a size (try 500M or 10G)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+
+
+def library_id(sources: list[str]) -> str:
+    """A short stable id for a set of sources, so two libraries never share state."""
+    canon = [s if "://" in s else os.path.realpath(s) for s in sources]
+    return hashlib.sha256("\n".join(canon).encode()).hexdigest()[:16]
+
+
+def xdg_dir(env: str, fallback: str) -> Path:
+    value = os.environ.get(env)
+    return Path(value) if value and os.path.isabs(value) else Path.home() / fallback
+
+
+@dataclass(frozen=True)
+class Config:
+    sources: tuple[str, ...] = ()
+    mountpoint: str = ""
+    state_dir: str = ""
+    cache_dir: str = ""
+    cache_size: int = 10 << 30
+    chunk_size: int = 1 << 20
+    memory_cache: int = 64 << 20
+    rescan_interval: float = 900.0
+    read_timeout: float = 30.0
+    drain_timeout: float = 10.0
+    log_level: str = "INFO"
+    allow_other: bool = False
+    origin_options: dict = field(default_factory=dict)
+
+    def resolved(self) -> "Config":
+        """Fill state/cache dirs from XDG defaults (one set per library)."""
+        lib = library_id(list(self.sources)) if self.sources else "default"
+        state = self.state_dir or str(xdg_dir("XDG_STATE_HOME", ".local/state") / "musicfs" / lib)
+        cache = self.cache_dir or str(xdg_dir("XDG_CACHE_HOME", ".cache") / "musicfs" / lib)
+        return replace(self, state_dir=os.path.abspath(state), cache_dir=os.path.abspath(cache))
+
+
+_SIZE_KEYS = {"cache_size", "chunk_size", "memory_cache"}
+_FLOAT_KEYS = {"rescan_interval", "read_timeout", "drain_timeout"}
+_FILE_KEYS = {f.name for f in fields(Config)} - {"sources", "mountpoint"}
+
+
+def _check_value(key: str, value):
+    if key in _SIZE_KEYS:
+        return parse_size(value, key)
+    if key in _FLOAT_KEYS:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            raise ConfigError(key, f"must be a positive number of seconds, not {value!r}")
+        return float(value)
+    if key == "log_level":
+        if str(value).upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ConfigError(key, f"must be DEBUG, INFO, WARNING or ERROR, not {value!r}")
+        return str(value).upper()
+    if key == "allow_other":
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"must be true or false, not {value!r}")
+        return value
+    if key == "origin_options":
+        if not isinstance(value, dict):
+            raise ConfigError(key, "must be a table")
+        return value
+    if not isinstance(value, str):
+        raise ConfigError(key, f"must be a string, not {value!r}")
+    return value
+
+
+def _chunk_size_ok(cfg: Config) -> None:
+    if not (64 << 10) <= cfg.chunk_size <= (16 << 20):
+        raise ConfigError("chunk_size", "must be between 64K and 16M")
+
+
+def load(path: str | None, overrides: dict) -> Config:
+    """Read the TOML file (if any), apply flag overrides (None = not given), validate."""
+    values: dict = {}
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError("--config", f"cannot read {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from exc
+        for key, value in data.items():
+            if key not in _FILE_KEYS:
+                raise ConfigError(key, f"unknown key in {path}")
+            values[key] = _check_value(key, value)
+    for key, value in overrides.items():
+        if value is not None:
+            values[key] = _check_value(key, value) if key in _FILE_KEYS else value
+    cfg = Config(**values)
+    _chunk_size_ok(cfg)
+    return cfg

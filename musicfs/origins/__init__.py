@@ -1,0 +1,1 @@
+"""Origins: where the library's files really live."""

@@ -1,0 +1,487 @@
+"""S3Origin: objects under s3://bucket/prefix (AWS S3 or anything speaking its API).
+
+Credentials, region and endpoint follow the standard AWS conventions (boto3's
+default chain: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN,
+AWS_PROFILE, AWS_ENDPOINT_URL, AWS_DEFAULT_REGION, ~/.aws/...), each overridable
+by an option key (see `S3Origin.OPTION_KEYS`).
+
+One botocore client is shared by every worker thread (clients are thread-safe,
+sessions are not: the client is built once, under a lock). botocore never
+retries (max_attempts=1): retry policy lives above the origin.
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime as _dt
+import re
+import threading
+from typing import Any, Iterator
+from urllib.parse import urlsplit
+
+from ..errors import (
+    OriginError,
+    OriginFatal,
+    OriginFileChanged,
+    OriginNotFound,
+    OriginPermission,
+    OriginTimeout,
+    OriginTransient,
+    PathEscape,
+    ShortRead,
+)
+from .base import FileStat, Origin
+
+DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_READ_TIMEOUT = 10.0
+DEFAULT_MAX_POOL_CONNECTIONS = 16
+
+_NOT_FOUND_CODES = {"NoSuchKey", "NotFound", "404", "NoSuchVersion"}
+_PERMISSION_CODES = {
+    "AccessDenied",
+    "403",
+    "Forbidden",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "AllAccessDisabled",
+    "AccountProblem",
+    "InvalidToken",
+    "ExpiredToken",
+    "TokenRefreshRequired",
+    "InvalidSecurity",
+    "RequestTimeTooSkewed",
+}
+_FATAL_CODES = {"NoSuchBucket", "PermanentRedirect", "AuthorizationHeaderMalformed", "InvalidBucketName"}
+_CHANGED_CODES = {"PreconditionFailed", "412"}
+_TIMEOUT_CODES = {"RequestTimeout", "RequestTimeoutException"}
+_THROTTLE_CODES = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottled",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "BandwidthLimitExceeded",
+    "LimitExceededException",
+    "ProvisionedThroughputExceededException",
+    "TransactionInProgressException",
+    "PriorRequestNotComplete",
+    "EC2ThrottledException",
+    "ServiceUnavailable",
+    "InternalError",
+    "OperationAborted",
+    "503",
+    "500",
+    "429",
+}
+
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+
+
+def _client_error_code(exc: Any) -> tuple[str, int]:
+    response = getattr(exc, "response", None) or {}
+    error = response.get("Error") or {}
+    code = str(error.get("Code") or "")
+    status = int((response.get("ResponseMetadata") or {}).get("HTTPStatusCode") or 0)
+    if not status and code.isdigit():
+        status = int(code)
+    return code, status
+
+
+def _is_incomplete_read(exc: BaseException) -> bool:
+    """Does this (possibly wrapped) exception mean the body stopped early?"""
+    seen: set[int] = set()
+    stack: list[object] = [exc]
+    while stack:
+        e = stack.pop()
+        if not isinstance(e, BaseException) or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if type(e).__name__ in ("IncompleteRead", "IncompleteReadError"):
+            return True
+        stack.append(e.__cause__)
+        stack.append(e.__context__)
+        stack.append((getattr(e, "kwargs", None) or {}).get("error") if isinstance(getattr(e, "kwargs", None), dict) else None)
+        stack.extend(getattr(e, "args", ()))
+    return False
+
+
+def classify_s3_error(exc: BaseException, origin: str, key: str = "", *, bucket_level: bool = False) -> OriginError:
+    """Map a boto3/botocore/urllib3 exception into the origin error tree.
+
+    `key` names the object (for messages); `bucket_level` says the call was about
+    the bucket itself (head_bucket), where a bare 404 means the bucket is missing.
+    """
+    import botocore.exceptions as bce
+    import urllib3.exceptions as u3e
+
+    where = f"{origin}: {key}" if key else origin
+    if isinstance(exc, OriginError):
+        return exc
+
+    def make(cls: type[OriginError], detail: str) -> OriginError:
+        return cls(f"{where}: {detail}", origin=origin, path=key)
+
+    if isinstance(exc, bce.ClientError):
+        code, status = _client_error_code(exc)
+        message = ((getattr(exc, "response", None) or {}).get("Error") or {}).get("Message") or ""
+        detail = f"{code or status}" + (f" ({message})" if message else "")
+        if code == "NoSuchBucket" or (bucket_level and (status == 404 or code in _NOT_FOUND_CODES)):
+            return make(OriginFatal, f"bucket does not exist: {detail}")
+        if code in _FATAL_CODES:
+            return make(OriginFatal, detail)
+        if code in _CHANGED_CODES or status == 412:
+            return make(OriginFileChanged, f"changed at the origin: {detail}")
+        if code in _NOT_FOUND_CODES or status == 404:
+            return make(OriginNotFound, f"not found: {detail}")
+        if code in _PERMISSION_CODES or status in (401, 403):
+            return make(OriginPermission, f"permission denied: {detail}")
+        if code in _TIMEOUT_CODES or status in (408, 504):
+            return make(OriginTimeout, f"timed out: {detail}")
+        if code in _THROTTLE_CODES or status == 429 or status >= 500:
+            return make(OriginTransient, f"server busy or failing: {detail}")
+        return make(OriginFatal, detail)
+
+    # Timeouts first: several of these also derive from the connection errors.
+    if isinstance(exc, (bce.ConnectTimeoutError, bce.ReadTimeoutError, u3e.TimeoutError, TimeoutError)):
+        return make(OriginTimeout, f"timed out: {exc}")
+    if isinstance(exc, bce.IncompleteReadError):
+        return make(ShortRead, f"short read: {exc}")
+    if isinstance(exc, (bce.ResponseStreamingError, u3e.ProtocolError)) and _is_incomplete_read(exc):
+        return make(ShortRead, f"response body cut short: {exc}")
+    if isinstance(exc, bce.SSLError) and "CERTIFICATE_VERIFY_FAILED" in str(exc):
+        return make(OriginFatal, f"TLS certificate rejected: {exc}")
+    if isinstance(
+        exc,
+        (
+            bce.EndpointConnectionError,
+            bce.ConnectionClosedError,
+            bce.ConnectionError,  # botocore's: proxy, SSL, ...
+            bce.HTTPClientError,  # ResponseStreamingError and friends
+            u3e.ProtocolError,
+            u3e.HTTPError,
+            ConnectionError,  # the builtin: resets, refused, broken pipe
+        ),
+    ):
+        return make(OriginTransient, f"connection problem: {exc}")
+    if isinstance(exc, (bce.NoCredentialsError, bce.PartialCredentialsError, bce.CredentialRetrievalError)):
+        return make(OriginFatal, f"no usable AWS credentials: {exc}")
+    if isinstance(exc, bce.ProfileNotFound):
+        return make(OriginFatal, f"AWS profile not found: {exc}")
+    if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
+        return make(OriginTransient, f"connection problem: {exc}")
+    return make(OriginFatal, f"{type(exc).__name__}: {exc}")
+
+
+def _mtime_ns(value: Any) -> int:
+    """LastModified -> ns, truncated to whole seconds.
+
+    ListObjectsV2 reports milliseconds, HEAD/GET's Last-Modified header only
+    seconds: truncating keeps walk() and stat() identities comparable.
+    """
+    if isinstance(value, _dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=_dt.timezone.utc)
+        return calendar.timegm(value.utctimetuple()) * 1_000_000_000
+    return 0
+
+
+def _etag(value: Any) -> str:
+    return str(value or "").strip().strip('"')
+
+
+def _safe_rel(path: str) -> bool:
+    if not path or "\0" in path or path.startswith("/"):
+        return False
+    return all(part not in ("", ".", "..") for part in path.split("/"))
+
+
+def _float_option(options: dict, key: str, default: float) -> float:
+    value = options.get(key)
+    if value is None or value == "":
+        return default
+    try:
+        result = float(value)
+    except (TypeError, ValueError):
+        raise OriginFatal(f"option {key}={value!r} is not a number") from None
+    if result <= 0:
+        raise OriginFatal(f"option {key}={value!r} must be positive")
+    return result
+
+
+class S3Origin(Origin):
+    OPTION_KEYS = (
+        "endpoint_url",
+        "profile",
+        "region",
+        "access_key_id",
+        "secret_access_key",
+        "session_token",
+        "connect_timeout",
+        "read_timeout",
+        "addressing_style",
+        "max_pool_connections",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        profile: str | None = None,
+        region: str | None = None,
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
+        session_token: str | None = None,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
+        addressing_style: str | None = None,
+        max_pool_connections: int = DEFAULT_MAX_POOL_CONNECTIONS,
+    ):
+        if not bucket:
+            raise OriginFatal(f"{name}: no bucket in the S3 URL", origin=name)
+        if (access_key_id is None) != (secret_access_key is None):
+            raise OriginFatal(f"{name}: access_key_id and secret_access_key must be given together", origin=name)
+        self.name = name
+        self.bucket = bucket
+        prefix = prefix.strip("/")
+        self.prefix = f"{prefix}/" if prefix else ""
+        self.endpoint_url = endpoint_url or None
+        self.profile = profile or None
+        self.region = region or None
+        self._access_key_id = access_key_id
+        self._secret_access_key = secret_access_key
+        self._session_token = session_token
+        self.connect_timeout = float(connect_timeout)
+        self.read_timeout = float(read_timeout)
+        self.addressing_style = addressing_style or None
+        self.max_pool_connections = int(max_pool_connections)
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_url(cls, url: str, options: dict | None = None) -> "S3Origin":
+        options = dict(options or {})
+        parts = urlsplit(url)
+        if parts.scheme != "s3":
+            raise OriginFatal(f"{url}: not an s3:// URL", origin=url)
+        if parts.query or parts.fragment:
+            raise OriginFatal(f"{url}: query strings and fragments are not supported", origin=url)
+        bucket = parts.netloc
+        if "@" in bucket or ":" in bucket:
+            raise OriginFatal(f"{url}: put credentials and endpoints in options/environment, not in the URL", origin=url)
+        pool = options.get("max_pool_connections")
+        return cls(
+            url,
+            bucket,
+            parts.path,
+            endpoint_url=options.get("endpoint_url"),
+            profile=options.get("profile"),
+            region=options.get("region"),
+            access_key_id=options.get("access_key_id"),
+            secret_access_key=options.get("secret_access_key"),
+            session_token=options.get("session_token"),
+            connect_timeout=_float_option(options, "connect_timeout", DEFAULT_CONNECT_TIMEOUT),
+            read_timeout=_float_option(options, "read_timeout", DEFAULT_READ_TIMEOUT),
+            addressing_style=options.get("addressing_style"),
+            max_pool_connections=int(pool) if pool else DEFAULT_MAX_POOL_CONNECTIONS,
+        )
+
+    # -- client ------------------------------------------------------------
+    def _get_client(self) -> Any:
+        client = self._client
+        if client is not None:
+            return client
+        with self._lock:
+            if self._client is None:
+                self._client = self._make_client()
+            return self._client
+
+    def _make_client(self) -> Any:
+        import boto3.session
+        import botocore.config
+
+        try:
+            session = boto3.session.Session(
+                profile_name=self.profile,
+                aws_access_key_id=self._access_key_id,
+                aws_secret_access_key=self._secret_access_key,
+                aws_session_token=self._session_token,
+            )
+            region = self.region or session.region_name or "us-east-1"
+            s3_config: dict[str, Any] = {}
+            if self.addressing_style:
+                s3_config["addressing_style"] = self.addressing_style
+            config = botocore.config.Config(
+                connect_timeout=self.connect_timeout,
+                read_timeout=self.read_timeout,
+                retries={"max_attempts": 1, "mode": "standard"},
+                max_pool_connections=self.max_pool_connections,
+                s3=s3_config or None,
+            )
+            return session.client("s3", region_name=region, endpoint_url=self.endpoint_url, config=config)
+        except Exception as exc:  # ProfileNotFound, bad endpoint URL, bad region ...
+            err = classify_s3_error(exc, self.name)
+            if not isinstance(err, OriginFatal):
+                err = OriginFatal(f"{self.name}: cannot set up the S3 client: {exc}", origin=self.name)
+            raise err from exc
+
+    # -- paths -------------------------------------------------------------
+    def _key(self, path: str) -> str:
+        if not _safe_rel(path):
+            raise PathEscape(f"{self.name}: refusing path {path!r}", origin=self.name, path=path)
+        return self.prefix + path
+
+    # -- Origin ------------------------------------------------------------
+    def walk(self) -> Iterator[FileStat]:
+        client = self._get_client()
+        try:
+            paginator = client.get_paginator("list_objects_v2")
+            pages = paginator.paginate(Bucket=self.bucket, Prefix=self.prefix)
+            for page in pages:
+                for obj in page.get("Contents") or ():
+                    key = obj["Key"]
+                    if key.endswith("/") or not key.startswith(self.prefix):
+                        continue  # "directory" placeholder
+                    rel = key[len(self.prefix):]
+                    if not _safe_rel(rel):
+                        continue  # keys like a//b or ../x cannot be files of a library
+                    yield FileStat(
+                        path=rel,
+                        size=int(obj.get("Size") or 0),
+                        mtime_ns=_mtime_ns(obj.get("LastModified")),
+                        etag=_etag(obj.get("ETag")),
+                    )
+        except OriginError:
+            raise
+        except Exception as exc:
+            raise classify_s3_error(exc, self.name, self.prefix, bucket_level=True) from exc
+
+    def stat(self, path: str) -> FileStat:
+        key = self._key(path)
+        try:
+            head = self._get_client().head_object(Bucket=self.bucket, Key=key)
+        except OriginError:
+            raise
+        except Exception as exc:
+            raise classify_s3_error(exc, self.name, key) from exc
+        return FileStat(
+            path=path,
+            size=int(head.get("ContentLength") or 0),
+            mtime_ns=_mtime_ns(head.get("LastModified")),
+            etag=_etag(head.get("ETag")),
+        )
+
+    def read(self, path: str, offset: int, length: int, expect: FileStat | None = None) -> bytes:
+        key = self._key(path)
+        if offset < 0 or length < 0:
+            raise ValueError(f"bad range offset={offset} length={length}")
+        if length == 0:
+            return b""
+        client = self._get_client()
+        kwargs: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": key,
+            "Range": f"bytes={offset}-{offset + length - 1}",
+        }
+        if expect is not None and expect.etag:
+            kwargs["IfMatch"] = f'"{expect.etag}"'
+        try:
+            response = client.get_object(**kwargs)
+        except OriginError:
+            raise
+        except Exception as exc:
+            import botocore.exceptions as bce
+
+            if isinstance(exc, bce.ClientError):
+                code, status = _client_error_code(exc)
+                if code == "InvalidRange" or status == 416:
+                    # At or past EOF. Still make sure the file is the one expected.
+                    if expect is not None:
+                        self._check_identity(path, self.stat(path), expect)
+                    return b""
+            raise classify_s3_error(exc, self.name, key) from exc
+
+        body = response["Body"]
+        try:
+            total = self._total_size(response, offset)
+            if expect is not None:
+                now = FileStat(
+                    path=path,
+                    size=total if total is not None else -1,
+                    mtime_ns=_mtime_ns(response.get("LastModified")),
+                    etag=_etag(response.get("ETag")),
+                )
+                self._check_identity(path, now, expect)
+            content_range = response.get("ContentRange")
+            if content_range:
+                want = length if total is None else max(0, min(length, total - offset))
+                data = body.read()
+            else:
+                # The server ignored Range and sent the whole object (200).
+                whole = body.read()
+                total = len(whole)
+                want = max(0, min(length, total - offset))
+                data = whole[offset:offset + length]
+            if len(data) != want:
+                raise ShortRead(
+                    f"{self.name}: {key}: got {len(data)} bytes at offset {offset}, expected {want}",
+                    origin=self.name,
+                    path=key,
+                )
+            return data
+        except OriginError:
+            raise
+        except Exception as exc:
+            raise classify_s3_error(exc, self.name, key) from exc
+        finally:
+            try:
+                body.close()
+            except Exception:
+                pass
+
+    @staticmethod
+    def _total_size(response: dict, offset: int) -> int | None:
+        content_range = response.get("ContentRange")
+        if content_range:
+            m = _CONTENT_RANGE.match(content_range.strip())
+            if m and m.group(3) != "*":
+                return int(m.group(3))
+            return None
+        length = response.get("ContentLength")
+        return int(length) if length is not None else None
+
+    def _check_identity(self, path: str, now: FileStat, expect: FileStat) -> None:
+        changed = now.size >= 0 and now.size != expect.size
+        if expect.etag and now.etag:
+            changed = changed or now.etag != expect.etag
+        elif expect.mtime_ns and now.mtime_ns:
+            changed = changed or now.mtime_ns != expect.mtime_ns
+        if changed:
+            raise OriginFileChanged(
+                f"{self.name}: {self.prefix + path} changed since it was scanned "
+                f"(size {expect.size} -> {now.size}, etag {expect.etag!r} -> {now.etag!r})",
+                origin=self.name,
+                path=path,
+            )
+
+    def probe(self) -> None:
+        try:
+            self._get_client().head_bucket(Bucket=self.bucket)
+        except OriginError:
+            raise
+        except Exception as exc:
+            raise classify_s3_error(exc, self.name, "", bucket_level=True) from exc
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception:
+                pass

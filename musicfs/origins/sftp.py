@@ -1,0 +1,600 @@
+"""SftpOrigin: a directory on an SSH server, read over SFTP (paramiko).
+
+URL: sftp://[user@]host[:port]/absolute/path  (sftp://host/~/music is relative
+to the login directory; no path at all means the login directory).
+
+Host keys are checked against a known_hosts file (option `known_hosts`, else
+~/.ssh/known_hosts); an unknown host is refused, never added. Connections live
+in a small thread-safe pool; one that fails with a transport error is dropped
+and a fresh one is made on next use. Nothing here retries: the caller does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import getpass
+import os
+import posixpath
+import socket
+import stat as stat_mod
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, TypeVar
+from urllib.parse import unquote, urlsplit
+
+import paramiko
+from paramiko.ssh_exception import (
+    AuthenticationException,
+    BadHostKeyException,
+    IncompatiblePeer,
+    NoValidConnectionsError,
+    SSHException,
+)
+
+from ..errors import (
+    OriginError,
+    OriginFatal,
+    OriginFileChanged,
+    OriginNotFound,
+    OriginPermission,
+    OriginTimeout,
+    OriginTransient,
+    PathEscape,
+    ShortRead,
+)
+from .base import FileStat, Origin
+
+DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_READ_TIMEOUT = 10.0
+DEFAULT_POOL_SIZE = 4
+DEFAULT_POOL_TIMEOUT = 30.0
+
+T = TypeVar("T")
+
+# errno values that mean "the connection/network is the problem"
+_NET_ERRNOS = {
+    errno.ECONNRESET,
+    errno.ECONNREFUSED,
+    errno.ECONNABORTED,
+    errno.EPIPE,
+    errno.EHOSTUNREACH,
+    errno.EHOSTDOWN,
+    errno.ENETUNREACH,
+    errno.ENETDOWN,
+    errno.ENETRESET,
+    errno.ENOTCONN,
+    errno.ESHUTDOWN,
+    errno.EIO,
+    errno.EAGAIN,
+    errno.EINTR,
+    errno.EMFILE,
+    errno.ENFILE,
+    errno.ESTALE,
+}
+
+
+class UnknownHostKey(SSHException):
+    """The server's host key is not in the known_hosts file: refused."""
+
+
+class _RejectUnknownHost(paramiko.MissingHostKeyPolicy):
+    def __init__(self, known_hosts: str, exists: bool):
+        self.known_hosts = known_hosts
+        self.exists = exists
+
+    def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
+        fingerprint = key.fingerprint if hasattr(key, "fingerprint") else key.get_name()
+        where = self.known_hosts + ("" if self.exists else " (file does not exist)")
+        raise UnknownHostKey(
+            f"host {hostname} is not in known_hosts file {where}; refusing its "
+            f"{key.get_name()} key {fingerprint}. Verify it and add it, e.g. "
+            f"ssh-keyscan -t ed25519 ... >> {self.known_hosts}"
+        )
+
+
+def _timeout_in_chain(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, TimeoutError):
+            return True
+        e = e.__cause__ or e.__context__
+    text = str(exc).lower()
+    return "timed out" in text or "timeout" in text
+
+
+def classify_sftp_error(exc: BaseException, origin: str, path: str = "") -> OriginError:
+    """Map a paramiko / socket / SFTP-status exception into the origin error tree."""
+    if isinstance(exc, OriginError):
+        return exc
+    where = f"{origin}: {path}" if path else origin
+
+    def make(cls: type[OriginError], detail: str) -> OriginError:
+        return cls(f"{where}: {detail}", origin=origin, path=path)
+
+    # --- never worth retrying: trust and credentials -----------------------
+    if isinstance(exc, UnknownHostKey):
+        return make(OriginFatal, str(exc))
+    if isinstance(exc, BadHostKeyException):
+        return make(
+            OriginFatal,
+            f"host key for {exc.hostname} does not match known_hosts "
+            f"(got {exc.key.get_name()}, expected {exc.expected_key.get_name()}): refusing to connect",
+        )
+    if isinstance(exc, AuthenticationException):
+        return make(OriginFatal, f"SSH authentication failed: {exc}")
+    if isinstance(exc, IncompatiblePeer):
+        return make(OriginFatal, f"no SSH algorithms in common with the server: {exc}")
+    # --- the network ------------------------------------------------------
+    if isinstance(exc, TimeoutError):  # socket.timeout is TimeoutError
+        return make(OriginTimeout, f"timed out: {exc or 'no answer'}")
+    if isinstance(exc, NoValidConnectionsError):
+        return make(OriginTransient, f"cannot connect: {exc}")
+    if isinstance(exc, socket.gaierror):
+        return make(OriginTransient, f"cannot resolve host: {exc}")
+    if isinstance(exc, SSHException):
+        text = str(exc)
+        if "No authentication methods available" in text:
+            return make(OriginFatal, f"no SSH credentials (set identity_file or password): {text}")
+        if _timeout_in_chain(exc):
+            return make(OriginTimeout, f"SSH timed out: {text}")
+        return make(OriginTransient, f"SSH connection problem: {text}")
+    if isinstance(exc, EOFError):
+        return make(OriginTransient, f"connection closed by the server: {exc}")
+    if isinstance(exc, OSError):
+        code = exc.errno
+        if code in (errno.ENOENT, errno.ENOTDIR):
+            return make(OriginNotFound, f"no such file: {exc.strerror or exc}")
+        if code in (errno.EACCES, errno.EPERM):
+            return make(OriginPermission, f"permission denied: {exc.strerror or exc}")
+        if code == errno.ETIMEDOUT:
+            return make(OriginTimeout, f"timed out: {exc}")
+        if isinstance(exc, ConnectionError) or code in _NET_ERRNOS:
+            return make(OriginTransient, f"connection problem: {exc}")
+        if code is None:
+            # paramiko's "Socket is closed", or an SFTP status of plain FAILURE
+            # (the server hit an error it did not name, e.g. an I/O error).
+            return make(OriginTransient, f"SFTP failure: {exc}")
+        return make(OriginFatal, f"{exc.strerror or exc}")
+    return make(OriginFatal, f"{type(exc).__name__}: {exc}")
+
+
+def _float_option(options: dict, key: str, default: float) -> float:
+    value = options.get(key)
+    if value is None or value == "":
+        return default
+    try:
+        result = float(value)
+    except (TypeError, ValueError):
+        raise OriginFatal(f"option {key}={value!r} is not a number") from None
+    if result <= 0:
+        raise OriginFatal(f"option {key}={value!r} must be positive")
+    return result
+
+
+@dataclass
+class _Conn:
+    client: paramiko.SSHClient
+    sftp: paramiko.SFTPClient
+    generation: int
+
+    def alive(self) -> bool:
+        transport = self.client.get_transport()
+        return bool(transport is not None and transport.is_active() and not self.sftp.sock.closed)
+
+    def close(self) -> None:
+        for thing in (self.sftp, self.client):
+            try:
+                thing.close()
+            except Exception:
+                pass
+
+
+def _keeps_connection_usable(exc: BaseException) -> bool:
+    """After this exception, is the SFTP session still in a known state?
+
+    Status replies from the server (no such file, permission denied, plain
+    failure) and our own logical errors leave it fine; timeouts, EOF and any
+    transport error leave it unusable (a late reply could be read as the
+    answer to the next request).
+    """
+    if isinstance(exc, OriginError):
+        return True
+    if isinstance(exc, (TimeoutError, ConnectionError, socket.gaierror, SSHException, EOFError)):
+        return False
+    if isinstance(exc, OSError):
+        return exc.errno in (None, errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.EPERM)
+    return False
+
+
+class _Pool:
+    """At most `size` connections; idle ones are reused, broken ones dropped."""
+
+    def __init__(self, factory: Callable[[int], _Conn], size: int, wait_timeout: float, name: str):
+        self._factory = factory
+        self._slots = threading.BoundedSemaphore(size)
+        self._idle: list[_Conn] = []
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._wait_timeout = wait_timeout
+        self._name = name
+
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[_Conn]:
+        if not self._slots.acquire(timeout=self._wait_timeout):
+            raise OriginTimeout(
+                f"{self._name}: no SFTP connection free after {self._wait_timeout:g}s", origin=self._name
+            )
+        try:
+            conn = None
+            with self._lock:
+                generation = self._generation
+                while self._idle and conn is None:
+                    candidate = self._idle.pop()
+                    if candidate.alive():
+                        conn = candidate
+                    else:
+                        candidate.close()
+            if conn is None:
+                conn = self._factory(generation)
+            try:
+                yield conn
+            except BaseException as exc:
+                if not (_keeps_connection_usable(exc) and conn.alive()):
+                    conn.close()
+                    conn = None
+                raise
+            finally:
+                if conn is not None:
+                    with self._lock:
+                        if conn.generation == self._generation and conn.alive():
+                            self._idle.append(conn)
+                            conn = None
+                    if conn is not None:
+                        conn.close()
+        finally:
+            self._slots.release()
+
+    def close(self) -> None:
+        with self._lock:
+            self._generation += 1
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+
+class SftpOrigin(Origin):
+    OPTION_KEYS = (
+        "identity_file",
+        "known_hosts",
+        "password",
+        "passphrase",
+        "connect_timeout",
+        "read_timeout",
+        "pool_size",
+        "pool_timeout",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        host: str,
+        root: str,
+        *,
+        port: int = 22,
+        user: str | None = None,
+        identity_file: str | None = None,
+        known_hosts: str | None = None,
+        password: str | None = None,
+        passphrase: str | None = None,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        pool_timeout: float = DEFAULT_POOL_TIMEOUT,
+    ):
+        if not host:
+            raise OriginFatal(f"{name}: no host in the SFTP URL", origin=name)
+        if pool_size < 1:
+            raise OriginFatal(f"{name}: pool_size must be at least 1", origin=name)
+        self.name = name
+        self.host = host
+        self.port = int(port)
+        self.user = user or getpass.getuser()
+        self.root = root
+        self.identity_file = os.path.expanduser(identity_file) if identity_file else None
+        self.known_hosts = os.path.expanduser(known_hosts or "~/.ssh/known_hosts")
+        self._password = password
+        self._passphrase = passphrase if passphrase is not None else password
+        self.connect_timeout = float(connect_timeout)
+        self.read_timeout = float(read_timeout)
+        self.pool_size = int(pool_size)
+        self._check_identity_file()
+        self._pool = _Pool(self._connect, self.pool_size, float(pool_timeout), name)
+        self._root_real: str | None = None
+
+    @classmethod
+    def from_url(cls, url: str, options: dict | None = None) -> "SftpOrigin":
+        options = dict(options or {})
+        parts = urlsplit(url)
+        if parts.scheme != "sftp":
+            raise OriginFatal(f"{url}: not an sftp:// URL", origin=url)
+        if parts.query or parts.fragment:
+            raise OriginFatal(f"{url}: query strings and fragments are not supported", origin=url)
+        if parts.password is not None:
+            raise OriginFatal(f"{url}: put the password in the 'password' option, not in the URL", origin=url)
+        try:
+            port = parts.port or 22
+        except ValueError:
+            raise OriginFatal(f"{url}: bad port", origin=url) from None
+        path = unquote(parts.path)
+        if path == "/~" or path.startswith("/~/"):
+            root = path[3:].strip("/")  # relative to the login directory
+        elif path:
+            root = "/" + path.strip("/") if path.strip("/") else "/"
+        else:
+            root = ""
+        pool_size = options.get("pool_size")
+        return cls(
+            url,
+            parts.hostname or "",
+            root,
+            port=port,
+            user=unquote(parts.username) if parts.username else None,
+            identity_file=options.get("identity_file"),
+            known_hosts=options.get("known_hosts"),
+            password=options.get("password"),
+            passphrase=options.get("passphrase"),
+            connect_timeout=_float_option(options, "connect_timeout", DEFAULT_CONNECT_TIMEOUT),
+            read_timeout=_float_option(options, "read_timeout", DEFAULT_READ_TIMEOUT),
+            pool_size=int(pool_size) if pool_size not in (None, "") else DEFAULT_POOL_SIZE,
+            pool_timeout=_float_option(options, "pool_timeout", DEFAULT_POOL_TIMEOUT),
+        )
+
+    # -- connections -------------------------------------------------------
+    def _check_identity_file(self) -> None:
+        if self.identity_file and not os.path.isfile(self.identity_file):
+            raise OriginFatal(
+                f"{self.name}: identity file {self.identity_file} does not exist", origin=self.name
+            )
+
+    def _load_key(self) -> paramiko.PKey | None:
+        if not self.identity_file:
+            return None
+        self._check_identity_file()
+        try:
+            return paramiko.PKey.from_path(self.identity_file, self._passphrase)
+        except AuthenticationException as exc:  # PasswordRequiredException: encrypted key
+            raise OriginFatal(
+                f"{self.name}: identity file {self.identity_file} is encrypted; set 'passphrase': {exc}",
+                origin=self.name,
+            ) from exc
+        except OSError as exc:
+            raise OriginFatal(
+                f"{self.name}: cannot read identity file {self.identity_file}: {exc}", origin=self.name
+            ) from exc
+        except Exception as exc:  # SSHException, UnknownKeyType, ValueError
+            raise OriginFatal(
+                f"{self.name}: identity file {self.identity_file} is not a usable private key: {exc}",
+                origin=self.name,
+            ) from exc
+
+    def _connect(self, generation: int) -> _Conn:
+        pkey = self._load_key()
+        client = paramiko.SSHClient()
+        exists = os.path.exists(self.known_hosts)
+        if exists:
+            try:
+                client.load_host_keys(self.known_hosts)
+            except Exception as exc:
+                raise OriginFatal(
+                    f"{self.name}: cannot read known_hosts file {self.known_hosts}: {exc}", origin=self.name
+                ) from exc
+        client.set_missing_host_key_policy(_RejectUnknownHost(self.known_hosts, exists))
+
+        # paramiko has no deadline on some handshake steps (subsystem request,
+        # SFTP version exchange): a watchdog closes the client if setup hangs.
+        state = {"done": False, "fired": False}
+        state_lock = threading.Lock()
+
+        def watchdog() -> None:
+            with state_lock:
+                if state["done"]:
+                    return
+                state["fired"] = True
+            client.close()
+
+        budget = self.connect_timeout + self.read_timeout
+        timer = threading.Timer(budget, watchdog)
+        timer.daemon = True
+        timer.start()
+        try:
+            client.connect(
+                self.host,
+                port=self.port,
+                username=self.user,
+                password=self._password,
+                pkey=pkey,
+                timeout=self.connect_timeout,
+                banner_timeout=self.connect_timeout,
+                auth_timeout=self.read_timeout,
+                channel_timeout=self.connect_timeout,
+                allow_agent=pkey is None and self._password is None,
+                look_for_keys=pkey is None and self._password is None,
+            )
+            transport = client.get_transport()
+            assert transport is not None
+            channel = transport.open_session(timeout=self.connect_timeout)
+            channel.settimeout(self.read_timeout)
+            channel.invoke_subsystem("sftp")
+            sftp = paramiko.SFTPClient(channel)
+        except BaseException as exc:
+            client.close()
+            with state_lock:
+                fired = state["fired"]
+                state["done"] = True
+            if fired:
+                raise OriginTimeout(
+                    f"{self.name}: SSH/SFTP setup with {self.host}:{self.port} took longer than {budget:g}s",
+                    origin=self.name,
+                ) from exc
+            raise classify_sftp_error(exc, self.name) from exc
+        finally:
+            timer.cancel()
+        with state_lock:
+            fired = state["fired"]
+            state["done"] = True
+        if fired:
+            client.close()
+            raise OriginTimeout(
+                f"{self.name}: SSH/SFTP setup with {self.host}:{self.port} took longer than {budget:g}s",
+                origin=self.name,
+            )
+        return _Conn(client=client, sftp=sftp, generation=generation)
+
+    def _run(self, path: str, fn: Callable[[_Conn], T]) -> T:
+        try:
+            with self._pool.lease() as conn:
+                return fn(conn)
+        except OriginError:
+            raise
+        except Exception as exc:
+            raise classify_sftp_error(exc, self.name, path) from exc
+
+    # -- paths -------------------------------------------------------------
+    def _remote(self, path: str) -> str:
+        if path == "":
+            return self.root or "."
+        if "\0" in path or path.startswith("/") or any(p == ".." for p in path.split("/")):
+            raise PathEscape(f"{self.name}: refusing path {path!r}", origin=self.name, path=path)
+        parts = [p for p in path.split("/") if p not in ("", ".")]
+        if not parts:
+            return self.root or "."
+        return posixpath.join(self.root, *parts) if self.root else posixpath.join(*parts)
+
+    @staticmethod
+    def _mtime_ns(attr: Any) -> int:
+        mtime = getattr(attr, "st_mtime", None)
+        return int(mtime) * 1_000_000_000 if mtime is not None else 0
+
+    def _to_stat(self, path: str, attr: Any) -> FileStat:
+        return FileStat(path=path, size=int(attr.st_size or 0), mtime_ns=self._mtime_ns(attr))
+
+    def _real_root(self, conn: _Conn) -> str:
+        if self._root_real is None:
+            self._root_real = conn.sftp.normalize(self.root or ".")
+        return self._root_real
+
+    # -- Origin ------------------------------------------------------------
+    def walk(self) -> Iterator[FileStat]:
+        stack = [""]
+        while stack:
+            rel_dir = stack.pop()
+            remote_dir = self._remote(rel_dir)
+            entries = self._run(rel_dir, lambda conn: conn.sftp.listdir_attr(remote_dir))
+            found: list[FileStat] = []
+            links: list[str] = []
+            for attr in sorted(entries, key=lambda a: a.filename):
+                name = attr.filename
+                if name in (".", "..") or "/" in name or "\0" in name or attr.st_mode is None:
+                    continue
+                rel = f"{rel_dir}/{name}" if rel_dir else name
+                mode = attr.st_mode
+                if stat_mod.S_ISDIR(mode):
+                    stack.append(rel)
+                elif stat_mod.S_ISREG(mode):
+                    found.append(self._to_stat(rel, attr))
+                elif stat_mod.S_ISLNK(mode):
+                    links.append(rel)
+            if links:
+                found.extend(self._resolve_links(links))
+                found.sort(key=lambda f: f.path)
+            yield from found
+
+    def _resolve_links(self, links: list[str]) -> list[FileStat]:
+        """File symlinks that stay inside the root count; directory symlinks are not followed."""
+
+        def resolve(conn: _Conn) -> list[FileStat]:
+            root = self._real_root(conn)
+            out = []
+            for rel in links:
+                remote = self._remote(rel)
+                try:
+                    target = conn.sftp.normalize(remote)
+                    attr = conn.sftp.stat(remote)
+                except OSError as exc:
+                    if _keeps_connection_usable(exc):
+                        continue  # dangling link or unreadable: not part of the library
+                    raise
+                inside = root == "/" or target == root or target.startswith(root.rstrip("/") + "/")
+                if inside and attr.st_mode is not None and stat_mod.S_ISREG(attr.st_mode):
+                    out.append(self._to_stat(rel, attr))
+            return out
+
+        return self._run(links[0], resolve)
+
+    def stat(self, path: str) -> FileStat:
+        remote = self._remote(path)
+        attr = self._run(path, lambda conn: conn.sftp.stat(remote))
+        return self._to_stat(path, attr)
+
+    def read(self, path: str, offset: int, length: int, expect: FileStat | None = None) -> bytes:
+        remote = self._remote(path)
+        if offset < 0 or length < 0:
+            raise ValueError(f"bad range offset={offset} length={length}")
+
+        def do_read(conn: _Conn) -> bytes:
+            handle = conn.sftp.open(remote, "rb")
+            try:
+                data = self._read_handle(handle, path, offset, length, expect)
+            except OriginError:
+                handle.close()
+                raise
+            # On transport errors the handle is not closed: the connection is
+            # being discarded, and waiting on it would only add a timeout.
+            handle.close()
+            return data
+
+        return self._run(path, do_read)
+
+    def _read_handle(self, handle: Any, path: str, offset: int, length: int, expect: FileStat | None) -> bytes:
+        want = None
+        if expect is not None:
+            now = self._to_stat(path, handle.stat())
+            if now.size != expect.size or now.mtime_ns != expect.mtime_ns:
+                raise OriginFileChanged(
+                    f"{self.name}: {path} changed since it was scanned "
+                    f"(size {expect.size} -> {now.size}, mtime_ns {expect.mtime_ns} -> {now.mtime_ns})",
+                    origin=self.name,
+                    path=path,
+                )
+            want = max(0, min(length, now.size - offset))
+        if length == 0:
+            return b""
+        handle.seek(offset)
+        parts: list[bytes] = []
+        got = 0
+        while got < length:
+            chunk = handle.read(length - got)
+            if not chunk:
+                break
+            parts.append(chunk)
+            got += len(chunk)
+        data = b"".join(parts)
+        if want is not None and len(data) != want:
+            raise ShortRead(
+                f"{self.name}: {path}: got {len(data)} bytes at offset {offset}, expected {want}",
+                origin=self.name,
+                path=path,
+            )
+        return data
+
+    def probe(self) -> None:
+        remote = self._remote("")
+        attr = self._run("", lambda conn: conn.sftp.stat(remote))
+        if attr.st_mode is not None and not stat_mod.S_ISDIR(attr.st_mode):
+            raise OriginNotFound(f"{self.name}: {remote} is not a directory", origin=self.name)
+
+    def close(self) -> None:
+        self._pool.close()

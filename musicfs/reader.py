@@ -1,0 +1,195 @@
+"""FileReader: a byte range -> chunks -> verified cache hit or origin fetch (then cached)."""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+from dataclasses import dataclass, field
+
+import trio
+
+from . import points
+from .cas import CasStore
+from .catalog import Catalog, FileRow
+from .errors import CasError, MusicFSError, OriginError
+from .failpoints import fail_point
+from .origins.base import FileStat
+from .origins.registry import OriginRegistry
+
+log = logging.getLogger(__name__)
+
+
+class ChunkLRU:
+    """Verified chunks in memory, bounded by bytes; FUSE's 128 KiB reads hit this."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._data: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+        self._bytes = 0
+
+    def get(self, digest: str) -> bytes | None:
+        data = self._data.get(digest)
+        if data is not None:
+            self._data.move_to_end(digest)
+        return data
+
+    def put(self, digest: str, data: bytes) -> None:
+        if digest in self._data or len(data) > self.limit:
+            return
+        self._data[digest] = data
+        self._bytes += len(data)
+        while self._bytes > self.limit:
+            _, old = self._data.popitem(last=False)
+            self._bytes -= len(old)
+
+    def discard(self, digest: str) -> None:
+        data = self._data.pop(digest, None)
+        if data is not None:
+            self._bytes -= len(data)
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+
+@dataclass
+class OpenFile:
+    row: FileRow
+    manifest: dict[int, str]
+    pinned: set[str] = field(default_factory=set)
+    refs: int = 1
+
+
+@dataclass
+class ReaderStats:
+    cache_hits: int = 0
+    memory_hits: int = 0
+    origin_fetches: int = 0
+    uncached_reads: int = 0
+    bad_chunks: int = 0
+
+
+class FileReader:
+    def __init__(self, catalog: Catalog, cas: CasStore, origins: OriginRegistry, *, chunk_size: int,
+                 memory_cache: int, read_timeout: float, threads: int = 8):
+        self.catalog = catalog
+        self.cas = cas
+        self.origins = origins
+        self.chunk_size = chunk_size
+        self.read_timeout = read_timeout
+        self.memory = ChunkLRU(memory_cache)
+        self.stats = ReaderStats()
+        self.limiter = trio.CapacityLimiter(threads)
+        self._open: dict[int, OpenFile] = {}
+        self._handles = itertools.count(1)
+        self._fh: dict[int, int] = {}
+        self._inflight: dict[tuple[int, str, int], trio.Event] = {}
+
+    async def _thread(self, fn, *args):
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter, abandon_on_cancel=True)
+
+    # -- open / release ---------------------------------------------------------
+    async def open(self, row: FileRow) -> int:
+        """A handle for reading; the file's cached chunks are pinned until release."""
+        of = self._open.get(row.id)
+        if of is not None and of.row.ident == row.ident:
+            of.refs += 1
+        else:
+            manifest = await self._thread(self.catalog.manifest, row.id, row.ident)
+            of = self._open[row.id] = OpenFile(row, manifest)
+        fh = next(self._handles)
+        self._fh[fh] = row.id
+        return fh
+
+    def release(self, fh: int) -> None:
+        file_id = self._fh.pop(fh, None)
+        of = self._open.get(file_id) if file_id is not None else None
+        if of is None:
+            return
+        of.refs -= 1
+        if of.refs <= 0:
+            for digest in of.pinned:
+                self.cas.unpin(digest)
+            del self._open[file_id]
+
+    @property
+    def open_files(self) -> int:
+        return len(self._open)
+
+    # -- reading --------------------------------------------------------------
+    async def read(self, fh: int, offset: int, size: int) -> bytes:
+        """Bytes [offset, offset+size) of the file, short only at EOF. Bounded by read_timeout."""
+        of = self._open[self._fh[fh]]
+        end = min(offset + size, of.row.size)
+        if offset >= end:
+            return b""
+        with trio.fail_after(self.read_timeout):
+            parts = []
+            for idx in range(offset // self.chunk_size, (end - 1) // self.chunk_size + 1):
+                data = await self._chunk(of, idx)
+                base = idx * self.chunk_size
+                parts.append(data[max(offset - base, 0) : end - base])
+            return b"".join(parts)
+
+    async def _chunk(self, of: OpenFile, idx: int) -> bytes:
+        key = (of.row.id, of.row.ident, idx)
+        while key in self._inflight:  # someone is fetching this chunk: wait, then use it
+            await self._inflight[key].wait()
+        digest = of.manifest.get(idx)
+        if digest is not None:
+            data = self.memory.get(digest)
+            if data is not None:
+                self.stats.memory_hits += 1
+                return data
+            data = await self._from_cache(digest)
+            if data is not None:
+                self.stats.cache_hits += 1
+                self._keep(of, digest, data)
+                return data
+        event = self._inflight[key] = trio.Event()
+        try:
+            return await self._fetch(of, idx)
+        finally:
+            del self._inflight[key]
+            event.set()
+
+    async def _from_cache(self, digest: str) -> bytes | None:
+        try:
+            return await self._thread(self.cas.get, digest)
+        except CasError as exc:
+            self.stats.bad_chunks += 1
+            log.warning("cache: %s; fetching it again from the origin", exc)
+            return None
+
+    async def _fetch(self, of: OpenFile, idx: int) -> bytes:
+        row = of.row
+        start = idx * self.chunk_size
+        want = min(self.chunk_size, row.size - start)
+        expect = FileStat(row.path, row.size, row.mtime_ns, row.etag)
+        fail_point(points.READER_MANIFEST_FETCH)
+        data = await self._thread(self.origins.read, row.path, start, want, expect, True)
+        self.stats.origin_fetches += 1
+        try:
+            digest = await self._thread(self._store, row, idx, data)
+        except CasError as exc:
+            self.stats.uncached_reads += 1
+            log.warning("cache: cannot store a chunk of %s (%s); serving it uncached", row.path, exc)
+            return data
+        of.manifest[idx] = digest
+        self._keep(of, digest, data)
+        return data
+
+    def _store(self, row: FileRow, idx: int, data: bytes) -> str:
+        digest = self.cas.put(data)
+        self.catalog.set_manifest_chunk(row.id, row.ident, idx, digest)
+        return digest
+
+    def _keep(self, of: OpenFile, digest: str, data: bytes) -> None:
+        self.memory.put(digest, data)
+        if digest not in of.pinned:
+            of.pinned.add(digest)
+            self.cas.pin(digest)
+
+
+READ_ERRORS = (MusicFSError, OriginError, trio.TooSlowError)

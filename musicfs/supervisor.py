@@ -1,0 +1,106 @@
+"""TaskSupervisor: the one owner of a nursery; supervised and critical (restarted) tasks."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+import trio
+
+log = logging.getLogger(__name__)
+
+TaskFn = Callable[[], Awaitable[None]]
+
+
+@dataclass
+class TaskState:
+    name: str
+    critical: bool
+    state: str = "running"  # running | done | restarting | failed
+    failures: int = 0
+    restarts: int = 0
+    last_error: str = ""
+    failure_times: list[float] = field(default_factory=list)
+
+
+class TaskSupervisor:
+    """Use as `async with TaskSupervisor() as sup:`; the block waits for every task (or cancel_all)."""
+
+    def __init__(self, *, max_failures: int = 5, window: float = 60.0, backoff: float = 0.5, max_backoff: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.tasks: dict[str, TaskState] = {}
+        self.max_failures = max_failures
+        self.window = window
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self._clock = clock
+        self._nursery: trio.Nursery | None = None
+        self._cm = None
+
+    async def __aenter__(self) -> "TaskSupervisor":
+        self._cm = trio.open_nursery()
+        self._nursery = await self._cm.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc):
+        return await self._cm.__aexit__(*exc)
+
+    @property
+    def degraded(self) -> list[str]:
+        return sorted(name for name, t in self.tasks.items() if t.state == "failed")
+
+    def task_status(self, name: str) -> TaskState | None:
+        return self.tasks.get(name)
+
+    def stats(self) -> dict:
+        return {name: {"state": t.state, "failures": t.failures, "restarts": t.restarts, "last_error": t.last_error}
+                for name, t in self.tasks.items()}
+
+    def cancel_all(self) -> None:
+        self._nursery.cancel_scope.cancel()
+
+    def spawn_supervised(self, name: str, fn: TaskFn) -> None:
+        """Run once; a crash is logged with the task's name and recorded, nothing else stops."""
+        state = self.tasks[name] = TaskState(name, critical=False)
+        self._nursery.start_soon(self._run_once, state, fn, name=name)
+
+    def spawn_critical(self, name: str, fn: TaskFn) -> None:
+        """Run and restart on failure with exponential backoff; too many failures -> failed (degraded)."""
+        state = self.tasks[name] = TaskState(name, critical=True)
+        self._nursery.start_soon(self._run_forever, state, fn, name=name)
+
+    async def _attempt(self, state: TaskState, fn: TaskFn) -> bool:
+        """True when fn returned normally."""
+        try:
+            await fn()
+            return True
+        except Exception as exc:
+            state.failures += 1
+            state.last_error = f"{type(exc).__name__}: {exc}"
+            state.failure_times.append(self._clock())
+            log.error("task %s failed", state.name, exc_info=exc)
+            return False
+
+    async def _run_once(self, state: TaskState, fn: TaskFn) -> None:
+        state.state = "done" if await self._attempt(state, fn) else "failed"
+
+    async def _run_forever(self, state: TaskState, fn: TaskFn) -> None:
+        while True:
+            if await self._attempt(state, fn):
+                state.state = "done"
+                return
+            now = self._clock()
+            state.failure_times = [t for t in state.failure_times if now - t <= self.window]
+            if len(state.failure_times) >= self.max_failures:
+                state.state = "failed"
+                log.error("task %s failed %d times in %.0fs; giving up (status: degraded)",
+                          state.name, len(state.failure_times), self.window)
+                return
+            delay = min(self.max_backoff, self.backoff * math.pow(2, len(state.failure_times) - 1))
+            state.state = "restarting"
+            await trio.sleep(delay)
+            state.restarts += 1
+            state.state = "running"

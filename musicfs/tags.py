@@ -1,0 +1,130 @@
+"""Read audio tags with mutagen through a seekable file object that fetches ranges lazily."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import mutagen
+
+log = logging.getLogger(__name__)
+
+BLOCK = 64 << 10
+AUDIO_EXTENSIONS = {".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".mp4", ".aac", ".wv", ".ape", ".aif", ".aiff", ".wav", ".dsf"}
+COVER_NAMES = {"cover", "folder", "front"}
+COVER_EXTENSIONS = {".jpg", ".jpeg", ".png"}
+
+
+def classify(path: str) -> str | None:
+    """'track', 'cover', or None for files that are not part of the library."""
+    stem, ext = os.path.splitext(os.path.basename(path))
+    ext = ext.lower()
+    if ext in AUDIO_EXTENSIONS:
+        return "track"
+    if ext in COVER_EXTENSIONS and stem.lower() in COVER_NAMES:
+        return "cover"
+    return None
+
+
+class RangeFile(io.RawIOBase):
+    """Read-only seekable file over `fetch(offset, length)`, caching whole 64 KiB blocks."""
+
+    def __init__(self, fetch: Callable[[int, int], bytes], size: int, name: str = ""):
+        self._fetch = fetch
+        self._size = size
+        self._pos = 0
+        self._blocks: dict[int, bytes] = {}
+        self.name = name
+        self.fetches = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def _block(self, index: int) -> bytes:
+        if index not in self._blocks:
+            self.fetches += 1
+            self._blocks[index] = self._fetch(index * BLOCK, BLOCK)
+        return self._blocks[index]
+
+    def readinto(self, buf) -> int:
+        want = min(len(buf), self._size - self._pos)
+        got = 0
+        while got < want:
+            block, inner = divmod(self._pos, BLOCK)
+            data = self._block(block)[inner : inner + want - got]
+            if not data:
+                break
+            buf[got : got + len(data)] = data
+            got += len(data)
+            self._pos += len(data)
+        return got
+
+
+@dataclass(frozen=True)
+class Tags:
+    artist: str | None = None
+    albumartist: str | None = None
+    album: str | None = None
+    title: str | None = None
+    track_no: int | None = None
+    disc_no: int | None = None
+    year: str | None = None
+    genre: str | None = None
+    duration: float | None = None
+
+
+def _first(tags, *keys) -> str | None:
+    for key in keys:
+        try:
+            value = tags[key]
+        except (KeyError, ValueError, TypeError):
+            continue
+        if isinstance(value, list):
+            value = value[0] if value else None
+        if value is not None:
+            text = str(getattr(value, "text", [value])[0] if hasattr(value, "text") else value).strip()
+            if text:
+                return text
+    return None
+
+
+def _number(text: str | None) -> int | None:
+    """'3', '03/12', '3 of 12' -> 3; junk -> None."""
+    if not text:
+        return None
+    head = text.split("/")[0].split()[0] if text.split() else ""
+    return int(head) if head.isdigit() and len(head) < 7 else None
+
+
+def parse(fileobj: RangeFile) -> Tags | None:
+    """Tags of an audio file, or None when mutagen does not recognise it."""
+    audio = mutagen.File(fileobj, easy=True)
+    if audio is None:
+        return None
+    tags = audio.tags or {}
+    length = getattr(audio.info, "length", None)
+    return Tags(
+        artist=_first(tags, "artist"),
+        albumartist=_first(tags, "albumartist", "album artist"),
+        album=_first(tags, "album"),
+        title=_first(tags, "title"),
+        track_no=_number(_first(tags, "tracknumber")),
+        disc_no=_number(_first(tags, "discnumber")),
+        year=_first(tags, "date", "year"),
+        genre=_first(tags, "genre"),
+        duration=float(length) if length else None,
+    )

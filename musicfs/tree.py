@@ -1,0 +1,165 @@
+"""VirtualTree: an immutable Artist/Album/NN - Title.ext snapshot of the catalog.
+
+A new tree is built beside the old one and swapped in whole, so a reader never sees a half
+tree. Inode numbers come from the catalog (keyed by origin path for files, by tree path for
+folders), so an unchanged track keeps its inode across rescans and restarts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from .catalog import FileRow
+
+ROOT_INO = 1
+FIRST_INO = 2
+NAME_MAX = 255
+
+
+def clean_name(text: str) -> str:
+    """A safe single path component: no '/', no NUL, no leading dot, valid UTF-8, never empty."""
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    text = text.replace("/", "_").replace("\0", "_").strip()
+    if text.startswith("."):
+        text = "_" + text[1:]
+    return text or "_"
+
+
+def fit_name(stem: str, suffix: str = "") -> str:
+    """stem + suffix cut (on a character boundary) to at most NAME_MAX bytes of UTF-8."""
+    room = NAME_MAX - len(suffix.encode())
+    raw = stem.encode()
+    if len(raw) > room:
+        stem = raw[:room].decode("utf-8", "ignore").rstrip()
+    return stem + suffix
+
+
+@dataclass
+class Node:
+    ino: int
+    name: bytes
+    parent: int
+    is_dir: bool
+    size: int = 0
+    mtime_ns: int = 0
+    file: FileRow | None = None
+    children: dict[bytes, int] = field(default_factory=dict)
+
+
+class VirtualTree:
+    """Read-only view: ino -> Node; lookups and listings are pure memory."""
+
+    def __init__(self, nodes: dict[int, Node]):
+        self.nodes = nodes
+        self.listings = {ino: sorted(n.children.items()) for ino, n in nodes.items() if n.is_dir}
+        self.total_size = sum(n.size for n in nodes.values() if not n.is_dir)
+
+    def get(self, ino: int) -> Node | None:
+        return self.nodes.get(ino)
+
+    def lookup(self, parent: int, name: bytes) -> Node | None:
+        node = self.nodes.get(parent)
+        if node is None or not node.is_dir:
+            return None
+        ino = node.children.get(name)
+        return self.nodes.get(ino) if ino else None
+
+    def path(self, ino: int) -> str:
+        parts = []
+        while ino != ROOT_INO:
+            node = self.nodes[ino]
+            parts.append(node.name.decode())
+            ino = node.parent
+        return "/".join(reversed(parts))
+
+    def walk_files(self) -> Iterable[Node]:
+        return (n for n in self.nodes.values() if not n.is_dir)
+
+    @property
+    def track_count(self) -> int:
+        return sum(1 for n in self.walk_files() if n.file and n.file.kind == "track")
+
+
+def _album_dirs(row: FileRow) -> tuple[str, str]:
+    artist = row.albumartist or row.artist or "Unknown Artist"
+    return fit_name(clean_name(artist)), fit_name(clean_name(row.album or "Unknown Album"))
+
+
+def _track_stem(row: FileRow, multi_disc: bool) -> str:
+    base = os.path.basename(row.path)
+    title = clean_name(row.title or os.path.splitext(base)[0])
+    if row.track_no is None:
+        return title
+    if multi_disc:
+        return f"{row.disc_no or 1}-{row.track_no:02d} - {title}"
+    return f"{row.track_no:02d} - {title}"
+
+
+def _unique(stem: str, ext: str, taken: set[str]) -> str:
+    """First free name among stem.ext, stem (2).ext, stem (3).ext ..."""
+    n = 1
+    while True:
+        name = fit_name(stem, (f" ({n})" if n > 1 else "") + ext)
+        if name not in taken:
+            taken.add(name)
+            return name
+        n += 1
+
+
+def plan_paths(files: Iterable[FileRow]) -> list[tuple[tuple[str, str, str], FileRow]]:
+    """Every track and cover with its (artist, album, name) place, names unique per folder."""
+    tracks = sorted((f for f in files if f.kind in ("track", "cover")), key=lambda f: f.path)
+    albums: dict[tuple[str, str], list[FileRow]] = defaultdict(list)
+    source_dirs: dict[str, set[tuple[str, str]]] = defaultdict(set)
+    for row in tracks:
+        if row.kind == "track":
+            albums[_album_dirs(row)].append(row)
+            source_dirs[os.path.dirname(row.path)].add(_album_dirs(row))
+    placed = []
+    for key, rows in sorted(albums.items()):
+        multi = any((r.disc_no or 1) > 1 for r in rows)
+        taken: set[str] = set()
+        for row in rows:
+            ext = os.path.splitext(row.path)[1].lower()
+            placed.append(((*key, _unique(_track_stem(row, multi), ext, taken)), row))
+        for cover in (c for c in tracks if c.kind == "cover"):
+            if key in source_dirs.get(os.path.dirname(cover.path), ()):
+                stem, ext = os.path.splitext(clean_name(os.path.basename(cover.path)))
+                placed.append(((*key, _unique(stem, ext.lower(), taken)), cover))
+    return placed
+
+
+def file_key(row: FileRow, artist: str, album: str) -> str:
+    """Inode key: a track by its origin path; a cover per album, as one image can serve several."""
+    return f"f:{row.path}" if row.kind == "track" else f"c:{row.path}#{artist}/{album}"
+
+
+def build_tree(files: Iterable[FileRow], inodes: dict[str, int], assign: Callable[[list[str]], dict[str, int]]) -> VirtualTree:
+    """Build a tree; `assign` gives inode numbers to keys not yet in `inodes`."""
+    placed = plan_paths(files)
+    keys = []
+    for (artist, album, _name), row in placed:
+        keys += [f"d:{artist}", f"d:{artist}/{album}", file_key(row, artist, album)]
+    missing = sorted({k for k in keys if k not in inodes})
+    inodes = {**inodes, **assign(missing)} if missing else inodes
+    nodes = {ROOT_INO: Node(ROOT_INO, b"", ROOT_INO, True)}
+
+    def folder(parent: int, key: str, name: str, mtime_ns: int) -> int:
+        ino = inodes[key]
+        if ino not in nodes:
+            nodes[ino] = Node(ino, name.encode(), parent, True)
+            nodes[parent].children[name.encode()] = ino
+        nodes[ino].mtime_ns = max(nodes[ino].mtime_ns, mtime_ns)
+        return ino
+
+    for (artist, album, name), row in placed:
+        a = folder(ROOT_INO, f"d:{artist}", artist, row.mtime_ns)
+        b = folder(a, f"d:{artist}/{album}", album, row.mtime_ns)
+        ino = inodes[file_key(row, artist, album)]
+        nodes[ino] = Node(ino, name.encode(), b, False, row.size, row.mtime_ns, row)
+        nodes[b].children[name.encode()] = ino
+    nodes[ROOT_INO].mtime_ns = max((n.mtime_ns for n in nodes.values()), default=0)
+    return VirtualTree(nodes)

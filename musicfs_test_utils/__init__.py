@@ -1,0 +1,1 @@
+"""Test harness for MusicFS: fakes, fixtures, the daemon driver, the chaos proxy and servers."""
