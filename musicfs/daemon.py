@@ -11,6 +11,7 @@ import trio
 
 from . import points
 from .config import Config
+from .errors import OriginError
 from .failpoints import fail_point
 from .fuse_ops import MusicOperations
 from .library import Library
@@ -58,7 +59,9 @@ class Daemon:
     # -- start ---------------------------------------------------------------------
     async def prepare(self) -> VirtualTree:
         """Scan first if this library was never scanned; build the tree from the catalog."""
-        if not self.lib.ever_scanned:
+        if self.lib.ever_scanned:
+            self._wake_rescan.set()  # serve the persisted catalog now, rescan in the background
+        else:
             log.info("first mount of %s: scanning before mounting", ", ".join(self.cfg.sources))
             self.notifier.extend_timeout(60, "scanning the library")
             on_progress = lambda done, total: self.notifier.extend_timeout(60, f"scanning: {done}/{total} files")  # noqa: E731
@@ -126,7 +129,11 @@ class Daemon:
             await self.rescan()
 
     async def rescan(self) -> None:
-        result = await trio.to_thread.run_sync(self.lib.scan)
+        try:
+            result = await trio.to_thread.run_sync(self.lib.scan)
+        except OriginError as exc:
+            log.warning("rescan skipped: %s", exc)
+            return
         if not result.touched:
             return
         tree = await trio.to_thread.run_sync(self.lib.build_tree)

@@ -88,6 +88,10 @@ class Scanner:
                 progress.advance(len(todo[i : i + self.batch]))
         progress.finish()
         gone = sorted(set(known) - {st.path for st in listing})
+        if gone and not listing:
+            # An empty listing of a known library is far likelier an unmounted NAS than a wiped one.
+            log.warning("scan: %s lists no files at all; keeping the %d known ones", origin.name, len(gone))
+            gone = []
         if gone:
             self.catalog.delete_paths(gone)
         result.removed = len(gone)

@@ -384,7 +384,12 @@ class SshServer:
 
     @property
     def pid(self) -> int | None:
+        """The listening sshd's pid."""
         return self._proc.pid if self._proc is not None else None
+
+    def session_pids(self) -> list[int]:
+        """pids of the per-connection sshd processes (for SIGSTOP/SIGCONT chaos)."""
+        return _descendants(self._proc.pid) if self._proc is not None else []
 
     def stop(self) -> None:
         """Stop the listener and every per-connection sshd it forked."""

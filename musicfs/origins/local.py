@@ -35,9 +35,8 @@ def map_os_error(exc: OSError, origin: str, path: str) -> OriginError:
 class LocalOrigin(Origin):
     def __init__(self, root: str | os.PathLike):
         self.name = str(root)
+        # A missing root is not an error here: a mount may start offline and serve its cache.
         self.root = os.path.realpath(root)
-        if not os.path.isdir(self.root):
-            raise OriginNotFound(f"source {root} is not a directory", origin=self.name)
 
     # -- path safety -------------------------------------------------------
     def _resolve(self, path: str) -> str:
@@ -111,6 +110,8 @@ class LocalOrigin(Origin):
             os.close(fd)
 
     def probe(self) -> None:
+        if not os.path.isdir(self.root):
+            raise OriginNotFound(f"source {self.name} is not a directory", origin=self.name)
         try:
             os.listdir(self.root)
         except OSError as exc:
