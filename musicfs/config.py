@@ -17,6 +17,8 @@ _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 def parse_size(text: str | int, key: str = "size") -> int:
     """'500M' -> bytes. Binary units; a bare number is bytes."""
+    if isinstance(text, bool) or (isinstance(text, int) and text < 0):
+        raise ConfigError(key, f"{text!r} is not a size (try 500M or 10G)")
     if isinstance(text, int):
         return text
     m = _SIZE.match(str(text))

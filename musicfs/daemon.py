@@ -9,9 +9,9 @@ import signal
 import pyfuse3
 import trio
 
-from . import points
+from . import failpoints, points
 from .config import Config
-from .errors import OriginError
+from .errors import ConfigError, OriginError
 from .failpoints import fail_point
 from .fuse_ops import MusicOperations
 from .library import Library
@@ -164,6 +164,10 @@ async def _main(cfg: Config, notifier: Notifier) -> None:
 
 
 def run(cfg: Config) -> int:
+    try:
+        failpoints.setup_from_env()  # lets tests arm a child daemon through FAILPOINTS
+    except ValueError as exc:
+        raise ConfigError("FAILPOINTS", str(exc)) from exc
     notifier = Notifier()
     try:
         trio.run(_main, cfg, notifier)

@@ -9,7 +9,15 @@ import time
 from typing import Callable
 
 from ..errors import OriginError, OriginFileChanged, OriginTransient, ShortRead
+from .. import points
+from ..failpoints import fail_point
 from .base import FileStat, Origin
+
+
+def probe(origin: Origin) -> None:
+    """One health probe (the failpoint lets tests make it hang)."""
+    fail_point(points.HEALTH_CHECK_HANG)
+    origin.probe()
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +86,7 @@ class OriginRegistry:
         last: OriginError | None = None
         for origin in self.origins:
             try:
-                self.call(origin, lambda o: o.probe())
+                self.call(origin, probe)
                 return origin
             except OriginError as exc:
                 last = exc

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import getpass
+import logging
 import os
 import posixpath
 import socket
@@ -72,6 +73,27 @@ _NET_ERRNOS = {
     errno.ENFILE,
     errno.ESTALE,
 }
+
+
+PARAMIKO_LOG_CHANNEL = "musicfs.origins.sftp.paramiko"
+
+
+class _DemoteToDebug(logging.Filter):
+    """paramiko's transport thread logs every connection failure at ERROR, with a
+    traceback. The same failure reaches the caller as a classified OriginError
+    (and retry policy decides whether it matters), so those records are kept
+    at DEBUG only, on PARAMIKO_LOG_CHANNEL."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.DEBUG:
+            record.msg = f"(paramiko {record.levelname}) {record.msg}"
+            record.levelno = logging.DEBUG
+            record.levelname = "DEBUG"
+        return True
+
+
+for _name in (PARAMIKO_LOG_CHANNEL, PARAMIKO_LOG_CHANNEL + ".sftp"):
+    logging.getLogger(_name).addFilter(_DemoteToDebug())
 
 
 class UnknownHostKey(SSHException):
@@ -136,6 +158,9 @@ def classify_sftp_error(exc: BaseException, origin: str, path: str = "") -> Orig
         return make(OriginTransient, f"cannot resolve host: {exc}")
     if isinstance(exc, SSHException):
         text = str(exc)
+        if "No existing session" in text:
+            # SSHClient.connect: start_client() gave up waiting for the key exchange
+            return make(OriginTimeout, f"SSH handshake did not complete in time: {text}")
         if "No authentication methods available" in text:
             return make(OriginFatal, f"no SSH credentials (set identity_file or password): {text}")
         if _timeout_in_chain(exc):
@@ -383,6 +408,7 @@ class SftpOrigin(Origin):
     def _connect(self, generation: int) -> _Conn:
         pkey = self._load_key()
         client = paramiko.SSHClient()
+        client.set_log_channel(PARAMIKO_LOG_CHANNEL)
         exists = os.path.exists(self.known_hosts)
         if exists:
             try:

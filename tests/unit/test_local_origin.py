@@ -1,0 +1,203 @@
+"""LocalOrigin: walk, path safety (symlinks, '..', absolute), ranged reads, identity checks, errors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from musicfs.errors import OriginFileChanged, OriginNotFound, OriginPermission, PathEscape
+from musicfs.origins.base import FileStat
+from musicfs.origins.local import LocalOrigin
+
+CONTENT = bytes(range(256)) * 40  # 10240 bytes, every offset distinguishable
+
+
+@pytest.fixture
+def tree(tmp_path) -> tuple[Path, Path]:
+    """root/ with files, a nested folder, and an outside/ folder next to it."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "Artist" / "Album").mkdir(parents=True)
+    (root / "empty").mkdir()
+    outside.mkdir()
+    (root / "top.mp3").write_bytes(b"x" * 7)
+    (root / "Artist" / "Album" / "01 Song.flac").write_bytes(CONTENT)
+    (root / "Artist" / "Album" / "cover.jpg").write_bytes(b"\xff\xd8jpeg")
+    (root / "Artist" / "zero.ogg").write_bytes(b"")
+    (outside / "secret.flac").write_bytes(b"secret bytes")
+    (outside / "sub").mkdir()
+    (outside / "sub" / "deep.mp3").write_bytes(b"deep secret")
+    return root, outside
+
+
+def _walk(origin: LocalOrigin) -> dict[str, int]:
+    return {st.path: st.size for st in origin.walk()}
+
+
+def test_walk_lists_regular_files_with_sizes_and_mtimes(tree):
+    root, _ = tree
+    origin = LocalOrigin(root)
+    found = list(origin.walk())
+    expected = {
+        p.relative_to(root).as_posix(): p.stat()
+        for p in root.rglob("*")
+        if p.is_file()
+    }
+    assert {st.path: st.size for st in found} == {k: v.st_size for k, v in expected.items()}
+    assert {st.path: st.mtime_ns for st in found} == {k: v.st_mtime_ns for k, v in expected.items()}
+    assert all(not st.path.startswith("/") and "\\" not in st.path for st in found)
+
+
+def test_walk_never_follows_symlinks_out_of_the_root(tree):
+    root, outside = tree
+    os.symlink(outside / "secret.flac", root / "leak.flac")  # file symlink, absolute target
+    os.symlink("../../outside/sub", root / "Artist" / "leakdir")  # dir symlink, relative target
+    os.symlink(outside, root / "leakroot")
+    os.symlink(root / "missing.flac", root / "dangling.flac")
+    listed = _walk(LocalOrigin(root))
+    assert not any("leak" in p or "dangling" in p for p in listed), listed
+    assert "secret" not in " ".join(listed) and "deep" not in " ".join(listed)
+    # and the files themselves cannot be read through the links either
+    origin = LocalOrigin(root)
+    for path in ("leak.flac", "Artist/leakdir/deep.mp3", "leakroot/secret.flac"):
+        with pytest.raises(PathEscape):
+            origin.read(path, 0, 100)
+        with pytest.raises(PathEscape):
+            origin.stat(path)
+
+
+def test_walk_does_not_descend_into_symlinked_dirs_inside_the_root(tree):
+    root, _ = tree
+    os.symlink(root / "Artist", root / "loop")  # a loop back into the tree: must not be walked twice
+    os.symlink(root, root / "Artist" / "self")
+    listed = _walk(LocalOrigin(root))
+    assert not any(p.startswith("loop/") or "/self/" in p for p in listed)
+    assert "Artist/Album/01 Song.flac" in listed
+
+
+def test_symlinked_file_inside_the_root_is_listed(tree):
+    root, _ = tree
+    os.symlink("Artist/Album/01 Song.flac", root / "alias.flac")
+    origin = LocalOrigin(root)
+    assert _walk(origin)["alias.flac"] == len(CONTENT)
+    assert origin.read("alias.flac", 0, 16) == CONTENT[:16]
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["../outside/secret.flac", "Artist/../../outside/secret.flac", "..", "/etc/passwd", "top.mp3\0", "a/\0/b"],
+)
+def test_escaping_paths_are_refused(tree, path):
+    origin = LocalOrigin(tree[0])
+    with pytest.raises(PathEscape):
+        origin.read(path, 0, 10)
+    with pytest.raises(PathEscape):
+        origin.stat(path)
+
+
+def test_path_escape_is_a_permission_error(tree):
+    with pytest.raises(OriginPermission):
+        LocalOrigin(tree[0]).read("../outside/secret.flac", 0, 1)
+
+
+def test_dotdot_that_stays_inside_is_fine(tree):
+    origin = LocalOrigin(tree[0])
+    assert origin.read("Artist/../top.mp3", 0, 100) == b"x" * 7
+
+
+@pytest.mark.parametrize(
+    "offset, length",
+    [(0, 10), (0, len(CONTENT)), (1, 255), (300, 4096), (len(CONTENT) - 5, 100), (len(CONTENT), 10),
+     (len(CONTENT) + 1000, 10), (17, 0)],
+)
+def test_read_at_offsets(tree, offset, length):
+    origin = LocalOrigin(tree[0])
+    assert origin.read("Artist/Album/01 Song.flac", offset, length) == CONTENT[offset : offset + length]
+
+
+def test_read_empty_file(tree):
+    assert LocalOrigin(tree[0]).read("Artist/zero.ogg", 0, 100) == b""
+
+
+def test_read_with_matching_expect_succeeds(tree):
+    origin = LocalOrigin(tree[0])
+    st = origin.stat("Artist/Album/01 Song.flac")
+    assert st == FileStat("Artist/Album/01 Song.flac", len(CONTENT), st.mtime_ns)
+    assert origin.read(st.path, 100, 50, expect=st) == CONTENT[100:150]
+
+
+def test_read_with_expect_detects_a_new_mtime(tree):
+    root, _ = tree
+    origin = LocalOrigin(root)
+    st = origin.stat("Artist/Album/01 Song.flac")
+    os.utime(root / st.path, ns=(st.mtime_ns + 1_000_000_000, st.mtime_ns + 1_000_000_000))
+    with pytest.raises(OriginFileChanged) as err:
+        origin.read(st.path, 0, 10, expect=st)
+    assert err.value.path == st.path
+    assert origin.read(st.path, 0, 10) == CONTENT[:10]  # without expect it still reads
+
+
+def test_read_with_expect_detects_a_size_change(tree):
+    root, _ = tree
+    origin = LocalOrigin(root)
+    st = origin.stat("Artist/Album/01 Song.flac")
+    with open(root / st.path, "ab") as fh:
+        fh.write(b"more")
+    os.utime(root / st.path, ns=(st.mtime_ns, st.mtime_ns))  # same mtime: only the size tells
+    with pytest.raises(OriginFileChanged):
+        origin.read(st.path, 0, 10, expect=st)
+
+
+def test_read_with_expect_detects_an_etag_mismatch(tree):
+    origin = LocalOrigin(tree[0])
+    st = origin.stat("top.mp3")
+    with pytest.raises(OriginFileChanged):
+        origin.read("top.mp3", 0, 1, expect=FileStat(st.path, st.size, st.mtime_ns, etag="abc"))
+
+
+def test_missing_file_is_not_found(tree):
+    origin = LocalOrigin(tree[0])
+    with pytest.raises(OriginNotFound):
+        origin.read("nope.flac", 0, 10)
+    with pytest.raises(OriginNotFound):
+        origin.stat("Artist/nope/x.flac")
+    with pytest.raises(OriginNotFound):
+        origin.read("top.mp3/child", 0, 1)  # ENOTDIR
+
+
+def test_missing_root_is_reported_by_probe_walk_and_read(tmp_path):
+    # A missing root is not an error at construction (a mount may start offline and serve its cache),
+    # but every operation on it says "not found".
+    origin = LocalOrigin(tmp_path / "absent")
+    with pytest.raises(OriginNotFound):
+        origin.probe()
+    with pytest.raises(OriginNotFound):
+        list(origin.walk())
+    with pytest.raises(OriginNotFound):
+        origin.read("x.flac", 0, 1)
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(OriginNotFound):
+        LocalOrigin(tmp_path / "file").probe()
+
+
+def test_probe(tree, tmp_path):
+    root, _ = tree
+    origin = LocalOrigin(root)
+    origin.probe()
+    os.rename(root, tmp_path / "moved")
+    with pytest.raises(OriginNotFound):
+        origin.probe()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores permission bits")
+def test_unreadable_file_is_a_permission_error(tree):
+    root, _ = tree
+    target = root / "Artist" / "Album" / "01 Song.flac"
+    target.chmod(0)
+    try:
+        with pytest.raises(OriginPermission) as err:
+            LocalOrigin(root).read("Artist/Album/01 Song.flac", 0, 10)
+        assert err.value.kind == "permission"
+    finally:
+        target.chmod(0o644)
