@@ -718,6 +718,8 @@ def ratio(a, b) -> str:
 def num(v, digits=1) -> str:
     if v is None or v != v:
         return "–"
+    if v and abs(v) < 1:
+        return f"{v:.3g}"  # small latencies keep three significant digits
     return f"{v:,.{digits}f}"
 
 
@@ -826,7 +828,7 @@ def build_report(args, argv, info, fs: FileSet, res: dict, started: datetime.dat
     out.append("")
 
     out += ["## Reading the numbers", ""]
-    out += reading(d, m, rc)
+    out += reading(d, m, rc, info["disk"])
     if NOTES:
         out += ["", "## Odd things seen during this run", ""]
         out += [f"- {n}" for n in NOTES]
@@ -834,7 +836,7 @@ def build_report(args, argv, info, fs: FileSet, res: dict, started: datetime.dat
     return "\n".join(out)
 
 
-def reading(d: dict, m: dict, rc: dict) -> list[str]:
+def reading(d: dict, m: dict, rc: dict, disk: str) -> list[str]:
     """The interpretation, built from the figures (no number here is typed by hand)."""
     lines = []
 
@@ -844,23 +846,23 @@ def reading(d: dict, m: dict, rc: dict) -> list[str]:
             return None
         return (b / a) if hib else (a / b)  # > 1: MusicFS is that many times worse
 
-    worse = []
-    for key, label, unit, hib, _ in ROWS:
-        for name, other in (("direct reads", d), ("rclone", rc)):
+    def clean(label):
+        for mark in (" ¹", " ²", " ³"):
+            label = label.replace(mark, "")
+        return label
+
+    for name, other in (("direct reads", d), ("rclone", rc)):
+        worse, better = [], []
+        for key, label, unit, hib, _ in ROWS:
             f = slower(key, hib, other)
             if f is not None and f > 1.1:
-                worse.append(f"{label.rstrip(' ¹²³')} ({f:.1f}× worse than {name})")
-    better = []
-    for key, label, unit, hib, _ in ROWS:
-        f = slower(key, hib, rc)
-        if f is not None and f < 1 / 1.1:
-            better.append(f"{label.rstrip(' ¹²³')} ({1 / f:.1f}× better than rclone)")
-
-    if worse:
-        lines.append("Where MusicFS is slower (by more than 10%): " + "; ".join(worse) + ".")
+                worse.append(f"{clean(label)}: {f:.1f}× worse")
+            elif f is not None and f < 1 / 1.1:
+                better.append(f"{clean(label)}: {1 / f:.1f}× better")
+        lines.append(f"**MusicFS against {name}** (differences above 10%):")
         lines.append("")
-    if better:
-        lines.append("Where MusicFS beats rclone (by more than 10%): " + "; ".join(better) + ".")
+        lines += [f"- worse — {w}" for w in worse] or ["- worse — nothing"]
+        lines += [f"- better — {b}" for b in better] or ["- better — nothing"]
         lines.append("")
 
     fbm, fbd, fbr = m.get("fb_cold_med"), d.get("fb_cold_med"), rc.get("fb_cold_med")
@@ -884,12 +886,16 @@ def reading(d: dict, m: dict, rc: dict) -> list[str]:
         "the mount appears; a restart builds the tree from the catalog "
         f"({num(m.get('mount_first'), 2)} s fresh vs {num(m.get('mount_restart'), 2)} s restart).",
         "",
-        "Caveats: one run, no repetitions except `ls -lR`; the files are small, so per-file and "
-        "per-request overheads dominate everything but the big-file figures. The machine is a "
-        "virtual machine with a virtio disk whenever the storage line above says `/dev/vd*`: dropping the "
-        "guest's page cache does not drop the host's, so *cold* disk reads may be faster than on bare "
-        "metal for every contestant alike.",
+        "Caveats: one run, no repetitions except `ls -lR`; the tracks are small, so per-file and "
+        "per-request overheads dominate everything but the big-file figures; the direct *warm* column "
+        "is the page cache, not a cache on disk, so the warm MusicFS / direct ratios mostly measure "
+        "FUSE plus Python against RAM.",
     ]
+    if "/dev/vd" in disk:
+        lines.append("")
+        lines.append("The storage is a virtio disk (a virtual machine): dropping the guest's page cache does "
+                     "not drop the host's, so *cold* disk reads may be faster than on bare metal, for every "
+                     "contestant alike.")
     return lines
 
 

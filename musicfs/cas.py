@@ -170,10 +170,10 @@ class CasStore:
             raise
 
     def _make_room(self, incoming: int) -> None:
+        if incoming > self.quota:  # before evicting: a chunk that can never fit must not flush the cache
+            raise CacheFull(f"cache: a {incoming}-byte chunk does not fit a {self.quota}-byte quota")
         if self._used + incoming > self.quota * self.high:
             self.evict_to(int(self.quota * self.low) - incoming)
-        if incoming > self.quota:
-            raise CacheFull(f"cache: a {incoming}-byte chunk does not fit a {self.quota}-byte quota")
 
     def evict_to(self, target: int) -> int:
         """Drop least-recently-used unpinned chunks until usage <= target. Returns bytes freed."""

@@ -95,14 +95,18 @@ class Catalog:
     def _transaction(self, work) -> None:
         """Run work(cursor) in one transaction: all of it lands, or none of it."""
         with self._lock:
-            cur = self._db.cursor()
-            cur.execute("BEGIN IMMEDIATE")
             try:
-                work(cur)
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
-            cur.execute("COMMIT")
+                cur = self._db.cursor()
+                cur.execute("BEGIN IMMEDIATE")
+                try:
+                    work(cur)
+                    cur.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:  # SQLite may already have rolled back (e.g. SQLITE_FULL)
+                        cur.execute("ROLLBACK")
+                    raise
+            except sqlite3.DatabaseError as exc:
+                raise CatalogError(f"{self.path}: {exc}") from exc
 
     def close(self) -> None:
         with self._lock:

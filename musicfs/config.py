@@ -59,7 +59,8 @@ class Config:
         lib = library_id(list(self.sources)) if self.sources else "default"
         state = self.state_dir or str(xdg_dir("XDG_STATE_HOME", ".local/state") / "musicfs" / lib)
         cache = self.cache_dir or str(xdg_dir("XDG_CACHE_HOME", ".cache") / "musicfs" / lib)
-        return replace(self, state_dir=os.path.abspath(state), cache_dir=os.path.abspath(cache))
+        sources = tuple(s if "://" in s else os.path.abspath(s) for s in self.sources)
+        return replace(self, sources=sources, state_dir=os.path.abspath(state), cache_dir=os.path.abspath(cache))
 
 
 _SIZE_KEYS = {"cache_size", "chunk_size", "memory_cache"}

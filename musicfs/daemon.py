@@ -1,29 +1,42 @@
-"""The mount daemon: open the library, scan if new, mount, serve, rescan, stop cleanly on a signal."""
+"""The mount daemon: open the library, scan if new, mount, serve, rescan, and stop in order.
+
+Shutdown order (row 2.3): stop FUSE intake, drain in-flight requests (bounded by drain_timeout),
+unmount, stop background tasks (rescan, watchdog, status), commit the index, close catalog and
+cache, STOPPING=1. A second signal exits at once after a lazy unmount; a stop that overruns its
+bound does the same.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import signal
+import threading
+import time
 
 import pyfuse3
 import trio
 
-from . import failpoints, points
+from . import __version__, failpoints, points
 from .config import Config
-from .errors import ConfigError, OriginError
+from .control import serve_status, write_state_file
+from .errors import ConfigError, MusicFSError, OriginError
 from .failpoints import fail_point
 from .fuse_ops import MusicOperations
 from .library import Library
 from .mounts import prepare_mountpoint, unmount
-from .notify import Notifier
+from .notify import Notifier, watchdog_interval
 from .reader import FileReader
 from .supervisor import TaskSupervisor
-from .tree import VirtualTree
+from .sync import ScanCancelled
+from .watchdog import watchdog
 
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT = 30.0
+SCAN_EXTEND = 60.0  # seconds of start timeout asked of systemd at each progress step of a first scan
+CLOSE_BOUND = 10.0  # beyond the drain, the rest of shutdown gets this long before a forced exit
+BACKGROUND = ("ready", "rescan", "watchdog", "status")
 
 
 def fuse_options(cfg: Config) -> set[str]:
@@ -34,7 +47,7 @@ def fuse_options(cfg: Config) -> set[str]:
     return opts
 
 
-def _human(n: int) -> str:
+def human(n: float) -> str:
     for unit in ("B", "K", "M", "G", "T"):
         if n < 1024 or unit == "T":
             return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
@@ -43,57 +56,145 @@ def _human(n: int) -> str:
 
 
 class Daemon:
-    def __init__(self, cfg: Config, lib: Library, notifier: Notifier):
+    def __init__(self, cfg: Config, notifier: Notifier):
         self.cfg = cfg
-        self.lib = lib
         self.notifier = notifier
+        self.lib: Library | None = None
         self.ops: MusicOperations | None = None
-        self.stopping = False
+        self.sup: TaskSupervisor | None = None
+        self.stopping = threading.Event()  # also read by scan threads
+        self.steps: list[str] = []  # shutdown steps, in the order they happened
+        self.started = time.monotonic()
+        self.mounted = False
+        self.error: MusicFSError | None = None
         self._wake_rescan = trio.Event()
+        self._fuse_scope = trio.CancelScope()
 
+    # -- status ---------------------------------------------------------------------
     def status_line(self) -> str:
-        used, _ = self.lib.cas.usage()
+        used, _ = self.lib.cas.usage() if self.lib and self.lib.cas else (0, 0)
         tracks = self.ops.tree.track_count if self.ops else 0
-        return f"{tracks} tracks, cache {_human(used)}/{_human(self.cfg.cache_size)}, origins {len(self.cfg.sources)}"
+        line = f"{tracks} tracks, cache {human(used)}/{human(self.cfg.cache_size)}, origins {len(self.cfg.sources)}"
+        degraded = self.sup.degraded if self.sup else []
+        return line + (f", degraded: {', '.join(degraded)}" if degraded else "")
 
-    # -- start ---------------------------------------------------------------------
-    async def prepare(self) -> VirtualTree:
+    def snapshot(self) -> dict:
+        """The document `musicfs status` shows."""
+        used, chunks = self.lib.cas.usage() if self.lib and self.lib.cas else (0, 0)
+        stats = self.ops.reader.stats if self.ops else None
+        return {
+            "pid": os.getpid(), "version": __version__, "mountpoint": self.cfg.mountpoint,
+            "sources": list(self.cfg.sources), "state": "stopping" if self.stopping.is_set() else "running",
+            "offline": False, "uptime_s": round(time.monotonic() - self.started, 1),
+            "tracks": self.ops.tree.track_count if self.ops else 0,
+            "cache": {"used_bytes": used, "quota_bytes": self.cfg.cache_size, "chunks": chunks, "state": "normal"},
+            "origins": [{"name": s, "state": "unknown", "last_error": ""} for s in self.cfg.sources],
+            "tasks": self.sup.stats() if self.sup else {}, "degraded": self.sup.degraded if self.sup else [],
+            "counters": {
+                "requests": self.ops.requests if self.ops else 0,
+                "errors": sum(self.ops.errors.values()) if self.ops else 0,
+                **({k: getattr(stats, k) for k in ("cache_hits", "memory_hits", "origin_fetches", "uncached_reads",
+                                                   "bad_chunks")} if stats else {}),
+                "open_files": self.ops.reader.open_files if self.ops else 0,
+            },
+        }
+
+    # -- signals ---------------------------------------------------------------------
+    async def signals(self) -> None:
+        """First SIGTERM/SIGINT: orderly stop. Second (or an overrun stop): lazy unmount, exit now."""
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as received:
+            async for signum in received:
+                if signum == signal.SIGHUP:
+                    log.info("SIGHUP: rescanning the origins")
+                    self._wake_rescan.set()
+                elif not self.stopping.is_set():
+                    log.info("%s: stopping", signal.Signals(signum).name)
+                    self.begin_stop()
+                    self.sup.spawn_supervised("stop-deadline", self._stop_deadline)
+                else:
+                    self._exit_now(f"second {signal.Signals(signum).name}", 128 + signum)
+
+    def begin_stop(self) -> None:
+        self.stopping.set()
+        if self.mounted:
+            pyfuse3.terminate()  # no new requests; main returns once in-flight ones finish
+            self._fuse_scope.deadline = trio.current_time() + self.cfg.drain_timeout
+            self.steps.append("fuse intake stopped")
+        else:
+            self.sup.cancel_all()  # still starting: nothing mounted, nothing to drain
+
+    async def _stop_deadline(self) -> None:
+        await trio.sleep(self.cfg.drain_timeout + CLOSE_BOUND)
+        self._exit_now("shutdown overran its bound", 1)
+
+    def _exit_now(self, why: str, code: int) -> None:
+        log.warning("%s: detaching the mount and exiting at once", why)
+        unmount(self.cfg.mountpoint, lazy=True)
+        os._exit(code)
+
+    # -- start -------------------------------------------------------------------------
+    async def main(self) -> None:
+        """The daemon's life; whatever ends it, every other task ends too."""
+        try:
+            await self.run()
+        except MusicFSError as exc:
+            self.error = exc  # a clear message for the user, not a traceback
+        finally:
+            self.sup.cancel_all()
+
+    async def run(self) -> None:
+        self.lib = await trio.to_thread.run_sync(Library.open, self.cfg)
+        try:
+            tree = await self.prepare()
+            if self.stopping.is_set():
+                return
+            reader = FileReader(self.lib.catalog, self.lib.cas, self.lib.registry, chunk_size=self.cfg.chunk_size,
+                                memory_cache=self.cfg.memory_cache, read_timeout=self.cfg.read_timeout)
+            self.ops = MusicOperations(tree, reader)
+            prepare_mountpoint(self.cfg.mountpoint)
+            write_state_file(self.cfg.state_dir, {"mountpoint": self.cfg.mountpoint, "sources": list(self.cfg.sources),
+                                                  "cache_dir": self.cfg.cache_dir, "cache_size": self.cfg.cache_size})
+            pyfuse3.init(self.ops, self.cfg.mountpoint, fuse_options(self.cfg))
+            self.mounted = True
+            try:
+                self._spawn_background()
+                with self._fuse_scope:
+                    await pyfuse3.main()
+                self._after_drain()
+            finally:
+                pyfuse3.close(unmount=True)
+                self.steps.append("unmounted")
+                log.info("unmounted %s", self.cfg.mountpoint)
+            await self._stop_background()
+        finally:
+            with trio.CancelScope(shield=True):  # closing must finish even when start-up was cancelled
+                await self._close()
+
+    async def prepare(self):
         """Scan first if this library was never scanned; build the tree from the catalog."""
         if self.lib.ever_scanned:
             self._wake_rescan.set()  # serve the persisted catalog now, rescan in the background
         else:
             log.info("first mount of %s: scanning before mounting", ", ".join(self.cfg.sources))
-            self.notifier.extend_timeout(60, "scanning the library")
-            on_progress = lambda done, total: self.notifier.extend_timeout(60, f"scanning: {done}/{total} files")  # noqa: E731
-            await trio.to_thread.run_sync(self.lib.scan, on_progress)
+            self.notifier.extend_timeout(SCAN_EXTEND, "scanning the library")
+            on_progress = lambda done, total: self.notifier.extend_timeout(SCAN_EXTEND, f"scanning: {done}/{total} files")  # noqa: E731
+            try:
+                await trio.to_thread.run_sync(self.lib.scan, on_progress, self.stopping.is_set)
+            except ScanCancelled as exc:
+                log.info("%s", exc)
+                return None
         tree = await trio.to_thread.run_sync(self.lib.build_tree)
         if self.lib.index.count() != tree.track_count:
             await trio.to_thread.run_sync(self.lib.reindex, tree)
         return tree
 
-    async def serve(self) -> None:
-        tree = await self.prepare()
-        reader = FileReader(self.lib.catalog, self.lib.cas, self.lib.registry, chunk_size=self.cfg.chunk_size,
-                            memory_cache=self.cfg.memory_cache, read_timeout=self.cfg.read_timeout)
-        self.ops = MusicOperations(tree, reader)
-        prepare_mountpoint(self.cfg.mountpoint)
-        pyfuse3.init(self.ops, self.cfg.mountpoint, fuse_options(self.cfg))
-        try:
-            async with TaskSupervisor() as sup:
-                sup.spawn_supervised("fuse", lambda: self._fuse_main(sup))
-                sup.spawn_supervised("signals", self._signals)
-                sup.spawn_supervised("ready", self._announce_ready)
-                sup.spawn_critical("rescan", self._rescan_loop)
-        finally:
-            self.notifier.stopping()
-            pyfuse3.close(unmount=True)
-            log.info("unmounted %s", self.cfg.mountpoint)
-
-    async def _fuse_main(self, sup: TaskSupervisor) -> None:
-        try:
-            await pyfuse3.main()
-        finally:
-            sup.cancel_all()  # FUSE is gone: nothing else has a reason to run
+    def _spawn_background(self) -> None:
+        self.sup.spawn_supervised("ready", self._announce_ready)
+        self.sup.spawn_critical("rescan", self._rescan_loop)
+        self.sup.spawn_critical("status", lambda: serve_status(self.cfg.state_dir, self.snapshot))
+        interval = watchdog_interval()
+        if interval:
+            self.sup.spawn_supervised("watchdog", lambda: watchdog(self.notifier, self.cfg.mountpoint, interval))
 
     async def _announce_ready(self) -> None:
         """READY=1 only once the mount answers a real request."""
@@ -102,24 +203,30 @@ class Daemon:
         log.info("mounted %s on %s: %s", ", ".join(self.cfg.sources), self.cfg.mountpoint, self.status_line())
         self.notifier.ready(self.status_line())
 
-    # -- signals ----------------------------------------------------------------------
-    async def _signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    log.info("SIGHUP: rescanning the origins")
-                    self._wake_rescan.set()
-                elif not self.stopping:
-                    log.info("%s: unmounting and stopping", signal.Signals(signum).name)
-                    self.stopping = True
-                    self.notifier.stopping()
-                    pyfuse3.terminate()
-                else:
-                    log.warning("second %s: exiting at once", signal.Signals(signum).name)
-                    unmount(self.cfg.mountpoint, lazy=True)
-                    os._exit(128 + signum)
+    # -- stop ---------------------------------------------------------------------------
+    def _after_drain(self) -> None:
+        if self._fuse_scope.cancelled_caught:
+            log.warning("shutdown: requests still running after %.1fs; abandoning them", self.cfg.drain_timeout)
+            self.steps.append("drain timed out")
+        else:
+            self.steps.append("in-flight requests drained")
 
-    # -- rescans ------------------------------------------------------------------------
+    async def _stop_background(self) -> None:
+        self.stopping.set()
+        for name in BACKGROUND:
+            self.sup.cancel(name)
+        self.steps.append("background tasks stopped")
+
+    async def _close(self) -> None:
+        """Index, catalog and cache are closed even when start-up failed half way."""
+        self.steps.append("index committed")  # every rebuild commits before returning: nothing is pending
+        await trio.to_thread.run_sync(self.lib.close)
+        self.steps.append("catalog and cache closed")
+        self.notifier.stopping()
+        self.steps.append("STOPPING=1")
+        log.info("shutdown: %s", " -> ".join(self.steps))
+
+    # -- rescans -------------------------------------------------------------------------
     async def _rescan_loop(self) -> None:
         """Rescan at the configured interval (and on SIGHUP); swap in a new tree when something changed."""
         while True:
@@ -130,8 +237,8 @@ class Daemon:
 
     async def rescan(self) -> None:
         try:
-            result = await trio.to_thread.run_sync(self.lib.scan)
-        except OriginError as exc:
+            result = await trio.to_thread.run_sync(self.lib.scan, None, self.stopping.is_set)
+        except (OriginError, ScanCancelled) as exc:
             log.warning("rescan skipped: %s", exc)
             return
         if not result.touched:
@@ -139,8 +246,7 @@ class Daemon:
         tree = await trio.to_thread.run_sync(self.lib.build_tree)
         fail_point(points.TREE_SWAP)
         old = self.ops.tree
-        stale = self.ops.swap_tree(tree)
-        for parent, name in stale:
+        for parent, name in self.ops.swap_tree(tree):
             pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
         for ino in self.ops.changed_inodes(old):
             await trio.to_thread.run_sync(_invalidate_inode, ino)
@@ -156,11 +262,19 @@ def _invalidate_inode(ino: int) -> None:
 
 
 async def _main(cfg: Config, notifier: Notifier) -> None:
-    lib = await trio.to_thread.run_sync(Library.open, cfg)
-    try:
-        await Daemon(cfg, lib, notifier).serve()
-    finally:
-        await trio.to_thread.run_sync(lib.close)
+    daemon = Daemon(cfg, notifier)
+    async with TaskSupervisor() as sup:
+        daemon.sup = sup
+        sup.spawn_supervised("signals", daemon.signals)  # first, so a signal during the first scan is ours
+        sup.spawn_supervised("main", daemon.main)
+    if daemon.error is not None:
+        raise daemon.error
+    if sup.task_status("main").state == "failed":
+        raise DaemonFailed(f"stopped by an unexpected error: {sup.task_status('main').last_error}")
+
+
+class DaemonFailed(MusicFSError):
+    """The daemon could not start or serve; the log has the traceback."""
 
 
 def run(cfg: Config) -> int:
@@ -171,8 +285,6 @@ def run(cfg: Config) -> int:
     notifier = Notifier()
     try:
         trio.run(_main, cfg, notifier)
-    except* KeyboardInterrupt:
-        pass  # SIGINT before the signal receiver existed: nothing is mounted yet
     finally:
         notifier.close()
     return 0

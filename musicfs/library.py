@@ -39,8 +39,8 @@ class Library:
     def ever_scanned(self) -> bool:
         return "completed_at" in self.catalog.scan_state()
 
-    def scan(self, on_progress=None) -> ScanResult:
-        result = Scanner(self.catalog, self.registry, on_progress=on_progress).scan()
+    def scan(self, on_progress=None, should_stop=lambda: False) -> ScanResult:
+        result = Scanner(self.catalog, self.registry, on_progress=on_progress, should_stop=should_stop).scan()
         log.info("scan of %s: %s", ", ".join(self.cfg.sources), result.summary())
         return result
 

@@ -13,7 +13,7 @@ from . import points
 from .cas import CasStore
 from .catalog import Catalog, FileRow
 from .errors import CasError, MusicFSError, OriginError
-from .failpoints import fail_point
+from .failpoints import fail_point_async
 from .origins.base import FileStat
 from .origins.registry import OriginRegistry
 
@@ -167,7 +167,7 @@ class FileReader:
         start = idx * self.chunk_size
         want = min(self.chunk_size, row.size - start)
         expect = FileStat(row.path, row.size, row.mtime_ns, row.etag)
-        fail_point(points.READER_MANIFEST_FETCH)
+        await fail_point_async(points.READER_MANIFEST_FETCH)
         data = await self._thread(self.origins.read, row.path, start, want, expect, True)
         self.stats.origin_fetches += 1
         try:

@@ -19,11 +19,12 @@ TaskFn = Callable[[], Awaitable[None]]
 class TaskState:
     name: str
     critical: bool
-    state: str = "running"  # running | done | restarting | failed
+    state: str = "running"  # running | done | restarting | failed | cancelled
     failures: int = 0
     restarts: int = 0
     last_error: str = ""
     failure_times: list[float] = field(default_factory=list)
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
 
 class TaskSupervisor:
@@ -62,6 +63,12 @@ class TaskSupervisor:
     def cancel_all(self) -> None:
         self._nursery.cancel_scope.cancel()
 
+    def cancel(self, name: str) -> None:
+        """Stop one task (it is not restarted)."""
+        state = self.tasks.get(name)
+        if state is not None:
+            state.scope.cancel()
+
     def spawn_supervised(self, name: str, fn: TaskFn) -> None:
         """Run once; a crash is logged with the task's name and recorded, nothing else stops."""
         state = self.tasks[name] = TaskState(name, critical=False)
@@ -85,9 +92,18 @@ class TaskSupervisor:
             return False
 
     async def _run_once(self, state: TaskState, fn: TaskFn) -> None:
-        state.state = "done" if await self._attempt(state, fn) else "failed"
+        with state.scope:
+            state.state = "done" if await self._attempt(state, fn) else "failed"
+        if state.scope.cancelled_caught:
+            state.state = "cancelled"
 
     async def _run_forever(self, state: TaskState, fn: TaskFn) -> None:
+        with state.scope:
+            await self._restart_loop(state, fn)
+        if state.scope.cancelled_caught:
+            state.state = "cancelled"
+
+    async def _restart_loop(self, state: TaskState, fn: TaskFn) -> None:
         while True:
             if await self._attempt(state, fn):
                 state.state = "done"

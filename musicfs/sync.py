@@ -11,7 +11,7 @@ from typing import Callable
 
 from . import points, tags
 from .catalog import Catalog, FileRow
-from .errors import OriginError
+from .errors import MusicFSError, OriginError
 from .failpoints import fail_point
 from .origins.base import FileStat, Origin
 from .origins.registry import OriginRegistry
@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
 
 # Far below any real codec (even FLAC of pure silence needs ~200 B/s): less means a truncated file.
 MIN_BYTES_PER_SECOND = 100
+
+
+class ScanCancelled(MusicFSError):
+    """The scan was asked to stop; committed batches stay."""
 
 
 @dataclass
@@ -65,7 +69,9 @@ def read_file_row(origin: Origin, registry: OriginRegistry, st: FileStat, kind: 
 
 class Scanner:
     def __init__(self, catalog: Catalog, registry: OriginRegistry, *, batch: int = 200, workers: int = 4,
-                 on_progress: Callable[[int, int], None] | None = None):
+                 on_progress: Callable[[int, int], None] | None = None,
+                 should_stop: Callable[[], bool] = lambda: False):
+        self.should_stop = should_stop
         self.catalog = catalog
         self.registry = registry
         self.batch = batch
@@ -84,6 +90,8 @@ class Scanner:
         progress = Progress("scanning", len(todo), on_update=self.on_progress)
         with ThreadPoolExecutor(self.workers, thread_name_prefix="scan") as pool:
             for i in range(0, len(todo), self.batch):
+                if self.should_stop():
+                    raise ScanCancelled(f"scan stopped after {i} of {len(todo)} files; the next one resumes")
                 self._batch(origin, pool, todo[i : i + self.batch], known, result)
                 progress.advance(len(todo[i : i + self.batch]))
         progress.finish()

@@ -496,7 +496,8 @@ def test_sftp_read_timeout_discards_the_connection(ssh_server: SshServer, sftp_l
         sessions = ssh_server.session_pids()
         assert sessions
         for pid in sessions:
-            os.kill(pid, signal.SIGSTOP)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
         try:
             t0 = time.monotonic()
             with pytest.raises(OriginTimeout):

@@ -254,8 +254,9 @@ def test_timeout_closes_connection_after_delay(echo):
 def test_reset_peer_on_accept(echo):
     with ProxyThread("127.0.0.1", echo.port) as proxy:
         proxy.add_toxic("rst", "reset_peer")
-        with connect(proxy.port) as sock:
-            with pytest.raises(ConnectionResetError):
+        # The RST may beat connect() itself (it reports SO_ERROR), or hit recv.
+        with pytest.raises(ConnectionResetError):
+            with connect(proxy.port) as sock:
                 sock.recv(100)
 
 
@@ -352,11 +353,11 @@ def _reset_pattern(upstream_port: int, seed: int, n: int = 40) -> list[bool]:
     with ProxyThread("127.0.0.1", upstream_port, seed=seed) as proxy:
         proxy.add_toxic("flaky", "reset_peer", toxicity=0.5)
         for _ in range(n):
-            with connect(proxy.port) as sock:
-                try:
+            try:  # a reset at accept may surface in connect() already
+                with connect(proxy.port) as sock:
                     hit = roundtrip(sock, b"x") != b"x"
-                except ConnectionError:
-                    hit = True
+            except ConnectionError:
+                hit = True
             pattern.append(hit)
         assert proxy.stats()["connections_accepted"] == n
     return pattern

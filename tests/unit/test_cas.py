@@ -1,0 +1,304 @@
+"""CasStore: verified round trips, quarantine, quota eviction (LRU, pins), restart, orphans, ENOSPC."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import sqlite3
+
+import pytest
+
+from musicfs.cas import CasStore, chunk_hash
+from musicfs.errors import CacheFull, ChunkCorrupt, ChunkMissing
+from musicfs_test_utils.faulty_cas import FaultyCasStore
+from musicfs_test_utils.fixtures import setup_test_cas
+
+SIZE = 1000
+
+
+def blob(i: int, size: int = SIZE) -> bytes:
+    """Distinct deterministic bytes per i."""
+    seed = hashlib.sha256(str(i).encode()).digest()
+    return (seed * (size // len(seed) + 1))[:size]
+
+
+def chunk_file(cas: CasStore, digest: str) -> str:
+    return os.path.join(cas.root, "chunks", digest[:2], digest)
+
+
+def quarantined(cas: CasStore) -> list[str]:
+    return os.listdir(os.path.join(cas.root, "quarantine"))
+
+
+def test_put_get_round_trip(tmp_path):
+    cas = setup_test_cas(tmp_path)
+    data = blob(1)
+    digest = cas.put(data)
+    assert digest == hashlib.sha256(data).hexdigest() == chunk_hash(data)
+    assert cas.has(digest)
+    assert cas.get(digest) == data
+    with open(chunk_file(cas, digest), "rb") as fh:
+        assert fh.read() == data
+    assert cas.usage() == (len(data), 1)
+    assert cas.put(data) == digest  # idempotent: stored and counted once
+    assert cas.usage() == (len(data), 1)
+    assert os.listdir(os.path.join(cas.root, "tmp")) == []
+    cas.close()
+
+
+def test_empty_chunk(tmp_path):
+    cas = setup_test_cas(tmp_path)
+    digest = cas.put(b"")
+    assert cas.get(digest) == b""
+    cas.close()
+
+
+@pytest.mark.expected_log(r"musicfs.cas: cache: chunk \w+ failed verification; moved to .*quarantine")
+def test_corrupt_chunk_is_quarantined_not_deleted(tmp_path):
+    cas = setup_test_cas(tmp_path)
+    good, other = blob(1), blob(2)
+    digest, other_digest = cas.put(good), cas.put(other)
+    path = chunk_file(cas, digest)
+    bad = bytearray(good)
+    bad[SIZE // 2] ^= 0x01  # one flipped bit
+    with open(path, "wb") as fh:
+        fh.write(bad)
+    with pytest.raises(ChunkCorrupt):
+        cas.get(digest)
+    assert not os.path.exists(path)
+    moved = quarantined(cas)
+    assert len(moved) == 1 and moved[0].startswith(digest)
+    with open(os.path.join(cas.root, "quarantine", moved[0]), "rb") as fh:
+        assert fh.read() == bytes(bad)  # kept for inspection, byte for byte
+    assert not cas.has(digest)
+    assert cas.usage() == (len(other), 1)
+    with pytest.raises(ChunkMissing):  # never served again
+        cas.get(digest)
+    assert cas.get(other_digest) == other
+    # fetching it again from the origin stores it afresh
+    assert cas.put(good) == digest and cas.get(digest) == good
+    cas.close()
+
+
+@pytest.mark.expected_log(r"musicfs.cas: cache: chunk \w+ failed verification")
+def test_truncated_chunk_is_corrupt(tmp_path):
+    cas = setup_test_cas(tmp_path)
+    digest = cas.put(blob(3))
+    os.truncate(chunk_file(cas, digest), 10)
+    with pytest.raises(ChunkCorrupt):
+        cas.get(digest)
+    cas.close()
+
+
+def test_missing_chunk(tmp_path):
+    cas = setup_test_cas(tmp_path)
+    digest = cas.put(blob(4))
+    os.unlink(chunk_file(cas, digest))
+    with pytest.raises(ChunkMissing):
+        cas.get(digest)
+    assert not cas.has(digest) and cas.usage() == (0, 0)
+    with pytest.raises(ChunkMissing):
+        cas.get(chunk_hash(b"never stored"))
+    cas.close()
+
+
+# -- quota ------------------------------------------------------------------------
+def test_eviction_is_lru_from_high_to_low_watermark(tmp_path):
+    quota, high, low = 10 * SIZE, 0.95, 0.85
+    cas = setup_test_cas(tmp_path, quota=quota, high=high, low=low)
+    digests = [cas.put(blob(i)) for i in range(9)]  # 9000 bytes: below the high mark (9500)
+    assert cas.usage() == (9 * SIZE, 9)
+    cas.get(digests[0])  # the oldest put becomes the most recently read
+    newest = cas.put(blob(100))  # 10000 > high: evict down to low, making room for the newcomer
+    used, count = cas.usage()
+    assert used <= quota * low
+    assert used == count * SIZE
+    survivors = {d for d in digests if cas.has(d)}
+    gone = [d for d in digests if not cas.has(d)]
+    assert digests[0] in survivors and cas.has(newest)
+    # exactly the least recently used ones went, in order, and no more than needed
+    lru_order = digests[1:] + digests[:1]
+    assert gone == lru_order[: len(gone)]
+    assert (9 - len(gone) + 1) * SIZE <= quota * low < (9 - len(gone) + 2) * SIZE
+    for d in gone:
+        assert not os.path.exists(chunk_file(cas, d))
+    for d in survivors:
+        assert os.path.exists(chunk_file(cas, d))
+    cas.close()
+
+
+def test_pinned_chunks_are_never_evicted(tmp_path):
+    quota = 10 * SIZE
+    cas = setup_test_cas(tmp_path, quota=quota)
+    pinned = [cas.put(blob(i)) for i in range(3)]  # the three oldest
+    for d in pinned:
+        cas.pin(d)
+    cas.pin(pinned[0])  # pinned twice: one unpin is not enough
+    for i in range(3, 40):
+        cas.put(blob(i))
+    assert all(cas.has(d) for d in pinned)
+    assert cas.usage()[0] <= quota
+    assert cas.evict_to(0) > 0
+    assert {d for d in pinned if cas.has(d)} == set(pinned)
+    assert cas.usage() == (3 * SIZE, 3)
+    cas.unpin(pinned[0])
+    cas.unpin(pinned[1])
+    cas.evict_to(0)
+    assert [cas.has(d) for d in pinned] == [True, False, True]
+    cas.close()
+
+
+def test_nothing_fits_when_everything_is_pinned(tmp_path):
+    cas = setup_test_cas(tmp_path, quota=4 * SIZE)
+    for i in range(3):
+        cas.pin(cas.put(blob(i)))
+    digest = cas.put(blob(99))  # over the high mark, nothing evictable: still stored (quota is soft)
+    assert cas.get(digest) == blob(99)
+    cas.close()
+
+
+def test_chunk_larger_than_the_quota_is_refused_without_flushing_the_cache(tmp_path):
+    cas = setup_test_cas(tmp_path, quota=10 * SIZE)
+    kept = [cas.put(blob(i)) for i in range(5)]
+    with pytest.raises(CacheFull):
+        cas.put(blob(7, 11 * SIZE))
+    assert all(cas.has(d) for d in kept), "a chunk that can never fit must not evict the cache"
+    assert cas.usage() == (5 * SIZE, 5)
+    cas.close()
+
+
+# -- restart, orphans, leftovers -----------------------------------------------------
+def test_restart_keeps_chunks_and_lru_order(tmp_path):
+    quota = 10 * SIZE
+    cas = setup_test_cas(tmp_path, quota=quota)
+    digests = [cas.put(blob(i)) for i in range(9)]
+    cas.get(digests[0])
+    cas.close()  # flushes access times
+    again = setup_test_cas(tmp_path, quota=quota)
+    assert again.usage() == (9 * SIZE, 9)
+    assert all(again.has(d) for d in digests)
+    assert again.get(digests[4]) == blob(4)
+    again.put(blob(100))  # triggers eviction: the read before the restart still counts
+    assert again.has(digests[0]) and not again.has(digests[1])
+    again.close()
+
+
+def test_index_rows_without_files_are_dropped_at_open(tmp_path):
+    cas = setup_test_cas(tmp_path)
+    a, b = cas.put(blob(1)), cas.put(blob(2))
+    cas.close()
+    os.unlink(chunk_file(cas, a))
+    again = setup_test_cas(tmp_path)
+    assert not again.has(a) and again.has(b)
+    assert again.usage() == (SIZE, 1)
+    again.close()
+
+
+def _drop_index_row(root, digest: str) -> None:
+    db = sqlite3.connect(os.path.join(root, "index.db"))
+    with db:
+        assert db.execute("DELETE FROM chunks WHERE hash = ?", (digest,)).rowcount == 1
+    db.close()
+
+
+def test_valid_orphan_chunk_is_adopted(tmp_path):
+    cas = setup_test_cas(tmp_path)
+    digest = cas.put(blob(5))
+    cas.close()
+    _drop_index_row(tmp_path, digest)  # a crash between rename and index insert
+    again = setup_test_cas(tmp_path)
+    assert again.has(digest)
+    assert again.usage() == (SIZE, 1)
+    assert again.get(digest) == blob(5)
+    again.close()
+    db = sqlite3.connect(os.path.join(tmp_path, "index.db"))
+    assert db.execute("SELECT size FROM chunks WHERE hash = ?", (digest,)).fetchall() == [(SIZE,)]
+    db.close()
+
+
+@pytest.mark.expected_log(r"musicfs.cas: cache: removed orphan chunk \w+ whose bytes do not match")
+def test_orphan_with_wrong_bytes_is_removed(tmp_path):
+    cas = setup_test_cas(tmp_path)
+    digest = cas.put(blob(6))
+    keep = cas.put(blob(7))
+    cas.close()
+    _drop_index_row(tmp_path, digest)
+    with open(chunk_file(cas, digest), "r+b") as fh:
+        fh.write(b"garbage")
+    # and one stray file that never was in any index
+    stray = chunk_hash(b"stray")
+    os.makedirs(os.path.dirname(chunk_file(cas, stray)), exist_ok=True)
+    with open(chunk_file(cas, stray), "wb") as fh:
+        fh.write(b"not the stray bytes")
+    again = setup_test_cas(tmp_path)
+    assert not again.has(digest) and not again.has(stray)
+    assert not os.path.exists(chunk_file(cas, digest)) and not os.path.exists(chunk_file(cas, stray))
+    assert again.has(keep) and again.usage() == (SIZE, 1)
+    again.close()
+
+
+def test_tmp_leftovers_are_removed_at_open(tmp_path):
+    cas = setup_test_cas(tmp_path)
+    digest = cas.put(blob(8))
+    cas.close()
+    tmp = os.path.join(tmp_path, "tmp")
+    for name in (f"{chunk_hash(b'half')}.1234", "junk"):
+        with open(os.path.join(tmp, name), "wb") as fh:
+            fh.write(b"half written")
+    again = setup_test_cas(tmp_path)
+    assert os.listdir(tmp) == []
+    assert again.usage() == (SIZE, 1) and again.get(digest) == blob(8)
+    again.close()
+
+
+# -- disk full ------------------------------------------------------------------------
+def test_faulty_cas_enospc_raises_cache_full(tmp_path):
+    cas = FaultyCasStore(setup_test_cas(tmp_path))
+    kept = cas.put(blob(1))
+    cas.inject_enospc = True
+    with pytest.raises(CacheFull) as err:
+        cas.put(blob(2))
+    assert err.value.errno == errno.ENOSPC
+    assert cas.usage() == (SIZE, 1) and cas.get(kept) == blob(1)
+    cas.inject_enospc = False
+    assert cas.get(cas.put(blob(2))) == blob(2)
+    cas.close()
+
+
+def _enospc_writes(monkeypatch, cas: CasStore, failures: int) -> list[int]:
+    real = cas._write_file
+    attempts = []
+
+    def write(digest, data):
+        attempts.append(len(data))
+        if len(attempts) <= failures:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(digest, data)
+
+    monkeypatch.setattr(cas, "_write_file", write)
+    return attempts
+
+
+def test_real_enospc_evicts_and_retries_once(tmp_path, monkeypatch):
+    quota, low = 10 * SIZE, 0.85
+    cas = setup_test_cas(tmp_path, quota=quota, low=low)
+    old = [cas.put(blob(i)) for i in range(8)]  # 8000 + 1000 incoming: under the high mark, no eviction yet
+    attempts = _enospc_writes(monkeypatch, cas, failures=1)
+    digest = cas.put(blob(50))
+    assert len(attempts) == 2  # failed once, evicted, retried
+    assert cas.get(digest) == blob(50)
+    gone = [d for d in old if not cas.has(d)]
+    assert gone and gone == old[: len(gone)]  # room was made on disk, oldest first
+    assert cas.usage()[0] <= quota * low
+    cas.close()
+
+
+def test_real_enospc_twice_is_cache_full(tmp_path, monkeypatch):
+    cas = setup_test_cas(tmp_path, quota=10 * SIZE)
+    _enospc_writes(monkeypatch, cas, failures=2)
+    with pytest.raises(CacheFull):
+        cas.put(blob(51))
+    assert not cas.has(chunk_hash(blob(51)))
+    assert os.listdir(os.path.join(tmp_path, "tmp")) == []
+    cas.close()

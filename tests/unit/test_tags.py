@@ -1,0 +1,209 @@
+"""tags: RangeFile (a lazy, seekable view over ranged reads) and parse() on real generated audio."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+from pathlib import Path
+
+import mutagen.flac
+import pytest
+
+from musicfs import tags
+from musicfs.demo import BIG_FILE_PATH, FULL_COVERAGE_TRACKS, JUNK_FILES
+from musicfs.sync import MIN_BYTES_PER_SECOND
+from musicfs.tags import BLOCK, RangeFile, Tags
+from musicfs_test_utils.fixtures import make_library
+
+
+class Source:
+    """fetch(offset, length) over bytes, recording every call."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+        self.calls: list[tuple[int, int]] = []
+
+    def fetch(self, offset: int, length: int) -> bytes:
+        self.calls.append((offset, length))
+        return self.data[offset : offset + length]
+
+    def file(self) -> RangeFile:
+        return RangeFile(self.fetch, len(self.data), name="x")
+
+
+def pattern(n: int) -> bytes:
+    return bytes((i * 7 + i // 251) & 0xFF for i in range(n))
+
+
+@pytest.fixture(scope="module")
+def lib(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tags") / "lib"
+    tracks = make_library(root, FULL_COVERAGE_TRACKS, big_file_mb=1)
+    return root, tracks
+
+
+def _parse_path(path: Path) -> tuple[Tags | None, RangeFile]:
+    src = Source(path.read_bytes())
+    rf = src.file()
+    return tags.parse(rf), rf
+
+
+# -- RangeFile -------------------------------------------------------------------
+def test_rangefile_seek_tell_read():
+    data = pattern(3 * BLOCK + 123)
+    rf = Source(data).file()
+    assert rf.readable() and rf.seekable() and rf.tell() == 0
+    assert rf.read(10) == data[:10] and rf.tell() == 10
+    assert rf.seek(BLOCK - 3) == BLOCK - 3
+    assert rf.read(6) == data[BLOCK - 3 : BLOCK + 3]  # across a block boundary
+    assert rf.seek(5, io.SEEK_CUR) == BLOCK + 8
+    assert rf.read(2) == data[BLOCK + 8 : BLOCK + 10]
+    assert rf.seek(-20, io.SEEK_END) == len(data) - 20
+    assert rf.read(100) == data[-20:]  # short only at EOF
+    assert rf.tell() == len(data)
+    assert rf.read(10) == b""
+    assert rf.seek(-10**9, io.SEEK_CUR) == 0  # clamped at the start
+    assert rf.read() == data
+    assert rf.seek(10, io.SEEK_END) == len(data) + 10
+    assert rf.read(5) == b""  # past EOF
+
+
+def test_rangefile_fetches_whole_blocks_lazily_and_once():
+    data = pattern(10 * BLOCK)
+    src = Source(data)
+    rf = src.file()
+    assert src.calls == []  # nothing fetched before the first read
+    rf.seek(7 * BLOCK + 100)
+    assert rf.read(50) == data[7 * BLOCK + 100 : 7 * BLOCK + 150]
+    assert src.calls == [(7 * BLOCK, BLOCK)]
+    rf.seek(7 * BLOCK)
+    rf.read(BLOCK)
+    assert rf.fetches == 1 == len(src.calls)  # cached
+    rf.seek(2 * BLOCK - 1)
+    rf.read(2)
+    assert sorted(src.calls) == [(BLOCK, BLOCK), (2 * BLOCK, BLOCK), (7 * BLOCK, BLOCK)]
+    assert rf.fetches == 3
+
+
+def test_rangefile_short_fetch_is_not_padded():
+    data = pattern(2 * BLOCK)
+    rf = RangeFile(lambda off, n: data[off : off + 100], len(data))
+    assert rf.read(BLOCK + 10) == data[:100]
+
+
+def test_rangefile_works_with_buffered_reader():
+    data = pattern(BLOCK + 77)
+    buffered = io.BufferedReader(Source(data).file(), buffer_size=4096)
+    buffered.seek(BLOCK)
+    assert buffered.read() == data[BLOCK:]
+
+
+# -- parse() on real audio --------------------------------------------------------
+def _expected(track) -> dict:
+    return {
+        "artist": track.artist or None,
+        "albumartist": track.albumartist or None,
+        "album": track.album or None,
+        "title": track.title if track.tagged else None,
+        "track_no": track.tracknumber,
+        "disc_no": track.discnumber,
+    }
+
+
+def test_parse_returns_the_tags_the_generator_wrote(lib):
+    root, tracks = lib
+    assert {t.format for t in tracks} == {"flac", "mp3", "ogg"}
+    assert any(not t.tagged for t in tracks)
+    for track in tracks:
+        found, rf = _parse_path(root / track.path)
+        assert found is not None, track.path
+        got = {k: getattr(found, k) for k in _expected(track)}
+        assert got == _expected(track), track.path
+        assert found.duration and 0 < found.duration < 60
+        assert rf.fetches <= 6, f"{track.path}: {rf.fetches} blocks fetched"
+
+
+def test_parse_reads_year_and_genre(lib):
+    root, tracks = lib
+    track = next(t for t in tracks if t.path.startswith("Aurora Quartet/"))
+    found, _ = _parse_path(root / track.path)
+    assert (found.year, found.genre) == ("2019", "Ambient")
+
+
+def test_big_embedded_picture_needs_few_blocks(lib, tmp_path):
+    root, tracks = lib
+    # The generator's ~300 KB picture, embedded at the head of a 1 MB FLAC: mutagen must not
+    # read the audio frames behind it.
+    with_picture = next(t for t in tracks if t.format == "flac" and t.size > 300_000 and t.path != BIG_FILE_PATH)
+    picture = mutagen.flac.FLAC(root / with_picture.path).pictures[0]
+    assert len(picture.data) > 250_000
+    big = tmp_path / "big.flac"
+    shutil.copy(root / BIG_FILE_PATH, big)
+    f = mutagen.flac.FLAC(big)
+    f.add_picture(picture)
+    f.save()
+    size = big.stat().st_size
+    total_blocks = -(-size // BLOCK)
+
+    found, rf = _parse_path(big)
+    assert found is not None and found.title == "Long Track" and found.artist == "Big Artist"
+    picture_blocks = -(-len(picture.data) // BLOCK)
+    assert 2 <= rf.fetches <= picture_blocks + 2, rf.fetches
+    assert rf.fetches * 3 < total_blocks, f"{rf.fetches} of {total_blocks} blocks fetched"
+
+    # the picture file itself: its blocks are mostly picture, but never more than the file
+    found, rf = _parse_path(root / with_picture.path)
+    assert found.title == with_picture.title
+    assert 2 <= rf.fetches <= 6
+
+
+def test_big_file_without_picture_needs_one_or_two_blocks(lib):
+    root, _ = lib
+    found, rf = _parse_path(root / BIG_FILE_PATH)
+    assert found is not None and found.track_no == 1
+    assert rf.fetches <= 2 < (root / BIG_FILE_PATH).stat().st_size // BLOCK
+
+
+def _parse_or_none(data: bytes) -> Tags | None:
+    try:
+        return tags.parse(RangeFile(lambda o, n: data[o : o + n], len(data)))
+    except Exception:  # mutagen raises many types on junk
+        return None
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"\0" * 10, b"This is not an MP3 file.\n" * 400, bytes(range(256)) * 64, b"fLaC" + b"\xff" * 50,
+     b"OggS" + b"\0" * 100, b"ID3\x04\x00\x00\x00\x00\x00\x10" + b"x" * 30],
+)
+def test_parse_junk_gives_nothing(data):
+    assert _parse_or_none(data) is None
+
+
+def test_parse_generated_junk(lib):
+    root, _ = lib
+    assert _parse_or_none((root / JUNK_FILES[0]).read_bytes()) is None
+    # The truncated FLAC keeps a valid header, so mutagen may report a duration: it must then
+    # be far too short for that duration (what the scanner uses to call it junk).
+    data = (root / JUNK_FILES[1]).read_bytes()
+    found = _parse_or_none(data)
+    assert found is None or (found.duration and len(data) < found.duration * MIN_BYTES_PER_SECOND)
+
+
+@pytest.mark.parametrize(
+    "text, number", [("3", 3), ("03/12", 3), ("3 of 12", 3), ("", None), ("x", None), ("1e3", None),
+                     ("-1", None), ("99999999", None), (None, None), ("  7  ", 7)]
+)
+def test_number(text, number):
+    assert tags._number(text) == number
+
+
+@pytest.mark.parametrize(
+    "path, kind",
+    [("a/b/01 x.FLAC", "track"), ("x.mp3", "track"), ("a/cover.jpg", "cover"), ("a/Folder.PNG", "cover"),
+     ("a/front.jpeg", "cover"), ("a/back.jpg", None), ("notes.txt", None), ("a/cover.gif", None),
+     ("noext", None), (os.path.join("a", ".mp3"), None)],
+)
+def test_classify(path, kind):
+    assert tags.classify(path) == kind
