@@ -1,4 +1,4 @@
-"""Command line: mount, scan, search, demo, failpoints."""
+"""Command line: mount, scan, search, status, demo, failpoints."""
 
 from __future__ import annotations
 
@@ -9,18 +9,12 @@ import sys
 
 from . import __version__
 from .config import Config, ConfigError, load
-from .errors import MusicFSError
+from .errors import BadArgument, MusicFSError
+from .logsetup import flush_summaries, setup_logging
 
 EX_USAGE = 2
 EX_CONFIG = 78
 log = logging.getLogger("musicfs")
-
-
-def setup_logging(level: str) -> None:
-    # Under systemd the journal stamps each line; elsewhere we do.
-    fmt = "%(levelname)s %(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM") else \
-        "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=level, format=fmt, stream=sys.stderr, force=True)
 
 
 def _add_state_args(p: argparse.ArgumentParser, cache: bool = False) -> None:
@@ -52,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", help="the library's state folder (default: the only library under XDG state)")
     p.add_argument("--limit", type=int, default=20)
 
+    p = sub.add_parser("status", help="is the daemon running, and how is it doing (exit 0 running, 3 not running)")
+    p.add_argument("--state-dir", help="the library's state folder (default: the only library under XDG state)")
+    p.add_argument("--json", action="store_true", help="print the status document as JSON")
+
     p = sub.add_parser("demo", help="write a sample library of real audio files into DIR")
     p.add_argument("dir", metavar="DIR")
     p.add_argument("--tracks", type=int, default=24)
@@ -78,7 +76,7 @@ def _config(args, sources: list[str], mountpoint: str = "") -> Config:
 
 def cmd_mount(args) -> int:
     if len(args.paths) < 2:
-        raise ConfigError("MOUNTPOINT", "give at least one SOURCE and a MOUNTPOINT")
+        raise BadArgument("MOUNTPOINT", "give at least one SOURCE and a MOUNTPOINT")
     *sources, mountpoint = args.paths
     cfg = _config(args, sources, os.path.abspath(mountpoint))
     setup_logging(cfg.log_level)
@@ -125,6 +123,13 @@ def cmd_search(args) -> int:
     return 0
 
 
+def cmd_status(args) -> int:
+    setup_logging("WARNING")
+    from .status import run_status
+
+    return run_status(args.state_dir, as_json=args.json)
+
+
 def cmd_demo(args) -> int:
     setup_logging("INFO")
     from .demo import make_library
@@ -146,13 +151,17 @@ def cmd_failpoints(args) -> int:
     return 0
 
 
-COMMANDS = {"mount": cmd_mount, "scan": cmd_scan, "search": cmd_search, "demo": cmd_demo, "failpoints": cmd_failpoints}
+COMMANDS = {"mount": cmd_mount, "scan": cmd_scan, "search": cmd_search, "status": cmd_status, "demo": cmd_demo,
+            "failpoints": cmd_failpoints}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
+    except BadArgument as exc:
+        print(f"musicfs: {exc}", file=sys.stderr)
+        return EX_USAGE
     except ConfigError as exc:
         print(f"musicfs: {exc}", file=sys.stderr)
         return EX_CONFIG
@@ -161,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    finally:
+        flush_summaries()  # counts of suppressed log lines are never lost
 
 
 if __name__ == "__main__":

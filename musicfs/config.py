@@ -9,7 +9,7 @@ import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from .errors import ConfigError
+from .errors import BadArgument, ConfigError
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -92,14 +92,29 @@ def _check_value(key: str, value):
     return value
 
 
+def flag_name(key: str) -> str:
+    """The command-line flag that sets a config key: cache_size -> --cache-size."""
+    return "--" + key.replace("_", "-")
+
+
+def _as_bad_argument(exc: ConfigError, key: str) -> BadArgument:
+    detail = str(exc).partition(": ")[2] or str(exc)
+    return BadArgument(flag_name(key), detail)
+
+
 def _chunk_size_ok(cfg: Config) -> None:
     if not (64 << 10) <= cfg.chunk_size <= (16 << 20):
         raise ConfigError("chunk_size", "must be between 64K and 16M")
 
 
 def load(path: str | None, overrides: dict) -> Config:
-    """Read the TOML file (if any), apply flag overrides (None = not given), validate."""
+    """Read the TOML file (if any), apply flag overrides (None = not given), validate.
+
+    A bad file value raises ConfigError naming the TOML key; a bad flag value raises BadArgument
+    naming the flag (`--cache-size`), so the CLI can tell a usage error from a config error.
+    """
     values: dict = {}
+    from_flags: set[str] = set()
     if path:
         try:
             with open(path, "rb") as fh:
@@ -113,8 +128,21 @@ def load(path: str | None, overrides: dict) -> Config:
                 raise ConfigError(key, f"unknown key in {path}")
             values[key] = _check_value(key, value)
     for key, value in overrides.items():
-        if value is not None:
-            values[key] = _check_value(key, value) if key in _FILE_KEYS else value
+        if value is None:
+            continue
+        if key in _FILE_KEYS:
+            try:
+                values[key] = _check_value(key, value)
+            except ConfigError as exc:
+                raise _as_bad_argument(exc, key) from exc
+            from_flags.add(key)
+        else:
+            values[key] = value
     cfg = Config(**values)
-    _chunk_size_ok(cfg)
+    try:
+        _chunk_size_ok(cfg)
+    except ConfigError as exc:
+        if "chunk_size" in from_flags:
+            raise _as_bad_argument(exc, "chunk_size") from exc
+        raise
     return cfg

@@ -206,7 +206,7 @@ class Daemon:
     # -- stop ---------------------------------------------------------------------------
     def _after_drain(self) -> None:
         if self._fuse_scope.cancelled_caught:
-            log.warning("shutdown: requests still running after %.1fs; abandoning them", self.cfg.drain_timeout)
+            log.warning("drain: requests still running after %.1fs; abandoning them", self.cfg.drain_timeout)
             self.steps.append("drain timed out")
         else:
             self.steps.append("in-flight requests drained")

@@ -106,3 +106,7 @@ class ConfigError(MusicFSError):
     def __init__(self, key: str, message: str):
         super().__init__(f"{key}: {message}")
         self.key = key
+
+
+class BadArgument(ConfigError):
+    """A bad command-line argument; `key` is the flag (e.g. `--cache-size`). The CLI exits 2 for it."""

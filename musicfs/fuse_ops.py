@@ -199,6 +199,7 @@ class MusicOperations(pyfuse3.Operations):
     @handler
     async def read(self, fh, off, size):
         self.requests += 1
+        await fail_point_async(points.FUSE_READ)
         return await self.reader.read(fh, off, size)
 
     @handler

@@ -67,6 +67,15 @@ def read_file_row(origin: Origin, registry: OriginRegistry, st: FileStat, kind: 
     return FileRow(**{**base.__dict__, **found.__dict__})
 
 
+def _utf8_name(path: str) -> bool:
+    """False for names with undecodable bytes (surrogate escapes from a non-UTF-8 file system)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class Scanner:
     def __init__(self, catalog: Catalog, registry: OriginRegistry, *, batch: int = 200, workers: int = 4,
                  on_progress: Callable[[int, int], None] | None = None,
@@ -83,9 +92,13 @@ class Scanner:
         started = time.monotonic()
         origin = self.registry.first_healthy()
         listing = sorted((st for st in origin.walk() if tags.classify(st.path)), key=lambda st: st.path)
+        unnamed = [st for st in listing if not _utf8_name(st.path)]  # SQLite TEXT cannot hold them
+        listing = [st for st in listing if _utf8_name(st.path)]
         known = self.catalog.identities()
         todo = [st for st in listing if known.get(st.path) != (st.size, st.mtime_ns, st.etag)]
-        result = ScanResult(unchanged=len(listing) - len(todo))
+        result = ScanResult(unchanged=len(listing) - len(todo), skipped=len(unnamed))
+        for st in unnamed:
+            log.warning("scan: skipping %r: its name is not valid UTF-8", st.path)
         self.catalog.set_scan_state(in_progress="1", total=str(len(todo)))
         progress = Progress("scanning", len(todo), on_update=self.on_progress)
         with ThreadPoolExecutor(self.workers, thread_name_prefix="scan") as pool:

@@ -21,7 +21,11 @@ NAME_MAX = 255
 
 def clean_name(text: str) -> str:
     """A safe single path component: no '/', no NUL, no leading dot, valid UTF-8, never empty."""
-    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    try:  # undecodable bytes smuggled in as U+DC80..U+DCFF: back to bytes, then replaced if invalid
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # any other lone surrogate (e.g. U+D800) cannot be escaped back
+        raw = text.encode("utf-8", "surrogatepass")
+    text = raw.decode("utf-8", "replace")
     text = text.replace("/", "_").replace("\0", "_").strip()
     if text.startswith("."):
         text = "_" + text[1:]

@@ -32,7 +32,9 @@ class MusicfsDaemon:
     """One `musicfs mount` child process with its own state, cache, log and notify socket."""
 
     def __init__(self, sources: list[str | os.PathLike], mountpoint: str | os.PathLike, workdir: str | os.PathLike,
-                 *, extra_args: list[str] | None = None, env: dict[str, str] | None = None, notify: bool = True):
+                 *, extra_args: list[str] | None = None, env: dict[str, str] | None = None, notify: bool = True,
+                 on_notify=None):
+        self.on_notify = on_notify
         self.sources = [str(s) for s in sources]
         self.mountpoint = str(mountpoint)
         self.workdir = Path(workdir)
@@ -56,7 +58,7 @@ class MusicfsDaemon:
         if self.use_notify:
             if self.notify is not None:
                 self.notify.close()
-            self.notify = NotifySocket(str(self.workdir))
+            self.notify = NotifySocket(str(self.workdir), on_message=self.on_notify)
             env["NOTIFY_SOCKET"] = self.notify.path
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -84,6 +86,17 @@ class MusicfsDaemon:
             return is_mounted(self.mountpoint) and not is_stale(self.mountpoint)
 
         wait_until(ready, timeout, f"mount of {self.mountpoint}")
+
+    def wait_for_log(self, text: str, timeout: float = 30.0) -> None:
+        """Until the child's log contains `text` (e.g. 'failpoint X paused'); fails fast if it dies."""
+        def seen():
+            if text in self.log_text():
+                return True
+            if not self.alive():
+                raise RuntimeError(f"musicfs exited with {self.proc.returncode}, never logged {text!r}:\n{self.log_text()}")
+            return False
+
+        wait_until(seen, timeout, f"log line {text!r}")
 
     def signal(self, signum: int) -> None:
         os.kill(self.proc.pid, signum)

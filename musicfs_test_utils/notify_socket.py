@@ -19,7 +19,8 @@ class NotifyMessage:
 class NotifySocket:
     """Context manager; `path` goes into the child's NOTIFY_SOCKET."""
 
-    def __init__(self, directory: str | None = None):
+    def __init__(self, directory: str | None = None, on_message=None):
+        self.on_message = on_message  # called in the receiving thread, at once: for "state at READY" checks
         self._dir = tempfile.mkdtemp(prefix="notify-", dir=directory)
         self.path = os.path.join(self._dir, "notify.sock")
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -40,8 +41,11 @@ class NotifySocket:
             except OSError:
                 return
             fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+            message = NotifyMessage(time.monotonic(), fields)
+            if self.on_message is not None:
+                self.on_message(message)
             with self._cond:
-                self.messages.append(NotifyMessage(time.monotonic(), fields))
+                self.messages.append(message)
                 self._cond.notify_all()
 
     def find(self, key: str, value: str | None = None) -> list[NotifyMessage]:

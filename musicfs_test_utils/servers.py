@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["free_port", "wait_for_port", "MotoServer", "SshServer", "SSHD"]
+__all__ = ["free_port", "wait_for_port", "ed25519_keypair", "MotoServer", "SshServer", "SSHD"]
 
 SSHD = "/usr/sbin/sshd"
 DUMMY_KEY = "testing"
@@ -194,7 +194,10 @@ class MotoServer:
         return client
 
     def make_bucket(self, name: str) -> None:
-        self.client().create_bucket(Bucket=name)
+        kwargs: dict[str, Any] = {"Bucket": name}
+        if self.region != "us-east-1":
+            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
+        self.client().create_bucket(**kwargs)
 
     def upload_dir(self, local_dir: str | os.PathLike, bucket: str, prefix: str = "") -> list[str]:
         """Upload every regular file under local_dir to bucket/prefix; returns the keys."""
@@ -214,7 +217,7 @@ class MotoServer:
 # ---------------------------------------------------------------------------
 # SFTP (OpenSSH sshd)
 # ---------------------------------------------------------------------------
-def _ed25519_keypair() -> tuple[bytes, str]:
+def ed25519_keypair() -> tuple[bytes, str]:
     """(OpenSSH private key PEM, 'ssh-ed25519 AAAA...') for a fresh key."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -294,8 +297,8 @@ class SshServer:
             )
         self.dir = Path(tempfile.mkdtemp(prefix="musicfs-sshd-"))
         os.chmod(self.dir, 0o700)
-        host_private, self.host_public_key = _ed25519_keypair()
-        user_private, self.user_public_key = _ed25519_keypair()
+        host_private, self.host_public_key = ed25519_keypair()
+        user_private, self.user_public_key = ed25519_keypair()
         _write_private(self.dir / "ssh_host_ed25519_key", host_private)
         _write_private(self.dir / "id_ed25519", user_private)
         (self.dir / "id_ed25519.pub").write_text(self.user_public_key + "\n")

@@ -32,6 +32,7 @@ def fail_point(name: str) -> str | None:
     elif task == "yield":
         time.sleep(0)
     elif task == "pause":
+        log.info("failpoint %s paused", name)  # tells a test watching another process's log
         _registry.pause(name, point)
     else:
         return _run_common(name, action)
@@ -54,6 +55,7 @@ async def fail_point_async(name: str) -> str | None:
     elif task == "yield":
         await trio.lowlevel.checkpoint()
     elif task == "pause":
+        log.info("failpoint %s paused", name)
         await _pause_async(name, point)
     else:
         return _run_common(name, action)

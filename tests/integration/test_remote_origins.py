@@ -31,7 +31,7 @@ from musicfs.origins.base import FileStat, Origin
 from musicfs.origins.factory import open_origin
 from musicfs.origins.s3 import S3Origin
 from musicfs.origins.sftp import SftpOrigin
-from musicfs_test_utils.servers import MotoServer, SshServer, _ed25519_keypair, free_port
+from musicfs_test_utils.servers import MotoServer, SshServer, ed25519_keypair, free_port
 
 pytestmark = pytest.mark.l3
 
@@ -433,7 +433,7 @@ def test_sftp_unknown_host_key_is_refused(ssh_server: SshServer, sftp_library: s
 
 
 def test_sftp_wrong_host_key_is_refused(ssh_server: SshServer, sftp_library: str, tmp_path: Path) -> None:
-    _, other_public = _ed25519_keypair()
+    _, other_public = ed25519_keypair()
     known = tmp_path / "known_hosts"
     known.write_text(f"[127.0.0.1]:{ssh_server.port} {other_public}\n")
     origin = SftpOrigin.from_url(sftp_library, ssh_server.origin_options(known_hosts=str(known)))
@@ -449,7 +449,7 @@ def test_sftp_bad_credentials_are_fatal(ssh_server: SshServer, sftp_library: str
     assert str(missing) in str(info.value)
 
     stranger = tmp_path / "id_stranger"
-    private, _ = _ed25519_keypair()
+    private, _ = ed25519_keypair()
     stranger.write_bytes(private)
     stranger.chmod(0o600)
     origin = SftpOrigin.from_url(sftp_library, ssh_server.origin_options(identity_file=str(stranger)))

@@ -1,0 +1,363 @@
+"""`musicfs status`: ask the running daemon over its socket, or read what its files say when it is not running.
+
+Protocol: the daemon listens on `<state_dir>/daemon.sock` (mode 0600); a client connects, reads to EOF and
+gets one JSON object (see `musicfs.control` and docs/systemd.md). Without a daemon the status comes from the
+files, opened read-only: `<state_dir>/daemon.json` (where the last daemon kept its pieces),
+`<state_dir>/catalog.db` (tracks, last scan) and `<cache_dir>/index.db` (cache usage).
+
+Exit codes, like `systemctl status`: 0 the daemon answered (running or stopping), 3 not running
+(stopped, or started but not serving yet), 1 an error (no answer in time, ambiguous library, no such folder).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import stat
+import sys
+import time
+from contextlib import closing
+from pathlib import Path
+from urllib.parse import quote
+
+from . import __version__
+from .control import SOCKET_NAME, STATE_FILE
+from .errors import MusicFSError
+
+EXIT_RUNNING = 0
+EXIT_ERROR = 1
+EXIT_NOT_RUNNING = 3
+
+MAX_ANSWER = 16 << 20  # a status document is a few KiB; anything this big is not one
+_SUN_PATH_MAX = 107  # sockaddr_un.sun_path holds 108 bytes including the NUL
+
+
+class StatusError(MusicFSError):
+    """The status could not be determined."""
+
+
+class DaemonUnresponsive(StatusError):
+    """Something holds the socket but gave no complete answer in time."""
+
+
+class NoLibrary(StatusError):
+    """No library state folder was found (nothing was ever scanned or mounted)."""
+
+
+# -- asking the daemon ----------------------------------------------------------------------------------
+def _connect(sock: socket.socket, path: str) -> None:
+    if len(os.fsencode(path)) <= _SUN_PATH_MAX:
+        sock.connect(path)
+        return
+    # too long for sockaddr_un: go through an O_PATH descriptor of the folder
+    dirfd = os.open(os.path.dirname(path), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        sock.connect(f"/proc/self/fd/{dirfd}/{os.path.basename(path)}")
+    finally:
+        os.close(dirfd)
+
+
+def query_daemon(state_dir: str, timeout: float = 2.0) -> dict | None:
+    """The running daemon's status document, or None when no daemon listens (no socket, refused, stale).
+
+    Raises DaemonUnresponsive when the connection is accepted (or hangs) but no complete answer arrives
+    within `timeout` seconds in total, StatusError for anything else that is wrong (permission, garbage).
+    """
+    path = os.path.join(state_dir, SOCKET_NAME)
+    try:
+        if not stat.S_ISSOCK(os.stat(path).st_mode):
+            raise StatusError(f"{path} is not a socket")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StatusError(f"cannot look at {path}: {exc.strerror}") from exc
+    deadline = time.monotonic() + timeout
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
+        sock.settimeout(timeout)
+        try:
+            _connect(sock, path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            return None  # a socket file left by a daemon that died, or it just went away
+        except PermissionError as exc:
+            raise StatusError(f"cannot connect to {path}: permission denied (run as the daemon's user)") from exc
+        except (TimeoutError, BlockingIOError) as exc:  # backlog full: the daemon is not accepting
+            raise DaemonUnresponsive(f"the daemon at {path} did not accept within {timeout:g}s") from exc
+        except OSError as exc:
+            raise StatusError(f"cannot connect to {path}: {exc.strerror or exc}") from exc
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DaemonUnresponsive(f"the daemon at {path} did not answer within {timeout:g}s")
+            sock.settimeout(remaining)
+            try:
+                data = sock.recv(65536)
+            except TimeoutError as exc:
+                raise DaemonUnresponsive(f"the daemon at {path} did not answer within {timeout:g}s") from exc
+            except OSError as exc:
+                raise StatusError(f"reading from {path}: {exc.strerror or exc}") from exc
+            if not data:
+                break
+            chunks.append(data)
+            size += len(data)
+            if size > MAX_ANSWER:
+                raise StatusError(f"the answer from {path} is larger than {MAX_ANSWER} bytes")
+    try:
+        doc = json.loads(b"".join(chunks))
+    except ValueError as exc:
+        raise StatusError(f"the daemon at {path} sent something that is not JSON ({size} bytes)") from exc
+    if not isinstance(doc, dict):
+        raise StatusError(f"the daemon at {path} sent JSON that is not an object")
+    return doc
+
+
+# -- reading the files ----------------------------------------------------------------------------------
+def _ro_connect(path: str) -> sqlite3.Connection:
+    """Open a WAL database without creating anything next to it.
+
+    `mode=ro` alone still creates `-wal` and `-shm` files (owned by whoever runs `musicfs status`:
+    as root, that can lock the daemon's own user out of its database). When neither exists, the last
+    writer closed cleanly and everything is in the main file, so `immutable=1` reads it without any
+    lock or side file. When they exist (a writer is active, or was killed), plain `mode=ro` uses them.
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(path)
+    uri = f"file:{quote(os.path.abspath(path))}?mode=ro"
+    if not (os.path.exists(path + "-wal") or os.path.exists(path + "-shm")):
+        uri += "&immutable=1"
+    return sqlite3.connect(uri, uri=True, timeout=1.0)
+
+
+def _pid_alive(pid) -> bool:
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            cmdline = fh.read()
+    except OSError:
+        return False
+    return b"musicfs" in cmdline  # a recycled pid running something else is not our daemon
+
+
+def _mounted(path) -> bool:
+    if not isinstance(path, str) or not path:
+        return False
+    from .mounts import mount_entry
+
+    try:
+        return mount_entry(path) is not None  # reads /proc/self/mountinfo; never touches the mount itself
+    except OSError:
+        return False
+
+
+def status_from_files(state_dir: str) -> dict:
+    """What the files of a library say when no daemon answers. Never writes anything."""
+    doc: dict = {
+        "state": "stopped", "pid": None, "version": __version__, "state_dir": os.path.abspath(state_dir),
+        "mountpoint": None, "sources": [], "tracks": None, "last_scan": None, "started_at": None,
+        "cache": {"dir": None, "used_bytes": None, "quota_bytes": None, "chunks": None, "state": None},
+        "mounted": False, "problems": [],
+    }
+    problems: list[str] = doc["problems"]
+    info: dict = {}
+    info_path = os.path.join(state_dir, STATE_FILE)
+    try:
+        with open(info_path, encoding="utf-8") as fh:
+            info = json.load(fh)
+        if not isinstance(info, dict):
+            raise ValueError("not a JSON object")
+    except FileNotFoundError:
+        info = {}  # scanned but never mounted
+    except (OSError, ValueError) as exc:
+        problems.append(f"{info_path}: {exc}")
+        info = {}
+    doc["mountpoint"] = info.get("mountpoint")
+    doc["sources"] = list(info.get("sources") or [])
+    doc["started_at"] = info.get("started_at")
+    doc["cache"]["dir"] = info.get("cache_dir")
+    doc["cache"]["quota_bytes"] = info.get("cache_size")
+
+    catalog = os.path.join(state_dir, "catalog.db")
+    try:
+        with closing(_ro_connect(catalog)) as db:
+            doc["tracks"] = db.execute("SELECT count(*) FROM files WHERE kind = 'track'").fetchone()[0]
+            row = db.execute("SELECT value FROM scan_state WHERE key = 'completed_at'").fetchone()
+            if row and row[0]:
+                doc["last_scan"] = float(row[0])
+    except FileNotFoundError:
+        problems.append(f"no catalog at {catalog}: never scanned")
+    except (sqlite3.Error, ValueError) as exc:
+        problems.append(f"catalog {catalog}: {exc}")
+
+    cache_dir = doc["cache"]["dir"]
+    if isinstance(cache_dir, str) and cache_dir:
+        index = os.path.join(cache_dir, "index.db")
+        try:
+            with closing(_ro_connect(index)) as db:
+                used, chunks = db.execute("SELECT coalesce(sum(size), 0), count(*) FROM chunks").fetchone()
+            doc["cache"]["used_bytes"], doc["cache"]["chunks"] = int(used), int(chunks)
+        except FileNotFoundError:
+            doc["cache"]["used_bytes"], doc["cache"]["chunks"] = 0, 0  # nothing cached yet
+        except sqlite3.Error as exc:
+            problems.append(f"cache index {index}: {exc}")
+
+    pid = info.get("pid")
+    alive = _pid_alive(pid)
+    doc["mounted"] = _mounted(doc["mountpoint"])
+    if alive:
+        doc["state"], doc["pid"] = "starting", pid  # the process exists but its socket does not answer yet
+    elif doc["mounted"]:
+        problems.append(f"{doc['mountpoint']} is still mounted but no daemon runs (stale mount): "
+                        f"fusermount3 -uz {doc['mountpoint']}")
+    return doc
+
+
+# -- choosing the library -------------------------------------------------------------------------------
+_MARKERS = ("index", "catalog.db", STATE_FILE, SOCKET_NAME)
+
+
+def find_library() -> str:
+    """The state folder of the only library under $XDG_STATE_HOME/musicfs (or the only running one)."""
+    from .config import xdg_dir
+
+    base = xdg_dir("XDG_STATE_HOME", ".local/state") / "musicfs"
+    libs = sorted(p for p in base.glob("*") if p.is_dir() and any((p / m).exists() for m in _MARKERS)) \
+        if base.is_dir() else []
+    if not libs:
+        raise NoLibrary(f"no library under {base}: mount or scan one first")
+    if len(libs) == 1:
+        return str(libs[0])
+    live = [p for p in libs if (p / SOCKET_NAME).exists() and _answers(p)]
+    if len(live) == 1:
+        return str(live[0])
+    raise StatusError(f"{len(libs)} libraries under {base}; choose one with --state-dir: "
+                      + ", ".join(map(str, libs)))
+
+
+def _answers(state_dir: Path) -> bool:
+    try:
+        return query_daemon(str(state_dir), timeout=0.5) is not None
+    except StatusError:
+        return True  # something is there, just slow
+
+
+# -- rendering ------------------------------------------------------------------------------------------
+def _human(n) -> str:
+    if not isinstance(n, (int, float)):
+        return "?"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _duration(seconds) -> str:
+    if not isinstance(seconds, (int, float)):
+        return "?"
+    s = int(seconds)
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    parts = [f"{d}d"] * bool(d) + [f"{h}h"] * bool(h) + [f"{m}m"] * bool(m)
+    return " ".join(parts[:2]) if parts else f"{s}s"
+
+
+def _when(epoch) -> str:
+    if not isinstance(epoch, (int, float)):
+        return "never"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch)) + f" ({_duration(time.time() - epoch)} ago)"
+
+
+def _columns(rows: list[list[str]], indent: str = "  ") -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return [indent + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+
+
+def render_table(status: dict) -> str:
+    """Aligned `key  value` lines, then the origins, tasks and counters sections when present."""
+    state = str(status.get("state", "unknown"))
+    extra = []
+    if status.get("pid"):
+        extra.append(f"pid {status['pid']}")
+    if status.get("uptime_s") is not None:
+        extra.append(f"up {_duration(status.get('uptime_s'))}")
+    head = state + (f" ({', '.join(extra)})" if extra else "")
+    if status.get("offline"):
+        head += "; OFFLINE: every origin is down, cached files only"
+    rows: list[tuple[str, str]] = [("state", head)]
+    if status.get("version"):
+        rows.append(("version", str(status["version"])))
+    if status.get("mountpoint"):
+        rows.append(("mountpoint", str(status["mountpoint"])))
+    if status.get("sources"):
+        rows.append(("sources", ", ".join(map(str, status["sources"]))))
+    if status.get("state_dir"):
+        rows.append(("state dir", str(status["state_dir"])))
+    if "tracks" in status:
+        rows.append(("tracks", "?" if status["tracks"] is None else str(status["tracks"])))
+    if "last_scan" in status:
+        rows.append(("last scan", _when(status.get("last_scan"))))
+    cache = status.get("cache")
+    if isinstance(cache, dict):
+        used, quota, chunks = cache.get("used_bytes"), cache.get("quota_bytes"), cache.get("chunks")
+        text = f"{_human(used)} of {_human(quota)}" if quota is not None else _human(used)
+        text += f" ({'?' if used is None else used} bytes, {'?' if chunks is None else chunks} chunks)"
+        if cache.get("state"):
+            text += f", {cache['state']}"
+        rows.append(("cache", text))
+    if "degraded" in status:
+        rows.append(("degraded", ", ".join(map(str, status.get("degraded") or [])) or "no"))
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{k.ljust(width)}  {v}" for k, v in rows]
+
+    origins = [o for o in status.get("origins") or [] if isinstance(o, dict)]
+    if origins:
+        lines.append("origins:")
+        lines += _columns([[str(o.get("name", "?")), str(o.get("state", "?")), str(o.get("last_error") or "")]
+                           for o in origins])
+    tasks = status.get("tasks")
+    if isinstance(tasks, dict) and tasks:
+        lines.append("tasks:")
+        lines += _columns([[str(name), str(t.get("state", "?")), f"failures {t.get('failures', 0)}",
+                            f"restarts {t.get('restarts', 0)}", str(t.get("last_error") or "")]
+                           for name, t in sorted(tasks.items()) if isinstance(t, dict)])
+    counters = status.get("counters")
+    if isinstance(counters, dict) and counters:
+        lines.append("counters:")
+        lines += _columns([[str(k), str(v)] for k, v in counters.items()])
+    problems = status.get("problems") or []
+    if problems:
+        lines.append("problems:")
+        lines += [f"  {p}" for p in problems]
+    return "\n".join(lines) + "\n"
+
+
+# -- the command ----------------------------------------------------------------------------------------
+def run_status(state_dir: str | None, as_json: bool = False, out=None, timeout: float = 2.0) -> int:
+    out = sys.stdout if out is None else out
+    try:
+        state_dir = state_dir or find_library()
+    except NoLibrary as exc:
+        doc = {"state": "stopped", "state_dir": None, "problems": [str(exc)]}
+        out.write(json.dumps(doc, indent=2) + "\n" if as_json else f"not running: {exc}\n")
+        return EXIT_NOT_RUNNING
+    if not os.path.isdir(state_dir):
+        raise StatusError(f"{state_dir}: no such folder")
+    code = EXIT_RUNNING
+    try:
+        doc = query_daemon(state_dir, timeout)
+    except DaemonUnresponsive as exc:
+        doc = status_from_files(state_dir)
+        doc["state"] = "unresponsive"
+        doc["problems"].insert(0, str(exc))
+        code = EXIT_ERROR
+    if doc is None:
+        doc = status_from_files(state_dir)
+        code = EXIT_NOT_RUNNING
+    out.write(json.dumps(doc, indent=2, sort_keys=True) + "\n" if as_json else render_table(doc))
+    out.flush()
+    return code

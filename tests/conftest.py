@@ -1,0 +1,34 @@
+"""Fixtures shared by every test layer."""
+
+from __future__ import annotations
+
+import pytest
+
+from musicfs.demo import JUNK_FILES
+from musicfs_test_utils.assertions import tree_files
+from musicfs_test_utils.daemon import MusicfsDaemon
+from musicfs_test_utils.fixtures import make_library
+
+
+@pytest.fixture(scope="session")
+def small_library(tmp_path_factory):
+    """A 12-track library of real audio shared read-only by tests: (root, tracks, good files)."""
+    root = tmp_path_factory.mktemp("small") / "library"
+    tracks = make_library(root, 12)
+    junk = {root / j for j in JUNK_FILES}
+    return root, tracks, [p for p in tree_files(root) if p not in junk]
+
+
+@pytest.fixture
+def daemons(tmp_path):
+    """Make MusicfsDaemon children that are always stopped (and unmounted) at teardown."""
+    made: list[MusicfsDaemon] = []
+
+    def make(sources, name: str = "d", **kwargs) -> MusicfsDaemon:
+        daemon = MusicfsDaemon([str(s) for s in sources], tmp_path / f"{name}-mnt", tmp_path / name, **kwargs)
+        made.append(daemon)
+        return daemon
+
+    yield make
+    for daemon in made:
+        daemon.stop()

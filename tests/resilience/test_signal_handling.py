@@ -1,0 +1,93 @@
+"""L2: signals on the real daemon — clean stops, the second signal, bounded drains (rows 2.1, 2.3)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+
+import pytest
+
+from musicfs_test_utils.assertions import tree_files
+from musicfs_test_utils.daemon import is_mounted
+
+pytestmark = pytest.mark.l2
+
+
+def _slow_read(daemon):
+    """Start `cat` on a track (a child process: the mount may die under it) and wait until it is stuck."""
+    target = next(p for p in tree_files(daemon.mountpoint) if p.suffix == ".flac")
+    reader = subprocess.Popen(["cat", str(target)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    daemon.wait_for_log("failpoint reader-manifest-fetch paused")
+    return reader
+
+
+def _config(tmp_path, **values) -> list[str]:
+    path = tmp_path / "musicfs.toml"
+    path.write_text("".join(f"{k} = {v}\n" for k, v in values.items()))
+    return ["--config", str(path)]
+
+
+@pytest.mark.resilience("2.1")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_unmounts_and_exits_zero(small_library, daemons, signum):
+    daemon = daemons([small_library[0]])
+    daemon.start()
+    daemon.wait_for_mount()
+    assert tree_files(daemon.mountpoint)
+    daemon.signal(signum)
+    assert daemon.wait(30) == 0
+    assert not is_mounted(daemon.mountpoint)
+    assert "shutdown: fuse intake stopped" in daemon.log_text()
+
+
+@pytest.mark.resilience("2.1")
+def test_second_signal_exits_at_once_and_detaches_the_mount(small_library, daemons, tmp_path):
+    daemon = daemons([small_library[0]], env={"FAILPOINTS": "reader-manifest-fetch=pause"},
+                     extra_args=_config(tmp_path, drain_timeout=120))
+    daemon.start()
+    daemon.wait_for_mount()
+    reader = _slow_read(daemon)
+    daemon.signal(signal.SIGTERM)
+    daemon.wait_for_log("SIGTERM: stopping")
+    assert daemon.alive()  # draining: the paused read holds it
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(10) == 128 + signal.SIGTERM
+    assert not is_mounted(daemon.mountpoint)
+    assert reader.wait(10) != 0  # the read fails; it does not hang
+
+
+@pytest.mark.resilience("2.3")
+def test_shutdown_with_reads_in_flight_is_bounded_and_ordered(small_library, daemons, tmp_path):
+    daemon = daemons([small_library[0]], env={"FAILPOINTS": "reader-manifest-fetch=pause"},
+                     extra_args=_config(tmp_path, drain_timeout=1))
+    daemon.start()
+    daemon.wait_for_mount()
+    reader = _slow_read(daemon)
+    daemon.signal(signal.SIGTERM)
+    # drain_timeout (1 s) plus the close bound (10 s) is the promise; the wait allows exactly that.
+    assert daemon.wait(11) == 0
+    assert not is_mounted(daemon.mountpoint)
+    assert reader.wait(10) != 0
+    steps = re.search(r"shutdown: (.*)", daemon.log_text()).group(1).split(" -> ")
+    assert steps == ["fuse intake stopped", "drain timed out", "unmounted", "background tasks stopped",
+                     "index committed", "catalog and cache closed", "STOPPING=1"]
+    assert daemon.notify.find("STOPPING", "1")
+
+
+def test_sighup_rescans(small_library, daemons, tmp_path):
+    import shutil
+
+    src = tmp_path / "lib"
+    shutil.copytree(small_library[0], src)
+    daemon = daemons([src])
+    daemon.start()
+    daemon.wait_for_mount()
+    before = {p.name for p in tree_files(daemon.mountpoint)}
+    victim = next(p for p in small_library[2] if p.suffix == ".ogg")
+    os.unlink(src / victim.relative_to(small_library[0]))
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_for_log("1 removed")
+    after = {p.name for p in tree_files(daemon.mountpoint)}
+    assert len(after) == len(before) - 1

@@ -1,0 +1,145 @@
+"""FUSE operations without a mount: errno mapping, EROFS, lookup/forget refcounts (rows 2.2, 5.4, 2.9)."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import tracemalloc
+
+import pyfuse3
+import pytest
+
+from musicfs.fuse_ops import MusicOperations
+from musicfs.tree import ROOT_INO
+from musicfs_test_utils.fixtures import make_audio_meta, make_file_meta, setup_test_tree
+
+
+class BrokenReader:
+    """Stands in for FileReader: open works, read raises what the test says."""
+
+    def __init__(self):
+        self.exc: BaseException | None = None
+        self.open_files = 0
+
+    async def open(self, row):
+        return 7
+
+    async def read(self, fh, off, size):
+        if self.exc is not None:
+            raise self.exc
+        return b"x" * size
+
+    def release(self, fh):
+        pass
+
+
+def _tree(n: int = 3):
+    rows = [make_file_meta(i + 1, f"a/{i}.flac", 1000 + i, **make_audio_meta("Artist", "Album", f"Song {i}", track_no=i + 1))
+            for i in range(n)]
+    return setup_test_tree(rows)
+
+
+def _ops(n: int = 3) -> MusicOperations:
+    return MusicOperations(_tree(n), BrokenReader())
+
+
+async def _file_ino(ops, name=b"01 - Song 0.flac") -> int:
+    artist = await ops.lookup(ROOT_INO, b"Artist", None)
+    album = await ops.lookup(artist.st_ino, b"Album", None)
+    return (await ops.lookup(album.st_ino, name, None)).st_ino
+
+
+@pytest.mark.resilience("2.2")
+@pytest.mark.expected_log(r"fuse read.*failed unexpectedly")
+async def test_an_unexpected_exception_becomes_eio_logged_once_and_serving_goes_on(caplog):
+    ops = _ops()
+    ino = await _file_ino(ops)
+    info = await ops.open(ino, os.O_RDONLY, None)
+    ops.reader.exc = RuntimeError("handler bug")
+    with pytest.raises(pyfuse3.FUSEError) as err:
+        await ops.read(info.fh, 0, 10)
+    assert err.value.errno == errno.EIO
+    records = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(records) == 1 and records[0].exc_info and "read" in records[0].getMessage()
+    ops.reader.exc = None
+    assert await ops.read(info.fh, 0, 10) == b"x" * 10
+    assert ops.errors["read"] == 1
+
+
+@pytest.mark.expected_log(r"fuse read")
+async def test_emfile_becomes_eio():
+    ops = _ops()
+    info = await ops.open(await _file_ino(ops), os.O_RDONLY, None)
+    ops.reader.exc = OSError(errno.EMFILE, "Too many open files")
+    with pytest.raises(pyfuse3.FUSEError) as err:
+        await ops.read(info.fh, 0, 10)
+    assert err.value.errno == errno.EIO
+
+
+@pytest.mark.parametrize("call", [
+    lambda ops: ops.mkdir(ROOT_INO, b"x", 0o755, None),
+    lambda ops: ops.unlink(ROOT_INO, b"Artist", None),
+    lambda ops: ops.write(1, 0, b"data"),
+    lambda ops: ops.create(ROOT_INO, b"new", 0o644, os.O_WRONLY, None),
+    lambda ops: ops.rename(ROOT_INO, b"Artist", ROOT_INO, b"B", 0, None),
+    lambda ops: ops.setattr(ROOT_INO, None, None, None, None),
+])
+async def test_every_write_answers_erofs(call):
+    with pytest.raises(pyfuse3.FUSEError) as err:
+        await call(_ops())
+    assert err.value.errno == errno.EROFS
+
+
+async def test_open_for_writing_is_refused():
+    ops = _ops()
+    with pytest.raises(pyfuse3.FUSEError) as err:
+        await ops.open(await _file_ino(ops), os.O_RDWR, None)
+    assert err.value.errno == errno.EROFS
+
+
+async def test_unknown_names_and_inodes_answer_enoent():
+    ops = _ops()
+    for call in (ops.lookup(ROOT_INO, b"nope", None), ops.getattr(99999, None)):
+        with pytest.raises(pyfuse3.FUSEError) as err:
+            await call
+        assert err.value.errno == errno.ENOENT
+
+
+@pytest.mark.resilience("5.4")
+async def test_a_million_lookups_and_forgets_keep_memory_flat():
+    ops = _ops()
+    artist = (await ops.lookup(ROOT_INO, b"Artist", None)).st_ino
+    await ops.forget([(artist, 1)])
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for _ in range(1000):
+            for _ in range(1000):
+                await ops.lookup(ROOT_INO, b"Artist", None)
+            await ops.forget([(artist, 1000)])
+        grown = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert ops.lookups[artist] == 0 and not ops.lookups
+    assert grown < 256 << 10, f"{grown} bytes kept after a million lookups"
+
+
+@pytest.mark.resilience("5.4")
+async def test_an_inode_removed_by_a_rescan_answers_until_the_kernel_forgets_it():
+    ops = _ops(3)
+    ino = await _file_ino(ops, b"02 - Song 1.flac")
+    smaller = setup_test_tree([make_file_meta(1, "a/0.flac", 1000, **make_audio_meta("Artist", "Album", "Song 0", track_no=1))],
+                              inodes={"d:Artist": 2, "d:Artist/Album": 3, "f:a/0.flac": 4})
+    ops.swap_tree(smaller)
+    assert (await ops.getattr(ino, None)).st_ino == ino  # the kernel still holds a reference
+    await ops.forget([(ino, 1)])
+    with pytest.raises(pyfuse3.FUSEError):
+        await ops.getattr(ino, None)
+    assert ino not in ops.retired
+
+
+async def test_forget_never_raises_on_unknown_inodes():
+    ops = _ops()
+    await ops.forget([(123456, 5), (ROOT_INO, 1)])
+    assert not ops.lookups

@@ -1,0 +1,207 @@
+"""Scanner on a real generated library: first scan, delta rescans, deletions, junk, covers, tree."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from musicfs import sync
+from musicfs.catalog import open_catalog
+from musicfs.demo import COVER_FILES, JUNK_FILES
+from musicfs.origins.local import LocalOrigin
+from musicfs.origins.registry import OriginRegistry
+from musicfs.sync import Scanner
+from musicfs.tree import FIRST_INO, build_tree
+from musicfs_test_utils.faulty_origin import FaultyOrigin
+from musicfs_test_utils.fixtures import make_library
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scan") / "lib"
+    return root, make_library(root, 12)
+
+
+@pytest.fixture
+def lib(generated, tmp_path):
+    """A private copy of the generated library (mtimes preserved), so a test may change it."""
+    src, tracks = generated
+    root = tmp_path / "lib"
+    shutil.copytree(src, root)
+    return root, tracks
+
+
+@pytest.fixture
+def cat(tmp_path):
+    c = open_catalog(str(tmp_path / "state"))
+    yield c
+    c.close()
+
+
+def scanner(cat, root: Path, **kwargs) -> tuple[Scanner, FaultyOrigin]:
+    origin = FaultyOrigin(LocalOrigin(root))
+    return Scanner(cat, OriginRegistry([origin]), **kwargs), origin
+
+
+def covers_in(root: Path) -> list[str]:
+    return [c for c in COVER_FILES if (root / c).exists()]
+
+
+def record_reads(monkeypatch) -> list[str]:
+    """Paths whose tags the scanner reads (it calls sync.read_file_row for each new or changed file)."""
+    seen: list[str] = []
+    real = sync.read_file_row
+
+    def spy(origin, registry, st, kind):
+        seen.append(st.path)
+        return real(origin, registry, st, kind)
+
+    monkeypatch.setattr(sync, "read_file_row", spy)
+    return seen
+
+
+def tree_of(cat):
+    return build_tree(cat.files(), cat.inode_map(), lambda keys: cat.add_inodes(keys, FIRST_INO))
+
+
+def test_first_scan_records_tracks_junk_and_covers(lib, cat):
+    root, tracks = lib
+    covers = covers_in(root)
+    assert covers and all((root / j).exists() for j in JUNK_FILES)
+    result = scanner(cat, root)[0].scan()
+
+    assert cat.count("track") == len(tracks)
+    assert result.added == len(tracks) + len(covers)
+    assert result.skipped == len(JUNK_FILES)
+    assert (result.changed, result.removed, result.unchanged) == (0, 0, 0)
+    assert {r.path for r in cat.files("track")} == {t.path for t in tracks}
+    assert {r.path for r in cat.files("junk")} == set(JUNK_FILES)
+    assert {r.path for r in cat.files("cover")} == set(covers)
+    rows = {r.path: r for r in cat.files()}
+    for t in tracks:
+        row = rows[t.path]
+        assert (row.artist, row.albumartist, row.album, row.title) == (t.artist, t.albumartist, t.album, t.title)
+        assert (row.track_no, row.disc_no) == (t.tracknumber, t.discnumber)
+        assert row.size == t.size == (root / t.path).stat().st_size
+        assert row.mtime_ns == (root / t.path).stat().st_mtime_ns
+        assert row.duration and row.duration > 0
+    state = cat.scan_state()
+    assert state["in_progress"] == "0" and float(state["completed_at"]) > 0
+
+
+def test_rescan_of_an_unchanged_library_reads_no_tags(lib, cat):
+    root, tracks = lib
+    scanner(cat, root)[0].scan()
+    before = sorted(cat.files(), key=lambda r: r.path)
+    again, origin = scanner(cat, root)
+    result = again.scan()
+    assert origin.calls["read"] == 0
+    assert origin.calls["walk"] == 1
+    assert not result.touched
+    assert result.unchanged == len(tracks) + len(covers_in(root)) + len(JUNK_FILES)
+    assert sorted(cat.files(), key=lambda r: r.path) == before
+
+
+def test_touching_one_file_rereads_only_that_file(lib, cat, monkeypatch):
+    root, tracks = lib
+    scanner(cat, root)[0].scan()
+    target = tracks[len(tracks) // 2].path
+    st = (root / target).stat()
+    os.utime(root / target, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    seen = record_reads(monkeypatch)
+    again, origin = scanner(cat, root)
+    result = again.scan()
+    assert seen == [target]
+    assert origin.calls["read"] >= 1
+    assert (result.changed, result.added, result.removed) == (1, 0, 0)
+    row = next(r for r in cat.files() if r.path == target)
+    assert row.mtime_ns == st.st_mtime_ns + 5_000_000_000 and row.kind == "track"
+
+
+def test_new_file_is_added_alone(lib, cat, monkeypatch):
+    root, tracks = lib
+    scanner(cat, root)[0].scan()
+    copy = "New Folder/copied.flac"
+    (root / "New Folder").mkdir()
+    source = next(t for t in tracks if t.format == "flac")
+    shutil.copy(root / source.path, root / copy)
+    seen = record_reads(monkeypatch)
+    result = scanner(cat, root)[0].scan()
+    assert seen == [copy]
+    assert (result.added, result.changed, result.removed) == (1, 0, 0)
+    assert cat.count("track") == len(tracks) + 1
+
+
+def test_deleted_file_is_removed_from_catalog_and_tree(lib, cat):
+    root, tracks = lib
+    scanner(cat, root)[0].scan()
+    victim = tracks[0]
+    tree = tree_of(cat)
+    assert victim.path in {n.file.path for n in tree.walk_files()}
+    os.unlink(root / victim.path)
+    result = scanner(cat, root)[0].scan()
+    assert result.removed == 1 and not result.added and not result.changed
+    assert victim.path not in cat.identities()
+    assert f"f:{victim.path}" not in cat.inode_map()
+    assert cat.count("track") == len(tracks) - 1
+    assert victim.path not in {n.file.path for n in tree_of(cat).walk_files()}
+
+
+@pytest.mark.expected_log(r"musicfs.sync: scan: .* lists no files at all")
+def test_an_empty_origin_does_not_wipe_the_catalog(lib, cat, tmp_path):
+    root, tracks = lib
+    scanner(cat, root)[0].scan()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = scanner(cat, empty)[0].scan()
+    assert result.removed == 0 and cat.count("track") == len(tracks)
+
+
+def test_catalog_and_tree_agree(lib, cat):
+    root, tracks = lib
+    scanner(cat, root)[0].scan()
+    tree = tree_of(cat)
+    files = list(tree.walk_files())
+    tracks_in_tree = [n for n in files if n.file.kind == "track"]
+    assert tree.track_count == cat.count("track") == len(tracks)
+    assert sorted(n.file.path for n in tracks_in_tree) == sorted(t.path for t in tracks)
+    for node in files:
+        on_disk = (root / node.file.path).stat()
+        assert (node.size, node.mtime_ns) == (on_disk.st_size, on_disk.st_mtime_ns)
+    assert not any(n.file.kind == "junk" for n in files)
+    # every cover shows in the album folder of the tracks next to it
+    for c in covers_in(root):
+        folder = os.path.dirname(c)
+        albums = {os.path.dirname(tree.path(n.ino)) for n in tracks_in_tree if os.path.dirname(n.file.path) == folder}
+        shown = {os.path.dirname(tree.path(n.ino)) for n in files if n.file.path == c}
+        assert shown == albums and shown
+    # the same catalog gives the same tree (inodes included) when built again
+    again = tree_of(cat)
+    assert {tree.path(i): i for i in tree.nodes} == {again.path(i): i for i in again.nodes}
+
+
+def test_small_batches_give_the_same_catalog(lib, cat, tmp_path):
+    root, tracks = lib
+    scanner(cat, root)[0].scan()
+    other = open_catalog(str(tmp_path / "other"))
+    try:
+        result = scanner(other, root, batch=3, workers=1)[0].scan()
+        assert result.added == len(tracks) + len(covers_in(root))
+        strip = lambda rows: sorted((r.path, r.kind, r.size, r.title, r.track_no) for r in rows)  # noqa: E731
+        assert strip(other.files()) == strip(cat.files())
+    finally:
+        other.close()
+
+
+@pytest.mark.expected_log(r"musicfs.sync: scan: skipping .*not valid UTF-8")
+def test_a_file_name_that_is_not_utf8_does_not_break_the_scan(lib, cat):
+    root, tracks = lib
+    source = next(t for t in tracks if t.format == "flac")
+    bad = os.path.join(os.fsencode(root), b"misc", b"caf\xe9 latin1.flac")
+    shutil.copy(root / source.path, bad)
+    result = scanner(cat, root)[0].scan()
+    assert cat.count("track") == len(tracks)
+    assert result.skipped == len(JUNK_FILES) + 1

@@ -1,0 +1,80 @@
+"""TaskSupervisor: failures are logged with the task name, critical tasks restart with backoff (row 2.6)."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from musicfs.supervisor import TaskSupervisor
+
+
+@pytest.mark.resilience("2.6")
+@pytest.mark.expected_log(r"task flaky failed", r"task flaky failed 3 times")
+async def test_critical_task_restarts_with_backoff_then_is_marked_failed(autojump_clock, caplog):
+    runs = []
+
+    async def flaky():
+        runs.append(trio.current_time())
+        raise RuntimeError(f"boom {len(runs)}")
+
+    async with TaskSupervisor(max_failures=3, window=60, backoff=1.0, clock=trio.current_time) as sup:
+        sup.spawn_critical("flaky", flaky)
+    state = sup.task_status("flaky")
+    assert state.state == "failed" and state.failures == 3 and state.restarts == 2
+    assert sup.degraded == ["flaky"]
+    assert "boom 3" in state.last_error
+    gaps = [b - a for a, b in zip(runs, runs[1:])]
+    assert gaps == pytest.approx([1.0, 2.0])  # exponential backoff
+    records = [r for r in caplog.records if r.getMessage() == "task flaky failed"]
+    assert len(records) == 3 and all(r.exc_info for r in records)
+
+
+@pytest.mark.resilience("2.6")
+@pytest.mark.expected_log(r"task once failed")
+async def test_a_crashing_task_does_not_stop_the_others(caplog):
+    done = trio.Event()
+
+    async def crash():
+        raise ValueError("bad")
+
+    async def worker():
+        await trio.sleep(0)
+        done.set()
+
+    async with TaskSupervisor() as sup:
+        sup.spawn_supervised("once", crash)
+        sup.spawn_supervised("worker", worker)
+    assert done.is_set()
+    assert sup.task_status("once").state == "failed"
+    assert sup.task_status("worker").state == "done"
+    assert sup.stats()["once"]["last_error"] == "ValueError: bad"
+
+
+@pytest.mark.expected_log(r"task flaky failed")
+async def test_failures_outside_the_window_do_not_count(autojump_clock):
+    runs = 0
+
+    async def flaky():
+        nonlocal runs
+        runs += 1
+        if runs < 6:
+            raise RuntimeError("transient")
+
+    async with TaskSupervisor(max_failures=3, window=5, backoff=4.0, max_backoff=4.0, clock=trio.current_time) as sup:
+        sup.spawn_critical("flaky", flaky)
+    assert sup.task_status("flaky").state == "done" and runs == 6
+
+
+async def test_cancel_stops_one_task_without_restart():
+    started = trio.Event()
+
+    async def forever():
+        started.set()
+        await trio.sleep_forever()
+
+    async with TaskSupervisor() as sup:
+        sup.spawn_critical("loop", forever)
+        await started.wait()
+        sup.cancel("loop")
+    assert sup.task_status("loop").state == "cancelled"
