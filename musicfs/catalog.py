@@ -201,18 +201,23 @@ class Catalog:
         return dict(self._run("SELECT key, ino FROM inodes"))
 
     def add_inodes(self, keys: list[str], first: int) -> dict[str, int]:
-        """Give each new key the next free inode number (>= first); returns the new map entries."""
+        """Give each new key a never-used inode number (>= first); returns the new map entries.
+
+        Numbers are never reused, even after their file is gone: the kernel may still hold one.
+        """
         if not keys:
             return {}
         out: dict[str, int] = {}
 
         def work(cur):
+            row = cur.execute("SELECT value FROM meta WHERE key = 'next_ino'").fetchone()
             top = cur.execute("SELECT max(ino) FROM inodes").fetchone()[0] or 0
-            nxt = max(top + 1, first)
+            nxt = max(int(row[0]) if row else 0, top + 1, first)
             for key in keys:
                 cur.execute("INSERT INTO inodes VALUES(?, ?)", (key, nxt))
                 out[key] = nxt
                 nxt += 1
+            cur.execute("INSERT OR REPLACE INTO meta VALUES('next_ino', ?)", (str(nxt),))
 
         self._transaction(work)
         return out

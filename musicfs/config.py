@@ -123,6 +123,8 @@ def load(path: str | None, overrides: dict) -> Config:
             raise ConfigError("--config", f"cannot read {path}: {exc.strerror}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError("--config", f"{path} is not valid TOML: not UTF-8 at byte {exc.start}") from exc
         for key, value in data.items():
             if key not in _FILE_KEYS:
                 raise ConfigError(key, f"unknown key in {path}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import collections
 import logging
+import math
 import os
 import sys
 import threading
@@ -48,7 +49,7 @@ class RateLimitFilter(logging.Filter):
     A kind is (logger name, level, message template): `record.msg` before formatting, so
     "cannot read %s" is one kind whatever the path. Only WARNING and above are limited.
     The count of suppressed records comes out as one summary record of the same logger and level:
-    "<template> (and N more like this in the last Ws)". It is emitted through `sink` (the handler
+    "<template> (and N more like this in Ws)". It is emitted through `sink` (the handler
     this filter is attached to; see `attach`) when the window ends and another record reaches the
     filter, when the key is evicted, or on `flush()`. At most `max_keys` kinds are tracked.
     """
@@ -141,12 +142,13 @@ class RateLimitFilter(logging.Filter):
 
     def summary_record(self, key: tuple, win: _Window, now: float) -> logging.LogRecord:
         name, levelno, template = key
-        span = min(self.window, max(win.last_time, now) - win.start)
-        seconds = f"{span:.0f}" if span >= 1 else f"{span:.1f}"
+        # the span the suppressed records came in: from the window's start to the last of them,
+        # in tenths of a second rounded up ("1s", "0.3s"), never more than the window
+        span = min(self.window, max(0.1, math.ceil(round(win.last_time - win.start, 6) * 10) / 10))
         last = win.last
         record = logging.LogRecord(
             name, levelno, last.pathname if last else "", last.lineno if last else 0,
-            "%s (and %d more like this in the last %ss)", (template, win.suppressed, seconds), None,
+            "%s (and %d more like this in %ss)", (template, win.suppressed, f"{span:g}"), None,
             func=last.funcName if last else None)
         setattr(record, SUMMARY_ATTR, win.suppressed)
         return record

@@ -42,6 +42,8 @@ class Progress:
         self.stream.flush()
 
     def finish(self) -> None:
+        if self.on_update:
+            self.on_update(self.done, self.total)
         if self.tty:
             self._draw()
             self.stream.write("\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import errno
 import itertools
 import logging
 from dataclasses import dataclass, field
@@ -18,6 +19,10 @@ from .origins.base import FileStat
 from .origins.registry import OriginRegistry
 
 log = logging.getLogger(__name__)
+
+
+class BadHandle(MusicFSError):
+    errno = errno.EBADF
 
 
 class ChunkLRU:
@@ -83,7 +88,7 @@ class FileReader:
         self.limiter = trio.CapacityLimiter(threads)
         self._open: dict[int, OpenFile] = {}
         self._handles = itertools.count(1)
-        self._fh: dict[int, int] = {}
+        self._fh: dict[int, tuple[int, str]] = {}
         self._inflight: dict[tuple[int, str, int], trio.Event] = {}
 
     async def _thread(self, fn, *args):
@@ -91,27 +96,31 @@ class FileReader:
 
     # -- open / release ---------------------------------------------------------
     async def open(self, row: FileRow) -> int:
-        """A handle for reading; the file's cached chunks are pinned until release."""
-        of = self._open.get(row.id)
-        if of is not None and of.row.ident == row.ident:
-            of.refs += 1
-        else:
+        """A handle for reading; the file's cached chunks are pinned until release.
+
+        Open files are keyed by (id, identity): a handle opened before the file changed keeps
+        reading the old content's chunks, one opened after reads the new.
+        """
+        key = (row.id, row.ident)
+        if key not in self._open:
             manifest = await self._thread(self.catalog.manifest, row.id, row.ident)
-            of = self._open[row.id] = OpenFile(row, manifest)
+            if key not in self._open:  # another open may have won while we waited
+                self._open[key] = OpenFile(row, manifest, refs=0)
+        self._open[key].refs += 1
         fh = next(self._handles)
-        self._fh[fh] = row.id
+        self._fh[fh] = key
         return fh
 
     def release(self, fh: int) -> None:
-        file_id = self._fh.pop(fh, None)
-        of = self._open.get(file_id) if file_id is not None else None
+        key = self._fh.pop(fh, None)
+        of = self._open.get(key) if key is not None else None
         if of is None:
             return
         of.refs -= 1
         if of.refs <= 0:
             for digest in of.pinned:
                 self.cas.unpin(digest)
-            del self._open[file_id]
+            del self._open[key]
 
     @property
     def open_files(self) -> int:
@@ -120,7 +129,9 @@ class FileReader:
     # -- reading --------------------------------------------------------------
     async def read(self, fh: int, offset: int, size: int) -> bytes:
         """Bytes [offset, offset+size) of the file, short only at EOF. Bounded by read_timeout."""
-        of = self._open[self._fh[fh]]
+        of = self._open.get(self._fh.get(fh))
+        if of is None:
+            raise BadHandle(f"read on unknown file handle {fh}")
         end = min(offset + size, of.row.size)
         if offset >= end:
             return b""

@@ -23,8 +23,12 @@ from pathlib import Path
 from urllib.parse import quote
 
 from . import __version__
-from .control import SOCKET_NAME, STATE_FILE
 from .errors import MusicFSError
+
+# The daemon side (musicfs.control) uses the same names; not imported from there because that module
+# imports trio, which costs half a second of `musicfs status` (tests/unit/test_status.py checks they agree).
+SOCKET_NAME = "daemon.sock"
+STATE_FILE = "daemon.json"
 
 EXIT_RUNNING = 0
 EXIT_ERROR = 1
@@ -314,17 +318,19 @@ def render_table(status: dict) -> str:
     width = max(len(k) for k, _ in rows)
     lines = [f"{k.ljust(width)}  {v}" for k, v in rows]
 
-    origins = [o for o in status.get("origins") or [] if isinstance(o, dict)]
+    origins = [o for o in status.get("origins") or [] if isinstance(o, dict)] \
+        if isinstance(status.get("origins"), list) else []
     if origins:
         lines.append("origins:")
         lines += _columns([[str(o.get("name", "?")), str(o.get("state", "?")), str(o.get("last_error") or "")]
                            for o in origins])
-    tasks = status.get("tasks")
-    if isinstance(tasks, dict) and tasks:
+    tasks = status.get("tasks") if isinstance(status.get("tasks"), dict) else {}
+    task_rows = [[str(name), str(t.get("state", "?")), f"failures {t.get('failures', 0)}",
+                  f"restarts {t.get('restarts', 0)}", str(t.get("last_error") or "")]
+                 for name, t in sorted(tasks.items()) if isinstance(t, dict)]
+    if task_rows:
         lines.append("tasks:")
-        lines += _columns([[str(name), str(t.get("state", "?")), f"failures {t.get('failures', 0)}",
-                            f"restarts {t.get('restarts', 0)}", str(t.get("last_error") or "")]
-                           for name, t in sorted(tasks.items()) if isinstance(t, dict)])
+        lines += _columns(task_rows)
     counters = status.get("counters")
     if isinstance(counters, dict) and counters:
         lines.append("counters:")

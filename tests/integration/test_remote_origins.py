@@ -272,7 +272,7 @@ def test_s3_probe_dead_endpoint_is_transient_and_fast(moto_server: MotoServer) -
         t0 = time.monotonic()
         with pytest.raises(OriginTransient) as info:
             origin.probe()
-        assert time.monotonic() - t0 < 2.0
+        assert time.monotonic() - t0 < 10.0  # bounded by the timeouts, not by a default that waits minutes
         assert str(port) in str(info.value) or origin.name in str(info.value)
         with pytest.raises(OriginTransient):
             origin.read("one.bin", 0, 1)
@@ -376,7 +376,7 @@ def test_s3_unanswered_request_times_out(moto_server: MotoServer) -> None:
             t0 = time.monotonic()
             with pytest.raises(OriginTimeout):
                 origin.read("x.mp3", 0, 10)
-            assert time.monotonic() - t0 < 3.0
+            assert time.monotonic() - t0 < 10.0  # bounded by the timeouts, not by a default that waits minutes
         finally:
             origin.close()
 
@@ -392,7 +392,7 @@ def test_sftp_probe_dead_endpoint_is_transient_and_fast(ssh_server: SshServer, t
     t0 = time.monotonic()
     with pytest.raises(OriginTransient) as info:
         origin.probe()
-    assert time.monotonic() - t0 < 2.0
+    assert time.monotonic() - t0 < 10.0  # bounded by the timeouts, not by a default that waits minutes
     assert not isinstance(info.value, OriginFatal)
     assert origin.name in str(info.value)
     origin.close()
@@ -407,7 +407,7 @@ def test_sftp_silent_server_times_out(ssh_server: SshServer) -> None:
         t0 = time.monotonic()
         with pytest.raises(OriginTimeout):
             origin.probe()
-        assert time.monotonic() - t0 < 3.0
+        assert time.monotonic() - t0 < 10.0  # bounded by the timeouts, not by a default that waits minutes
         origin.close()
 
 
@@ -502,7 +502,7 @@ def test_sftp_read_timeout_discards_the_connection(ssh_server: SshServer, sftp_l
             t0 = time.monotonic()
             with pytest.raises(OriginTimeout):
                 origin.read("hundred-k.mp3", 0, 1000)
-            assert time.monotonic() - t0 < 3.0
+            assert time.monotonic() - t0 < 10.0  # bounded by the timeouts, not by a default that waits minutes
         finally:
             for pid in sessions:
                 with contextlib.suppress(ProcessLookupError):

@@ -207,10 +207,10 @@ def test_quick_check_on_a_healthy_db(cat):
 def test_corruption_on_disk_is_detected(tmp_path):
     path = str(tmp_path / "catalog.db")
     cat = Catalog(path)
-    long_tags = {"genre": "g" * 200}
-    rows = [dataclasses.replace(r, **long_tags) for r in _rows(2000)]
+    long_tags = {"genre": "g" * 1000}
+    rows = [dataclasses.replace(r, **long_tags) for r in _rows(600)]
     cat.upsert_files(rows)
-    for i, r in enumerate(cat.files()):
+    for i, r in enumerate(cat.files()[:50]):
         cat.set_manifest_chunk(r.id, r.ident, 0, f"{i:064x}")
     assert cat.quick_check() == []
     cat.close()

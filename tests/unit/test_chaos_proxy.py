@@ -380,3 +380,15 @@ def test_exit_stops_thread_promptly(echo):
     assert thread is not None and not thread.is_alive()
     with pytest.raises(ConnectionRefusedError):
         connect(proxy.port)
+
+
+def test_unreachable_upstream_closes_client():
+    with socket.create_server(("127.0.0.1", 0)) as placeholder:
+        dead_port = placeholder.getsockname()[1]  # closed again below: refuses
+    with ProxyThread("127.0.0.1", dead_port) as proxy:
+        with connect(proxy.port) as sock:
+            try:
+                assert sock.recv(100) == b""
+            except ConnectionResetError:
+                pass
+        assert proxy.stats()["bytes_upstream"] == 0

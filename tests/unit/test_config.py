@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from musicfs.config import Config, library_id, load, parse_size
-from musicfs.errors import ConfigError
+from musicfs.errors import BadArgument, ConfigError
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 
@@ -135,10 +135,20 @@ def test_flags_override_the_file(tmp_path):
     assert cfg.mountpoint == "/mnt/music"
 
 
-def test_bad_flag_value_names_the_key(tmp_path):
+@pytest.mark.parametrize("key, value", [("cache_size", "huge"), ("rescan_interval", -1.0), ("log_level", "LOUD"),
+                                        ("chunk_size", "1K")])
+def test_bad_flag_value_names_the_flag(tmp_path, key, value):
+    with pytest.raises(BadArgument) as err:  # a usage error, told apart from a bad config file
+        load(None, {key: value})
+    assert isinstance(err.value, ConfigError)
+    assert err.value.key == "--" + key.replace("_", "-")
+
+
+def test_bad_file_value_is_not_blamed_on_a_flag(tmp_path):
+    path = _toml(tmp_path, 'chunk_size = "1K"\n')
     with pytest.raises(ConfigError) as err:
-        load(None, {"cache_size": "huge"})
-    assert err.value.key == "cache_size"
+        load(path, {"cache_size": "1G"})
+    assert not isinstance(err.value, BadArgument) and err.value.key == "chunk_size"
 
 
 # -- resolved(): XDG defaults, one set of dirs per library ------------------------

@@ -25,7 +25,16 @@ DOCS = [
 
 @pytest.fixture
 def index(tmp_path):
+    """A fresh index a test may change."""
     idx = SearchIndex(str(tmp_path / "index"))
+    assert idx.rebuild(DOCS) == len(DOCS)
+    return idx
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """One index for the read-only tests (building one costs ~0.1 s)."""
+    idx = SearchIndex(str(tmp_path_factory.mktemp("shared") / "index"))
     assert idx.rebuild(DOCS) == len(DOCS)
     return idx
 
@@ -34,33 +43,33 @@ def paths(*ids: int) -> set[str]:
     return {d.path for d in DOCS if d.id in ids}
 
 
-def test_search_returns_tree_paths(index):
-    assert set(index.search("aurora")) == paths(10, 11)
-    assert index.search("dawn") == [DOCS[0].path]
-    assert set(index.search("ambient")) == paths(10, 11)  # genre is searched too
-    assert set(index.search("northern")) == paths(10, 11)
-    assert index.count() == len(DOCS)
+def test_search_returns_tree_paths(shared):
+    assert set(shared.search("aurora")) == paths(10, 11)
+    assert shared.search("dawn") == [DOCS[0].path]
+    assert set(shared.search("ambient")) == paths(10, 11)  # genre is searched too
+    assert set(shared.search("northern")) == paths(10, 11)
+    assert shared.count() == len(DOCS)
 
 
-def test_words_are_a_conjunction(index):
-    assert set(index.search("midnight")) == paths(11, 13)
-    assert index.search("midnight sun") == [DOCS[1].path]
-    assert index.search("midnight orchestra") == [DOCS[3].path]
-    assert index.search("polar orchestra") == []
+def test_words_are_a_conjunction(shared):
+    assert set(shared.search("midnight")) == paths(11, 13)
+    assert shared.search("midnight sun") == [DOCS[1].path]
+    assert shared.search("midnight orchestra") == [DOCS[3].path]
+    assert shared.search("polar orchestra") == []
 
 
-def test_unicode_terms(index):
-    assert index.search("Müller") == [DOCS[2].path]
-    assert index.search("dächern") == [DOCS[2].path]
+def test_unicode_terms(shared):
+    assert shared.search("Müller") == [DOCS[2].path]
+    assert shared.search("dächern") == [DOCS[2].path]
 
 
-def test_limit(index):
-    assert len(index.search("aurora", limit=1)) == 1
+def test_limit(shared):
+    assert len(shared.search("aurora", limit=1)) == 1
 
 
 @pytest.mark.parametrize("query", ["", "   ", "\t\n"])
-def test_empty_query_gives_nothing(index, query):
-    assert index.search(query) == []
+def test_empty_query_gives_nothing(shared, query):
+    assert shared.search(query) == []
 
 
 @pytest.mark.parametrize(
@@ -68,13 +77,13 @@ def test_empty_query_gives_nothing(index, query):
     ['"unclosed', "title:(", "AND OR NOT", "((", ")", "artist:", "nosuchfield:x", "*", "a^^2", "~", "\\",
      "[1 TO", "-", "+", "::", '"'],
 )
-def test_malformed_queries_do_not_raise(index, query):
-    result = index.search(query)
+def test_malformed_queries_do_not_raise(shared, query):
+    result = shared.search(query)
     assert isinstance(result, list) and all(p in {d.path for d in DOCS} for p in result)
 
 
-def test_field_query(index):
-    assert set(index.search("genre:ambient")) == paths(10, 11)
+def test_field_query(shared):
+    assert set(shared.search("genre:ambient")) == paths(10, 11)
 
 
 def test_rebuild_replaces_everything(index):

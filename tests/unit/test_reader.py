@@ -298,10 +298,7 @@ async def test_concurrent_whole_file_reads_with_one_handle_each(rig):
     assert rig.reader.open_files == 0
 
 
-# -- known bugs in reader.py (not fixed here: reader.py belongs to another change) ------------
-@pytest.mark.xfail(strict=True,
-                   reason="FileReader.open: two concurrent opens of one file each create an OpenFile; "
-                          "refs ends at 1, so releasing one handle breaks the other")
+# -- open-file bookkeeping -------------------------------------------------------------------
 async def test_concurrent_opens_of_one_file_share_one_open_file(rig):
     row = rig.big
     handles = []
@@ -317,9 +314,6 @@ async def test_concurrent_opens_of_one_file_share_one_open_file(rig):
     rig.reader.release(handles[1])
 
 
-@pytest.mark.xfail(strict=True,
-                   reason="FileReader.open: opening a file whose identity changed replaces the OpenFile of the "
-                          "old handle without unpinning its chunks; they stay pinned forever")
 async def test_reopen_after_a_change_does_not_leak_pins(rig):
     row = rig.big
     old_fh = await rig.reader.open(row)

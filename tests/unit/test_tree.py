@@ -281,20 +281,27 @@ _tag = st.one_of(st.none(), st.sampled_from(_HOSTILE), st.text(alphabet=_chars, 
 _stem = st.text(alphabet=st.characters(exclude_characters="/\0", exclude_categories=["Cs"]), min_size=1, max_size=80)
 
 
+_row_parts = st.tuples(
+    st.sampled_from(["s1", "s2", "s1/deep"]),  # source folder
+    st.one_of(_stem, st.sampled_from(["..", ".x", "same", " "])),  # file name stem (title fallback)
+    st.sampled_from([".flac", ".mp3", ".ogg", ".FLAC"]),
+    _tag, _tag, _tag, _tag,  # artist, album, title, albumartist
+    st.one_of(st.none(), st.integers(0, 120)),  # track number
+    st.one_of(st.none(), st.integers(0, 3)),  # disc number
+)
+_covers = st.lists(st.tuples(st.sampled_from(["s1", "s2", "s3"]), st.sampled_from(["cover.jpg", "Folder.PNG"])),
+                   unique_by=lambda c: c[0], max_size=3)
+
+
 @st.composite
 def _library(draw):
-    n = draw(st.integers(1, 10))
     rows = []
-    for i in range(n):
-        folder = draw(st.sampled_from(["s1", "s2", "s1/deep"]))
-        ext = draw(st.sampled_from([".flac", ".mp3", ".ogg", ".FLAC"]))
-        stem = draw(st.one_of(_stem, st.sampled_from(["..", ".x", "same", " "])))
-        rows.append(track(i + 1, f"{folder}/{stem}#{i}{ext}", draw(_tag), draw(_tag), draw(_tag),
-                          track_no=draw(st.one_of(st.none(), st.integers(0, 120))),
-                          disc_no=draw(st.one_of(st.none(), st.integers(0, 3))),
-                          albumartist=draw(_tag)))
-    for folder in draw(st.lists(st.sampled_from(["s1", "s2", "s3"]), unique=True)):
-        rows.append(cover(100 + len(rows), f"{folder}/{draw(st.sampled_from(['cover.jpg', 'Folder.PNG']))}"))
+    for i, (folder, stem, ext, artist, album, title, albumartist, track_no, disc_no) in enumerate(
+            draw(st.lists(_row_parts, min_size=1, max_size=10))):
+        rows.append(track(i + 1, f"{folder}/{stem}#{i}{ext}", artist, album, title, track_no=track_no,
+                          disc_no=disc_no, albumartist=albumartist))
+    for folder, name in draw(_covers):
+        rows.append(cover(100 + len(rows), f"{folder}/{name}"))
     return rows
 
 
