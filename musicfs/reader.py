@@ -145,7 +145,7 @@ class FileReader:
 
     async def _chunk(self, of: OpenFile, idx: int) -> bytes:
         key = (of.row.id, of.row.ident, idx)
-        while key in self._inflight:  # someone is fetching this chunk: wait, then use it
+        while key in self._inflight:  # someone is loading this chunk: wait, then use it
             await self._inflight[key].wait()
         digest = of.manifest.get(idx)
         if digest is not None:
@@ -153,17 +153,23 @@ class FileReader:
             if data is not None:
                 self.stats.memory_hits += 1
                 return data
+        # Kernel readahead sends several reads into one chunk at once: load (and hash) it once.
+        event = self._inflight[key] = trio.Event()
+        try:
+            return await self._load(of, idx, digest)
+        finally:
+            del self._inflight[key]
+            event.set()
+
+    async def _load(self, of: OpenFile, idx: int, digest: str | None) -> bytes:
+        """A chunk from the disk cache (verified), else from the origin."""
+        if digest is not None:
             data = await self._from_cache(digest)
             if data is not None:
                 self.stats.cache_hits += 1
                 self._keep(of, digest, data)
                 return data
-        event = self._inflight[key] = trio.Event()
-        try:
-            return await self._fetch(of, idx)
-        finally:
-            del self._inflight[key]
-            event.set()
+        return await self._fetch(of, idx)
 
     async def _from_cache(self, digest: str) -> bytes | None:
         try:
