@@ -50,6 +50,9 @@ class Config:
     rescan_interval: float = 900.0
     read_timeout: float = 30.0
     drain_timeout: float = 10.0
+    health_interval: float = 10.0  # seconds between origin health probe rounds
+    health_timeout: float = 5.0  # a probe that takes longer marks its origin unhealthy
+    failover_grace: float = 60.0  # a recovered primary is preferred again after this long healthy
     log_level: str = "INFO"
     allow_other: bool = False
     origin_options: dict = field(default_factory=dict)
@@ -64,7 +67,8 @@ class Config:
 
 
 _SIZE_KEYS = {"cache_size", "chunk_size", "memory_cache"}
-_FLOAT_KEYS = {"rescan_interval", "read_timeout", "drain_timeout"}
+_FLOAT_KEYS = {"rescan_interval", "read_timeout", "drain_timeout", "health_interval", "health_timeout",
+               "failover_grace"}
 _FILE_KEYS = {f.name for f in fields(Config)} - {"sources", "mountpoint"}
 
 

@@ -24,8 +24,10 @@ from .errors import ConfigError, MusicFSError, OriginError
 from .failpoints import fail_point
 from .fuse_ops import MusicOperations
 from .library import Library
+from .logsetup import flush_summaries
 from .mounts import prepare_mountpoint, unmount
 from .notify import Notifier, watchdog_interval
+from .origins.health import HealthMonitor
 from .reader import FileReader
 from .supervisor import TaskSupervisor
 from .sync import ScanCancelled
@@ -36,7 +38,7 @@ log = logging.getLogger(__name__)
 READY_TIMEOUT = 30.0
 SCAN_EXTEND = 60.0  # seconds of start timeout asked of systemd at each progress step of a first scan
 CLOSE_BOUND = 10.0  # beyond the drain, the rest of shutdown gets this long before a forced exit
-BACKGROUND = ("ready", "rescan", "watchdog", "status")
+BACKGROUND = ("ready", "rescan", "watchdog", "status", "health")
 
 
 def fuse_options(cfg: Config) -> set[str]:
@@ -75,6 +77,8 @@ class Daemon:
         used, _ = self.lib.cas.usage() if self.lib and self.lib.cas else (0, 0)
         tracks = self.ops.tree.track_count if self.ops else 0
         line = f"{tracks} tracks, cache {human(used)}/{human(self.cfg.cache_size)}, origins {len(self.cfg.sources)}"
+        if self.lib is not None and self.lib.registry.offline:
+            line += ", OFFLINE (cached files only)"
         degraded = self.sup.degraded if self.sup else []
         return line + (f", degraded: {', '.join(degraded)}" if degraded else "")
 
@@ -85,10 +89,11 @@ class Daemon:
         return {
             "pid": os.getpid(), "version": __version__, "mountpoint": self.cfg.mountpoint,
             "sources": list(self.cfg.sources), "state": "stopping" if self.stopping.is_set() else "running",
-            "offline": False, "uptime_s": round(time.monotonic() - self.started, 1),
+            "offline": bool(self.lib and self.lib.registry.offline), "uptime_s": round(time.monotonic() - self.started, 1),
             "tracks": self.ops.tree.track_count if self.ops else 0,
             "cache": {"used_bytes": used, "quota_bytes": self.cfg.cache_size, "chunks": chunks, "state": "normal"},
-            "origins": [{"name": s, "state": "unknown", "last_error": ""} for s in self.cfg.sources],
+            "origins": ([{**h, "name": s} for s, h in zip(self.cfg.sources, self.lib.registry.snapshot())] if self.lib
+                        else [{"name": s, "state": "unknown", "last_error": ""} for s in self.cfg.sources]),
             "tasks": self.sup.stats() if self.sup else {}, "degraded": self.sup.degraded if self.sup else [],
             "counters": {
                 "requests": self.ops.requests if self.ops else 0,
@@ -129,6 +134,7 @@ class Daemon:
 
     def _exit_now(self, why: str, code: int) -> None:
         log.warning("%s: detaching the mount and exiting at once", why)
+        flush_summaries()  # os._exit skips atexit: counted log storms would be lost
         unmount(self.cfg.mountpoint, lazy=True)
         os._exit(code)
 
@@ -144,6 +150,7 @@ class Daemon:
 
     async def run(self) -> None:
         self.lib = await trio.to_thread.run_sync(Library.open, self.cfg)
+        self.lib.registry.grace = self.cfg.failover_grace
         try:
             tree = await self.prepare()
             if self.stopping.is_set():
@@ -189,6 +196,10 @@ class Daemon:
         return tree
 
     def _spawn_background(self) -> None:
+        self.health = HealthMonitor(self.lib.registry, interval=self.cfg.health_interval,
+                                    timeout=self.cfg.health_timeout,
+                                    on_change=lambda: self.notifier.status(self.status_line()))
+        self.sup.spawn_critical("health", self.health.run)
         self.sup.spawn_supervised("ready", self._announce_ready)
         self.sup.spawn_critical("rescan", self._rescan_loop)
         self.sup.spawn_critical("status", lambda: serve_status(self.cfg.state_dir, self.snapshot))

@@ -59,6 +59,12 @@ class ShortRead(OriginTransient):
     """The origin returned fewer bytes than the range it was asked for."""
 
 
+class OriginOffline(OriginTransient):
+    """Every origin is down (offline mode): only cached bytes can be served; nothing was attempted."""
+
+    kind = "offline"
+
+
 class PathEscape(OriginPermission):
     """A path that would leave the origin's root (`..`, outside symlink)."""
 
