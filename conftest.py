@@ -1,4 +1,4 @@
-"""Root conftest: the --failpoints switch, the log guard, and a stale-mount sweep around the session."""
+"""Root conftest: the --failpoints switch, the log guard, and a stale-mount sweep after the session."""
 
 from __future__ import annotations
 
@@ -25,17 +25,11 @@ def pytest_collection_modifyitems(config, items):
         items[:] = keep
 
 
-def _sweep(session) -> None:
+def pytest_sessionfinish(session, exitstatus):
+    """Dead mounts left by this session's crash tests are detached, and only this session's:
+    a concurrent session's test may be about to prove that the daemon cleans its own."""
     if hasattr(session.config, "workerinput"):
-        return  # xdist workers: the controller sweeps once for everyone
+        return  # xdist workers live under the controller's base temp: it sweeps once for all
     from musicfs_test_utils.daemon import sweep_stale_mounts
 
-    sweep_stale_mounts()
-
-
-def pytest_sessionstart(session):
-    _sweep(session)
-
-
-def pytest_sessionfinish(session, exitstatus):
-    _sweep(session)
+    sweep_stale_mounts(str(session.config._tmp_path_factory.getbasetemp()))

@@ -21,7 +21,6 @@ from . import __version__, failpoints, points
 from .config import Config
 from .control import serve_status, write_state_file
 from .errors import ConfigError, MusicFSError, OriginError
-from .failpoints import fail_point
 from .fuse_ops import MusicOperations
 from .library import Library
 from .logsetup import flush_summaries
@@ -68,6 +67,7 @@ class Daemon:
         self.steps: list[str] = []  # shutdown steps, in the order they happened
         self.started = time.monotonic()
         self.mounted = False
+        self._tree_stale = False  # the catalog changed but the tree/index do not show it yet
         self.error: MusicFSError | None = None
         self._wake_rescan = trio.Event()
         self._fuse_scope = trio.CancelScope()
@@ -252,16 +252,18 @@ class Daemon:
         except (OriginError, ScanCancelled) as exc:
             log.warning("rescan skipped: %s", exc)
             return
-        if not result.touched:
+        self._tree_stale |= result.touched
+        if not self._tree_stale:
             return
         tree = await trio.to_thread.run_sync(self.lib.build_tree)
-        fail_point(points.TREE_SWAP)
+        points.hit(points.TREE_SWAP)
         old = self.ops.tree
         for parent, name in self.ops.swap_tree(tree):
             pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
         for ino in self.ops.changed_inodes(old):
             await trio.to_thread.run_sync(_invalidate_inode, ino)
         await trio.to_thread.run_sync(self.lib.reindex, tree)
+        self._tree_stale = False  # only now: a swap or reindex that failed is retried next time
         self.notifier.status(self.status_line())
 
 

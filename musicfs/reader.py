@@ -13,8 +13,7 @@ import trio
 from . import points
 from .cas import CasStore
 from .catalog import Catalog, FileRow
-from .errors import CasError, MusicFSError, OriginError
-from .failpoints import fail_point_async
+from .errors import CasError, MusicFSError, OriginError, OriginTransient
 from .origins.base import FileStat
 from .origins.registry import OriginRegistry
 
@@ -184,8 +183,9 @@ class FileReader:
         start = idx * self.chunk_size
         want = min(self.chunk_size, row.size - start)
         expect = FileStat(row.path, row.size, row.mtime_ns, row.etag)
-        await fail_point_async(points.READER_MANIFEST_FETCH)
-        data = await self._thread(self.origins.read, row.path, start, want, expect, True)
+        await points.hit_async(points.READER_MANIFEST_FETCH, OriginTransient)
+        # Offline fails here at once; else a thread of the registry's own limiter (never the cache's).
+        data = await self.origins.fetch(row.path, start, want, expect, exact=True)
         self.stats.origin_fetches += 1
         try:
             digest = await self._thread(self._store, row, idx, data)

@@ -12,7 +12,6 @@ from typing import Callable
 from . import points, tags
 from .catalog import Catalog, FileRow
 from .errors import MusicFSError, OriginError
-from .failpoints import fail_point
 from .origins.base import FileStat, Origin
 from .origins.registry import OriginRegistry
 from .progress import Progress
@@ -116,7 +115,7 @@ class Scanner:
         if gone:
             self.catalog.delete_paths(gone)
         result.removed = len(gone)
-        fail_point(points.SCAN_CHECKPOINT)
+        points.hit(points.SCAN_CHECKPOINT)
         self.catalog.set_scan_state(in_progress="0", last_path="", completed_at=str(time.time()))
         result.seconds = time.monotonic() - started
         return result
@@ -132,4 +131,4 @@ class Scanner:
             else:
                 result.added += 1
         self.catalog.upsert_files(good, checkpoint={"last_path": batch[-1].path})
-        fail_point(points.DELTA_SYNC_AFTER_BATCH)
+        points.hit(points.DELTA_SYNC_AFTER_BATCH)

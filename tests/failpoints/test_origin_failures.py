@@ -123,8 +123,6 @@ async def test_panic_after_some_chunks_never_serves_partial_bytes(env):
     assert env.reader.stats.origin_fetches == 2 + 4
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: reader.py ignores fail_point()'s return value, "
-                                       "so `return` at reader-manifest-fetch injects no error")
 async def test_return_before_fetch_fails_the_read(env):
     path = "b/other.mp3"
     failpoints.cfg(FETCH, "return")
@@ -136,12 +134,12 @@ async def test_return_before_fetch_fails_the_read(env):
 async def test_sleep_past_the_read_timeout_fails_the_read(tmp_path):
     env = make_env(tmp_path, {"x.flac": pattern_bytes(3, 3000)}, read_timeout=0.2)
     try:
-        failpoints.cfg(FETCH, "sleep(400)")
+        failpoints.cfg(FETCH, "sleep(3000)")
         started = time.monotonic()
         with pytest.raises(trio.TooSlowError):
             await env.read("x.flac")
         elapsed = time.monotonic() - started
-        assert 0.2 <= elapsed < 0.4, f"failed after {elapsed:.2f}s: read_timeout is 0.2s, the stall 0.4s"
+        assert 0.2 <= elapsed < 2.0, f"failed after {elapsed:.2f}s: read_timeout is 0.2s, the stall 3s"
         assert_nothing_cached(env, "x.flac")
         failpoints.remove(FETCH)
         assert await env.read("x.flac") == env.data["x.flac"]
@@ -169,12 +167,12 @@ async def test_sleep_before_fetch_does_not_stall_other_tasks(env):
             gaps.append(now - last)
             last = now
 
-    failpoints.cfg(FETCH, "sleep(400)")
+    failpoints.cfg(FETCH, "sleep(800)")
     async with trio.open_nursery() as nursery:
         nursery.start_soon(heartbeat)
         assert await env.read("b/other.mp3") == env.data["b/other.mp3"]
         done.set()
-    assert max(gaps) < 0.2, f"the event loop stood still for {max(gaps):.2f}s"
+    assert max(gaps) < 0.4, f"the event loop stood still for {max(gaps):.2f}s"
 
 
 def test_pause_before_fetch_holds_the_read_until_removed(env):
@@ -231,8 +229,7 @@ def _read_pattern(tmp_path, name: str, seed: int, actions: str, reads: int = 40)
 
 @pytest.mark.parametrize("task", [
     "panic",
-    pytest.param("return", marks=pytest.mark.xfail(strict=True, reason="product bug: `return` at "
-                                                    "reader-manifest-fetch is ignored (see above)")),
+    "return",
 ])
 def test_probabilistic_failures_repeat_exactly_with_the_same_seed(tmp_path, task):
     first = _read_pattern(tmp_path, "run1", 4242, f"50%{task}")
@@ -280,14 +277,14 @@ def test_paused_health_probe_blocks_first_healthy_until_removed(tmp_path):
 def test_sleeping_health_probe_delays_first_healthy(tmp_path):
     origin = FaultyOrigin(LocalOrigin(tmp_path))
     registry = OriginRegistry([origin])
-    failpoints.cfg(HANG, "sleep(300)")
+    failpoints.cfg(HANG, "sleep(500)")
     started = time.monotonic()
     assert registry.first_healthy() is origin
-    assert time.monotonic() - started >= 0.3
+    assert time.monotonic() - started >= 0.5
     failpoints.remove(HANG)
     started = time.monotonic()
     assert registry.first_healthy() is origin
-    assert time.monotonic() - started < 0.3
+    assert time.monotonic() - started < 0.5
 
 
 def test_panicking_health_probe_propagates_and_recovers(tmp_path):
