@@ -1,8 +1,19 @@
 """CasStore: chunk files named by their SHA-256, written atomically, verified on every read.
 
 Layout under the cache dir: chunks/ab/<hash>, tmp/, quarantine/, index.db (hash, size, atime).
-The index is derived data: at open, chunk files missing from it (a crash between rename and
-insert) are verified and adopted; index rows without a file are dropped.
+The index is derived data:
+- at open it gets SQLite's quick_check (integrity_check with `full_check`, after an unclean stop); a
+  damaged index is moved aside (`index.db.damaged-<time>`, never deleted) and rebuilt from the chunk
+  files, each verified against its name; a lost index is rebuilt the same way (rows 2.4, 3.5);
+- chunk files missing from it (a crash between rename and insert) are verified and adopted; index rows
+  without a file are dropped; half-written temp files are removed (row 5.7);
+- when it fails at runtime (`CasIndexError`), `rebuild_index()` does the same while the reader serves
+  reads from the origins (row 6.3).
+A store whose disk cannot be opened (read-only, failing, full of errors) stays *unavailable*: every call
+raises CacheUnavailable and `probe()` retries the open (row 6.6). Damaged chunk files go to quarantine/.
+
+Locks: `_lock` guards the in-memory LRU, sizes and pins and is never held across I/O, so a hung disk
+never blocks has/usage/pin/unpin (called on the trio loop); `_db_lock` serialises the SQLite connection.
 """
 
 from __future__ import annotations
@@ -15,20 +26,54 @@ import os
 import sqlite3
 import threading
 import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
 
 from . import points
-from .errors import CacheFull, CasError, ChunkCorrupt, ChunkMissing
+from .damage import (SQLITE_BUSY, SQLITE_CANTOPEN, SQLITE_FULL, SQLITE_IOERR, SQLITE_LOCKED, SQLITE_READONLY,
+                     move_aside, sqlite_code, sqlite_corruption)
+from .errors import (CacheFull, CacheUnavailable, CasError, CasIndexError, ChunkCorrupt, ChunkMissing,
+                     MusicFSError, TooManyOpenFiles)
 from .failpoints import fail_point
 
 log = logging.getLogger(__name__)
+
+INDEX_NAME = "index.db"
+_DISK_CODES = {SQLITE_BUSY, SQLITE_LOCKED, SQLITE_READONLY, SQLITE_IOERR, SQLITE_CANTOPEN}
+_FD_ERRNOS = {errno.EMFILE, errno.ENFILE}
 
 
 def chunk_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _is_hash_name(name: str) -> bool:
+def is_hash_name(name: str) -> bool:
     return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
+
+
+_is_hash_name = is_hash_name  # older name
+
+
+def raise_if_fd_exhausted(exc: OSError, doing: str) -> None:
+    """EMFILE/ENFILE is the process running out of descriptors, not a broken cache disk."""
+    if exc.errno in _FD_ERRNOS:
+        raise TooManyOpenFiles(f"too many open files ({errno.errorcode[exc.errno]}) {doing}; this request fails "
+                               f"with EIO, later ones succeed once descriptors are free (raise LimitNOFILE= if "
+                               f"it persists)") from exc
+
+
+@dataclass
+class RebuildReport:
+    chunks: int = 0
+    bytes: int = 0
+    quarantined: list[str] = field(default_factory=list)
+    reused: bool = False  # the index file was sound: reopened and reconciled, not rebuilt
+
+    def summary(self) -> str:
+        bad = f"; {len(self.quarantined)} failed verification and were quarantined" if self.quarantined else ""
+        if self.reused:
+            return f"{self.chunks} chunks ({self.bytes} bytes) indexed, reconciled with the chunk files{bad}"
+        return f"{self.chunks} chunk files ({self.bytes} bytes) verified and indexed{bad}"
 
 
 class CasStore:
@@ -38,50 +83,128 @@ class CasStore:
     never removes a pinned chunk (one that an open file is using).
     """
 
-    def __init__(self, root: str, quota: int, high: float = 0.95, low: float = 0.85):
+    def __init__(self, root: str, quota: int, high: float = 0.95, low: float = 0.85, *, full_check: bool = False):
         self.root = root
         self.quota = quota
         self.high, self.low = high, low
-        self._lock = threading.RLock()
+        self.full_check = full_check
+        self._lock = threading.RLock()  # memory only, never held across I/O
+        self._db_lock = threading.RLock()  # the SQLite connection
+        self._db: sqlite3.Connection | None = None
         self._lru: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._pins: collections.Counter[str] = collections.Counter()
         self._used = 0
         self._touched: dict[str, float] = {}
-        for sub in ("chunks", "tmp", "quarantine"):
-            os.makedirs(os.path.join(root, sub), exist_ok=True)
-        self._db = self._open_index()
-        self._load()
+        self.available = False
+        self.open_error = ""
+        self.last_rebuild: RebuildReport | None = None
+        try:
+            with self._db_lock:
+                self._open()
+        except (OSError, sqlite3.Error, MusicFSError) as exc:
+            self._close_db()
+            self.open_error = _describe(exc)
+            log.error("cache: cannot open %s (%s); reads go straight to the origins until a probe can open it",
+                      root, self.open_error)
 
-    # -- index --------------------------------------------------------------
-    def _open_index(self) -> sqlite3.Connection:
-        db = sqlite3.connect(os.path.join(self.root, "index.db"), check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("CREATE TABLE IF NOT EXISTS chunks(hash TEXT PRIMARY KEY, size INTEGER NOT NULL, atime REAL NOT NULL)")
+    # -- opening ------------------------------------------------------------------
+    @property
+    def index_path(self) -> str:
+        return os.path.join(self.root, INDEX_NAME)
+
+    def _open(self) -> None:
+        """Open (or reopen) the store: folders, temp leftovers, the checked index, the LRU. Caller holds _db_lock."""
+        for sub in ("chunks", "tmp", "quarantine"):
+            os.makedirs(os.path.join(self.root, sub), exist_ok=True)
+        tmp = os.path.join(self.root, "tmp")
+        for name in os.listdir(tmp):
+            try:
+                os.unlink(os.path.join(tmp, name))  # half-written chunks of a crashed run
+            except FileNotFoundError:
+                pass
+        path = self.index_path
+        existed = os.path.exists(path)
+        db, damage = None, ""
+        if existed:
+            try:
+                db = self._connect(path)
+                damage = self._check_index(db)
+            except sqlite3.DatabaseError as exc:
+                if not sqlite_corruption(exc):
+                    _close_quietly(db)
+                    raise
+                damage = str(exc)
+            if damage:
+                _close_quietly(db)
+                db = None
+                dest = move_aside(path, ("-wal", "-shm"))
+                log.warning("cache: index %s is damaged (%s): moved to %s; rebuilding it from the chunk files",
+                            path, damage, dest)
+        if db is None:
+            db = self._connect(path)
+        self._db = db
+        with self._lock:
+            self._lru.clear()
+            self._used = 0
+            self._touched.clear()
+        if damage or (not existed and next(self._walk_chunk_files(), None) is not None):
+            if not damage:
+                log.warning("cache: index %s is missing; rebuilding it from the chunk files", path)
+            self.last_rebuild = self._rebuild_from_files()
+            log.warning("cache: index %s rebuilt: %s", path, self.last_rebuild.summary())
+        else:
+            self._reconcile()
+        self._load_lru()
+        self.available = True
+        self.open_error = ""
+
+    def _connect(self, path: str) -> sqlite3.Connection:
+        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=5)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            # a small WAL: the cache disk may be nearly full (or tiny), and the index is small
+            db.execute("PRAGMA wal_autocheckpoint=64")
+            db.execute("PRAGMA journal_size_limit=1048576")
+            db.execute("CREATE TABLE IF NOT EXISTS chunks(hash TEXT PRIMARY KEY, size INTEGER NOT NULL, "
+                       "atime REAL NOT NULL)")
+            db.execute("CREATE TABLE IF NOT EXISTS probe(id INTEGER PRIMARY KEY, at REAL NOT NULL)")
+        except BaseException:
+            db.close()
+            raise
         return db
 
-    def _load(self) -> None:
-        """Load the index in LRU order, then reconcile it with the chunk files on disk."""
-        for name in os.listdir(os.path.join(self.root, "tmp")):
-            os.unlink(os.path.join(self.root, "tmp", name))  # half-written chunks of a crashed run
-        indexed = {h: s for h, s, _ in self._db.execute("SELECT hash, size, atime FROM chunks ORDER BY atime")}
-        on_disk = set(self._chunk_files())
-        for digest in list(indexed):
-            if digest not in on_disk:
-                self._db.execute("DELETE FROM chunks WHERE hash = ?", (digest,))
-                del indexed[digest]
-        for digest in on_disk - indexed.keys():
-            self._adopt_orphan(digest)
-        for digest, size in self._db.execute("SELECT hash, size FROM chunks ORDER BY atime"):
-            self._lru[digest] = size
-            self._used += size
+    def _check_index(self, db: sqlite3.Connection) -> str:
+        """'' when the index is sound, else what is wrong with it."""
+        rows = db.execute("PRAGMA integrity_check" if self.full_check else "PRAGMA quick_check").fetchall()
+        problems = [r[0] for r in rows if r[0] != "ok"]
+        if problems:
+            return "; ".join(problems[:3]) + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else "")
+        try:
+            db.execute("SELECT hash, size, atime FROM chunks LIMIT 1").fetchall()
+        except sqlite3.OperationalError as exc:
+            return f"unexpected schema: {exc}"
+        return ""
 
-    def _chunk_files(self):
-        base = os.path.join(self.root, "chunks")
-        for sub in os.listdir(base):
-            for name in os.listdir(os.path.join(base, sub)):
-                if _is_hash_name(name):
-                    yield name
+    def _reconcile(self) -> None:
+        """Index rows without a file are dropped; chunk files without a row are verified and adopted."""
+        indexed = {h: s for h, s in self._db.execute("SELECT hash, size FROM chunks")}
+        on_disk = {digest for digest, _ in self._walk_chunk_files()}
+        gone = [(d,) for d in indexed if d not in on_disk]
+        if gone:
+            self._db.executemany("DELETE FROM chunks WHERE hash = ?", gone)
+            log.info("cache: dropped %d index rows whose chunk files are gone", len(gone))
+        for digest in sorted(on_disk - indexed.keys()):
+            self._adopt_orphan(digest)
+        if self.full_check:  # after an unclean stop: sizes too (cheap: one stat each)
+            for digest in on_disk & indexed.keys():
+                try:
+                    size = os.stat(self._path(digest)).st_size
+                except FileNotFoundError:
+                    continue
+                if size != indexed[digest]:
+                    self._db.execute("DELETE FROM chunks WHERE hash = ?", (digest,))
+                    self._adopt_orphan(digest)
 
     def _adopt_orphan(self, digest: str) -> None:
         """A chunk file that never made it into the index: keep it if its bytes are right."""
@@ -92,11 +215,109 @@ class CasStore:
             self._db.execute("INSERT OR REPLACE INTO chunks VALUES(?, ?, ?)", (digest, len(data), time.time()))
             log.info("cache: adopted chunk %s found on disk but not in the index", digest[:12])
         else:
-            os.unlink(path)
-            log.warning("cache: removed orphan chunk %s whose bytes do not match its name", digest[:12])
+            dest = self._quarantine_file(digest)
+            log.warning("cache: removed orphan chunk %s whose bytes do not match its name; moved to %s",
+                        digest[:12], dest)
+
+    def _walk_chunk_files(self) -> Iterator[tuple[str, str]]:
+        """(digest, path) of every well-named chunk file in its right folder."""
+        base = os.path.join(self.root, "chunks")
+        for sub in sorted(os.listdir(base)):
+            folder = os.path.join(base, sub)
+            if not os.path.isdir(folder):
+                continue
+            for name in sorted(os.listdir(folder)):
+                if is_hash_name(name) and name[:2] == sub:
+                    yield name, os.path.join(folder, name)
+
+    def _rebuild_from_files(self, should_stop: Callable[[], bool] | None = None) -> RebuildReport:
+        """Fill the (empty) index from the chunk files: the name is the hash, each one is verified."""
+        report = RebuildReport()
+        rows = []
+        for digest, path in self._walk_chunk_files():
+            if should_stop is not None and should_stop():
+                raise CasError("cache: index rebuild interrupted")
+            try:
+                with open(path, "rb") as fh:
+                    data = fh.read()
+                st = os.stat(path)
+            except FileNotFoundError:
+                continue
+            if chunk_hash(data) != digest:
+                dest = self._quarantine_file(digest)
+                log.warning("cache: chunk %s failed verification; moved to %s", digest[:12], dest)
+                report.quarantined.append(digest)
+                continue
+            rows.append((digest, len(data), max(st.st_atime, st.st_mtime)))
+            report.chunks += 1
+            report.bytes += len(data)
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.executemany("INSERT OR REPLACE INTO chunks VALUES(?, ?, ?)", rows)
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+        return report
+
+    def _load_lru(self) -> None:
+        rows = self._db.execute("SELECT hash, size FROM chunks ORDER BY atime").fetchall()
+        with self._lock:
+            self._lru.clear()
+            self._used = 0
+            for digest, size in rows:
+                self._lru[digest] = size
+                self._used += size
 
     def _path(self, digest: str) -> str:
         return os.path.join(self.root, "chunks", digest[:2], digest)
+
+    chunk_path = _path
+
+    def _quarantine_file(self, digest: str) -> str:
+        dest = os.path.join(self.root, "quarantine", f"{digest}.{int(time.time())}")
+        n = 1
+        while os.path.exists(dest):
+            n += 1
+            dest = os.path.join(self.root, "quarantine", f"{digest}.{int(time.time())}.{n}")
+        os.rename(self._path(digest), dest)
+        return dest
+
+    # -- the index store ------------------------------------------------------------
+    def _require(self) -> None:
+        if not self.available:
+            raise CacheUnavailable(f"cache: {self.root} is unavailable ({self.open_error or 'closed'})")
+
+    def _write_index(self, sql: str, args, many: bool = False) -> None:
+        """One index write. SQLITE_FULL -> CacheFull, a disk error -> CasError, anything else (corruption,
+        a dead connection) -> CasIndexError: the index is then rebuilt."""
+        with self._db_lock:
+            if self._db is None:
+                raise CacheUnavailable(f"cache: {self.root} is unavailable ({self.open_error or 'closed'})")
+            try:
+                if fail_point(points.CAS_INDEX_WRITE) is not None:
+                    raise sqlite3.DatabaseError("database disk image is malformed (injected by failpoint)")
+                if many:
+                    self._db.executemany(sql, args)
+                else:
+                    self._db.execute(sql, args)
+            except sqlite3.Error as exc:
+                code = sqlite_code(exc)
+                if code == SQLITE_FULL:
+                    raise CacheFull(f"cache: index store is full: {exc}") from exc
+                if code in _DISK_CODES:
+                    raise CasError(f"cache: index store {self.index_path} cannot be written: {exc}") from exc
+                raise CasIndexError(f"cache: index store {self.index_path} failed: {exc}") from exc
+
+    def _checkpoint(self) -> None:
+        """Fold the WAL back into the index and truncate it (gives its disk space back)."""
+        with self._db_lock:
+            try:
+                if self._db is not None:
+                    self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                pass
 
     # -- public -------------------------------------------------------------
     def has(self, digest: str) -> bool:
@@ -110,13 +331,17 @@ class CasStore:
 
     def get(self, digest: str) -> bytes:
         """The chunk's bytes, verified. ChunkMissing / ChunkCorrupt (after quarantine) otherwise."""
+        self._require()
         try:
+            if fail_point(points.CAS_GET) is not None:
+                raise OSError(errno.EIO, "Input/output error (injected by failpoint)")
             with open(self._path(digest), "rb") as fh:
                 data = fh.read()
         except FileNotFoundError:
             self._forget(digest)
             raise ChunkMissing(f"chunk {digest} is not in the cache") from None
         except OSError as exc:
+            raise_if_fd_exhausted(exc, f"reading chunk {digest[:12]} from the cache")
             raise CasError(f"cache: cannot read chunk {digest[:12]}: {exc.strerror}") from exc
         if chunk_hash(data) != digest:
             self.quarantine(digest)
@@ -128,7 +353,11 @@ class CasStore:
         return data
 
     def put(self, data: bytes) -> str:
-        """Store bytes, return their hash. Atomic: temp file, fsync, rename, then index."""
+        """Store bytes, return their hash. Atomic: temp file, fsync, rename, then index.
+
+        Disk full (ENOSPC, or SQLITE_FULL on the index): evict and retry once, else CacheFull.
+        """
+        self._require()
         digest = chunk_hash(data)
         if self.has(digest):
             return digest
@@ -136,16 +365,29 @@ class CasStore:
         try:
             self._write_file(digest, data)
         except OSError as exc:
-            if exc.errno != errno.ENOSPC:
+            raise_if_fd_exhausted(exc, f"writing chunk {digest[:12]} to the cache")
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise CasError(f"cache: cannot write chunk {digest[:12]}: {exc.strerror}") from exc
-            self.evict_to(int(self.quota * self.low) - len(data))
+            freed = self._evict_for_disk(len(data))
             try:
                 self._write_file(digest, data)
             except OSError as exc2:
-                raise CacheFull(f"cache: disk full writing chunk {digest[:12]}: {exc2.strerror}") from exc2
+                raise_if_fd_exhausted(exc2, f"writing chunk {digest[:12]} to the cache")
+                raise CacheFull(f"cache: disk full writing chunk {digest[:12]} ({exc2.strerror}) even after "
+                                f"evicting {freed} bytes") from exc2
         fail_point(points.CAS_PUT_AFTER_WRITE_BEFORE_INDEX)
+        row = (digest, len(data), time.time())
+        try:
+            self._write_index("INSERT OR REPLACE INTO chunks VALUES(?, ?, ?)", row)
+        except CacheFull:
+            self._evict_for_disk(len(data))
+            self._checkpoint()
+            try:
+                self._write_index("INSERT OR REPLACE INTO chunks VALUES(?, ?, ?)", row)
+            except CacheFull:
+                _unlink_quietly(self._path(digest))
+                raise
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO chunks VALUES(?, ?, ?)", (digest, len(data), time.time()))
             if digest not in self._lru:
                 self._used += len(data)
             self._lru[digest] = len(data)
@@ -163,10 +405,7 @@ class CasStore:
                 os.fsync(fh.fileno())
             os.rename(tmp, final)
         except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+            _unlink_quietly(tmp)
             raise
 
     def _make_room(self, incoming: int) -> None:
@@ -174,6 +413,14 @@ class CasStore:
             raise CacheFull(f"cache: a {incoming}-byte chunk does not fit a {self.quota}-byte quota")
         if self._used + incoming > self.quota * self.high:
             self.evict_to(int(self.quota * self.low) - incoming)
+
+    def _evict_for_disk(self, incoming: int) -> int:
+        """The disk filled before the quota did: free a slice of what we hold (LRU), for one retry."""
+        used, _ = self.usage()
+        target = max(min(int(self.quota * self.low), int(used * self.low)) - incoming, 0)
+        freed = self.evict_to(target)
+        log.info("cache: disk full with %d bytes cached: evicted %d bytes, retrying once", used, freed)
+        return freed
 
     def evict_to(self, target: int) -> int:
         """Drop least-recently-used unpinned chunks until usage <= target. Returns bytes freed."""
@@ -201,6 +448,9 @@ class CasStore:
             os.unlink(self._path(digest))
         except FileNotFoundError:
             pass
+        except OSError as exc:
+            raise_if_fd_exhausted(exc, f"evicting chunk {digest[:12]}")
+            raise CasError(f"cache: cannot evict chunk {digest[:12]}: {exc.strerror}") from exc
         return self._forget(digest)
 
     def _forget(self, digest: str) -> int:
@@ -208,18 +458,21 @@ class CasStore:
             size = self._lru.pop(digest, 0)
             self._used -= size
             self._touched.pop(digest, None)
-            self._db.execute("DELETE FROM chunks WHERE hash = ?", (digest,))
+        self._write_index("DELETE FROM chunks WHERE hash = ?", (digest,))
         return size
 
     def quarantine(self, digest: str) -> None:
         """Move a bad chunk aside (kept for inspection, never served again)."""
         fail_point(points.CAS_QUARANTINE)
-        dest = os.path.join(self.root, "quarantine", f"{digest}.{int(time.time())}")
         try:
-            os.rename(self._path(digest), dest)
+            dest = self._quarantine_file(digest)
             log.warning("cache: chunk %s failed verification; moved to %s", digest[:12], dest)
         except FileNotFoundError:
             pass
+        except OSError as exc:
+            self._forget(digest)  # never served again, even if it could not be moved
+            raise CasError(f"cache: chunk {digest[:12]} failed verification and cannot be moved to quarantine: "
+                           f"{exc.strerror}") from exc
         self._forget(digest)
 
     def pin(self, digest: str) -> None:
@@ -232,12 +485,145 @@ class CasStore:
             if self._pins[digest] <= 0:
                 del self._pins[digest]
 
+    @property
+    def pinned(self) -> int:
+        with self._lock:
+            return len(self._pins)
+
     def flush_atimes(self) -> None:
         with self._lock:
             touched, self._touched = self._touched, {}
-            self._db.executemany("UPDATE chunks SET atime = ? WHERE hash = ?", [(t, h) for h, t in touched.items()])
+        if touched:
+            self._write_index("UPDATE chunks SET atime = ? WHERE hash = ?", [(t, h) for h, t in touched.items()],
+                              many=True)
+
+    # -- health -----------------------------------------------------------------------
+    def probe(self) -> None:
+        """One health check of the cache disk and its index (blocking). Reopens an unavailable store.
+
+        Raises CasError (or CasIndexError, TooManyOpenFiles) when the cache cannot be used right now.
+        """
+        if fail_point(points.CAS_PROBE) is not None:
+            raise CasError("cache: probe failed (injected by failpoint)")
+        if not self.available:
+            with self._db_lock:
+                if not self.available:
+                    try:
+                        self._open()
+                    except (OSError, sqlite3.Error, MusicFSError) as exc:
+                        self._close_db()
+                        self.open_error = _describe(exc)
+                        raise CasError(f"cache: cannot open {self.root}: {self.open_error}") from exc
+                    log.info("cache: %s opened (%d chunks, %d bytes)", self.root, len(self._lru), self._used)
+        path = os.path.join(self.root, "tmp", f"probe.{os.getpid()}.{threading.get_ident()}")
+        payload = os.urandom(4096)
+        try:
+            with open(path, "wb") as fh:
+                fh.write(payload)
+                fh.flush()
+                os.fsync(fh.fileno())
+            with open(path, "rb") as fh:
+                back = fh.read()
+            os.unlink(path)
+        except OSError as exc:
+            _unlink_quietly(path)
+            raise_if_fd_exhausted(exc, "probing the cache disk")
+            raise CasError(f"cache: probe of {self.root} failed: {exc.strerror or exc}") from exc
+        if back != payload:
+            raise CasError(f"cache: probe of {self.root} read back different bytes")
+        self._write_index("INSERT OR REPLACE INTO probe VALUES(1, ?)", (time.time(),))
+
+    def rebuild_index(self, should_stop: Callable[[], bool] | None = None) -> RebuildReport:
+        """Recover the index store after it failed at runtime (blocking; row 6.3).
+
+        A damaged (or lost) index file is moved aside and rebuilt from the chunk files, each verified; a
+        sound one (the failure was its connection) is reopened and reconciled with the chunk files. Either
+        way a test write must pass before the store is available again; else CasError, and the caller
+        retries later. Until it returns the store is unavailable; pins survive.
+        """
+        with self._db_lock:
+            self.available = False
+            self.open_error = "the index is being rebuilt"
+            self._close_db()
+            path = self.index_path
+            report = RebuildReport()
+            try:
+                damage = "" if os.path.exists(path) else "the file is gone"
+                if not damage:
+                    db = None
+                    try:
+                        db = self._connect(path)
+                        damage = self._check_index(db)
+                    except sqlite3.DatabaseError as exc:
+                        if not sqlite_corruption(exc):
+                            raise
+                        damage = str(exc)
+                    finally:
+                        _close_quietly(db)
+                with self._lock:
+                    self._lru.clear()
+                    self._used = 0
+                    self._touched.clear()
+                if damage:
+                    if os.path.exists(path):
+                        dest = move_aside(path, ("-wal", "-shm"))
+                        log.warning("cache: index %s failed (%s); moved to %s; rebuilding it from the chunk files",
+                                    path, damage, dest)
+                    self._db = self._connect(path)
+                    report = self._rebuild_from_files(should_stop)
+                else:
+                    self._db = self._connect(path)
+                    self._reconcile()
+                    report.reused = True
+                self._load_lru()
+                self._write_index("INSERT OR REPLACE INTO probe VALUES(1, ?)", (time.time(),))
+            except (OSError, sqlite3.Error, CasError) as exc:
+                self._close_db()
+                self.open_error = f"index rebuild failed: {_describe(exc)}"
+                raise CasError(f"cache: cannot rebuild the index of {self.root}: {_describe(exc)}") from exc
+            except BaseException:
+                self._close_db()
+                raise
+            report.chunks, report.bytes = len(self._lru), self._used
+            self.last_rebuild = report
+            self.available = True
+            self.open_error = ""
+        log.info("cache: index %s %s: %s", path, "reopened (its file is sound)" if report.reused else "rebuilt",
+                 report.summary())
+        return report
+
+    def _close_db(self) -> None:
+        with self._db_lock:
+            _close_quietly(self._db)
+            self._db = None
 
     def close(self) -> None:
-        self.flush_atimes()
-        with self._lock:
-            self._db.close()
+        try:
+            self.flush_atimes()
+        except CasError as exc:
+            log.warning("cache: access times not saved at close: %s", exc)
+        with self._db_lock:
+            self._close_db()
+            self.available = False
+            self.open_error = "closed"
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    return str(exc)
+
+
+def _close_quietly(db: sqlite3.Connection | None) -> None:
+    if db is not None:
+        try:
+            db.close()
+        except sqlite3.Error:
+            pass
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

@@ -1,4 +1,9 @@
-"""SQLite catalog: files and their tags, origin identity, chunk manifests, scan state, inodes."""
+"""SQLite catalog: files and their tags, origin identity, chunk manifests, scan state, inodes.
+
+`open_checked` is how a library opens it: quick_check on every start (integrity_check after an unclean
+stop); a damaged catalog is moved aside with a timestamp (never deleted) and a fresh one is created, which
+the daemon fills by rescanning the origins (row 2.4).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from dataclasses import dataclass, fields
 from typing import Iterable, Iterator
 
 from . import points
+from .damage import move_aside, ro_uri, sqlite_corruption
 from .errors import CatalogCorrupt, CatalogError
 from .failpoints import fail_point
 
@@ -70,19 +76,32 @@ _COLS = [f.name for f in fields(FileRow) if f.name != "id"]
 class Catalog:
     """Thread-safe wrapper over one SQLite connection (WAL, synchronous=NORMAL)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, readonly: bool = False):
+        """readonly: look without writing anything (fsck without --repair); the file must exist."""
         self.path = path
         self._lock = threading.RLock()
         if fail_point(points.DB_OPEN_CORRUPT) is not None:
             raise CatalogCorrupt(f"{path}: corruption injected by failpoint")
+        self._db = None
         try:
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
-            self._db.execute("INSERT OR IGNORE INTO meta VALUES('schema', ?)", (str(SCHEMA_VERSION),))
+            if readonly:
+                if not os.path.exists(path):
+                    raise CatalogError(f"{path}: no catalog there")
+                self._db = sqlite3.connect(ro_uri(path), uri=True, check_same_thread=False, isolation_level=None,
+                                           timeout=10)
+                self._db.execute("SELECT count(*) FROM sqlite_master").fetchall()
+            else:
+                self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.executescript(_SCHEMA)
+                self._db.execute("INSERT OR IGNORE INTO meta VALUES('schema', ?)", (str(SCHEMA_VERSION),))
         except sqlite3.DatabaseError as exc:
-            raise CatalogCorrupt(f"{path}: {exc}") from exc
+            if self._db is not None:
+                self._db.close()
+            if sqlite_corruption(exc):
+                raise CatalogCorrupt(f"{path}: {exc}") from exc
+            raise CatalogError(f"{path}: cannot open the catalog: {exc}") from exc
 
     # -- plumbing -----------------------------------------------------------
     def _run(self, sql: str, args: Iterable = ()) -> list[tuple]:
@@ -113,14 +132,36 @@ class Catalog:
             self._db.close()
 
     def quick_check(self, full: bool = False) -> list[str]:
-        """[] when healthy, else SQLite's complaints."""
+        """[] when healthy, else SQLite's complaints. An error that is not damage (I/O, permission) raises."""
         pragma = "integrity_check" if full else "quick_check"
         try:
             rows = self._run(f"PRAGMA {pragma}")
         except CatalogError as exc:
+            if exc.__cause__ is not None and not sqlite_corruption(exc.__cause__):
+                raise
             return [str(exc)]
         problems = [r[0] for r in rows if r[0] != "ok"]
         return problems
+
+    # -- settings that give manifests their meaning --------------------------------------
+    def meta(self, key: str) -> str | None:
+        rows = self._run("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
+
+    def set_chunk_size(self, chunk_size: int) -> bool:
+        """Record the chunk size manifests are cut with. A different one drops every manifest (their chunk
+        numbers mean other byte ranges now). Returns True when manifests were dropped."""
+        dropped = []
+
+        def work(cur):
+            row = cur.execute("SELECT value FROM meta WHERE key = 'chunk_size'").fetchone()
+            if row is not None and int(row[0]) != chunk_size:
+                dropped.append(cur.execute("DELETE FROM manifests").rowcount)
+            if row is None or int(row[0]) != chunk_size:
+                cur.execute("INSERT OR REPLACE INTO meta VALUES('chunk_size', ?)", (str(chunk_size),))
+
+        self._transaction(work)
+        return bool(dropped)
 
     # -- files ----------------------------------------------------------------
     def files(self, kind: str | None = None) -> list[FileRow]:
@@ -196,6 +237,26 @@ class Catalog:
     def drop_manifest_chunk(self, digest: str) -> None:
         self._run("DELETE FROM manifests WHERE hash = ?", (digest,))
 
+    def orphan_manifest_rows(self) -> list[tuple[int, str, int, str]]:
+        """Manifest rows of files the catalog no longer has."""
+        return self._run("SELECT file_id, ident, chunk, hash FROM manifests "
+                         "WHERE file_id NOT IN (SELECT id FROM files)")
+
+    def stale_manifest_rows(self) -> list[tuple[int, str, int, str]]:
+        """Manifest rows keyed by an identity their file no longer has (old content)."""
+        return self._run("SELECT m.file_id, m.ident, m.chunk, m.hash FROM manifests m JOIN files f ON f.id = m.file_id "
+                         "WHERE m.ident != f.size || ':' || f.mtime_ns || ':' || f.etag")
+
+    def manifest_rows_with_sizes(self) -> list[tuple[int, str, int, str, int]]:
+        """(file_id, ident, chunk, hash, file size) of every current manifest row."""
+        return self._run("SELECT m.file_id, m.ident, m.chunk, m.hash, f.size FROM manifests m "
+                         "JOIN files f ON f.id = m.file_id "
+                         "WHERE m.ident = f.size || ':' || f.mtime_ns || ':' || f.etag")
+
+    def delete_manifest_rows(self, rows: list[tuple]) -> None:
+        self._transaction(lambda cur: cur.executemany(
+            "DELETE FROM manifests WHERE file_id = ? AND ident = ? AND chunk = ?", [r[:3] for r in rows]))
+
     # -- inodes -------------------------------------------------------------------
     def inode_map(self) -> dict[str, int]:
         return dict(self._run("SELECT key, ino FROM inodes"))
@@ -235,3 +296,44 @@ class Catalog:
 def open_catalog(state_dir: str) -> Catalog:
     os.makedirs(state_dir, exist_ok=True)
     return Catalog(os.path.join(state_dir, "catalog.db"))
+
+
+CATALOG_NAME = "catalog.db"
+SQLITE_COMPANIONS = ("-wal", "-shm")
+
+
+def open_checked(state_dir: str, full: bool = False) -> tuple[Catalog, str]:
+    """Open the catalog after an integrity check (integrity_check when `full`, else quick_check).
+
+    Returns (catalog, "") when it is sound, or (a fresh empty catalog, what was wrong) after moving the
+    damaged one aside: its rows are rebuilt by rescanning the origins. An error that is not damage (the
+    disk, permissions) raises CatalogError: refusing to start beats throwing away a good catalog.
+    """
+    os.makedirs(state_dir, exist_ok=True)
+    path = os.path.join(state_dir, CATALOG_NAME)
+    try:
+        cat = Catalog(path)
+    except CatalogCorrupt as exc:
+        damage = str(exc)
+    else:
+        try:
+            problems = cat.quick_check(full)
+        except BaseException:
+            cat.close()
+            raise
+        if not problems:
+            log.info("catalog %s: %s ok", path, "integrity_check" if full else "quick_check")
+            return cat, ""
+        cat.close()
+        damage = "; ".join(problems[:3]) + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else "")
+    if not os.path.exists(path):
+        log.warning("catalog %s could not be opened (%s) and is not there to move aside; creating a new one",
+                    path, damage)
+        return Catalog(path), damage
+    try:
+        dest = move_aside(path, SQLITE_COMPANIONS)
+    except OSError as exc:
+        raise CatalogError(f"{path} is damaged ({damage}) and cannot be moved aside: {exc.strerror}") from exc
+    log.warning("catalog %s is damaged (%s): moved to %s; a new catalog is rebuilt by rescanning the origins",
+                path, damage, dest)
+    return Catalog(path), damage

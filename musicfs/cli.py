@@ -1,8 +1,9 @@
-"""Command line: mount, scan, search, status, demo, failpoints."""
+"""Command line: mount, scan, search, status, fsck, demo, failpoints."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -25,6 +26,28 @@ def _add_state_args(p: argparse.ArgumentParser, cache: bool = False) -> None:
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
 
 
+def _add_origin_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sftp-identity", metavar="FILE",
+                   help="private key for sftp:// sources (origin_options.identity_file)")
+    p.add_argument("--sftp-known-hosts", metavar="FILE",
+                   help="known_hosts file for sftp:// sources (origin_options.known_hosts; default ~/.ssh/known_hosts)")
+
+
+def _with_origin_flags(cfg: Config, args) -> Config:
+    """--sftp-identity / --sftp-known-hosts win over the config file's origin_options."""
+    extra = {}
+    for attr, flag, key in (("sftp_identity", "--sftp-identity", "identity_file"),
+                            ("sftp_known_hosts", "--sftp-known-hosts", "known_hosts")):
+        value = getattr(args, attr, None)
+        if value is None:
+            continue
+        path = os.path.expanduser(value)
+        if not os.path.isfile(path):
+            raise BadArgument(flag, f"{value}: no such file")
+        extra[key] = os.path.abspath(path)
+    return dataclasses.replace(cfg, origin_options={**cfg.origin_options, **extra}) if extra else cfg
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="musicfs", description="Mount a music library as Artist/Album/NN - Title.ext")
     parser.add_argument("--version", action="version", version=f"musicfs {__version__}")
@@ -36,10 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-size", help="chunk cache quota, e.g. 500M or 10G (default 10G)")
     p.add_argument("--rescan-interval", type=float, metavar="SECONDS", help="seconds between rescans (default 900)")
     p.add_argument("--allow-other", action="store_true", default=None, help="let other users read the mount")
+    _add_origin_args(p)
 
     p = sub.add_parser("scan", help="scan SOURCE(s) into the catalog and search index without mounting")
     p.add_argument("sources", nargs="+", metavar="SOURCE")
     _add_state_args(p)
+    _add_origin_args(p)
 
     p = sub.add_parser("search", help="print the tree paths matching QUERY")
     p.add_argument("query", metavar="QUERY")
@@ -49,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="is the daemon running, and how is it doing (exit 0 running, 3 not running)")
     p.add_argument("--state-dir", help="the library's state folder (default: the only library under XDG state)")
     p.add_argument("--json", action="store_true", help="print the status document as JSON")
+
+    p = sub.add_parser("fsck", help="verify chunks, manifests, catalog and search index (exit 0 clean, 1 repaired, "
+                                    "4 problems left, 8 could not run)")
+    p.add_argument("--repair", action="store_true", help="fix what can be fixed (damaged files are moved aside)")
+    p.add_argument("--state-dir", help="the library's state folder (default: the only library under XDG state)")
+    p.add_argument("--cache-dir", help="its cache folder (default: the one the daemon recorded in daemon.json)")
 
     p = sub.add_parser("demo", help="write a sample library of real audio files into DIR")
     p.add_argument("dir", metavar="DIR")
@@ -71,7 +102,7 @@ def _config(args, sources: list[str], mountpoint: str = "") -> Config:
         "sources": tuple(sources),
         "mountpoint": mountpoint,
     }
-    return load(getattr(args, "config", None), overrides).resolved()
+    return _with_origin_flags(load(getattr(args, "config", None), overrides), args).resolved()
 
 
 def cmd_mount(args) -> int:
@@ -130,6 +161,13 @@ def cmd_status(args) -> int:
     return run_status(args.state_dir, as_json=args.json)
 
 
+def cmd_fsck(args) -> int:
+    setup_logging("ERROR")  # fsck reports what it finds and does itself
+    from .fsck import run_fsck
+
+    return run_fsck(args.state_dir, args.cache_dir, repair=args.repair)
+
+
 def cmd_demo(args) -> int:
     setup_logging("INFO")
     from .demo import make_library
@@ -152,7 +190,7 @@ def cmd_failpoints(args) -> int:
 
 
 COMMANDS = {"mount": cmd_mount, "scan": cmd_scan, "search": cmd_search, "status": cmd_status, "demo": cmd_demo,
-            "failpoints": cmd_failpoints}
+            "failpoints": cmd_failpoints, "fsck": cmd_fsck}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 READY_TIMEOUT = 30.0
 SCAN_EXTEND = 60.0  # seconds of start timeout asked of systemd at each progress step of a first scan
 CLOSE_BOUND = 10.0  # beyond the drain, the rest of shutdown gets this long before a forced exit
-BACKGROUND = ("ready", "rescan", "watchdog", "status", "health")
+BACKGROUND = ("ready", "rescan", "watchdog", "status", "health", "cache")
 
 
 def fuse_options(cfg: Config) -> set[str]:
@@ -89,9 +89,11 @@ class Daemon:
         return {
             "pid": os.getpid(), "version": __version__, "mountpoint": self.cfg.mountpoint,
             "sources": list(self.cfg.sources), "state": "stopping" if self.stopping.is_set() else "running",
-            "offline": bool(self.lib and self.lib.registry.offline), "uptime_s": round(time.monotonic() - self.started, 1),
+            "offline": bool(self.lib and self.lib.registry.offline),
+            "uptime_s": round(time.monotonic() - self.started, 1),
             "tracks": self.ops.tree.track_count if self.ops else 0,
-            "cache": {"used_bytes": used, "quota_bytes": self.cfg.cache_size, "chunks": chunks, "state": "normal"},
+            "cache": {"used_bytes": used, "quota_bytes": self.cfg.cache_size, "chunks": chunks,
+                      **(self.ops.reader.cache.snapshot() if self.ops else {"state": "normal"})},
             "origins": ([{**h, "name": s} for s, h in zip(self.cfg.sources, self.lib.registry.snapshot())] if self.lib
                         else [{"name": s, "state": "unknown", "last_error": ""} for s in self.cfg.sources]),
             "tasks": self.sup.stats() if self.sup else {}, "degraded": self.sup.degraded if self.sup else [],
@@ -99,7 +101,7 @@ class Daemon:
                 "requests": self.ops.requests if self.ops else 0,
                 "errors": sum(self.ops.errors.values()) if self.ops else 0,
                 **({k: getattr(stats, k) for k in ("cache_hits", "memory_hits", "origin_fetches", "uncached_reads",
-                                                   "bad_chunks")} if stats else {}),
+                                                   "bad_chunks", "passthrough_reads")} if stats else {}),
                 "open_files": self.ops.reader.open_files if self.ops else 0,
             },
         }
@@ -200,6 +202,7 @@ class Daemon:
                                     timeout=self.cfg.health_timeout,
                                     on_change=lambda: self.notifier.status(self.status_line()))
         self.sup.spawn_critical("health", self.health.run)
+        self.sup.spawn_critical("cache", self.ops.reader.cache.run)  # cache probes, index rebuild (6.3, 6.6)
         self.sup.spawn_supervised("ready", self._announce_ready)
         self.sup.spawn_critical("rescan", self._rescan_loop)
         self.sup.spawn_critical("status", lambda: serve_status(self.cfg.state_dir, self.snapshot))

@@ -92,6 +92,14 @@ class CacheUnavailable(CasError):
     """The cache is disabled (passthrough); callers go to the origin."""
 
 
+class CasIndexError(CasError):
+    """The CAS index store (SQLite) failed: the cache is bypassed and the index rebuilt from the chunk files."""
+
+
+class TooManyOpenFiles(MusicFSError):
+    """EMFILE/ENFILE: this request fails with EIO; nothing is marked broken, the next request may succeed."""
+
+
 # --- metadata ------------------------------------------------------------
 class CatalogError(MusicFSError):
     """The SQLite catalog failed."""
@@ -103,6 +111,10 @@ class CatalogCorrupt(CatalogError):
 
 class SearchIndexError(MusicFSError):
     """The tantivy index failed or is damaged."""
+
+
+class SearchIndexCorrupt(SearchIndexError):
+    """The tantivy index is damaged (bad checksum, missing file, a panic inside tantivy); it is rebuilt."""
 
 
 # --- configuration -------------------------------------------------------

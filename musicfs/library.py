@@ -1,14 +1,28 @@
-"""Library: the storage pieces of one library (origins, catalog, cache, index) opened together."""
+"""Library: the storage pieces of one library (origins, catalog, cache, index) opened together.
+
+Opening checks them (row 2.4). `<state>/running.json` is written at open and removed by a clean close;
+found at open with a dead owner, the last run stopped uncleanly and the checks are full ones:
+
+- catalog: quick_check (integrity_check after an unclean stop); damaged -> moved aside, a new one is
+  filled by rescanning the origins (the daemon scans before mounting when the catalog was never scanned);
+- search index: every segment file checked against its checksum; damaged or without meta.json -> moved
+  aside, a new one is rebuilt from the catalog (the daemon reindexes when the counts differ);
+- cache index: quick_check (integrity_check after an unclean stop); damaged or lost -> moved aside and
+  rebuilt from the chunk files, each verified (see cas.py).
+Each of these says in the log exactly what it found and where the damaged file went.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .cas import CasStore
-from .catalog import Catalog, open_catalog
+from .catalog import Catalog, open_checked
 from .config import Config
+from .damage import RunMarker
+from .errors import SearchIndexCorrupt
 from .index import IndexDoc, SearchIndex
 from .origins.factory import open_origin
 from .origins.registry import OriginRegistry
@@ -25,15 +39,34 @@ class Library:
     registry: OriginRegistry
     index: SearchIndex
     cas: CasStore | None = None
+    marker: RunMarker | None = None
+    repairs: list[str] = field(default_factory=list)  # what opening had to repair, for status and tests
 
     @classmethod
     def open(cls, cfg: Config, with_cache: bool = True) -> "Library":
         os.makedirs(cfg.state_dir, exist_ok=True)
+        marker = RunMarker(cfg.state_dir)
+        previous = marker.begin()
+        unclean = previous is not None
+        if unclean:
+            log.warning("the previous run (pid %s) did not stop cleanly: running full integrity checks of the "
+                        "catalog and the cache index", previous.get("pid"))
+        repairs = []
         origins = [open_origin(s, cfg.origin_options) for s in cfg.sources]
-        catalog = open_catalog(cfg.state_dir)
-        index = SearchIndex(os.path.join(cfg.state_dir, "index"))
-        cas = CasStore(cfg.cache_dir, cfg.cache_size) if with_cache else None
-        return cls(cfg, catalog, OriginRegistry(origins), index, cas)
+        catalog, damage = open_checked(cfg.state_dir, full=unclean)
+        if damage:
+            repairs.append(f"catalog: {damage}")
+        if catalog.set_chunk_size(cfg.chunk_size):
+            log.info("chunk size is now %d bytes: cached manifests dropped; chunks are fetched again", cfg.chunk_size)
+        index = SearchIndex.open_with_recovery(os.path.join(cfg.state_dir, "index"))
+        if index.recovered:
+            repairs.append(f"search index: {index.recovered}")
+        cas = None
+        if with_cache:
+            cas = CasStore(cfg.cache_dir, cfg.cache_size, full_check=unclean)
+            if cas.last_rebuild is not None:
+                repairs.append(f"cache index: {cas.last_rebuild.summary()}")
+        return cls(cfg, catalog, OriginRegistry(origins), index, cas, marker, repairs)
 
     @property
     def ever_scanned(self) -> bool:
@@ -49,12 +82,24 @@ class Library:
                           lambda keys: self.catalog.add_inodes(keys, FIRST_INO))
 
     def reindex(self, tree: VirtualTree) -> int:
-        docs = (IndexDoc(n.ino, tree.path(n.ino), n.file.artist or "", n.file.album or "", n.file.title or "",
-                         n.file.genre or "") for n in tree.walk_files() if n.file and n.file.kind == "track")
-        return self.index.rebuild(docs)
+        """Rebuild the search index from the tree. A damaged index (a tantivy panic, a bad file) is moved
+        aside and rebuilt once more from scratch."""
+        try:
+            return self.index.rebuild(index_docs(tree))
+        except SearchIndexCorrupt as exc:
+            self.index = SearchIndex.recreate(self.index.path, str(exc))
+            return self.index.rebuild(index_docs(tree))
 
     def close(self) -> None:
         if self.cas is not None:
             self.cas.close()
         self.catalog.close()
         self.registry.close()
+        if self.marker is not None:
+            self.marker.end()  # a clean stop: the next start runs the quick checks only
+
+
+def index_docs(tree: VirtualTree):
+    return (IndexDoc(n.ino, tree.path(n.ino), n.file.artist or "", n.file.album or "", n.file.title or "",
+                     n.file.genre or "") for n in tree.walk_files() if n.file and n.file.kind == "track")
+

@@ -12,7 +12,9 @@ import trio
 
 from . import points
 from .cas import CasStore
+from .cache_health import CacheHealth
 from .catalog import Catalog, FileRow
+from .errors import CacheFull, CacheUnavailable, CatalogError, ChunkCorrupt, ChunkMissing, TooManyOpenFiles
 from .errors import CasError, MusicFSError, OriginError, OriginTransient
 from .origins.base import FileStat
 from .origins.registry import OriginRegistry
@@ -72,13 +74,16 @@ class ReaderStats:
     origin_fetches: int = 0
     uncached_reads: int = 0
     bad_chunks: int = 0
+    passthrough_reads: int = 0  # chunks served from the origin, uncached, while the cache was bypassed
 
 
 class FileReader:
     def __init__(self, catalog: Catalog, cas: CasStore, origins: OriginRegistry, *, chunk_size: int,
-                 memory_cache: int, read_timeout: float, threads: int = 8):
+                 memory_cache: int, read_timeout: float, threads: int = 8, cache: CacheHealth | None = None):
         self.catalog = catalog
         self.cas = cas
+        # cache health: normal / unstable / down; cache I/O runs on its own limiter within op_timeout
+        self.cache = cache or CacheHealth(cas, op_timeout=min(5.0, read_timeout / 3))
         self.origins = origins
         self.chunk_size = chunk_size
         self.read_timeout = read_timeout
@@ -171,11 +176,22 @@ class FileReader:
         return await self._fetch(of, idx)
 
     async def _from_cache(self, digest: str) -> bytes | None:
+        """The verified chunk from the disk cache, or None: evicted (a plain miss), bad (quarantined or
+        missing: fetched again), or the cache bypassed (unstable/down: passthrough to the origin)."""
+        if not self.cache.usable or not self.cas.has(digest):
+            return None
         try:
-            return await self._thread(self.cas.get, digest)
-        except CasError as exc:
+            return await self.cache.run_io(self.cas.get, digest)
+        except TooManyOpenFiles:
+            raise  # this request fails with EIO; the cache is not to blame
+        except (ChunkCorrupt, ChunkMissing) as exc:
             self.stats.bad_chunks += 1
             log.warning("cache: %s; fetching it again from the origin", exc)
+            return None
+        except CacheUnavailable:
+            return None
+        except CasError as exc:
+            self.cache.failed(exc)  # unstable (or down + index rebuild): reads bypass the cache
             return None
 
     async def _fetch(self, of: OpenFile, idx: int) -> bytes:
@@ -187,11 +203,26 @@ class FileReader:
         # Offline fails here at once; else a thread of the registry's own limiter (never the cache's).
         data = await self.origins.fetch(row.path, start, want, expect, exact=True)
         self.stats.origin_fetches += 1
+        return await self._store_fetched(of, idx, data)
+
+    async def _store_fetched(self, of: OpenFile, idx: int, data: bytes) -> bytes:
+        """Cache a chunk the origin gave (unless the cache is bypassed); the bytes are served either way."""
+        row = of.row
+        if not self.cache.usable:
+            self.stats.passthrough_reads += 1
+            return data
         try:
-            digest = await self._thread(self._store, row, idx, data)
-        except CasError as exc:
+            digest = await self.cache.run_io(self._store, row, idx, data)
+        except CacheUnavailable:
+            self.stats.passthrough_reads += 1
+            return data
+        except (CacheFull, TooManyOpenFiles, CatalogError) as exc:
             self.stats.uncached_reads += 1
             log.warning("cache: cannot store a chunk of %s (%s); serving it uncached", row.path, exc)
+            return data
+        except CasError as exc:
+            self.stats.uncached_reads += 1
+            self.cache.failed(exc)  # the disk failed: serve this and the next reads from the origins
             return data
         of.manifest[idx] = digest
         self._keep(of, digest, data)

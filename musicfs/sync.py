@@ -11,7 +11,7 @@ from typing import Callable
 
 from . import points, tags
 from .catalog import Catalog, FileRow
-from .errors import MusicFSError, OriginError
+from .errors import MusicFSError, OriginError, OriginTransient
 from .origins.base import FileStat, Origin
 from .origins.registry import OriginRegistry
 from .progress import Progress
@@ -89,7 +89,7 @@ class Scanner:
     def scan(self) -> ScanResult:
         """One full pass. Blocking: run it in a worker thread."""
         started = time.monotonic()
-        origin = self.registry.first_healthy()
+        origin = self._pick_origin()
         listing = sorted((st for st in origin.walk() if tags.classify(st.path)), key=lambda st: st.path)
         unnamed = [st for st in listing if not _utf8_name(st.path)]  # SQLite TEXT cannot hold them
         listing = [st for st in listing if _utf8_name(st.path)]
@@ -120,15 +120,30 @@ class Scanner:
         result.seconds = time.monotonic() - started
         return result
 
+    def _pick_origin(self) -> Origin:
+        """The origin to walk: the one that scanned this library before, when it is still a source.
+
+        Replicas are not byte-identical in size/mtime/etag, and a scan of another one would
+        re-key (and so drop) every cached file: while that origin is down, rescans wait.
+        """
+        origin = self.registry.first_healthy()
+        before = self.catalog.scan_state().get("origin")
+        sources = {o.name for o in self.registry.origins}
+        if before and before in sources and origin.name != before:
+            raise OriginTransient(f"{before} scanned this library and is unavailable; rescans wait for it",
+                                  origin=before)
+        self.catalog.set_scan_state(origin=origin.name)
+        return origin
+
     def _batch(self, origin: Origin, pool, batch: list[FileStat], known: dict, result: ScanResult) -> None:
         rows = list(pool.map(lambda st: read_file_row(origin, self.registry, st, tags.classify(st.path)), batch))
         good = [r for r in rows if r is not None]
         for row in good:
+            if row.path in known:
+                result.changed += 1  # even when it turned unreadable: the tree must drop it
+            elif row.kind != "junk":
+                result.added += 1
             if row.kind == "junk":
                 result.skipped += 1
-            elif row.path in known:
-                result.changed += 1
-            else:
-                result.added += 1
         self.catalog.upsert_files(good, checkpoint={"last_path": batch[-1].path})
         points.hit(points.DELTA_SYNC_AFTER_BATCH)

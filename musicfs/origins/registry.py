@@ -1,17 +1,60 @@
-"""OriginRegistry: the library's replicas in priority order, with retry and failover."""
+"""OriginRegistry: the library's replicas in priority order, with retry, health states and failover.
+
+Policy (rows 4.1, 4.2.3, 4.3 of the resilience catalogue):
+
+* Retry: a transient error (reset, 5xx, throttling, short read) is retried on the same origin with
+  exponential backoff and jitter, at most `retries` times and never past the caller's deadline.
+  Not found, permission, fatal and "file changed" errors are never retried. A timeout is retried by
+  `call` (scans) but not by `read`: a read that already waited out a timeout moves on to the next
+  replica instead of spending its remaining budget on the same dead one.
+* Health: every origin is `unknown`, `healthy` or `unhealthy`. The HealthMonitor (health.py) probes
+  them; a read that gives up on an origin for a health reason (transient or fatal, not "no such file")
+  marks it unhealthy too and wakes the monitor.
+* Failover: reads try origins in preference order: healthy/unknown origins by priority, then those
+  that recovered less than `grace` seconds ago (CernVM-FS style: once failed over, stay on the
+  replica until the primary has been healthy for a while). While a monitor watches, unhealthy
+  origins are not tried at all.
+* Replicas: the catalog holds the identities (size, mtime, ETag) of the origin last scanned. Reads
+  from it pass that identity (OriginFileChanged: the file changed since the scan). Another replica
+  has identities of its own: its copy must have the catalog's size and is read against its own stat.
+  Heterogeneous replicas are therefore only checked by size: they must hold the same bytes.
+* Offline: while monitored and every origin is unhealthy, reads fail at once with OriginOffline
+  (EIO): no thread, no timeout. The monitor's next good probe ends it.
+
+The registry itself is blocking, like the origins: `read`, `call` and `first_healthy` run in worker
+threads; `fetch` is the async entry used by the FileReader.
+"""
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import random
 import threading
 import time
+from dataclasses import dataclass
 from typing import Callable
 
-from ..errors import OriginError, OriginFileChanged, OriginTransient, ShortRead
 from .. import points
+from ..errors import (
+    OriginError,
+    OriginFileChanged,
+    OriginNotFound,
+    OriginOffline,
+    OriginPermission,
+    OriginTimeout,
+    OriginTransient,
+    ShortRead,
+)
 from ..failpoints import fail_point
 from .base import FileStat, Origin
+
+log = logging.getLogger(__name__)
+
+UNKNOWN = "unknown"
+HEALTHY = "healthy"
+UNHEALTHY = "unhealthy"
 
 
 def probe(origin: Origin) -> None:
@@ -19,77 +62,264 @@ def probe(origin: Origin) -> None:
     fail_point(points.HEALTH_CHECK_HANG)
     origin.probe()
 
-log = logging.getLogger(__name__)
+
+@dataclass
+class OriginHealth:
+    """What the registry knows about one origin; shown by `musicfs status`."""
+
+    name: str
+    state: str = UNKNOWN
+    last_error: str = ""
+    last_ok: float | None = None  # wall-clock time of the last success (probe or read)
+    last_check: float | None = None  # wall-clock time of the last probe
+    failures: int = 0  # consecutive failures
+    recovered_at: float | None = None  # registry clock: when it last went unhealthy -> healthy
+    retries: int = 0
+    failovers: int = 0  # reads that gave up on this origin and went to the next one
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "state": self.state, "last_error": self.last_error, "last_ok": self.last_ok,
+                "last_check": self.last_check, "failures": self.failures, "retries": self.retries,
+                "failovers": self.failovers}
+
+
+def _counts_against_health(exc: OriginError) -> bool:
+    """A missing or forbidden file is the file's problem, not the origin's."""
+    return not isinstance(exc, (OriginNotFound, OriginPermission, OriginFileChanged))
 
 
 class OriginRegistry:
-    """Reads go to the first origin that answers; transient errors are retried with backoff.
-
-    Blocking, like the origins themselves: call from worker threads.
-    """
+    """Reads go to the preferred origin that answers; see the module docstring for the policy."""
 
     def __init__(self, origins: list[Origin], retries: int = 2, backoff: float = 0.05, seed: int | None = None,
-                 sleep: Callable[[float], None] = time.sleep):
+                 sleep: Callable[[float], None] = time.sleep, *, max_backoff: float = 2.0, grace: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic, fetch_threads: int = 8):
         if not origins:
             raise ValueError("at least one origin is needed")
         self.origins = origins
         self.retries = retries
         self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.grace = grace
+        self.fetch_threads = fetch_threads
         self._sleep = sleep
+        self._clock = clock
         self._rng = random.Random(seed)
         self._rng_lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the health records
+        self.health = [OriginHealth(o.name) for o in origins]
+        #: True while a HealthMonitor watches: only then do unhealthy origins get skipped (and offline exist).
+        self.monitored = False
+        self._listeners: list[Callable[[Origin, str], None]] = []
+        self._fetch_limiter = None  # a trio.CapacityLimiter, made on first use inside trio
+        #: The origin whose identities (size, mtime, etag) the catalog holds: the one last scanned
+        #: (first_healthy), the primary until then. Other replicas have identities of their own.
+        self.identity_origin: Origin = origins[0]
 
     @property
     def primary(self) -> Origin:
         return self.origins[0]
 
-    def _delay(self, attempt: int) -> float:
-        """Exponential backoff with full jitter."""
-        with self._rng_lock:
-            return self._rng.uniform(0, self.backoff * (2**attempt))
+    # -- health states ------------------------------------------------------------------------
+    def _index(self, origin: Origin) -> int:
+        for i, o in enumerate(self.origins):
+            if o is origin:
+                return i
+        raise ValueError(f"{origin.name} is not in this registry")
 
-    def call(self, origin: Origin, op: Callable[[Origin], object]):
-        """Run op against one origin, retrying transient errors only."""
-        for attempt in range(self.retries + 1):
+    def health_of(self, origin: Origin) -> OriginHealth:
+        return self.health[self._index(origin)]
+
+    def add_listener(self, fn: Callable[[Origin, str], None]) -> Callable[[], None]:
+        """fn(origin, source) after an origin is marked unhealthy; source is "read" or "probe".
+
+        Called from whichever thread noticed; returns a function that removes the listener.
+        """
+        self._listeners.append(fn)
+        return lambda: self._listeners.remove(fn) if fn in self._listeners else None
+
+    def _all_down(self) -> bool:
+        return all(h.state == UNHEALTHY for h in self.health)
+
+    @property
+    def offline(self) -> bool:
+        """Every origin is down (and a monitor is there to notice when one comes back)."""
+        return self.monitored and self._all_down()
+
+    def record_ok(self, origin: Origin, *, probe: bool = False) -> None:
+        h = self.health_of(origin)
+        now = time.time()
+        if h.state == HEALTHY and not probe:
+            h.last_ok = now  # the common case of a read: no lock, no log
+            return
+        with self._lock:
+            was_down = self._all_down()
+            before = h.state
+            h.state, h.failures, h.last_ok = HEALTHY, 0, now
+            if probe:
+                h.last_check = now
+            if before == UNHEALTHY:
+                h.recovered_at = self._clock()
+        if before == UNHEALTHY:
+            extra = f"; preferred again after {self.grace:g}s of health" if self.grace and len(self.origins) > 1 else ""
+            log.info("origin %s is healthy again%s", origin.name, extra)
+            if was_down and self.monitored:
+                log.info("back online: origin %s answers", origin.name)
+
+    def record_failure(self, origin: Origin, exc: BaseException, *, probe: bool = False) -> None:
+        h = self.health_of(origin)
+        message = str(exc) if isinstance(exc, OriginError) else f"{type(exc).__name__}: {exc}"
+        with self._lock:
+            was_down = self._all_down()
+            before = h.state
+            h.state, h.last_error, h.recovered_at = UNHEALTHY, message, None
+            h.failures += 1
+            if probe:
+                h.last_check = time.time()
+            now_down = self._all_down()
+        if before != UNHEALTHY:
+            # Only a monitored registry acts on health (skips the origin): unmonitored, it is a note.
+            log.log(logging.WARNING if self.monitored else logging.INFO, "origin %s is unhealthy: %s",
+                    origin.name, message)
+            if now_down and not was_down and self.monitored:
+                log.warning("every origin is down: offline, serving cached files only")
+        for fn in list(self._listeners):
+            fn(origin, "probe" if probe else "read")
+
+    def order(self) -> list[Origin]:
+        """Origins in the order a read tries them (see the module docstring)."""
+        now = self._clock()
+        stable, settling, down = [], [], []
+        with self._lock:
+            for origin, h in zip(self.origins, self.health):
+                if h.state == UNHEALTHY:
+                    down.append(origin)
+                elif h.recovered_at is not None and now - h.recovered_at < self.grace:
+                    settling.append(origin)
+                else:
+                    stable.append(origin)
+        if self.monitored:
+            return stable + settling
+        return stable + settling + down  # nobody would notice a recovery: keep trying
+
+    @property
+    def active(self) -> Origin | None:
+        """The origin reads go to first right now (None when offline)."""
+        order = self.order()
+        return order[0] if order else None
+
+    def snapshot(self) -> list[dict]:
+        active = self.active
+        return [{**h.as_dict(), "active": o is active} for o, h in zip(self.origins, self.health)]
+
+    # -- retry ----------------------------------------------------------------------------------
+    def _delay(self, attempt: int) -> float:
+        """Exponential backoff with equal jitter: uniform in [cap/2, cap], cap = backoff * 2**attempt (bounded)."""
+        cap = min(self.max_backoff, self.backoff * (2**attempt))
+        with self._rng_lock:
+            return cap / 2 + self._rng.uniform(0, cap / 2)
+
+    def call(self, origin: Origin, op: Callable[[Origin], object], *, deadline: float | None = None,
+             retry_timeouts: bool = True):
+        """Run op against one origin, retrying transient errors only (never past `deadline`, registry clock)."""
+        attempt = 0
+        while True:
             try:
                 return op(origin)
-            except OriginTransient:
-                if attempt == self.retries:
+            except OriginTransient as exc:
+                if attempt >= self.retries or isinstance(exc, OriginOffline):
                     raise
-                self._sleep(self._delay(attempt))
+                if isinstance(exc, OriginTimeout) and not retry_timeouts:
+                    raise
+                delay = self._delay(attempt)
+                if deadline is not None and self._clock() + delay >= deadline:
+                    raise
+                attempt += 1
+                self.health_of(origin).retries += 1
+                log.debug("origin %s: %s; retry %d of %d in %.3fs", origin.name, exc, attempt, self.retries, delay)
+                self._sleep(delay)
 
-    def read(self, path: str, offset: int, length: int, expect: FileStat | None = None, exact: bool = False) -> bytes:
+    # -- reads ----------------------------------------------------------------------------------
+    def read(self, path: str, offset: int, length: int, expect: FileStat | None = None, exact: bool = False,
+             *, deadline: float | None = None) -> bytes:
         """Bytes from the first origin that delivers; with exact, fewer than length is a (retried) error."""
 
         def op(origin: Origin) -> bytes:
-            data = origin.read(path, offset, length, expect)
+            want = expect
+            if expect is not None and origin is not self.identity_origin:
+                # A replica's mtime and ETag are its own: its copy must have the catalog's size, and
+                # is then read against its own identity, so it cannot change under the read either.
+                st = origin.stat(path)
+                if st.size != expect.size:
+                    raise OriginFileChanged(f"{origin.name}: {path} has {st.size} bytes here, {expect.size} in the "
+                                            f"catalog", origin=origin.name, path=path)
+                want = st
+            data = origin.read(path, offset, length, want)
             if exact and len(data) != length:
                 raise ShortRead(f"{origin.name}: {path}: got {len(data)} of {length} bytes at {offset}",
                                 origin=origin.name, path=path)
             return data
 
+        order = self.order()
+        if not order:
+            raise OriginOffline(f"every origin is down (offline): {path} cannot be fetched", path=path)
         last: OriginError | None = None
-        for origin in self.origins:
+        for i, origin in enumerate(order):
+            if i and deadline is not None and self._clock() >= deadline:
+                break
             try:
-                return self.call(origin, op)
-            except OriginFileChanged:
-                raise  # every replica should agree; a rescan sorts it out
+                data = self.call(origin, op, deadline=deadline, retry_timeouts=False)
+            except OriginFileChanged as exc:
+                if origin is self.identity_origin:
+                    raise  # the file changed since the scan; a rescan sorts it out
+                last = exc  # this replica's copy differs: try the next one
             except OriginError as exc:
                 last = exc
-                if len(self.origins) > 1:
-                    log.warning("origin %s failed for %s (%s); trying the next one", origin.name, path, exc)
+                if _counts_against_health(exc):
+                    self.record_failure(origin, exc)
+            else:
+                self.record_ok(origin)
+                return data
+            if i + 1 < len(order):
+                self.health_of(origin).failovers += 1
+                log.warning("origin %s failed for %s (%s); trying %s", origin.name, path, last, order[i + 1].name)
         assert last is not None
         raise last
 
+    async def fetch(self, path: str, offset: int, length: int, expect: FileStat | None = None,
+                    exact: bool = False) -> bytes:
+        """`read` from trio: offline fails at once; otherwise a worker thread bounded by the caller's deadline.
+
+        Origin fetches have their own thread limiter, so hung origin calls never take the threads that
+        serve cached chunks; a cancelled fetch abandons its thread, which stops retrying at the deadline.
+        """
+        import trio
+
+        if self.offline:
+            raise OriginOffline(f"every origin is down (offline): {path} is not cached", path=path)
+        if self._fetch_limiter is None:
+            self._fetch_limiter = trio.CapacityLimiter(self.fetch_threads)
+        remaining = trio.current_effective_deadline() - trio.current_time()
+        deadline = None if math.isinf(remaining) else self._clock() + max(0.0, remaining)
+        work = functools.partial(self.read, path, offset, length, expect, exact, deadline=deadline)
+        return await trio.to_thread.run_sync(work, limiter=self._fetch_limiter, abandon_on_cancel=True)
+
     def first_healthy(self) -> Origin:
-        """The highest-priority origin whose probe passes (for scanning)."""
+        """The preferred origin whose probe passes (for scanning)."""
+        order = self.order()
+        if not order:
+            raise OriginOffline("every origin is down (offline): nothing to scan")
         last: OriginError | None = None
-        for origin in self.origins:
+        for origin in order:
             try:
                 self.call(origin, probe)
-                return origin
             except OriginError as exc:
                 last = exc
+                self.record_failure(origin, exc, probe=True)
+                continue
+            self.record_ok(origin, probe=True)
+            self.identity_origin = origin  # the scan that asked will record this origin's identities
+            return origin
         assert last is not None
         raise last
 

@@ -7,7 +7,7 @@ by an option key (see `S3Origin.OPTION_KEYS`).
 
 One botocore client is shared by every worker thread (clients are thread-safe,
 sessions are not: the client is built once, under a lock). botocore never
-retries (max_attempts=1): retry policy lives above the origin.
+retries (total_max_attempts=1; its max_attempts=1 would mean one retry): retry policy lives above the origin.
 """
 
 from __future__ import annotations
@@ -319,7 +319,7 @@ class S3Origin(Origin):
             config = botocore.config.Config(
                 connect_timeout=self.connect_timeout,
                 read_timeout=self.read_timeout,
-                retries={"max_attempts": 1, "mode": "standard"},
+                retries={"total_max_attempts": 1, "mode": "standard"},  # one attempt: no botocore retry
                 max_pool_connections=self.max_pool_connections,
                 s3=s3_config or None,
             )

@@ -83,3 +83,69 @@ def sftp_library(ssh_server: SshServer, library: Library, tmp_path_factory: pyte
     shutil.copytree(library.root, root)
     (root / "Empty Folder").mkdir()
     return ssh_server.url(root)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Chaos: a ProxyThread in front of a session server, and a real audio library on both servers
+# ---------------------------------------------------------------------------------------------------
+AUDIO_PREFIX = "audio"
+
+
+@pytest.fixture(scope="session")
+def s3_audio(moto_server: MotoServer, s3_library: str, small_library) -> str:
+    """The real-audio small_library under s3://LIBRARY_BUCKET/audio (for mounts: the scan reads tags)."""
+    moto_server.upload_dir(small_library[0], LIBRARY_BUCKET, prefix=AUDIO_PREFIX)
+    return f"s3://{LIBRARY_BUCKET}/{AUDIO_PREFIX}"
+
+
+@pytest.fixture(scope="session")
+def sftp_audio_root(small_library, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of small_library in a directory the sshd serves."""
+    root = tmp_path_factory.mktemp("audio-sftp") / "audio"
+    shutil.copytree(small_library[0], root)
+    return root
+
+
+@pytest.fixture
+def proxies():
+    """Make ProxyThreads to (host, port); all are stopped at teardown."""
+    from musicfs_test_utils.chaos_proxy import ProxyThread
+
+    made: list[ProxyThread] = []
+
+    def make(host: str, port: int, seed: int = 1) -> ProxyThread:
+        proxy = ProxyThread(host, port, seed=seed).start()
+        made.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in made:
+        proxy.stop()
+
+
+@pytest.fixture
+def via_proxy(request: pytest.FixtureRequest, proxies):
+    """via_proxy(kind, audio=False, **options) -> (proxy, SOURCE, origin_options): the `kind` ("s3" or "sftp")
+    server's library (the random-bytes one, or with audio=True small_library's real audio) through a new
+    chaos proxy. For SFTP a known_hosts file names the proxy's port (host keys are looked up by host:port).
+    """
+    from urllib.parse import quote, unquote, urlsplit
+
+    def make(kind: str, *, audio: bool = False, seed: int = 1, **options):
+        if kind == "s3":
+            server: MotoServer = request.getfixturevalue("moto_server")
+            url = request.getfixturevalue("s3_audio" if audio else "s3_library")
+            proxy = proxies(server.host, server.port, seed)
+            return proxy, url, server.origin_options(endpoint_url=f"http://{proxy.host}:{proxy.port}", **options)
+        ssh: SshServer = request.getfixturevalue("ssh_server")
+        if audio:
+            root = str(request.getfixturevalue("sftp_audio_root"))
+        else:
+            root = unquote(urlsplit(request.getfixturevalue("sftp_library")).path)
+        proxy = proxies(ssh.host, ssh.port, seed)
+        known_hosts = Path(ssh.dir) / f"known_hosts.proxy{proxy.port}"
+        known_hosts.write_text(f"[{proxy.host}]:{proxy.port} {ssh.host_public_key}\n")
+        url = f"sftp://{quote(ssh.user)}@{proxy.host}:{proxy.port}{quote(root)}"
+        return proxy, url, ssh.origin_options(known_hosts=str(known_hosts), **options)
+
+    return make

@@ -104,6 +104,7 @@ def test_missing_chunk(tmp_path):
 
 
 # -- quota ------------------------------------------------------------------------
+@pytest.mark.resilience("6.1")
 def test_eviction_is_lru_from_high_to_low_watermark(tmp_path):
     quota, high, low = 10 * SIZE, 0.95, 0.85
     cas = setup_test_cas(tmp_path, quota=quota, high=high, low=low)
@@ -128,6 +129,7 @@ def test_eviction_is_lru_from_high_to_low_watermark(tmp_path):
     cas.close()
 
 
+@pytest.mark.resilience("6.1")
 def test_pinned_chunks_are_never_evicted(tmp_path):
     quota = 10 * SIZE
     cas = setup_test_cas(tmp_path, quota=quota)
@@ -280,6 +282,7 @@ def _enospc_writes(monkeypatch, cas: CasStore, failures: int) -> list[int]:
     return attempts
 
 
+@pytest.mark.resilience("2.8")
 def test_real_enospc_evicts_and_retries_once(tmp_path, monkeypatch):
     quota, low = 10 * SIZE, 0.85
     cas = setup_test_cas(tmp_path, quota=quota, low=low)
@@ -294,6 +297,7 @@ def test_real_enospc_evicts_and_retries_once(tmp_path, monkeypatch):
     cas.close()
 
 
+@pytest.mark.resilience("2.8")
 def test_real_enospc_twice_is_cache_full(tmp_path, monkeypatch):
     cas = setup_test_cas(tmp_path, quota=10 * SIZE)
     _enospc_writes(monkeypatch, cas, failures=2)

@@ -144,6 +144,7 @@ async def test_repeated_reads_are_served_from_memory(rig):
     rig.reader.release(fh)
 
 
+@pytest.mark.resilience("6.1")
 async def test_open_files_pin_their_chunks(rig):
     row = rig.big
     fh = await rig.reader.open(row)
@@ -245,6 +246,7 @@ async def test_file_changed_at_the_origin_never_mixes_bytes(rig):
     assert await read_all(reader, fresh) == new
 
 
+@pytest.mark.resilience("2.8")
 @pytest.mark.expected_log(r"musicfs.reader: cache: cannot store a chunk of .*serving it uncached")
 async def test_full_cache_still_serves_correct_bytes(rig):
     row = rig.big

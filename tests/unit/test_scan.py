@@ -205,3 +205,30 @@ def test_a_file_name_that_is_not_utf8_does_not_break_the_scan(lib, cat):
     result = scanner(cat, root)[0].scan()
     assert cat.count("track") == len(tracks)
     assert result.skipped == len(JUNK_FILES) + 1
+
+
+def test_a_track_that_turns_unreadable_counts_as_a_change(cat, lib):
+    root, tracks = lib
+    scanner(cat, root)[0].scan()
+    victim = root / next(t.path for t in tracks if t.format == "mp3")
+    victim.write_bytes(b"not audio any more" * 100)
+    result = scanner(cat, root)[0].scan()
+    assert result.touched and result.changed == 1 and result.skipped == 1
+    assert str(victim.relative_to(root)) not in {r.path for r in cat.files("track")}
+
+
+@pytest.mark.expected_log(r"replica failed|trying the next one")
+def test_rescans_wait_for_the_origin_that_scanned_the_library(cat, lib, tmp_path):
+    root, _ = lib
+    replica = tmp_path / "replica"
+    shutil.copytree(root, replica)
+    primary = FaultyOrigin(LocalOrigin(root))
+    registry = OriginRegistry([primary, LocalOrigin(replica)])
+    Scanner(cat, registry).scan()
+    before = cat.identities()
+    from musicfs_test_utils.faulty_origin import ReturnError
+
+    primary.set_mode(ReturnError("transient"))
+    with pytest.raises(sync.OriginTransient, match="rescans wait"):
+        Scanner(cat, OriginRegistry([primary, LocalOrigin(replica)])).scan()
+    assert cat.identities() == before  # nothing re-keyed from the replica

@@ -1,0 +1,82 @@
+"""Real disks that misbehave, for cache tests (root only): a tiny tmpfs (ENOSPC) and a read-only remount.
+
+A filesystem with files open for writing (SQLite keeps index.db, -wal and -shm open) cannot be remounted
+read-only as a whole (EBUSY). `read_only` therefore stacks a bind mount of the folder on itself and
+remounts that read-only: every new open for writing under the folder fails with EROFS — chunk writes,
+temp files, probes — while descriptors opened before keep working, as they do on a disk that turned
+read-only underneath a running process. `remount_ro` is the whole-filesystem remount, for when nothing
+holds a file open on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from pathlib import Path
+
+from musicfs.mounts import is_mounted
+
+__all__ = ["can_mount", "tmpfs", "read_only", "remount", "usage"]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=30)
+
+
+def can_mount() -> bool:
+    """Root, and mount(8) works here (not every container allows it)."""
+    return os.geteuid() == 0 and _run("mount", "--version").returncode == 0
+
+
+@contextlib.contextmanager
+def tmpfs(path: str | os.PathLike, size: str = "2m"):
+    """A tmpfs of `size` on `path` (created if needed), unmounted (lazily if busy) at exit."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    done = _run("mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path))
+    if done.returncode != 0:
+        raise RuntimeError(f"mount -t tmpfs on {path} failed: {done.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        while is_mounted(str(path)):  # a read_only() bind may still sit on top
+            if _run("umount", str(path)).returncode != 0:
+                _run("umount", "-l", str(path))
+
+
+@contextlib.contextmanager
+def read_only(path: str | os.PathLike):
+    """`path` turns read-only for every new write (see the module doc); writable again at exit."""
+    path = str(path)
+    for cmd in (("mount", "--bind", path, path), ("mount", "-o", "remount,bind,ro", path)):
+        done = _run(*cmd)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.strip()}")
+    state = {"ro": True}
+
+    def writable_again() -> None:
+        if state["ro"]:
+            done = _run("umount", path)
+            if done.returncode != 0:
+                raise RuntimeError(f"umount {path} failed: {done.stderr.strip()}")
+            state["ro"] = False
+
+    try:
+        yield writable_again
+    finally:
+        if state["ro"]:
+            writable_again()
+
+
+def remount(path: str | os.PathLike, mode: str) -> None:
+    """`mount -o remount,<mode> path` (mode: ro or rw) of a whole filesystem."""
+    done = _run("mount", "-o", f"remount,{mode}", str(path))
+    if done.returncode != 0:
+        raise RuntimeError(f"mount -o remount,{mode} {path} failed: {done.stderr.strip()}")
+
+
+def usage(path: str | os.PathLike) -> tuple[int, int]:
+    """(bytes used, bytes total) of the filesystem holding `path`."""
+    st = os.statvfs(path)
+    return (st.f_blocks - st.f_bfree) * st.f_frsize, st.f_blocks * st.f_frsize

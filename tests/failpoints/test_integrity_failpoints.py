@@ -1,0 +1,167 @@
+"""Failpoints on the integrity paths: a catalog that looks corrupt at open (2.4), a CAS index store that
+fails at runtime (6.3), a hung or failing cache disk and its probe (6.6).
+
+Run with `pytest --failpoints -p no:xdist`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+
+from musicfs import failpoints, points
+from musicfs.cache_health import DOWN, NORMAL, UNSTABLE, CacheHealth
+from musicfs.cas import CasStore, chunk_hash
+from musicfs.catalog import Catalog, FileRow
+from musicfs.config import Config
+from musicfs.library import Library
+from musicfs.origins.local import LocalOrigin
+from musicfs.origins.registry import OriginRegistry
+from musicfs.reader import FileReader
+from musicfs_test_utils.faulty_origin import FaultyOrigin
+
+CHUNK = 8 * 1024
+
+
+@pytest.fixture(autouse=True)
+def clean_failpoints():
+    failpoints.teardown()
+    yield
+    failpoints.teardown()
+
+
+def pattern(seed: int, size: int) -> bytes:
+    return bytes((i * 11 + seed * 57 + i // 253) % 256 for i in range(size))
+
+
+class Env:
+    def __init__(self, base: Path):
+        self.files = {"a.flac": pattern(1, 3 * CHUNK), "b.flac": pattern(2, 2 * CHUNK + 7)}
+        root = base / "origin"
+        root.mkdir()
+        for name, data in self.files.items():
+            (root / name).write_bytes(data)
+        self.origin = FaultyOrigin(LocalOrigin(root))
+        self.catalog = Catalog(str(base / "catalog.db"))
+        self.catalog.upsert_files([FileRow(path=st.path, kind="track", size=st.size, mtime_ns=st.mtime_ns)
+                                   for st in self.origin.inner.walk()])
+        self.rows = {r.path: r for r in self.catalog.files()}
+        self.cas = CasStore(str(base / "cache"), 1 << 30)
+        self.health = CacheHealth(self.cas, op_timeout=0.3, probe_timeout=0.3, retry_interval=0.02,
+                                  down_interval=0.02, probe_interval=0.02, down_after=2)
+        self.reader = FileReader(self.catalog, self.cas, OriginRegistry([self.origin], backoff=0.0), chunk_size=CHUNK,
+                                 memory_cache=0, read_timeout=10.0, cache=self.health)
+
+    async def read(self, name: str) -> bytes:
+        row = self.rows[name]
+        fh = await self.reader.open(row)
+        try:
+            return await self.reader.read(fh, 0, row.size)
+        finally:
+            self.reader.release(fh)
+
+    def close(self) -> None:
+        self.cas.close()
+        self.catalog.close()
+
+
+@pytest.fixture
+def env(tmp_path):
+    made = Env(tmp_path)
+    yield made
+    made.close()
+
+
+# -- db-open-corrupt (2.4) --------------------------------------------------------------------------------------
+@pytest.mark.resilience("2.4")
+@pytest.mark.expected_log(r"musicfs\.catalog: catalog .*catalog\.db is damaged \(.*corruption injected by failpoint\): "
+                          r"moved to .*catalog\.db\.damaged-")
+def test_a_catalog_corrupt_at_open_is_moved_aside_and_the_rescan_rebuilds_it(small_library, tmp_path):
+    cfg = Config(sources=(str(small_library[0]),), state_dir=str(tmp_path / "state"), cache_dir=str(tmp_path / "cache"))
+    lib = Library.open(cfg)
+    lib.scan()
+    tracks = lib.catalog.count()
+    lib.close()
+    failpoints.cfg(points.DB_OPEN_CORRUPT, "1*return")
+    lib = Library.open(cfg)
+    try:
+        moved = [p for p in Path(cfg.state_dir).iterdir() if p.name.startswith("catalog.db.damaged-")]
+        assert len(moved) == 1 and moved[0].stat().st_size > 0
+        assert not lib.ever_scanned and lib.catalog.count() == 0
+        lib.scan()
+        assert lib.catalog.count() == tracks
+    finally:
+        lib.close()
+
+
+# -- cas-index-write (6.3) ----------------------------------------------------------------------------------------
+@pytest.mark.resilience("6.3")
+@pytest.mark.expected_log(r"musicfs\.cache_health: cache: normal -> down \(the cache index failed",
+                          r"musicfs\.cache_health: cache: the index rebuild failed \(cache: cannot rebuild the index .*"
+                          r"injected by failpoint")
+async def test_a_failing_cache_index_store_means_passthrough_until_the_background_rebuild_succeeds(env):
+    assert await env.read("a.flac") == env.files["a.flac"]
+    failpoints.cfg(points.CAS_INDEX_WRITE, "return")  # every index write fails, the rebuild's too
+    assert await env.read("b.flac") == env.files["b.flac"]
+    assert env.health.state == DOWN
+    reads = env.origin.calls["read"]
+    assert await env.read("a.flac") == env.files["a.flac"]
+    assert env.origin.calls["read"] == reads + 3  # passthrough: the cached copy is not used while down
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(env.health.run)
+        with trio.fail_after(5):
+            while env.health.failed_rebuilds < 2:  # tried, and cannot finish while the store fails
+                await trio.sleep(0.01)
+        assert env.health.state == DOWN and not env.cas.available
+        failpoints.remove(points.CAS_INDEX_WRITE)
+        with trio.fail_after(10):
+            await env.health.wait_for(NORMAL)
+        nursery.cancel_scope.cancel()
+    assert env.cas.last_rebuild.reused  # the index file itself was sound: reopened, nothing moved aside
+    assert not [p for p in Path(env.cas.root).iterdir() if "damaged" in p.name]
+    assert all(env.cas.has(chunk_hash(env.files["a.flac"][i:i + CHUNK])) for i in range(0, 3 * CHUNK, CHUNK))
+    reads = env.origin.calls["read"]
+    assert await env.read("a.flac") == env.files["a.flac"] and env.origin.calls["read"] == reads
+
+
+# -- cas-get: a hung cache disk (6.6) ---------------------------------------------------------------------------
+@pytest.mark.resilience("6.6")
+@pytest.mark.expected_log(r"musicfs\.cache_health: cache: normal -> unstable \(cache: get did not finish within 0.3s\)")
+async def test_a_cache_read_that_hangs_is_abandoned_after_its_timeout_and_the_origin_serves(env):
+    assert await env.read("a.flac") == env.files["a.flac"]
+    failpoints.cfg(points.CAS_GET, "pause")
+    start = trio.current_time()
+    assert await env.read("a.flac") == env.files["a.flac"]
+    assert trio.current_time() - start < 3.0
+    assert failpoints.paused_count(points.CAS_GET) == 1  # exactly one cache read is stuck; the rest bypassed it
+    assert env.health.state == UNSTABLE
+    failpoints.remove(points.CAS_GET)  # the disk answers again
+    assert await env.health.probe_once() and env.health.state == NORMAL
+    hits = env.reader.stats.cache_hits
+    assert await env.read("a.flac") == env.files["a.flac"] and env.reader.stats.cache_hits == hits + 3
+
+
+# -- cas-probe (6.6) ------------------------------------------------------------------------------------------------
+@pytest.mark.resilience("6.6")
+@pytest.mark.expected_log(r"musicfs\.cache_health: cache: normal -> unstable \(cache: cannot read chunk .*injected",
+                          r"musicfs\.cache_health: cache: unstable -> down \(2 probes failed in a row, the last: "
+                          r"cache: probe failed \(injected by failpoint\)\)")
+async def test_the_cache_stays_bypassed_while_its_probe_fails_and_comes_back_when_it_passes(env):
+    assert await env.read("a.flac") == env.files["a.flac"]
+    failpoints.cfg(points.CAS_GET, "1*return")  # one I/O error: unstable
+    failpoints.cfg(points.CAS_PROBE, "return")
+    assert await env.read("a.flac") == env.files["a.flac"]
+    assert env.health.state == UNSTABLE
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(env.health.run)
+        with trio.fail_after(5):
+            await env.health.wait_for(DOWN)
+        assert env.health.state == DOWN
+        failpoints.remove(points.CAS_PROBE)
+        with trio.fail_after(5):
+            await env.health.wait_for(NORMAL)
+        nursery.cancel_scope.cancel()
+    assert await env.read("b.flac") == env.files["b.flac"]
+    assert env.cas.usage()[1] == 3 + 3  # b.flac was stored again once the cache came back

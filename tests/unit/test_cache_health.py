@@ -1,0 +1,297 @@
+"""Cache health and passthrough (rows 6.6, 6.3), disk full (2.8) and quota (6.1) through the FileReader.
+
+A real catalog, a real CasStore (wrapped by FaultyCasStore for disk faults), a real local origin; the
+health state machine (normal / unstable / down) is driven by its own probes, never by sleeps.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import trio
+
+from musicfs.cache_health import DOWN, NORMAL, UNSTABLE, CacheHealth
+from musicfs.cas import CasStore, chunk_hash
+from musicfs.catalog import Catalog, FileRow
+from musicfs.origins.local import LocalOrigin
+from musicfs.origins.registry import OriginRegistry
+from musicfs.reader import FileReader
+from musicfs_test_utils import disks
+from musicfs_test_utils.faulty_cas import FaultyCasStore
+from musicfs_test_utils.faulty_origin import FaultyOrigin
+
+CHUNK = 16 * 1024
+TO_UNSTABLE = r"musicfs\.cache_health: cache: normal -> unstable \(.*\): reads go straight to the origins"
+TO_DOWN = r"musicfs\.cache_health: cache: unstable -> down \(2 probes failed in a row"
+
+
+def pattern(seed: int, size: int) -> bytes:
+    return bytes((i * 7 + seed * 31 + i // 251) % 256 for i in range(size))
+
+
+@dataclass
+class Rig:
+    root: Path
+    catalog: Catalog
+    store: CasStore
+    cas: FaultyCasStore
+    origin: FaultyOrigin
+    files: dict[str, bytes]
+    rows: dict[str, FileRow]
+
+    def reader(self, health: CacheHealth | None = None, memory_cache: int = 0) -> FileReader:
+        """memory_cache=0: every read reaches the disk cache (nothing is kept in RAM)."""
+        return FileReader(self.catalog, self.cas, OriginRegistry([self.origin], backoff=0.0), chunk_size=CHUNK,
+                          memory_cache=memory_cache, read_timeout=20.0, cache=health or self.health())
+
+    def health(self, **kw) -> CacheHealth:
+        opts = dict(op_timeout=0.5, probe_timeout=0.5, retry_interval=0.05, down_interval=0.05, probe_interval=0.05,
+                    down_after=2)
+        return CacheHealth(self.cas, **{**opts, **kw})
+
+    def chunks(self, name: str) -> list[str]:
+        data = self.files[name]
+        return [chunk_hash(data[i:i + CHUNK]) for i in range(0, len(data), CHUNK)]
+
+
+async def read_all(reader: FileReader, row: FileRow) -> bytes:
+    fh = await reader.open(row)
+    try:
+        return await reader.read(fh, 0, row.size + 10)
+    finally:
+        reader.release(fh)
+
+
+def make_rig(tmp_path: Path, cache_dir: Path, quota: int = 1 << 30, **store_kw) -> Rig:
+    files = {"a.flac": pattern(1, 3 * CHUNK + 100), "b.flac": pattern(2, 2 * CHUNK), "c.flac": pattern(3, CHUNK // 2)}
+    root = tmp_path / "origin"
+    root.mkdir(exist_ok=True)
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+    origin = FaultyOrigin(LocalOrigin(root))
+    catalog = Catalog(str(tmp_path / "catalog.db"))
+    catalog.upsert_files([FileRow(path=st.path, kind="track", size=st.size, mtime_ns=st.mtime_ns)
+                          for st in origin.inner.walk()])
+    store = CasStore(str(cache_dir), quota, **store_kw)
+    return Rig(root, catalog, store, FaultyCasStore(store), origin, files, {r.path: r for r in catalog.files()})
+
+
+@pytest.fixture
+def rig(tmp_path):
+    made = make_rig(tmp_path, tmp_path / "cache")
+    yield made
+    made.store.close()
+    made.catalog.close()
+
+
+async def until(predicate, timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll a condition that has no event of its own, within a deadline."""
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.01)
+
+
+# -- a failing cache disk: passthrough, probes, recovery (6.6) ---------------------------------------------
+@pytest.mark.resilience("6.6")
+@pytest.mark.expected_log(TO_UNSTABLE, TO_DOWN)
+async def test_a_failing_cache_disk_is_bypassed_and_re_enabled_by_a_probe(rig):
+    reader = rig.reader()
+    assert await read_all(reader, rig.rows["a.flac"]) == rig.files["a.flac"]
+    cached = rig.store.usage()
+    assert cached[1] == len(rig.chunks("a.flac"))
+    fetched = rig.origin.calls["read"]
+
+    rig.cas.inject_eio = True  # every read, write and probe of the cache disk now fails with EIO
+    assert await read_all(reader, rig.rows["a.flac"]) == rig.files["a.flac"]
+    assert reader.cache.state == UNSTABLE and "EIO" in reader.cache.reason
+    assert rig.origin.calls["read"] == fetched + 4  # every chunk came from the origin
+    assert reader.stats.passthrough_reads == 4
+    assert await read_all(reader, rig.rows["b.flac"]) == rig.files["b.flac"]  # uncached: passthrough too
+    assert rig.store.usage() == cached  # nothing was stored while the cache is bypassed
+
+    assert not await reader.cache.probe_once()
+    assert reader.cache.state == UNSTABLE
+    assert not await reader.cache.probe_once()
+    assert reader.cache.state == DOWN  # two failed probes in a row
+    assert await read_all(reader, rig.rows["c.flac"]) == rig.files["c.flac"]
+
+    rig.cas.inject_eio = False  # the disk is healthy again
+    assert await reader.cache.probe_once()
+    assert reader.cache.state == NORMAL
+    hits = reader.stats.cache_hits
+    assert await read_all(reader, rig.rows["a.flac"]) == rig.files["a.flac"]
+    assert reader.stats.cache_hits == hits + 4  # served from the cache again
+    assert await read_all(reader, rig.rows["b.flac"]) == rig.files["b.flac"]
+    assert all(rig.store.has(d) for d in rig.chunks("b.flac"))  # and it stores again
+
+
+@pytest.mark.resilience("6.6")
+@pytest.mark.expected_log(TO_UNSTABLE, TO_DOWN)
+async def test_a_read_only_cache_disk_is_bypassed_until_the_health_task_sees_it_writable(rig):
+    reader = rig.reader()
+    rig.cas.inject_readonly = True
+    assert await read_all(reader, rig.rows["b.flac"]) == rig.files["b.flac"]
+    assert reader.cache.state == UNSTABLE and "Read-only file system" in reader.cache.reason
+    assert rig.store.usage() == (0, 0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader.cache.run)  # what the daemon runs: probes every retry_interval
+        await until(lambda: reader.cache.probes >= 3, what="three probes")
+        assert reader.cache.state != NORMAL  # still read-only: never re-enabled
+        rig.cas.inject_readonly = False
+        with trio.fail_after(5):
+            await reader.cache.wait_for(NORMAL)
+        nursery.cancel_scope.cancel()
+    assert await read_all(reader, rig.rows["b.flac"]) == rig.files["b.flac"]
+    assert rig.store.usage()[1] == len(rig.chunks("b.flac"))
+
+
+@pytest.mark.resilience("6.6")
+@pytest.mark.expected_log(r"musicfs\.cache_health: cache: normal -> unstable \(cache: get did not finish within 0.5s\)",
+                          TO_DOWN)
+async def test_a_hung_cache_disk_costs_one_timeout_then_reads_bypass_it(rig):
+    reader = rig.reader()
+    assert await read_all(reader, rig.rows["a.flac"]) == rig.files["a.flac"]
+    rig.cas.hang = gate = threading.Event()
+    try:
+        start = trio.current_time()
+        assert await read_all(reader, rig.rows["a.flac"]) == rig.files["a.flac"]
+        elapsed = trio.current_time() - start
+        assert elapsed < 5.0, f"a hung cache held the read for {elapsed:.1f}s"
+        assert rig.cas.hung == 1  # one chunk waited for op_timeout; the others never touched the cache
+        assert reader.cache.state == UNSTABLE
+        assert not await reader.cache.probe_once()  # the probe hangs too: bounded by probe_timeout
+        assert "did not finish within" in reader.cache.reason
+        assert not await reader.cache.probe_once()  # never a second probe thread on a hung disk
+        assert reader.cache.reason.endswith("the previous probe is still hanging") and rig.cas.hung == 2
+        assert reader.cache.state == DOWN
+    finally:
+        gate.set()
+    rig.cas.hang = None
+    await until(lambda: not reader.cache._probe_busy, what="the hung probe to return")
+    assert await reader.cache.probe_once() and reader.cache.state == NORMAL
+
+
+# -- the cache index dies at runtime (6.3) ---------------------------------------------------------------
+@pytest.mark.resilience("6.3")
+@pytest.mark.expected_log(r"musicfs\.cache_health: cache: normal -> down \(the cache index failed",
+                          r"musicfs\.cas: cache: index .*index\.db failed \(.*\); moved to .*index\.db\.damaged-")
+async def test_a_cache_index_that_dies_at_runtime_means_passthrough_and_a_background_rebuild(rig):
+    reader = rig.reader()
+    assert await read_all(reader, rig.rows["a.flac"]) == rig.files["a.flac"]
+    rig.cas.corrupt_index()  # its connection is gone and its file is garbage
+    garbage = Path(rig.store.index_path).read_bytes()
+
+    assert await read_all(reader, rig.rows["b.flac"]) == rig.files["b.flac"]  # the index insert fails
+    assert reader.cache.state == DOWN and "cache index failed" in reader.cache.reason
+    fetched = rig.origin.calls["read"]
+    assert await read_all(reader, rig.rows["a.flac"]) == rig.files["a.flac"]  # cached, but the cache is down
+    assert rig.origin.calls["read"] == fetched + 4
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader.cache.run)  # the daemon's cache task: rebuilds at once
+        with trio.fail_after(10):
+            await reader.cache.wait_for(NORMAL)
+        nursery.cancel_scope.cancel()
+    moved = [p for p in Path(rig.store.root).iterdir() if p.name.startswith("index.db.damaged-")]
+    assert len(moved) == 1 and moved[0].read_bytes()[:len(garbage)] == garbage  # kept, never deleted
+    report = rig.store.last_rebuild
+    # every chunk file came back, verified: a.flac's four and the first chunk of b.flac, whose file was
+    # written before its index insert failed
+    assert report.chunks == 5 and report.quarantined == []
+    assert all(rig.store.has(d) for d in rig.chunks("a.flac"))
+    fetched, hits = rig.origin.calls["read"], reader.stats.cache_hits
+    assert await read_all(reader, rig.rows["a.flac"]) == rig.files["a.flac"]
+    assert rig.origin.calls["read"] == fetched and reader.stats.cache_hits == hits + 4
+
+
+# -- disk full (2.8) and quota (6.1) -------------------------------------------------------------------------
+@pytest.fixture
+def tiny_disk(tmp_path):
+    if not disks.can_mount():
+        pytest.skip("needs root and mount(8)")
+    with disks.tmpfs(tmp_path / "disk", "160k") as path:
+        yield path
+
+
+@pytest.mark.resilience("2.8")
+@pytest.mark.expected_log(r"musicfs\.reader: cache: cannot store a chunk of .* \(cache: (disk full|index store is full)"
+                          r".*\); serving it uncached")
+async def test_a_real_full_disk_evicts_and_retries_else_serves_uncached(tmp_path, tiny_disk):
+    # a 160 KiB tmpfs under a 1 GiB quota: the disk fills long before the quota does
+    rig = make_rig(tmp_path, tiny_disk / "cache")
+    try:
+        reader = rig.reader()
+        names = ["a.flac", "b.flac", "c.flac"]
+        for _ in range(3):  # more than the disk holds, again and again: ENOSPC evicts and retries
+            for name in names:
+                assert await read_all(reader, rig.rows[name]) == rig.files[name]
+        used, total = disks.usage(tiny_disk)
+        assert used <= total
+        assert rig.store.usage()[0] <= total
+        assert reader.cache.state == NORMAL  # a full disk is not a broken one
+        assert os.listdir(tiny_disk / "cache" / "tmp") == []  # no half-written chunk left behind
+
+        # with every cached chunk pinned by open files nothing can be evicted: reads still succeed
+        handles = [await reader.open(rig.rows[n]) for n in names]
+        big = FileRow(path="big.flac", kind="track", size=12 * CHUNK, mtime_ns=0)
+        data = pattern(9, big.size)
+        (rig.root / "big.flac").write_bytes(data)
+        st = LocalOrigin(rig.root).stat("big.flac")
+        rig.catalog.upsert_files([FileRow(path="big.flac", kind="track", size=st.size, mtime_ns=st.mtime_ns)])
+        big = next(r for r in rig.catalog.files() if r.path == "big.flac")
+        for fh, name in zip(handles, names):
+            assert await reader.read(fh, 0, rig.rows[name].size) == rig.files[name]
+        uncached = reader.stats.uncached_reads
+        fh = await reader.open(big)
+        assert await reader.read(fh, 0, big.size) == data
+        reader.release(fh)
+        assert reader.stats.uncached_reads > uncached  # the disk could not take them all: served uncached
+        for h in handles:
+            reader.release(h)
+        # and once files close, the space is usable again
+        assert await read_all(reader, big) == data
+    finally:
+        rig.store.close()
+        rig.catalog.close()
+
+
+@pytest.mark.resilience("6.1")
+async def test_reads_keep_the_cache_under_its_quota_and_never_evict_open_files(tmp_path):
+    quota = 5 * CHUNK
+    rig = make_rig(tmp_path, tmp_path / "cache", quota=quota, high=0.9, low=0.5)
+    try:
+        reader = rig.reader()
+        fh_a = await reader.open(rig.rows["a.flac"])  # stays open: its 4 chunks are pinned
+        assert await reader.read(fh_a, 0, rig.rows["a.flac"].size) == rig.files["a.flac"]
+        for _ in range(2):
+            for name in ("b.flac", "c.flac"):
+                assert await read_all(reader, rig.rows[name]) == rig.files[name]
+                assert all(rig.store.has(d) for d in rig.chunks("a.flac")), "an open file's chunk was evicted"
+        reader.release(fh_a)
+        for name in ("b.flac", "c.flac", "b.flac"):
+            assert await read_all(reader, rig.rows[name]) == rig.files[name]
+            assert rig.store.usage()[0] <= quota * 0.9
+        assert not all(rig.store.has(d) for d in rig.chunks("a.flac"))  # closed: evictable, least recent first
+    finally:
+        rig.store.close()
+        rig.catalog.close()
+
+
+@pytest.mark.expected_log(r"musicfs\.cas: cache: cannot open .*cache \(.*\); reads go straight to the origins")
+def test_a_cache_that_cannot_be_opened_starts_down_and_a_probe_opens_it(tmp_path):
+    blocker = tmp_path / "cache"
+    blocker.write_bytes(b"a file where the cache folder should be")
+    store = CasStore(str(blocker), 1 << 20)
+    assert not store.available and store.open_error
+    health = CacheHealth(store)
+    assert health.state == DOWN and "cannot open the cache" in health.reason
+    blocker.unlink()
+    store.probe()  # the next probe opens it
+    assert store.available
+    digest = store.put(b"x" * 100)
+    assert store.get(digest) == b"x" * 100
+    store.close()
