@@ -79,6 +79,8 @@ class Daemon:
         line = f"{tracks} tracks, cache {human(used)}/{human(self.cfg.cache_size)}, origins {len(self.cfg.sources)}"
         if self.lib is not None and self.lib.registry.offline:
             line += ", OFFLINE (cached files only)"
+        if self.ops is not None and self.ops.reader.cache.state != "normal":
+            line += f", cache {self.ops.reader.cache.state} (reading from origins)"
         degraded = self.sup.degraded if self.sup else []
         return line + (f", degraded: {', '.join(degraded)}" if degraded else "")
 

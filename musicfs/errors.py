@@ -55,6 +55,12 @@ class OriginFileChanged(OriginError):
     kind = "changed"
 
 
+class LocalExhaustion(OriginTransient):
+    """This process ran out of something (file descriptors): not the origin's fault."""
+
+    errno = errno.EIO
+
+
 class ShortRead(OriginTransient):
     """The origin returned fewer bytes than the range it was asked for."""
 

@@ -162,6 +162,12 @@ def flush_summaries() -> int:
     return sum(f.flush() for f in list(_FILTERS))
 
 
+def _flush_at_exit() -> None:
+    # At exit a handler's stream may already be closed (tests, pipes): a lost summary beats a traceback.
+    logging.raiseExceptions = False
+    flush_summaries()
+
+
 # -- formatting -----------------------------------------------------------------------------------------
 class JournalFormatter(logging.Formatter):
     """No timestamp (the journal adds one) and a syslog priority prefix on every line of a record."""
@@ -209,7 +215,7 @@ def setup_logging(level: str, stream=None, *, window: float = 10.0, burst: int =
     root.setLevel(level)
     install_exception_hooks(logging.getLogger("musicfs"))
     if not _atexit_registered:
-        atexit.register(flush_summaries)
+        atexit.register(_flush_at_exit)
         _atexit_registered = True
     return handler
 

@@ -7,6 +7,7 @@ import os
 from typing import Iterator
 
 from ..errors import (
+    LocalExhaustion,
     OriginError,
     OriginFatal,
     OriginFileChanged,
@@ -17,7 +18,7 @@ from ..errors import (
 )
 from .base import FileStat, Origin
 
-_TRANSIENT = {errno.EIO, errno.EAGAIN, errno.ETIMEDOUT, errno.ESTALE, errno.EINTR, errno.EMFILE, errno.ENFILE}
+_TRANSIENT = {errno.EIO, errno.EAGAIN, errno.ETIMEDOUT, errno.ESTALE, errno.EINTR}
 
 
 def map_os_error(exc: OSError, origin: str, path: str) -> OriginError:
@@ -27,6 +28,8 @@ def map_os_error(exc: OSError, origin: str, path: str) -> OriginError:
         return OriginNotFound(msg, origin=origin, path=path)
     if exc.errno in (errno.EACCES, errno.EPERM):
         return OriginPermission(msg, origin=origin, path=path)
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        return LocalExhaustion(msg, origin=origin, path=path)
     if exc.errno in _TRANSIENT:
         return OriginTransient(msg, origin=origin, path=path)
     return OriginFatal(msg, origin=origin, path=path)

@@ -38,6 +38,7 @@ from typing import Callable
 
 from .. import points
 from ..errors import (
+    LocalExhaustion,
     OriginError,
     OriginFileChanged,
     OriginNotFound,
@@ -84,8 +85,8 @@ class OriginHealth:
 
 
 def _counts_against_health(exc: OriginError) -> bool:
-    """A missing or forbidden file is the file's problem, not the origin's."""
-    return not isinstance(exc, (OriginNotFound, OriginPermission, OriginFileChanged))
+    """A missing or forbidden file is the file's problem, and fd exhaustion ours, not the origin's."""
+    return not isinstance(exc, (OriginNotFound, OriginPermission, OriginFileChanged, LocalExhaustion))
 
 
 class OriginRegistry:
