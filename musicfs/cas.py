@@ -375,7 +375,7 @@ class CasStore:
                 raise_if_fd_exhausted(exc2, f"writing chunk {digest[:12]} to the cache")
                 raise CacheFull(f"cache: disk full writing chunk {digest[:12]} ({exc2.strerror}) even after "
                                 f"evicting {freed} bytes") from exc2
-        fail_point(points.CAS_PUT_AFTER_WRITE_BEFORE_INDEX)
+        points.hit(points.CAS_PUT_AFTER_WRITE_BEFORE_INDEX, CasError)
         row = (digest, len(data), time.time())
         try:
             self._write_index("INSERT OR REPLACE INTO chunks VALUES(?, ?, ?)", row)
@@ -394,7 +394,7 @@ class CasStore:
         return digest
 
     def _write_file(self, digest: str, data: bytes) -> None:
-        fail_point(points.CAS_PUT_BEFORE_WRITE)
+        points.hit(points.CAS_PUT_BEFORE_WRITE, CasError)
         final = self._path(digest)
         os.makedirs(os.path.dirname(final), exist_ok=True)
         tmp = os.path.join(self.root, "tmp", f"{digest}.{threading.get_ident()}")
@@ -436,7 +436,7 @@ class CasStore:
                 used -= size
         if not victims:
             return 0
-        fail_point(points.CAS_EVICT)
+        points.hit(points.CAS_EVICT, CasError)
         freed = 0
         for digest in victims:
             freed += self._remove(digest)
@@ -463,7 +463,7 @@ class CasStore:
 
     def quarantine(self, digest: str) -> None:
         """Move a bad chunk aside (kept for inspection, never served again)."""
-        fail_point(points.CAS_QUARANTINE)
+        points.hit(points.CAS_QUARANTINE, CasError)
         try:
             dest = self._quarantine_file(digest)
             log.warning("cache: chunk %s failed verification; moved to %s", digest[:12], dest)

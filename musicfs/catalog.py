@@ -221,7 +221,7 @@ class Catalog:
 
     def set_manifest_chunk(self, file_id: int, ident: str, chunk: int, digest: str) -> None:
         """Record one chunk; ignored if the file's identity moved on meanwhile."""
-        fail_point(points.MANIFEST_WRITE)
+        points.hit(points.MANIFEST_WRITE, CatalogError)
         self._run(
             "INSERT OR REPLACE INTO manifests SELECT id, ?, ?, ? FROM files "
             "WHERE id = ? AND size || ':' || mtime_ns || ':' || etag = ?",

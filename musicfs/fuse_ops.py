@@ -15,7 +15,6 @@ import trio
 
 from . import points
 from .errors import MusicFSError
-from .failpoints import fail_point_async
 from .reader import FileReader
 from .tree import ROOT_INO, Node, VirtualTree
 
@@ -40,7 +39,7 @@ def handler(fn):
     @functools.wraps(fn)
     async def wrapper(self, *args):
         try:
-            await fail_point_async(points.FUSE_HANDLER)
+            await points.hit_async(points.FUSE_HANDLER)
             return await fn(self, *args)
         except pyfuse3.FUSEError:
             raise
@@ -199,7 +198,7 @@ class MusicOperations(pyfuse3.Operations):
     @handler
     async def read(self, fh, off, size):
         self.requests += 1
-        await fail_point_async(points.FUSE_READ)
+        await points.hit_async(points.FUSE_READ)
         return await self.reader.read(fh, off, size)
 
     @handler

@@ -25,7 +25,6 @@ import tantivy
 from . import points
 from .damage import move_aside
 from .errors import SearchIndexCorrupt, SearchIndexError
-from .failpoints import fail_point
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +223,7 @@ class SearchIndex:
             for doc in docs:
                 writer.add_document(_document(doc))
                 n += 1
-            fail_point(points.INDEX_COMMIT)
+            points.hit(points.INDEX_COMMIT, SearchIndexError)
             writer.commit()
             writer.wait_merging_threads()
         except BaseException:

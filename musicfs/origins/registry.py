@@ -48,7 +48,6 @@ from ..errors import (
     OriginTransient,
     ShortRead,
 )
-from ..failpoints import fail_point
 from .base import FileStat, Origin
 
 log = logging.getLogger(__name__)
@@ -60,7 +59,7 @@ UNHEALTHY = "unhealthy"
 
 def probe(origin: Origin) -> None:
     """One health probe (the failpoint lets tests make it hang)."""
-    fail_point(points.HEALTH_CHECK_HANG)
+    points.hit(points.HEALTH_CHECK_HANG, OriginTimeout)
     origin.probe()
 
 
