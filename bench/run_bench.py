@@ -1050,6 +1050,15 @@ def reading(d: dict, m: dict, rc: dict, disk: str, big_mb: float, repeat: int) -
 
 # ---------------------------------------------------------------------------------------------
 
+def kept_large_library_section(path: str) -> str:
+    """The section bench/large_library.py wrote into the report: this script does not own it."""
+    start, end = "<!-- large-library:start -->", "<!-- large-library:end -->"
+    text = open(path, encoding="utf-8").read() if os.path.exists(path) else ""
+    if start in text and end in text:
+        return "\n" + text[text.index(start) : text.index(end) + len(end)] + "\n"
+    return ""
+
+
 def main() -> int:
     global PHASE_TIMEOUT
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -1127,7 +1136,7 @@ def main() -> int:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         tmp = args.out + ".tmp"
         with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(report)
+            fh.write(report + kept_large_library_section(args.out))
         os.replace(tmp, args.out)
         log(f"wrote {args.out}")
         ok = True

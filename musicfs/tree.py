@@ -115,24 +115,29 @@ def _unique(stem: str, ext: str, taken: set[str]) -> str:
 
 def plan_paths(files: Iterable[FileRow]) -> list[tuple[tuple[str, str, str], FileRow]]:
     """Every track and cover with its (artist, album, name) place, names unique per folder."""
-    tracks = sorted((f for f in files if f.kind in ("track", "cover")), key=lambda f: f.path)
+    rows = sorted((f for f in files if f.kind in ("track", "cover")), key=lambda f: f.path)
     albums: dict[tuple[str, str], list[FileRow]] = defaultdict(list)
-    source_dirs: dict[str, set[tuple[str, str]]] = defaultdict(set)
-    for row in tracks:
+    covers: dict[tuple[str, str], list[FileRow]] = defaultdict(list)  # album -> covers from its source folders
+    album_of_dir: dict[str, set[tuple[str, str]]] = defaultdict(set)
+    for row in rows:
         if row.kind == "track":
-            albums[_album_dirs(row)].append(row)
-            source_dirs[os.path.dirname(row.path)].add(_album_dirs(row))
+            key = _album_dirs(row)
+            albums[key].append(row)
+            album_of_dir[os.path.dirname(row.path)].add(key)
+    for row in rows:
+        if row.kind == "cover":
+            for key in album_of_dir.get(os.path.dirname(row.path), ()):
+                covers[key].append(row)
     placed = []
-    for key, rows in sorted(albums.items()):
-        multi = any((r.disc_no or 1) > 1 for r in rows)
+    for key, tracks in sorted(albums.items()):
+        multi = any((r.disc_no or 1) > 1 for r in tracks)
         taken: set[str] = set()
-        for row in rows:
+        for row in tracks:
             ext = os.path.splitext(row.path)[1].lower()
             placed.append(((*key, _unique(_track_stem(row, multi), ext, taken)), row))
-        for cover in (c for c in tracks if c.kind == "cover"):
-            if key in source_dirs.get(os.path.dirname(cover.path), ()):
-                stem, ext = os.path.splitext(clean_name(os.path.basename(cover.path)))
-                placed.append(((*key, _unique(stem, ext.lower(), taken)), cover))
+        for cover in covers[key]:
+            stem, ext = os.path.splitext(clean_name(os.path.basename(cover.path)))
+            placed.append(((*key, _unique(stem, ext.lower(), taken)), cover))
     return placed
 
 

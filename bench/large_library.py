@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""Large-library benchmark (row 5.5): 100k tracks, listing and lookup through MusicFS, rclone and
+the source folder itself, in one run on one file set.
+
+    .venv/bin/python bench/large_library.py [--tracks 100000] [--out docs/benchmarks.md]
+
+The source holds tiny stand-in files (the figures are about metadata, not bytes); MusicFS gets a
+catalog of their real sizes and mtimes, as a finished first scan would leave it, so its start-up
+is the everyday one: mount from the catalog, rescan in the background. The results replace the
+section between the large-library markers in the report; bench/run_bench.py keeps that section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from musicfs_test_utils.large import large_config, seed_library, synthetic_rows  # noqa: E402
+
+START, END = "<!-- large-library:start -->", "<!-- large-library:end -->"
+
+
+def wait_mounted(path: str, proc: subprocess.Popen, deadline: float = 300.0) -> float:
+    started = time.perf_counter()
+    while time.perf_counter() - started < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}")
+        if os.path.ismount(path):
+            try:
+                os.listdir(path)
+                return time.perf_counter() - started
+            except OSError:
+                pass
+        time.sleep(0.02)
+    raise RuntimeError(f"{path} not mounted within {deadline}s")
+
+
+def timed(fn, runs: int = 3) -> float:
+    samples = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t)
+    return statistics.median(samples)
+
+
+def measure(root: str, paths: list[str]) -> dict:
+    ls = lambda: subprocess.run(["ls", "-lR", root], stdout=subprocess.DEVNULL, check=True)  # noqa: E731
+    first_ls = timed(ls, 1)
+    return {
+        "ls_first": first_ls,
+        "ls_median": timed(ls),
+        "listdir_root": timed(lambda: os.listdir(root)),
+        "stat_1000": timed(lambda: [os.stat(os.path.join(root, p)) for p in paths]),
+    }
+
+
+def run_mount(argv: list[str], mnt: str, paths: list[str]) -> dict:
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        ready = wait_mounted(mnt, proc)
+        figures = measure(mnt, paths)
+        figures["mount"] = ready
+        figures["rss_mib"] = psutil.Process(proc.pid).memory_info().rss / 2**20
+        return figures
+    finally:
+        subprocess.run(["fusermount3", "-uz", mnt], capture_output=True)
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def report(args, figures: dict, seconds: float) -> str:
+    rows = [("mount until it answers", "mount", "s"), ("`ls -lR`, first", "ls_first", "s"),
+            ("`ls -lR`, median of 3 more", "ls_median", "s"), ("list the root folder", "listdir_root", "s"),
+            ("1000 random `stat`s after the listings", "stat_1000", "s"), ("daemon RSS after listing", "rss_mib", "MiB")]
+    out = [START, "", f"## Large library ({args.tracks:,} tracks)", "",
+           f"- Command: `.venv/bin/python bench/large_library.py --tracks {args.tracks}`",
+           f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC (run took {seconds:.0f} s)",
+           "- Files: tiny stand-ins in `Artist/Album/NN Track.mp3` folders (10 albums of 10 tracks per artist); MusicFS "
+           "mounts from a catalog holding their real identities, as after a first scan; rclone and the source folder "
+           "list the same files. Page cache not dropped: these are metadata paths.", "",
+           "| Metric | Unit | direct | MusicFS | rclone | MusicFS / direct | MusicFS / rclone |",
+           "|---|---|---:|---:|---:|---:|---:|"]
+    for label, key, unit in rows:
+        d, m, r = (figures[c].get(key) for c in ("direct", "musicfs", "rclone"))
+        cell = lambda v: "–" if v is None else f"{v:.3g}"  # noqa: E731
+        ratio = lambda a, b: "–" if a is None or b in (None, 0) else f"{a / b:.2f}×"  # noqa: E731
+        out.append(f"| {label} | {unit} | {cell(d)} | {cell(m)} | {cell(r)} | {ratio(m, d)} | {ratio(m, r)} |")
+    out += ["", END]
+    return "\n".join(out) + "\n"
+
+
+def write_section(path: str, section: str) -> None:
+    text = Path(path).read_text() if os.path.exists(path) else ""
+    if START in text and END in text:
+        text = text[: text.index(START)] + section + text[text.index(END) + len(END) + 1 :]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    Path(path).write_text(text)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tracks", type=int, default=100_000)
+    parser.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"))
+    args = parser.parse_args()
+    started = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix="musicfs-large-"))
+    try:
+        source = work / "source"
+        rows = synthetic_rows(args.tracks, root=source)
+        seed_library(large_config(source, work / "musicfs"), rows)
+        rng = random.Random(1)
+        picks = rng.sample(range(len(rows)), 1000)
+        tree_paths = [f"{r.artist}/{r.album}/{r.track_no:02d} - {r.title}.mp3" for r in (rows[i] for i in picks)]
+        origin_paths = [rows[i].path for i in picks]
+        figures = {"direct": measure(str(source), origin_paths)}
+        mnt = str(work / "mnt")
+        os.makedirs(mnt)
+        musicfs = [str(REPO / ".venv/bin/musicfs"), "mount", str(source), mnt, "--state-dir", str(work / "musicfs/state"),
+                   "--cache-dir", str(work / "musicfs/cache")]
+        figures["musicfs"] = run_mount(musicfs, mnt, tree_paths)
+        rclone = ["rclone", "mount", str(source), mnt, "--vfs-cache-mode", "full", "--cache-dir", str(work / "rclone")]
+        figures["rclone"] = run_mount(rclone, mnt, origin_paths) if shutil.which("rclone") else {}
+        write_section(args.out, report(args, figures, time.perf_counter() - started))
+        print(report(args, figures, time.perf_counter() - started))
+        return 0
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
