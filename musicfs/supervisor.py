@@ -27,6 +27,16 @@ class TaskState:
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
 
+async def run_all(jobs: list[tuple[str, TaskFn]]) -> None:
+    """Run named jobs at once and return when every one has finished (a round of health probes).
+
+    The nursery lives and dies inside this call: nothing outlives it. Each job handles its own errors.
+    """
+    async with trio.open_nursery() as nursery:
+        for name, fn in jobs:
+            nursery.start_soon(fn, name=name)
+
+
 class TaskSupervisor:
     """Use as `async with TaskSupervisor() as sup:`; the block waits for every task (or cancel_all)."""
 

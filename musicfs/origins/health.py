@@ -13,6 +13,7 @@ Between rounds the monitor sleeps `interval` seconds, or less when a read report
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -21,6 +22,7 @@ from typing import Callable
 import trio
 
 from ..errors import OriginError, OriginTimeout
+from ..supervisor import run_all
 from .base import Origin
 from .registry import OriginRegistry, probe as registry_probe
 
@@ -51,9 +53,7 @@ class HealthMonitor:
         """Probe every origin at once; returns when each has answered or timed out."""
         before = self._summary()
         started = trio.current_time()
-        async with trio.open_nursery() as nursery:  # scoped to this round: it ends before we return
-            for origin in self.registry.origins:
-                nursery.start_soon(self._probe_one, origin, name=f"probe {origin.name}")
+        await run_all([(f"probe {o.name}", functools.partial(self._probe_one, o)) for o in self.registry.origins])
         self.last_round_s = trio.current_time() - started
         self.rounds += 1
         if self._on_change is not None and self._summary() != before:
