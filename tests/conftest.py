@@ -32,3 +32,13 @@ def daemons(tmp_path):
     yield make
     for daemon in made:
         daemon.stop()
+
+
+@pytest.fixture
+def library_copy(small_library, tmp_path):
+    """A private copy of the small library a test may change: (root, good files)."""
+    import shutil
+
+    root = tmp_path / "library"
+    shutil.copytree(small_library[0], root)
+    return root, [root / p.relative_to(small_library[0]) for p in small_library[2]]

@@ -6,8 +6,6 @@ really answers); status comes from the daemon's status socket.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,32 +13,14 @@ import pytest
 from musicfs.status import query_daemon
 from musicfs_test_utils.assertions import file_digest, tree_files
 from musicfs_test_utils.daemon import wait_until
+from musicfs_test_utils.mount_io import read_in_child
 
 pytestmark = [pytest.mark.l2, pytest.mark.l3]
 
 KINDS = ["s3", "sftp"]
 READ_TIMEOUT = 2.0
 
-_READER = r"""
-import hashlib, os, sys, time
-started = time.monotonic()
-try:
-    fd = os.open(sys.argv[1], os.O_RDONLY)
-    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # no page cache: the daemon must answer
-    with os.fdopen(fd, "rb") as fh:
-        data = fh.read()
-except OSError as exc:
-    print("ERR", exc.errno, time.monotonic() - started)
-else:
-    print("OK", hashlib.sha256(data).hexdigest(), time.monotonic() - started)
-"""
 
-
-def read_in_child(path: Path, timeout: float = 60.0) -> tuple[str, str, float]:
-    """("OK", sha256, seconds) or ("ERR", errno, seconds); the reading process always finishes."""
-    out = subprocess.run([sys.executable, "-c", _READER, str(path)], capture_output=True, text=True,
-                         timeout=timeout, check=True).stdout.split()
-    return out[0], out[1], float(out[2])
 
 
 def toml_value(value) -> str:

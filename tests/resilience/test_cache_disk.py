@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import hashlib
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,23 +23,16 @@ from musicfs_test_utils import disks
 from musicfs_test_utils.assertions import assert_mount_matches_origin, tree_files
 from musicfs_test_utils.daemon import wait_until
 from musicfs_test_utils.fixtures import make_library
+from musicfs_test_utils.mount_io import read_digest
 
 pytestmark = [pytest.mark.l2,
               pytest.mark.skipif(not disks.can_mount(), reason="needs root and mount(8) for tmpfs and remounts")]
 
-_READER = r"""
-import hashlib, os, sys
-for path in sys.argv[1:]:
-    fd = os.open(path, os.O_RDONLY)
-    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # no page cache: the daemon must answer
-    with os.fdopen(fd, "rb") as fh:
-        print(hashlib.sha256(fh.read()).hexdigest())
-"""
+
 
 
 def read_digests(*paths: Path) -> list[str]:
-    return subprocess.run([sys.executable, "-c", _READER, *map(str, paths)], capture_output=True, text=True,
-                          timeout=120, check=True).stdout.split()
+    return [read_digest(p) for p in paths]
 
 
 def sha(path: Path) -> str:

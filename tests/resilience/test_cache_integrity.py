@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,23 +22,13 @@ from musicfs.demo import JUNK_FILES
 from musicfs_test_utils.assertions import assert_mount_matches_origin, file_digest, tree_files
 from musicfs_test_utils.daemon import is_mounted, wait_until
 from musicfs_test_utils.fixtures import make_library
+from musicfs_test_utils.mount_io import mount_file_for, read_digest
 
 pytestmark = pytest.mark.l2
 
 CHUNK = 64 * 1024
 
-_READER = r"""
-import hashlib, os, sys
-fd = os.open(sys.argv[1], os.O_RDONLY)
-os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # no page cache: the daemon must answer
-with os.fdopen(fd, "rb") as fh:
-    print(hashlib.sha256(fh.read()).hexdigest())
-"""
 
-
-def read_digest(path: Path) -> str:
-    return subprocess.run([sys.executable, "-c", _READER, str(path)], capture_output=True, text=True, timeout=60,
-                          check=True).stdout.strip()
 
 
 def config(tmp_path: Path, **extra) -> list[str]:
@@ -52,19 +41,6 @@ def config(tmp_path: Path, **extra) -> list[str]:
 def fsck(daemon, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "musicfs", "fsck", "--state-dir", str(daemon.state_dir),
                            "--cache-dir", str(daemon.cache_dir), *args], capture_output=True, text=True, timeout=120)
-
-
-def mount_file_for(mountpoint: str, origin: Path) -> Path:
-    size = origin.stat().st_size
-    [match] = [p for p in tree_files(mountpoint) if p.stat().st_size == size]
-    return match
-
-
-@pytest.fixture
-def library_copy(small_library, tmp_path) -> tuple[Path, list[Path]]:
-    root = tmp_path / "library"
-    shutil.copytree(small_library[0], root)
-    return root, [root / p.relative_to(small_library[0]) for p in small_library[2]]
 
 
 @pytest.mark.resilience("6.4")

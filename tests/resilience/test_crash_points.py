@@ -29,6 +29,7 @@ from musicfs.origins.local import LocalOrigin
 from musicfs_test_utils.assertions import assert_same_bytes, file_digest, tree_files
 from musicfs_test_utils.daemon import is_mounted, is_stale
 from musicfs_test_utils.fixtures import make_library
+from musicfs_test_utils.mount_io import mount_file_for
 
 pytestmark = pytest.mark.l2
 
@@ -46,14 +47,6 @@ def _read_in_child(path: str, timeout: float = 60.0) -> subprocess.CompletedProc
     """Read a file through the mount in a child process: the mount goes stale under the read."""
     code = "import sys\nwith open(sys.argv[1], 'rb') as fh:\n    sys.stdout.write(str(len(fh.read())))"
     return subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, timeout=timeout)
-
-
-def _audio_in_mount_for(mountpoint: str, origin: Path) -> Path:
-    """The one mount file with `origin`'s size (sizes come from getattr: nothing is read)."""
-    size = origin.stat().st_size
-    matches = [p for p in tree_files(mountpoint) if p.stat().st_size == size]
-    assert len(matches) == 1, f"{origin}: {len(matches)} mount files of {size} bytes"
-    return matches[0]
 
 
 @pytest.fixture
@@ -80,7 +73,7 @@ def test_crash_between_chunk_write_and_index_insert_then_restart(small_library, 
     daemon.mountpoint = private_mountpoint
     daemon.start()
     daemon.wait_for_mount()
-    mounted = _audio_in_mount_for(daemon.mountpoint, origin)
+    mounted = mount_file_for(daemon.mountpoint, origin)
 
     # 1. the first uncached read stores a chunk: the daemon dies between its file and its index row
     read = _read_in_child(str(mounted))

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,54 +15,19 @@ import pytest
 from musicfs.status import query_daemon
 from musicfs_test_utils.assertions import file_digest, tree_files
 from musicfs_test_utils.daemon import wait_until
+from musicfs_test_utils.mount_io import mount_files_by_size, read_in_child
 
 pytestmark = pytest.mark.l2
 
 READ_TIMEOUT = 10.0  # long on purpose: an offline read that waited for anything would show
 
-_READER = r"""
-import hashlib, os, sys, time
-started = time.monotonic()
-try:
-    fd = os.open(sys.argv[1], os.O_RDONLY)
-    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # no page cache: the daemon must answer
-    with os.fdopen(fd, "rb") as fh:
-        data = fh.read()
-except OSError as exc:
-    print("ERR", exc.errno, time.monotonic() - started)
-else:
-    print("OK", hashlib.sha256(data).hexdigest(), time.monotonic() - started)
-"""
 
-
-def read_in_child(path: Path, timeout: float = 60.0) -> tuple[str, str, float]:
-    """("OK", sha256, seconds) or ("ERR", errno, seconds); the reading process always finishes."""
-    out = subprocess.run([sys.executable, "-c", _READER, str(path)], capture_output=True, text=True,
-                         timeout=timeout, check=True).stdout.split()
-    return out[0], out[1], float(out[2])
 
 
 def status(daemon) -> dict:
     doc = query_daemon(str(daemon.state_dir))
     assert doc is not None, "the daemon does not answer on its status socket"
     return doc
-
-
-def by_size(mountpoint: str, origin_files: list[Path]) -> dict[Path, Path]:
-    """origin file -> its mount file, for origin files of a unique size (getattr only: nothing is read)."""
-    mount_sizes: dict[int, list[Path]] = {}
-    for p in tree_files(mountpoint):
-        mount_sizes.setdefault(p.stat().st_size, []).append(p)
-    origin_sizes = [f.stat().st_size for f in origin_files]
-    return {f: mount_sizes[f.stat().st_size][0] for f in origin_files
-            if origin_sizes.count(f.stat().st_size) == 1 and len(mount_sizes.get(f.stat().st_size, [])) == 1}
-
-
-@pytest.fixture
-def library_copy(small_library, tmp_path) -> tuple[Path, list[Path]]:
-    root = tmp_path / "library"
-    shutil.copytree(small_library[0], root)
-    return root, [root / p.relative_to(small_library[0]) for p in small_library[2]]
 
 
 def config_file(tmp_path: Path) -> str:
@@ -81,7 +43,7 @@ def test_with_every_origin_down_cached_files_play_uncached_fail_fast_and_it_reco
     daemon = daemons([root], extra_args=["--config", config_file(tmp_path)])
     daemon.start()
     daemon.wait_for_mount()
-    pairs = by_size(daemon.mountpoint, files)
+    pairs = mount_files_by_size(daemon.mountpoint, files)
     assert len(pairs) >= 6
     originals = list(pairs)
     cached, uncached = originals[::2], originals[1::2]
@@ -117,7 +79,7 @@ def test_a_mount_starts_with_every_origin_unreachable_and_serves_its_cache(libra
     daemon = daemons([root], extra_args=["--config", config_file(tmp_path)])
     daemon.start()
     daemon.wait_for_mount()
-    pairs = by_size(daemon.mountpoint, files)
+    pairs = mount_files_by_size(daemon.mountpoint, files)
     names = sorted(str(p.relative_to(daemon.mountpoint)) for p in tree_files(daemon.mountpoint))
     originals = list(pairs)
     cached, uncached = originals[1:], originals[:1]

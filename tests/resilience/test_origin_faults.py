@@ -15,48 +15,20 @@ import errno
 import hashlib
 import json
 import os
-import shutil
 import signal
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from musicfs_test_utils.assertions import file_digest, tree_files
+from musicfs_test_utils.assertions import file_digest
 from musicfs_test_utils.daemon import wait_until
+from musicfs_test_utils.mount_io import mount_files_by_size, read_in_child, reader_process, reader_result
 
 pytestmark = pytest.mark.l2
 
-_READER = r"""
-import hashlib, os, sys, time
-started = time.monotonic()
-try:
-    fd = os.open(sys.argv[1], os.O_RDONLY)
-    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # no page cache: the daemon must answer
-    with os.fdopen(fd, "rb") as fh:
-        data = fh.read()
-except OSError as exc:
-    print("ERR", exc.errno, time.monotonic() - started)
-else:
-    print("OK", hashlib.sha256(data).hexdigest(), time.monotonic() - started)
-"""
 
-
-def reader_process(path: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", _READER, str(path)], stdout=subprocess.PIPE, text=True)
-
-
-def result(proc: subprocess.Popen, timeout: float = 60.0) -> tuple[str, str, float]:
-    """("OK", sha256, seconds) or ("ERR", errno, seconds) of a reader process, which must finish."""
-    out = proc.communicate(timeout=timeout)[0].split()
-    return out[0], out[1], float(out[2])
-
-
-def read_in_child(path: Path) -> tuple[str, str, float]:
-    return result(reader_process(path))
 
 
 def read_uncached(path: Path) -> bytes:
@@ -79,21 +51,9 @@ def start(daemons, root: Path, tmp_path: Path, **config):
     return daemon
 
 
-def by_size(mountpoint: str, origin_files: list[Path]) -> dict[Path, Path]:
-    """origin file -> its mount file, for files of a unique size (getattr only: nothing is read)."""
-    mount: dict[int, list[Path]] = {}
-    for p in tree_files(mountpoint):
-        mount.setdefault(p.stat().st_size, []).append(p)
-    sizes = [f.stat().st_size for f in origin_files]
-    return {f: mount[f.stat().st_size][0] for f in origin_files
-            if sizes.count(f.stat().st_size) == 1 and len(mount.get(f.stat().st_size, [])) == 1}
-
-
 @pytest.fixture
-def library_copy(small_library, tmp_path) -> tuple[Path, list[Path]]:
-    root = tmp_path / "library"
-    shutil.copytree(small_library[0], root)
-    files = [root / p.relative_to(small_library[0]) for p in small_library[2]]
+def library_by_size(library_copy) -> tuple[Path, list[Path]]:
+    root, files = library_copy
     return root, sorted(files, key=lambda f: f.stat().st_size)
 
 
@@ -124,12 +84,12 @@ class Fifo:
 
 
 @pytest.mark.resilience("3.8")
-def test_a_read_stuck_at_the_origin_answers_eio_after_read_timeout_and_the_reader_exits(library_copy, daemons,
+def test_a_read_stuck_at_the_origin_answers_eio_after_read_timeout_and_the_reader_exits(library_by_size, daemons,
                                                                                          tmp_path):
-    root, files = library_copy
+    root, files = library_by_size
     read_timeout = 2.0
     daemon = start(daemons, root, tmp_path, read_timeout=read_timeout)
-    pairs = by_size(daemon.mountpoint, files)
+    pairs = mount_files_by_size(daemon.mountpoint, files)
     stuck, other = files[-1], files[0]
     fifo = Fifo(stuck)
     try:
@@ -146,11 +106,11 @@ def test_a_read_stuck_at_the_origin_answers_eio_after_read_timeout_and_the_reade
 
 
 @pytest.mark.resilience("5.1")
-def test_100_concurrent_reads_finish_and_a_stuck_file_does_not_stall_cached_reads(library_copy, daemons, tmp_path):
-    root, files = library_copy
+def test_100_concurrent_reads_finish_and_a_stuck_file_does_not_stall_cached_reads(library_by_size, daemons, tmp_path):
+    root, files = library_by_size
     read_timeout = 3.0
     daemon = start(daemons, root, tmp_path, read_timeout=read_timeout)
-    pairs = by_size(daemon.mountpoint, files)
+    pairs = mount_files_by_size(daemon.mountpoint, files)
     stuck = files[-1]
     others = [f for f in pairs if f != stuck]
     digests = {f: file_digest(f) for f in pairs}
@@ -173,7 +133,7 @@ def test_100_concurrent_reads_finish_and_a_stuck_file_does_not_stall_cached_read
         took = time.monotonic() - started
         assert blocked.poll() is None, "the stuck read ended early: the test proves nothing"
         assert took < read_timeout, f"100 cached reads took {took:.1f}s while one file hung at the origin"
-        outcome, code, _ = result(blocked)
+        outcome, code, _ = reader_result(blocked)
         assert (outcome, code) == ("ERR", str(errno.EIO))
     finally:
         fifo.restore()
@@ -208,10 +168,10 @@ def flac_audio_start(path: Path) -> int:
 
 
 @pytest.mark.resilience("4.4")
-def test_a_file_changed_at_the_origin_is_never_mixed_and_shows_new_after_a_rescan(library_copy, daemons, tmp_path):
-    root, files = library_copy
+def test_a_file_changed_at_the_origin_is_never_mixed_and_shows_new_after_a_rescan(library_by_size, daemons, tmp_path):
+    root, files = library_by_size
     daemon = start(daemons, root, tmp_path, read_timeout=5.0)
-    pairs = by_size(daemon.mountpoint, files)
+    pairs = mount_files_by_size(daemon.mountpoint, files)
     # A FLAC of more than one chunk whose tags (metadata blocks) all sit early in the first chunk.
     target = max((f for f in pairs if f.suffix == ".flac" and f.stat().st_size > CHUNK
                   and flac_audio_start(f) < CHUNK // 2), key=lambda f: f.stat().st_size)
