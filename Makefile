@@ -42,6 +42,7 @@ test-failpoints:
 bench:
 	$(MAKE) setup EXTRA_DEBS="$(BENCH_DEBS)"
 	$(BIN)/python bench/run_bench.py
+	$(BIN)/python bench/large_library.py
 
 clean:
 	rm -rf $(VENV) $(DEMO) *.egg-info

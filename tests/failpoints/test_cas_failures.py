@@ -43,12 +43,6 @@ QUARANTINED = r"musicfs\.cas: cache: chunk [0-9a-f]{12} failed verification; mov
 REFETCHED = r"musicfs\.reader: cache: chunk [0-9a-f]{64} failed verification and was quarantined; fetching it again"
 
 
-@pytest.fixture(autouse=True)
-def clean_failpoints():
-    failpoints.teardown()
-    yield
-    failpoints.teardown()
-
 
 def pattern_bytes(seed: int, size: int) -> bytes:
     return bytes((i * 13 + seed * 101 + i // 256) % 256 for i in range(size))

@@ -21,12 +21,6 @@ HANG = points.HEALTH_CHECK_HANG
 TIMEOUT = 3.0
 
 
-@pytest.fixture(autouse=True)
-def clean_failpoints():
-    failpoints.teardown()
-    yield
-    failpoints.teardown()  # also frees a probe thread still paused at the point
-
 
 @pytest.fixture
 def clock():

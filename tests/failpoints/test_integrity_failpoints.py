@@ -25,12 +25,6 @@ from musicfs_test_utils.faulty_origin import FaultyOrigin
 CHUNK = 8 * 1024
 
 
-@pytest.fixture(autouse=True)
-def clean_failpoints():
-    failpoints.teardown()
-    yield
-    failpoints.teardown()
-
 
 def pattern(seed: int, size: int) -> bytes:
     return bytes((i * 11 + seed * 57 + i // 253) % 256 for i in range(size))

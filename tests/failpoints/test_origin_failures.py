@@ -29,12 +29,6 @@ FETCH = points.READER_MANIFEST_FETCH
 HANG = points.HEALTH_CHECK_HANG
 
 
-@pytest.fixture(autouse=True)
-def clean_failpoints():
-    failpoints.teardown()
-    yield
-    failpoints.teardown()
-
 
 def pattern_bytes(seed: int, size: int) -> bytes:
     return bytes((i * 31 + seed * 17 + i // 256) % 256 for i in range(size))

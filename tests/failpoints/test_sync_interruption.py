@@ -30,12 +30,6 @@ BATCH = 8
 TRACKS = 40
 
 
-@pytest.fixture(autouse=True)
-def clean_failpoints():
-    failpoints.teardown()
-    yield
-    failpoints.teardown()
-
 
 class RecordingOrigin(FaultyOrigin):
     """A healthy FaultyOrigin that also remembers which paths were read (tag reads during a scan)."""
