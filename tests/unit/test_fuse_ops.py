@@ -5,8 +5,8 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import tracemalloc
 
+import psutil
 import pyfuse3
 import pytest
 
@@ -111,18 +111,17 @@ async def test_a_million_lookups_and_forgets_keep_memory_flat():
     ops = _ops()
     artist = (await ops.lookup(ROOT_INO, b"Artist", None)).st_ino
     await ops.forget([(artist, 1)])
-    tracemalloc.start()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
-        for _ in range(1000):
+    rss = psutil.Process().memory_info
+    samples = []
+    for _ in range(10):
+        for _ in range(100):
             for _ in range(1000):
                 await ops.lookup(ROOT_INO, b"Artist", None)
             await ops.forget([(artist, 1000)])
-        grown = tracemalloc.get_traced_memory()[0] - base
-    finally:
-        tracemalloc.stop()
+        samples.append(rss().rss)
     assert ops.lookups[artist] == 0 and not ops.lookups
-    assert grown < 256 << 10, f"{grown} bytes kept after a million lookups"
+    # A leak of even 16 bytes a lookup would add 16 MB; allocator noise stays far below 4 MB.
+    assert samples[-1] - samples[1] < 4 << 20, [s >> 10 for s in samples]
 
 
 @pytest.mark.resilience("5.4")
