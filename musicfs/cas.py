@@ -114,39 +114,14 @@ class CasStore:
 
     def _open(self) -> None:
         """Open (or reopen) the store: folders, temp leftovers, the checked index, the LRU. Caller holds _db_lock."""
-        for sub in ("chunks", "tmp", "quarantine"):
-            os.makedirs(os.path.join(self.root, sub), exist_ok=True)
-        tmp = os.path.join(self.root, "tmp")
-        for name in os.listdir(tmp):
-            try:
-                os.unlink(os.path.join(tmp, name))  # half-written chunks of a crashed run
-            except FileNotFoundError:
-                pass
+        self._prepare_folders()
         path = self.index_path
         existed = os.path.exists(path)
-        db, damage = None, ""
-        if existed:
-            try:
-                db = self._connect(path)
-                damage = self._check_index(db)
-            except sqlite3.DatabaseError as exc:
-                if not sqlite_corruption(exc):
-                    _close_quietly(db)
-                    raise
-                damage = str(exc)
-            if damage:
-                _close_quietly(db)
-                db = None
-                dest = move_aside(path, ("-wal", "-shm"))
-                log.warning("cache: index %s is damaged (%s): moved to %s; rebuilding it from the chunk files",
-                            path, damage, dest)
+        db, damage = self._open_checked_index(path) if existed else (None, "")
         if db is None:
             db = self._connect(path)
         self._db = db
-        with self._lock:
-            self._lru.clear()
-            self._used = 0
-            self._touched.clear()
+        self._reset_memory()
         if damage or (not existed and next(self._walk_chunk_files(), None) is not None):
             if not damage:
                 log.warning("cache: index %s is missing; rebuilding it from the chunk files", path)
@@ -157,6 +132,44 @@ class CasStore:
         self._load_lru()
         self.available = True
         self.open_error = ""
+
+    def _prepare_folders(self) -> None:
+        """Make chunks/, tmp/ and quarantine/, and empty tmp/."""
+        for sub in ("chunks", "tmp", "quarantine"):
+            os.makedirs(os.path.join(self.root, sub), exist_ok=True)
+        tmp = os.path.join(self.root, "tmp")
+        for name in os.listdir(tmp):
+            try:
+                os.unlink(os.path.join(tmp, name))  # half-written chunks of a crashed run
+            except FileNotFoundError:
+                pass
+
+    def _open_checked_index(self, path: str) -> tuple[sqlite3.Connection | None, str]:
+        """Connect to an existing index and check it: (connection, ''), or (None, what is wrong) after
+        moving a damaged file aside."""
+        db, damage = None, ""
+        try:
+            db = self._connect(path)
+            damage = self._check_index(db)
+        except sqlite3.DatabaseError as exc:
+            if not sqlite_corruption(exc):
+                _close_quietly(db)
+                raise
+            damage = str(exc)
+        if not damage:
+            return db, ""
+        _close_quietly(db)
+        dest = move_aside(path, ("-wal", "-shm"))
+        log.warning("cache: index %s is damaged (%s): moved to %s; rebuilding it from the chunk files",
+                    path, damage, dest)
+        return None, damage
+
+    def _reset_memory(self) -> None:
+        """Forget the in-memory LRU, usage and access times (pins survive)."""
+        with self._lock:
+            self._lru.clear()
+            self._used = 0
+            self._touched.clear()
 
     def _connect(self, path: str) -> sqlite3.Connection:
         db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=5)
@@ -362,6 +375,17 @@ class CasStore:
         if self.has(digest):
             return digest
         self._make_room(len(data))
+        self._write_chunk_file(digest, data)
+        points.hit(points.CAS_PUT_AFTER_WRITE_BEFORE_INDEX, CasError)
+        self._index_new_chunk(digest, len(data))
+        with self._lock:
+            if digest not in self._lru:
+                self._used += len(data)
+            self._lru[digest] = len(data)
+        return digest
+
+    def _write_chunk_file(self, digest: str, data: bytes) -> None:
+        """put's file write; a full disk: evict and retry once, else CacheFull."""
         try:
             self._write_file(digest, data)
         except OSError as exc:
@@ -375,23 +399,20 @@ class CasStore:
                 raise_if_fd_exhausted(exc2, f"writing chunk {digest[:12]} to the cache")
                 raise CacheFull(f"cache: disk full writing chunk {digest[:12]} ({exc2.strerror}) even after "
                                 f"evicting {freed} bytes") from exc2
-        points.hit(points.CAS_PUT_AFTER_WRITE_BEFORE_INDEX, CasError)
-        row = (digest, len(data), time.time())
+
+    def _index_new_chunk(self, digest: str, size: int) -> None:
+        """put's index row; SQLITE_FULL: evict, checkpoint and retry once, else drop the file and CacheFull."""
+        row = (digest, size, time.time())
         try:
             self._write_index("INSERT OR REPLACE INTO chunks VALUES(?, ?, ?)", row)
         except CacheFull:
-            self._evict_for_disk(len(data))
+            self._evict_for_disk(size)
             self._checkpoint()
             try:
                 self._write_index("INSERT OR REPLACE INTO chunks VALUES(?, ?, ?)", row)
             except CacheFull:
                 _unlink_quietly(self._path(digest))
                 raise
-        with self._lock:
-            if digest not in self._lru:
-                self._used += len(data)
-            self._lru[digest] = len(data)
-        return digest
 
     def _write_file(self, digest: str, data: bytes) -> None:
         points.hit(points.CAS_PUT_BEFORE_WRITE, CasError)
@@ -546,37 +567,8 @@ class CasStore:
             self.open_error = "the index is being rebuilt"
             self._close_db()
             path = self.index_path
-            report = RebuildReport()
             try:
-                damage = "" if os.path.exists(path) else "the file is gone"
-                if not damage:
-                    db = None
-                    try:
-                        db = self._connect(path)
-                        damage = self._check_index(db)
-                    except sqlite3.DatabaseError as exc:
-                        if not sqlite_corruption(exc):
-                            raise
-                        damage = str(exc)
-                    finally:
-                        _close_quietly(db)
-                with self._lock:
-                    self._lru.clear()
-                    self._used = 0
-                    self._touched.clear()
-                if damage:
-                    if os.path.exists(path):
-                        dest = move_aside(path, ("-wal", "-shm"))
-                        log.warning("cache: index %s failed (%s); moved to %s; rebuilding it from the chunk files",
-                                    path, damage, dest)
-                    self._db = self._connect(path)
-                    report = self._rebuild_from_files(should_stop)
-                else:
-                    self._db = self._connect(path)
-                    self._reconcile()
-                    report.reused = True
-                self._load_lru()
-                self._write_index("INSERT OR REPLACE INTO probe VALUES(1, ?)", (time.time(),))
+                report = self._recover_index(path, should_stop)
             except (OSError, sqlite3.Error, CasError) as exc:
                 self._close_db()
                 self.open_error = f"index rebuild failed: {_describe(exc)}"
@@ -591,6 +583,39 @@ class CasStore:
         log.info("cache: index %s %s: %s", path, "reopened (its file is sound)" if report.reused else "rebuilt",
                  report.summary())
         return report
+
+    def _recover_index(self, path: str, should_stop: Callable[[], bool] | None) -> RebuildReport:
+        """rebuild_index's work: reopen and reconcile a sound index file, else move it aside and rebuild;
+        then reload the LRU and pass a test write. Caller holds _db_lock and cleans up on failure."""
+        damage = self._index_file_damage(path) if os.path.exists(path) else "the file is gone"
+        self._reset_memory()
+        if damage:
+            if os.path.exists(path):
+                dest = move_aside(path, ("-wal", "-shm"))
+                log.warning("cache: index %s failed (%s); moved to %s; rebuilding it from the chunk files",
+                            path, damage, dest)
+            self._db = self._connect(path)
+            report = self._rebuild_from_files(should_stop)
+        else:
+            self._db = self._connect(path)
+            self._reconcile()
+            report = RebuildReport(reused=True)
+        self._load_lru()
+        self._write_index("INSERT OR REPLACE INTO probe VALUES(1, ?)", (time.time(),))
+        return report
+
+    def _index_file_damage(self, path: str) -> str:
+        """'' when the index file is sound, else what is wrong with it (checked on a connection of its own)."""
+        db = None
+        try:
+            db = self._connect(path)
+            return self._check_index(db)
+        except sqlite3.DatabaseError as exc:
+            if not sqlite_corruption(exc):
+                raise
+            return str(exc)
+        finally:
+            _close_quietly(db)
 
     def _close_db(self) -> None:
         with self._db_lock:

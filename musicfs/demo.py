@@ -160,7 +160,15 @@ def _album_tracks(
 
 def _core_specs() -> list[_Spec]:
     """Good, tagged tracks covering the non-hostile cases (seed independent)."""
-    aurora = _album_tracks(
+    aurora = _aurora_specs()
+    # Order matters: a truncated library (small ``tracks``) keeps the first
+    # entries, and the first three cover all formats.
+    return (aurora[:3] + _cafe_specs() + _compilation_specs() + _multidisc_specs() + _sessions_specs()
+            + _loose_specs() + aurora[3:])
+
+
+def _aurora_specs() -> list[_Spec]:
+    return _album_tracks(
         "Aurora Quartet",
         "Northern Lights",
         [(1, "Polar Dawn", "flac"), (2, "Midnight Sun", "mp3"), (3, "Aurora", "ogg"), (4, "Borealis", "mp3")],
@@ -168,6 +176,9 @@ def _core_specs() -> list[_Spec]:
         genre="Ambient",
         channels=[2, 2, 1, 2],
     )
+
+
+def _cafe_specs() -> list[_Spec]:
     cafe = _album_tracks(
         "Björk Müller",
         "Café Träume",
@@ -177,6 +188,10 @@ def _core_specs() -> list[_Spec]:
     )
     # Embed a large (~300 KB) picture into the first FLAC of the album.
     cafe[0] = _replace(cafe[0], big_picture=True)
+    return cafe
+
+
+def _compilation_specs() -> list[_Spec]:
     va = _album_tracks(
         "Various Artists",
         "Summer Compilation 2024",
@@ -187,6 +202,10 @@ def _core_specs() -> list[_Spec]:
         genre="Pop",
     )
     va[0] = _replace(va[0], small_picture=True)
+    return va
+
+
+def _multidisc_specs() -> list[_Spec]:
     multidisc = []
     for disc, items in (
         (1, [(1, "Symphony No. 1: Allegro", "flac"), (2, "Symphony No. 1: Adagio", "mp3")]),
@@ -201,7 +220,11 @@ def _core_specs() -> list[_Spec]:
             genre="Classical",
         ):
             multidisc.append(_replace(spec, discnumber=disc, disctotal=2))
-    sessions = [
+    return multidisc
+
+
+def _sessions_specs() -> list[_Spec]:
+    return [
         _Spec(
             path="Street Busker/Sessions/Untitled Jam.ogg",
             fmt="ogg",
@@ -223,7 +246,10 @@ def _core_specs() -> list[_Spec]:
             channels=1,
         ),
     ]
-    loose = [
+
+
+def _loose_specs() -> list[_Spec]:
+    return [
         _Spec(
             path="Loose in the Root.mp3",
             fmt="mp3",
@@ -243,9 +269,6 @@ def _core_specs() -> list[_Spec]:
             tracknumber=7,
         ),
     ]
-    # Order matters: a truncated library (small ``tracks``) keeps the first
-    # entries, and the first three cover all formats.
-    return aurora[:3] + cafe + va + multidisc + sessions + loose + aurora[3:]
 
 
 def _hostile_specs() -> list[_Spec]:
@@ -492,35 +515,46 @@ def _fix_ogg_serial(path: Path, serial: int) -> None:
 
 def _write_tags(path: Path, spec: _Spec, picture_rng: np.random.Generator) -> None:
     if not spec.tagged:
-        if spec.fmt != "mp3":  # libsndfile writes an ENCODER comment for Vorbis/FLAC
-            import mutagen
+        _strip_tags(path, spec)
+    elif spec.fmt == "mp3":
+        _write_id3(path, spec)
+    else:
+        _write_vorbis_comments(path, spec, picture_rng)
 
-            f = mutagen.File(path)
-            f.delete()
-        return
-    if spec.fmt == "mp3":
-        from mutagen.id3 import APIC, ID3, TALB, TCON, TDRC, TIT2, TPE1, TPE2, TPOS, TRCK
 
-        tags = ID3()
-        tags.add(TPE1(encoding=3, text=[spec.artist]))
-        tags.add(TPE2(encoding=3, text=[spec.albumartist]))
-        tags.add(TALB(encoding=3, text=[spec.album]))
-        tags.add(TIT2(encoding=3, text=[spec.title]))
-        if spec.tracknumber is not None:
-            trck = f"{spec.tracknumber}/{spec.tracktotal}" if spec.tracktotal else str(spec.tracknumber)
-            tags.add(TRCK(encoding=3, text=[trck]))
-        if spec.discnumber is not None:
-            tpos = f"{spec.discnumber}/{spec.disctotal}" if spec.disctotal else str(spec.discnumber)
-            tags.add(TPOS(encoding=3, text=[tpos]))
-        if spec.date:
-            tags.add(TDRC(encoding=3, text=[spec.date]))
-        if spec.genre:
-            tags.add(TCON(encoding=3, text=[spec.genre]))
-        if spec.small_picture:
-            tags.add(APIC(encoding=3, mime="image/jpeg", type=3, desc="Cover", data=jpeg_solid(32, 32, (240, 200, 40))))
-        tags.save(path, v2_version=4)
-        return
+def _strip_tags(path: Path, spec: _Spec) -> None:
+    if spec.fmt != "mp3":  # libsndfile writes an ENCODER comment for Vorbis/FLAC
+        import mutagen
 
+        f = mutagen.File(path)
+        f.delete()
+
+
+def _write_id3(path: Path, spec: _Spec) -> None:
+    from mutagen.id3 import APIC, ID3, TALB, TCON, TDRC, TIT2, TPE1, TPE2, TPOS, TRCK
+
+    tags = ID3()
+    tags.add(TPE1(encoding=3, text=[spec.artist]))
+    tags.add(TPE2(encoding=3, text=[spec.albumartist]))
+    tags.add(TALB(encoding=3, text=[spec.album]))
+    tags.add(TIT2(encoding=3, text=[spec.title]))
+    if spec.tracknumber is not None:
+        trck = f"{spec.tracknumber}/{spec.tracktotal}" if spec.tracktotal else str(spec.tracknumber)
+        tags.add(TRCK(encoding=3, text=[trck]))
+    if spec.discnumber is not None:
+        tpos = f"{spec.discnumber}/{spec.disctotal}" if spec.disctotal else str(spec.discnumber)
+        tags.add(TPOS(encoding=3, text=[tpos]))
+    if spec.date:
+        tags.add(TDRC(encoding=3, text=[spec.date]))
+    if spec.genre:
+        tags.add(TCON(encoding=3, text=[spec.genre]))
+    if spec.small_picture:
+        tags.add(APIC(encoding=3, mime="image/jpeg", type=3, desc="Cover", data=jpeg_solid(32, 32, (240, 200, 40))))
+    tags.save(path, v2_version=4)
+
+
+def _write_vorbis_comments(path: Path, spec: _Spec, picture_rng: np.random.Generator) -> None:
+    """FLAC and Ogg Vorbis tags (and, for a FLAC with ``big_picture``, the large cover)."""
     if spec.fmt == "flac":
         from mutagen.flac import FLAC as Tagged
     else:
@@ -546,16 +580,21 @@ def _write_tags(path: Path, spec: _Spec, picture_rng: np.random.Generator) -> No
     if spec.genre:
         f["GENRE"] = spec.genre
     if spec.big_picture and spec.fmt == "flac":
-        from mutagen.flac import Picture
-
-        pic = Picture()
-        pic.type = 3  # front cover
-        pic.mime = "image/png"
-        pic.desc = "Front cover (large)"
-        pic.width, pic.height, pic.depth = 320, 320, 24
-        pic.data = _png_noise(320, 320, picture_rng)  # ~300 KB
-        f.add_picture(pic)
+        f.add_picture(_big_cover(picture_rng))
     f.save()
+
+
+def _big_cover(rng: np.random.Generator):
+    """A ~300 KB front-cover picture block of PNG noise."""
+    from mutagen.flac import Picture
+
+    pic = Picture()
+    pic.type = 3  # front cover
+    pic.mime = "image/png"
+    pic.desc = "Front cover (large)"
+    pic.width, pic.height, pic.depth = 320, 320, 24
+    pic.data = _png_noise(320, 320, rng)  # ~300 KB
+    return pic
 
 
 def _write_audio(root: Path, spec: _Spec, index: int, seed: int) -> tuple[int, bytes]:
@@ -655,6 +694,20 @@ def make_library(
     folders = {s.path.rsplit("/", 1)[0] for s in specs if "/" in s.path}
     covers = [c for c in COVER_FILES if c.rsplit("/", 1)[0] in folders]
     total = len(specs) + len(covers) + (len(JUNK_FILES) if hostile else 0) + (1 if big_file_mb else 0)
+    tick = _counter(total, progress)
+
+    result, flac_head = _write_tracks(root, specs, seed, tick)
+    _write_covers(root, covers, tick)
+    if hostile:
+        _write_junk(root, seed, flac_head, tick)
+    if big_file_mb:
+        result.append(_write_big_track(root, big_file_mb, seed))
+        tick()
+    return result
+
+
+def _counter(total: int, progress: Callable[[int, int], None] | None) -> Callable[[], None]:
+    """A tick() that counts files written and reports ``progress(done, total)``."""
     done = 0
 
     def tick() -> None:
@@ -663,6 +716,13 @@ def make_library(
         if progress is not None:
             progress(done, total)
 
+    return tick
+
+
+def _write_tracks(
+    root: Path, specs: list[_Spec], seed: int, tick: Callable[[], None]
+) -> tuple[list[GeneratedTrack], bytes]:
+    """Write every planned track; return their descriptions and the untagged head of the first FLAC."""
     result: list[GeneratedTrack] = []
     flac_head = b""
     for index, spec in enumerate(specs):
@@ -683,42 +743,43 @@ def make_library(
             )
         )
         tick()
+    return result, flac_head
 
+
+def _write_covers(root: Path, covers: list[str], tick: Callable[[], None]) -> None:
     for cover in covers:
         data = jpeg_solid(16, 16, (200, 60, 40)) if cover.endswith(".jpg") else png_solid(16, 16, (40, 120, 200))
         (root / cover).write_bytes(data)
         tick()
 
-    if hostile:
-        rng = np.random.default_rng([seed, 0xBAD])
-        misc = root / "misc"
-        misc.mkdir(parents=True, exist_ok=True)
-        junk = rng.integers(0, 255, size=8192, dtype=np.uint8)  # never 0xFF: no MPEG sync word
-        (root / JUNK_FILES[0]).write_bytes(b"This is not an MP3 file.\n" + junk.tobytes())
-        tick()
-        if not flac_head:  # no FLAC in a tiny library: make one just for its head
-            buf = io.BytesIO()
-            sf.write(buf, _tone(0, 2, rng), SAMPLE_RATE, format="FLAC", subtype="PCM_16")
-            flac_head = buf.getvalue()[:100]
-        (root / JUNK_FILES[1]).write_bytes(flac_head)
-        tick()
 
-    if big_file_mb:
-        big = root / BIG_FILE_PATH
-        _write_big_flac(big, big_file_mb * 1024 * 1024, seed)
-        result.append(
-            GeneratedTrack(
-                path=BIG_FILE_PATH,
-                format="flac",
-                artist="Big Artist",
-                albumartist="Big Artist",
-                album="Big Album",
-                title="Long Track",
-                tracknumber=1,
-                discnumber=None,
-                size=big.stat().st_size,
-            )
-        )
-        tick()
+def _write_junk(root: Path, seed: int, flac_head: bytes, tick: Callable[[], None]) -> None:
+    """The ``JUNK_FILES``: text posing as an MP3, and a FLAC cut off after its first 100 bytes."""
+    rng = np.random.default_rng([seed, 0xBAD])
+    misc = root / "misc"
+    misc.mkdir(parents=True, exist_ok=True)
+    junk = rng.integers(0, 255, size=8192, dtype=np.uint8)  # never 0xFF: no MPEG sync word
+    (root / JUNK_FILES[0]).write_bytes(b"This is not an MP3 file.\n" + junk.tobytes())
+    tick()
+    if not flac_head:  # no FLAC in a tiny library: make one just for its head
+        buf = io.BytesIO()
+        sf.write(buf, _tone(0, 2, rng), SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+        flac_head = buf.getvalue()[:100]
+    (root / JUNK_FILES[1]).write_bytes(flac_head)
+    tick()
 
-    return result
+
+def _write_big_track(root: Path, big_file_mb: int, seed: int) -> GeneratedTrack:
+    big = root / BIG_FILE_PATH
+    _write_big_flac(big, big_file_mb * 1024 * 1024, seed)
+    return GeneratedTrack(
+        path=BIG_FILE_PATH,
+        format="flac",
+        artist="Big Artist",
+        albumartist="Big Artist",
+        album="Big Album",
+        title="Long Track",
+        tracknumber=1,
+        discnumber=None,
+        size=big.stat().st_size,
+    )

@@ -177,30 +177,53 @@ class Fsck:
     def _check_cache(self, report: Report) -> dict[str, int]:
         """Verify every chunk file; returns hash -> size of the good ones."""
         root = self.cache_dir
-        good: dict[str, int] = {}
         if not os.path.isdir(root):
             report.notes["cache"] = "none yet"
-            return good
-        rows: dict[str, int] = {}
+            return {}
         index = os.path.join(root, INDEX_NAME)
-        chunks_dir = os.path.join(root, "chunks")
-        if os.path.exists(index):
+        rows = self._read_cache_index(report, index) if os.path.exists(index) else {}
+        good = self._verify_chunk_files(report, os.path.join(root, "chunks"))
+        if not os.path.exists(index) and good:
+            report.cache_index_damaged = True
+            report.add("cache", "cache-index-missing", f"{index} is missing ({len(good)} chunk files on disk)")
+        for digest in report.corrupt_chunks:
+            report.add("cache", "chunk-corrupt", f"chunk {digest[:16]}… fails verification (its bytes do not "
+                                                 f"match its name)")
+        for path in report.strays:
+            report.add("cache", "chunk-stray", f"{path} is not a chunk file (bad name or folder)")
+        if not report.cache_index_damaged:
+            _compare_index_with_files(report, rows, good)
+        tmp = os.path.join(root, "tmp")
+        leftovers = os.listdir(tmp) if os.path.isdir(tmp) else []
+        if leftovers:
+            report.add("cache", "temp-leftover", f"{len(leftovers)} half-written temp files in {tmp}")
+        report.notes["cache"] = _cache_note(root, good)
+        return good
+
+    def _read_cache_index(self, report: Report, index: str) -> dict[str, int]:
+        """hash -> size as the cache index records it; {} (and a problem) when the index is damaged."""
+        rows: dict[str, int] = {}
+        try:
+            db = sqlite3.connect(ro_uri(index), uri=True)
             try:
-                db = sqlite3.connect(ro_uri(index), uri=True)
-                try:
-                    problems = [r[0] for r in db.execute("PRAGMA integrity_check") if r[0] != "ok"]
-                    if not problems:
-                        rows = dict(db.execute("SELECT hash, size FROM chunks"))
-                finally:
-                    db.close()
-            except sqlite3.DatabaseError as exc:
-                if not sqlite_corruption(exc) and "no such table" not in str(exc):
-                    raise FsckError(f"cannot check the cache index {index}: {exc}") from exc
-                problems = [str(exc)]
-            if problems:
-                report.cache_index_damaged = True
-                report.add("cache", "cache-index-damaged", f"{index} is damaged: " + "; ".join(problems[:3]))
-        total = 0
+                problems = [r[0] for r in db.execute("PRAGMA integrity_check") if r[0] != "ok"]
+                if not problems:
+                    rows = dict(db.execute("SELECT hash, size FROM chunks"))
+            finally:
+                db.close()
+        except sqlite3.DatabaseError as exc:
+            if not sqlite_corruption(exc) and "no such table" not in str(exc):
+                raise FsckError(f"cannot check the cache index {index}: {exc}") from exc
+            problems = [str(exc)]
+        if problems:
+            report.cache_index_damaged = True
+            report.add("cache", "cache-index-damaged", f"{index} is damaged: " + "; ".join(problems[:3]))
+        return rows
+
+    def _verify_chunk_files(self, report: Report, chunks_dir: str) -> dict[str, int]:
+        """Hash every chunk file against its name: hash -> size of the good ones; the rest go to the
+        report's corrupt_chunks and strays."""
+        good: dict[str, int] = {}
         for sub in sorted(os.listdir(chunks_dir)) if os.path.isdir(chunks_dir) else []:
             folder = os.path.join(chunks_dir, sub)
             if not os.path.isdir(folder):
@@ -217,37 +240,6 @@ class Fsck:
                     report.corrupt_chunks.append(name)
                     continue
                 good[name] = len(data)
-                total += len(data)
-        if not os.path.exists(index) and good:
-            report.cache_index_damaged = True
-            report.add("cache", "cache-index-missing", f"{index} is missing ({len(good)} chunk files on disk)")
-        for digest in report.corrupt_chunks:
-            report.add("cache", "chunk-corrupt", f"chunk {digest[:16]}… fails verification (its bytes do not "
-                                                 f"match its name)")
-        for path in report.strays:
-            report.add("cache", "chunk-stray", f"{path} is not a chunk file (bad name or folder)")
-        if not report.cache_index_damaged:
-            on_disk = set(good) | set(report.corrupt_chunks)
-            unindexed = sorted(set(good) - rows.keys())
-            dangling = sorted(rows.keys() - on_disk)
-            wrong = sorted(d for d in good.keys() & rows.keys() if rows[d] != good[d])
-            if unindexed:
-                report.add("cache", "chunk-unindexed", f"{len(unindexed)} good chunk files are not in the index")
-            if dangling:
-                report.add("cache", "index-dangling", f"{len(dangling)} index rows have no chunk file")
-            if wrong:
-                report.add("cache", "index-wrong-size", f"{len(wrong)} index rows record the wrong size")
-        tmp = os.path.join(root, "tmp")
-        leftovers = os.listdir(tmp) if os.path.isdir(tmp) else []
-        if leftovers:
-            report.add("cache", "temp-leftover", f"{len(leftovers)} half-written temp files in {tmp}")
-        quarantine = os.path.join(root, "quarantine")
-        kept = os.listdir(quarantine) if os.path.isdir(quarantine) else []
-        note = f"{len(good)} chunks ({_human(total)}), every one verified against its hash"
-        if kept:
-            size = sum(os.path.getsize(os.path.join(quarantine, k)) for k in kept)
-            note += f"; quarantine keeps {len(kept)} damaged files ({_human(size)}) for inspection"
-        report.notes["cache"] = note
         return good
 
     def _check_manifests(self, report: Report, catalog: Catalog, chunk_sizes: dict[str, int]) -> None:
@@ -381,6 +373,31 @@ class Fsck:
                           (lambda keys: catalog.add_inodes(keys, FIRST_INO)) if catalog else _scratch_inodes(None))
         n = index.rebuild(index_docs(tree))
         return [f"index: {what} ({n} documents)"]
+
+
+def _compare_index_with_files(report: Report, rows: dict[str, int], good: dict[str, int]) -> None:
+    """A sound cache index against the chunk files: rows missing, rows without a file, wrong sizes."""
+    on_disk = set(good) | set(report.corrupt_chunks)
+    unindexed = sorted(set(good) - rows.keys())
+    dangling = sorted(rows.keys() - on_disk)
+    wrong = sorted(d for d in good.keys() & rows.keys() if rows[d] != good[d])
+    if unindexed:
+        report.add("cache", "chunk-unindexed", f"{len(unindexed)} good chunk files are not in the index")
+    if dangling:
+        report.add("cache", "index-dangling", f"{len(dangling)} index rows have no chunk file")
+    if wrong:
+        report.add("cache", "index-wrong-size", f"{len(wrong)} index rows record the wrong size")
+
+
+def _cache_note(root: str, good: dict[str, int]) -> str:
+    """The cache line of the report: what was verified, and what quarantine keeps."""
+    quarantine = os.path.join(root, "quarantine")
+    kept = os.listdir(quarantine) if os.path.isdir(quarantine) else []
+    note = f"{len(good)} chunks ({_human(sum(good.values()))}), every one verified against its hash"
+    if kept:
+        size = sum(os.path.getsize(os.path.join(quarantine, k)) for k in kept)
+        note += f"; quarantine keeps {len(kept)} damaged files ({_human(size)}) for inspection"
+    return note
 
 
 def _scratch_inodes(catalog: Catalog | None):

@@ -70,49 +70,72 @@ def query_daemon(state_dir: str, timeout: float = 2.0) -> dict | None:
     within `timeout` seconds in total, StatusError for anything else that is wrong (permission, garbage).
     """
     path = os.path.join(state_dir, SOCKET_NAME)
+    if not _socket_exists(path):
+        return None
+    deadline = time.monotonic() + timeout
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
+        sock.settimeout(timeout)
+        if not _connect_to_daemon(sock, path, timeout):
+            return None
+        answer = _read_answer(sock, path, deadline, timeout)
+    return _parse_answer(answer, path)
+
+
+def _socket_exists(path: str) -> bool:
+    """False when there is no socket file; StatusError when something else is there or cannot be seen."""
     try:
         if not stat.S_ISSOCK(os.stat(path).st_mode):
             raise StatusError(f"{path} is not a socket")
     except FileNotFoundError:
-        return None
+        return False
     except OSError as exc:
         raise StatusError(f"cannot look at {path}: {exc.strerror}") from exc
-    deadline = time.monotonic() + timeout
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
-        sock.settimeout(timeout)
-        try:
-            _connect(sock, path)
-        except (ConnectionRefusedError, FileNotFoundError):
-            return None  # a socket file left by a daemon that died, or it just went away
-        except PermissionError as exc:
-            raise StatusError(f"cannot connect to {path}: permission denied (run as the daemon's user)") from exc
-        except (TimeoutError, BlockingIOError) as exc:  # backlog full: the daemon is not accepting
-            raise DaemonUnresponsive(f"the daemon at {path} did not accept within {timeout:g}s") from exc
-        except OSError as exc:
-            raise StatusError(f"cannot connect to {path}: {exc.strerror or exc}") from exc
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise DaemonUnresponsive(f"the daemon at {path} did not answer within {timeout:g}s")
-            sock.settimeout(remaining)
-            try:
-                data = sock.recv(65536)
-            except TimeoutError as exc:
-                raise DaemonUnresponsive(f"the daemon at {path} did not answer within {timeout:g}s") from exc
-            except OSError as exc:
-                raise StatusError(f"reading from {path}: {exc.strerror or exc}") from exc
-            if not data:
-                break
-            chunks.append(data)
-            size += len(data)
-            if size > MAX_ANSWER:
-                raise StatusError(f"the answer from {path} is larger than {MAX_ANSWER} bytes")
+    return True
+
+
+def _connect_to_daemon(sock: socket.socket, path: str, timeout: float) -> bool:
+    """Connect to the daemon's socket; False when no daemon listens on it."""
     try:
-        doc = json.loads(b"".join(chunks))
+        _connect(sock, path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False  # a socket file left by a daemon that died, or it just went away
+    except PermissionError as exc:
+        raise StatusError(f"cannot connect to {path}: permission denied (run as the daemon's user)") from exc
+    except (TimeoutError, BlockingIOError) as exc:  # backlog full: the daemon is not accepting
+        raise DaemonUnresponsive(f"the daemon at {path} did not accept within {timeout:g}s") from exc
+    except OSError as exc:
+        raise StatusError(f"cannot connect to {path}: {exc.strerror or exc}") from exc
+    return True
+
+
+def _read_answer(sock: socket.socket, path: str, deadline: float, timeout: float) -> bytes:
+    """Everything the daemon sends until EOF, within the one deadline and at most MAX_ANSWER bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise DaemonUnresponsive(f"the daemon at {path} did not answer within {timeout:g}s")
+        sock.settimeout(remaining)
+        try:
+            data = sock.recv(65536)
+        except TimeoutError as exc:
+            raise DaemonUnresponsive(f"the daemon at {path} did not answer within {timeout:g}s") from exc
+        except OSError as exc:
+            raise StatusError(f"reading from {path}: {exc.strerror or exc}") from exc
+        if not data:
+            return b"".join(chunks)
+        chunks.append(data)
+        size += len(data)
+        if size > MAX_ANSWER:
+            raise StatusError(f"the answer from {path} is larger than {MAX_ANSWER} bytes")
+
+
+def _parse_answer(answer: bytes, path: str) -> dict:
+    try:
+        doc = json.loads(answer)
     except ValueError as exc:
-        raise StatusError(f"the daemon at {path} sent something that is not JSON ({size} bytes)") from exc
+        raise StatusError(f"the daemon at {path} sent something that is not JSON ({len(answer)} bytes)") from exc
     if not isinstance(doc, dict):
         raise StatusError(f"the daemon at {path} sent JSON that is not an object")
     return doc
@@ -166,7 +189,20 @@ def status_from_files(state_dir: str) -> dict:
         "mounted": False, "problems": [],
     }
     problems: list[str] = doc["problems"]
-    info: dict = {}
+    info = _read_daemon_info(state_dir, problems)
+    doc["mountpoint"] = info.get("mountpoint")
+    doc["sources"] = list(info.get("sources") or [])
+    doc["started_at"] = info.get("started_at")
+    doc["cache"]["dir"] = info.get("cache_dir")
+    doc["cache"]["quota_bytes"] = info.get("cache_size")
+    _add_catalog_facts(doc, os.path.join(state_dir, "catalog.db"))
+    _add_cache_usage(doc)
+    _add_process_state(doc, info.get("pid"))
+    return doc
+
+
+def _read_daemon_info(state_dir: str, problems: list[str]) -> dict:
+    """daemon.json (where the last daemon kept its pieces), or {} when it is missing or unreadable."""
     info_path = os.path.join(state_dir, STATE_FILE)
     try:
         with open(info_path, encoding="utf-8") as fh:
@@ -174,17 +210,15 @@ def status_from_files(state_dir: str) -> dict:
         if not isinstance(info, dict):
             raise ValueError("not a JSON object")
     except FileNotFoundError:
-        info = {}  # scanned but never mounted
+        return {}  # scanned but never mounted
     except (OSError, ValueError) as exc:
         problems.append(f"{info_path}: {exc}")
-        info = {}
-    doc["mountpoint"] = info.get("mountpoint")
-    doc["sources"] = list(info.get("sources") or [])
-    doc["started_at"] = info.get("started_at")
-    doc["cache"]["dir"] = info.get("cache_dir")
-    doc["cache"]["quota_bytes"] = info.get("cache_size")
+        return {}
+    return info
 
-    catalog = os.path.join(state_dir, "catalog.db")
+
+def _add_catalog_facts(doc: dict, catalog: str) -> None:
+    """Track count and last completed scan, from the catalog."""
     try:
         with closing(_ro_connect(catalog)) as db:
             doc["tracks"] = db.execute("SELECT count(*) FROM files WHERE kind = 'track'").fetchone()[0]
@@ -192,31 +226,36 @@ def status_from_files(state_dir: str) -> dict:
             if row and row[0]:
                 doc["last_scan"] = float(row[0])
     except FileNotFoundError:
-        problems.append(f"no catalog at {catalog}: never scanned")
+        doc["problems"].append(f"no catalog at {catalog}: never scanned")
     except (sqlite3.Error, ValueError) as exc:
-        problems.append(f"catalog {catalog}: {exc}")
+        doc["problems"].append(f"catalog {catalog}: {exc}")
 
+
+def _add_cache_usage(doc: dict) -> None:
+    """Bytes and chunks held, from the cache index (when daemon.json said where the cache is)."""
     cache_dir = doc["cache"]["dir"]
-    if isinstance(cache_dir, str) and cache_dir:
-        index = os.path.join(cache_dir, "index.db")
-        try:
-            with closing(_ro_connect(index)) as db:
-                used, chunks = db.execute("SELECT coalesce(sum(size), 0), count(*) FROM chunks").fetchone()
-            doc["cache"]["used_bytes"], doc["cache"]["chunks"] = int(used), int(chunks)
-        except FileNotFoundError:
-            doc["cache"]["used_bytes"], doc["cache"]["chunks"] = 0, 0  # nothing cached yet
-        except sqlite3.Error as exc:
-            problems.append(f"cache index {index}: {exc}")
+    if not (isinstance(cache_dir, str) and cache_dir):
+        return
+    index = os.path.join(cache_dir, "index.db")
+    try:
+        with closing(_ro_connect(index)) as db:
+            used, chunks = db.execute("SELECT coalesce(sum(size), 0), count(*) FROM chunks").fetchone()
+        doc["cache"]["used_bytes"], doc["cache"]["chunks"] = int(used), int(chunks)
+    except FileNotFoundError:
+        doc["cache"]["used_bytes"], doc["cache"]["chunks"] = 0, 0  # nothing cached yet
+    except sqlite3.Error as exc:
+        doc["problems"].append(f"cache index {index}: {exc}")
 
-    pid = info.get("pid")
+
+def _add_process_state(doc: dict, pid) -> None:
+    """'starting' when the recorded daemon process lives; a stale mount is a problem."""
     alive = _pid_alive(pid)
     doc["mounted"] = _mounted(doc["mountpoint"])
     if alive:
         doc["state"], doc["pid"] = "starting", pid  # the process exists but its socket does not answer yet
     elif doc["mounted"]:
-        problems.append(f"{doc['mountpoint']} is still mounted but no daemon runs (stale mount): "
-                        f"fusermount3 -uz {doc['mountpoint']}")
-    return doc
+        doc["problems"].append(f"{doc['mountpoint']} is still mounted but no daemon runs (stale mount): "
+                               f"fusermount3 -uz {doc['mountpoint']}")
 
 
 # -- choosing the library -------------------------------------------------------------------------------
@@ -283,16 +322,25 @@ def _columns(rows: list[list[str]], indent: str = "  ") -> list[str]:
 
 def render_table(status: dict) -> str:
     """Aligned `key  value` lines, then the origins, tasks and counters sections when present."""
-    state = str(status.get("state", "unknown"))
-    extra = []
-    if status.get("pid"):
-        extra.append(f"pid {status['pid']}")
-    if status.get("uptime_s") is not None:
-        extra.append(f"up {_duration(status.get('uptime_s'))}")
-    head = state + (f" ({', '.join(extra)})" if extra else "")
-    if status.get("offline"):
-        head += "; OFFLINE: every origin is down, cached files only"
-    rows: list[tuple[str, str]] = [("state", head)]
+    rows = _summary_rows(status)
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{k.ljust(width)}  {v}" for k, v in rows]
+    lines += _origin_lines(status)
+    lines += _task_lines(status)
+    counters = status.get("counters")
+    if isinstance(counters, dict) and counters:
+        lines.append("counters:")
+        lines += _columns([[str(k), str(v)] for k, v in counters.items()])
+    problems = status.get("problems") or []
+    if problems:
+        lines.append("problems:")
+        lines += [f"  {p}" for p in problems]
+    return "\n".join(lines) + "\n"
+
+
+def _summary_rows(status: dict) -> list[tuple[str, str]]:
+    """The `key  value` rows, starting with the state line."""
+    rows: list[tuple[str, str]] = [("state", _state_line(status))]
     if status.get("version"):
         rows.append(("version", str(status["version"])))
     if status.get("mountpoint"):
@@ -307,39 +355,51 @@ def render_table(status: dict) -> str:
         rows.append(("last scan", _when(status.get("last_scan"))))
     cache = status.get("cache")
     if isinstance(cache, dict):
-        used, quota, chunks = cache.get("used_bytes"), cache.get("quota_bytes"), cache.get("chunks")
-        text = f"{_human(used)} of {_human(quota)}" if quota is not None else _human(used)
-        text += f" ({'?' if used is None else used} bytes, {'?' if chunks is None else chunks} chunks)"
-        if cache.get("state"):
-            text += f", {cache['state']}"
-        rows.append(("cache", text))
+        rows.append(("cache", _cache_text(cache)))
     if "degraded" in status:
         rows.append(("degraded", ", ".join(map(str, status.get("degraded") or [])) or "no"))
-    width = max(len(k) for k, _ in rows)
-    lines = [f"{k.ljust(width)}  {v}" for k, v in rows]
+    return rows
 
+
+def _state_line(status: dict) -> str:
+    state = str(status.get("state", "unknown"))
+    extra = []
+    if status.get("pid"):
+        extra.append(f"pid {status['pid']}")
+    if status.get("uptime_s") is not None:
+        extra.append(f"up {_duration(status.get('uptime_s'))}")
+    head = state + (f" ({', '.join(extra)})" if extra else "")
+    if status.get("offline"):
+        head += "; OFFLINE: every origin is down, cached files only"
+    return head
+
+
+def _cache_text(cache: dict) -> str:
+    used, quota, chunks = cache.get("used_bytes"), cache.get("quota_bytes"), cache.get("chunks")
+    text = f"{_human(used)} of {_human(quota)}" if quota is not None else _human(used)
+    text += f" ({'?' if used is None else used} bytes, {'?' if chunks is None else chunks} chunks)"
+    if cache.get("state"):
+        text += f", {cache['state']}"
+    return text
+
+
+def _origin_lines(status: dict) -> list[str]:
     origins = [o for o in status.get("origins") or [] if isinstance(o, dict)] \
         if isinstance(status.get("origins"), list) else []
-    if origins:
-        lines.append("origins:")
-        lines += _columns([[str(o.get("name", "?")), str(o.get("state", "?")), str(o.get("last_error") or "")]
-                           for o in origins])
+    if not origins:
+        return []
+    return ["origins:"] + _columns([[str(o.get("name", "?")), str(o.get("state", "?")), str(o.get("last_error") or "")]
+                                    for o in origins])
+
+
+def _task_lines(status: dict) -> list[str]:
     tasks = status.get("tasks") if isinstance(status.get("tasks"), dict) else {}
     task_rows = [[str(name), str(t.get("state", "?")), f"failures {t.get('failures', 0)}",
                   f"restarts {t.get('restarts', 0)}", str(t.get("last_error") or "")]
                  for name, t in sorted(tasks.items()) if isinstance(t, dict)]
-    if task_rows:
-        lines.append("tasks:")
-        lines += _columns(task_rows)
-    counters = status.get("counters")
-    if isinstance(counters, dict) and counters:
-        lines.append("counters:")
-        lines += _columns([[str(k), str(v)] for k, v in counters.items()])
-    problems = status.get("problems") or []
-    if problems:
-        lines.append("problems:")
-        lines += [f"  {p}" for p in problems]
-    return "\n".join(lines) + "\n"
+    if not task_rows:
+        return []
+    return ["tasks:"] + _columns(task_rows)
 
 
 # -- the command ----------------------------------------------------------------------------------------

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import calendar
 import datetime as _dt
+import functools
 import re
 import threading
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit
 
 from ..errors import (
@@ -115,64 +116,86 @@ def classify_s3_error(exc: BaseException, origin: str, key: str = "", *, bucket_
     the bucket itself (head_bucket), where a bare 404 means the bucket is missing.
     """
     import botocore.exceptions as bce
-    import urllib3.exceptions as u3e
 
-    where = f"{origin}: {key}" if key else origin
     if isinstance(exc, OriginError):
         return exc
-
-    def make(cls: type[OriginError], detail: str) -> OriginError:
-        return cls(f"{where}: {detail}", origin=origin, path=key)
-
     if isinstance(exc, bce.ClientError):
-        code, status = _client_error_code(exc)
-        message = ((getattr(exc, "response", None) or {}).get("Error") or {}).get("Message") or ""
-        detail = f"{code or status}" + (f" ({message})" if message else "")
-        if code == "NoSuchBucket" or (bucket_level and (status == 404 or code in _NOT_FOUND_CODES)):
-            return make(OriginFatal, f"bucket does not exist: {detail}")
-        if code in _FATAL_CODES:
-            return make(OriginFatal, detail)
-        if code in _CHANGED_CODES or status == 412:
-            return make(OriginFileChanged, f"changed at the origin: {detail}")
-        if code in _NOT_FOUND_CODES or status == 404:
-            return make(OriginNotFound, f"not found: {detail}")
-        if code in _PERMISSION_CODES or status in (401, 403):
-            return make(OriginPermission, f"permission denied: {detail}")
-        if code in _TIMEOUT_CODES or status in (408, 504):
-            return make(OriginTimeout, f"timed out: {detail}")
-        if code in _THROTTLE_CODES or status == 429 or status >= 500:
-            return make(OriginTransient, f"server busy or failing: {detail}")
-        return make(OriginFatal, detail)
+        cls, detail = _classify_client_error(exc, bucket_level)
+    else:
+        cls, detail = _classify_transport_error(exc)
+    where = f"{origin}: {key}" if key else origin
+    return cls(f"{where}: {detail}", origin=origin, path=key)
 
-    # Timeouts first: several of these also derive from the connection errors.
-    if isinstance(exc, (bce.ConnectTimeoutError, bce.ReadTimeoutError, u3e.TimeoutError, TimeoutError)):
-        return make(OriginTimeout, f"timed out: {exc}")
-    if isinstance(exc, bce.IncompleteReadError):
-        return make(ShortRead, f"short read: {exc}")
-    if isinstance(exc, (bce.ResponseStreamingError, u3e.ProtocolError)) and _is_incomplete_read(exc):
-        return make(ShortRead, f"response body cut short: {exc}")
-    if isinstance(exc, bce.SSLError) and "CERTIFICATE_VERIFY_FAILED" in str(exc):
-        return make(OriginFatal, f"TLS certificate rejected: {exc}")
-    if isinstance(
-        exc,
-        (
-            bce.EndpointConnectionError,
-            bce.ConnectionClosedError,
-            bce.ConnectionError,  # botocore's: proxy, SSL, ...
-            bce.HTTPClientError,  # ResponseStreamingError and friends
-            u3e.ProtocolError,
-            u3e.HTTPError,
-            ConnectionError,  # the builtin: resets, refused, broken pipe
-        ),
-    ):
-        return make(OriginTransient, f"connection problem: {exc}")
-    if isinstance(exc, (bce.NoCredentialsError, bce.PartialCredentialsError, bce.CredentialRetrievalError)):
-        return make(OriginFatal, f"no usable AWS credentials: {exc}")
-    if isinstance(exc, bce.ProfileNotFound):
-        return make(OriginFatal, f"AWS profile not found: {exc}")
-    if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
-        return make(OriginTransient, f"connection problem: {exc}")
-    return make(OriginFatal, f"{type(exc).__name__}: {exc}")
+
+_Verdict = tuple[type[OriginError], str]  # error class, message detail
+
+# ClientError: (error codes, HTTP status test, error class, message prefix).
+# First match wins, so the order is the precedence: e.g. a 504 is a timeout, not "server busy".
+_CLIENT_ERROR_RULES: tuple[tuple[set[str], Callable[[int], bool], type[OriginError], str], ...] = (
+    (_FATAL_CODES, lambda status: False, OriginFatal, ""),
+    (_CHANGED_CODES, lambda status: status == 412, OriginFileChanged, "changed at the origin: "),
+    (_NOT_FOUND_CODES, lambda status: status == 404, OriginNotFound, "not found: "),
+    (_PERMISSION_CODES, lambda status: status in (401, 403), OriginPermission, "permission denied: "),
+    (_TIMEOUT_CODES, lambda status: status in (408, 504), OriginTimeout, "timed out: "),
+    (_THROTTLE_CODES, lambda status: status == 429 or status >= 500, OriginTransient, "server busy or failing: "),
+)
+
+
+def _classify_client_error(exc: Any, bucket_level: bool) -> _Verdict:
+    """An error response from the service: decided by its error code and HTTP status."""
+    code, status = _client_error_code(exc)
+    message = ((getattr(exc, "response", None) or {}).get("Error") or {}).get("Message") or ""
+    detail = f"{code or status}" + (f" ({message})" if message else "")
+    if code == "NoSuchBucket" or (bucket_level and (status == 404 or code in _NOT_FOUND_CODES)):
+        return OriginFatal, f"bucket does not exist: {detail}"
+    for codes, status_matches, cls, prefix in _CLIENT_ERROR_RULES:
+        if code in codes or status_matches(status):
+            return cls, prefix + detail
+    return OriginFatal, detail
+
+
+_TransportRule = tuple[tuple[type, ...], Callable[[Any], bool] | None, type[OriginError], str]
+
+
+@functools.lru_cache(maxsize=None)
+def _transport_error_rules() -> tuple[_TransportRule, ...]:
+    """(exception types, extra test or None, error class, message prefix); first match wins.
+
+    Built on first use, because botocore is only imported when S3 is used.
+    """
+    import botocore.exceptions as bce
+    import urllib3.exceptions as u3e
+
+    timeouts = (bce.ConnectTimeoutError, bce.ReadTimeoutError, u3e.TimeoutError, TimeoutError)
+    connection_problems = (
+        bce.EndpointConnectionError,
+        bce.ConnectionClosedError,
+        bce.ConnectionError,  # botocore's: proxy, SSL, ...
+        bce.HTTPClientError,  # ResponseStreamingError and friends
+        u3e.ProtocolError,
+        u3e.HTTPError,
+        ConnectionError,  # the builtin: resets, refused, broken pipe
+    )
+    no_credentials = (bce.NoCredentialsError, bce.PartialCredentialsError, bce.CredentialRetrievalError)
+    return (
+        # Timeouts first: several of these also derive from the connection errors.
+        (timeouts, None, OriginTimeout, "timed out"),
+        ((bce.IncompleteReadError,), None, ShortRead, "short read"),
+        ((bce.ResponseStreamingError, u3e.ProtocolError), _is_incomplete_read, ShortRead, "response body cut short"),
+        ((bce.SSLError,), lambda e: "CERTIFICATE_VERIFY_FAILED" in str(e), OriginFatal, "TLS certificate rejected"),
+        (connection_problems, None, OriginTransient, "connection problem"),
+        (no_credentials, None, OriginFatal, "no usable AWS credentials"),
+        ((bce.ProfileNotFound,), None, OriginFatal, "AWS profile not found"),
+        ((OSError,), lambda e: not isinstance(e, FileNotFoundError), OriginTransient, "connection problem"),
+    )
+
+
+def _classify_transport_error(exc: BaseException) -> _Verdict:
+    """No error response: the connection, the body stream, TLS or the local setup failed."""
+    for types, extra_test, cls, prefix in _transport_error_rules():
+        if isinstance(exc, types) and (extra_test is None or extra_test(exc)):
+            return cls, f"{prefix}: {exc}"
+    return OriginFatal, f"{type(exc).__name__}: {exc}"
 
 
 def _mtime_ns(value: Any) -> int:
@@ -209,6 +232,37 @@ def _float_option(options: dict, key: str, default: float) -> float:
     if result <= 0:
         raise OriginFatal(f"option {key}={value!r} must be positive")
     return result
+
+
+def _is_invalid_range(exc: BaseException) -> bool:
+    """Is this get_object's answer to a Range that starts at or past the end of the object?"""
+    import botocore.exceptions as bce
+
+    if not isinstance(exc, bce.ClientError):
+        return False
+    code, status = _client_error_code(exc)
+    return code == "InvalidRange" or status == 416
+
+
+def _response_stat(path: str, response: dict, total: int | None) -> FileStat:
+    """The object's identity as a GET reports it (size -1: unknown)."""
+    return FileStat(
+        path=path,
+        size=total if total is not None else -1,
+        mtime_ns=_mtime_ns(response.get("LastModified")),
+        etag=_etag(response.get("ETag")),
+    )
+
+
+def _requested_bytes(body: Any, response: dict, offset: int, length: int, total: int | None) -> tuple[bytes, int]:
+    """Read the body: the requested bytes, and how many there should be."""
+    if response.get("ContentRange"):
+        want = length if total is None else max(0, min(length, total - offset))
+        return body.read(), want
+    # The server ignored Range and sent the whole object (200).
+    whole = body.read()
+    want = max(0, min(length, len(whole) - offset))
+    return whole[offset:offset + length], want
 
 
 class S3Origin(Origin):
@@ -383,6 +437,20 @@ class S3Origin(Origin):
         if length == 0:
             return b""
         client = self._get_client()
+        try:
+            response = client.get_object(**self._get_object_args(key, offset, length, expect))
+        except OriginError:
+            raise
+        except Exception as exc:
+            if _is_invalid_range(exc):
+                # At or past EOF. Still make sure the file is the one expected.
+                if expect is not None:
+                    self._check_identity(path, self.stat(path), expect)
+                return b""
+            raise classify_s3_error(exc, self.name, key) from exc
+        return self._read_body(response, path, key, offset, length, expect)
+
+    def _get_object_args(self, key: str, offset: int, length: int, expect: FileStat | None) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             "Bucket": self.bucket,
             "Key": key,
@@ -390,43 +458,18 @@ class S3Origin(Origin):
         }
         if expect is not None and expect.etag:
             kwargs["IfMatch"] = f'"{expect.etag}"'
-        try:
-            response = client.get_object(**kwargs)
-        except OriginError:
-            raise
-        except Exception as exc:
-            import botocore.exceptions as bce
+        return kwargs
 
-            if isinstance(exc, bce.ClientError):
-                code, status = _client_error_code(exc)
-                if code == "InvalidRange" or status == 416:
-                    # At or past EOF. Still make sure the file is the one expected.
-                    if expect is not None:
-                        self._check_identity(path, self.stat(path), expect)
-                    return b""
-            raise classify_s3_error(exc, self.name, key) from exc
-
+    def _read_body(
+        self, response: dict, path: str, key: str, offset: int, length: int, expect: FileStat | None
+    ) -> bytes:
+        """Check the object's identity, then read and length-check the body; always closes it."""
         body = response["Body"]
         try:
             total = self._total_size(response, offset)
             if expect is not None:
-                now = FileStat(
-                    path=path,
-                    size=total if total is not None else -1,
-                    mtime_ns=_mtime_ns(response.get("LastModified")),
-                    etag=_etag(response.get("ETag")),
-                )
-                self._check_identity(path, now, expect)
-            content_range = response.get("ContentRange")
-            if content_range:
-                want = length if total is None else max(0, min(length, total - offset))
-                data = body.read()
-            else:
-                # The server ignored Range and sent the whole object (200).
-                whole = body.read()
-                total = len(whole)
-                want = max(0, min(length, total - offset))
-                data = whole[offset:offset + length]
+                self._check_identity(path, _response_stat(path, response, total), expect)
+            data, want = _requested_bytes(body, response, offset, length, total)
             if len(data) != want:
                 raise ShortRead(
                     f"{self.name}: {key}: got {len(data)} bytes at offset {offset}, expected {want}",

@@ -131,59 +131,79 @@ def classify_sftp_error(exc: BaseException, origin: str, path: str = "") -> Orig
     """Map a paramiko / socket / SFTP-status exception into the origin error tree."""
     if isinstance(exc, OriginError):
         return exc
+    cls, detail = _classify(exc)
     where = f"{origin}: {path}" if path else origin
+    return cls(f"{where}: {detail}", origin=origin, path=path)
 
-    def make(cls: type[OriginError], detail: str) -> OriginError:
-        return cls(f"{where}: {detail}", origin=origin, path=path)
 
+_Verdict = tuple[type[OriginError], str]  # error class, message detail
+
+
+def _prefixed(cls: type[OriginError], prefix: str) -> Callable[[Any], _Verdict]:
+    return lambda exc: (cls, f"{prefix}: {exc}")
+
+
+def _bad_host_key(exc: BadHostKeyException) -> _Verdict:
+    return OriginFatal, (
+        f"host key for {exc.hostname} does not match known_hosts "
+        f"(got {exc.key.get_name()}, expected {exc.expected_key.get_name()}): refusing to connect"
+    )
+
+
+def _classify_ssh_exception(exc: SSHException) -> _Verdict:
+    """paramiko raises bare SSHException for many things: tell them apart by the message."""
+    text = str(exc)
+    if "No existing session" in text:
+        # SSHClient.connect: start_client() gave up waiting for the key exchange
+        return OriginTimeout, f"SSH handshake did not complete in time: {text}"
+    if "No authentication methods available" in text:
+        return OriginFatal, f"no SSH credentials (set identity_file or password): {text}"
+    if _timeout_in_chain(exc):
+        return OriginTimeout, f"SSH timed out: {text}"
+    return OriginTransient, f"SSH connection problem: {text}"
+
+
+def _classify_os_error(exc: OSError) -> _Verdict:
+    """Socket errors, and SFTP status replies (paramiko raises those as IOError with an errno)."""
+    code = exc.errno
+    if code in (errno.ENOENT, errno.ENOTDIR):
+        return OriginNotFound, f"no such file: {exc.strerror or exc}"
+    if code in (errno.EACCES, errno.EPERM):
+        return OriginPermission, f"permission denied: {exc.strerror or exc}"
+    if code == errno.ETIMEDOUT:
+        return OriginTimeout, f"timed out: {exc}"
+    if isinstance(exc, ConnectionError) or code in _NET_ERRNOS:
+        return OriginTransient, f"connection problem: {exc}"
+    if code is None:
+        # paramiko's "Socket is closed", or an SFTP status of plain FAILURE
+        # (the server hit an error it did not name, e.g. an I/O error).
+        return OriginTransient, f"SFTP failure: {exc}"
+    return OriginFatal, f"{exc.strerror or exc}"
+
+
+# (exception type, how to classify it); first match wins, so order matters: most
+# paramiko errors derive from SSHException, and socket errors from OSError.
+_ERROR_RULES: tuple[tuple[type[BaseException], Callable[[Any], _Verdict]], ...] = (
     # --- never worth retrying: trust and credentials -----------------------
-    if isinstance(exc, UnknownHostKey):
-        return make(OriginFatal, str(exc))
-    if isinstance(exc, BadHostKeyException):
-        return make(
-            OriginFatal,
-            f"host key for {exc.hostname} does not match known_hosts "
-            f"(got {exc.key.get_name()}, expected {exc.expected_key.get_name()}): refusing to connect",
-        )
-    if isinstance(exc, AuthenticationException):
-        return make(OriginFatal, f"SSH authentication failed: {exc}")
-    if isinstance(exc, IncompatiblePeer):
-        return make(OriginFatal, f"no SSH algorithms in common with the server: {exc}")
+    (UnknownHostKey, lambda exc: (OriginFatal, str(exc))),
+    (BadHostKeyException, _bad_host_key),
+    (AuthenticationException, _prefixed(OriginFatal, "SSH authentication failed")),
+    (IncompatiblePeer, _prefixed(OriginFatal, "no SSH algorithms in common with the server")),
     # --- the network ------------------------------------------------------
-    if isinstance(exc, TimeoutError):  # socket.timeout is TimeoutError
-        return make(OriginTimeout, f"timed out: {exc or 'no answer'}")
-    if isinstance(exc, NoValidConnectionsError):
-        return make(OriginTransient, f"cannot connect: {exc}")
-    if isinstance(exc, socket.gaierror):
-        return make(OriginTransient, f"cannot resolve host: {exc}")
-    if isinstance(exc, SSHException):
-        text = str(exc)
-        if "No existing session" in text:
-            # SSHClient.connect: start_client() gave up waiting for the key exchange
-            return make(OriginTimeout, f"SSH handshake did not complete in time: {text}")
-        if "No authentication methods available" in text:
-            return make(OriginFatal, f"no SSH credentials (set identity_file or password): {text}")
-        if _timeout_in_chain(exc):
-            return make(OriginTimeout, f"SSH timed out: {text}")
-        return make(OriginTransient, f"SSH connection problem: {text}")
-    if isinstance(exc, EOFError):
-        return make(OriginTransient, f"connection closed by the server: {exc}")
-    if isinstance(exc, OSError):
-        code = exc.errno
-        if code in (errno.ENOENT, errno.ENOTDIR):
-            return make(OriginNotFound, f"no such file: {exc.strerror or exc}")
-        if code in (errno.EACCES, errno.EPERM):
-            return make(OriginPermission, f"permission denied: {exc.strerror or exc}")
-        if code == errno.ETIMEDOUT:
-            return make(OriginTimeout, f"timed out: {exc}")
-        if isinstance(exc, ConnectionError) or code in _NET_ERRNOS:
-            return make(OriginTransient, f"connection problem: {exc}")
-        if code is None:
-            # paramiko's "Socket is closed", or an SFTP status of plain FAILURE
-            # (the server hit an error it did not name, e.g. an I/O error).
-            return make(OriginTransient, f"SFTP failure: {exc}")
-        return make(OriginFatal, f"{exc.strerror or exc}")
-    return make(OriginFatal, f"{type(exc).__name__}: {exc}")
+    (TimeoutError, lambda exc: (OriginTimeout, f"timed out: {exc or 'no answer'}")),  # socket.timeout is one
+    (NoValidConnectionsError, _prefixed(OriginTransient, "cannot connect")),
+    (socket.gaierror, _prefixed(OriginTransient, "cannot resolve host")),
+    (SSHException, _classify_ssh_exception),
+    (EOFError, _prefixed(OriginTransient, "connection closed by the server")),
+    (OSError, _classify_os_error),
+)
+
+
+def _classify(exc: BaseException) -> _Verdict:
+    for exc_type, classify in _ERROR_RULES:
+        if isinstance(exc, exc_type):
+            return classify(exc)
+    return OriginFatal, f"{type(exc).__name__}: {exc}"
 
 
 def _float_option(options: dict, key: str, default: float) -> float:
@@ -215,6 +235,41 @@ class _Conn:
                 thing.close()
             except Exception:
                 pass
+
+
+class _SetupWatchdog:
+    """Closes `client` if SSH/SFTP setup is still running after `budget` seconds.
+
+    `finish()` and the timer agree under a lock, so exactly one of them wins:
+    either setup ended first, or the watchdog fired (and setup must fail).
+    """
+
+    def __init__(self, client: paramiko.SSHClient, budget: float):
+        self._client = client
+        self._lock = threading.Lock()
+        self._done = False
+        self._fired = False
+        self._timer = threading.Timer(budget, self._fire)
+        self._timer.daemon = True
+
+    def start(self) -> None:
+        self._timer.start()
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+    def finish(self) -> bool:
+        """Setup is over, one way or the other: did the watchdog close the client first?"""
+        with self._lock:
+            self._done = True
+            return self._fired
+
+    def _fire(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._fired = True
+        self._client.close()
 
 
 def _keeps_connection_usable(exc: BaseException) -> bool:
@@ -407,6 +462,28 @@ class SftpOrigin(Origin):
 
     def _connect(self, generation: int) -> _Conn:
         pkey = self._load_key()
+        client = self._new_client()
+        # paramiko has no deadline on some handshake steps (subsystem request,
+        # SFTP version exchange): a watchdog closes the client if setup hangs.
+        budget = self.connect_timeout + self.read_timeout
+        watchdog = _SetupWatchdog(client, budget)
+        watchdog.start()
+        try:
+            sftp = self._open_sftp(client, pkey)
+        except BaseException as exc:
+            client.close()
+            if watchdog.finish():
+                raise self._setup_too_slow(budget) from exc
+            raise classify_sftp_error(exc, self.name) from exc
+        finally:
+            watchdog.cancel()
+        if watchdog.finish():
+            client.close()
+            raise self._setup_too_slow(budget)
+        return _Conn(client=client, sftp=sftp, generation=generation)
+
+    def _new_client(self) -> paramiko.SSHClient:
+        """An unconnected client that checks host keys against known_hosts and refuses unknown hosts."""
         client = paramiko.SSHClient()
         client.set_log_channel(PARAMIKO_LOG_CHANNEL)
         exists = os.path.exists(self.known_hosts)
@@ -418,66 +495,35 @@ class SftpOrigin(Origin):
                     f"{self.name}: cannot read known_hosts file {self.known_hosts}: {exc}", origin=self.name
                 ) from exc
         client.set_missing_host_key_policy(_RejectUnknownHost(self.known_hosts, exists))
+        return client
 
-        # paramiko has no deadline on some handshake steps (subsystem request,
-        # SFTP version exchange): a watchdog closes the client if setup hangs.
-        state = {"done": False, "fired": False}
-        state_lock = threading.Lock()
+    def _open_sftp(self, client: paramiko.SSHClient, pkey: paramiko.PKey | None) -> paramiko.SFTPClient:
+        """Connect and authenticate `client`, then start the SFTP subsystem on a new channel."""
+        client.connect(
+            self.host,
+            port=self.port,
+            username=self.user,
+            password=self._password,
+            pkey=pkey,
+            timeout=self.connect_timeout,
+            banner_timeout=self.connect_timeout,
+            auth_timeout=self.read_timeout,
+            channel_timeout=self.connect_timeout,
+            allow_agent=pkey is None and self._password is None,
+            look_for_keys=pkey is None and self._password is None,
+        )
+        transport = client.get_transport()
+        assert transport is not None
+        channel = transport.open_session(timeout=self.connect_timeout)
+        channel.settimeout(self.read_timeout)
+        channel.invoke_subsystem("sftp")
+        return paramiko.SFTPClient(channel)
 
-        def watchdog() -> None:
-            with state_lock:
-                if state["done"]:
-                    return
-                state["fired"] = True
-            client.close()
-
-        budget = self.connect_timeout + self.read_timeout
-        timer = threading.Timer(budget, watchdog)
-        timer.daemon = True
-        timer.start()
-        try:
-            client.connect(
-                self.host,
-                port=self.port,
-                username=self.user,
-                password=self._password,
-                pkey=pkey,
-                timeout=self.connect_timeout,
-                banner_timeout=self.connect_timeout,
-                auth_timeout=self.read_timeout,
-                channel_timeout=self.connect_timeout,
-                allow_agent=pkey is None and self._password is None,
-                look_for_keys=pkey is None and self._password is None,
-            )
-            transport = client.get_transport()
-            assert transport is not None
-            channel = transport.open_session(timeout=self.connect_timeout)
-            channel.settimeout(self.read_timeout)
-            channel.invoke_subsystem("sftp")
-            sftp = paramiko.SFTPClient(channel)
-        except BaseException as exc:
-            client.close()
-            with state_lock:
-                fired = state["fired"]
-                state["done"] = True
-            if fired:
-                raise OriginTimeout(
-                    f"{self.name}: SSH/SFTP setup with {self.host}:{self.port} took longer than {budget:g}s",
-                    origin=self.name,
-                ) from exc
-            raise classify_sftp_error(exc, self.name) from exc
-        finally:
-            timer.cancel()
-        with state_lock:
-            fired = state["fired"]
-            state["done"] = True
-        if fired:
-            client.close()
-            raise OriginTimeout(
-                f"{self.name}: SSH/SFTP setup with {self.host}:{self.port} took longer than {budget:g}s",
-                origin=self.name,
-            )
-        return _Conn(client=client, sftp=sftp, generation=generation)
+    def _setup_too_slow(self, budget: float) -> OriginTimeout:
+        return OriginTimeout(
+            f"{self.name}: SSH/SFTP setup with {self.host}:{self.port} took longer than {budget:g}s",
+            origin=self.name,
+        )
 
     def _run(self, path: str, fn: Callable[[_Conn], T]) -> T:
         try:
