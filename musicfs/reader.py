@@ -107,7 +107,8 @@ class FileReader:
         """
         key = (row.id, row.ident)
         if key not in self._open:
-            manifest = await self._thread(self.catalog.manifest, row.id, row.ident)
+            with trio.fail_after(self.read_timeout):  # a locked catalog must not hang open()
+                manifest = await self._thread(self.catalog.manifest, row.id, row.ident)
             if key not in self._open:  # another open may have won while we waited
                 self._open[key] = OpenFile(row, manifest, refs=0)
         self._open[key].refs += 1

@@ -329,3 +329,22 @@ async def test_reopen_after_a_change_does_not_leak_pins(rig):
     assert rig.reader.open_files == 0
     rig.cas.evict_to(0)
     assert not any(rig.cas.has(d) for d in old_digests), "chunks of closed files are still pinned"
+
+
+async def test_open_answers_within_read_timeout_when_the_catalog_hangs(rig, monkeypatch):
+    import threading
+
+    released = threading.Event()
+
+    def stuck_manifest(*args):
+        released.wait(10)
+        return {}
+
+    monkeypatch.setattr(rig.cat, "manifest", stuck_manifest)
+    rig.reader.read_timeout = 0.3
+    try:
+        with pytest.raises(trio.TooSlowError):
+            await rig.reader.open(rig.big)
+    finally:
+        released.set()
+    assert rig.reader.open_files == 0
