@@ -32,6 +32,7 @@ from .config import xdg_dir
 from .damage import RunMarker, ro_uri, sqlite_corruption, stamp
 from .errors import CatalogCorrupt, CatalogError, MusicFSError, SearchIndexError
 from .index import SearchIndex, check_files
+from .progress import Progress
 from .tree import FIRST_INO, build_tree
 
 EXIT_CLEAN, EXIT_REPAIRED, EXIT_LEFT, EXIT_ERROR = 0, 1, 4, 8
@@ -222,8 +223,24 @@ class Fsck:
 
     def _verify_chunk_files(self, report: Report, chunks_dir: str) -> dict[str, int]:
         """Hash every chunk file against its name: hash -> size of the good ones; the rest go to the
-        report's corrupt_chunks and strays."""
+        report's corrupt_chunks and strays. A big cache takes a while: progress goes to stderr."""
         good: dict[str, int] = {}
+        files = list(self._chunk_paths(report, chunks_dir))
+        progress = Progress("verifying chunks", len(files))
+        for name, path in files:
+            with open(path, "rb") as fh:
+                data = fh.read()
+            if hashlib.sha256(data).hexdigest() == name:
+                good[name] = len(data)
+            else:
+                report.corrupt_chunks.append(name)
+            progress.advance()
+        progress.finish()
+        return good
+
+    @staticmethod
+    def _chunk_paths(report: Report, chunks_dir: str):
+        """(hash, path) of every well-named chunk file; anything else is a stray."""
         for sub in sorted(os.listdir(chunks_dir)) if os.path.isdir(chunks_dir) else []:
             folder = os.path.join(chunks_dir, sub)
             if not os.path.isdir(folder):
@@ -234,13 +251,7 @@ class Fsck:
                 if not is_hash_name(name) or name[:2] != sub or not os.path.isfile(path):
                     report.strays.append(path)
                     continue
-                with open(path, "rb") as fh:
-                    data = fh.read()
-                if hashlib.sha256(data).hexdigest() != name:
-                    report.corrupt_chunks.append(name)
-                    continue
-                good[name] = len(data)
-        return good
+                yield name, path
 
     def _check_manifests(self, report: Report, catalog: Catalog, chunk_sizes: dict[str, int]) -> None:
         chunk_size = catalog.meta("chunk_size")
