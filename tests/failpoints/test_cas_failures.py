@@ -9,18 +9,16 @@ intact and the next operation succeeds.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
-import sqlite3
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from musicfs import failpoints, points
 from musicfs.cas import CasStore, chunk_hash
-from musicfs.catalog import Catalog, FileRow
 from musicfs.config import Config
 from musicfs.daemon import Daemon
 from musicfs.errors import ChunkMissing
@@ -29,11 +27,10 @@ from musicfs.fuse_ops import MusicOperations
 from musicfs.index import IndexDoc, SearchIndex
 from musicfs.library import Library
 from musicfs.notify import Notifier
-from musicfs.origins.local import LocalOrigin
-from musicfs.origins.registry import OriginRegistry
 from musicfs.reader import FileReader
-from musicfs_test_utils.faulty_origin import FaultyOrigin
 from musicfs_test_utils.fixtures import make_library
+from musicfs_test_utils.reader_rig import ReaderRig
+from musicfs_test_utils.reader_rig import pattern_bytes as shared_pattern_bytes
 
 CHUNK = 4096
 KB = 1024
@@ -41,96 +38,20 @@ BEFORE_WRITE = points.CAS_PUT_BEFORE_WRITE
 AFTER_WRITE = points.CAS_PUT_AFTER_WRITE_BEFORE_INDEX
 QUARANTINED = r"musicfs\.cas: cache: chunk [0-9a-f]{12} failed verification; moved to"
 REFETCHED = r"musicfs\.reader: cache: chunk [0-9a-f]{64} failed verification and was quarantined; fetching it again"
-
-
-
-def pattern_bytes(seed: int, size: int) -> bytes:
-    return bytes((i * 13 + seed * 101 + i // 256) % 256 for i in range(size))
-
-
-# -- a reader over a catalog, a CAS and a local origin ----------------------------------------------
-@dataclass
-class Env:
-    base: Path
-    data: dict[str, bytes]
-    origin: FaultyOrigin
-    catalog: Catalog
-    cas: CasStore
-    reader: FileReader
-    rows: dict[str, FileRow]
-
-    @property
-    def cache_dir(self) -> str:
-        return str(self.base / "cache")
-
-    def new_reader(self) -> FileReader:
-        return FileReader(self.catalog, self.cas, OriginRegistry([self.origin], backoff=0.0), chunk_size=CHUNK,
-                          memory_cache=1 << 20, read_timeout=10.0)
-
-    def restart_cache(self) -> None:
-        """What a restart does to the cache: close it (if still open) and open it again, with a fresh reader."""
-        try:
-            self.cas.close()
-        except sqlite3.ProgrammingError:
-            pass
-        self.cas = CasStore(self.cache_dir, 1 << 30)
-        self.reader = self.new_reader()
-
-    async def read(self, path: str, offset: int = 0, size: int | None = None) -> bytes:
-        row = self.rows[path]
-        fh = await self.reader.open(row)
-        try:
-            return await self.reader.read(fh, offset, row.size if size is None else size)
-        finally:
-            self.reader.release(fh)
-
-    def manifest(self, path: str) -> dict[int, str]:
-        row = self.rows[path]
-        return self.catalog.manifest(row.id, row.ident)
-
-    def chunk_file(self, digest: str) -> str:
-        return os.path.join(self.cache_dir, "chunks", digest[:2], digest)
-
-    def chunk_files(self) -> set[str]:
-        base = os.path.join(self.cache_dir, "chunks")
-        return {name for sub in os.listdir(base) for name in os.listdir(os.path.join(base, sub))}
-
-    def index_rows(self) -> set[str]:
-        db = sqlite3.connect(f"file:{os.path.join(self.cache_dir, 'index.db')}?mode=ro", uri=True)
-        try:
-            return {r[0] for r in db.execute("SELECT hash FROM chunks")}
-        finally:
-            db.close()
-
-    def close(self) -> None:
-        try:
-            self.cas.close()
-        except sqlite3.ProgrammingError:
-            pass
-        self.catalog.close()
+pattern_bytes = functools.partial(shared_pattern_bytes, step=13, salt=101, period=256)
 
 
 @pytest.fixture
 def env(tmp_path):
     files = {"one.flac": pattern_bytes(1, 3000), "three.flac": pattern_bytes(2, 2 * CHUNK + 500)}
-    root = tmp_path / "origin"
-    for rel, data in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(data)
-    origin = FaultyOrigin(LocalOrigin(root))
-    catalog = Catalog(str(tmp_path / "catalog.db"))
-    catalog.upsert_files([FileRow(path=st.path, kind="track", size=st.size, mtime_ns=st.mtime_ns)
-                          for st in origin.inner.walk()])
-    made = Env(tmp_path, files, origin, catalog, CasStore(str(tmp_path / "cache"), 1 << 30), None,
-               {r.path: r for r in catalog.files()})
-    made.reader = made.new_reader()
+    made = ReaderRig.build(tmp_path, files, chunk_size=CHUNK, memory_cache=1 << 20, read_timeout=10.0)
     yield made
     made.close()
 
 
 # -- cas-put-before-write ------------------------------------------------------------------------------
 async def test_panic_before_chunk_write_leaves_nothing_behind(env):
-    data = env.data["one.flac"]
+    data = env.files["one.flac"]
     digest = chunk_hash(data)
     failpoints.cfg(BEFORE_WRITE, "panic")
     with pytest.raises(FailPointPanic):
@@ -138,7 +59,7 @@ async def test_panic_before_chunk_write_leaves_nothing_behind(env):
     with pytest.raises(FailPointPanic):
         await env.read("one.flac")  # the read fails; it never returns bytes it could not account for
     assert env.chunk_files() == set() and env.index_rows() == set()
-    assert os.listdir(os.path.join(env.cache_dir, "tmp")) == []
+    assert os.listdir(env.cache_dir / "tmp") == []
     assert not env.cas.has(digest) and env.cas.usage() == (0, 0)
     assert env.manifest("one.flac") == {}
 
@@ -155,7 +76,7 @@ async def test_panic_before_chunk_write_leaves_nothing_behind(env):
 @pytest.mark.resilience("5.7")
 async def test_crash_between_chunk_write_and_index_insert_adopts_the_orphan(env, caplog):
     caplog.set_level(logging.INFO, logger="musicfs.cas")
-    data = env.data["one.flac"]
+    data = env.files["one.flac"]
     digest = chunk_hash(data)
     failpoints.cfg(AFTER_WRITE, "panic")
     with pytest.raises(FailPointPanic):
@@ -181,7 +102,7 @@ async def test_crash_between_chunk_write_and_index_insert_adopts_the_orphan(env,
 @pytest.mark.resilience("5.7")
 @pytest.mark.expected_log(r"musicfs\.cas: cache: removed orphan chunk [0-9a-f]{12} whose bytes do not match its name")
 async def test_half_written_orphan_chunk_is_removed_never_served(env):
-    data = env.data["three.flac"]
+    data = env.files["three.flac"]
     first = data[:CHUNK]
     digest = chunk_hash(first)
     failpoints.cfg(AFTER_WRITE, "panic")
@@ -203,13 +124,13 @@ async def test_half_written_orphan_chunk_is_removed_never_served(env):
 
 
 async def test_half_written_temp_file_is_discarded_at_open(env):
-    data = env.data["one.flac"]
+    data = env.files["one.flac"]
     digest = chunk_hash(data)
-    tmp = os.path.join(env.cache_dir, "tmp", f"{digest}.12345")
+    tmp = env.cache_dir / "tmp" / f"{digest}.12345"
     with open(tmp, "wb") as fh:  # a crash in the middle of writing the temp file
         fh.write(data[:1000])
     env.restart_cache()
-    assert os.listdir(os.path.join(env.cache_dir, "tmp")) == []
+    assert os.listdir(env.cache_dir / "tmp") == []
     assert env.chunk_files() == set() and env.index_rows() == set()
     assert await env.read("one.flac") == data
 
@@ -217,7 +138,7 @@ async def test_half_written_temp_file_is_discarded_at_open(env):
 # -- cas-quarantine -------------------------------------------------------------------------------------
 @pytest.mark.expected_log(QUARANTINED, REFETCHED)
 async def test_panic_before_quarantine_never_serves_the_bad_chunk(env):
-    data = env.data["one.flac"]
+    data = env.files["one.flac"]
     digest = chunk_hash(data)
     assert await env.read("one.flac") == data
     with open(env.chunk_file(digest), "r+b") as fh:
@@ -229,10 +150,10 @@ async def test_panic_before_quarantine_never_serves_the_bad_chunk(env):
         await env.read("one.flac")
     failpoints.remove(points.CAS_QUARANTINE)
     assert env.cas.has(digest) and os.path.exists(env.chunk_file(digest))  # untouched: nothing half moved
-    assert os.listdir(os.path.join(env.cache_dir, "quarantine")) == []
+    assert os.listdir(env.cache_dir / "quarantine") == []
 
     assert await env.read("one.flac") == data  # now quarantined and fetched again
-    [kept] = os.listdir(os.path.join(env.cache_dir, "quarantine"))
+    [kept] = os.listdir(env.cache_dir / "quarantine")
     assert kept.startswith(digest)
     with open(env.chunk_file(digest), "rb") as fh:
         assert fh.read() == data
@@ -264,7 +185,7 @@ def test_panic_before_eviction_keeps_every_chunk(tmp_path):
 
 # -- manifest-write -----------------------------------------------------------------------------------
 async def test_panic_before_manifest_write_keeps_the_previous_manifest(env):
-    data = env.data["three.flac"]
+    data = env.files["three.flac"]
     assert await env.read("three.flac", 0, 10) == data[:10]
     m0 = env.manifest("three.flac")
     assert list(m0) == [0]

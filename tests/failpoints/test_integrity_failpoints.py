@@ -6,64 +6,29 @@ Run with `pytest --failpoints -p no:xdist`.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
 import trio
 
 from musicfs import failpoints, points
-from musicfs.cache_health import DOWN, NORMAL, UNSTABLE, CacheHealth
-from musicfs.cas import CasStore, chunk_hash
-from musicfs.catalog import Catalog, FileRow
+from musicfs.cache_health import DOWN, NORMAL, UNSTABLE
+from musicfs.cas import chunk_hash
 from musicfs.config import Config
 from musicfs.library import Library
-from musicfs.origins.local import LocalOrigin
-from musicfs.origins.registry import OriginRegistry
-from musicfs.reader import FileReader
-from musicfs_test_utils.faulty_origin import FaultyOrigin
+from musicfs_test_utils.reader_rig import ReaderRig, pattern_bytes
 
 CHUNK = 8 * 1024
-
-
-
-def pattern(seed: int, size: int) -> bytes:
-    return bytes((i * 11 + seed * 57 + i // 253) % 256 for i in range(size))
-
-
-class Env:
-    def __init__(self, base: Path):
-        self.files = {"a.flac": pattern(1, 3 * CHUNK), "b.flac": pattern(2, 2 * CHUNK + 7)}
-        root = base / "origin"
-        root.mkdir()
-        for name, data in self.files.items():
-            (root / name).write_bytes(data)
-        self.origin = FaultyOrigin(LocalOrigin(root))
-        self.catalog = Catalog(str(base / "catalog.db"))
-        self.catalog.upsert_files([FileRow(path=st.path, kind="track", size=st.size, mtime_ns=st.mtime_ns)
-                                   for st in self.origin.inner.walk()])
-        self.rows = {r.path: r for r in self.catalog.files()}
-        self.cas = CasStore(str(base / "cache"), 1 << 30)
-        self.health = CacheHealth(self.cas, op_timeout=0.3, probe_timeout=0.3, retry_interval=0.02,
-                                  down_interval=0.02, probe_interval=0.02, down_after=2)
-        self.reader = FileReader(self.catalog, self.cas, OriginRegistry([self.origin], backoff=0.0), chunk_size=CHUNK,
-                                 memory_cache=0, read_timeout=10.0, cache=self.health)
-
-    async def read(self, name: str) -> bytes:
-        row = self.rows[name]
-        fh = await self.reader.open(row)
-        try:
-            return await self.reader.read(fh, 0, row.size)
-        finally:
-            self.reader.release(fh)
-
-    def close(self) -> None:
-        self.cas.close()
-        self.catalog.close()
+pattern = functools.partial(pattern_bytes, step=11, salt=57, period=253)
 
 
 @pytest.fixture
 def env(tmp_path):
-    made = Env(tmp_path)
+    made = ReaderRig.build(tmp_path, {"a.flac": pattern(1, 3 * CHUNK), "b.flac": pattern(2, 2 * CHUNK + 7)},
+                           chunk_size=CHUNK, memory_cache=0, read_timeout=10.0,
+                           health=dict(op_timeout=0.3, probe_timeout=0.3, retry_interval=0.02, down_interval=0.02,
+                                       probe_interval=0.02, down_after=2))
     yield made
     made.close()
 

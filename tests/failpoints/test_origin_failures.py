@@ -7,70 +7,31 @@ cached) and the same read must return the right bytes once the point is removed.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import trio
 
 from musicfs import failpoints, points
-from musicfs.cas import CasStore
-from musicfs.catalog import Catalog, FileRow
 from musicfs.failpoints import FailPointPanic
 from musicfs.origins.local import LocalOrigin
 from musicfs.origins.registry import OriginRegistry
-from musicfs.reader import READ_ERRORS, FileReader
+from musicfs.reader import READ_ERRORS
 from musicfs_test_utils.faulty_origin import FaultyOrigin
+from musicfs_test_utils.reader_rig import ReaderRig
+from musicfs_test_utils.reader_rig import pattern_bytes as shared_pattern_bytes
 
 CHUNK = 4096
 FETCH = points.READER_MANIFEST_FETCH
 HANG = points.HEALTH_CHECK_HANG
+pattern_bytes = functools.partial(shared_pattern_bytes, step=31, salt=17, period=256)
 
 
-
-def pattern_bytes(seed: int, size: int) -> bytes:
-    return bytes((i * 31 + seed * 17 + i // 256) % 256 for i in range(size))
-
-
-@dataclass
-class Env:
-    data: dict[str, bytes]
-    origin: FaultyOrigin
-    catalog: Catalog
-    cas: CasStore
-    reader: FileReader
-    rows: dict[str, FileRow]
-
-    async def read(self, path: str, offset: int = 0, size: int | None = None) -> bytes:
-        row = self.rows[path]
-        fh = await self.reader.open(row)
-        try:
-            return await self.reader.read(fh, offset, row.size if size is None else size)
-        finally:
-            self.reader.release(fh)
-
-    def close(self) -> None:
-        self.cas.close()
-        self.catalog.close()
-
-
-def make_env(tmp_path: Path, files: dict[str, bytes], *, read_timeout: float = 10.0, name: str = "env") -> Env:
-    base = tmp_path / name
-    root = base / "origin"
-    for rel, data in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(data)
-    origin = FaultyOrigin(LocalOrigin(root))
-    catalog = Catalog(str(base / "catalog.db"))
-    catalog.upsert_files([FileRow(path=st.path, kind="track", size=st.size, mtime_ns=st.mtime_ns)
-                          for st in origin.inner.walk()])
-    rows = {r.path: r for r in catalog.files()}
-    cas = CasStore(str(base / "cache"), 1 << 30)
-    reader = FileReader(catalog, cas, OriginRegistry([origin], backoff=0.0), chunk_size=CHUNK,
-                        memory_cache=1 << 20, read_timeout=read_timeout)
-    return Env(files, origin, catalog, cas, reader, rows)
+def make_env(tmp_path: Path, files: dict[str, bytes], *, read_timeout: float = 10.0, name: str = "env") -> ReaderRig:
+    return ReaderRig.build(tmp_path / name, files, chunk_size=CHUNK, memory_cache=1 << 20, read_timeout=read_timeout)
 
 
 @pytest.fixture
@@ -80,7 +41,7 @@ def env(tmp_path):
     made.close()
 
 
-def assert_nothing_cached(env: Env, path: str) -> None:
+def assert_nothing_cached(env: ReaderRig, path: str) -> None:
     row = env.rows[path]
     assert env.cas.usage() == (0, 0)
     assert env.catalog.manifest(row.id, row.ident) == {}
@@ -98,8 +59,8 @@ async def test_panic_before_fetch_fails_the_read_and_caches_nothing(env):
         with pytest.raises(FailPointPanic):
             await env.read(path, 2 * CHUNK + 5, 10)  # every fetch fails while armed
     # disarmed: the very same reads return the origin's bytes and cache them
-    assert await env.read(path) == env.data[path]
-    assert await env.read(path, 2 * CHUNK + 5, 10) == env.data[path][2 * CHUNK + 5: 2 * CHUNK + 15]
+    assert await env.read(path) == env.files[path]
+    assert await env.read(path, 2 * CHUNK + 5, 10) == env.files[path][2 * CHUNK + 5: 2 * CHUNK + 15]
     row = env.rows[path]
     assert sorted(env.catalog.manifest(row.id, row.ident)) == list(range(6))
     assert env.reader.stats.origin_fetches == 6
@@ -113,7 +74,7 @@ async def test_panic_after_some_chunks_never_serves_partial_bytes(env):
     row = env.rows[path]
     assert sorted(env.catalog.manifest(row.id, row.ident)) == [0, 1]  # what was fetched is cached, verified
     failpoints.remove(FETCH)
-    assert await env.read(path) == env.data[path]
+    assert await env.read(path) == env.files[path]
     assert env.reader.stats.origin_fetches == 2 + 4
 
 
@@ -136,7 +97,7 @@ async def test_sleep_past_the_read_timeout_fails_the_read(tmp_path):
         assert 0.2 <= elapsed < 2.0, f"failed after {elapsed:.2f}s: read_timeout is 0.2s, the stall 3s"
         assert_nothing_cached(env, "x.flac")
         failpoints.remove(FETCH)
-        assert await env.read("x.flac") == env.data["x.flac"]
+        assert await env.read("x.flac") == env.files["x.flac"]
     finally:
         env.close()
 
@@ -144,7 +105,7 @@ async def test_sleep_past_the_read_timeout_fails_the_read(tmp_path):
 async def test_sleep_within_the_read_timeout_only_delays(env):
     failpoints.cfg(FETCH, "sleep(150)")
     started = time.monotonic()
-    assert await env.read("b/other.mp3") == env.data["b/other.mp3"]
+    assert await env.read("b/other.mp3") == env.files["b/other.mp3"]
     assert time.monotonic() - started >= 0.15
 
 
@@ -164,7 +125,7 @@ async def test_sleep_before_fetch_does_not_stall_other_tasks(env):
     failpoints.cfg(FETCH, "sleep(800)")
     async with trio.open_nursery() as nursery:
         nursery.start_soon(heartbeat)
-        assert await env.read("b/other.mp3") == env.data["b/other.mp3"]
+        assert await env.read("b/other.mp3") == env.files["b/other.mp3"]
         done.set()
     assert max(gaps) < 0.4, f"the event loop stood still for {max(gaps):.2f}s"
 
@@ -192,7 +153,7 @@ def test_pause_before_fetch_holds_the_read_until_removed(env):
         thread.join(timeout=10)
     assert not thread.is_alive()
     assert "error" not in result, result.get("error")
-    assert result["data"] == env.data[path]
+    assert result["data"] == env.files[path]
 
 
 def _read_pattern(tmp_path, name: str, seed: int, actions: str, reads: int = 40) -> list[bool]:

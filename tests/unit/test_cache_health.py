@@ -6,56 +6,28 @@ health state machine (normal / unstable / down) is driven by its own probes, nev
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import trio
 
 from musicfs.cache_health import DOWN, NORMAL, UNSTABLE, CacheHealth
-from musicfs.cas import CasStore, chunk_hash
-from musicfs.catalog import Catalog, FileRow
+from musicfs.cas import CasStore
+from musicfs.catalog import FileRow
 from musicfs.origins.local import LocalOrigin
-from musicfs.origins.registry import OriginRegistry
 from musicfs.reader import FileReader
 from musicfs_test_utils import disks
-from musicfs_test_utils.faulty_cas import FaultyCasStore
-from musicfs_test_utils.faulty_origin import FaultyOrigin
+from musicfs_test_utils.reader_rig import ReaderRig, pattern_bytes
 
 CHUNK = 16 * 1024
 TO_UNSTABLE = r"musicfs\.cache_health: cache: normal -> unstable \(.*\): reads go straight to the origins"
 TO_DOWN = r"musicfs\.cache_health: cache: unstable -> down \(2 probes failed in a row"
 
 
-def pattern(seed: int, size: int) -> bytes:
-    return bytes((i * 7 + seed * 31 + i // 251) % 256 for i in range(size))
-
-
-@dataclass
-class Rig:
-    root: Path
-    catalog: Catalog
-    store: CasStore
-    cas: FaultyCasStore
-    origin: FaultyOrigin
-    files: dict[str, bytes]
-    rows: dict[str, FileRow]
-
-    def reader(self, health: CacheHealth | None = None, memory_cache: int = 0) -> FileReader:
-        """memory_cache=0: every read reaches the disk cache (nothing is kept in RAM)."""
-        return FileReader(self.catalog, self.cas, OriginRegistry([self.origin], backoff=0.0), chunk_size=CHUNK,
-                          memory_cache=memory_cache, read_timeout=20.0, cache=health or self.health())
-
-    def health(self, **kw) -> CacheHealth:
-        opts = dict(op_timeout=0.5, probe_timeout=0.5, retry_interval=0.05, down_interval=0.05, probe_interval=0.05,
-                    down_after=2)
-        return CacheHealth(self.cas, **{**opts, **kw})
-
-    def chunks(self, name: str) -> list[str]:
-        data = self.files[name]
-        return [chunk_hash(data[i:i + CHUNK]) for i in range(0, len(data), CHUNK)]
+pattern = functools.partial(pattern_bytes, step=7, salt=31, period=251)
 
 
 async def read_all(reader: FileReader, row: FileRow) -> bytes:
@@ -66,26 +38,20 @@ async def read_all(reader: FileReader, row: FileRow) -> bytes:
         reader.release(fh)
 
 
-def make_rig(tmp_path: Path, cache_dir: Path, quota: int = 1 << 30, **store_kw) -> Rig:
+def make_rig(tmp_path: Path, cache_dir: Path, quota: int = 1 << 30, **store_kw) -> ReaderRig:
+    """rig.cas is a FaultyCasStore over rig.store; memory_cache=0: every read reaches the disk cache."""
     files = {"a.flac": pattern(1, 3 * CHUNK + 100), "b.flac": pattern(2, 2 * CHUNK), "c.flac": pattern(3, CHUNK // 2)}
-    root = tmp_path / "origin"
-    root.mkdir(exist_ok=True)
-    for name, data in files.items():
-        (root / name).write_bytes(data)
-    origin = FaultyOrigin(LocalOrigin(root))
-    catalog = Catalog(str(tmp_path / "catalog.db"))
-    catalog.upsert_files([FileRow(path=st.path, kind="track", size=st.size, mtime_ns=st.mtime_ns)
-                          for st in origin.inner.walk()])
-    store = CasStore(str(cache_dir), quota, **store_kw)
-    return Rig(root, catalog, store, FaultyCasStore(store), origin, files, {r.path: r for r in catalog.files()})
+    return ReaderRig.build(tmp_path, files, cache_dir=cache_dir, cas_quota=quota, cas_kwargs=store_kw, faulty_cas=True,
+                           chunk_size=CHUNK, memory_cache=0, read_timeout=20.0,
+                           health=dict(op_timeout=0.5, probe_timeout=0.5, retry_interval=0.05, down_interval=0.05,
+                                       probe_interval=0.05, down_after=2))
 
 
 @pytest.fixture
 def rig(tmp_path):
     made = make_rig(tmp_path, tmp_path / "cache")
     yield made
-    made.store.close()
-    made.catalog.close()
+    made.close()
 
 
 async def until(predicate, timeout: float = 10.0, what: str = "condition") -> None:
@@ -99,7 +65,7 @@ async def until(predicate, timeout: float = 10.0, what: str = "condition") -> No
 @pytest.mark.resilience("6.6")
 @pytest.mark.expected_log(TO_UNSTABLE, TO_DOWN)
 async def test_a_failing_cache_disk_is_bypassed_and_re_enabled_by_a_probe(rig):
-    reader = rig.reader()
+    reader = rig.reader
     assert await read_all(reader, rig.rows["a.flac"]) == rig.files["a.flac"]
     cached = rig.store.usage()
     assert cached[1] == len(rig.chunks("a.flac"))
@@ -132,7 +98,7 @@ async def test_a_failing_cache_disk_is_bypassed_and_re_enabled_by_a_probe(rig):
 @pytest.mark.resilience("6.6")
 @pytest.mark.expected_log(TO_UNSTABLE, TO_DOWN)
 async def test_a_read_only_cache_disk_is_bypassed_until_the_health_task_sees_it_writable(rig):
-    reader = rig.reader()
+    reader = rig.reader
     rig.cas.inject_readonly = True
     assert await read_all(reader, rig.rows["b.flac"]) == rig.files["b.flac"]
     assert reader.cache.state == UNSTABLE and "Read-only file system" in reader.cache.reason
@@ -153,7 +119,7 @@ async def test_a_read_only_cache_disk_is_bypassed_until_the_health_task_sees_it_
 @pytest.mark.expected_log(r"musicfs\.cache_health: cache: normal -> unstable \(cache: get did not finish within 0.5s\)",
                           TO_DOWN)
 async def test_a_hung_cache_disk_costs_one_timeout_then_reads_bypass_it(rig):
-    reader = rig.reader()
+    reader = rig.reader
     assert await read_all(reader, rig.rows["a.flac"]) == rig.files["a.flac"]
     rig.cas.hang = gate = threading.Event()
     try:
@@ -180,7 +146,7 @@ async def test_a_hung_cache_disk_costs_one_timeout_then_reads_bypass_it(rig):
 @pytest.mark.expected_log(r"musicfs\.cache_health: cache: normal -> down \(the cache index failed",
                           r"musicfs\.cas: cache: index .*index\.db failed \(.*\); moved to .*index\.db\.damaged-")
 async def test_a_cache_index_that_dies_at_runtime_means_passthrough_and_a_background_rebuild(rig):
-    reader = rig.reader()
+    reader = rig.reader
     assert await read_all(reader, rig.rows["a.flac"]) == rig.files["a.flac"]
     rig.cas.corrupt_index()  # its connection is gone and its file is garbage
     garbage = Path(rig.store.index_path).read_bytes()
@@ -224,7 +190,7 @@ async def test_a_real_full_disk_evicts_and_retries_else_serves_uncached(tmp_path
     # a 160 KiB tmpfs under a 1 GiB quota: the disk fills long before the quota does
     rig = make_rig(tmp_path, tiny_disk / "cache")
     try:
-        reader = rig.reader()
+        reader = rig.reader
         names = ["a.flac", "b.flac", "c.flac"]
         for _ in range(3):  # more than the disk holds, again and again: ENOSPC evicts and retries
             for name in names:
@@ -255,8 +221,7 @@ async def test_a_real_full_disk_evicts_and_retries_else_serves_uncached(tmp_path
         # and once files close, the space is usable again
         assert await read_all(reader, big) == data
     finally:
-        rig.store.close()
-        rig.catalog.close()
+        rig.close()
 
 
 @pytest.mark.resilience("6.1")
@@ -264,7 +229,7 @@ async def test_reads_keep_the_cache_under_its_quota_and_never_evict_open_files(t
     quota = 5 * CHUNK
     rig = make_rig(tmp_path, tmp_path / "cache", quota=quota, high=0.9, low=0.5)
     try:
-        reader = rig.reader()
+        reader = rig.reader
         fh_a = await reader.open(rig.rows["a.flac"])  # stays open: its 4 chunks are pinned
         assert await reader.read(fh_a, 0, rig.rows["a.flac"].size) == rig.files["a.flac"]
         for _ in range(2):
@@ -277,8 +242,7 @@ async def test_reads_keep_the_cache_under_its_quota_and_never_evict_open_files(t
             assert rig.store.usage()[0] <= quota * 0.9
         assert not all(rig.store.has(d) for d in rig.chunks("a.flac"))  # closed: evictable, least recent first
     finally:
-        rig.store.close()
-        rig.catalog.close()
+        rig.close()
 
 
 @pytest.mark.expected_log(r"musicfs\.cas: cache: cannot open .*cache \(.*\); reads go straight to the origins")

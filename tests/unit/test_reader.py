@@ -5,21 +5,20 @@ from __future__ import annotations
 import os
 import random
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import trio
 
-from musicfs.cas import CasStore, chunk_hash
-from musicfs.catalog import Catalog, FileRow, open_catalog
+from musicfs.cas import chunk_hash
+from musicfs.catalog import FileRow
 from musicfs.errors import OriginError, OriginFileChanged, ShortRead
 from musicfs.origins.local import LocalOrigin
-from musicfs.origins.registry import OriginRegistry
 from musicfs.reader import FileReader
 from musicfs_test_utils.faulty_cas import FaultyCasStore
-from musicfs_test_utils.faulty_origin import FaultyOrigin, Healthy, PartialRead
-from musicfs_test_utils.fixtures import make_library, setup_test_cas
+from musicfs_test_utils.faulty_origin import Healthy, PartialRead
+from musicfs_test_utils.fixtures import make_library
+from musicfs_test_utils.reader_rig import ReaderRig
 
 CHUNK = 64 * 1024
 
@@ -32,35 +31,10 @@ def generated(tmp_path_factory):
     return root, tracks
 
 
-@dataclass
-class Rig:
-    root: Path
-    cat: Catalog
-    cas: CasStore
-    origin: FaultyOrigin
-    reader: FileReader
-    rows: dict[str, FileRow]
-
+class Rig(ReaderRig):
     @property
     def big(self) -> FileRow:
         return max(self.rows.values(), key=lambda r: r.size)
-
-    def data(self, row: FileRow) -> bytes:
-        return (self.root / row.path).read_bytes()
-
-    def chunk_file(self, digest: str) -> Path:
-        return Path(self.cas.root) / "chunks" / digest[:2] / digest
-
-    def manifest(self, row: FileRow) -> dict[int, str]:
-        return self.cat.manifest(row.id, row.ident)
-
-    def new_reader(self, cas=None, mode=Healthy(), memory_cache: int = 8 << 20) -> tuple[FileReader, FaultyOrigin]:
-        """A second reader on the same catalog and CAS: what a restarted daemon has."""
-        origin = FaultyOrigin(LocalOrigin(self.root), mode)
-        registry = OriginRegistry([origin], sleep=lambda s: None)
-        reader = FileReader(self.cat, cas or self.cas, registry, chunk_size=CHUNK, memory_cache=memory_cache,
-                            read_timeout=30)
-        return reader, origin
 
 
 @pytest.fixture
@@ -68,16 +42,10 @@ def rig(generated, tmp_path):
     src, _ = generated
     root = tmp_path / "lib"
     shutil.copytree(src, root)
-    cat = open_catalog(str(tmp_path / "state"))
-    cat.upsert_files([FileRow(path=st.path, kind="track", size=st.size, mtime_ns=st.mtime_ns)
-                      for st in LocalOrigin(root).walk()])
-    rows = {r.path: r for r in cat.files()}
-    cas = setup_test_cas(tmp_path / "cache")
-    r = Rig(root, cat, cas, None, None, rows)  # type: ignore[arg-type]
-    r.reader, r.origin = r.new_reader()
+    r = Rig.build(tmp_path, root=root, catalog_file="state/catalog.db", chunk_size=CHUNK, memory_cache=8 << 20,
+                  read_timeout=30, registry_kwargs={"sleep": lambda s: None})
     yield r
-    r.cat.close()
-    r.cas.close()
+    r.close()
 
 
 async def read_all(reader: FileReader, row: FileRow, piece: int = 128 * 1024) -> bytes:
@@ -159,13 +127,12 @@ async def test_open_files_pin_their_chunks(rig):
 
 
 # -- restart and damage --------------------------------------------------------------------
-async def test_restart_serves_cached_files_without_the_origin(rig, tmp_path):
+async def test_restart_serves_cached_files_without_the_origin(rig):
     row = rig.big
     expected = rig.data(row)
     assert await read_all(rig.reader, row) == expected
-    rig.cas.close()
-    rig.cas = setup_test_cas(tmp_path / "cache")  # a new process: index reloaded from disk
-    reader, origin = rig.new_reader()
+    rig.reopen_cas()  # a new process: index reloaded from disk
+    reader, origin = rig.fresh_reader()
     assert await read_all(reader, row) == expected
     assert origin.calls["read"] == 0
     assert reader.stats.cache_hits == n_chunks(row)
@@ -184,7 +151,7 @@ async def test_corrupt_chunk_is_refetched(rig):
     raw[100] ^= 0xFF
     path.write_bytes(bytes(raw))
 
-    reader, origin = rig.new_reader()  # fresh memory cache: the bad file must be read
+    reader, origin = rig.fresh_reader()  # fresh memory cache: the bad file must be read
     assert await read_all(reader, row) == expected
     assert origin.calls["read"] == 1  # only the bad chunk came from the origin
     assert reader.stats.bad_chunks == 1
@@ -200,7 +167,7 @@ async def test_deleted_chunk_is_refetched(rig):
     await read_all(rig.reader, row)
     digest = rig.manifest(row)[n_chunks(row) - 1]  # the short last chunk
     rig.chunk_file(digest).unlink()
-    reader, origin = rig.new_reader()
+    reader, origin = rig.fresh_reader()
     assert await read_all(reader, row) == expected
     assert origin.calls["read"] == 1
     assert rig.chunk_file(digest).exists() and rig.cas.has(digest)
@@ -209,7 +176,7 @@ async def test_deleted_chunk_is_refetched(rig):
 # -- origin faults ---------------------------------------------------------------------------
 async def test_partial_reads_fail_and_cache_nothing(rig):
     row = rig.big
-    reader, origin = rig.new_reader(mode=PartialRead(1000))
+    reader, origin = rig.fresh_reader(mode=PartialRead(1000))
     fh = await reader.open(row)
     with pytest.raises(ShortRead):
         await reader.read(fh, 0, 2 * CHUNK)
@@ -217,7 +184,7 @@ async def test_partial_reads_fail_and_cache_nothing(rig):
         await reader.read(fh, row.size - 10, 10)  # the last chunk too
     assert origin.calls["read"] >= 2  # retried: ShortRead is transient
     assert rig.cas.usage() == (0, 0)
-    assert list(rig.cat.manifest_rows()) == []
+    assert list(rig.catalog.manifest_rows()) == []
     origin.set_mode(Healthy())  # the origin recovers: the same handle now reads correctly
     assert await reader.read(fh, 0, 2 * CHUNK) == rig.data(row)[: 2 * CHUNK]
     reader.release(fh)
@@ -239,10 +206,10 @@ async def test_file_changed_at_the_origin_never_mixes_bytes(rig):
 
     # after a rescan records the new identity, the file reads as its new self, whole
     st = LocalOrigin(rig.root).stat(row.path)
-    rig.cat.upsert_files([FileRow(path=row.path, kind="track", size=st.size, mtime_ns=st.mtime_ns)])
-    fresh = next(r for r in rig.cat.files() if r.path == row.path)
+    rig.catalog.upsert_files([FileRow(path=row.path, kind="track", size=st.size, mtime_ns=st.mtime_ns)])
+    fresh = rig.row(row.path)
     assert rig.manifest(row) == {}  # the old manifest went with the old identity
-    reader, _ = rig.new_reader()
+    reader, _ = rig.fresh_reader()
     assert await read_all(reader, fresh) == new
 
 
@@ -252,7 +219,7 @@ async def test_full_cache_still_serves_correct_bytes(rig):
     row = rig.big
     faulty = FaultyCasStore(rig.cas)
     faulty.inject_enospc = True
-    reader, origin = rig.new_reader(cas=faulty)
+    reader, origin = rig.fresh_reader(cas=faulty)
     assert await read_all(reader, row) == rig.data(row)
     assert reader.stats.uncached_reads == n_chunks(row) == origin.calls["read"]
     assert rig.cas.usage() == (0, 0)
@@ -340,7 +307,7 @@ async def test_open_answers_within_read_timeout_when_the_catalog_hangs(rig, monk
         released.wait(10)
         return {}
 
-    monkeypatch.setattr(rig.cat, "manifest", stuck_manifest)
+    monkeypatch.setattr(rig.catalog, "manifest", stuck_manifest)
     rig.reader.read_timeout = 0.3
     try:
         with pytest.raises(trio.TooSlowError):

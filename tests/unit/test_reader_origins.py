@@ -7,6 +7,7 @@ Timing runs on trio's MockClock (see test_health.py for why the autojump thresho
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import os
 from dataclasses import dataclass
@@ -17,29 +18,24 @@ import pytest
 import trio
 import trio.testing
 
-from musicfs.cas import CasStore
-from musicfs.catalog import Catalog, FileRow, open_catalog
+from musicfs.catalog import FileRow
 from musicfs.errors import OriginFileChanged, OriginOffline
 from musicfs.fuse_ops import MusicOperations
 from musicfs.origins.base import FileStat, Origin
 from musicfs.origins.health import HealthMonitor
 from musicfs.origins.local import LocalOrigin
-from musicfs.origins.registry import HEALTHY, OriginRegistry
-from musicfs.reader import FileReader
+from musicfs.origins.registry import HEALTHY
 from musicfs.tree import FIRST_INO, build_tree
 from musicfs_test_utils.daemon import wait_until
-from musicfs_test_utils.faulty_origin import FaultyOrigin, Healthy, TimeoutMs
-from musicfs_test_utils.fixtures import setup_test_cas
+from musicfs_test_utils.faulty_origin import Healthy, TimeoutMs
+from musicfs_test_utils.reader_rig import ReaderRig, pattern_bytes
 
 CHUNK = 64 * 1024
 READ_TIMEOUT = 2.0
 HANG = TimeoutMs(120_000)
 
 
-def pattern(seed: int, size: int) -> bytes:
-    return bytes((i * 7 + seed * 13 + i // 997) % 256 for i in range(size))
-
-
+pattern = functools.partial(pattern_bytes, step=7, salt=13, period=997)
 FILES = {f"Artist/Album/{i:02d} Song.flac": pattern(i, 3 * CHUNK + 1000 * i + 17) for i in range(12)}
 
 
@@ -55,46 +51,18 @@ def patient_clock():
 
 
 @dataclass
-class Rig:
-    root: Path
-    cat: Catalog
-    cas: CasStore
-    origin: FaultyOrigin
-    registry: OriginRegistry
-    reader: FileReader
-    monitor: HealthMonitor
-
-    def row(self, path: str) -> FileRow:
-        return next(r for r in self.cat.files() if r.path == path)
-
-    async def read(self, path: str, offset: int = 0, size: int | None = None) -> bytes:
-        reader = self.reader
-        row = self.row(path)
-        fh = await reader.open(row)
-        try:
-            return await reader.read(fh, offset, row.size if size is None else size)
-        finally:
-            reader.release(fh)
+class Rig(ReaderRig):
+    monitor: HealthMonitor | None = None
 
     async def settle_probes(self) -> None:
         await trio.to_thread.run_sync(wait_until, lambda: not self.monitor._inflight, 10.0, "probe threads ending")
 
 
 def make_rig(base: Path, origin: Origin | None = None, *, memory_cache: int = 8 << 20, populate: bool = True) -> Rig:
-    root = base / "origin"
-    if populate:
-        for rel, data in FILES.items():
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            (root / rel).write_bytes(data)
-    faulty = FaultyOrigin(origin or LocalOrigin(root))
-    cat = open_catalog(str(base / "state"))
-    if not cat.files():
-        cat.upsert_files([FileRow(path=st.path, kind="track", size=st.size, mtime_ns=st.mtime_ns, etag=st.etag)
-                          for st in faulty.inner.walk()])
-    cas = setup_test_cas(base / "cache")
-    registry = OriginRegistry([faulty], backoff=0.0)
-    reader = FileReader(cat, cas, registry, chunk_size=CHUNK, memory_cache=memory_cache, read_timeout=READ_TIMEOUT)
-    return Rig(root, cat, cas, faulty, registry, reader, HealthMonitor(registry, timeout=5.0))
+    rig = Rig.build(base, FILES if populate else None, inner=origin, catalog_file="state/catalog.db", chunk_size=CHUNK,
+                    memory_cache=memory_cache, read_timeout=READ_TIMEOUT)
+    rig.monitor = HealthMonitor(rig.registry, timeout=5.0)
+    return rig
 
 
 @pytest.fixture
@@ -102,8 +70,7 @@ def rig(tmp_path):
     r = make_rig(tmp_path)
     yield r
     r.origin.set_mode(Healthy())
-    r.cat.close()
-    r.cas.close()
+    r.close()
 
 
 def fuse_ops(rig: Rig) -> MusicOperations:
@@ -115,7 +82,7 @@ def fuse_ops(rig: Rig) -> MusicOperations:
             known[key] = out[key] = FIRST_INO + len(known)
         return out
 
-    return MusicOperations(build_tree(rig.cat.files(), {}, assign), rig.reader)
+    return MusicOperations(build_tree(rig.catalog.files(), {}, assign), rig.reader)
 
 
 async def fuse_read(ops: MusicOperations, path: str, offset: int, size: int) -> bytes:
@@ -143,7 +110,7 @@ async def test_a_read_blocked_on_a_hanging_origin_answers_eio_at_read_timeout(cl
     assert err.value.errno == errno.EIO
     assert trio.current_time() - started == pytest.approx(READ_TIMEOUT, abs=0.01)
     assert rig.origin.calls["read"] == 1  # it really was stuck in the origin, in a thread now abandoned
-    assert rig.cas.usage() == (0, 0) and rig.cat.manifest(rig.row(A).id, rig.row(A).ident) == {}
+    assert rig.cas.usage() == (0, 0) and rig.catalog.manifest(rig.row(A).id, rig.row(A).ident) == {}
 
     rig.origin.set_mode(Healthy())  # the origin answers again: the same read now works
     assert await fuse_read(ops, A, 0, 128 * 1024) == FILES[A][:128 * 1024]
@@ -176,8 +143,7 @@ async def test_hung_origin_fetches_never_stall_cached_reads(patient_clock, tmp_p
         assert all(isinstance(v, trio.TooSlowError) for v in results.values()) and len(results) == 11
     finally:
         rig.origin.set_mode(Healthy())
-        rig.cat.close()
-        rig.cas.close()
+        rig.close()
 
 
 # -- 4.2.3 offline -------------------------------------------------------------------------------------
@@ -215,8 +181,7 @@ async def test_a_restart_with_every_origin_unreachable_serves_the_cache(tmp_path
     first = make_rig(tmp_path)
     for path in PATHS[:6]:
         assert await first.read(path) == FILES[path]
-    first.cat.close()
-    first.cas.close()
+    first.close()
 
     os.rename(tmp_path / "origin", tmp_path / "origin-away")  # the NAS is gone when we start again
     # constructing an origin never touches it: a missing root is fine
@@ -235,8 +200,7 @@ async def test_a_restart_with_every_origin_unreachable_serves_the_cache(tmp_path
         assert not second.registry.offline
         assert await second.read(PATHS[7]) == FILES[PATHS[7]]
     finally:
-        second.cat.close()
-        second.cas.close()
+        second.close()
 
 
 # -- 4.4 origin file changed -----------------------------------------------------------------------------
@@ -292,15 +256,15 @@ async def test_a_changed_origin_file_never_mixes_old_and_new_bytes(tmp_path, cha
         # A rescan records the new identity (the scanner's upsert: tags are not the point here, so the rows
         # stay tracks); the old manifest goes with it; the tree shows the new file.
         st = rig.registry.first_healthy().stat(A)
-        rig.cat.upsert_files([FileRow(**{**row.__dict__, "size": st.size, "mtime_ns": st.mtime_ns, "etag": st.etag,
-                                         "id": 0})])
+        rig.catalog.upsert_files([FileRow(**{**row.__dict__, "size": st.size, "mtime_ns": st.mtime_ns,
+                                             "etag": st.etag, "id": 0})])
         fresh = rig.row(A)
         assert (fresh.size, fresh.mtime_ns, fresh.etag) != (row.size, row.mtime_ns, row.etag)
-        assert rig.cat.manifest(fresh.id, row.ident) == {}
-        tree = build_tree(rig.cat.files(), rig.cat.inode_map(), lambda keys: rig.cat.add_inodes(keys, FIRST_INO))
+        assert rig.catalog.manifest(fresh.id, row.ident) == {}
+        cat = rig.catalog
+        tree = build_tree(cat.files(), cat.inode_map(), lambda keys: cat.add_inodes(keys, FIRST_INO))
         node = next(n for n in tree.walk_files() if n.file.path == A)
         assert node.file.size == len(new)
         assert await rig.read(A) == new  # whole, and all new
     finally:
-        rig.cat.close()
-        rig.cas.close()
+        rig.close()
