@@ -59,11 +59,13 @@ def handler(fn):
     return wrapper
 
 
-def read_only(fn):
+def read_only(name: str):
+    """A handler for a write-type request: the mount is read-only, always."""
+
     async def refuse(self, *args, **kwargs):
         raise pyfuse3.FUSEError(errno.EROFS)
 
-    refuse.__name__ = fn
+    refuse.__name__ = name
     return refuse
 
 
