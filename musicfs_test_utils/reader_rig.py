@@ -29,6 +29,20 @@ from musicfs_test_utils.faulty_origin import FailMode, FaultyOrigin, Healthy
 __all__ = ["ReaderRig", "pattern_bytes"]
 
 
+def current_row(catalog: Catalog, path: str) -> FileRow:
+    """The catalog's row for `path` now (after an upsert, the new one)."""
+    return next(r for r in catalog.files() if r.path == path)
+
+
+async def read_range(reader: FileReader, row: FileRow, offset: int = 0, size: int | None = None) -> bytes:
+    """open / read / release, as one FUSE client would; size None: the whole file."""
+    fh = await reader.open(row)
+    try:
+        return await reader.read(fh, offset, row.size if size is None else size)
+    finally:
+        reader.release(fh)
+
+
 def pattern_bytes(seed: int, size: int, *, step: int, salt: int, period: int) -> bytes:
     """Deterministic, chunk-distinguishable test bytes: byte i is (i*step + seed*salt + i//period) % 256."""
     return bytes((i * step + seed * salt + i // period) % 256 for i in range(size))
@@ -134,17 +148,10 @@ class ReaderRig:
 
     # -- reading and looking -----------------------------------------------------------------------
     def row(self, path: str) -> FileRow:
-        """The catalog's row for `path` now (after an upsert, the new one)."""
-        return next(r for r in self.catalog.files() if r.path == path)
+        return current_row(self.catalog, path)
 
     async def read(self, path: str, offset: int = 0, size: int | None = None) -> bytes:
-        """open / read / release through rig.reader; size None: the whole file."""
-        row = self.row(path)
-        fh = await self.reader.open(row)
-        try:
-            return await self.reader.read(fh, offset, row.size if size is None else size)
-        finally:
-            self.reader.release(fh)
+        return await read_range(self.reader, self.row(path), offset, size)
 
     def data(self, path: str | FileRow) -> bytes:
         """The origin file's bytes as they are on disk now."""

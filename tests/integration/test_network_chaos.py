@@ -27,6 +27,7 @@ from musicfs.origins.health import HealthMonitor
 from musicfs.origins.registry import HEALTHY, UNHEALTHY, OriginRegistry
 from musicfs.reader import READ_ERRORS, FileReader
 from musicfs_test_utils.fixtures import setup_test_cas
+from musicfs_test_utils.reader_rig import current_row, read_range
 
 pytestmark = [pytest.mark.l3, pytest.mark.expected_log(r"musicfs\.origins\.registry: ")]
 
@@ -70,15 +71,10 @@ class Rig:
         return self.registry.origins[0]
 
     def row(self, path: str) -> FileRow:
-        return next(r for r in self.cat.files() if r.path == path)
+        return current_row(self.cat, path)
 
     async def read(self, path: str, offset: int = 0, size: int | None = None) -> bytes:
-        row = self.row(path)
-        fh = await self.reader.open(row)
-        try:
-            return await self.reader.read(fh, offset, row.size if size is None else size)
-        finally:
-            self.reader.release(fh)
+        return await read_range(self.reader, self.row(path), offset, size)
 
     def want(self, path: str, offset: int = 0, size: int | None = None) -> bytes:
         data = self.library.data(path)
