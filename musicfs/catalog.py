@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS scan_state(key TEXT PRIMARY KEY, value TEXT);
 """
 
 KINDS = ("track", "cover", "junk")
+VERSION_SEP = "\0"  # never in a path: ends a file's inode key, before the content identity it stands for
 
 
 @dataclass(frozen=True)
@@ -209,7 +210,7 @@ class Catalog:
         def work(cur):
             for path in paths:
                 cur.execute("DELETE FROM manifests WHERE file_id = (SELECT id FROM files WHERE path = ?)", (path,))
-                cur.execute("DELETE FROM inodes WHERE key = ?", ("f:" + path,))
+                _forget_inode_versions(cur, "f:" + path)
                 cur.execute("DELETE FROM files WHERE path = ?", (path,))
 
         self._transaction(work)
@@ -264,7 +265,9 @@ class Catalog:
     def add_inodes(self, keys: list[str], first: int) -> dict[str, int]:
         """Give each new key a never-used inode number (>= first); returns the new map entries.
 
-        Numbers are never reused, even after their file is gone: the kernel may still hold one.
+        Numbers are never reused, even after their file is gone: the kernel may still hold one. A file key
+        (`place` VERSION_SEP `identity`) replaces the keys of the place's other versions: a changed file
+        gets a new number and the old one is never handed out again.
         """
         if not keys:
             return {}
@@ -275,6 +278,9 @@ class Catalog:
             top = cur.execute("SELECT max(ino) FROM inodes").fetchone()[0] or 0
             nxt = max(int(row[0]) if row else 0, top + 1, first)
             for key in keys:
+                place, sep, _ = key.partition(VERSION_SEP)
+                if sep:
+                    _forget_inode_versions(cur, place)
                 cur.execute("INSERT INTO inodes VALUES(?, ?)", (key, nxt))
                 out[key] = nxt
                 nxt += 1
@@ -291,6 +297,12 @@ class Catalog:
         self._transaction(
             lambda cur: [cur.execute("INSERT OR REPLACE INTO scan_state VALUES(?, ?)", (k, v)) for k, v in values.items()]
         )
+
+
+def _forget_inode_versions(cur, place: str) -> None:
+    """Drop the inode keys of every version of one place (and its key from before versions existed)."""
+    cur.execute("DELETE FROM inodes WHERE key = ? OR (key >= ? AND key < ?)",
+                (place, place + VERSION_SEP, place + chr(ord(VERSION_SEP) + 1)))
 
 
 def open_catalog(state_dir: str) -> Catalog:

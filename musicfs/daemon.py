@@ -103,7 +103,7 @@ class Daemon:
                 "requests": self.ops.requests if self.ops else 0,
                 "errors": sum(self.ops.errors.values()) if self.ops else 0,
                 **({k: getattr(stats, k) for k in ("cache_hits", "memory_hits", "origin_fetches", "uncached_reads",
-                                                   "bad_chunks", "passthrough_reads")} if stats else {}),
+                                                   "bad_chunks", "passthrough_reads", "changed_files")} if stats else {}),
                 "open_files": self.ops.reader.open_files if self.ops else 0,
             },
         }
@@ -160,7 +160,8 @@ class Daemon:
             if self.stopping.is_set():
                 return
             reader = FileReader(self.lib.catalog, self.lib.cas, self.lib.registry, chunk_size=self.cfg.chunk_size,
-                                memory_cache=self.cfg.memory_cache, read_timeout=self.cfg.read_timeout)
+                                memory_cache=self.cfg.memory_cache, read_timeout=self.cfg.read_timeout,
+                                on_file_changed=self._file_changed)
             self.ops = MusicOperations(tree, reader)
             prepare_mountpoint(self.cfg.mountpoint)
             write_state_file(self.cfg.state_dir, {"mountpoint": self.cfg.mountpoint, "sources": list(self.cfg.sources),
@@ -251,6 +252,12 @@ class Daemon:
             self._wake_rescan = trio.Event()
             await self.rescan()
 
+    def _file_changed(self, path: str) -> None:
+        """A read found an origin file changed since the scan: rescan now, not at the next interval."""
+        if not self._wake_rescan.is_set():
+            log.info("origin file %s changed under a read: rescanning", path)
+        self._wake_rescan.set()
+
     async def rescan(self) -> None:
         try:
             result = await trio.to_thread.run_sync(self.lib.scan, None, self.stopping.is_set)
@@ -262,21 +269,11 @@ class Daemon:
             return
         tree = await trio.to_thread.run_sync(self.lib.build_tree)
         points.hit(points.TREE_SWAP)
-        old = self.ops.tree
-        for parent, name in self.ops.swap_tree(tree):
+        for parent, name in self.ops.swap_tree(tree):  # a changed file is a new inode: its name is stale
             pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
-        for ino in self.ops.changed_inodes(old):
-            await trio.to_thread.run_sync(_invalidate_inode, ino)
         await trio.to_thread.run_sync(self.lib.reindex, tree)
         self._tree_stale = False  # only now: a swap or reindex that failed is retried next time
         self.notifier.status(self.status_line())
-
-
-def _invalidate_inode(ino: int) -> None:
-    try:
-        pyfuse3.invalidate_inode(ino)
-    except OSError:
-        pass  # the kernel never saw it
 
 
 async def _main(cfg: Config, notifier: Notifier) -> None:

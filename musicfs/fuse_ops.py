@@ -87,7 +87,12 @@ class MusicOperations(pyfuse3.Operations):
 
     # -- tree swap ----------------------------------------------------------------
     def swap_tree(self, new: VirtualTree) -> list[tuple[int, bytes]]:
-        """Serve `new` from now on. Returns (parent, name) entries the kernel should forget."""
+        """Serve `new` from now on. Returns (parent, name) entries the kernel should forget.
+
+        A file whose content changed has a new inode number in `new` (tree.file_key), so its old inode is
+        retired like a removed one: the kernel's page cache of the old version stays with the old inode,
+        which only handles opened before the change still reach.
+        """
         old, self.tree = self.tree, new
         stale = []
         for ino, node in old.nodes.items():
@@ -98,15 +103,6 @@ class MusicOperations(pyfuse3.Operations):
                 if fresh is None and self.lookups[ino] > 0:
                     self.retired[ino] = node  # the kernel still holds it: answer until forget
         return stale
-
-    def changed_inodes(self, old: VirtualTree) -> list[int]:
-        """Files whose content identity differs between `old` and the current tree."""
-        out = []
-        for node in self.tree.walk_files():
-            prev = old.get(node.ino)
-            if prev is not None and prev.file and node.file and prev.file.ident != node.file.ident:
-                out.append(node.ino)
-        return out
 
     def _node(self, ino: int) -> Node:
         node = self.tree.get(ino) or self.retired.get(ino)

@@ -31,6 +31,7 @@ CAS_EVICT = declare("cas-evict", "before evicted chunks are deleted and dropped 
 CAS_GET = declare("cas-get", "before a chunk file is read (return: an I/O error; sleep: a hung cache disk)")
 CAS_INDEX_WRITE = declare("cas-index-write", "before a CAS index write (return: the index store fails)")
 CAS_PROBE = declare("cas-probe", "inside a cache health probe (return: the probe fails; sleep: it hangs)")
+ORIGIN_READ_CHECKED = declare("origin-read-checked", "an origin read checked the file's identity, bytes not yet read")
 READER_MANIFEST_FETCH = declare("reader-manifest-fetch", "before a chunk is fetched from the origin")
 MANIFEST_WRITE = declare("manifest-write", "before a chunk hash is recorded in a file's manifest")
 DELTA_SYNC_AFTER_BATCH = declare("delta-sync-after-batch", "a scan batch is committed, checkpoint not yet advanced")

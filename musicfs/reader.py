@@ -7,6 +7,7 @@ import errno
 import itertools
 import logging
 from dataclasses import dataclass, field
+from typing import Callable
 
 import trio
 
@@ -15,7 +16,7 @@ from .cas import CasStore
 from .cache_health import CacheHealth
 from .catalog import Catalog, FileRow
 from .errors import CacheFull, CacheUnavailable, CatalogError, ChunkCorrupt, ChunkMissing, TooManyOpenFiles
-from .errors import CasError, MusicFSError, OriginError, OriginTransient
+from .errors import CasError, MusicFSError, OriginError, OriginFileChanged, OriginTransient
 from .origins.base import FileStat
 from .origins.registry import OriginRegistry
 
@@ -75,16 +76,20 @@ class ReaderStats:
     uncached_reads: int = 0
     bad_chunks: int = 0
     passthrough_reads: int = 0  # chunks served from the origin, uncached, while the cache was bypassed
+    changed_files: int = 0  # fetches refused because the origin file changed before or during the read
 
 
 class FileReader:
     def __init__(self, catalog: Catalog, cas: CasStore, origins: OriginRegistry, *, chunk_size: int,
-                 memory_cache: int, read_timeout: float, threads: int = 8, cache: CacheHealth | None = None):
+                 memory_cache: int, read_timeout: float, threads: int = 8, cache: CacheHealth | None = None,
+                 on_file_changed: Callable[[str], None] | None = None):
         self.catalog = catalog
         self.cas = cas
         # cache health: normal / unstable / down; cache I/O runs on its own limiter within op_timeout
         self.cache = cache or CacheHealth(cas, op_timeout=min(5.0, read_timeout / 3))
         self.origins = origins
+        #: told the origin path of a file found changed under a read (the daemon rescans)
+        self.on_file_changed = on_file_changed
         self.chunk_size = chunk_size
         self.read_timeout = read_timeout
         self.memory = ChunkLRU(memory_cache)
@@ -202,7 +207,14 @@ class FileReader:
         expect = FileStat(row.path, row.size, row.mtime_ns, row.etag)
         await points.hit_async(points.READER_MANIFEST_FETCH, OriginTransient)
         # Offline fails here at once; else a thread of the registry's own limiter (never the cache's).
-        data = await self.origins.fetch(row.path, start, want, expect, exact=True)
+        try:
+            data = await self.origins.fetch(row.path, start, want, expect, exact=True)
+        except OriginFileChanged:
+            # Nothing of it is cached: this read fails, and a rescan gives the file its new identity.
+            self.stats.changed_files += 1
+            if self.on_file_changed is not None:
+                self.on_file_changed(row.path)
+            raise
         self.stats.origin_fetches += 1
         return await self._store_fetched(of, idx, data)
 

@@ -1,8 +1,9 @@
 """VirtualTree: an immutable Artist/Album/NN - Title.ext snapshot of the catalog.
 
 A new tree is built beside the old one and swapped in whole, so a reader never sees a half
-tree. Inode numbers come from the catalog (keyed by origin path for files, by tree path for
-folders), so an unchanged track keeps its inode across rescans and restarts.
+tree. Inode numbers come from the catalog (keyed by origin path and content identity for files, by tree
+path for folders), so an unchanged track keeps its inode across rescans and restarts, and a changed one
+gets a new inode (see file_key).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from .catalog import FileRow
+from .catalog import VERSION_SEP, FileRow
 
 ROOT_INO = 1
 FIRST_INO = 2
@@ -142,8 +143,14 @@ def plan_paths(files: Iterable[FileRow]) -> list[tuple[tuple[str, str, str], Fil
 
 
 def file_key(row: FileRow, artist: str, album: str) -> str:
-    """Inode key: a track by its origin path; a cover per album, as one image can serve several."""
-    return f"f:{row.path}" if row.kind == "track" else f"c:{row.path}#{artist}/{album}"
+    """Inode key: a track by its origin path; a cover per album, as one image can serve several.
+
+    The key ends with the file's content identity, so a file that changes at the origin gets a new
+    inode number: the kernel can never hold two versions of a file in one inode's page cache. The old
+    inode is retired (answered until the kernel forgets it) and its handles keep reading the old version.
+    """
+    place = f"f:{row.path}" if row.kind == "track" else f"c:{row.path}#{artist}/{album}"
+    return f"{place}{VERSION_SEP}{row.ident}"
 
 
 def build_tree(files: Iterable[FileRow], inodes: dict[str, int], assign: Callable[[list[str]], dict[str, int]]) -> VirtualTree:

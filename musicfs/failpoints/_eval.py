@@ -28,6 +28,7 @@ def fail_point(name: str) -> str | None:
     point, action = picked
     task = action.task
     if task in ("sleep", "delay"):
+        log.info("failpoint %s sleeping %s ms", name, action.arg)  # as for pause: another process may watch
         time.sleep(int(action.arg) / 1000)
     elif task == "yield":
         time.sleep(0)
@@ -51,6 +52,7 @@ async def fail_point_async(name: str) -> str | None:
     point, action = picked
     task = action.task
     if task in ("sleep", "delay"):
+        log.info("failpoint %s sleeping %s ms", name, action.arg)
         await trio.sleep(int(action.arg) / 1000)
     elif task == "yield":
         await trio.lowlevel.checkpoint()

@@ -6,6 +6,7 @@ import errno
 import os
 from typing import Iterator
 
+from .. import points
 from ..errors import (
     LocalExhaustion,
     OriginError,
@@ -17,6 +18,11 @@ from ..errors import (
     PathEscape,
 )
 from .base import FileStat, Origin
+
+def _version(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What changes whenever a file's bytes do: a write moves mtime and ctime (even when mtime is put back)."""
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+
 
 _TRANSIENT = {errno.EIO, errno.EAGAIN, errno.ETIMEDOUT, errno.ESTALE, errno.EINTR}
 
@@ -88,16 +94,18 @@ class LocalOrigin(Origin):
         return self._stat_result(path, st)
 
     def read(self, path: str, offset: int, length: int, expect: FileStat | None = None) -> bytes:
+        """With `expect`, the file's identity is checked before and after the bytes are read (fstat of the
+        open file; after: size, mtime and ctime unchanged), so an in-place edit during the read is caught."""
         full = self._resolve(path)
         try:
             fd = os.open(full, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
             raise map_os_error(exc, self.name, path) from exc
         try:
-            if expect is not None:
-                now = self._stat_result(path, os.fstat(fd))
-                if not now.same_identity(expect):
-                    raise OriginFileChanged(f"{self.name}: {path} changed since it was scanned", origin=self.name, path=path)
+            before = os.fstat(fd) if expect is not None else None
+            if before is not None:
+                self._check(path, before, expect)
+            points.hit(points.ORIGIN_READ_CHECKED, OriginTransient)
             parts = []
             while length > 0:
                 data = os.pread(fd, length, offset)
@@ -106,11 +114,20 @@ class LocalOrigin(Origin):
                 parts.append(data)
                 offset += len(data)
                 length -= len(data)
+            if before is not None:
+                after = os.fstat(fd)
+                if _version(after) != _version(before):
+                    raise OriginFileChanged(f"{self.name}: {path} changed while it was read", origin=self.name,
+                                            path=path)
             return b"".join(parts)
         except OSError as exc:
             raise map_os_error(exc, self.name, path) from exc
         finally:
             os.close(fd)
+
+    def _check(self, path: str, st: os.stat_result, expect: FileStat) -> None:
+        if not self._stat_result(path, st).same_identity(expect):
+            raise OriginFileChanged(f"{self.name}: {path} changed since it was scanned", origin=self.name, path=path)
 
     def probe(self) -> None:
         if not os.path.isdir(self.root):

@@ -33,6 +33,7 @@ from paramiko.ssh_exception import (
     SSHException,
 )
 
+from .. import points
 from ..errors import (
     OriginError,
     OriginFatal,
@@ -631,17 +632,14 @@ class SftpOrigin(Origin):
         return self._run(path, do_read)
 
     def _read_handle(self, handle: Any, path: str, offset: int, length: int, expect: FileStat | None) -> bytes:
+        """With `expect`, the open file's identity is checked before and after its bytes are read, so an
+        edit during the read is caught (to the resolution of SFTP's mtime: whole seconds)."""
         want = None
         if expect is not None:
             now = self._to_stat(path, handle.stat())
-            if now.size != expect.size or now.mtime_ns != expect.mtime_ns:
-                raise OriginFileChanged(
-                    f"{self.name}: {path} changed since it was scanned "
-                    f"(size {expect.size} -> {now.size}, mtime_ns {expect.mtime_ns} -> {now.mtime_ns})",
-                    origin=self.name,
-                    path=path,
-                )
+            self._check(path, now, expect, "since it was scanned")
             want = max(0, min(length, now.size - offset))
+        points.hit(points.ORIGIN_READ_CHECKED, OriginTransient)
         if length == 0:
             return b""
         handle.seek(offset)
@@ -654,6 +652,8 @@ class SftpOrigin(Origin):
             parts.append(chunk)
             got += len(chunk)
         data = b"".join(parts)
+        if expect is not None:
+            self._check(path, self._to_stat(path, handle.stat()), expect, "while it was read")
         if want is not None and len(data) != want:
             raise ShortRead(
                 f"{self.name}: {path}: got {len(data)} bytes at offset {offset}, expected {want}",
@@ -661,6 +661,15 @@ class SftpOrigin(Origin):
                 path=path,
             )
         return data
+
+    def _check(self, path: str, now: FileStat, expect: FileStat, when: str) -> None:
+        if now.size != expect.size or now.mtime_ns != expect.mtime_ns:
+            raise OriginFileChanged(
+                f"{self.name}: {path} changed {when} "
+                f"(size {expect.size} -> {now.size}, mtime_ns {expect.mtime_ns} -> {now.mtime_ns})",
+                origin=self.name,
+                path=path,
+            )
 
     def probe(self) -> None:
         remote = self._remote("")

@@ -33,7 +33,8 @@ WRITE_POINTS = {
 }
 # Points that write nothing: crashing there cannot leave a half-written state behind.
 READ_ONLY_POINTS = {points.CAS_GET, points.CAS_PROBE, points.DB_OPEN_CORRUPT, points.FUSE_HANDLER, points.FUSE_READ,
-                    points.HEALTH_CHECK_HANG, points.READER_MANIFEST_FETCH, points.WATCHDOG_LOOP_CHECK}
+                    points.HEALTH_CHECK_HANG, points.READER_MANIFEST_FETCH, points.WATCHDOG_LOOP_CHECK,
+                    points.ORIGIN_READ_CHECKED}
 SMALL_CACHE = ["--cache-size", "300K"]
 
 

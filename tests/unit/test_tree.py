@@ -271,6 +271,26 @@ def test_inodes_survive_a_restart_through_the_catalog(tmp_path):
     assert before == after and len(set(before.values())) == len(before)
 
 
+@pytest.mark.resilience("4.5")
+def test_a_changed_file_gets_a_new_inode_and_its_old_number_is_never_handed_out_again(tmp_path):
+    files = [track(1, "a/1.flac", "A", "B", "One", track_no=1), track(2, "a/2.flac", "A", "B", "Two", track_no=2)]
+    cat = open_catalog(str(tmp_path))
+
+    def build(rows):
+        tree = build_tree(rows, cat.inode_map(), lambda keys: cat.add_inodes(keys, FIRST_INO))
+        return {n.file.path: n.ino for n in tree.walk_files()}
+
+    first = build(files)
+    edited = dataclasses.replace(files[1], mtime_ns=files[1].mtime_ns + 1)  # same size and tags, new content
+    second = build([files[0], edited])
+    assert second["a/1.flac"] == first["a/1.flac"]  # unchanged: same inode
+    assert second["a/2.flac"] not in first.values()  # changed: a new inode, so a page cache of its own
+    assert len(cat.inode_map()) == 4  # artist, album and one key per file: old versions are dropped
+    back = build(files)  # back to the first identity: still a number never used before
+    assert back["a/2.flac"] not in (first["a/2.flac"], second["a/2.flac"])
+    cat.close()
+
+
 # -- property: hostile tags never make a bad name ------------------------------------------
 _HOSTILE = ["", " ", "/", "\0", ".", "..", "../..", "a/b", ".hidden", "x" * 1000, "é" * 600, "🎻" * 300,
             "\ud800", "\udcff", "\udcc3\udca9", "trailing ", "Same", "Same", "same", "\u2028"]

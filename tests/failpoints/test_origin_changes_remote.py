@@ -1,0 +1,101 @@
+"""L3, row 4.5: a remote origin file edited while a read of it is in flight (real sshd and moto S3).
+
+The read is held at `origin-read-checked` (identity checked, bytes not yet read) while the test changes the
+file, so the change lands inside the read every time:
+
+* SFTP: an in-place edit of the range being read. The read must fail with OriginFileChanged (the open
+  file is stat'ed again after its bytes are read), never return the edited bytes as the old version's.
+* S3: a PUT of new content under the key. One GET is one version: the read returns the old version whole
+  (what the caller's identity stands for), and the next read with that identity is refused (If-Match).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+from pathlib import Path
+
+import pytest
+
+from musicfs import failpoints, points
+from musicfs.errors import OriginFileChanged
+from musicfs.origins.s3 import S3Origin
+from musicfs.origins.sftp import SftpOrigin
+from musicfs_test_utils.servers import MotoServer, SshServer
+
+pytestmark = pytest.mark.l3
+
+SIZE = 300 * 1024
+OLD_MTIME = 1_700_000_000  # whole seconds, long ago: SFTP's mtime resolution cannot hide the edit
+
+
+def read_while(origin, path: str, expect, change) -> bytes | Exception:
+    """origin.read of the whole file with `change()` run while the read waits between check and bytes."""
+    failpoints.cfg(points.ORIGIN_READ_CHECKED, "1*pause")
+    result: list[bytes | Exception] = []
+
+    def read():
+        try:
+            result.append(origin.read(path, 0, SIZE, expect))
+        except Exception as exc:  # noqa: BLE001 - handed to the test thread
+            result.append(exc)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        assert failpoints.wait_paused(points.ORIGIN_READ_CHECKED, timeout=30), "the read never reached its check"
+        change()
+    finally:
+        failpoints.remove(points.ORIGIN_READ_CHECKED)
+        reader.join(60)
+    assert not reader.is_alive()
+    return result[0]
+
+
+@pytest.mark.resilience("4.5")
+def test_sftp_an_in_place_edit_during_a_read_is_refused(tmp_path: Path) -> None:
+    old = random.Random(1).randbytes(SIZE)
+    root = tmp_path / "library"
+    root.mkdir()
+    track = root / "song.flac"
+    track.write_bytes(old)
+    os.utime(track, (OLD_MTIME, OLD_MTIME))
+    with SshServer() as ssh:
+        origin = SftpOrigin.from_url(ssh.url(root), ssh.origin_options())
+        try:
+            expect = origin.stat("song.flac")
+
+            def edit():  # rsync --inplace / a tag editor with padding: same size, bytes changed in place
+                with open(track, "r+b") as fh:
+                    fh.seek(SIZE - 1000)
+                    fh.write(b"\0" * 1000)
+
+            got = read_while(origin, "song.flac", expect, edit)
+            assert isinstance(got, OriginFileChanged), f"the edited bytes came back as the old version: {got!r:.80}"
+            assert "changed while it was read" in str(got)
+            with pytest.raises(OriginFileChanged):  # and the old identity stays refused
+                origin.read("song.flac", 0, 10, expect)
+        finally:
+            origin.close()
+
+
+@pytest.mark.resilience("4.5")
+def test_s3_a_put_during_a_ranged_read_gives_one_version_and_then_refuses_the_old_identity() -> None:
+    old = random.Random(2).randbytes(SIZE)
+    new = random.Random(3).randbytes(SIZE)
+    with MotoServer() as moto:
+        moto.make_bucket("changes")
+        client = moto.client()
+        client.put_object(Bucket="changes", Key="lib/song.flac", Body=old)
+        origin = S3Origin.from_url("s3://changes/lib", moto.origin_options())
+        try:
+            expect = origin.stat("song.flac")
+            got = read_while(origin, "song.flac", expect,
+                             lambda: client.put_object(Bucket="changes", Key="lib/song.flac", Body=new))
+            assert got == old, "a read answered with bytes of another version than its identity's"
+            with pytest.raises(OriginFileChanged):
+                origin.read("song.flac", 0, 10, expect)
+            assert origin.read("song.flac", 0, SIZE, origin.stat("song.flac")) == new
+        finally:
+            origin.close()
