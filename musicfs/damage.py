@@ -6,8 +6,12 @@ Used by the storage modules (catalog, index, cas) and the library; imports nothi
 from __future__ import annotations
 
 import json
+import logging
 import os
+import stat
 import time
+
+log = logging.getLogger(__name__)
 
 
 def stamp() -> str:
@@ -28,6 +32,29 @@ def move_aside(path: str, companions: tuple[str, ...] = (), tag: str = "damaged"
         if os.path.lexists(path + suffix):
             os.rename(path + suffix, dest + suffix)
     os.rename(path, dest)
+    return dest
+
+
+_KINDS = {stat.S_IFREG: "a file", stat.S_IFDIR: "a folder", stat.S_IFSOCK: "a socket", stat.S_IFLNK: "a symlink",
+          stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a device", stat.S_IFBLK: "a device"}
+
+
+def clear_odd(path: str, want: int = stat.S_IFREG) -> str | None:
+    """When something other than `want` (stat.S_IFREG, S_IFSOCK) sits at `path` — a folder where the daemon
+    keeps a file, a file where its socket goes — move it aside like damaged state and log one line.
+
+    Returns where it went, None when `path` is absent or of the right type. Raises OSError if it cannot be
+    moved (or looked at).
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None
+    if stat.S_IFMT(mode) == want:
+        return None
+    dest = move_aside(path)
+    log.warning("%s is %s, not %s: moved to %s", path, _KINDS.get(stat.S_IFMT(mode), "something odd"),
+                _KINDS[want], dest)
     return dest
 
 
@@ -74,6 +101,7 @@ class RunMarker:
             info = None  # this process opened the library before and has not closed it: not a crash
         tmp = f"{self.path}.{os.getpid()}.tmp"
         try:
+            clear_odd(self.path)  # a folder there would make every start look unclean, forever
             with open(tmp, "w") as fh:
                 json.dump({"pid": os.getpid(), "started_at": time.time()}, fh)
             os.replace(tmp, self.path)
