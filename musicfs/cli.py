@@ -120,7 +120,10 @@ def cmd_mount(args) -> int:
 def cmd_scan(args) -> int:
     cfg = _config(args, args.sources)
     setup_logging(cfg.log_level)
+    from .damage import private_state
     from .library import Library
+
+    private_state(cfg.state_dir)
 
     lib = Library.open(cfg, with_cache=False)
     try:
@@ -164,7 +167,15 @@ def cmd_status(args) -> int:
 
 def cmd_fsck(args) -> int:
     setup_logging("ERROR")  # fsck reports what it finds and does itself
-    from .fsck import run_fsck
+    from .fsck import FsckError, resolve_dirs, run_fsck
+
+    if args.repair:  # what a repair creates (a new catalog, a rebuilt index) is private too
+        from .damage import private_state
+
+        try:
+            private_state(*resolve_dirs(args.state_dir, args.cache_dir))
+        except FsckError:
+            pass  # run_fsck says why it cannot run
 
     return run_fsck(args.state_dir, args.cache_dir, repair=args.repair)
 

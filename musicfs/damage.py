@@ -1,4 +1,4 @@
-"""Damaged files are moved aside with a timestamp, never deleted; and the clean-shutdown marker.
+"""Damaged files are moved aside with a timestamp, never deleted; the clean-shutdown marker; private state.
 
 Used by the storage modules (catalog, index, cas) and the library; imports nothing from musicfs.
 """
@@ -33,6 +33,43 @@ def move_aside(path: str, companions: tuple[str, ...] = (), tag: str = "damaged"
             os.rename(path + suffix, dest + suffix)
     os.rename(path, dest)
     return dest
+
+
+PRIVATE_UMASK = 0o077  # state and cache are the user's alone: folders 0700, files 0600
+
+
+def private_state(*folders: str) -> str | None:
+    """Make this process create private files (umask 0o077), and take group and other permissions away from
+    `folders` and everything in them: the state and cache of a library made before they were private showed
+    the catalog and every cached track to any local user. Symlinks are neither followed nor changed.
+
+    Logs one line saying what was tightened (and what could not be) and returns it; None when all was private.
+    """
+    os.umask(PRIVATE_UMASK)
+    counts = {"folders": 0, "files": 0}
+    failed: list[str] = []
+    for top in folders:
+        for root, _, names in os.walk(top):
+            for path in [root, *(os.path.join(root, n) for n in names)]:
+                try:
+                    st = os.lstat(path)
+                    if stat.S_ISLNK(st.st_mode) or not st.st_mode & 0o077:
+                        continue
+                    os.chmod(path, stat.S_IMODE(st.st_mode) & ~0o077)
+                except FileNotFoundError:
+                    continue  # went away meanwhile
+                except OSError as exc:
+                    failed.append(f"{path}: {exc.strerror}")
+                    continue
+                counts["folders" if stat.S_ISDIR(st.st_mode) else "files"] += 1
+    if not (counts["folders"] or counts["files"] or failed):
+        return None
+    line = (f"made {', '.join(folders)} private: {counts['folders']} folders and {counts['files']} files were open "
+            f"to other users; group and other permissions removed (folders 0700, files 0600)")
+    if failed:
+        line += f"; {len(failed)} could not be changed (first: {failed[0]})"
+    log.warning("%s", line)
+    return line
 
 
 _KINDS = {stat.S_IFREG: "a file", stat.S_IFDIR: "a folder", stat.S_IFSOCK: "a socket", stat.S_IFLNK: "a symlink",
