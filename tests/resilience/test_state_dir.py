@@ -123,7 +123,7 @@ def test_state_and_cache_are_private_to_the_daemons_user(small_library, open_wor
         assert read_as(nobody, daemon.state_dir / "catalog.db") == 0
         daemon.start()
         daemon.wait_for_mount()
-        lines = [line for line in daemon.log_text().splitlines() if " made " in line and " private: " in line]
+        lines = [line for line in daemon.log_text().splitlines() if " private state " in line]
         assert len(lines) == 1 and "WARNING" in lines[0], lines
         assert str(daemon.state_dir) in lines[0] and str(daemon.cache_dir) in lines[0]
         assert read_as(nobody, daemon.state_dir / "catalog.db") == errno.EACCES

@@ -47,7 +47,7 @@ def warnings(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
 
 
-@pytest.mark.expected_log(r"musicfs.damage: made .*state.*cache private: 3 folders and 3 files were open to other users")
+@pytest.mark.expected_log(r"musicfs.damage: private state .*state, .*cache: 3 folders and 3 files were open to other users")
 def test_open_state_and_cache_are_tightened_with_one_log_line(tmp_path, caplog):
     state, cache, outside = tmp_path / "state", tmp_path / "cache", tmp_path / "outside.txt"
     (state / "index").mkdir(parents=True)
