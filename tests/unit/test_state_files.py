@@ -102,3 +102,18 @@ def test_clear_odd_leaves_the_right_kind_and_absent_paths_alone(tmp_path):
     assert clear_odd(str(tmp_path / "f")) is None and (tmp_path / "f").read_text() == "x"
     assert clear_odd(str(tmp_path / "absent")) is None
     assert os.listdir(tmp_path) == ["f"]
+
+
+def test_status_without_a_daemon_reports_a_folder_at_the_socket_as_a_problem(tmp_path):
+    import io
+
+    from musicfs.status import EXIT_NOT_RUNNING, run_status
+
+    (tmp_path / "index").mkdir()
+    (tmp_path / SOCKET_NAME).mkdir()
+    out = io.StringIO()
+    assert run_status(str(tmp_path), as_json=True, out=out) == EXIT_NOT_RUNNING
+    doc = json.loads(out.getvalue())
+    assert doc["state"] == "stopped"
+    assert f"{tmp_path / SOCKET_NAME} is not a socket: the next start of the daemon moves it aside" in doc["problems"]
+    assert (tmp_path / SOCKET_NAME).is_dir()  # status never writes
