@@ -99,6 +99,8 @@ def test_state_and_cache_are_private_to_the_daemons_user(small_library, open_wor
     control.chmod(0o644)
     assert read_as(nobody, control) == 0  # the path is open to the other user: only modes below can stop it
 
+    (open_workdir / "d").mkdir()
+    (open_workdir / "d").chmod(0o755)  # whatever this process's umask: only the daemon's own modes may stop others
     daemon = MusicfsDaemon([small_library[0]], open_workdir / "mnt", open_workdir / "d")
     try:
         daemon.start()

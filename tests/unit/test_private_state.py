@@ -2,7 +2,7 @@
 
 `damage.private_state` sets umask 0o077 (folders 0700, files 0600 from then on) and takes group/other
 permissions away from what an older version left open, with one log line. The daemon, `musicfs scan` and
-`musicfs fsck --repair` call it before they create anything.
+`musicfs fsck --repair` call it before they create anything. (tests/conftest.py gives every test its umask back.)
 """
 
 from __future__ import annotations
@@ -18,15 +18,6 @@ from musicfs.cas import CasStore
 from musicfs.catalog import open_checked
 from musicfs.damage import PRIVATE_UMASK, private_state
 from musicfs.index import SearchIndex
-
-
-@pytest.fixture(autouse=True)
-def keep_umask():
-    """private_state changes this process's umask: give the next test the one it had."""
-    old = os.umask(0o022)
-    os.umask(old)
-    yield
-    os.umask(old)
 
 
 def mode(path) -> int:
