@@ -7,6 +7,7 @@ the daemon fills by rescanning the origins (row 2.4).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sqlite3
@@ -15,7 +16,8 @@ from dataclasses import dataclass, fields
 from typing import Iterable, Iterator
 
 from . import points
-from .damage import move_aside, ro_uri, sqlite_corruption
+from .damage import (SQLITE_CANTOPEN, SQLITE_READONLY, move_aside, not_writable, ro_uri, sqlite_code,
+                     sqlite_corruption, wal_before_open, wal_dropped)
 from .errors import CatalogCorrupt, CatalogError
 from .failpoints import fail_point
 
@@ -92,8 +94,12 @@ class Catalog:
                                            timeout=10)
                 self._db.execute("SELECT count(*) FROM sqlite_master").fetchall()
             else:
+                wal = wal_before_open(path)
                 self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)
                 self._db.execute("PRAGMA journal_mode=WAL")
+                if dropped := wal_dropped(self._db, path, wal):
+                    log.warning("catalog %s: its write-ahead log %s-wal was damaged (%s); changes not yet in the "
+                                "catalog file are lost, a rescan brings them back", path, path, dropped)
                 self._db.execute("PRAGMA synchronous=NORMAL")
                 self._db.executescript(_SCHEMA)
                 self._db.execute("INSERT OR IGNORE INTO meta VALUES('schema', ?)", (str(SCHEMA_VERSION),))
@@ -102,6 +108,10 @@ class Catalog:
                 self._db.close()
             if sqlite_corruption(exc):
                 raise CatalogCorrupt(f"{path}: {exc}") from exc
+            folder = os.path.dirname(path) or "."
+            if sqlite_code(exc) in (SQLITE_CANTOPEN, SQLITE_READONLY) and (why := not_writable(folder)):
+                raise CatalogError(f"the state folder {folder} is {why}: cannot open the catalog {path} "
+                                   f"(SQLite: {exc})") from exc
             raise CatalogError(f"{path}: cannot open the catalog: {exc}") from exc
 
     # -- plumbing -----------------------------------------------------------
@@ -314,6 +324,17 @@ CATALOG_NAME = "catalog.db"
 SQLITE_COMPANIONS = ("-wal", "-shm")
 
 
+def make_state_dir(state_dir: str) -> None:
+    """Create the state folder if needed; CatalogError naming it (and why) when that fails."""
+    try:
+        os.makedirs(state_dir, exist_ok=True)
+    except OSError as exc:
+        parent = os.path.dirname(os.path.abspath(state_dir))
+        why = not_writable(parent) if isinstance(exc, (PermissionError,)) or exc.errno == errno.EROFS else None
+        raise CatalogError(f"cannot create the state folder {state_dir}: "
+                           f"{f'{parent} is {why}' if why else exc.strerror}") from exc
+
+
 def open_checked(state_dir: str, full: bool = False) -> tuple[Catalog, str]:
     """Open the catalog after an integrity check (integrity_check when `full`, else quick_check).
 
@@ -321,7 +342,7 @@ def open_checked(state_dir: str, full: bool = False) -> tuple[Catalog, str]:
     damaged one aside: its rows are rebuilt by rescanning the origins. An error that is not damage (the
     disk, permissions) raises CatalogError: refusing to start beats throwing away a good catalog.
     """
-    os.makedirs(state_dir, exist_ok=True)
+    make_state_dir(state_dir)
     path = os.path.join(state_dir, CATALOG_NAME)
     try:
         cat = Catalog(path)

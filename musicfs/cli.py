@@ -15,6 +15,7 @@ from .logsetup import flush_summaries, setup_logging
 
 EX_USAGE = 2
 EX_CONFIG = 78
+EX_BROKEN_PIPE = 128 + 13  # what a shell reports for a command killed by SIGPIPE (`yes | head`)
 log = logging.getLogger("musicfs")
 
 
@@ -119,7 +120,10 @@ def cmd_mount(args) -> int:
 def cmd_scan(args) -> int:
     cfg = _config(args, args.sources)
     setup_logging(cfg.log_level)
+    from .damage import private_state
     from .library import Library
+
+    private_state(cfg.state_dir)
 
     lib = Library.open(cfg, with_cache=False)
     try:
@@ -163,7 +167,15 @@ def cmd_status(args) -> int:
 
 def cmd_fsck(args) -> int:
     setup_logging("ERROR")  # fsck reports what it finds and does itself
-    from .fsck import run_fsck
+    from .fsck import FsckError, resolve_dirs, run_fsck
+
+    if args.repair:  # what a repair creates (a new catalog, a rebuilt index) is private too
+        from .damage import private_state
+
+        try:
+            private_state(*resolve_dirs(args.state_dir, args.cache_dir))
+        except FsckError:
+            pass  # run_fsck says why it cannot run
 
     return run_fsck(args.state_dir, args.cache_dir, repair=args.repair)
 
@@ -196,7 +208,11 @@ COMMANDS = {"mount": cmd_mount, "scan": cmd_scan, "search": cmd_search, "status"
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a reader that went away (`| head`) shows here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:
+        return _stdout_gone()
     except BadArgument as exc:
         print(f"musicfs: {exc}", file=sys.stderr)
         return EX_USAGE
@@ -210,6 +226,18 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         flush_summaries()  # counts of suppressed log lines are never lost
+
+
+def _stdout_gone() -> int:
+    """Whoever read our output stopped (`musicfs search x | head -3`): exit quietly, as `yes | head` does.
+
+    stdout is pointed at /dev/null so that the interpreter's final flush of what is still buffered does not
+    fail again (the recipe of Python's signal documentation, "Note on SIGPIPE").
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EX_BROKEN_PIPE
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 import tomllib
@@ -66,18 +67,54 @@ class Config:
         return replace(self, sources=sources, state_dir=os.path.abspath(state), cache_dir=os.path.abspath(cache))
 
 
-_SIZE_KEYS = {"cache_size", "chunk_size", "memory_cache"}
-_FLOAT_KEYS = {"rescan_interval", "read_timeout", "drain_timeout", "health_interval", "health_timeout",
-               "failover_grace"}
+# The sane range of every numeric key (inclusive), documented in README's config section. A value outside
+# it (or not finite: TOML has nan and inf) is refused: `read_timeout = nan` would fail every read,
+# `health_interval = 1e-300` would spin a core.
+SIZE_RANGES = {
+    "cache_size": (64 << 10, 1 << 50),  # 64K .. 1P
+    "chunk_size": (64 << 10, 16 << 20),  # 64K .. 16M
+    "memory_cache": (0, 64 << 30),  # 0 (off) .. 64G
+}
+SECONDS_RANGES = {
+    "rescan_interval": (1.0, 30 * 86400.0),  # 1 s .. 30 days
+    "read_timeout": (0.1, 3600.0),
+    "drain_timeout": (0.1, 3600.0),
+    "health_interval": (0.1, 86400.0),
+    "health_timeout": (0.1, 3600.0),
+    "failover_grace": (0.1, 86400.0),
+}
 _FILE_KEYS = {f.name for f in fields(Config)} - {"sources", "mountpoint"}
 
 
+def format_size(n: int) -> str:
+    """Bytes in the units parse_size reads: 65536 -> '64K'."""
+    for unit in ("T", "G", "M", "K"):
+        if n >= _UNITS[unit] and n % _UNITS[unit] == 0:
+            return f"{n // _UNITS[unit]}{unit}"
+    return str(n)
+
+
+def _seconds(x: float) -> str:
+    return f"{x:f}".rstrip("0").rstrip(".")
+
+
+def _size_range_text(key: str) -> str:
+    low, high = SIZE_RANGES[key]
+    return f"between {format_size(low)} and {format_size(high)}"
+
+
 def _check_value(key: str, value):
-    if key in _SIZE_KEYS:
-        return parse_size(value, key)
-    if key in _FLOAT_KEYS:
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-            raise ConfigError(key, f"must be a positive number of seconds, not {value!r}")
+    if key in SIZE_RANGES:
+        size = parse_size(value, key)
+        low, high = SIZE_RANGES[key]
+        if not low <= size <= high:
+            raise ConfigError(key, f"must be {_size_range_text(key)}, not {value!r}")
+        return size
+    if key in SECONDS_RANGES:
+        low, high = SECONDS_RANGES[key]
+        if (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
+                or not low <= value <= high):
+            raise ConfigError(key, f"must be a number of seconds between {_seconds(low)} and {_seconds(high)}, not {value!r}")
         return float(value)
     if key == "log_level":
         if str(value).upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -106,11 +143,6 @@ def _as_bad_argument(exc: ConfigError, key: str) -> BadArgument:
     return BadArgument(flag_name(key), detail)
 
 
-def _chunk_size_ok(cfg: Config) -> None:
-    if not (64 << 10) <= cfg.chunk_size <= (16 << 20):
-        raise ConfigError("chunk_size", "must be between 64K and 16M")
-
-
 def load(path: str | None, overrides: dict) -> Config:
     """Read the TOML file (if any), apply flag overrides (None = not given), validate.
 
@@ -118,7 +150,6 @@ def load(path: str | None, overrides: dict) -> Config:
     naming the flag (`--cache-size`), so the CLI can tell a usage error from a config error.
     """
     values: dict = {}
-    from_flags: set[str] = set()
     if path:
         try:
             with open(path, "rb") as fh:
@@ -141,14 +172,6 @@ def load(path: str | None, overrides: dict) -> Config:
                 values[key] = _check_value(key, value)
             except ConfigError as exc:
                 raise _as_bad_argument(exc, key) from exc
-            from_flags.add(key)
         else:
             values[key] = value
-    cfg = Config(**values)
-    try:
-        _chunk_size_ok(cfg)
-    except ConfigError as exc:
-        if "chunk_size" in from_flags:
-            raise _as_bad_argument(exc, "chunk_size") from exc
-        raise
-    return cfg
+    return Config(**values)

@@ -20,6 +20,7 @@ import trio
 from . import __version__, failpoints, points
 from .config import Config
 from .control import serve_status, write_state_file
+from .damage import private_state
 from .errors import ConfigError, MusicFSError, OriginError
 from .fuse_ops import MusicOperations
 from .library import Library
@@ -297,6 +298,7 @@ def run(cfg: Config) -> int:
         failpoints.setup_from_env()  # lets tests arm a child daemon through FAILPOINTS
     except ValueError as exc:
         raise ConfigError("FAILPOINTS", str(exc)) from exc
+    private_state(cfg.state_dir, cfg.cache_dir)  # before anything is created: folders 0700, files 0600
     notifier = Notifier()
     try:
         trio.run(_main, cfg, notifier)

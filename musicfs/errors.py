@@ -115,6 +115,11 @@ class CatalogCorrupt(CatalogError):
     """The catalog file failed its integrity check."""
 
 
+class StateError(MusicFSError):
+    """A state file of the daemon (daemon.json, running.json, daemon.sock) or the state folder itself could not
+    be written."""
+
+
 class SearchIndexError(MusicFSError):
     """The tantivy index failed or is damaged."""
 

@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass, field
 
 from .cas import CasStore
-from .catalog import Catalog, open_checked
+from .catalog import Catalog, make_state_dir, open_checked
 from .config import Config
 from .damage import RunMarker
 from .errors import SearchIndexCorrupt
@@ -44,7 +44,7 @@ class Library:
 
     @classmethod
     def open(cls, cfg: Config, with_cache: bool = True) -> "Library":
-        os.makedirs(cfg.state_dir, exist_ok=True)
+        make_state_dir(cfg.state_dir)
         marker = RunMarker(cfg.state_dir)
         previous = marker.begin()
         unclean = previous is not None

@@ -82,10 +82,11 @@ def query_daemon(state_dir: str, timeout: float = 2.0) -> dict | None:
 
 
 def _socket_exists(path: str) -> bool:
-    """False when there is no socket file; StatusError when something else is there or cannot be seen."""
+    """False when there is no socket file, or something else sits there (no daemon listens on a folder: the
+    next start moves it aside, status_from_files reports it); StatusError when it cannot be seen."""
     try:
         if not stat.S_ISSOCK(os.stat(path).st_mode):
-            raise StatusError(f"{path} is not a socket")
+            return False
     except FileNotFoundError:
         return False
     except OSError as exc:
@@ -195,6 +196,9 @@ def status_from_files(state_dir: str) -> dict:
     doc["started_at"] = info.get("started_at")
     doc["cache"]["dir"] = info.get("cache_dir")
     doc["cache"]["quota_bytes"] = info.get("cache_size")
+    sock = os.path.join(state_dir, SOCKET_NAME)
+    if os.path.lexists(sock) and not stat.S_ISSOCK(os.lstat(sock).st_mode):
+        problems.append(f"{sock} is not a socket: the next start of the daemon moves it aside")
     _add_catalog_facts(doc, os.path.join(state_dir, "catalog.db"))
     _add_cache_usage(doc)
     _add_process_state(doc, info.get("pid"))

@@ -42,3 +42,14 @@ def library_copy(small_library, tmp_path):
     root = tmp_path / "library"
     shutil.copytree(small_library[0], root)
     return root, [root / p.relative_to(small_library[0]) for p in small_library[2]]
+
+
+@pytest.fixture(autouse=True)
+def _umask_restored():
+    """`musicfs scan` and `fsck --repair` run in-process set umask 0o077 (private state): not for later tests."""
+    import os
+
+    old = os.umask(0o022)
+    os.umask(old)
+    yield
+    os.umask(old)

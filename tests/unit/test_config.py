@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+from dataclasses import fields as _fields
 from pathlib import Path
 
 import pytest
 
-from musicfs.config import Config, library_id, load, parse_size
+from musicfs.config import SECONDS_RANGES, SIZE_RANGES, Config, format_size, library_id, load, parse_size
 from musicfs.errors import BadArgument, ConfigError
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
@@ -193,3 +194,55 @@ def test_different_sources_get_different_state(tmp_path, monkeypatch):
     assert Config(sources=("a",)).resolved().state_dir == a.state_dir
     assert library_id(["s3://bucket/x"]) != library_id(["s3://bucket/y"])
     assert os.path.isabs(a.state_dir)
+
+
+# -- ranges: every numeric key has a sane one, refused values name the key and the range ----------------------
+def test_every_numeric_key_has_a_range():
+    numeric = {f.name for f in _fields(Config) if f.type in ("int", "float")}
+    assert numeric == set(SIZE_RANGES) | set(SECONDS_RANGES)
+
+
+@pytest.mark.parametrize("key", sorted(SECONDS_RANGES))
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e-300", "1e300", "-1"])
+def test_non_finite_and_out_of_range_seconds_are_refused(tmp_path, key, value):
+    low, high = SECONDS_RANGES[key]
+    with pytest.raises(ConfigError) as err:
+        load(_toml(tmp_path, f"{key} = {value}\n"), {})
+    assert err.value.key == key and not isinstance(err.value, BadArgument)
+    assert "between" in str(err.value) and f"{high:.0f}" in str(err.value), str(err.value)
+    with pytest.raises(BadArgument) as err:  # the same value given as a flag names the flag
+        load(None, {key: float(value)})
+    assert err.value.key == "--" + key.replace("_", "-")
+
+
+@pytest.mark.parametrize("key", sorted(SECONDS_RANGES))
+def test_the_ends_of_each_seconds_range_are_accepted(tmp_path, key):
+    low, high = SECONDS_RANGES[key]
+    for value in (low, high):
+        assert getattr(load(_toml(tmp_path, f"{key} = {value!r}\n"), {}), key) == value
+    for value in (low / 2, high * 2):
+        with pytest.raises(ConfigError, match=key):
+            load(_toml(tmp_path, f"{key} = {value!r}\n"), {})
+
+
+@pytest.mark.parametrize("key", sorted(SIZE_RANGES))
+def test_sizes_outside_their_range_are_refused(tmp_path, key):
+    low, high = SIZE_RANGES[key]
+    assert getattr(load(_toml(tmp_path, f'{key} = "{format_size(low)}"\n'), {}), key) == low
+    assert getattr(load(_toml(tmp_path, f'{key} = "{format_size(high)}"\n'), {}), key) == high
+    for bad in ([f"{high + 1}"] + ([f"{low - 1}"] if low else [])):
+        with pytest.raises(ConfigError) as err:
+            load(_toml(tmp_path, f"{key} = {bad}\n"), {})
+        assert err.value.key == key
+        assert f"between {format_size(low)} and {format_size(high)}" in str(err.value)
+    with pytest.raises(ConfigError, match=key):
+        load(_toml(tmp_path, f"{key} = nan\n"), {})
+
+
+def test_readme_documents_every_range():
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme[readme.index("### Config file"):readme.index("### Remote sources")]
+    for key, (low, high) in SIZE_RANGES.items():
+        assert f"{key} " in section and f"{format_size(low)}..{format_size(high)}" in section, key
+    for key, (low, high) in SECONDS_RANGES.items():
+        assert f"{key} " in section and f"{low:g}..{high:.0f} s" in section, key

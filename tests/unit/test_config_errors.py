@@ -53,11 +53,17 @@ def assert_nothing_mounted_or_written(mnt: Path, dirs: dict):
 @pytest.mark.parametrize("config, key, words", [
     ('cache_sise = "1G"', "cache_sise", "unknown key"),
     ('cache_size = "lots"', "cache_size", "'lots' is not a size"),
-    ("rescan_interval = 0", "rescan_interval", "positive number"),
+    ("rescan_interval = 0", "rescan_interval", "between 1 and 2592000"),
     ('chunk_size = "64M"', "chunk_size", "between 64K and 16M"),
+    ("read_timeout = nan", "read_timeout", "seconds between 0.1 and 3600, not nan"),
+    ("drain_timeout = nan", "drain_timeout", "seconds between 0.1 and 3600, not nan"),
+    ("health_interval = 1e-300", "health_interval", "seconds between 0.1 and 86400, not 1e-300"),
+    ("health_timeout = inf", "health_timeout", "seconds between 0.1 and 3600, not inf"),
+    ('memory_cache = "100G"', "memory_cache", "between 0 and 64G"),
     ('log_level = "LOUD"', "log_level", "DEBUG, INFO"),
     ("cache_size = = 3", "--config", "not valid TOML"),
-], ids=["unknown-key", "bad-size", "bad-interval", "chunk-range", "bad-level", "invalid-toml"])
+], ids=["unknown-key", "bad-size", "bad-interval", "chunk-range", "read-timeout-nan", "drain-timeout-nan",
+        "health-interval-tiny", "health-timeout-inf", "memory-cache-huge", "bad-level", "invalid-toml"])
 def test_bad_config_file_exits_78_naming_the_key(tmp_path, config, key, words):
     result, mnt, dirs = run_mount(tmp_path, config=config)
     assert result.returncode == EX_CONFIG, result.stderr
@@ -86,8 +92,10 @@ def test_unreadable_config_exits_78(tmp_path, what):
 @pytest.mark.parametrize("args, flag, words", [
     (["--cache-size", "abc"], "--cache-size", "'abc' is not a size"),
     (["--cache-size=-5G"], "--cache-size", "not a size"),
-    (["--rescan-interval", "0"], "--rescan-interval", "positive number"),
-], ids=["cache-size-abc", "cache-size-negative", "rescan-zero"])
+    (["--rescan-interval", "0"], "--rescan-interval", "between 1 and 2592000"),
+    (["--rescan-interval", "nan"], "--rescan-interval", "between 1 and 2592000, not nan"),
+    (["--cache-size", "2000T"], "--cache-size", "between 64K and 1024T"),
+], ids=["cache-size-abc", "cache-size-negative", "rescan-zero", "rescan-nan", "cache-size-huge"])
 def test_bad_flag_value_exits_2_naming_the_flag(tmp_path, args, flag, words):
     result, mnt, dirs = run_mount(tmp_path, *args)
     assert result.returncode == EX_USAGE, result.stderr

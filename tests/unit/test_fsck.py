@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -227,7 +228,12 @@ def test_the_command_line_finds_the_only_library_and_its_cache(lib_dirs, tmp_pat
     assert f"state {moved}, cache {cache}" in out and "clean" in out
     chunk_files(cache)[0].write_bytes(b"rot")
     assert cli.main(["fsck"]) == EXIT_LEFT
-    assert cli.main(["fsck", "--repair"]) == EXIT_REPAIRED
+    umask = os.umask(0o022)
+    try:
+        assert cli.main(["fsck", "--repair"]) == EXIT_REPAIRED
+    finally:
+        assert os.umask(umask) == 0o077  # --repair creates private files
+    assert not (moved.stat().st_mode | cache.stat().st_mode) & 0o077  # and made the library's folders private
     assert cli.main(["fsck"]) == EXIT_CLEAN
 
 
