@@ -232,3 +232,23 @@ def test_rescans_wait_for_the_origin_that_scanned_the_library(cat, lib, tmp_path
     with pytest.raises(sync.OriginTransient, match="rescans wait"):
         Scanner(cat, OriginRegistry([primary, LocalOrigin(replica)])).scan()
     assert cat.identities() == before  # nothing re-keyed from the replica
+
+
+def test_a_track_with_a_number_int_refuses_is_kept_without_the_number(lib, cat):
+    """TRACKNUMBER '²' (a digit that int() refuses) once made a valid FLAC junk: the track stays, unnumbered."""
+    import mutagen.flac
+
+    root, tracks = lib
+    source = next(t for t in tracks if t.format == "flac" and t.tagged)
+    odd = "misc/superscript.flac"
+    shutil.copy(root / source.path, root / odd)
+    audio = mutagen.flac.FLAC(root / odd)
+    audio["tracknumber"], audio["discnumber"], audio["title"] = "\u00b2", "A1", "Squared"
+    audio.save()
+
+    result = scanner(cat, root)[0].scan()
+    assert result.skipped == len(JUNK_FILES)
+    row = next(r for r in cat.files("track") if r.path == odd)
+    assert (row.title, row.track_no, row.disc_no) == ("Squared", None, None)
+    tree = tree_of(cat)
+    assert any(n.file is not None and n.file.path == odd and n.name == b"Squared.flac" for n in tree.walk_files())
