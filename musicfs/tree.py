@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from .catalog import FileRow
+from .origins.base import unescape_name
 
 ROOT_INO = 1
 FIRST_INO = 2
@@ -21,6 +22,7 @@ NAME_MAX = 255
 
 def clean_name(text: str) -> str:
     """A safe single path component: no '/', no NUL, no leading dot, valid UTF-8, never empty."""
+    text = unescape_name(text)  # an origin name that is not UTF-8 (escaped, see origins/base.py)
     try:  # undecodable bytes smuggled in as U+DC80..U+DCFF: back to bytes, then replaced if invalid
         raw = text.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:  # any other lone surrogate (e.g. U+D800) cannot be escaped back

@@ -16,7 +16,7 @@ from ..errors import (
     OriginTransient,
     PathEscape,
 )
-from .base import FileStat, Origin
+from .base import FileStat, Origin, escape_name, unescape_name
 
 _TRANSIENT = {errno.EIO, errno.EAGAIN, errno.ETIMEDOUT, errno.ESTALE, errno.EINTR}
 
@@ -43,10 +43,10 @@ class LocalOrigin(Origin):
 
     # -- path safety -------------------------------------------------------
     def _resolve(self, path: str) -> str:
-        """Absolute path for `path`, refusing anything that leaves the root."""
+        """Absolute path for `path` (names escaped as by walk), refusing anything that leaves the root."""
         if "\0" in path or os.path.isabs(path):
             raise PathEscape(f"{self.name}: refusing path {path!r}", origin=self.name, path=path)
-        full = os.path.realpath(os.path.join(self.root, path))
+        full = os.path.realpath(os.path.join(self.root, unescape_name(path)))
         if full != self.root and not full.startswith(self.root + os.sep):
             raise PathEscape(f"{self.name}: {path!r} leaves the source directory", origin=self.name, path=path)
         return full
@@ -64,7 +64,8 @@ class LocalOrigin(Origin):
             except OSError as exc:
                 raise map_os_error(exc, self.name, rel_dir) from exc
             for entry in entries:
-                rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+                name = escape_name(entry.name)  # a name that is not UTF-8 is kept, escaped (see base.py)
+                rel = f"{rel_dir}/{name}" if rel_dir else name
                 try:
                     full = self._resolve(rel)
                 except PathEscape:

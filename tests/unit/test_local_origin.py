@@ -6,9 +6,11 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from musicfs.errors import OriginFileChanged, OriginNotFound, OriginPermission, PathEscape
-from musicfs.origins.base import FileStat
+from musicfs.origins.base import NAME_ESCAPE, FileStat, escape_name, unescape_name
 from musicfs.origins.local import LocalOrigin
 
 CONTENT = bytes(range(256)) * 40  # 10240 bytes, every offset distinguishable
@@ -201,3 +203,34 @@ def test_unreadable_file_is_a_permission_error(tree):
         assert err.value.kind == "permission"
     finally:
         target.chmod(0o644)
+
+
+# -- names that are not UTF-8 --------------------------------------------------------------------
+@given(st.binary(max_size=40))
+def test_escaped_names_are_utf8_text_that_gives_back_the_real_bytes(raw):
+    name = os.fsdecode(raw)
+    text = escape_name(name)
+    text.encode("utf-8")  # storable in SQLite TEXT: raises if not
+    assert os.fsencode(unescape_name(text)) == raw
+
+
+@given(st.text())
+def test_escaping_leaves_every_valid_name_without_the_escape_unchanged(name):
+    name = name.encode("utf-8", "surrogatepass").decode("utf-8", "replace").replace(NAME_ESCAPE, "")
+    assert escape_name(name) == name and unescape_name(name) == name
+
+
+def test_a_name_that_is_not_utf8_is_listed_escaped_and_read_by_its_real_bytes(tree):
+    root, _ = tree
+    raw_dir = os.path.join(os.fsencode(root), b"Caf\xe9")
+    os.mkdir(raw_dir)
+    with open(os.path.join(raw_dir, b"\xff\xfe.flac"), "wb") as fh:
+        fh.write(CONTENT)
+    origin = LocalOrigin(root)
+    listed = _walk(origin)
+    odd = [p for p in listed if p.startswith("Caf")]
+    assert odd == [f"Caf{NAME_ESCAPE}E9/{NAME_ESCAPE}FF{NAME_ESCAPE}FE.flac"]
+    assert listed[odd[0]] == len(CONTENT)
+    stat = origin.stat(odd[0])
+    assert stat.path == odd[0] and stat.size == len(CONTENT)
+    assert origin.read(odd[0], 100, 50, stat) == CONTENT[100:150]
