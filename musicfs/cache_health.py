@@ -64,7 +64,9 @@ class CacheHealth:
         return self.state == NORMAL
 
     def snapshot(self) -> dict:
-        return {"state": self.state, "reason": self.reason, "since_s": round(time.monotonic() - self.since, 1)}
+        kept, files = self.cas.quarantine_usage() if hasattr(self.cas, "quarantine_usage") else (0, 0)
+        return {"state": self.state, "reason": self.reason, "since_s": round(time.monotonic() - self.since, 1),
+                "quarantine_bytes": kept, "quarantine_files": files}
 
     def _set(self, state: str, reason: str) -> None:
         old = self.state

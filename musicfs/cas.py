@@ -10,7 +10,8 @@ The index is derived data:
 - when it fails at runtime (`CasIndexError`), `rebuild_index()` does the same while the reader serves
   reads from the origins (row 6.3).
 A store whose disk cannot be opened (read-only, failing, full of errors) stays *unavailable*: every call
-raises CacheUnavailable and `probe()` retries the open (row 6.6). Damaged chunk files go to quarantine/.
+raises CacheUnavailable and `probe()` retries the open (row 6.6). Damaged chunk files go to quarantine/, which keeps the newest of them within QUARANTINE_FILES files and
+QUARANTINE_SHARE of the quota (older ones are deleted, with one log line); its bytes count against the quota.
 
 Locks: `_lock` guards the in-memory LRU, sizes and pins and is never held across I/O, so a hung disk
 never blocks has/usage/pin/unpin (called on the trio loop); `_db_lock` serialises the SQLite connection.
@@ -41,6 +42,10 @@ log = logging.getLogger(__name__)
 INDEX_NAME = "index.db"
 _DISK_CODES = {SQLITE_BUSY, SQLITE_LOCKED, SQLITE_READONLY, SQLITE_IOERR, SQLITE_CANTOPEN}
 _FD_ERRNOS = {errno.EMFILE, errno.ENFILE}
+# quarantine/ keeps the newest damaged files for inspection, within both bounds; its bytes count against
+# the quota (a soak once left 91 MiB there beside a 40 MiB quota).
+QUARANTINE_FILES = 64
+QUARANTINE_SHARE = 0.10  # of the quota
 
 
 def chunk_hash(data: bytes) -> str:
@@ -83,11 +88,15 @@ class CasStore:
     never removes a pinned chunk (one that an open file is using).
     """
 
-    def __init__(self, root: str, quota: int, high: float = 0.95, low: float = 0.85, *, full_check: bool = False):
+    def __init__(self, root: str, quota: int, high: float = 0.95, low: float = 0.85, *, full_check: bool = False,
+                 quarantine_files: int = QUARANTINE_FILES, quarantine_share: float = QUARANTINE_SHARE):
         self.root = root
         self.quota = quota
         self.high, self.low = high, low
         self.full_check = full_check
+        self.quarantine_files = quarantine_files
+        self.quarantine_bytes_max = int(quota * quarantine_share)
+        self._quarantined = (0, 0)  # (bytes, files) in quarantine/, as of the last prune
         self._lock = threading.RLock()  # memory only, never held across I/O
         self._db_lock = threading.RLock()  # the SQLite connection
         self._db: sqlite3.Connection | None = None
@@ -115,6 +124,7 @@ class CasStore:
     def _open(self) -> None:
         """Open (or reopen) the store: folders, temp leftovers, the checked index, the LRU. Caller holds _db_lock."""
         self._prepare_folders()
+        self._prune_quarantine()
         path = self.index_path
         existed = os.path.exists(path)
         db, damage = self._open_checked_index(path) if existed else (None, "")
@@ -295,7 +305,59 @@ class CasStore:
             n += 1
             dest = os.path.join(self.root, "quarantine", f"{digest}.{int(time.time())}.{n}")
         os.rename(self._path(digest), dest)
+        try:  # a rename keeps the chunk's mtime: "newest" means newest in quarantine (to the ns, not the tick)
+            now = time.time_ns()
+            os.utime(dest, ns=(now, now))
+        except OSError:
+            pass
+        self._prune_quarantine()
         return dest
+
+    def _prune_quarantine(self) -> None:
+        """Keep the newest quarantined files within the bounds, delete the older ones (one log line), and
+        remember what is kept. Never raises: a quarantine that cannot be listed or pruned is only logged."""
+        folder = os.path.join(self.root, "quarantine")
+        found = []
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    try:
+                        if entry.is_file(follow_symlinks=False):
+                            st = entry.stat(follow_symlinks=False)
+                            found.append((st.st_mtime_ns, entry.name, st.st_size))
+                    except FileNotFoundError:
+                        continue
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("cache: cannot list the quarantine %s: %s", folder, exc.strerror or exc)
+            return
+        kept = kept_bytes = dropped = dropped_bytes = 0
+        failed = ""
+        full = False
+        for _mtime, name, size in sorted(found, reverse=True):  # newest first
+            if not full and kept < self.quarantine_files and kept_bytes + size <= self.quarantine_bytes_max:
+                kept, kept_bytes = kept + 1, kept_bytes + size
+                continue
+            full = True  # everything older than the first file that does not fit goes
+            try:
+                os.unlink(os.path.join(folder, name))
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                failed = failed or (exc.strerror or str(exc))
+                kept, kept_bytes = kept + 1, kept_bytes + size
+                continue
+            dropped, dropped_bytes = dropped + 1, dropped_bytes + size
+        with self._lock:
+            self._quarantined = (kept_bytes, kept)
+        if dropped:
+            log.info("cache: quarantine %s: deleted the %d oldest files (%d bytes); keeping the newest %d (%d bytes) "
+                     "for inspection (at most %d files, %d bytes)", folder, dropped, dropped_bytes, kept, kept_bytes,
+                     self.quarantine_files, self.quarantine_bytes_max)
+        if failed:
+            log.warning("cache: quarantine %s: cannot delete old files (%s); they still count against the quota",
+                        folder, failed)
 
     # -- the index store ------------------------------------------------------------
     def _require(self) -> None:
@@ -341,6 +403,11 @@ class CasStore:
         """(bytes, chunks) held."""
         with self._lock:
             return self._used, len(self._lru)
+
+    def quarantine_usage(self) -> tuple[int, int]:
+        """(bytes, files) kept in quarantine/ for inspection; they count against the quota too."""
+        with self._lock:
+            return self._quarantined
 
     def get(self, digest: str) -> bytes:
         """The chunk's bytes, verified. ChunkMissing / ChunkCorrupt (after quarantine) otherwise."""
@@ -432,8 +499,9 @@ class CasStore:
     def _make_room(self, incoming: int) -> None:
         if incoming > self.quota:  # before evicting: a chunk that can never fit must not flush the cache
             raise CacheFull(f"cache: a {incoming}-byte chunk does not fit a {self.quota}-byte quota")
-        if self._used + incoming > self.quota * self.high:
-            self.evict_to(int(self.quota * self.low) - incoming)
+        kept, _ = self.quarantine_usage()  # bounded well below the low watermark
+        if self._used + kept + incoming > self.quota * self.high:
+            self.evict_to(int(self.quota * self.low) - kept - incoming)
 
     def _evict_for_disk(self, incoming: int) -> int:
         """The disk filled before the quota did: free a slice of what we hold (LRU), for one retry."""

@@ -245,10 +245,28 @@ def _add_cache_usage(doc: dict) -> None:
         with closing(_ro_connect(index)) as db:
             used, chunks = db.execute("SELECT coalesce(sum(size), 0), count(*) FROM chunks").fetchone()
         doc["cache"]["used_bytes"], doc["cache"]["chunks"] = int(used), int(chunks)
+        doc["cache"]["quarantine_bytes"], doc["cache"]["quarantine_files"] = _folder_usage(
+            os.path.join(cache_dir, "quarantine"))
     except FileNotFoundError:
         doc["cache"]["used_bytes"], doc["cache"]["chunks"] = 0, 0  # nothing cached yet
     except sqlite3.Error as exc:
         doc["problems"].append(f"cache index {index}: {exc}")
+
+
+def _folder_usage(folder: str) -> tuple[int, int]:
+    """(bytes, files) of the regular files in `folder`; (0, 0) when it cannot be listed."""
+    size = files = 0
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                try:
+                    if entry.is_file(follow_symlinks=False):
+                        size, files = size + entry.stat(follow_symlinks=False).st_size, files + 1
+                except OSError:
+                    continue
+    except OSError:
+        pass
+    return size, files
 
 
 def _add_process_state(doc: dict, pid) -> None:
@@ -382,6 +400,8 @@ def _cache_text(cache: dict) -> str:
     used, quota, chunks = cache.get("used_bytes"), cache.get("quota_bytes"), cache.get("chunks")
     text = f"{_human(used)} of {_human(quota)}" if quota is not None else _human(used)
     text += f" ({'?' if used is None else used} bytes, {'?' if chunks is None else chunks} chunks)"
+    if cache.get("quarantine_files"):
+        text += f", quarantine {cache['quarantine_files']} files ({_human(cache.get('quarantine_bytes'))})"
     if cache.get("state"):
         text += f", {cache['state']}"
     return text

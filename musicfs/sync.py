@@ -91,7 +91,9 @@ class Scanner:
         started = time.monotonic()
         origin = self._pick_origin()
         listing = sorted((st for st in origin.walk() if tags.classify(st.path)), key=lambda st: st.path)
-        unnamed = [st for st in listing if not _utf8_name(st.path)]  # SQLite TEXT cannot hold them
+        # Origins escape names that are not UTF-8 (origins/base.py escape_name); one that does not
+        # cannot have them stored (SQLite TEXT refuses lone surrogates): skipped with one line each.
+        unnamed = [st for st in listing if not _utf8_name(st.path)]
         listing = [st for st in listing if _utf8_name(st.path)]
         known = self.catalog.identities()
         todo = [st for st in listing if known.get(st.path) != (st.size, st.mtime_ns, st.etag)]

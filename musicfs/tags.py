@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -87,27 +88,60 @@ class Tags:
     duration: float | None = None
 
 
+def _text(value) -> str | None:
+    """One tag value as clean text: lone surrogates (undecodable bytes) become U+FFFD, blank is None."""
+    if isinstance(value, list):
+        value = value[0] if value else None
+    if value is None:
+        return None
+    if hasattr(value, "text"):
+        value = value.text[0] if value.text else None
+        if value is None:
+            return None
+    text = str(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # as tree.clean_name: escaped bytes back to bytes, then replaced
+        try:
+            raw = text.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            raw = text.encode("utf-8", "surrogatepass")
+        text = raw.decode("utf-8", "replace")
+    return text.strip() or None
+
+
 def _first(tags, *keys) -> str | None:
     for key in keys:
         try:
-            value = tags[key]
-        except (KeyError, ValueError, TypeError):
+            text = _text(tags[key])
+        except Exception:  # a missing key, or a value mutagen cannot give back: not a reason to lose the track
             continue
-        if isinstance(value, list):
-            value = value[0] if value else None
-        if value is not None:
-            text = str(getattr(value, "text", [value])[0] if hasattr(value, "text") else value).strip()
-            if text:
-                return text
+        if text:
+            return text
     return None
 
 
 def _number(text: str | None) -> int | None:
-    """'3', '03/12', '3 of 12' -> 3; junk -> None."""
-    if not text:
+    """'3', '03/12', '3 of 12' -> 3; junk ('²', 'A1', '', '1e3') -> None. Never raises."""
+    if not text or not text.split():
         return None
-    head = text.split("/")[0].split()[0] if text.split() else ""
-    return int(head) if head.isdigit() and len(head) < 7 else None
+    head = text.split("/")[0].split()[0] if text.split("/")[0].split() else ""
+    # isdecimal, not isdigit: '²' is a digit that int() refuses; decimal digits of any script are numbers
+    if not head.isdecimal() or len(head) >= 7:
+        return None
+    try:
+        return int(head)
+    except ValueError:
+        return None
+
+
+def _duration(info) -> float | None:
+    """Seconds of audio when mutagen knows them and they make sense (finite, positive)."""
+    try:
+        length = float(getattr(info, "length", None) or 0)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return length if math.isfinite(length) and length > 0 else None
 
 
 def parse(fileobj: RangeFile) -> Tags | None:
@@ -116,7 +150,6 @@ def parse(fileobj: RangeFile) -> Tags | None:
     if audio is None:
         return None
     tags = audio.tags or {}
-    length = getattr(audio.info, "length", None)
     return Tags(
         artist=_first(tags, "artist"),
         albumartist=_first(tags, "albumartist", "album artist"),
@@ -126,5 +159,5 @@ def parse(fileobj: RangeFile) -> Tags | None:
         disc_no=_number(_first(tags, "discnumber")),
         year=_first(tags, "date", "year"),
         genre=_first(tags, "genre"),
-        duration=float(length) if length else None,
+        duration=_duration(audio.info),
     )

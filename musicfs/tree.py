@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from .catalog import VERSION_SEP, FileRow
+from .origins.base import unescape_name
 
 ROOT_INO = 1
 FIRST_INO = 2
@@ -22,6 +23,7 @@ NAME_MAX = 255
 
 def clean_name(text: str) -> str:
     """A safe single path component: no '/', no NUL, no leading dot, valid UTF-8, never empty."""
+    text = unescape_name(text)  # an origin name that is not UTF-8 (escaped, see origins/base.py)
     try:  # undecodable bytes smuggled in as U+DC80..U+DCFF: back to bytes, then replaced if invalid
         raw = text.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:  # any other lone surrogate (e.g. U+D800) cannot be escaped back

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import re
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -53,3 +54,30 @@ class Origin(abc.ABC):
 
     def close(self) -> None:
         """Release connections. Safe to call twice."""
+
+
+# -- names that are not UTF-8 -----------------------------------------------------
+# Above the origins a path is text (SQLite TEXT, inode keys, the search index, logs), but a POSIX
+# name is bytes. os.fsdecode turns each undecodable byte into a lone surrogate U+DC80..U+DCFF, which
+# SQLite refuses. An origin that can list such names yields them escaped, losslessly: each of those
+# surrogates becomes NAME_ESCAPE and two hex digits, NAME_ESCAPE itself is doubled. NAME_ESCAPE is
+# U+FDD0, a Unicode noncharacter (reserved for internal use), so every real-world name is unchanged
+# and catalogs written before keep their keys. The origin unescapes before touching the file.
+NAME_ESCAPE = "\ufdd0"
+_ESCAPE_RE = re.compile("[\udc80-\udcff\ufdd0]")
+_UNESCAPE_RE = re.compile("\ufdd0(\ufdd0|[0-9A-F]{2})")
+
+
+def escape_name(name: str) -> str:
+    """A name from os.fsdecode (surrogate escapes) as valid UTF-8 text that unescape_name reverses."""
+    if not _ESCAPE_RE.search(name):
+        return name
+    return _ESCAPE_RE.sub(lambda m: NAME_ESCAPE * 2 if m[0] == NAME_ESCAPE else f"{NAME_ESCAPE}{ord(m[0]) - 0xDC00:02X}",
+                          name)
+
+
+def unescape_name(text: str) -> str:
+    """escape_name reversed: surrogate escapes again, so os.fsencode gives back the real bytes."""
+    if NAME_ESCAPE not in text:
+        return text
+    return _UNESCAPE_RE.sub(lambda m: NAME_ESCAPE if m[1] == NAME_ESCAPE else chr(0xDC00 + int(m[1], 16)), text)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 from typing import Iterator
 
@@ -17,7 +18,7 @@ from ..errors import (
     OriginTransient,
     PathEscape,
 )
-from .base import FileStat, Origin
+from .base import FileStat, Origin, escape_name, unescape_name
 
 def _version(st: os.stat_result) -> tuple[int, int, int, int]:
     """What changes whenever a file's bytes do: a write moves mtime and ctime (even when mtime is put back)."""
@@ -25,6 +26,13 @@ def _version(st: os.stat_result) -> tuple[int, int, int, int]:
 
 
 _TRANSIENT = {errno.EIO, errno.EAGAIN, errno.ETIMEDOUT, errno.ESTALE, errno.EINTR}
+# A folder below the root that cannot be listed for one of these is skipped with a log line, and the
+# rest is scanned; any other error (EIO, ESTALE...) fails the walk, as its files would look deleted.
+_SKIP_ENTRY = {errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG, errno.ELOOP,
+               errno.EILSEQ, errno.EINVAL}
+LOG_SKIPPED = 20  # entries a walk names one by one; more are counted in one summary line
+
+log = logging.getLogger(__name__)
 
 
 def map_os_error(exc: OSError, origin: str, path: str) -> OriginError:
@@ -41,6 +49,42 @@ def map_os_error(exc: OSError, origin: str, path: str) -> OriginError:
     return OriginFatal(msg, origin=origin, path=path)
 
 
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=False)  # d_type from readdir: no stat of the too-long path
+    except OSError:
+        return False
+
+
+def _shown(rel: str, full_bytes: int, limit: int = 240) -> str:
+    """A path for a log line: one too long for the system is cut in the middle, with its full length."""
+    return rel if len(rel) <= limit else f"{rel[:limit // 2]}...{rel[-limit // 2:]} (a path of {full_bytes} bytes)"
+
+
+class _Skipped:
+    """Entries a walk had to leave out (too deep for PATH_MAX, a name the OS refuses, no permission)."""
+
+    def __init__(self, origin: str, root: str):
+        self.origin = origin
+        self.root = root
+        self.count = 0
+
+    def add(self, rel: str, is_dir: bool, exc: OSError) -> None:
+        self.count += 1
+        if self.count <= LOG_SKIPPED:
+            why = exc.strerror or str(exc)
+            if exc.errno == errno.ENAMETOOLONG:
+                why += " (deeper than the system's path limit)"
+            log.warning("scan: %s: skipping %s %s: %s; the rest is scanned", self.origin,
+                        "folder" if is_dir else "file",
+                        _shown(rel, len(os.fsencode(os.path.join(self.root, unescape_name(rel))))), why)
+
+    def summary(self) -> None:
+        if self.count > LOG_SKIPPED:
+            log.warning("scan: %s: %d files and folders skipped in all (the first %d named above)",
+                        self.origin, self.count, LOG_SKIPPED)
+
+
 class LocalOrigin(Origin):
     def __init__(self, root: str | os.PathLike):
         self.name = str(root)
@@ -49,10 +93,10 @@ class LocalOrigin(Origin):
 
     # -- path safety -------------------------------------------------------
     def _resolve(self, path: str) -> str:
-        """Absolute path for `path`, refusing anything that leaves the root."""
+        """Absolute path for `path` (names escaped as by walk), refusing anything that leaves the root."""
         if "\0" in path or os.path.isabs(path):
             raise PathEscape(f"{self.name}: refusing path {path!r}", origin=self.name, path=path)
-        full = os.path.realpath(os.path.join(self.root, path))
+        full = os.path.realpath(os.path.join(self.root, unescape_name(path)))
         if full != self.root and not full.startswith(self.root + os.sep):
             raise PathEscape(f"{self.name}: {path!r} leaves the source directory", origin=self.name, path=path)
         return full
@@ -62,28 +106,37 @@ class LocalOrigin(Origin):
 
     # -- Origin ------------------------------------------------------------
     def walk(self) -> Iterator[FileStat]:
+        skipped = _Skipped(self.name, self.root)
         stack = [""]
         while stack:
             rel_dir = stack.pop()
             try:
                 entries = sorted(os.scandir(self._resolve(rel_dir) if rel_dir else self.root), key=lambda e: e.name)
             except OSError as exc:
-                raise map_os_error(exc, self.name, rel_dir) from exc
+                if not rel_dir or exc.errno not in _SKIP_ENTRY:
+                    raise map_os_error(exc, self.name, rel_dir) from exc
+                if exc.errno not in (errno.ENOENT, errno.ENOTDIR):  # not just gone since it was listed
+                    skipped.add(rel_dir, True, exc)  # the rest of the library is still scanned
+                continue
             for entry in entries:
-                rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+                name = escape_name(entry.name)  # a name that is not UTF-8 is kept, escaped (see base.py)
+                rel = f"{rel_dir}/{name}" if rel_dir else name
                 try:
                     full = self._resolve(rel)
                 except PathEscape:
                     continue  # a symlink pointing outside the root is not part of the library
                 try:
                     st = os.stat(full)
-                except OSError:
-                    continue  # dangling symlink or vanished file
+                except OSError as exc:
+                    if exc.errno not in (errno.ENOENT, errno.ENOTDIR):  # not a dangling link or vanished file
+                        skipped.add(rel, _is_dir(entry), exc)
+                    continue
                 if os.path.isdir(full):
                     if not entry.is_symlink():  # never follow directory symlinks: no loops
                         stack.append(rel)
                 elif os.path.isfile(full):
                     yield self._stat_result(rel, st)
+        skipped.summary()
 
     def stat(self, path: str) -> FileStat:
         full = self._resolve(path)

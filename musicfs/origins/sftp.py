@@ -25,6 +25,8 @@ from typing import Any, Callable, Iterator, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import paramiko
+from paramiko.sftp import CMD_CLOSE, CMD_HANDLE, CMD_NAME, CMD_OPENDIR, CMD_READDIR, SFTPError
+from paramiko.sftp_attr import SFTPAttributes
 from paramiko.ssh_exception import (
     AuthenticationException,
     BadHostKeyException,
@@ -45,7 +47,9 @@ from ..errors import (
     PathEscape,
     ShortRead,
 )
-from .base import FileStat, Origin
+from .base import FileStat, Origin, escape_name, unescape_name
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_READ_TIMEOUT = 10.0
@@ -346,6 +350,31 @@ class _Pool:
             conn.close()
 
 
+def _listdir_attr(sftp: Any, path: str | bytes) -> list[Any]:
+    """SFTPClient.listdir_attr, except that a name that is not UTF-8 does not fail the whole listing
+    (paramiko decodes names strictly): each name is decoded with surrogate escapes, then escape_name."""
+    t, msg = sftp._request(CMD_OPENDIR, sftp._adjust_cwd(path))
+    if t != CMD_HANDLE:
+        raise SFTPError("Expected handle")
+    handle = msg.get_binary()
+    found = []
+    while True:
+        try:
+            t, msg = sftp._request(CMD_READDIR, handle)
+        except EOFError:  # the end of the listing
+            break
+        if t != CMD_NAME:
+            raise SFTPError("Expected name response")
+        for _ in range(msg.get_int()):
+            name = escape_name(msg.get_string().decode("utf-8", "surrogateescape"))
+            longname = msg.get_string().decode("utf-8", "replace")
+            attr = SFTPAttributes._from_msg(msg, name, longname)
+            if name not in (".", ".."):
+                found.append(attr)
+    sftp._request(CMD_CLOSE, handle)  # as paramiko: not after a transport error (the connection is dropped)
+    return found
+
+
 class SftpOrigin(Origin):
     OPTION_KEYS = (
         "identity_file",
@@ -536,7 +565,8 @@ class SftpOrigin(Origin):
             raise classify_sftp_error(exc, self.name, path) from exc
 
     # -- paths -------------------------------------------------------------
-    def _remote(self, path: str) -> str:
+    def _remote(self, path: str) -> str | bytes:
+        """The server's path for `path`: bytes when it names a file whose name is not UTF-8 (escaped by walk)."""
         if path == "":
             return self.root or "."
         if "\0" in path or path.startswith("/") or any(p == ".." for p in path.split("/")):
@@ -544,7 +574,9 @@ class SftpOrigin(Origin):
         parts = [p for p in path.split("/") if p not in ("", ".")]
         if not parts:
             return self.root or "."
-        return posixpath.join(self.root, *parts) if self.root else posixpath.join(*parts)
+        joined = posixpath.join(self.root, *parts) if self.root else posixpath.join(*parts)
+        raw = unescape_name(joined)
+        return joined if raw == joined else raw.encode("utf-8", "surrogateescape")
 
     @staticmethod
     def _mtime_ns(attr: Any) -> int:
@@ -565,7 +597,7 @@ class SftpOrigin(Origin):
         while stack:
             rel_dir = stack.pop()
             remote_dir = self._remote(rel_dir)
-            entries = self._run(rel_dir, lambda conn: conn.sftp.listdir_attr(remote_dir))
+            entries = self._run(rel_dir, lambda conn: _listdir_attr(conn.sftp, remote_dir))
             found: list[FileStat] = []
             links: list[str] = []
             for attr in sorted(entries, key=lambda a: a.filename):
@@ -600,6 +632,9 @@ class SftpOrigin(Origin):
                     if _keeps_connection_usable(exc):
                         continue  # dangling link or unreadable: not part of the library
                     raise
+                except UnicodeDecodeError:  # paramiko decodes the target's name as strict UTF-8
+                    log.warning("scan: %s: skipping link %s: its target's name is not UTF-8", self.name, rel)
+                    continue
                 inside = root == "/" or target == root or target.startswith(root.rstrip("/") + "/")
                 if inside and attr.st_mode is not None and stat_mod.S_ISREG(attr.st_mode):
                     out.append(self._to_stat(rel, attr))

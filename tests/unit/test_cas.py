@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import logging
 import os
 import sqlite3
 
@@ -305,4 +306,94 @@ def test_real_enospc_twice_is_cache_full(tmp_path, monkeypatch):
         cas.put(blob(51))
     assert not cas.has(chunk_hash(blob(51)))
     assert os.listdir(os.path.join(tmp_path, "tmp")) == []
+    cas.close()
+
+
+# -- quarantine bounds ----------------------------------------------------------------------------
+def _corrupt_and_read(cas: CasStore, i: int) -> str:
+    """Store blob(i), damage its file, read it: the store quarantines it. Returns its digest."""
+    digest = cas.put(blob(i))
+    with open(chunk_file(cas, digest), "r+b") as fh:
+        fh.write(b"\0")
+    with pytest.raises(ChunkCorrupt):
+        cas.get(digest)
+    return digest
+
+
+@pytest.fixture
+def prune_log(caplog):
+    caplog.set_level(logging.INFO, logger="musicfs.cas")
+    return caplog
+
+
+def _prune_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "oldest files" in r.getMessage()]
+
+
+@pytest.mark.expected_log(r"failed verification; moved to .*quarantine")
+def test_quarantine_keeps_only_the_newest_files(tmp_path, prune_log):
+    cas = setup_test_cas(tmp_path, quarantine_files=3)
+    digests = [_corrupt_and_read(cas, i) for i in range(7)]
+    kept = sorted(name.split(".")[0] for name in quarantined(cas))
+    assert kept == sorted(digests[-3:])
+    assert cas.quarantine_usage() == (3 * SIZE, 3)
+    lines = _prune_lines(prune_log)
+    assert len(lines) == 4  # one line per prune, each naming what went
+    assert all("deleted the 1 oldest files (1000 bytes); keeping the newest 3 (3000 bytes)" in line for line in lines)
+    cas.close()
+
+
+@pytest.mark.expected_log(r"failed verification; moved to .*quarantine")
+def test_quarantine_keeps_at_most_a_tenth_of_the_quota(tmp_path, prune_log):
+    cas = setup_test_cas(tmp_path, quota=25 * SIZE)  # a tenth: 2500 bytes, room for two damaged chunks
+    digests = [_corrupt_and_read(cas, i) for i in range(5)]
+    assert sorted(name.split(".")[0] for name in quarantined(cas)) == sorted(digests[-2:])
+    assert cas.quarantine_usage() == (2 * SIZE, 2)
+    assert len(_prune_lines(prune_log)) == 3
+    cas.close()
+
+
+@pytest.mark.expected_log(r"failed verification; moved to .*quarantine")
+def test_quarantined_bytes_count_against_the_quota(tmp_path):
+    quota = 20 * SIZE
+    cas = setup_test_cas(tmp_path, quota=quota)
+    _corrupt_and_read(cas, 1000)
+    _corrupt_and_read(cas, 1001)
+    kept, files = cas.quarantine_usage()
+    assert (kept, files) == (2 * SIZE, 2)
+    for i in range(40):
+        cas.put(blob(i))
+        used, _ = cas.usage()
+        assert used + kept <= quota * cas.high  # the chunks alone may only fill what quarantine leaves
+    assert cas.usage()[0] + kept <= quota
+    cas.close()
+
+
+def test_an_overgrown_quarantine_is_pruned_when_the_store_opens(tmp_path, prune_log):
+    """What a soak left (far more than the bound) is cut back at the next start, newest kept, in one line."""
+    root = tmp_path / "cache"
+    (root / "quarantine").mkdir(parents=True)
+    for i in range(100):
+        path = root / "quarantine" / f"{chunk_hash(blob(i))}.{1_700_000_000 + i}"
+        path.write_bytes(blob(i))
+        os.utime(path, ns=(i * 10**9, (1_700_000_000 + i) * 10**9))
+    cas = setup_test_cas(root, quota=1 << 20)
+    left = sorted(quarantined(cas))
+    assert len(left) == 64
+    assert left == sorted(f"{chunk_hash(blob(i))}.{1_700_000_000 + i}" for i in range(36, 100))
+    assert cas.quarantine_usage() == (64 * SIZE, 64)
+    assert _prune_lines(prune_log) == [
+        f"cache: quarantine {root / 'quarantine'}: deleted the 36 oldest files (36000 bytes); keeping the newest 64 "
+        f"(64000 bytes) for inspection (at most 64 files, {(1 << 20) // 10} bytes)"]
+    cas.close()
+
+
+@pytest.mark.expected_log(r"failed verification; moved to .*quarantine")
+def test_the_cache_snapshot_in_status_shows_the_quarantine(tmp_path):
+    from musicfs.cache_health import CacheHealth
+
+    cas = setup_test_cas(tmp_path)
+    _corrupt_and_read(cas, 1)
+    snap = CacheHealth(cas).snapshot()
+    assert (snap["quarantine_bytes"], snap["quarantine_files"]) == (SIZE, 1)
     cas.close()

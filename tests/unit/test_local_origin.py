@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from musicfs.errors import OriginFileChanged, OriginNotFound, OriginPermission, PathEscape
-from musicfs.origins.base import FileStat
+from musicfs.errors import OriginFileChanged, OriginNotFound, OriginPermission, OriginTransient, PathEscape
+from musicfs.origins.base import NAME_ESCAPE, FileStat, escape_name, unescape_name
 from musicfs.origins.local import LocalOrigin
 
 CONTENT = bytes(range(256)) * 40  # 10240 bytes, every offset distinguishable
@@ -201,3 +204,125 @@ def test_unreadable_file_is_a_permission_error(tree):
         assert err.value.kind == "permission"
     finally:
         target.chmod(0o644)
+
+
+# -- names that are not UTF-8 --------------------------------------------------------------------
+@given(st.binary(max_size=40))
+def test_escaped_names_are_utf8_text_that_gives_back_the_real_bytes(raw):
+    name = os.fsdecode(raw)
+    text = escape_name(name)
+    text.encode("utf-8")  # storable in SQLite TEXT: raises if not
+    assert os.fsencode(unescape_name(text)) == raw
+
+
+@given(st.text())
+def test_escaping_leaves_every_valid_name_without_the_escape_unchanged(name):
+    name = name.encode("utf-8", "surrogatepass").decode("utf-8", "replace").replace(NAME_ESCAPE, "")
+    assert escape_name(name) == name and unescape_name(name) == name
+
+
+def test_a_name_that_is_not_utf8_is_listed_escaped_and_read_by_its_real_bytes(tree):
+    root, _ = tree
+    raw_dir = os.path.join(os.fsencode(root), b"Caf\xe9")
+    os.mkdir(raw_dir)
+    with open(os.path.join(raw_dir, b"\xff\xfe.flac"), "wb") as fh:
+        fh.write(CONTENT)
+    origin = LocalOrigin(root)
+    listed = _walk(origin)
+    odd = [p for p in listed if p.startswith("Caf")]
+    assert odd == [f"Caf{NAME_ESCAPE}E9/{NAME_ESCAPE}FF{NAME_ESCAPE}FE.flac"]
+    assert listed[odd[0]] == len(CONTENT)
+    stat = origin.stat(odd[0])
+    assert stat.path == odd[0] and stat.size == len(CONTENT)
+    assert origin.read(odd[0], 100, 50, stat) == CONTENT[100:150]
+
+
+# -- what the walk cannot reach -------------------------------------------------------------------
+def _deep_chain(base: Path, path_bytes: int, leaf: bytes = b"deep.flac") -> list[str]:
+    """Folders of 200-byte names under `base`, made with dir_fd (no path is ever longer than one name),
+    until the path passes `path_bytes`; a file in each. Returns the relative folder names."""
+    names = []
+    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        while len(os.fsencode(base)) + sum(len(n) + 1 for n in names) <= path_bytes:
+            name = f"{len(names):03d}" + "d" * 197
+            os.mkdir(name, dir_fd=fd)
+            sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = sub
+            names.append(name)
+            out = os.open(leaf, os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+            os.write(out, CONTENT[:100])
+            os.close(out)
+    finally:
+        os.close(fd)
+    return names
+
+
+@pytest.mark.expected_log(r"musicfs.origins.local: scan: .*: skipping (folder|file) .*deeper than the system's path limit")
+def test_folders_deeper_than_path_max_are_logged_and_the_rest_is_walked(tree, caplog):
+    root, _ = tree
+    limit = os.pathconf(root, "PC_PATH_MAX")  # counts the NUL: a path of `limit` bytes is refused
+    names = _deep_chain(root, limit + 300)
+    origin = LocalOrigin(root)
+    listed = _walk(origin)
+
+    base = len(os.fsencode(origin.root))
+    folder = [base + sum(len(n) + 1 for n in names[:i + 1]) for i in range(len(names))]  # bytes of each path
+    fits = lambda n: n < limit  # noqa: E731
+    first_too_deep = next(i for i, n in enumerate(folder) if not fits(n))
+    expect_files = {"/".join(names[:i + 1]) + "/deep.flac" for i in range(first_too_deep)
+                    if fits(folder[i] + len("/deep.flac"))}
+    assert len(expect_files) >= first_too_deep - 1 >= 10
+    assert {p for p in listed if p.startswith("000")} == expect_files
+    assert {"top.mp3", "Artist/Album/01 Song.flac", "Artist/zero.ogg"} <= set(listed)
+
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    folders = [line for line in lines if "skipping folder" in line]
+    assert len(folders) == 1 and f"(a path of {folder[first_too_deep]} bytes)" in folders[0]
+    assert names[first_too_deep][-100:] in folders[0]
+    # a file of the last folder that fits is named on its own line, when it does not fit
+    assert len(lines) == 1 + (first_too_deep - len(expect_files))
+
+
+@pytest.mark.expected_log(r"skipping file loop", r"files and folders skipped in all")
+def test_many_skipped_entries_are_named_up_to_a_limit_then_counted(tree, caplog):
+    from musicfs.origins import local
+
+    root, _ = tree
+    for i in range(local.LOG_SKIPPED + 5):
+        os.symlink(f"loop{i}", root / f"loop{i}")  # each points at itself: ELOOP on stat
+    listed = _walk(LocalOrigin(root))
+    assert "top.mp3" in listed
+    lines = [r.getMessage() for r in caplog.records if r.name == "musicfs.origins.local"]
+    assert len(lines) == local.LOG_SKIPPED + 1
+    assert all("skipping file loop" in line and "symbolic links" in line for line in lines[:-1])
+    assert f"{local.LOG_SKIPPED + 5} files and folders skipped in all" in lines[-1]
+
+
+def _failing_scandir(monkeypatch, folder: str, err: int) -> None:
+    real = os.scandir
+
+    def scandir(path):
+        if str(path).endswith(os.sep + folder):
+            raise OSError(err, os.strerror(err), str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+
+
+@pytest.mark.expected_log(r"skipping folder Artist/Album: Permission denied; the rest is scanned")
+def test_an_unreadable_folder_is_logged_and_the_rest_is_walked(tree, monkeypatch):
+    root, _ = tree
+    _failing_scandir(monkeypatch, "Album", errno.EACCES)  # chmod 0 stops no one when the tests run as root
+    listed = _walk(LocalOrigin(root))
+    assert "top.mp3" in listed and "Artist/zero.ogg" in listed
+    assert not any(p.startswith("Artist/Album/") for p in listed)
+
+
+def test_a_folder_that_fails_with_an_io_error_still_fails_the_walk(tree, monkeypatch):
+    """Skipping it would make every file in it look deleted to the scanner."""
+    root, _ = tree
+    _failing_scandir(monkeypatch, "Album", errno.EIO)
+    with pytest.raises(OriginTransient):
+        _walk(LocalOrigin(root))

@@ -8,6 +8,7 @@ an Origin serving exactly that tree. The local factories need nothing else; the 
 
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 from typing import Callable
@@ -15,7 +16,7 @@ from typing import Callable
 import pytest
 
 from musicfs.errors import OriginFileChanged, OriginNotFound
-from musicfs.origins.base import FileStat, Origin
+from musicfs.origins.base import FileStat, Origin, escape_name
 from musicfs.origins.local import LocalOrigin
 from musicfs_test_utils.faulty_origin import FaultyOrigin, Healthy
 
@@ -193,3 +194,28 @@ def test_probe_passes_and_close_is_idempotent(origin: Origin):
     origin.close()
     origin.close()
 
+
+
+# -- names that are not UTF-8 (no S3 here: an S3 key is always UTF-8) -------------------------------
+@pytest.fixture(params=[f for f in ORIGIN_FACTORIES if f.id != "s3"])
+def latin1_origin(request, tmp_path) -> tuple[Origin, bytes]:
+    """An origin over a folder whose folder and file names are Latin-1 bytes (0xE9), not UTF-8."""
+    root = tmp_path / "latin1"
+    folder = os.path.join(os.fsencode(root), b"Caf\xe9")
+    os.makedirs(folder)
+    with open(os.path.join(folder, b"d\xe9j\xe0 vu.flac"), "wb") as fh:
+        fh.write(BIG)
+    (root / "plain.flac").write_bytes(b"plain")
+    made = request.param(root, request)
+    yield made
+    made.close()
+
+
+def test_a_name_that_is_not_utf8_is_listed_and_read_by_its_real_bytes(latin1_origin: Origin):
+    """Once one such name failed an SFTP walk outright, and the local walk skipped it."""
+    found = {st.path: st for st in latin1_origin.walk()}
+    assert set(found) == {"plain.flac", escape_name(os.fsdecode(b"Caf\xe9/d\xe9j\xe0 vu.flac"))}
+    odd = next(p for p in found if p != "plain.flac")
+    odd.encode("utf-8")  # storable text
+    assert latin1_origin.stat(odd).size == len(BIG)
+    assert latin1_origin.read(odd, 70_000, 1000, found[odd]) == BIG[70_000:71_000]

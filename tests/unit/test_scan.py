@@ -11,12 +11,16 @@ import pytest
 from musicfs import sync
 from musicfs.catalog import open_catalog
 from musicfs.demo import COVER_FILES, JUNK_FILES
+from musicfs.cas import CasStore
+from musicfs.origins.base import unescape_name
 from musicfs.origins.local import LocalOrigin
 from musicfs.origins.registry import OriginRegistry
 from musicfs.sync import Scanner
+from musicfs.reader import FileReader
 from musicfs.tree import FIRST_INO, build_tree
 from musicfs_test_utils.faulty_origin import FaultyOrigin
 from musicfs_test_utils.fixtures import make_library
+from musicfs_test_utils.reader_rig import current_row, read_range
 
 
 @pytest.fixture(scope="module")
@@ -196,15 +200,41 @@ def test_small_batches_give_the_same_catalog(lib, cat, tmp_path):
         other.close()
 
 
-@pytest.mark.expected_log(r"musicfs.sync: scan: skipping .*not valid UTF-8")
-def test_a_file_name_that_is_not_utf8_does_not_break_the_scan(lib, cat):
+@pytest.mark.resilience("5.6")
+async def test_a_file_name_that_is_not_utf8_is_scanned_shown_and_read_by_its_real_bytes(lib, cat, tmp_path):
+    """A Latin-1 name (byte 0xE9) was skipped: it is catalogued escaped, shown with U+FFFD, read by its bytes."""
+    import mutagen.flac
+
     root, tracks = lib
-    source = next(t for t in tracks if t.format == "flac")
-    bad = os.path.join(os.fsencode(root), b"misc", b"caf\xe9 latin1.flac")
+    source = next(t for t in tracks if t.format == "flac" and t.tagged)
+    os.mkdir(os.path.join(os.fsencode(root), b"caf\xe9"))
+    bad = os.path.join(os.fsencode(root), b"caf\xe9", b"d\xe9j\xe0 vu.flac")
     shutil.copy(root / source.path, bad)
+    audio = mutagen.flac.FLAC(bad)
+    del audio["title"]  # no title tag: the tree names the track after its file
+    audio.save()
+    original = open(bad, "rb").read()
+
     result = scanner(cat, root)[0].scan()
-    assert cat.count("track") == len(tracks)
-    assert result.skipped == len(JUNK_FILES) + 1
+    assert result.skipped == len(JUNK_FILES)
+    assert cat.count("track") == len(tracks) + 1
+    row = next(r for r in cat.files("track") if r.path not in {t.path for t in tracks})
+    assert row.path.encode("utf-8")  # storable text ...
+    assert os.fsencode(os.path.join(str(root), unescape_name(row.path))) == bad  # ... naming the real bytes
+    assert row.size == len(original)
+
+    tree = tree_of(cat)
+    node = next(n for n in tree.walk_files() if n.file is not None and n.file.path == row.path)
+    assert node.name.endswith("d\ufffdj\ufffd vu.flac".encode())  # after the track number, if any
+
+    assert scanner(cat, root)[0].scan().unchanged == result.added + result.unchanged + result.skipped  # stable key
+    reader = FileReader(cat, CasStore(str(tmp_path / "cache"), 1 << 30), OriginRegistry([LocalOrigin(root)]),
+                        chunk_size=64 << 10, memory_cache=1 << 20, read_timeout=10.0)
+    try:
+        assert await read_range(reader, current_row(cat, row.path)) == original
+        assert await read_range(reader, current_row(cat, row.path), 70_000, 5000) == original[70_000:75_000]
+    finally:
+        reader.cas.close()
 
 
 def test_a_track_that_turns_unreadable_counts_as_a_change(cat, lib):
@@ -232,3 +262,23 @@ def test_rescans_wait_for_the_origin_that_scanned_the_library(cat, lib, tmp_path
     with pytest.raises(sync.OriginTransient, match="rescans wait"):
         Scanner(cat, OriginRegistry([primary, LocalOrigin(replica)])).scan()
     assert cat.identities() == before  # nothing re-keyed from the replica
+
+
+def test_a_track_with_a_number_int_refuses_is_kept_without_the_number(lib, cat):
+    """TRACKNUMBER '²' (a digit that int() refuses) once made a valid FLAC junk: the track stays, unnumbered."""
+    import mutagen.flac
+
+    root, tracks = lib
+    source = next(t for t in tracks if t.format == "flac" and t.tagged)
+    odd = "misc/superscript.flac"
+    shutil.copy(root / source.path, root / odd)
+    audio = mutagen.flac.FLAC(root / odd)
+    audio["tracknumber"], audio["discnumber"], audio["title"] = "\u00b2", "A1", "Squared"
+    audio.save()
+
+    result = scanner(cat, root)[0].scan()
+    assert result.skipped == len(JUNK_FILES)
+    row = next(r for r in cat.files("track") if r.path == odd)
+    assert (row.title, row.track_no, row.disc_no) == ("Squared", None, None)
+    tree = tree_of(cat)
+    assert any(n.file is not None and n.file.path == odd and n.name == b"Squared.flac" for n in tree.walk_files())

@@ -252,3 +252,15 @@ def test_the_names_agree_with_the_daemon_side():
     from musicfs import control, status
 
     assert (status.SOCKET_NAME, status.STATE_FILE) == (control.SOCKET_NAME, control.STATE_FILE)
+
+
+def test_stopped_status_shows_what_quarantine_keeps(stopped_library):
+    lib = stopped_library
+    quarantine = lib["cache"] / "quarantine"
+    quarantine.mkdir(exist_ok=True)
+    (quarantine / ("ab" * 32 + ".1700000000")).write_bytes(b"q" * 3000)
+    (quarantine / ("cd" * 32 + ".1700000001")).write_bytes(b"q" * 2000)
+    doc = status_from_files(str(lib["state"]))
+    assert (doc["cache"]["quarantine_bytes"], doc["cache"]["quarantine_files"]) == (5000, 2)
+    assert doc["cache"]["used_bytes"] == lib["bytes"]  # chunks alone, as before
+    assert "quarantine 2 files (4.9 KiB)" in render_table(doc)

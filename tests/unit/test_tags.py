@@ -193,7 +193,10 @@ def test_parse_generated_junk(lib):
 
 @pytest.mark.parametrize(
     "text, number", [("3", 3), ("03/12", 3), ("3 of 12", 3), ("", None), ("x", None), ("1e3", None),
-                     ("-1", None), ("99999999", None), (None, None), ("  7  ", 7)]
+                     ("-1", None), ("99999999", None), (None, None), ("  7  ", 7),
+                     # digits int() refuses, and shapes that once raised: never an exception
+                     ("\u00b2", None), ("\u00b9\u00b2", None), ("1/12", 1), ("A1", None), ("/12", None),
+                     (" / ", None), ("\u2463", None), ("\u0663", 3), ("\uff17", 7), ("\u200b", None)]
 )
 def test_number(text, number):
     assert tags._number(text) == number
@@ -207,3 +210,37 @@ def test_number(text, number):
 )
 def test_classify(path, kind):
     assert tags.classify(path) == kind
+
+
+@pytest.mark.parametrize("number", ["\u00b2", "A1", "1/12", "\u0663", "\u2463", "/3"])
+def test_a_bad_number_drops_the_number_not_the_track(lib, tmp_path, number):
+    """A valid FLAC whose TRACKNUMBER/DISCNUMBER are not numbers still parses, with the number left out."""
+    root, tracks = lib
+    source = next(t for t in tracks if t.format == "flac" and t.tagged)
+    path = tmp_path / "odd.flac"
+    shutil.copy(root / source.path, path)
+    audio = mutagen.flac.FLAC(path)
+    audio["tracknumber"] = number
+    audio["discnumber"] = number
+    audio.save()
+
+    found, _ = _parse_path(path)
+    assert found is not None
+    assert (found.title, found.album) == (source.title, source.album)
+    expect = tags._number(number)
+    assert (found.track_no, found.disc_no) == (expect, expect)
+    assert found.duration and found.duration > 0
+
+
+def test_tag_text_is_always_storable():
+    """Lone surrogates cannot go into SQLite TEXT (the whole batch would fail): they become U+FFFD."""
+    class Broken(dict):
+        def __getitem__(self, key):
+            raise RuntimeError("mutagen could not decode this frame")
+
+    assert tags._first({"title": ["caf\udce9"]}, "title") == "caf\ufffd"
+    assert tags._first({"title": ["  "], "name": ["x"]}, "title", "name") == "x"
+    assert tags._first(Broken(), "title") is None
+    assert tags._duration(type("Info", (), {"length": float("nan")})()) is None
+    assert tags._duration(type("Info", (), {"length": float("inf")})()) is None
+    assert tags._duration(type("Info", (), {"length": 12.5})()) == 12.5

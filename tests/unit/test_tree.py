@@ -124,7 +124,9 @@ def test_long_names_are_cut_to_255_bytes_on_a_character_boundary(char):
 @pytest.mark.parametrize(
     "raw, clean",
     [("\udcc3\udca9", "é"),  # undecodable bytes that are valid UTF-8 together
-     ("a\udcff", "a\ufffd"), (" .x ", "_x"), ("", "_"), ("\0", "_"), ("/", "_"), ("a/b\0c", "a_b_c")],
+     ("a\udcff", "a\ufffd"), (" .x ", "_x"), ("", "_"), ("\0", "_"), ("/", "_"), ("a/b\0c", "a_b_c"),
+     # an origin name that is not UTF-8, as the origin escapes it (origins/base.py escape_name)
+     ("caf\ufdd0E9", "caf\ufffd"), ("\ufdd0C3\ufdd0A9t\ufdd0E9", "\u00e9t\ufffd")],
 )
 def test_clean_name(raw, clean):
     assert clean_name(raw) == clean
