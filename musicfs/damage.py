@@ -44,12 +44,20 @@ def private_state(*folders: str) -> str | None:
     `folders` and everything in them: the state and cache of a library made before they were private showed
     the catalog and every cached track to any local user. Symlinks are neither followed nor changed.
 
+    A folder that is already private is not walked: nobody else can reach what is in it.
     Logs one line saying what was tightened (and what could not be) and returns it; None when all was private.
     """
     os.umask(PRIVATE_UMASK)
     counts = {"folders": 0, "files": 0}
     failed: list[str] = []
     for top in folders:
+        try:
+            if not os.lstat(top).st_mode & 0o077:
+                continue  # a private folder hides everything in it: no walk of a large cache at every start
+        except FileNotFoundError:
+            continue
+        except OSError:
+            pass  # the walk below says what it cannot change
         for root, _, names in os.walk(top):
             for path in [root, *(os.path.join(root, n) for n in names)]:
                 try:
