@@ -12,7 +12,7 @@ from musicfs.demo import make_library as _make_library
 from musicfs.tree import FIRST_INO, VirtualTree, build_tree
 
 __all__ = ["make_library", "make_file_meta", "make_audio_meta", "setup_test_cas", "setup_test_tree",
-           "JUNK_FILES", "GeneratedTrack", "counting_assigner"]
+           "JUNK_FILES", "GeneratedTrack", "counting_assigner", "flac_audio_start"]
 
 
 def make_library(root: str | os.PathLike, tracks: int = 24, **kwargs) -> list[GeneratedTrack]:
@@ -54,3 +54,14 @@ def counting_assigner(start: int = FIRST_INO):
 def setup_test_tree(files: list[FileRow], inodes: dict[str, int] | None = None) -> VirtualTree:
     assign = counting_assigner(max(inodes.values(), default=FIRST_INO - 1) + 1 if inodes else FIRST_INO)
     return build_tree(files, inodes or {}, assign)
+
+
+def flac_audio_start(data: bytes) -> int:
+    """Offset of a FLAC file's first audio frame: after its last metadata block (tags live before it)."""
+    assert data[:4] == b"fLaC", "not a FLAC file"
+    offset = 4
+    while True:
+        header, length = data[offset], int.from_bytes(data[offset + 1:offset + 4], "big")
+        offset += 4 + length
+        if header & 0x80:
+            return offset

@@ -24,7 +24,7 @@ import pytest
 from musicfs import points
 from musicfs.demo import BIG_FILE_PATH
 from musicfs_test_utils.daemon import wait_until
-from musicfs_test_utils.fixtures import make_library
+from musicfs_test_utils.fixtures import flac_audio_start, make_library
 from musicfs_test_utils.mount_io import mount_file_for
 
 pytestmark = pytest.mark.l2
@@ -48,17 +48,6 @@ def big_track(tmp_path) -> tuple[Path, Path]:
     root = tmp_path / "library"
     make_library(root, 1, big_file_mb=4, hostile=False)
     return root, root / BIG_FILE_PATH
-
-
-def flac_audio_start(data: bytes) -> int:
-    """Offset of the first audio frame: after the last metadata block."""
-    assert data[:4] == b"fLaC"
-    offset = 4
-    while True:
-        header, length = data[offset], int.from_bytes(data[offset + 1:offset + 4], "big")
-        offset += 4 + length
-        if header & 0x80:
-            return offset
 
 
 def other_audio(data: bytes) -> bytes:

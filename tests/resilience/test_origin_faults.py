@@ -24,6 +24,7 @@ import pytest
 
 from musicfs_test_utils.assertions import file_digest
 from musicfs_test_utils.daemon import wait_until
+from musicfs_test_utils.fixtures import flac_audio_start
 from musicfs_test_utils.mount_io import mount_files_by_size, read_in_child, reader_process, reader_result
 
 pytestmark = pytest.mark.l2
@@ -155,18 +156,6 @@ def fifo_has_reader(pid: int) -> bool:
 CHUNK = 64 * 1024
 
 
-def flac_audio_start(path: Path) -> int:
-    """Offset of the first audio frame: after the last metadata block."""
-    data = path.read_bytes()
-    assert data[:4] == b"fLaC"
-    offset = 4
-    while True:
-        header, length = data[offset], int.from_bytes(data[offset + 1:offset + 4], "big")
-        offset += 4 + length
-        if header & 0x80:
-            return offset
-
-
 @pytest.mark.resilience("4.4")
 def test_a_file_changed_at_the_origin_is_never_mixed_and_shows_new_after_a_rescan(library_by_size, daemons, tmp_path):
     root, files = library_by_size
@@ -174,14 +163,14 @@ def test_a_file_changed_at_the_origin_is_never_mixed_and_shows_new_after_a_resca
     pairs = mount_files_by_size(daemon.mountpoint, files)
     # A FLAC of more than one chunk whose tags (metadata blocks) all sit early in the first chunk.
     target = max((f for f in pairs if f.suffix == ".flac" and f.stat().st_size > CHUNK
-                  and flac_audio_start(f) < CHUNK // 2), key=lambda f: f.stat().st_size)
+                  and flac_audio_start(f.read_bytes()) < CHUNK // 2), key=lambda f: f.stat().st_size)
     mounted = pairs[target]
     old = target.read_bytes()
     with open(mounted, "rb") as fh:
         assert fh.read(CHUNK) == old[:CHUNK]  # its first chunk is now cached
 
     # Same tags (the metadata blocks are untouched), new audio bytes in every chunk, a new size and mtime.
-    audio = flac_audio_start(target) + 64
+    audio = flac_audio_start(target.read_bytes()) + 64
     new = old[:audio] + bytes(b ^ 0xFF for b in old[audio:]) + b"\0" * 4096
     target.write_bytes(new)
     st = target.stat()
