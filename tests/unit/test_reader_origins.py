@@ -240,6 +240,8 @@ async def test_a_changed_origin_file_never_mixes_old_and_new_bytes(tmp_path, cha
     rig = make_rig(tmp_path, EtagOrigin(tmp_path / "origin") if change is change_etag else None)
     try:
         row = rig.row(A)
+        changed: list[str] = []
+        rig.reader.on_file_changed = changed.append  # the daemon rescans when told
         fh = await rig.reader.open(row)
         assert await rig.reader.read(fh, 0, CHUNK) == FILES[A][:CHUNK]  # chunk 0 cached under the old identity
         origin_file = rig.root / A
@@ -251,6 +253,8 @@ async def test_a_changed_origin_file_never_mixes_old_and_new_bytes(tmp_path, cha
         with pytest.raises(OriginFileChanged):
             await rig.reader.read(fh, 2 * CHUNK, 100)
         assert await rig.reader.read(fh, 0, CHUNK) == FILES[A][:CHUNK]  # what is served is all old
+        assert changed == [A, A] and rig.reader.stats.changed_files == 2
+        assert set(rig.catalog.manifest(row.id, row.ident)) == {0}  # nothing of the changed file was cached
         rig.reader.release(fh)
 
         # A rescan records the new identity (the scanner's upsert: tags are not the point here, so the rows
