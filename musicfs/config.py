@@ -55,6 +55,7 @@ class Config:
     failover_grace: float = 60.0  # a recovered primary is preferred again after this long healthy
     log_level: str = "INFO"
     allow_other: bool = False
+    include_hidden: bool = False  # scan files and folders whose names start with a dot (`._*` never)
     origin_options: dict = field(default_factory=dict)
 
     def resolved(self) -> "Config":
@@ -70,6 +71,7 @@ _SIZE_KEYS = {"cache_size", "chunk_size", "memory_cache"}
 _FLOAT_KEYS = {"rescan_interval", "read_timeout", "drain_timeout", "health_interval", "health_timeout",
                "failover_grace"}
 _FILE_KEYS = {f.name for f in fields(Config)} - {"sources", "mountpoint"}
+_BOOL_KEYS = {"allow_other", "include_hidden"}
 
 
 def _check_value(key: str, value):
@@ -83,7 +85,7 @@ def _check_value(key: str, value):
         if str(value).upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ConfigError(key, f"must be DEBUG, INFO, WARNING or ERROR, not {value!r}")
         return str(value).upper()
-    if key == "allow_other":
+    if key in _BOOL_KEYS:
         if not isinstance(value, bool):
             raise ConfigError(key, f"must be true or false, not {value!r}")
         return value
