@@ -105,7 +105,7 @@ def _document(doc: IndexDoc) -> tantivy.Document:
     out = tantivy.Document()
     out.add_unsigned("id", doc.id)
     for name in TEXT_FIELDS:
-        text = normalise(getattr(doc, name))  # tags already are; the path's file-name part may not be
+        text = getattr(doc, name)  # normalised at scan (tags) and by the tree (names)
         out.add_text(name, text)
         if _HAS_CJK.search(text):
             out.add_text(f"{name}_cjk", text)
