@@ -255,3 +255,23 @@ def test_a_rebuild_of_an_older_index_replaces_it_first(tmp_path):
     assert index.rebuild(DOCS) == len(DOCS)  # what `fsck --repair` does with an outdated index
     assert not index.outdated and index.search("bjork") == [DOCS[1].path]
     assert SearchIndex(str(tmp_path / "index"), create=False).version == SCHEMA_VERSION
+
+
+def test_fsck_reports_an_older_index_and_repair_rebuilds_it(tmp_path, capsys):
+    from musicfs.fsck import EXIT_CLEAN, EXIT_LEFT, EXIT_REPAIRED, run_fsck
+
+    make_library(tmp_path / "lib", 12)
+    cfg = Config(sources=(str(tmp_path / "lib"),), state_dir=str(tmp_path / "state"),
+                 cache_dir=str(tmp_path / "cache")).resolved()
+    lib = Library.open(cfg)
+    lib.scan()
+    lib.reindex(lib.build_tree())
+    lib.close()
+    os.rename(tmp_path / "state" / "index", tmp_path / "new-index")
+    old_index(tmp_path / "state" / "index")
+    capsys.readouterr()
+    assert run_fsck(cfg.state_dir, cfg.cache_dir) == EXIT_LEFT
+    assert "built by an older musicfs (schema 1)" in capsys.readouterr().out
+    assert run_fsck(cfg.state_dir, cfg.cache_dir, repair=True) == EXIT_REPAIRED
+    assert run_fsck(cfg.state_dir, cfg.cache_dir) == EXIT_CLEAN
+    assert SearchIndex(cfg.state_dir + "/index", create=False).search("bjork muller")
