@@ -102,5 +102,6 @@ class Library:
 
 def index_docs(tree: VirtualTree):
     return (IndexDoc(n.ino, tree.path(n.ino), n.file.artist or "", n.file.album or "", n.file.title or "",
-                     n.file.genre or "", n.file.duration) for n in tree.walk_files() if n.file and n.file.kind == "track")
+                     n.file.genre or "", n.file.duration)
+            for n in tree.walk_files() if n.file and n.file.kind == "track")
 
