@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import os
 import sys
@@ -49,6 +50,17 @@ def _with_origin_flags(cfg: Config, args) -> Config:
     return dataclasses.replace(cfg, origin_options={**cfg.origin_options, **extra}) if extra else cfg
 
 
+def _at_least_one(text: str) -> int:
+    """argparse type of a count: a whole number >= 1 (argparse names the flag and exits 2 otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="musicfs", description="Mount a music library as Artist/Album/NN - Title.ext")
     parser.add_argument("--version", action="version", version=f"musicfs {__version__}")
@@ -67,10 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_state_args(p)
     _add_origin_args(p)
 
-    p = sub.add_parser("search", help="print the tree paths matching QUERY")
+    p = sub.add_parser("search", help="print the paths in the mount of the tracks matching QUERY (exit 1: none)")
     p.add_argument("query", metavar="QUERY")
     p.add_argument("--state-dir", help="the library's state folder (default: the only library under XDG state)")
-    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--limit", type=_at_least_one, default=20, metavar="N", help="at most N results (default 20)")
+    p.add_argument("--json", action="store_true", help="print path, artist, album, title and duration as JSON")
 
     p = sub.add_parser("status", help="is the daemon running, and how is it doing (exit 0 running, 3 not running)")
     p.add_argument("--state-dir", help="the library's state folder (default: the only library under XDG state)")
@@ -152,9 +165,21 @@ def cmd_search(args) -> int:
     setup_logging("WARNING")
     from .index import SearchIndex
 
+    from .status import recorded_mountpoint
+
     state = args.state_dir or _only_library("XDG_STATE_HOME", ".local/state")
-    for path in SearchIndex(os.path.join(state, "index"), create=False).search(args.query, args.limit):
-        print(path)
+    hits = SearchIndex(os.path.join(state, "index"), create=False).hits(args.query, args.limit)
+    mountpoint = recorded_mountpoint(state)  # '' (tree paths) for a library only ever scanned
+    found = [{"path": os.path.join(mountpoint, hit.path), "artist": hit.artist, "album": hit.album,
+              "title": hit.title, "duration": hit.duration} for hit in hits]
+    if args.json:
+        print(json.dumps(found, ensure_ascii=False, indent=2))
+    else:
+        for hit in found:
+            print(hit["path"])
+    if not found:
+        print(f"musicfs: nothing matches {args.query!r}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -56,6 +56,7 @@ class Config:
     failover_grace: float = 60.0  # a recovered primary is preferred again after this long healthy
     log_level: str = "INFO"
     allow_other: bool = False
+    include_hidden: bool = False  # scan files and folders whose names start with a dot (`._*` never)
     origin_options: dict = field(default_factory=dict)
 
     def resolved(self) -> "Config":
@@ -84,6 +85,7 @@ SECONDS_RANGES = {
     "failover_grace": (0.1, 86400.0),
 }
 _FILE_KEYS = {f.name for f in fields(Config)} - {"sources", "mountpoint"}
+_BOOL_KEYS = {"allow_other", "include_hidden"}
 
 
 def format_size(n: int) -> str:
@@ -120,7 +122,7 @@ def _check_value(key: str, value):
         if str(value).upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ConfigError(key, f"must be DEBUG, INFO, WARNING or ERROR, not {value!r}")
         return str(value).upper()
-    if key == "allow_other":
+    if key in _BOOL_KEYS:
         if not isinstance(value, bool):
             raise ConfigError(key, f"must be true or false, not {value!r}")
         return value

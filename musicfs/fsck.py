@@ -299,6 +299,10 @@ class Fsck:
             report.add("index", "index-damaged", f"{path} is damaged: {report.index_damaged}")
             return
         note = f"{count} documents, every segment checksum ok"
+        if index.outdated:
+            report.index_stale = True
+            report.add("index", "index-outdated", f"{path} was built by an older musicfs (schema {index.version}): "
+                                                  f"its words are not analysed as searches now are")
         if expected is not None:
             have = set(paths)
             missing, extra = expected - have, have - expected

@@ -7,6 +7,15 @@ panics on damaged segments. A damaged index is moved aside (`index.damaged-<time
 new one is created and `recovered` says why: the caller rebuilds it from the catalog. Any tantivy panic
 (`pyo3_runtime.PanicException`, a BaseException) becomes SearchIndexCorrupt. A kill -9 loses only
 uncommitted documents; the writer lock is an flock, released with the process, so it never blocks a reopen.
+
+Analysis (schema 2): each searched field is indexed twice, as folded words (tantivy's simple tokenizer,
+lowercase, ASCII folding: `beyonce` finds `Beyoncé`, `ros` `Rós`) and as single CJK characters with their
+positions (`夏の雨` has no spaces: a phrase of characters matches any run of them, i.e. character n-grams).
+A query is normalised like tag text (text.normalise: NFC first, so an NFD query folds like an NFC one) and
+cut into words by the SAME analyzers; each word must match, as a whole word, a word prefix (`symph`) or a
+CJK run, in any field, weighted so that a title match ranks above an album match. `field:word` restricts a
+word to one field. The schema version is kept in `musicfs-schema` beside meta.json: an index of an older
+schema is never searched; it is replaced by an empty one (one log line) and rebuilt from the catalog.
 """
 
 from __future__ import annotations
@@ -14,6 +23,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import shutil
 import struct
 import threading
 import zlib
@@ -25,10 +36,21 @@ import tantivy
 from . import points
 from .damage import move_aside
 from .errors import SearchIndexCorrupt, SearchIndexError
+from .text import normalise
 
 log = logging.getLogger(__name__)
 
 TEXT_FIELDS = ("artist", "album", "title", "genre", "path")
+STORED_FIELDS = ("path", "artist", "album", "title")
+WEIGHTS = {"title": 4.0, "artist": 3.0, "album": 2.0, "genre": 1.0, "path": 0.5}  # a title match ranks first
+EXACT_BONUS = 2.0  # a whole word outranks a word it is only the prefix of
+SCHEMA_VERSION = 2
+VERSION_FILE = "musicfs-schema"
+WORDS, CJK = "musicfs_words", "musicfs_cjk"
+_CJK_CHAR = r"[\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}\p{Bopomofo}]"
+_HAS_CJK = re.compile("[\u1100-\u11ff\u3040-\u30ff\u3100-\u312f\u3130-\u318f\u31a0-\u31bf\u31f0-\u31ff"
+                      "\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\U00020000-\U0003134f]")
+_FIELD_WORD = re.compile(r"^(artist|album|title|genre):(.+)$", re.IGNORECASE)
 SEGMENT_EXTS = ("idx", "term", "pos", "store", "fast", "fieldnorm")
 LOCK_FILES = {".tantivy-writer.lock", ".tantivy-meta.lock"}
 FOOTER_MAGIC = 1337
@@ -45,13 +67,37 @@ class IndexDoc:
     album: str = ""
     title: str = ""
     genre: str = ""
+    duration: float | None = None
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: the track's tree path and what `musicfs search --json` shows of it."""
+    path: str
+    artist: str
+    album: str
+    title: str
+    duration: float | None
+
+
+def _analyzers() -> dict[str, tantivy.TextAnalyzer]:
+    """The analyzers documents are indexed with, also the ones queries are cut with."""
+    words = (tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.simple()).filter(tantivy.Filter.remove_long(100))
+             .filter(tantivy.Filter.lowercase()).filter(tantivy.Filter.ascii_fold()).build())
+    cjk = tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.regex(_CJK_CHAR)).build()
+    return {WORDS: words, CJK: cjk}
+
+
+ANALYZERS = _analyzers()
 
 
 def _schema() -> tantivy.Schema:
     sb = tantivy.SchemaBuilder()
     sb.add_unsigned_field("id", stored=True, indexed=True)
     for name in TEXT_FIELDS:
-        sb.add_text_field(name, stored=name == "path")
+        sb.add_text_field(name, stored=name in STORED_FIELDS, tokenizer_name=WORDS, index_option="position")
+        sb.add_text_field(f"{name}_cjk", stored=False, tokenizer_name=CJK, index_option="position")
+    sb.add_float_field("duration", stored=True, indexed=False)
     return sb.build()
 
 
@@ -59,8 +105,54 @@ def _document(doc: IndexDoc) -> tantivy.Document:
     out = tantivy.Document()
     out.add_unsigned("id", doc.id)
     for name in TEXT_FIELDS:
-        out.add_text(name, getattr(doc, name))
+        text = getattr(doc, name)  # normalised at scan (tags) and by the tree (names)
+        out.add_text(name, text)
+        if _HAS_CJK.search(text):
+            out.add_text(f"{name}_cjk", text)
+    if doc.duration is not None:
+        out.add_float("duration", float(doc.duration))
     return out
+
+
+def build_query(schema: tantivy.Schema, query: str) -> tantivy.Query | None:
+    """All words of `query` required, each in any field (or the one it names); None when it has no words."""
+    clauses = []
+    for chunk in normalise(query).split(" "):
+        named = _FIELD_WORD.match(chunk)
+        fields = [named.group(1).lower()] if named else list(TEXT_FIELDS)
+        for token in ANALYZERS[WORDS].analyze(named.group(2) if named else chunk):
+            clauses.append((tantivy.Occur.Must, _word_query(schema, token, fields)))
+    return tantivy.Query.boolean_query(clauses) if clauses else None
+
+
+def _word_query(schema: tantivy.Schema, word: str, fields: list[str]) -> tantivy.Query:
+    """One query word: in any of `fields`, whole (weighted up), as a word prefix, or as a run of CJK characters."""
+    chars = ANALYZERS[CJK].analyze(word) if _HAS_CJK.search(word) else []
+    either = []
+    for name in fields:
+        weight = WEIGHTS[name]
+        either.append((tantivy.Occur.Should, tantivy.Query.boost_query(
+            tantivy.Query.term_query(schema, name, word), weight * EXACT_BONUS)))
+        either.append((tantivy.Occur.Should, tantivy.Query.boost_query(
+            tantivy.Query.regex_query(schema, name, re.escape(word) + ".*"), weight)))
+        if len(chars) == 1:
+            either.append((tantivy.Occur.Should, tantivy.Query.boost_query(
+                tantivy.Query.term_query(schema, f"{name}_cjk", chars[0]), weight)))
+        elif chars:
+            either.append((tantivy.Occur.Should, tantivy.Query.boost_query(
+                tantivy.Query.phrase_query(schema, f"{name}_cjk", chars), weight)))
+    return tantivy.Query.boolean_query(either)
+
+
+def schema_version(path: str) -> int:
+    """The schema an index folder was built with; 1 for an index from before versions were recorded."""
+    try:
+        with open(os.path.join(path, VERSION_FILE)) as fh:
+            return int(fh.read().strip())
+    except FileNotFoundError:
+        return 1
+    except (OSError, ValueError):
+        return 0
 
 
 def is_panic(exc: BaseException) -> bool:
@@ -135,21 +227,53 @@ class SearchIndex:
         self.path = path
         self.recovered: str | None = None  # why open_with_recovery had to start a new index
         self._lock = threading.Lock()
-        schema = _schema()
+        self.version = SCHEMA_VERSION
         try:
             if os.path.isdir(path) and tantivy.Index.exists(path):
                 self._index = self._call(tantivy.Index.open, path)
+                self.version = schema_version(path)
             elif os.path.isdir(path) and [n for n in os.listdir(path) if n not in LOCK_FILES]:
                 # tantivy would make an EMPTY index here and lose whatever this was
                 raise SearchIndexCorrupt(f"{path}: not a search index any more: meta.json is missing "
                                          f"(`musicfs fsck --repair` or the next mount rebuilds it)")
             elif create:
-                os.makedirs(path, exist_ok=True)
-                self._index = self._call(tantivy.Index, schema, path=path)
+                self._create()
             else:
                 raise SearchIndexError(f"no search index at {path}: mount or scan the library first")
         except OSError as exc:
             raise SearchIndexError(f"{path}: cannot open the search index: {exc}") from exc
+        for name, analyzer in ANALYZERS.items():
+            self._index.register_tokenizer(name, analyzer)  # tokenizers are not stored with the index
+
+    def _create(self) -> None:
+        """A new, empty index of the current schema, its version recorded beside it."""
+        os.makedirs(self.path, exist_ok=True)
+        self._index = self._call(tantivy.Index, _schema(), path=self.path)
+        tmp = os.path.join(self.path, VERSION_FILE + ".tmp")
+        with open(tmp, "w") as fh:
+            fh.write(f"{SCHEMA_VERSION}\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, os.path.join(self.path, VERSION_FILE))
+        self.version = SCHEMA_VERSION
+
+    @property
+    def outdated(self) -> bool:
+        """Built with other analyzers (an older musicfs): never searched, only replaced."""
+        return self.version != SCHEMA_VERSION
+
+    def start_over(self) -> None:
+        """Replace an index of another schema by an empty one of ours (derived data: removed, not kept)."""
+        log.info("search index %s has schema %d, this version uses %d: rebuilding it from the catalog",
+                 self.path, self.version, SCHEMA_VERSION)
+        try:
+            shutil.rmtree(self.path)
+            self._create()
+        except OSError as exc:
+            raise SearchIndexError(f"{self.path}: cannot replace the search index of an older version: "
+                                   f"{exc.strerror}") from exc
+        for name, analyzer in ANALYZERS.items():
+            self._index.register_tokenizer(name, analyzer)
 
     @classmethod
     def open_with_recovery(cls, path: str) -> "SearchIndex":
@@ -161,6 +285,8 @@ class SearchIndex:
             try:
                 index = cls(path)
                 index.probe()
+                if index.outdated:
+                    index.start_over()  # the daemon reindexes: the counts differ now
                 return index
             except SearchIndexCorrupt as exc:
                 problems = [str(exc)]
@@ -216,6 +342,8 @@ class SearchIndex:
             return self._call(self._rebuild, docs)
 
     def _rebuild(self, docs: Iterable[IndexDoc]) -> int:
+        if self.outdated:
+            self.start_over()
         writer = self._index.writer(heap_size=32 << 20, num_threads=1)
         try:
             writer.delete_all_documents()
@@ -236,15 +364,29 @@ class SearchIndex:
 
     def search(self, query: str, limit: int = 20) -> list[str]:
         """Tree paths of the best matches, all words required."""
-        if not query.strip():
+        return [hit.path for hit in self.hits(query, limit)]
+
+    def hits(self, query: str, limit: int = 20) -> list[Hit]:
+        """The best matches, best first (equal scores by path); [] for a query without words or limit < 1."""
+        if self.outdated:
+            raise SearchIndexError(f"search index {self.path} was built by an older musicfs (schema {self.version}): "
+                                   f"the next mount or `musicfs scan` rebuilds it")
+        if limit < 1:
             return []
 
-        def run() -> list[str]:
+        def run() -> list[Hit]:
             self._index.reload()
-            parsed, _errors = self._index.parse_query_lenient(query, list(TEXT_FIELDS), conjunction_by_default=True)
+            parsed = build_query(self._index.schema, query)
             searcher = self._index.searcher()
-            hits = searcher.search(parsed, limit).hits
-            return [searcher.doc(addr)["path"][0] for _score, addr in hits]
+            if parsed is None or not searcher.num_docs:
+                return []
+            found = []
+            for score, addr in searcher.search(parsed, min(limit, searcher.num_docs)).hits:
+                doc = searcher.doc(addr)
+                found.append((-score, Hit(doc.get_first("path") or "", doc.get_first("artist") or "",
+                                          doc.get_first("album") or "", doc.get_first("title") or "",
+                                          doc.get_first("duration"))))
+            return [hit for _score, hit in sorted(found, key=lambda pair: (pair[0], pair[1].path))]
 
         return self._call(run)
 

@@ -73,7 +73,8 @@ class Library:
         return "completed_at" in self.catalog.scan_state()
 
     def scan(self, on_progress=None, should_stop=lambda: False) -> ScanResult:
-        result = Scanner(self.catalog, self.registry, on_progress=on_progress, should_stop=should_stop).scan()
+        result = Scanner(self.catalog, self.registry, on_progress=on_progress, should_stop=should_stop,
+                         include_hidden=self.cfg.include_hidden).scan()
         log.info("scan of %s: %s", ", ".join(self.cfg.sources), result.summary())
         return result
 
@@ -101,5 +102,6 @@ class Library:
 
 def index_docs(tree: VirtualTree):
     return (IndexDoc(n.ino, tree.path(n.ino), n.file.artist or "", n.file.album or "", n.file.title or "",
-                     n.file.genre or "") for n in tree.walk_files() if n.file and n.file.kind == "track")
+                     n.file.genre or "", n.file.duration)
+            for n in tree.walk_files() if n.file and n.file.kind == "track")
 

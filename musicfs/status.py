@@ -221,6 +221,11 @@ def _read_daemon_info(state_dir: str, problems: list[str]) -> dict:
     return info
 
 
+def recorded_mountpoint(state_dir: str) -> str:
+    """Where the last daemon of this library mounted it ('' when it was only ever scanned)."""
+    return _read_daemon_info(state_dir, []).get("mountpoint") or ""
+
+
 def _add_catalog_facts(doc: dict, catalog: str) -> None:
     """Track count and last completed scan, from the catalog."""
     try:

@@ -18,6 +18,10 @@ from .progress import Progress
 
 log = logging.getLogger(__name__)
 
+# What read_file_row makes of tags (tags.catalog_fields). A catalog scanned by an older rule set has every
+# file's tags read again by the next scan, so what it already holds is normalised like new files.
+TAGS_VERSION = "2"
+
 # Far below any real codec (even FLAC of pure silence needs ~200 B/s): less means a truncated file.
 MIN_BYTES_PER_SECOND = 100
 
@@ -63,7 +67,16 @@ def read_file_row(origin: Origin, registry: OriginRegistry, st: FileStat, kind: 
     if found is None:
         log.info("scan: skipping %s: %s", st.path, why)
         return FileRow(**{**base.__dict__, "kind": "junk"})
-    return FileRow(**{**base.__dict__, **found.__dict__})
+    return FileRow(**{**base.__dict__, **tags.catalog_fields(found)})
+
+
+def is_hidden(path: str, include_hidden: bool = False) -> bool:
+    """Skipped at scan: AppleDouble files (`._*`, macOS metadata, never audio) always, and anything inside
+    a folder or named with a leading dot unless include_hidden."""
+    parts = path.split("/")
+    if parts[-1].startswith("._"):
+        return True
+    return not include_hidden and any(part.startswith(".") for part in parts)
 
 
 def _utf8_name(path: str) -> bool:
@@ -78,8 +91,9 @@ def _utf8_name(path: str) -> bool:
 class Scanner:
     def __init__(self, catalog: Catalog, registry: OriginRegistry, *, batch: int = 200, workers: int = 4,
                  on_progress: Callable[[int, int], None] | None = None,
-                 should_stop: Callable[[], bool] = lambda: False):
+                 should_stop: Callable[[], bool] = lambda: False, include_hidden: bool = False):
         self.should_stop = should_stop
+        self.include_hidden = include_hidden
         self.catalog = catalog
         self.registry = registry
         self.batch = batch
@@ -90,13 +104,19 @@ class Scanner:
         """One full pass. Blocking: run it in a worker thread."""
         started = time.monotonic()
         origin = self._pick_origin()
-        listing = sorted((st for st in origin.walk() if tags.classify(st.path)), key=lambda st: st.path)
+        listing = sorted((st for st in origin.walk() if tags.classify(st.path)
+                          and not is_hidden(st.path, self.include_hidden)), key=lambda st: st.path)
         # Origins escape names that are not UTF-8 (origins/base.py escape_name); one that does not
         # cannot have them stored (SQLite TEXT refuses lone surrogates): skipped with one line each.
         unnamed = [st for st in listing if not _utf8_name(st.path)]
         listing = [st for st in listing if _utf8_name(st.path)]
         known = self.catalog.identities()
-        todo = [st for st in listing if known.get(st.path) != (st.size, st.mtime_ns, st.etag)]
+        current = not known or self.catalog.scan_state().get("tags_version") == TAGS_VERSION
+        if not known:  # a first scan reads every file anyway; one cut short resumes from its batches
+            self.catalog.set_scan_state(tags_version=TAGS_VERSION)
+        if not current:
+            log.info("scan: the catalog's tags were read by an older version: reading every file's tags again")
+        todo = [st for st in listing if not current or known.get(st.path) != (st.size, st.mtime_ns, st.etag)]
         result = ScanResult(unchanged=len(listing) - len(todo), skipped=len(unnamed))
         for st in unnamed:
             log.warning("scan: skipping %r: its name is not valid UTF-8", st.path)
@@ -118,7 +138,8 @@ class Scanner:
             self.catalog.delete_paths(gone)
         result.removed = len(gone)
         points.hit(points.SCAN_CHECKPOINT)
-        self.catalog.set_scan_state(in_progress="0", last_path="", completed_at=str(time.time()))
+        self.catalog.set_scan_state(in_progress="0", last_path="", completed_at=str(time.time()),
+                                    tags_version=TAGS_VERSION)  # only now: a re-read cut short starts over
         result.seconds = time.monotonic() - started
         return result
 

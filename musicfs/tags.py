@@ -11,6 +11,8 @@ from typing import Callable
 
 import mutagen
 
+from .text import normalise_opt
+
 log = logging.getLogger(__name__)
 
 BLOCK = 64 << 10
@@ -86,6 +88,7 @@ class Tags:
     year: str | None = None
     genre: str | None = None
     duration: float | None = None
+    compilation: bool = False
 
 
 def _text(value) -> str | None:
@@ -160,4 +163,24 @@ def parse(fileobj: RangeFile) -> Tags | None:
         year=_first(tags, "date", "year"),
         genre=_first(tags, "genre"),
         duration=_duration(audio.info),
+        compilation=_flag(_first(tags, "compilation")),
     )
+
+
+VARIOUS_ARTISTS = "Various Artists"
+_TEXT_TAGS = ("artist", "albumartist", "album", "title", "year", "genre")
+
+
+def _flag(text: str | None) -> bool:
+    """A compilation flag as taggers write it: '1' (TCMP, COMPILATION), 'true', 'yes'."""
+    return (text or "").strip().lower() in {"1", "true", "yes"}
+
+
+def catalog_fields(found: Tags) -> dict:
+    """What the catalog stores of a file's tags, normalised once here at scan (text.normalise), and a
+    compilation without an album artist filed under Various Artists (one album folder, as players do)."""
+    fields = {k: v for k, v in found.__dict__.items() if k != "compilation"}
+    fields.update({k: normalise_opt(fields[k]) for k in _TEXT_TAGS})
+    if found.compilation and not fields["albumartist"]:
+        fields["albumartist"] = VARIOUS_ARTISTS
+    return fields

@@ -15,6 +15,7 @@ from typing import Callable, Iterable
 
 from .catalog import VERSION_SEP, FileRow
 from .origins.base import unescape_name
+from .text import nfc, normalise
 
 ROOT_INO = 1
 FIRST_INO = 2
@@ -72,6 +73,8 @@ class VirtualTree:
         if node is None or not node.is_dir:
             return None
         ino = node.children.get(name)
+        if ino is None and (composed := nfc(name)) is not None:  # typed decomposed (NFD): names are NFC
+            ino = node.children.get(composed)
         return self.nodes.get(ino) if ino else None
 
     def path(self, ino: int) -> str:
@@ -97,7 +100,7 @@ def _album_dirs(row: FileRow) -> tuple[str, str]:
 
 def _track_stem(row: FileRow, multi_disc: bool) -> str:
     base = os.path.basename(row.path)
-    title = clean_name(row.title or os.path.splitext(base)[0])
+    title = clean_name(row.title or normalise(os.path.splitext(base)[0]))  # tags are normalised at scan
     if row.track_no is None:
         return title
     if multi_disc:
