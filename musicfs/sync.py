@@ -96,7 +96,7 @@ class Scanner:
         unnamed = [st for st in listing if not _utf8_name(st.path)]
         listing = [st for st in listing if _utf8_name(st.path)]
         known = self.catalog.identities()
-        todo = [st for st in listing if known.get(st.path) != (st.size, st.mtime_ns, st.etag)]
+        todo = [st for st in listing if known.get(st.path) != st.identity]
         result = ScanResult(unchanged=len(listing) - len(todo), skipped=len(unnamed))
         for st in unnamed:
             log.warning("scan: skipping %r: its name is not valid UTF-8", st.path)

@@ -52,7 +52,7 @@ from ..errors import (
     OriginTransient,
     ShortRead,
 )
-from .base import FileStat, Origin
+from .base import FileStat, Identity, Origin
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +267,7 @@ class OriginRegistry:
                 # A replica's mtime and ETag are its own: its copy must have the catalog's size, and
                 # is then read against its own identity, so it cannot change under the read either.
                 st = origin.stat(path)
-                if st.size != expect.size:
+                if not Identity(expect.size).matches(st.identity, strict=False):
                     raise OriginFileChanged(f"{origin.name}: {path} has {st.size} bytes here, {expect.size} in the "
                                             f"catalog", origin=origin.name, path=path)
                 want = st
