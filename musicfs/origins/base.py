@@ -25,11 +25,6 @@ class Identity:
     def key(self) -> str:
         return f"{self.size}:{self.mtime_ns}:{self.etag}"
 
-    @classmethod
-    def parse(cls, key: str) -> "Identity":
-        size, mtime_ns, etag = key.split(":", 2)
-        return cls(int(size), int(mtime_ns), etag)
-
     def matches(self, other: "Identity", *, strict: bool = True) -> bool:
         """Whether `other` is the same version of the file.
 

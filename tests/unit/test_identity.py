@@ -6,10 +6,10 @@ from musicfs.catalog import FileRow
 from musicfs.origins.base import FileStat, Identity
 
 
-def test_the_key_keeps_the_stored_format_and_parses_back():
+def test_the_key_keeps_the_stored_format():
     ident = Identity(4000, 1_700_000_000_000_000_000, "abc-2")
     assert ident.key == "4000:1700000000000000000:abc-2"
-    assert Identity.parse(ident.key) == ident and Identity.parse("12:0:") == Identity(12)
+    assert Identity(12).key == "12:0:"
     row = FileRow(path="a/b.flac", kind="track", size=4000, mtime_ns=1_700_000_000_000_000_000, etag="abc-2")
     assert row.ident == ident.key and row.identity == ident
     assert row.stat() == FileStat("a/b.flac", 4000, 1_700_000_000_000_000_000, "abc-2")
