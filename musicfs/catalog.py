@@ -20,6 +20,7 @@ from .damage import (SQLITE_CANTOPEN, SQLITE_READONLY, move_aside, not_writable,
                      sqlite_corruption, wal_before_open, wal_dropped)
 from .errors import CatalogCorrupt, CatalogError
 from .failpoints import fail_point
+from .origins.base import FileStat, Identity
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +69,22 @@ class FileRow:
     id: int = 0
 
     @property
+    def identity(self) -> Identity:
+        return Identity(self.size, self.mtime_ns, self.etag)
+
+    @property
     def ident(self) -> str:
-        """The origin identity that keys this file's manifest."""
-        return f"{self.size}:{self.mtime_ns}:{self.etag}"
+        """The origin identity that keys this file's manifest (`Identity.key`)."""
+        return self.identity.key
+
+    def stat(self) -> FileStat:
+        """The catalog's identity of this file, as the `expect` of an origin read."""
+        return FileStat.of(self.path, self.identity)
 
 
 _COLS = [f.name for f in fields(FileRow) if f.name != "id"]
+#: `Identity.key` of files row `f`, in SQL: which manifests belong to the file's current version.
+_FILE_KEY_SQL = "f.size || ':' || f.mtime_ns || ':' || f.etag"
 
 
 class Catalog:
@@ -184,9 +195,9 @@ class Catalog:
         rows = self._run(f"SELECT {', '.join(_COLS)}, id FROM files WHERE id = ?", (file_id,))
         return FileRow(*rows[0]) if rows else None
 
-    def identities(self) -> dict[str, tuple[int, int, str]]:
-        """path -> (size, mtime_ns, etag) for every known file: what a rescan compares against."""
-        return {p: (s, m, e) for p, s, m, e in self._run("SELECT path, size, mtime_ns, etag FROM files")}
+    def identities(self) -> dict[str, Identity]:
+        """path -> Identity for every known file: what a rescan compares against."""
+        return {p: Identity(s, m, e) for p, s, m, e in self._run("SELECT path, size, mtime_ns, etag FROM files")}
 
     def count(self, kind: str = "track") -> int:
         return self._run("SELECT count(*) FROM files WHERE kind = ?", (kind,))[0][0]
@@ -256,13 +267,13 @@ class Catalog:
     def stale_manifest_rows(self) -> list[tuple[int, str, int, str]]:
         """Manifest rows keyed by an identity their file no longer has (old content)."""
         return self._run("SELECT m.file_id, m.ident, m.chunk, m.hash FROM manifests m JOIN files f ON f.id = m.file_id "
-                         "WHERE m.ident != f.size || ':' || f.mtime_ns || ':' || f.etag")
+                         "WHERE m.ident != " + _FILE_KEY_SQL)
 
     def manifest_rows_with_sizes(self) -> list[tuple[int, str, int, str, int]]:
         """(file_id, ident, chunk, hash, file size) of every current manifest row."""
         return self._run("SELECT m.file_id, m.ident, m.chunk, m.hash, f.size FROM manifests m "
                          "JOIN files f ON f.id = m.file_id "
-                         "WHERE m.ident = f.size || ':' || f.mtime_ns || ':' || f.etag")
+                         "WHERE m.ident = " + _FILE_KEY_SQL)
 
     def delete_manifest_rows(self, rows: list[tuple]) -> None:
         self._transaction(lambda cur: cur.executemany(

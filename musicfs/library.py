@@ -26,7 +26,7 @@ from .errors import SearchIndexCorrupt
 from .index import IndexDoc, SearchIndex
 from .origins.factory import open_origin
 from .origins.registry import OriginRegistry
-from .sync import Scanner, ScanResult
+from .sync import Scanner, ScanResult, restore_identities
 from .tree import FIRST_INO, VirtualTree, build_tree
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,9 @@ class Library:
             cas = CasStore(cfg.cache_dir, cfg.cache_size, full_check=unclean)
             if cas.last_rebuild is not None:
                 repairs.append(f"cache index: {cas.last_rebuild.summary()}")
-        return cls(cfg, catalog, OriginRegistry(origins), index, cas, marker, repairs)
+        registry = OriginRegistry(origins)
+        restore_identities(catalog, registry)
+        return cls(cfg, catalog, registry, index, cas, marker, repairs)
 
     @property
     def ever_scanned(self) -> bool:

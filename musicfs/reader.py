@@ -17,7 +17,6 @@ from .cache_health import CacheHealth
 from .catalog import Catalog, FileRow
 from .errors import CacheFull, CacheUnavailable, CatalogError, ChunkCorrupt, ChunkMissing, TooManyOpenFiles
 from .errors import CasError, MusicFSError, OriginError, OriginFileChanged, OriginTransient
-from .origins.base import FileStat
 from .origins.registry import OriginRegistry
 
 log = logging.getLogger(__name__)
@@ -204,7 +203,7 @@ class FileReader:
         row = of.row
         start = idx * self.chunk_size
         want = min(self.chunk_size, row.size - start)
-        expect = FileStat(row.path, row.size, row.mtime_ns, row.etag)
+        expect = row.stat()
         await points.hit_async(points.READER_MANIFEST_FETCH, OriginTransient)
         # Offline fails here at once; else a thread of the registry's own limiter (never the cache's).
         try:

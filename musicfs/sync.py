@@ -116,7 +116,7 @@ class Scanner:
             self.catalog.set_scan_state(tags_version=TAGS_VERSION)
         if not current:
             log.info("scan: the catalog's tags were read by an older version: reading every file's tags again")
-        todo = [st for st in listing if not current or known.get(st.path) != (st.size, st.mtime_ns, st.etag)]
+        todo = [st for st in listing if not current or known.get(st.path) != st.identity]
         result = ScanResult(unchanged=len(listing) - len(todo), skipped=len(unnamed))
         for st in unnamed:
             log.warning("scan: skipping %r: its name is not valid UTF-8", st.path)
@@ -138,8 +138,10 @@ class Scanner:
             self.catalog.delete_paths(gone)
         result.removed = len(gone)
         points.hit(points.SCAN_CHECKPOINT)
-        self.catalog.set_scan_state(in_progress="0", last_path="", completed_at=str(time.time()),
+        self.catalog.set_scan_state(in_progress="0", last_path="", completed_at=str(time.time()), rekeying="0",
                                     tags_version=TAGS_VERSION)  # only now: a re-read cut short starts over
+        if self.registry.identity_origin is not origin:
+            self.registry.adopt_identities(origin)  # committed: the catalog holds this origin's identities
         result.seconds = time.monotonic() - started
         return result
 
@@ -147,7 +149,10 @@ class Scanner:
         """The origin to walk: the one that scanned this library before, when it is still a source.
 
         Replicas are not byte-identical in size/mtime/etag, and a scan of another one would
-        re-key (and so drop) every cached file: while that origin is down, rescans wait.
+        re-key (and so drop) every cached file: while that origin is down, rescans wait (reads go on,
+        checking replicas by size and their own stat). A scan of another origin (none scanned before,
+        or that one is no longer a source) re-keys the catalog: until it commits, no one origin's
+        identities are sure, and reads check every origin as a replica.
         """
         origin = self.registry.first_healthy()
         before = self.catalog.scan_state().get("origin")
@@ -155,7 +160,11 @@ class Scanner:
         if before and before in sources and origin.name != before:
             raise OriginTransient(f"{before} scanned this library and is unavailable; rescans wait for it",
                                   origin=before)
-        self.catalog.set_scan_state(origin=origin.name)
+        if origin is not self.registry.identity_origin:
+            self.registry.adopt_identities(None)
+            self.catalog.set_scan_state(origin=origin.name, rekeying="1")
+        else:
+            self.catalog.set_scan_state(origin=origin.name)
         return origin
 
     def _batch(self, origin: Origin, pool, batch: list[FileStat], known: dict, result: ScanResult) -> None:
@@ -170,3 +179,15 @@ class Scanner:
                 result.skipped += 1
         self.catalog.upsert_files(good, checkpoint={"last_path": batch[-1].path})
         points.hit(points.DELTA_SYNC_AFTER_BATCH)
+
+
+def restore_identities(catalog: Catalog, registry: OriginRegistry) -> None:
+    """At start: tell the registry whose identities the catalog holds (the origin whose scan committed).
+
+    None while a scan of another origin was interrupted, or when that origin is no longer a source.
+    """
+    state = catalog.scan_state()
+    if state.get("rekeying") == "1":
+        registry.adopt_identities(None)
+    elif state.get("origin"):
+        registry.adopt_identities(registry.origin_named(state["origin"]))

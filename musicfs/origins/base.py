@@ -9,6 +9,42 @@ from typing import Iterator
 
 
 @dataclass(frozen=True)
+class Identity:
+    """One version of a file as an origin tells it: size, mtime (ns) and ETag.
+
+    Unknown parts are empty: size -1 (an S3 GET that did not say), mtime_ns 0, etag "". `key` is the
+    text form the catalog stores (manifest keys, inode keys): `size:mtime_ns:etag`; it must not change,
+    or existing catalogs and manifests would no longer match.
+    """
+
+    size: int
+    mtime_ns: int = 0
+    etag: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.size}:{self.mtime_ns}:{self.etag}"
+
+    def matches(self, other: "Identity", *, strict: bool = True) -> bool:
+        """Whether `other` is the same version of the file.
+
+        strict: size, mtime and ETag all equal (an origin compared with its own earlier answer).
+        Not strict: only what both sides know. The size when both know it, then the ETag when both have
+        one (S3: it names the content, so the mtime is not compared), else the mtime when both have one.
+        A size-only identity (`Identity(size)`) thus checks a replica's copy by size alone.
+        """
+        if strict:
+            return self == other
+        if self.size >= 0 and other.size >= 0 and self.size != other.size:
+            return False
+        if self.etag and other.etag:
+            return self.etag == other.etag
+        if self.mtime_ns and other.mtime_ns:
+            return self.mtime_ns == other.mtime_ns
+        return True
+
+
+@dataclass(frozen=True)
 class FileStat:
     """What an origin says about one file. `path` is relative, '/'-separated."""
 
@@ -17,8 +53,16 @@ class FileStat:
     mtime_ns: int
     etag: str = ""
 
+    @classmethod
+    def of(cls, path: str, identity: Identity) -> "FileStat":
+        return cls(path, identity.size, identity.mtime_ns, identity.etag)
+
+    @property
+    def identity(self) -> Identity:
+        return Identity(self.size, self.mtime_ns, self.etag)
+
     def same_identity(self, other: "FileStat") -> bool:
-        return (self.size, self.mtime_ns, self.etag) == (other.size, other.mtime_ns, other.etag)
+        return self.identity.matches(other.identity)
 
 
 class Origin(abc.ABC):

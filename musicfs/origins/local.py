@@ -179,7 +179,7 @@ class LocalOrigin(Origin):
             os.close(fd)
 
     def _check(self, path: str, st: os.stat_result, expect: FileStat) -> None:
-        if not self._stat_result(path, st).same_identity(expect):
+        if not self._stat_result(path, st).identity.matches(expect.identity):
             raise OriginFileChanged(f"{self.name}: {path} changed since it was scanned", origin=self.name, path=path)
 
     def probe(self) -> None:

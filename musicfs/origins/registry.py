@@ -14,10 +14,14 @@ Policy (rows 4.1, 4.2.3, 4.3 of the resilience catalogue):
   that recovered less than `grace` seconds ago (CernVM-FS style: once failed over, stay on the
   replica until the primary has been healthy for a while). While a monitor watches, unhealthy
   origins are not tried at all.
-* Replicas: the catalog holds the identities (size, mtime, ETag) of the origin last scanned. Reads
-  from it pass that identity (OriginFileChanged: the file changed since the scan). Another replica
-  has identities of its own: its copy must have the catalog's size and is read against its own stat.
-  Heterogeneous replicas are therefore only checked by size: they must hold the same bytes.
+* Replicas: the catalog holds the identities (size, mtime, ETag) of the origin whose scan last
+  committed: `identity_origin`. Reads from it pass that identity (OriginFileChanged: the file changed
+  since the scan). Another replica has identities of its own: its copy must have the catalog's size
+  and is read against its own stat (checked before and after the read). Heterogeneous replicas are
+  therefore only checked by size: they must hold the same bytes. Only the scanner moves
+  `identity_origin` (`adopt_identities`), when a scan of another origin commits; until then, and
+  while such a scan runs (None: no origin's identities are sure), reads check every origin as a replica.
+  Failing over never changes it: `first_healthy` is a pure query.
 * Offline: while monitored and every origin is unhealthy, reads fail at once with OriginOffline
   (EIO): no thread, no timeout. The monitor's next good probe ends it.
 
@@ -48,7 +52,7 @@ from ..errors import (
     OriginTransient,
     ShortRead,
 )
-from .base import FileStat, Origin
+from .base import FileStat, Identity, Origin
 
 log = logging.getLogger(__name__)
 
@@ -112,13 +116,25 @@ class OriginRegistry:
         self.monitored = False
         self._listeners: list[Callable[[Origin, str], None]] = []
         self._fetch_limiter = None  # a trio.CapacityLimiter, made on first use inside trio
-        #: The origin whose identities (size, mtime, etag) the catalog holds: the one last scanned
-        #: (first_healthy), the primary until then. Other replicas have identities of their own.
-        self.identity_origin: Origin = origins[0]
+        #: The origin whose identities (size, mtime, etag) the catalog holds: the one whose scan last
+        #: committed, the primary until one did; None while no origin's are sure (a scan of another
+        #: origin is re-keying the catalog). Other replicas have identities of their own.
+        self.identity_origin: Origin | None = origins[0]
 
     @property
     def primary(self) -> Origin:
         return self.origins[0]
+
+    def origin_named(self, name: str) -> Origin | None:
+        return next((o for o in self.origins if o.name == name), None)
+
+    def adopt_identities(self, origin: Origin | None) -> None:
+        """The catalog now holds `origin`'s identities (None: no one origin's). Only the scanner calls it."""
+        if origin is not None:
+            self._index(origin)  # must be one of ours
+        if origin is not self.identity_origin:
+            log.info("catalog identities are now those of %s", origin.name if origin else "no single origin")
+        self.identity_origin = origin
 
     # -- health states ------------------------------------------------------------------------
     def _index(self, origin: Origin) -> int:
@@ -243,14 +259,15 @@ class OriginRegistry:
     def read(self, path: str, offset: int, length: int, expect: FileStat | None = None, exact: bool = False,
              *, deadline: float | None = None) -> bytes:
         """Bytes from the first origin that delivers; with exact, fewer than length is a (retried) error."""
+        identity_origin = self.identity_origin  # one answer for the whole read, though a scan may move it
 
         def op(origin: Origin) -> bytes:
             want = expect
-            if expect is not None and origin is not self.identity_origin:
+            if expect is not None and origin is not identity_origin:
                 # A replica's mtime and ETag are its own: its copy must have the catalog's size, and
                 # is then read against its own identity, so it cannot change under the read either.
                 st = origin.stat(path)
-                if st.size != expect.size:
+                if not Identity(expect.size).matches(st.identity, strict=False):
                     raise OriginFileChanged(f"{origin.name}: {path} has {st.size} bytes here, {expect.size} in the "
                                             f"catalog", origin=origin.name, path=path)
                 want = st
@@ -270,7 +287,7 @@ class OriginRegistry:
             try:
                 data = self.call(origin, op, deadline=deadline, retry_timeouts=False)
             except OriginFileChanged as exc:
-                if origin is self.identity_origin:
+                if origin is identity_origin:
                     raise  # the file changed since the scan; a rescan sorts it out
                 last = exc  # this replica's copy differs: try the next one
             except OriginError as exc:
@@ -305,7 +322,11 @@ class OriginRegistry:
         return await trio.to_thread.run_sync(work, limiter=self._fetch_limiter, abandon_on_cancel=True)
 
     def first_healthy(self) -> Origin:
-        """The preferred origin whose probe passes (for scanning)."""
+        """The preferred origin whose probe passes (for scanning).
+
+        A query: it records the probes' outcomes in the health states, and changes nothing else (the
+        identity origin moves only when a scan of another origin commits, see `adopt_identities`).
+        """
         order = self.order()
         if not order:
             raise OriginOffline("every origin is down (offline): nothing to scan")
@@ -318,7 +339,6 @@ class OriginRegistry:
                 self.record_failure(origin, exc, probe=True)
                 continue
             self.record_ok(origin, probe=True)
-            self.identity_origin = origin  # the scan that asked will record this origin's identities
             return origin
         assert last is not None
         raise last

@@ -505,12 +505,8 @@ class S3Origin(Origin):
         return int(length) if length is not None else None
 
     def _check_identity(self, path: str, now: FileStat, expect: FileStat) -> None:
-        changed = now.size >= 0 and now.size != expect.size
-        if expect.etag and now.etag:
-            changed = changed or now.etag != expect.etag
-        elif expect.mtime_ns and now.mtime_ns:
-            changed = changed or now.mtime_ns != expect.mtime_ns
-        if changed:
+        # A GET may not say the size (-1), and a replica's expect may lack the ETag: what both know.
+        if not now.identity.matches(expect.identity, strict=False):
             raise OriginFileChanged(
                 f"{self.name}: {self.prefix + path} changed since it was scanned "
                 f"(size {expect.size} -> {now.size}, etag {expect.etag!r} -> {now.etag!r})",

@@ -698,7 +698,8 @@ class SftpOrigin(Origin):
         return data
 
     def _check(self, path: str, now: FileStat, expect: FileStat, when: str) -> None:
-        if now.size != expect.size or now.mtime_ns != expect.mtime_ns:
+        # Both sides are this origin's answers (etag ""; mtime to SFTP's whole seconds): all must match.
+        if not now.identity.matches(expect.identity):
             raise OriginFileChanged(
                 f"{self.name}: {path} changed {when} "
                 f"(size {expect.size} -> {now.size}, mtime_ns {expect.mtime_ns} -> {now.mtime_ns})",

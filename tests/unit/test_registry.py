@@ -371,10 +371,32 @@ def test_a_replica_whose_copy_has_another_size_is_not_used():
     assert reg.health_of(replica).state == UNKNOWN  # its copy differs; the replica itself is fine
 
 
-def test_the_scanned_origin_supplies_the_identities():
+@pytest.mark.expected_log(r"origin primary is unhealthy")
+def test_first_healthy_is_a_query_that_leaves_the_identity_origin_alone():
     primary, replica = MemoryOrigin("primary", FILES), MemoryOrigin("replica", FILES)
     reg = registry(primary, replica)
     assert reg.identity_origin is primary
     primary.always = transient()
     assert reg.first_healthy() is replica
+    assert reg.identity_origin is primary  # failing over to scan or read does not re-key the catalog
+    assert reg.health_of(primary).state == UNHEALTHY and reg.health_of(replica).state == HEALTHY
+    assert reg.first_healthy() is replica and reg.identity_origin is primary  # asked again: still nothing moves
+
+
+@pytest.mark.expected_log(r"origin primary failed for a\.flac", r"catalog identities are now")
+def test_the_identity_origin_moves_only_when_adopted_and_none_checks_every_origin_as_a_replica():
+    primary = StampedOrigin("primary", FILES, 111, "e")
+    replica = StampedOrigin("replica", FILES, 222, "")
+    reg = registry(primary, replica)
+    expect = primary.stat("a.flac")
+    primary.always = transient()
+    assert reg.first_healthy() is replica and reg.identity_origin is primary
+    assert reg.read("a.flac", 0, 8, expect) == FILES["a.flac"][:8]  # the replica, checked by size
+    primary.always = None
+    reg.adopt_identities(None)  # a scan of another origin is re-keying the catalog
+    assert reg.read("a.flac", 0, 8, expect) == FILES["a.flac"][:8]
+    assert reg.read("a.flac", 0, 8, replica.stat("a.flac")) == FILES["a.flac"][:8]
+    reg.adopt_identities(replica)  # its scan committed
     assert reg.identity_origin is replica
+    with pytest.raises(OriginFileChanged):
+        reg.read("a.flac", 0, 8, expect)  # the catalog now says 222: the replica itself refuses 111

@@ -282,3 +282,28 @@ def test_a_track_with_a_number_int_refuses_is_kept_without_the_number(lib, cat):
     assert (row.title, row.track_no, row.disc_no) == ("Squared", None, None)
     tree = tree_of(cat)
     assert any(n.file is not None and n.file.path == odd and n.name == b"Squared.flac" for n in tree.walk_files())
+
+
+@pytest.mark.expected_log(r"catalog identities are now", r"origin .* is unhealthy")
+def test_a_scan_of_another_origin_moves_the_identity_origin_only_when_it_commits(cat, lib, tmp_path):
+    """No origin scanned before and the primary is down: the replica's scan re-keys the catalog; while it
+    runs reads check every origin as a replica, and only its commit makes the replica the identity origin."""
+    from musicfs_test_utils.faulty_origin import ReturnError
+
+    root, _ = lib
+    replica_root = tmp_path / "replica"
+    shutil.copytree(root, replica_root)
+    primary, replica = FaultyOrigin(LocalOrigin(root)), LocalOrigin(replica_root)
+    registry = OriginRegistry([primary, replica])
+    primary.set_mode(ReturnError("transient"))
+    seen = []
+    scan = Scanner(cat, registry, on_progress=lambda done, total: seen.append(registry.identity_origin))
+    scan.scan()
+    assert seen and all(o is None for o in seen)  # during the scan: no one origin's identities
+    assert registry.identity_origin is replica and cat.scan_state()["rekeying"] == "0"
+    fresh = OriginRegistry([FaultyOrigin(LocalOrigin(root)), LocalOrigin(replica_root)])
+    sync.restore_identities(cat, fresh)  # the next start knows it too
+    assert fresh.identity_origin is fresh.origins[1]
+    cat.set_scan_state(rekeying="1")  # as if that scan had been interrupted
+    sync.restore_identities(cat, fresh)
+    assert fresh.identity_origin is None
