@@ -136,23 +136,20 @@ def cmd_scan(args) -> int:
     return 0
 
 
-def _only_library(kind_env: str, fallback: str) -> str:
-    from .config import xdg_dir
+def _only_library() -> str:
+    from .statefiles import LibraryNotFound, find_library
 
-    base = xdg_dir(kind_env, fallback) / "musicfs"
-    libs = sorted(p for p in base.glob("*") if (p / "index").is_dir()) if base.is_dir() else []
-    if len(libs) == 1:
-        return str(libs[0])
-    if not libs:
-        raise ConfigError("--state-dir", f"no library found under {base}: mount or scan one first")
-    raise ConfigError("--state-dir", f"{len(libs)} libraries under {base}; choose one: " + ", ".join(map(str, libs)))
+    try:
+        return find_library()
+    except LibraryNotFound as exc:
+        raise ConfigError("--state-dir", str(exc)) from exc
 
 
 def cmd_search(args) -> int:
     setup_logging("WARNING")
     from .index import SearchIndex
 
-    state = args.state_dir or _only_library("XDG_STATE_HOME", ".local/state")
+    state = args.state_dir or _only_library()
     for path in SearchIndex(os.path.join(state, "index"), create=False).search(args.query, args.limit):
         print(path)
     return 0
