@@ -34,11 +34,17 @@ def _add_origin_args(p: argparse.ArgumentParser) -> None:
                    help="known_hosts file for sftp:// sources (origin_options.known_hosts; default ~/.ssh/known_hosts)")
 
 
+_ORIGIN_FLAGS = (("sftp_identity", "--sftp-identity", "identity_file"),
+                 ("sftp_known_hosts", "--sftp-known-hosts", "known_hosts"))
+
+
 def _with_origin_flags(cfg: Config, args) -> Config:
-    """--sftp-identity / --sftp-known-hosts win over the config file's origin_options."""
+    """--sftp-identity / --sftp-known-hosts win over the config file's origin_options; then every option is
+    checked against the kinds of the sources (exit 78 naming the key, or 2 naming the flag that set it)."""
+    from .origins.factory import check_options
+
     extra = {}
-    for attr, flag, key in (("sftp_identity", "--sftp-identity", "identity_file"),
-                            ("sftp_known_hosts", "--sftp-known-hosts", "known_hosts")):
+    for attr, flag, key in _ORIGIN_FLAGS:
         value = getattr(args, attr, None)
         if value is None:
             continue
@@ -46,7 +52,9 @@ def _with_origin_flags(cfg: Config, args) -> Config:
         if not os.path.isfile(path):
             raise BadArgument(flag, f"{value}: no such file")
         extra[key] = os.path.abspath(path)
-    return dataclasses.replace(cfg, origin_options={**cfg.origin_options, **extra}) if extra else cfg
+    options = {**cfg.origin_options, **extra}
+    check_options(cfg.sources, options, {key: flag for _, flag, key in _ORIGIN_FLAGS if key in extra})
+    return dataclasses.replace(cfg, origin_options=options) if extra else cfg
 
 
 def build_parser() -> argparse.ArgumentParser:
