@@ -12,7 +12,12 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from ..errors import BadArgument, ConfigError
+from ..errors import BadArgument, ConfigError, OriginFatal
+
+
+class OptionError(ConfigError, OriginFatal):
+    """A bad origin option: a config error naming `origin_options.<key>` (exit 78) and, to code that builds
+    origins directly (`S3Origin.from_url`), an OriginFatal: retrying will not help."""
 
 
 @dataclass(frozen=True)
@@ -76,7 +81,7 @@ def check(sources: Iterable[str], options: dict | None, flags: dict[str, str] | 
         try:
             if key not in known:
                 where = " or ".join(KIND_NAMES[k] for k in kinds)
-                raise ConfigError(f"origin_options.{key}", f"unknown origin option for {where} sources; "
+                raise OptionError(f"origin_options.{key}", f"unknown origin option for {where} sources; "
                                   + "; ".join(_takes(k) for k in kinds))
             if value is not None:  # None (from Python callers; TOML has none) means not given
                 result[key] = convert(known[key], value, f"origin_options.{key}")
@@ -104,19 +109,19 @@ def convert(option: Option, value: Any, name: str) -> Any:
     """`value` as the option's type, or a ConfigError naming `name` and the value."""
     if option.type == "text":
         if not isinstance(value, str):
-            raise ConfigError(name, f"must be a string, not {value!r}")
+            raise OptionError(name, f"must be a string, not {value!r}")
         return value
     if option.type == "choice":
         if value not in option.choices:
-            raise ConfigError(name, f"must be one of {', '.join(option.choices)}, not {value!r}")
+            raise OptionError(name, f"must be one of {', '.join(option.choices)}, not {value!r}")
         return value
     number = _number(value)
     if option.type == "seconds":
         if number is None or not math.isfinite(number) or number <= 0:
-            raise ConfigError(name, f"must be a number of seconds greater than 0, not {value!r}")
+            raise OptionError(name, f"must be a number of seconds greater than 0, not {value!r}")
         return float(number)
     if number is None or not math.isfinite(number) or number != int(number) or number < 1:
-        raise ConfigError(name, f"must be a whole number of at least 1, not {value!r}")
+        raise OptionError(name, f"must be a whole number of at least 1, not {value!r}")
     return int(number)
 
 

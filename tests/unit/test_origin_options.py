@@ -120,3 +120,15 @@ def test_an_sftp_flag_for_an_s3_library_exits_2_naming_the_flag(tmp_path, capsys
     with pytest.raises(BadArgument) as info:
         check_options(["/m"], {"identity_file": str(key)}, {"identity_file": "--sftp-identity"})
     assert info.value.key == "--sftp-identity"
+
+
+def test_a_bad_option_is_also_an_origin_fatal_to_code_that_builds_origins_directly():
+    from musicfs.errors import OriginFatal
+    from musicfs.origins.s3 import S3Origin
+    from musicfs.origins.sftp import SftpOrigin
+
+    with pytest.raises(OriginFatal) as info:
+        SftpOrigin.from_url("sftp://nas/x", {"pool_size": "abc"})
+    assert isinstance(info.value, ConfigError) and info.value.key == "origin_options.pool_size"
+    with pytest.raises(OriginFatal, match="origin_options.pool_size: unknown origin option for S3"):
+        S3Origin.from_url("s3://b/p", {"pool_size": 2})
