@@ -81,6 +81,52 @@ class RebuildReport:
         return f"{self.chunks} chunk files ({self.bytes} bytes) verified and indexed{bad}"
 
 
+def walk_chunk_files(root: str, strays: list[str] | None = None) -> Iterator[tuple[str, str]]:
+    """(digest, path) of every well-named chunk file in its right folder under `root`/chunks, sorted; the
+    paths of anything else there go to `strays` when it is given."""
+    base = os.path.join(root, "chunks")
+    for sub in sorted(os.listdir(base)) if os.path.isdir(base) else []:
+        folder = os.path.join(base, sub)
+        if not os.path.isdir(folder):
+            if strays is not None:
+                strays.append(folder)
+            continue
+        for name in sorted(os.listdir(folder)):
+            path = os.path.join(folder, name)
+            if is_hash_name(name) and name[:2] == sub and (strays is None or os.path.isfile(path)):
+                yield name, path
+            elif strays is not None:
+                strays.append(path)
+
+
+@dataclass(frozen=True)
+class ChunkCheck:
+    digest: str
+    path: str
+    size: int
+    ok: bool  # its bytes hash to its name
+
+
+class ChunkVerification:
+    """The result of CasStore.verify_chunks: iterate for one ChunkCheck per chunk file, verified as it goes."""
+
+    def __init__(self, root: str):
+        self.strays: list[str] = []
+        self.files = list(walk_chunk_files(root, self.strays))
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __iter__(self) -> Iterator[ChunkCheck]:
+        for digest, path in self.files:
+            try:
+                with open(path, "rb") as fh:
+                    data = fh.read()
+            except FileNotFoundError:
+                continue  # evicted by a running daemon since the listing
+            yield ChunkCheck(digest, path, len(data), chunk_hash(data) == digest)
+
+
 class CasStore:
     """Content-addressed chunk store with a byte quota and LRU eviction.
 
@@ -244,14 +290,16 @@ class CasStore:
 
     def _walk_chunk_files(self) -> Iterator[tuple[str, str]]:
         """(digest, path) of every well-named chunk file in its right folder."""
-        base = os.path.join(self.root, "chunks")
-        for sub in sorted(os.listdir(base)):
-            folder = os.path.join(base, sub)
-            if not os.path.isdir(folder):
-                continue
-            for name in sorted(os.listdir(folder)):
-                if is_hash_name(name) and name[:2] == sub:
-                    yield name, os.path.join(folder, name)
+        return walk_chunk_files(self.root)
+
+    @staticmethod
+    def verify_chunks(root: str) -> "ChunkVerification":
+        """Read-only: every chunk file under `root` hashed against its name (for `musicfs fsck`).
+
+        Opens no index, creates, moves and deletes nothing, so it may run beside a daemon using the cache.
+        The result lists the files up front (len() is their number, for progress) and verifies them
+        one at a time as it is iterated; what is not a chunk file (bad name, wrong folder) is in `strays`."""
+        return ChunkVerification(root)
 
     def _rebuild_from_files(self, should_stop: Callable[[], bool] | None = None) -> RebuildReport:
         """Fill the (empty) index from the chunk files: the name is the hash, each one is verified."""

@@ -35,11 +35,17 @@ def _add_origin_args(p: argparse.ArgumentParser) -> None:
                    help="known_hosts file for sftp:// sources (origin_options.known_hosts; default ~/.ssh/known_hosts)")
 
 
+_ORIGIN_FLAGS = (("sftp_identity", "--sftp-identity", "identity_file"),
+                 ("sftp_known_hosts", "--sftp-known-hosts", "known_hosts"))
+
+
 def _with_origin_flags(cfg: Config, args) -> Config:
-    """--sftp-identity / --sftp-known-hosts win over the config file's origin_options."""
+    """--sftp-identity / --sftp-known-hosts win over the config file's origin_options; then every option is
+    checked against the kinds of the sources (exit 78 naming the key, or 2 naming the flag that set it)."""
+    from .origins.factory import check_options
+
     extra = {}
-    for attr, flag, key in (("sftp_identity", "--sftp-identity", "identity_file"),
-                            ("sftp_known_hosts", "--sftp-known-hosts", "known_hosts")):
+    for attr, flag, key in _ORIGIN_FLAGS:
         value = getattr(args, attr, None)
         if value is None:
             continue
@@ -47,7 +53,9 @@ def _with_origin_flags(cfg: Config, args) -> Config:
         if not os.path.isfile(path):
             raise BadArgument(flag, f"{value}: no such file")
         extra[key] = os.path.abspath(path)
-    return dataclasses.replace(cfg, origin_options={**cfg.origin_options, **extra}) if extra else cfg
+    options = {**cfg.origin_options, **extra}
+    check_options(cfg.sources, options, {key: flag for _, flag, key in _ORIGIN_FLAGS if key in extra})
+    return dataclasses.replace(cfg, origin_options=options) if extra else cfg
 
 
 def _at_least_one(text: str) -> int:
@@ -149,25 +157,22 @@ def cmd_scan(args) -> int:
     return 0
 
 
-def _only_library(kind_env: str, fallback: str) -> str:
-    from .config import xdg_dir
+def _only_library() -> str:
+    from .statefiles import LibraryNotFound, find_library
 
-    base = xdg_dir(kind_env, fallback) / "musicfs"
-    libs = sorted(p for p in base.glob("*") if (p / "index").is_dir()) if base.is_dir() else []
-    if len(libs) == 1:
-        return str(libs[0])
-    if not libs:
-        raise ConfigError("--state-dir", f"no library found under {base}: mount or scan one first")
-    raise ConfigError("--state-dir", f"{len(libs)} libraries under {base}; choose one: " + ", ".join(map(str, libs)))
+    try:
+        return find_library()
+    except LibraryNotFound as exc:
+        raise ConfigError("--state-dir", str(exc)) from exc
 
 
 def cmd_search(args) -> int:
     setup_logging("WARNING")
     from .index import SearchIndex
 
-    from .status import recorded_mountpoint
+    from .statefiles import recorded_mountpoint
 
-    state = args.state_dir or _only_library("XDG_STATE_HOME", ".local/state")
+    state = args.state_dir or _only_library()
     hits = SearchIndex(os.path.join(state, "index"), create=False).hits(args.query, args.limit)
     mountpoint = recorded_mountpoint(state)  # '' (tree paths) for a library only ever scanned
     found = [{"path": os.path.join(mountpoint, hit.path), "artist": hit.artist, "album": hit.album,

@@ -13,11 +13,10 @@ import trio
 
 from .damage import clear_odd
 from .errors import StateError
+from .statefiles import SOCKET_NAME, STATE_FILE
 
 log = logging.getLogger(__name__)
 
-SOCKET_NAME = "daemon.sock"
-STATE_FILE = "daemon.json"
 ANSWER_TIMEOUT = 2.0
 
 

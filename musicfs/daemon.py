@@ -29,6 +29,7 @@ from .mounts import prepare_mountpoint, unmount
 from .notify import Notifier, watchdog_interval
 from .origins.health import HealthMonitor
 from .reader import FileReader
+from .statefiles import human_size
 from .supervisor import TaskSupervisor
 from .sync import ScanCancelled
 from .watchdog import watchdog
@@ -47,14 +48,6 @@ def fuse_options(cfg: Config) -> set[str]:
     if cfg.allow_other:
         opts.add("allow_other")
     return opts
-
-
-def human(n: float) -> str:
-    for unit in ("B", "K", "M", "G", "T"):
-        if n < 1024 or unit == "T":
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
-        n /= 1024
-    return str(n)
 
 
 class Daemon:
@@ -77,7 +70,7 @@ class Daemon:
     def status_line(self) -> str:
         used, _ = self.lib.cas.usage() if self.lib and self.lib.cas else (0, 0)
         tracks = self.ops.tree.track_count if self.ops else 0
-        line = f"{tracks} tracks, cache {human(used)}/{human(self.cfg.cache_size)}, origins {len(self.cfg.sources)}"
+        line = f"{tracks} tracks, cache {human_size(used)}/{human_size(self.cfg.cache_size)}, origins {len(self.cfg.sources)}"
         if self.lib is not None and self.lib.registry.offline:
             line += ", OFFLINE (cached files only)"
         if self.ops is not None and self.ops.reader.cache.state != "normal":

@@ -1,6 +1,7 @@
 """Damaged files are moved aside with a timestamp, never deleted; the clean-shutdown marker; private state.
 
-Used by the storage modules (catalog, index, cas) and the library; imports nothing from musicfs.
+Used by the storage modules (catalog, index, cas) and the library; imports only musicfs.statefiles (state file
+names, the pid check, the read-only SQLite URI).
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ import os
 import stat
 import struct
 import time
+
+from .statefiles import RUNNING_FILE, ro_uri  # noqa: F401 - ro_uri: storage modules read it from here
+from .statefiles import pid_alive as pid_is_musicfs
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +118,7 @@ class RunMarker:
     the caller then runs full integrity checks instead of quick ones.
     """
 
-    NAME = "running.json"
+    NAME = RUNNING_FILE
 
     def __init__(self, state_dir: str):
         self.path = os.path.join(state_dir, self.NAME)
@@ -172,21 +176,6 @@ class RunMarker:
         self.owned = False
 
 
-def pid_is_musicfs(pid: int) -> bool:
-    """True when `pid` is a live process whose command line mentions musicfs (not a recycled pid)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return b"musicfs" in fh.read()
-    except OSError:
-        return False
-
-
 # SQLite result codes (the low byte of an extended code)
 SQLITE_BUSY, SQLITE_LOCKED, SQLITE_READONLY, SQLITE_IOERR, SQLITE_CORRUPT = 5, 6, 8, 10, 11
 SQLITE_FULL, SQLITE_CANTOPEN, SQLITE_NOTADB = 13, 14, 26
@@ -205,20 +194,6 @@ def sqlite_corruption(exc: BaseException) -> bool:
         return code in (SQLITE_CORRUPT, SQLITE_NOTADB)
     text = str(exc).lower()
     return "malformed" in text or "not a database" in text
-
-
-def ro_uri(path: str) -> str:
-    """A SQLite URI that reads `path` without writing anything beside it.
-
-    `mode=ro` alone still creates -wal and -shm files; when neither exists the last writer closed cleanly
-    and everything is in the main file, so `immutable=1` reads it without locks or side files.
-    """
-    from urllib.parse import quote
-
-    uri = f"file:{quote(os.path.abspath(path))}?mode=ro"
-    if not (os.path.exists(path + "-wal") or os.path.exists(path + "-shm")):
-        uri += "&immutable=1"
-    return uri
 
 
 # -- SQLite write-ahead logs that SQLite would drop without a word -------------------------------------------

@@ -18,25 +18,22 @@ still wrong. Exit status, as e2fsck: 0 clean, 1 problems found and all repaired,
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import sqlite3
 import sys
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from .cas import INDEX_NAME, CasStore, is_hash_name
+from .cas import INDEX_NAME, CasStore
 from .catalog import CATALOG_NAME, Catalog, open_checked
-from .config import xdg_dir
-from .damage import RunMarker, ro_uri, sqlite_corruption, stamp
+from .damage import RunMarker, sqlite_corruption, stamp
 from .errors import CatalogCorrupt, CatalogError, MusicFSError, SearchIndexError
 from .index import SearchIndex, check_files
 from .progress import Progress
+from .statefiles import LibraryNotFound, cache_dir_of, find_library, human_size, ro_connect
 from .tree import FIRST_INO, build_tree
 
 EXIT_CLEAN, EXIT_REPAIRED, EXIT_LEFT, EXIT_ERROR = 0, 1, 4, 8
-STATE_FILE = "daemon.json"  # written by the daemon (musicfs.control): where its cache lives
 NO_QUOTA = 1 << 62
 
 
@@ -76,37 +73,19 @@ class Report:
         return {p.kind for p in self.problems}
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
 # -- where the library lives ---------------------------------------------------------------------------
 def resolve_dirs(state_dir: str | None, cache_dir: str | None) -> tuple[str, str]:
     """The state dir (default: the only library under $XDG_STATE_HOME/musicfs) and its cache dir (default:
     what the daemon recorded in daemon.json, else $XDG_CACHE_HOME/musicfs/<library id>)."""
     if not state_dir:
-        base = xdg_dir("XDG_STATE_HOME", ".local/state") / "musicfs"
-        libs = sorted(p for p in base.glob("*") if (p / CATALOG_NAME).exists() or (p / "index").is_dir()) \
-            if base.is_dir() else []
-        if not libs:
-            raise FsckError(f"--state-dir: no library found under {base}: mount or scan one first")
-        if len(libs) > 1:
-            raise FsckError(f"--state-dir: {len(libs)} libraries under {base}; choose one: " + ", ".join(map(str, libs)))
-        state_dir = str(libs[0])
+        try:
+            state_dir = find_library()
+        except LibraryNotFound as exc:
+            raise FsckError(f"--state-dir: {exc}") from exc
     state_dir = os.path.abspath(state_dir)
     if not os.path.isdir(state_dir):
         raise FsckError(f"--state-dir: {state_dir} is not a folder")
-    if not cache_dir:
-        try:
-            with open(os.path.join(state_dir, STATE_FILE)) as fh:
-                cache_dir = json.load(fh).get("cache_dir")
-        except (OSError, ValueError, AttributeError):
-            cache_dir = None
-        cache_dir = cache_dir or str(xdg_dir("XDG_CACHE_HOME", ".cache") / "musicfs" / os.path.basename(state_dir))
+    cache_dir = cache_dir or cache_dir_of(state_dir)
     return state_dir, os.path.abspath(cache_dir)
 
 
@@ -183,7 +162,7 @@ class Fsck:
             return {}
         index = os.path.join(root, INDEX_NAME)
         rows = self._read_cache_index(report, index) if os.path.exists(index) else {}
-        good = self._verify_chunk_files(report, os.path.join(root, "chunks"))
+        good = self._verify_chunk_files(report)
         if not os.path.exists(index) and good:
             report.cache_index_damaged = True
             report.add("cache", "cache-index-missing", f"{index} is missing ({len(good)} chunk files on disk)")
@@ -205,7 +184,7 @@ class Fsck:
         """hash -> size as the cache index records it; {} (and a problem) when the index is damaged."""
         rows: dict[str, int] = {}
         try:
-            db = sqlite3.connect(ro_uri(index), uri=True)
+            db = ro_connect(index)
             try:
                 problems = [r[0] for r in db.execute("PRAGMA integrity_check") if r[0] != "ok"]
                 if not problems:
@@ -221,37 +200,21 @@ class Fsck:
             report.add("cache", "cache-index-damaged", f"{index} is damaged: " + "; ".join(problems[:3]))
         return rows
 
-    def _verify_chunk_files(self, report: Report, chunks_dir: str) -> dict[str, int]:
-        """Hash every chunk file against its name: hash -> size of the good ones; the rest go to the
-        report's corrupt_chunks and strays. A big cache takes a while: progress goes to stderr."""
+    def _verify_chunk_files(self, report: Report) -> dict[str, int]:
+        """Hash every chunk file against its name (read-only, through the cache's own walk): hash -> size of
+        the good ones; the rest go to the report's corrupt_chunks and strays. Progress goes to stderr."""
         good: dict[str, int] = {}
-        files = list(self._chunk_paths(report, chunks_dir))
-        progress = Progress("verifying chunks", len(files))
-        for name, path in files:
-            with open(path, "rb") as fh:
-                data = fh.read()
-            if hashlib.sha256(data).hexdigest() == name:
-                good[name] = len(data)
+        checks = CasStore.verify_chunks(self.cache_dir)
+        report.strays.extend(checks.strays)
+        progress = Progress("verifying chunks", len(checks))
+        for check in checks:
+            if check.ok:
+                good[check.digest] = check.size
             else:
-                report.corrupt_chunks.append(name)
+                report.corrupt_chunks.append(check.digest)
             progress.advance()
         progress.finish()
         return good
-
-    @staticmethod
-    def _chunk_paths(report: Report, chunks_dir: str):
-        """(hash, path) of every well-named chunk file; anything else is a stray."""
-        for sub in sorted(os.listdir(chunks_dir)) if os.path.isdir(chunks_dir) else []:
-            folder = os.path.join(chunks_dir, sub)
-            if not os.path.isdir(folder):
-                report.strays.append(folder)
-                continue
-            for name in sorted(os.listdir(folder)):
-                path = os.path.join(folder, name)
-                if not is_hash_name(name) or name[:2] != sub or not os.path.isfile(path):
-                    report.strays.append(path)
-                    continue
-                yield name, path
 
     def _check_manifests(self, report: Report, catalog: Catalog, chunk_sizes: dict[str, int]) -> None:
         chunk_size = catalog.meta("chunk_size")
@@ -408,10 +371,10 @@ def _cache_note(root: str, good: dict[str, int]) -> str:
     """The cache line of the report: what was verified, and what quarantine keeps."""
     quarantine = os.path.join(root, "quarantine")
     kept = os.listdir(quarantine) if os.path.isdir(quarantine) else []
-    note = f"{len(good)} chunks ({_human(sum(good.values()))}), every one verified against its hash"
+    note = f"{len(good)} chunks ({human_size(sum(good.values()))}), every one verified against its hash"
     if kept:
         size = sum(os.path.getsize(os.path.join(quarantine, k)) for k in kept)
-        note += f"; quarantine keeps {len(kept)} damaged files ({_human(size)}) for inspection"
+        note += f"; quarantine keeps {len(kept)} damaged files ({human_size(size)}) for inspection"
     return note
 
 

@@ -24,7 +24,7 @@ from .config import Config
 from .damage import RunMarker
 from .errors import SearchIndexCorrupt
 from .index import IndexDoc, SearchIndex
-from .origins.factory import open_origin
+from .origins.factory import open_origins
 from .origins.registry import OriginRegistry
 from .sync import Scanner, ScanResult, restore_identities
 from .tree import FIRST_INO, VirtualTree, build_tree
@@ -52,7 +52,7 @@ class Library:
             log.warning("the previous run (pid %s) did not stop cleanly: running full integrity checks of the "
                         "catalog and the cache index", previous.get("pid"))
         repairs = []
-        origins = [open_origin(s, cfg.origin_options) for s in cfg.sources]
+        origins = open_origins(cfg.sources, cfg.origin_options)
         catalog, damage = open_checked(cfg.state_dir, full=unclean)
         if damage:
             repairs.append(f"catalog: {damage}")

@@ -20,15 +20,10 @@ import sys
 import time
 from contextlib import closing
 from pathlib import Path
-from urllib.parse import quote
 
-from . import __version__
+from . import __version__, statefiles
 from .errors import MusicFSError
-
-# The daemon side (musicfs.control) uses the same names; not imported from there because that module
-# imports trio, which costs half a second of `musicfs status` (tests/unit/test_status.py checks they agree).
-SOCKET_NAME = "daemon.sock"
-STATE_FILE = "daemon.json"
+from .statefiles import SOCKET_NAME, STATE_FILE, human_size, pid_alive, read_daemon_info, ro_connect
 
 EXIT_RUNNING = 0
 EXIT_ERROR = 1
@@ -44,10 +39,6 @@ class StatusError(MusicFSError):
 
 class DaemonUnresponsive(StatusError):
     """Something holds the socket but gave no complete answer in time."""
-
-
-class NoLibrary(StatusError):
-    """No library state folder was found (nothing was ever scanned or mounted)."""
 
 
 # -- asking the daemon ----------------------------------------------------------------------------------
@@ -143,33 +134,6 @@ def _parse_answer(answer: bytes, path: str) -> dict:
 
 
 # -- reading the files ----------------------------------------------------------------------------------
-def _ro_connect(path: str) -> sqlite3.Connection:
-    """Open a WAL database without creating anything next to it.
-
-    `mode=ro` alone still creates `-wal` and `-shm` files (owned by whoever runs `musicfs status`:
-    as root, that can lock the daemon's own user out of its database). When neither exists, the last
-    writer closed cleanly and everything is in the main file, so `immutable=1` reads it without any
-    lock or side file. When they exist (a writer is active, or was killed), plain `mode=ro` uses them.
-    """
-    if not os.path.exists(path):
-        raise FileNotFoundError(path)
-    uri = f"file:{quote(os.path.abspath(path))}?mode=ro"
-    if not (os.path.exists(path + "-wal") or os.path.exists(path + "-shm")):
-        uri += "&immutable=1"
-    return sqlite3.connect(uri, uri=True, timeout=1.0)
-
-
-def _pid_alive(pid) -> bool:
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        return False
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            cmdline = fh.read()
-    except OSError:
-        return False
-    return b"musicfs" in cmdline  # a recycled pid running something else is not our daemon
-
-
 def _mounted(path) -> bool:
     if not isinstance(path, str) or not path:
         return False
@@ -190,7 +154,7 @@ def status_from_files(state_dir: str) -> dict:
         "mounted": False, "problems": [],
     }
     problems: list[str] = doc["problems"]
-    info = _read_daemon_info(state_dir, problems)
+    info = read_daemon_info(state_dir, problems)
     doc["mountpoint"] = info.get("mountpoint")
     doc["sources"] = list(info.get("sources") or [])
     doc["started_at"] = info.get("started_at")
@@ -205,31 +169,10 @@ def status_from_files(state_dir: str) -> dict:
     return doc
 
 
-def _read_daemon_info(state_dir: str, problems: list[str]) -> dict:
-    """daemon.json (where the last daemon kept its pieces), or {} when it is missing or unreadable."""
-    info_path = os.path.join(state_dir, STATE_FILE)
-    try:
-        with open(info_path, encoding="utf-8") as fh:
-            info = json.load(fh)
-        if not isinstance(info, dict):
-            raise ValueError("not a JSON object")
-    except FileNotFoundError:
-        return {}  # scanned but never mounted
-    except (OSError, ValueError) as exc:
-        problems.append(f"{info_path}: {exc}")
-        return {}
-    return info
-
-
-def recorded_mountpoint(state_dir: str) -> str:
-    """Where the last daemon of this library mounted it ('' when it was only ever scanned)."""
-    return _read_daemon_info(state_dir, []).get("mountpoint") or ""
-
-
 def _add_catalog_facts(doc: dict, catalog: str) -> None:
     """Track count and last completed scan, from the catalog."""
     try:
-        with closing(_ro_connect(catalog)) as db:
+        with closing(ro_connect(catalog)) as db:
             doc["tracks"] = db.execute("SELECT count(*) FROM files WHERE kind = 'track'").fetchone()[0]
             row = db.execute("SELECT value FROM scan_state WHERE key = 'completed_at'").fetchone()
             if row and row[0]:
@@ -247,7 +190,7 @@ def _add_cache_usage(doc: dict) -> None:
         return
     index = os.path.join(cache_dir, "index.db")
     try:
-        with closing(_ro_connect(index)) as db:
+        with closing(ro_connect(index)) as db:
             used, chunks = db.execute("SELECT coalesce(sum(size), 0), count(*) FROM chunks").fetchone()
         doc["cache"]["used_bytes"], doc["cache"]["chunks"] = int(used), int(chunks)
         doc["cache"]["quarantine_bytes"], doc["cache"]["quarantine_files"] = _folder_usage(
@@ -276,7 +219,7 @@ def _folder_usage(folder: str) -> tuple[int, int]:
 
 def _add_process_state(doc: dict, pid) -> None:
     """'starting' when the recorded daemon process lives; a stale mount is a problem."""
-    alive = _pid_alive(pid)
+    alive = pid_alive(pid)
     doc["mounted"] = _mounted(doc["mountpoint"])
     if alive:
         doc["state"], doc["pid"] = "starting", pid  # the process exists but its socket does not answer yet
@@ -286,25 +229,12 @@ def _add_process_state(doc: dict, pid) -> None:
 
 
 # -- choosing the library -------------------------------------------------------------------------------
-_MARKERS = ("index", "catalog.db", STATE_FILE, SOCKET_NAME)
-
-
 def find_library() -> str:
     """The state folder of the only library under $XDG_STATE_HOME/musicfs (or the only running one)."""
-    from .config import xdg_dir
-
-    base = xdg_dir("XDG_STATE_HOME", ".local/state") / "musicfs"
-    libs = sorted(p for p in base.glob("*") if p.is_dir() and any((p / m).exists() for m in _MARKERS)) \
-        if base.is_dir() else []
-    if not libs:
-        raise NoLibrary(f"no library under {base}: mount or scan one first")
-    if len(libs) == 1:
-        return str(libs[0])
-    live = [p for p in libs if (p / SOCKET_NAME).exists() and _answers(p)]
-    if len(live) == 1:
-        return str(live[0])
-    raise StatusError(f"{len(libs)} libraries under {base}; choose one with --state-dir: "
-                      + ", ".join(map(str, libs)))
+    try:
+        return statefiles.find_library(live=lambda p: (p / SOCKET_NAME).exists() and _answers(p))
+    except statefiles.SeveralLibraries as exc:
+        raise StatusError(str(exc)) from exc
 
 
 def _answers(state_dir: Path) -> bool:
@@ -315,16 +245,6 @@ def _answers(state_dir: Path) -> bool:
 
 
 # -- rendering ------------------------------------------------------------------------------------------
-def _human(n) -> str:
-    if not isinstance(n, (int, float)):
-        return "?"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
 def _duration(seconds) -> str:
     if not isinstance(seconds, (int, float)):
         return "?"
@@ -403,10 +323,10 @@ def _state_line(status: dict) -> str:
 
 def _cache_text(cache: dict) -> str:
     used, quota, chunks = cache.get("used_bytes"), cache.get("quota_bytes"), cache.get("chunks")
-    text = f"{_human(used)} of {_human(quota)}" if quota is not None else _human(used)
+    text = f"{human_size(used)} of {human_size(quota)}" if quota is not None else human_size(used)
     text += f" ({'?' if used is None else used} bytes, {'?' if chunks is None else chunks} chunks)"
     if cache.get("quarantine_files"):
-        text += f", quarantine {cache['quarantine_files']} files ({_human(cache.get('quarantine_bytes'))})"
+        text += f", quarantine {cache['quarantine_files']} files ({human_size(cache.get('quarantine_bytes'))})"
     if cache.get("state"):
         text += f", {cache['state']}"
     return text
@@ -436,9 +356,9 @@ def run_status(state_dir: str | None, as_json: bool = False, out=None, timeout: 
     out = sys.stdout if out is None else out
     try:
         state_dir = state_dir or find_library()
-    except NoLibrary as exc:
-        doc = {"state": "stopped", "state_dir": None, "problems": [str(exc)]}
-        out.write(json.dumps(doc, indent=2) + "\n" if as_json else f"not running: {exc}\n")
+    except statefiles.NoLibrary as exc:
+        doc = {"state": "stopped", "state_dir": None, "problems": [f"no library under {exc.base}: mount or scan one first"]}
+        out.write(json.dumps(doc, indent=2) + "\n" if as_json else f"not running: {doc['problems'][0]}\n")
         return EXIT_NOT_RUNNING
     if not os.path.isdir(state_dir):
         raise StatusError(f"{state_dir}: no such folder")

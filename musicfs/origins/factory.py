@@ -1,44 +1,47 @@
-"""Turn a SOURCE argument into an Origin."""
+"""Turn a SOURCE argument into an Origin, with the options its kind declares (origins/options.py)."""
 
 from __future__ import annotations
 
-from ..errors import ConfigError
+from . import options as _options
 from .base import Origin
 
-# Keys of the config table `origin_options` (kept in step with S3Origin/SftpOrigin.OPTION_KEYS by a test);
-# listed here so a local-only library need not import boto3 or paramiko to validate them.
-S3_OPTION_KEYS = ("endpoint_url", "profile", "region", "access_key_id", "secret_access_key", "session_token",
-                  "connect_timeout", "read_timeout", "addressing_style", "max_pool_connections")
-SFTP_OPTION_KEYS = ("identity_file", "known_hosts", "password", "passphrase", "connect_timeout", "read_timeout",
-                    "pool_size", "pool_timeout")
+# Keys of the config table `origin_options` per kind (S3Origin/SftpOrigin.OPTION_KEYS are the same tuples);
+# declared in origins/options.py so a local-only library need not import boto3 or paramiko to check them.
+S3_OPTION_KEYS = _options.option_keys("s3")
+SFTP_OPTION_KEYS = _options.option_keys("sftp")
 
 
-def check_options(options: dict) -> None:
-    """An unknown origin option is a config error naming it (exit 78), not something silently ignored."""
-    known = set(S3_OPTION_KEYS) | set(SFTP_OPTION_KEYS)
-    for key in options:
-        if key not in known:
-            raise ConfigError(f"origin_options.{key}", f"unknown origin option; S3 takes {', '.join(S3_OPTION_KEYS)}; "
-                                                       f"SFTP takes {', '.join(SFTP_OPTION_KEYS)}")
+def check_options(sources, options: dict, flags: dict[str, str] | None = None) -> dict:
+    """A library's origin options against its SOURCEs' kinds: an option none of them knows, or a value of the
+    wrong type, is a config error naming it and the kinds (exit 78), or the flag that set it (exit 2)."""
+    return _options.check(sources, options, flags)
+
+
+def open_origins(sources, options: dict | None = None) -> list[Origin]:
+    """Every SOURCE of a library, each given the options its kind knows (checked together first)."""
+    check_options(sources, options or {})
+    return [_open(source, _options.for_kind(_options.kind_of(source), options)) for source in sources]
 
 
 def open_origin(source: str, options: dict | None = None) -> Origin:
     """Build the origin for a SOURCE: a directory, s3://bucket/prefix or sftp://user@host/path.
 
-    Nothing here connects: a library whose origins are all unreachable still opens (and serves its cache).
+    An option its kind does not know is refused. Nothing here connects: a library whose origins are all
+    unreachable still opens (and serves its cache).
     """
-    options = options or {}
-    check_options(options)
-    if source.startswith("s3://"):
+    return _open(source, _options.parse(_options.kind_of(source), options))
+
+
+def _open(source: str, options: dict) -> Origin:
+    kind = _options.kind_of(source)
+    if kind == "s3":
         from .s3 import S3Origin
 
         return S3Origin.from_url(source, options)
-    if source.startswith("sftp://"):
+    if kind == "sftp":
         from .sftp import SftpOrigin
 
         return SftpOrigin.from_url(source, options)
-    if "://" in source:
-        raise ConfigError("SOURCE", f"unsupported scheme in {source!r} (use a directory, s3:// or sftp://)")
     from .local import LocalOrigin
 
     return LocalOrigin(source)

@@ -33,6 +33,8 @@ from ..errors import (
     ShortRead,
 )
 from .base import FileStat, Origin
+from .options import option_keys
+from .options import parse as parse_options
 
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_READ_TIMEOUT = 10.0
@@ -222,19 +224,6 @@ def _safe_rel(path: str) -> bool:
     return all(part not in ("", ".", "..") for part in path.split("/"))
 
 
-def _float_option(options: dict, key: str, default: float) -> float:
-    value = options.get(key)
-    if value is None or value == "":
-        return default
-    try:
-        result = float(value)
-    except (TypeError, ValueError):
-        raise OriginFatal(f"option {key}={value!r} is not a number") from None
-    if result <= 0:
-        raise OriginFatal(f"option {key}={value!r} must be positive")
-    return result
-
-
 def _is_invalid_range(exc: BaseException) -> bool:
     """Is this get_object's answer to a Range that starts at or past the end of the object?"""
     import botocore.exceptions as bce
@@ -267,18 +256,7 @@ def _requested_bytes(body: Any, response: dict, offset: int, length: int, total:
 
 
 class S3Origin(Origin):
-    OPTION_KEYS = (
-        "endpoint_url",
-        "profile",
-        "region",
-        "access_key_id",
-        "secret_access_key",
-        "session_token",
-        "connect_timeout",
-        "read_timeout",
-        "addressing_style",
-        "max_pool_connections",
-    )
+    OPTION_KEYS = option_keys("s3")  # declared in origins/options.py
 
     def __init__(
         self,
@@ -320,7 +298,7 @@ class S3Origin(Origin):
 
     @classmethod
     def from_url(cls, url: str, options: dict | None = None) -> "S3Origin":
-        options = dict(options or {})
+        options = parse_options("s3", options)  # unknown keys and wrong types: ConfigError
         parts = urlsplit(url)
         if parts.scheme != "s3":
             raise OriginFatal(f"{url}: not an s3:// URL", origin=url)
@@ -329,7 +307,6 @@ class S3Origin(Origin):
         bucket = parts.netloc
         if "@" in bucket or ":" in bucket:
             raise OriginFatal(f"{url}: put credentials and endpoints in options/environment, not in the URL", origin=url)
-        pool = options.get("max_pool_connections")
         return cls(
             url,
             bucket,
@@ -340,10 +317,10 @@ class S3Origin(Origin):
             access_key_id=options.get("access_key_id"),
             secret_access_key=options.get("secret_access_key"),
             session_token=options.get("session_token"),
-            connect_timeout=_float_option(options, "connect_timeout", DEFAULT_CONNECT_TIMEOUT),
-            read_timeout=_float_option(options, "read_timeout", DEFAULT_READ_TIMEOUT),
+            connect_timeout=options.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT),
+            read_timeout=options.get("read_timeout", DEFAULT_READ_TIMEOUT),
             addressing_style=options.get("addressing_style"),
-            max_pool_connections=int(pool) if pool else DEFAULT_MAX_POOL_CONNECTIONS,
+            max_pool_connections=options.get("max_pool_connections", DEFAULT_MAX_POOL_CONNECTIONS),
         )
 
     # -- client ------------------------------------------------------------

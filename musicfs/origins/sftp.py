@@ -48,6 +48,8 @@ from ..errors import (
     ShortRead,
 )
 from .base import FileStat, Origin, escape_name, unescape_name
+from .options import option_keys
+from .options import parse as parse_options
 
 log = logging.getLogger(__name__)
 
@@ -211,19 +213,6 @@ def _classify(exc: BaseException) -> _Verdict:
     return OriginFatal, f"{type(exc).__name__}: {exc}"
 
 
-def _float_option(options: dict, key: str, default: float) -> float:
-    value = options.get(key)
-    if value is None or value == "":
-        return default
-    try:
-        result = float(value)
-    except (TypeError, ValueError):
-        raise OriginFatal(f"option {key}={value!r} is not a number") from None
-    if result <= 0:
-        raise OriginFatal(f"option {key}={value!r} must be positive")
-    return result
-
-
 @dataclass
 class _Conn:
     client: paramiko.SSHClient
@@ -376,16 +365,7 @@ def _listdir_attr(sftp: Any, path: str | bytes) -> list[Any]:
 
 
 class SftpOrigin(Origin):
-    OPTION_KEYS = (
-        "identity_file",
-        "known_hosts",
-        "password",
-        "passphrase",
-        "connect_timeout",
-        "read_timeout",
-        "pool_size",
-        "pool_timeout",
-    )
+    OPTION_KEYS = option_keys("sftp")  # declared in origins/options.py
 
     def __init__(
         self,
@@ -426,7 +406,7 @@ class SftpOrigin(Origin):
 
     @classmethod
     def from_url(cls, url: str, options: dict | None = None) -> "SftpOrigin":
-        options = dict(options or {})
+        options = parse_options("sftp", options)  # unknown keys and wrong types: ConfigError
         parts = urlsplit(url)
         if parts.scheme != "sftp":
             raise OriginFatal(f"{url}: not an sftp:// URL", origin=url)
@@ -445,7 +425,6 @@ class SftpOrigin(Origin):
             root = "/" + path.strip("/") if path.strip("/") else "/"
         else:
             root = ""
-        pool_size = options.get("pool_size")
         return cls(
             url,
             parts.hostname or "",
@@ -456,10 +435,10 @@ class SftpOrigin(Origin):
             known_hosts=options.get("known_hosts"),
             password=options.get("password"),
             passphrase=options.get("passphrase"),
-            connect_timeout=_float_option(options, "connect_timeout", DEFAULT_CONNECT_TIMEOUT),
-            read_timeout=_float_option(options, "read_timeout", DEFAULT_READ_TIMEOUT),
-            pool_size=int(pool_size) if pool_size not in (None, "") else DEFAULT_POOL_SIZE,
-            pool_timeout=_float_option(options, "pool_timeout", DEFAULT_POOL_TIMEOUT),
+            connect_timeout=options.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT),
+            read_timeout=options.get("read_timeout", DEFAULT_READ_TIMEOUT),
+            pool_size=options.get("pool_size", DEFAULT_POOL_SIZE),
+            pool_timeout=options.get("pool_timeout", DEFAULT_POOL_TIMEOUT),
         )
 
     # -- connections -------------------------------------------------------
