@@ -236,8 +236,8 @@ class Daemon:
         self.steps.append("background tasks stopped")
 
     async def _close(self) -> None:
-        """Index, catalog and cache are closed even when start-up failed half way."""
-        self.steps.append("index committed")  # every rebuild commits before returning: nothing is pending
+        """Catalog and cache are closed even when start-up failed half way (every index rebuild commits
+        before it returns: the index has nothing pending to close)."""
         await trio.to_thread.run_sync(self.lib.close)
         self.steps.append("catalog and cache closed")
         self.notifier.stopping()
