@@ -6,18 +6,24 @@ import os
 from pathlib import Path
 
 from musicfs.cas import CasStore
-from musicfs.catalog import FileRow
+from musicfs.catalog import Catalog, FileRow
 from musicfs.demo import JUNK_FILES, GeneratedTrack
 from musicfs.demo import make_library as _make_library
 from musicfs.tree import FIRST_INO, VirtualTree, build_tree
 
-__all__ = ["make_library", "make_file_meta", "make_audio_meta", "setup_test_cas", "setup_test_tree",
+__all__ = ["make_library", "open_catalog", "make_file_meta", "make_audio_meta", "setup_test_cas", "setup_test_tree",
            "JUNK_FILES", "GeneratedTrack", "counting_assigner"]
 
 
 def make_library(root: str | os.PathLike, tracks: int = 24, **kwargs) -> list[GeneratedTrack]:
     """A library of real FLAC/MP3/Ogg files with varied (and hostile) tags; see musicfs.demo."""
     return _make_library(root, tracks, **kwargs)
+
+
+def open_catalog(state_dir: str) -> Catalog:
+    """A catalog in state_dir/catalog.db, the folder made when missing."""
+    os.makedirs(state_dir, exist_ok=True)
+    return Catalog(os.path.join(state_dir, "catalog.db"))
 
 
 def make_file_meta(id: int, path: str, size: int, *, kind: str = "track", mtime_ns: int = 1_700_000_000_000_000_000,
