@@ -14,6 +14,7 @@ import signal
 import threading
 import time
 
+import psutil
 import pyfuse3
 import trio
 
@@ -55,6 +56,17 @@ def human(n: float) -> str:
             return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
         n /= 1024
     return str(n)
+
+
+def process_figures() -> dict:
+    """RSS, open descriptors and threads of this process (psutil); None each when /proc cannot be read
+    (a daemon out of descriptors still answers its status)."""
+    try:
+        proc = psutil.Process()
+        with proc.oneshot():
+            return {"rss_bytes": proc.memory_info().rss, "open_fds": proc.num_fds(), "threads": proc.num_threads()}
+    except (psutil.Error, OSError):
+        return {"rss_bytes": None, "open_fds": None, "threads": None}
 
 
 class Daemon:
@@ -99,6 +111,7 @@ class Daemon:
                       **(self.ops.reader.cache.snapshot() if self.ops else {"state": "normal"})},
             "origins": ([{**h, "name": s} for s, h in zip(self.cfg.sources, self.lib.registry.snapshot())] if self.lib
                         else [{"name": s, "state": "unknown", "last_error": ""} for s in self.cfg.sources]),
+            "process": process_figures(),
             "tasks": self.sup.stats() if self.sup else {}, "degraded": self.sup.degraded if self.sup else [],
             "counters": {
                 "requests": self.ops.requests if self.ops else 0,
