@@ -1,28 +1,45 @@
-# MusicFS: `make run` mounts a demo library, `make test` runs every test. Both set up what they need.
+# MusicFS: `make run` mounts a demo library, `make test` runs every test. Both set up what they need:
+# `make run` only what the daemon and `musicfs demo` need (the `demo` extra), `make test` the test tools too.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-DEBS := fuse3 libfuse3-dev pkg-config flac ffmpeg openssh-server
+DEBS := fuse3 libfuse3-dev pkg-config
+TEST_DEBS := flac ffmpeg openssh-server
 BENCH_DEBS := rclone
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO := demo
 
-.PHONY: setup debs run test test-plain test-failpoints bench clean
+.PHONY: setup setup-test debs test-debs run test test-plain test-failpoints bench clean
 
-setup: debs $(VENV)/.installed
+setup: debs $(VENV)/.installed-run
+
+setup-test: test-debs $(VENV)/.installed-test
 
 # Installs only the Debian packages that are missing, so a second run costs a dpkg query.
-debs:
-	@missing=$$(for p in $(DEBS) $(EXTRA_DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+define install_debs
+	@missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages: $$missing"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
 	fi
+endef
 
-$(VENV)/.installed: pyproject.toml
+debs:
+	$(call install_debs,$(DEBS) $(EXTRA_DEBS))
+
+test-debs:
+	$(call install_debs,$(DEBS) $(TEST_DEBS) $(EXTRA_DEBS))
+
+$(VENV)/.installed-run: pyproject.toml
+	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[demo]'
+	touch $@
+
+# the test extra includes the demo one: a test venv serves `make run` as well
+$(VENV)/.installed-test: pyproject.toml
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
-	touch $@
+	touch $@ $(VENV)/.installed-run
 
 run: setup
 	@[ -d $(DEMO)/library ] || $(BIN)/musicfs demo $(DEMO)/library --tracks 24 --big-file-mb 50
@@ -30,7 +47,7 @@ run: setup
 	@echo "Mounting $(DEMO)/library on $(DEMO)/mnt (Ctrl-C unmounts). In another terminal: ls -R $(DEMO)/mnt"
 	$(BIN)/musicfs mount $(DEMO)/library $(DEMO)/mnt
 
-test: setup
+test: setup-test
 	$(MAKE) test-plain test-failpoints
 
 test-plain:
@@ -40,7 +57,7 @@ test-failpoints:
 	$(BIN)/pytest --failpoints -p no:xdist -q
 
 bench:
-	$(MAKE) setup EXTRA_DEBS="$(BENCH_DEBS)"
+	$(MAKE) setup-test EXTRA_DEBS="$(BENCH_DEBS)"
 	$(BIN)/python bench/run_bench.py
 	$(BIN)/python bench/large_library.py
 

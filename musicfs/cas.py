@@ -56,9 +56,6 @@ def is_hash_name(name: str) -> bool:
     return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
 
 
-_is_hash_name = is_hash_name  # older name
-
-
 def raise_if_fd_exhausted(exc: OSError, doing: str) -> None:
     """EMFILE/ENFILE is the process running out of descriptors, not a broken cache disk."""
     if exc.errno in _FD_ERRNOS:

@@ -44,7 +44,6 @@ CREATE TABLE IF NOT EXISTS inodes(key TEXT PRIMARY KEY, ino INTEGER NOT NULL UNI
 CREATE TABLE IF NOT EXISTS scan_state(key TEXT PRIMARY KEY, value TEXT);
 """
 
-KINDS = ("track", "cover", "junk")
 VERSION_SEP = "\0"  # never in a path: ends a file's inode key, before the content identity it stands for
 
 
@@ -324,11 +323,6 @@ def _forget_inode_versions(cur, place: str) -> None:
     """Drop the inode keys of every version of one place (and its key from before versions existed)."""
     cur.execute("DELETE FROM inodes WHERE key = ? OR (key >= ? AND key < ?)",
                 (place, place + VERSION_SEP, place + chr(ord(VERSION_SEP) + 1)))
-
-
-def open_catalog(state_dir: str) -> Catalog:
-    os.makedirs(state_dir, exist_ok=True)
-    return Catalog(os.path.join(state_dir, "catalog.db"))
 
 
 CATALOG_NAME = "catalog.db"

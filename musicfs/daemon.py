@@ -14,6 +14,7 @@ import signal
 import threading
 import time
 
+import psutil
 import pyfuse3
 import trio
 
@@ -48,6 +49,17 @@ def fuse_options(cfg: Config) -> set[str]:
     if cfg.allow_other:
         opts.add("allow_other")
     return opts
+
+
+def process_figures() -> dict:
+    """RSS, open descriptors and threads of this process (psutil); None each when /proc cannot be read
+    (a daemon out of descriptors still answers its status)."""
+    try:
+        proc = psutil.Process()
+        with proc.oneshot():
+            return {"rss_bytes": proc.memory_info().rss, "open_fds": proc.num_fds(), "threads": proc.num_threads()}
+    except (psutil.Error, OSError):
+        return {"rss_bytes": None, "open_fds": None, "threads": None}
 
 
 class Daemon:
@@ -92,6 +104,7 @@ class Daemon:
                       **(self.ops.reader.cache.snapshot() if self.ops else {"state": "normal"})},
             "origins": ([{**h, "name": s} for s, h in zip(self.cfg.sources, self.lib.registry.snapshot())] if self.lib
                         else [{"name": s, "state": "unknown", "last_error": ""} for s in self.cfg.sources]),
+            "process": process_figures(),
             "tasks": self.sup.stats() if self.sup else {}, "degraded": self.sup.degraded if self.sup else [],
             "counters": {
                 "requests": self.ops.requests if self.ops else 0,
@@ -229,8 +242,8 @@ class Daemon:
         self.steps.append("background tasks stopped")
 
     async def _close(self) -> None:
-        """Index, catalog and cache are closed even when start-up failed half way."""
-        self.steps.append("index committed")  # every rebuild commits before returning: nothing is pending
+        """Catalog and cache are closed even when start-up failed half way (every index rebuild commits
+        before it returns: the index has nothing pending to close)."""
         await trio.to_thread.run_sync(self.lib.close)
         self.steps.append("catalog and cache closed")
         self.notifier.stopping()

@@ -29,8 +29,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
-import soundfile as sf
+from .errors import MusicFSError
+
+
+class DemoUnavailable(MusicFSError):
+    """numpy/soundfile are the `demo` extra, not dependencies of the daemon."""
+
+
+try:
+    import numpy as np
+    import soundfile as sf
+except ImportError as exc:  # `musicfs demo` and the test fixtures need them; mount, scan, status do not
+    raise DemoUnavailable(f"musicfs demo needs {exc.name or 'numpy and soundfile'}: "
+                          "pip install 'musicfs[demo]' (make run installs it)") from exc
 
 __all__ = [
     "GeneratedTrack",

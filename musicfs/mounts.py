@@ -31,10 +31,6 @@ def mount_entry(path: str, mountinfo: str = "/proc/self/mountinfo") -> dict | No
     return found
 
 
-def is_mounted(path: str) -> bool:
-    return mount_entry(path) is not None
-
-
 def is_stale(path: str) -> bool:
     """True when `path` is a FUSE mount whose daemon is gone (ENOTCONN)."""
     try:

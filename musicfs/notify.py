@@ -1,4 +1,9 @@
-"""sd_notify: READY / STATUS / WATCHDOG / STOPPING / EXTEND_TIMEOUT_USEC; silent without NOTIFY_SOCKET."""
+"""sd_notify: READY / STATUS / WATCHDOG / STOPPING / EXTEND_TIMEOUT_USEC; silent without NOTIFY_SOCKET.
+
+The datagrams go out through `sdnotify.SystemdNotifier`. What it lacks stays here: an explicit address
+(tests own their socket), reconnecting after a failed send, one warning instead of silence or a raise,
+a lock for the watchdog thread, and `watchdog_interval` (WATCHDOG_USEC / WATCHDOG_PID).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,25 @@ import os
 import socket
 import threading
 
+import sdnotify
+
 log = logging.getLogger(__name__)
+
+
+class _Sender(sdnotify.SystemdNotifier):
+    """sdnotify's notifier on a given address, raising its errors (debug=True) so the caller can log them.
+
+    sdnotify's own constructor reads NOTIFY_SOCKET and swallows a failed connect; ours connects to the
+    address it is given and lets the OSError through."""
+
+    def __init__(self, address: str):
+        self.debug = True
+        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        try:
+            self.socket.connect(address)
+        except OSError:
+            self.socket.close()
+            raise
 
 
 class Notifier:
@@ -16,7 +39,7 @@ class Notifier:
         if address.startswith("@"):
             address = "\0" + address[1:]  # abstract namespace
         self.address = address
-        self._sock: socket.socket | None = None
+        self._sender: _Sender | None = None
         self._lock = threading.Lock()
         self._warned = False
 
@@ -28,14 +51,16 @@ class Notifier:
         """Send KEY=value lines; True when delivered. Errors are logged once, never raised."""
         if not self.address:
             return False
-        payload = "\n".join(f"{k}={v}" for k, v in fields.items()).encode()
+        # systemd reads UTF-8; sdnotify encodes latin-1, so hand it the UTF-8 bytes one char per byte
+        payload = "\n".join(f"{k}={v}" for k, v in fields.items()).encode().decode("latin-1")
         with self._lock:
             try:
-                if self._sock is None:
-                    self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-                self._sock.sendto(payload, self.address)
+                if self._sender is None:
+                    self._sender = _Sender(self.address)
+                self._sender.notify(payload)
                 return True
             except OSError as exc:
+                self._drop()  # the next message connects again (the receiver may be back)
                 if not self._warned:
                     log.warning("sd_notify to %r failed: %s", self.address.lstrip("\0"), exc)
                     self._warned = True
@@ -53,11 +78,14 @@ class Notifier:
     def stopping(self) -> None:
         self.send(STOPPING=1, STATUS="stopping")
 
+    def _drop(self) -> None:
+        if self._sender is not None:
+            self._sender.socket.close()
+            self._sender = None
+
     def close(self) -> None:
         with self._lock:
-            if self._sock is not None:
-                self._sock.close()
-                self._sock = None
+            self._drop()
 
 
 def watchdog_interval(env: dict | None = None) -> float | None:

@@ -16,7 +16,7 @@ from .cas import CasStore
 from .cache_health import CacheHealth
 from .catalog import Catalog, FileRow
 from .errors import CacheFull, CacheUnavailable, CatalogError, ChunkCorrupt, ChunkMissing, TooManyOpenFiles
-from .errors import CasError, MusicFSError, OriginError, OriginFileChanged, OriginTransient
+from .errors import CasError, MusicFSError, OriginFileChanged, OriginTransient
 from .origins.registry import OriginRegistry
 
 log = logging.getLogger(__name__)
@@ -252,4 +252,3 @@ class FileReader:
             self.cas.pin(digest)
 
 
-READ_ERRORS = (MusicFSError, OriginError, trio.TooSlowError)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from . import __version__, statefiles
 from .errors import MusicFSError
-from .statefiles import SOCKET_NAME, STATE_FILE, human_size, pid_alive, read_daemon_info, ro_connect
+from .statefiles import SOCKET_NAME, human_size, pid_alive, read_daemon_info, ro_connect
 
 EXIT_RUNNING = 0
 EXIT_ERROR = 1
@@ -303,6 +303,9 @@ def _summary_rows(status: dict) -> list[tuple[str, str]]:
     cache = status.get("cache")
     if isinstance(cache, dict):
         rows.append(("cache", _cache_text(cache)))
+    process = status.get("process")
+    if isinstance(process, dict):
+        rows.append(("process", _process_text(process)))
     if "degraded" in status:
         rows.append(("degraded", ", ".join(map(str, status.get("degraded") or [])) or "no"))
     return rows
@@ -330,6 +333,12 @@ def _cache_text(cache: dict) -> str:
     if cache.get("state"):
         text += f", {cache['state']}"
     return text
+
+
+def _process_text(process: dict) -> str:
+    def count(key):
+        return "?" if process.get(key) is None else str(process[key])
+    return f"RSS {human_size(process.get('rss_bytes'))}, {count('open_fds')} open fds, {count('threads')} threads"
 
 
 def _origin_lines(status: dict) -> list[str]:

@@ -1,4 +1,4 @@
-"""TaskSupervisor: the one owner of a nursery; supervised and critical (restarted) tasks."""
+"""TaskSupervisor: owns the daemon's nursery; supervised and critical (restarted) tasks."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Callable
 
 import trio
 
-log = logging.getLogger(__name__)
+from .rounds import TaskFn
 
-TaskFn = Callable[[], Awaitable[None]]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -25,16 +25,6 @@ class TaskState:
     last_error: str = ""
     failure_times: list[float] = field(default_factory=list)
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
-
-
-async def run_all(jobs: list[tuple[str, TaskFn]]) -> None:
-    """Run named jobs at once and return when every one has finished (a round of health probes).
-
-    The nursery lives and dies inside this call: nothing outlives it. Each job handles its own errors.
-    """
-    async with trio.open_nursery() as nursery:
-        for name, fn in jobs:
-            nursery.start_soon(fn, name=name)
 
 
 class TaskSupervisor:

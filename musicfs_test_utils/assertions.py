@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
+import re
 from collections import Counter
 from pathlib import Path
+from typing import Iterator
+
+ASSERTED = "musicfs_asserted"  # set on a record assert_logs required: the expected_log plugin lets it pass
 
 
 def file_digest(path: str | os.PathLike, block: int = 1 << 20) -> str:
@@ -43,3 +49,42 @@ def assert_mount_matches_origin(mountpoint: str | os.PathLike, origin_files: lis
         pairs[str(m)] = by_digest[digest][seen[digest] % len(by_digest[digest])]
         seen[digest] += 1
     return pairs
+
+
+class _Matcher(logging.Handler):
+    def __init__(self, pattern: re.Pattern, level: int):
+        super().__init__(level=level)
+        self.pattern = pattern
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = f"{record.name}: {record.getMessage()}"
+        if self.pattern.search(line):
+            setattr(record, ASSERTED, True)
+            self.lines.append(line)
+
+
+@contextlib.contextmanager
+def assert_logs(pattern: str, count: int | None = None, level: int = logging.WARNING) -> Iterator[list[str]]:
+    """The block must log a line matching `pattern` (searched in "logger: message", at `level` or above):
+    exactly `count` of them, or at least one when count is None. Fails when they do not appear.
+
+    Yields the matching lines (filled as they come). Unlike `@pytest.mark.expected_log`, which only allows
+    a line, this requires it; a WARNING it matched needs no expected_log marker as well.
+    """
+    matcher = _Matcher(re.compile(pattern), level)
+    root = logging.getLogger()
+    root.addHandler(matcher)
+    saved = root.level
+    if root.getEffectiveLevel() > level:
+        root.setLevel(level)
+    try:
+        yield matcher.lines
+    finally:
+        root.removeHandler(matcher)
+        root.setLevel(saved)
+    seen = len(matcher.lines)
+    if count is None:
+        assert seen >= 1, f"no log line matching {pattern!r}"
+    else:
+        assert seen == count, f"{seen} log lines matching {pattern!r}, expected {count}: {matcher.lines}"

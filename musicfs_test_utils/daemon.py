@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from musicfs.mounts import is_mounted, is_stale, unmount
+from musicfs.mounts import is_stale, mount_entry, unmount
 
 from .notify_socket import NotifySocket
 
@@ -133,6 +133,11 @@ class MusicfsDaemon:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def is_mounted(path: str) -> bool:
+    """From /proc/self/mountinfo: never touches (or hangs on) the mount itself."""
+    return mount_entry(path) is not None
 
 
 def sweep_stale_mounts(under: str = "/tmp") -> list[str]:

@@ -15,7 +15,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from musicfs.mounts import is_mounted
+from musicfs.mounts import mount_entry
 
 __all__ = ["can_mount", "tmpfs", "read_only", "remount", "usage"]
 
@@ -40,7 +40,7 @@ def tmpfs(path: str | os.PathLike, size: str = "2m"):
     try:
         yield path
     finally:
-        while is_mounted(str(path)):  # a read_only() bind may still sit on top
+        while mount_entry(str(path)) is not None:  # a read_only() bind may still sit on top
             if _run("umount", str(path)).returncode != 0:
                 _run("umount", "-l", str(path))
 

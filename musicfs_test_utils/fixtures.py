@@ -6,12 +6,12 @@ import os
 from pathlib import Path
 
 from musicfs.cas import CasStore
-from musicfs.catalog import FileRow
+from musicfs.catalog import Catalog, FileRow
 from musicfs.demo import JUNK_FILES, GeneratedTrack
 from musicfs.demo import make_library as _make_library
 from musicfs.tree import FIRST_INO, VirtualTree, build_tree
 
-__all__ = ["make_library", "make_file_meta", "make_audio_meta", "setup_test_cas", "setup_test_tree",
+__all__ = ["make_library", "open_catalog", "make_file_meta", "make_audio_meta", "setup_test_cas", "setup_test_tree",
            "JUNK_FILES", "GeneratedTrack", "counting_assigner", "flac_audio_start", "retagged_copy",
            "make_names_library", "HIDDEN_FILES"]
 
@@ -85,6 +85,12 @@ def make_names_library(root: str | os.PathLike, audio: str | os.PathLike) -> dic
     for i, path in enumerate(HIDDEN_FILES):
         retagged_copy(flac, root / path, artist="Secret", album="Hidden", title=f"Hidden {i}")
     return shown
+
+
+def open_catalog(state_dir: str) -> Catalog:
+    """A catalog in state_dir/catalog.db, the folder made when missing."""
+    os.makedirs(state_dir, exist_ok=True)
+    return Catalog(os.path.join(state_dir, "catalog.db"))
 
 
 def make_file_meta(id: int, path: str, size: int, *, kind: str = "track", mtime_ns: int = 1_700_000_000_000_000_000,

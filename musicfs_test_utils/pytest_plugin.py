@@ -1,7 +1,8 @@
 """Pytest plugin: a test fails on WARNING/ERROR log records it did not declare.
 
 Declare the ones a test provokes on purpose with `@pytest.mark.expected_log(r"regex", ...)`;
-each pattern is searched in "logger: message". Hidden errors cannot pass silently.
+each pattern is searched in "logger: message". Hidden errors cannot pass silently. A record a test
+required with `assertions.assert_logs` (which fails when the line is missing) is declared by that.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import logging
 import re
 
 import pytest
+
+from .assertions import ASSERTED
 
 
 class _Collector(logging.Handler):
@@ -38,7 +41,7 @@ def _no_unexpected_log_records(request):
     unexpected = [
         f"{r.levelname} {r.name}: {r.getMessage()}"
         for r in collector.records
-        if not any(p.search(f"{r.name}: {r.getMessage()}") for p in patterns)
+        if not getattr(r, ASSERTED, False) and not any(p.search(f"{r.name}: {r.getMessage()}") for p in patterns)
     ]
     if unexpected:
         pytest.fail("unexpected log records (declare them with @pytest.mark.expected_log):\n  " + "\n  ".join(unexpected),

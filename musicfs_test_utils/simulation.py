@@ -20,7 +20,7 @@ import trio.testing
 
 from musicfs.cache_health import CacheHealth
 from musicfs.cas import CasStore
-from musicfs.catalog import Catalog, open_catalog
+from musicfs.catalog import Catalog
 from musicfs.errors import (CacheFull, CasError, MusicFSError, OriginNotFound, OriginTimeout, OriginTransient)
 from musicfs.origins.base import FileStat, Origin
 from musicfs.origins.health import HealthMonitor
@@ -29,6 +29,8 @@ from musicfs.origins.registry import OriginRegistry
 from musicfs.reader import FileReader
 from musicfs.supervisor import TaskSupervisor
 from musicfs.sync import Scanner
+
+from .fixtures import open_catalog
 
 CHUNK = 64 << 10
 

@@ -22,7 +22,7 @@ from typing import Callable
 import trio
 
 from ..errors import OriginError, OriginTimeout
-from ..supervisor import run_all
+from ..rounds import run_all
 from .base import Origin
 from .registry import OriginRegistry, probe as registry_probe
 

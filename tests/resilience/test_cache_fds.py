@@ -52,6 +52,7 @@ def test_a_daemon_out_of_descriptors_answers_eio_and_recovers_when_they_free_up(
     soft, hard = resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE)
     log_before = len(daemon.log_text())
     # the limit is one more than the highest descriptor number allowed: the lowest free number is the cap
+    # (the numbers themselves, not only their count as psutil's num_fds gives: /proc names them)
     used = {int(fd) for fd in os.listdir(f"/proc/{daemon.pid}/fd")}
     lowest_free = min(set(range(len(used) + 1)) - used)
     resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE, (lowest_free, hard))  # not one descriptor more

@@ -63,6 +63,9 @@ def test_rss_stays_flat_across_a_long_read_soak(tmp_path, daemons):
     served = counters["cache_hits"] + counters["memory_hits"]
     assert counters["cache_hits"] > 0 and served > PASSES * 12, counters  # the daemon answered, from its caches
     assert status["cache"]["state"] == "normal" and status["counters"]["open_files"] == 0
+    # `musicfs status` reports the same psutil figure this test watches
+    assert abs(status["process"]["rss_bytes"] - proc.memory_info().rss) <= MARGIN, status["process"]
+    assert status["process"]["open_fds"] > 0 and status["process"]["threads"] > 1
 
     mid = max(samples[PASSES // 3: 2 * PASSES // 3])
     last = samples[-3:]

@@ -72,7 +72,7 @@ def test_shutdown_with_reads_in_flight_is_bounded_and_ordered(small_library, dae
     assert reader.wait(10) != 0
     steps = re.search(r"shutdown: (.*)", daemon.log_text()).group(1).split(" -> ")
     assert steps == ["fuse intake stopped", "drain timed out", "unmounted", "background tasks stopped",
-                     "index committed", "catalog and cache closed", "STOPPING=1"]
+                     "catalog and cache closed", "STOPPING=1"]
     assert daemon.notify.find("STOPPING", "1")
 
 

@@ -8,10 +8,10 @@ import shutil
 
 import pytest
 
-from musicfs.catalog import Catalog, FileRow, open_catalog
+from musicfs.catalog import Catalog, FileRow
 from musicfs.errors import CatalogCorrupt, CatalogError
 from musicfs.tree import FIRST_INO
-from musicfs_test_utils.fixtures import make_audio_meta, make_file_meta
+from musicfs_test_utils.fixtures import make_audio_meta, make_file_meta, open_catalog
 
 
 def _rows(n: int, prefix: str = "Artist/Album") -> list[FileRow]:

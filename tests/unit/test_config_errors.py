@@ -11,7 +11,8 @@ import pytest
 
 from musicfs.config import load
 from musicfs.errors import BadArgument, ConfigError
-from musicfs.mounts import is_mounted, unmount
+from musicfs.mounts import unmount
+from musicfs_test_utils.daemon import is_mounted
 
 EX_USAGE, EX_CONFIG = 2, 78
 

@@ -10,6 +10,7 @@ import trio
 
 from musicfs import watchdog as wd
 from musicfs.notify import Notifier, watchdog_interval
+from musicfs_test_utils.assertions import assert_logs
 from musicfs_test_utils.notify_socket import NotifySocket
 
 
@@ -30,10 +31,29 @@ def test_messages_reach_the_socket(tmp_path):
         assert sock.wait_for("STOPPING", "1")
 
 
-@pytest.mark.expected_log(r"sd_notify to .* failed")
 def test_a_dead_notify_socket_is_logged_once_and_never_raises(tmp_path):
     n = Notifier(str(tmp_path / "missing.sock"))
-    assert n.send(READY=1) is False and n.send(STATUS="x") is False
+    with assert_logs(r"sd_notify to '.*missing\.sock' failed", count=1):
+        assert n.send(READY=1) is False and n.send(STATUS="x") is False
+
+
+def test_status_text_goes_out_as_utf8(tmp_path):
+    with NotifySocket(str(tmp_path)) as sock:
+        Notifier(sock.path).status("scanning: Björk – Homogenic")
+        assert sock.wait_for("STATUS").fields["STATUS"] == "scanning: Björk – Homogenic"
+
+
+@pytest.mark.expected_log(r"sd_notify to .* failed")
+def test_a_socket_that_comes_back_gets_the_next_message(tmp_path):
+    with NotifySocket(str(tmp_path)) as sock:
+        path = sock.path
+    n = Notifier(path)
+    assert n.send(STATUS="nobody listens") is False
+    with NotifySocket(str(tmp_path)) as sock:
+        n.address = sock.path  # a fresh receiver (its own folder); the failed send left no stale socket behind
+        assert n.send(STATUS="back") is True
+        assert sock.wait_for("STATUS", "back")
+    n.close()
 
 
 def test_watchdog_interval_is_half_of_watchdog_usec():

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from musicfs import sync
-from musicfs.catalog import open_catalog
 from musicfs.demo import COVER_FILES, JUNK_FILES
 from musicfs.cas import CasStore
 from musicfs.origins.base import unescape_name
@@ -19,7 +18,7 @@ from musicfs.sync import Scanner
 from musicfs.reader import FileReader
 from musicfs.tree import FIRST_INO, build_tree
 from musicfs_test_utils.faulty_origin import FaultyOrigin
-from musicfs_test_utils.fixtures import make_library
+from musicfs_test_utils.fixtures import make_library, open_catalog
 from musicfs_test_utils.reader_rig import current_row, read_range
 
 

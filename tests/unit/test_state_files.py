@@ -18,6 +18,7 @@ from musicfs.control import SOCKET_NAME, STATE_FILE, serve_status, write_state_f
 from musicfs.damage import RunMarker, clear_odd
 from musicfs.errors import StateError
 from musicfs.status import query_daemon
+from musicfs_test_utils.assertions import assert_logs
 
 
 def moved(folder, name: str) -> list[str]:
@@ -39,10 +40,10 @@ def test_daemon_json_that_is_a_folder_is_moved_aside(tmp_path, caplog):
     assert len(warnings(caplog)) == 1
 
 
-@pytest.mark.expected_log(r"daemon\.json\.tmp is a folder, not a file: moved to")
 def test_a_folder_at_the_temp_name_is_moved_aside_too(tmp_path):
     (tmp_path / (STATE_FILE + ".tmp")).mkdir()
-    write_state_file(str(tmp_path), {"mountpoint": "/mnt"})
+    with assert_logs(r"daemon\.json\.tmp is a folder, not a file: moved to", count=1):
+        write_state_file(str(tmp_path), {"mountpoint": "/mnt"})
     assert json.loads((tmp_path / STATE_FILE).read_text())["mountpoint"] == "/mnt"
     assert not (tmp_path / (STATE_FILE + ".tmp")).exists()
 

@@ -264,3 +264,31 @@ def test_stopped_status_shows_what_quarantine_keeps(stopped_library):
     assert (doc["cache"]["quarantine_bytes"], doc["cache"]["quarantine_files"]) == (5000, 2)
     assert doc["cache"]["used_bytes"] == lib["bytes"]  # chunks alone, as before
     assert "quarantine 2 files (4.9 KiB)" in render_table(doc)
+
+
+# -- the daemon's own process figures (psutil) ----------------------------------------------------------------
+def test_process_figures_follow_descriptors_and_threads():
+    import psutil
+
+    from musicfs.daemon import process_figures
+
+    before = process_figures()
+    assert abs(before["rss_bytes"] - psutil.Process().memory_info().rss) < 16 << 20
+    fd = os.open(os.devnull, os.O_RDONLY)
+    release = threading.Event()
+    thread = threading.Thread(target=release.wait)
+    thread.start()
+    try:
+        during = process_figures()
+    finally:
+        release.set()
+        thread.join()
+        os.close(fd)
+    assert (during["open_fds"], during["threads"]) == (before["open_fds"] + 1, before["threads"] + 1)
+
+
+def test_the_process_row_renders_and_tolerates_missing_figures():
+    text = render_table({"state": "running", "process": {"rss_bytes": 50 << 20, "open_fds": 23, "threads": 7}})
+    assert "process  RSS 50.0 MiB, 23 open fds, 7 threads" in text
+    unknown = render_table({"state": "running", "process": {"rss_bytes": None, "open_fds": None, "threads": None}})
+    assert "process  RSS ?, ? open fds, ? threads" in unknown
