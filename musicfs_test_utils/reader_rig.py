@@ -16,9 +16,12 @@ import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import trio
+
 from musicfs.cache_health import CacheHealth
 from musicfs.cas import CasStore, chunk_hash
 from musicfs.catalog import Catalog, FileRow
+from musicfs.errors import MusicFSError, OriginError
 from musicfs.origins.base import Origin
 from musicfs.origins.local import LocalOrigin
 from musicfs.origins.registry import OriginRegistry
@@ -26,7 +29,10 @@ from musicfs.reader import FileReader
 from musicfs_test_utils.faulty_cas import FaultyCasStore
 from musicfs_test_utils.faulty_origin import FailMode, FaultyOrigin, Healthy
 
-__all__ = ["ReaderRig", "pattern_bytes"]
+__all__ = ["ReaderRig", "pattern_bytes", "READ_ERRORS"]
+
+# What a read may raise when an origin or the cache misbehaves: an error, never wrong bytes.
+READ_ERRORS = (MusicFSError, OriginError, trio.TooSlowError)
 
 
 def current_row(catalog: Catalog, path: str) -> FileRow:

@@ -19,7 +19,7 @@ from musicfs import failpoints, points
 from musicfs.failpoints import FailPointPanic
 from musicfs.origins.local import LocalOrigin
 from musicfs.origins.registry import OriginRegistry
-from musicfs.reader import READ_ERRORS
+from musicfs_test_utils.reader_rig import READ_ERRORS
 from musicfs_test_utils.faulty_origin import FaultyOrigin
 from musicfs_test_utils.reader_rig import ReaderRig
 from musicfs_test_utils.reader_rig import pattern_bytes as shared_pattern_bytes

@@ -20,19 +20,18 @@ import trio
 
 from musicfs.cas import CasStore, chunk_hash
 from musicfs.catalog import Catalog, FileRow
-from musicfs.errors import MusicFSError, OriginError, OriginOffline
+from musicfs.errors import OriginOffline
 from musicfs.origins.base import Origin
 from musicfs.origins.factory import open_origin
 from musicfs.origins.health import HealthMonitor
 from musicfs.origins.registry import HEALTHY, UNHEALTHY, OriginRegistry
 from musicfs.reader import FileReader
 from musicfs_test_utils.fixtures import open_catalog, setup_test_cas
-from musicfs_test_utils.reader_rig import current_row, read_range
+from musicfs_test_utils.reader_rig import READ_ERRORS, current_row, read_range
 
 pytestmark = [pytest.mark.l3, pytest.mark.expected_log(r"musicfs\.origins\.registry: ")]
 
 KINDS = ["s3", "sftp"]
-READ_ERRORS = (MusicFSError, OriginError, trio.TooSlowError)  # what a read under chaos may raise
 CHUNK = 256 * 1024
 READ_TIMEOUT = 2.0
 SLACK = 0.5  # scheduling slack on top of a deadline

@@ -7,7 +7,6 @@ import contextlib
 import logging
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from musicfs import sync
-from musicfs.catalog import open_catalog
+from musicfs_test_utils.fixtures import open_catalog
 from musicfs.config import ConfigError, load
 from musicfs.origins.local import LocalOrigin
 from musicfs.origins.registry import OriginRegistry

@@ -249,9 +249,10 @@ def test_files_that_say_little_still_render(tmp_path):
 
 
 def test_the_names_agree_with_the_daemon_side():
-    from musicfs import control, status
+    from musicfs import control, statefiles, status
 
-    assert (status.SOCKET_NAME, status.STATE_FILE) == (control.SOCKET_NAME, control.STATE_FILE)
+    assert (status.SOCKET_NAME, control.SOCKET_NAME, control.STATE_FILE) == \
+        (statefiles.SOCKET_NAME, statefiles.SOCKET_NAME, statefiles.STATE_FILE)
 
 
 def test_stopped_status_shows_what_quarantine_keeps(stopped_library):
