@@ -1,0 +1,186 @@
+"""Read-ahead: per open file, sequential reading is detected and a bounded window of chunks is fetched ahead.
+
+* A `Stream` follows one open file. A read that starts where the previous ones ended (within a tolerance,
+  as the kernel sends several reads at once) extends the current run; any other read is a seek: the run
+  starts again, the window closes and the chunks still in flight for it are cancelled.
+* Once a run covers `min_run` bytes (a chunk by default: a tag reader's head read never gets there, and
+  its seek to the tail starts a new run), the stream keeps `window` chunks ahead of the reader, starting
+  at 2 and doubling each time the reader enters a new chunk, up to `max_window`.
+* Every chunk ahead is a `Job` in a queue served by `workers` tasks; the bytes in flight are bounded for
+  the whole daemon by `budget` (config `readahead`): a job waits for room, and jobs of a stream that
+  seeked or closed since they were queued are dropped unrun.
+* Next track: when a stream reads into the last chunk of its file, the first chunks of the next track of
+  the same album folder are queued at low priority (taken only when no window job waits), once per stream.
+
+The fetch itself is the reader's (`fetch(key, index)`: load the chunk into the cache, verified); read-ahead
+is best effort, so a failed or timed-out job is counted and forgotten: the reader's own read of that chunk
+later fetches it again, within its read_timeout.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Hashable
+
+import trio
+
+from .rounds import run_all
+
+log = logging.getLogger(__name__)
+
+Fetch = Callable[[Hashable, int], Awaitable[object]]
+
+
+@dataclass(frozen=True)
+class ReadAheadStatistics:
+    budget_bytes: int  # bytes of chunks that may be in flight ahead of readers, for the whole daemon
+    inflight_bytes: int  # bytes of chunks being fetched ahead right now
+    queued: int  # jobs waiting for a worker
+    streams: int  # open files being read ahead (window open)
+    started: int  # chunks fetched ahead (jobs run)
+    dropped: int  # jobs dropped unrun: their stream seeked or closed first
+    failed: int  # jobs whose fetch failed or timed out (the reader fetches those chunks itself)
+    next_track: int  # chunks of next tracks queued
+
+
+@dataclass
+class Stream:
+    """Where one open file is read, and what has been queued ahead of it."""
+
+    key: Hashable  # what fetch() is given to find the open file
+    chunks: int  # the file's number of chunks
+    next_offset: int = -1  # where the current run would continue
+    run: int = 0  # bytes read in the current sequential run
+    window: int = 0  # chunks kept ahead; 0: not streaming
+    ahead: int = 0  # chunk index up to which jobs were queued (exclusive)
+    last_chunk: int = -1  # the chunk the reader was last in
+    generation: int = 0  # moves on at each seek and at close: queued jobs of older generations are dropped
+    next_queued: bool = False
+    scopes: set = field(default_factory=set)  # cancel scopes of this stream's jobs in flight
+
+
+@dataclass(frozen=True)
+class Job:
+    stream: Stream
+    key: Hashable
+    index: int
+    generation: int
+
+
+class ReadAhead:
+    def __init__(self, fetch: Fetch, *, chunk_size: int, budget: int, max_window_bytes: int = 32 << 20,
+                 min_run: int | None = None, workers: int = 8, job_timeout: float = 30.0,
+                 next_track_chunks: int = 2):
+        self._fetch = fetch
+        self.chunk_size = chunk_size
+        self.budget = budget
+        self.max_window = max(2, max_window_bytes // chunk_size)
+        self.min_run = chunk_size if min_run is None else min_run
+        self.tolerance = max(chunk_size, 256 << 10)  # reads the kernel sends at once arrive a little out of order
+        self.workers = workers
+        self.job_timeout = job_timeout
+        self.next_track_chunks = next_track_chunks
+        self._room = trio.CapacityLimiter(max(1, budget // chunk_size))  # chunks in flight, daemon-wide
+        self._high: collections.deque[Job] = collections.deque()
+        self._low: collections.deque[Job] = collections.deque()
+        self._lot = trio.lowlevel.ParkingLot()
+        self._streams: set[int] = set()  # ids of streams with an open window
+        self._started = self._dropped = self._failed = self._next = 0
+
+    # -- what the reader tells -------------------------------------------------------------------
+    def open(self, key: Hashable, size: int) -> Stream:
+        return Stream(key, chunks=max(1, math.ceil(size / self.chunk_size)) if size else 0)
+
+    def observe(self, stream: Stream, offset: int, size: int, next_track: tuple[Hashable, int] | None = None) -> None:
+        """A read of [offset, offset+size) was served: extend or restart the run, queue chunks ahead.
+
+        `next_track`: (key, chunks) of the track that follows in its album folder, for the last chunk.
+        """
+        if size <= 0 or stream.chunks == 0:
+            return
+        end = offset + size
+        if stream.next_offset >= 0 and abs(offset - stream.next_offset) <= self.tolerance:
+            stream.run += max(0, end - max(offset, stream.next_offset))
+            stream.next_offset = max(stream.next_offset, end)
+        else:
+            if stream.window:
+                self._cancel(stream)
+            stream.run, stream.next_offset = size, end
+        if stream.run < self.min_run:
+            return
+        current = min((end - 1) // self.chunk_size, stream.chunks - 1)
+        if not stream.window:
+            stream.window = 2
+            stream.ahead = current + 1
+            self._streams.add(id(stream))
+        elif current > stream.last_chunk:
+            stream.window = min(self.max_window, stream.window * 2)  # the reader keeps up: look further
+        stream.last_chunk = current
+        last = min(current + stream.window, stream.chunks - 1)
+        for index in range(max(stream.ahead, current + 1), last + 1):
+            self._high.append(Job(stream, stream.key, index, stream.generation))
+        stream.ahead = max(stream.ahead, last + 1)
+        if current == stream.chunks - 1 and next_track is not None and not stream.next_queued:
+            stream.next_queued = True
+            key, chunks = next_track
+            for index in range(min(self.next_track_chunks, chunks)):
+                self._low.append(Job(stream, key, index, stream.generation))
+                self._next += 1
+        self._lot.unpark_all()
+
+    def close(self, stream: Stream) -> None:
+        """The file is closed: nothing more is fetched for it; what is in flight is cancelled."""
+        self._cancel(stream)
+
+    def _cancel(self, stream: Stream) -> None:
+        stream.generation += 1
+        stream.window = stream.ahead = 0
+        stream.last_chunk = -1
+        self._streams.discard(id(stream))
+        for scope in list(stream.scopes):
+            scope.cancel()
+
+    # -- the workers -----------------------------------------------------------------------------------
+    async def run(self) -> None:
+        """The workers; a supervisor task runs this for the daemon's life."""
+        await run_all([(f"readahead-{i}", self._worker) for i in range(self.workers)])
+
+    async def _take(self) -> Job:
+        while not (self._high or self._low):
+            await self._lot.park()
+        return self._high.popleft() if self._high else self._low.popleft()
+
+    async def _worker(self) -> None:
+        while True:
+            job = await self._take()
+            if job.generation != job.stream.generation:
+                self._dropped += 1
+                continue
+            async with self._room:
+                if job.generation != job.stream.generation:  # closed or seeked while waiting for room
+                    self._dropped += 1
+                    continue
+                await self._run(job)
+
+    async def _run(self, job: Job) -> None:
+        self._started += 1
+        with trio.CancelScope() as scope:
+            job.stream.scopes.add(scope)
+            try:
+                with trio.fail_after(self.job_timeout):
+                    await self._fetch(job.key, job.index)
+            except Exception as exc:  # best effort: the reader's own read fetches the chunk again
+                self._failed += 1
+                log.debug("read-ahead of chunk %d failed: %s", job.index, exc)
+            finally:
+                job.stream.scopes.discard(scope)
+
+    def statistics(self) -> ReadAheadStatistics:
+        inflight = self._room.borrowed_tokens
+        return ReadAheadStatistics(budget_bytes=self.budget, inflight_bytes=inflight * self.chunk_size,
+                                   queued=len(self._high) + len(self._low), streams=len(self._streams),
+                                   started=self._started, dropped=self._dropped, failed=self._failed,
+                                   next_track=self._next)

@@ -1,0 +1,145 @@
+"""ReadAhead on its own: sequential detection, the window, seeks and closes, the global budget, next track."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from musicfs.readahead import ReadAhead
+
+CHUNK = 1 << 20
+READ = 128 << 10  # FUSE's read size
+
+
+class Fetches:
+    """A fetch() that records what it was asked and can hold every call until released."""
+
+    def __init__(self, hold: bool = False):
+        self.calls: list[tuple[object, int]] = []
+        self.running = 0
+        self.most = 0
+        self.release = trio.Event()
+        if not hold:
+            self.release.set()
+        self.cancelled = 0
+
+    async def __call__(self, key, index):
+        self.calls.append((key, index))
+        self.running += 1
+        self.most = max(self.most, self.running)
+        try:
+            await self.release.wait()
+        except trio.Cancelled:
+            self.cancelled += 1
+            raise
+        finally:
+            self.running -= 1
+
+
+async def sequential(ra: ReadAhead, stream, start: int, end: int, **kw) -> None:
+    for offset in range(start, end, READ):
+        ra.observe(stream, offset, READ, **kw)
+        await trio.testing.wait_all_tasks_blocked()
+
+
+@pytest.fixture
+async def running(nursery):
+    made = []
+
+    def make(fetch, **kw):
+        ra = ReadAhead(fetch, chunk_size=CHUNK, **{"budget": 32 * CHUNK, "max_window_bytes": 8 * CHUNK, **kw})
+        nursery.start_soon(ra.run)
+        made.append(ra)
+        return ra
+
+    return make
+
+
+async def test_sequential_reads_start_a_window_that_grows_to_its_bound(running):
+    fetch = Fetches()
+    ra = running(fetch)
+    stream = ra.open("f", 40 * CHUNK)
+    await sequential(ra, stream, 0, CHUNK - READ)
+    assert fetch.calls == []  # less than a chunk read: nothing ahead yet
+    await sequential(ra, stream, CHUNK - READ, CHUNK)
+    assert sorted(i for _, i in fetch.calls) == [1, 2]  # the window opens at 2 chunks
+    await sequential(ra, stream, CHUNK, 6 * CHUNK)
+    indexes = [i for _, i in fetch.calls]
+    assert len(indexes) == len(set(indexes)), "a chunk was queued twice"
+    assert max(indexes) == 5 + 8  # 8 chunks (max_window_bytes) ahead of chunk 5
+    assert ra.statistics().streams == 1
+
+
+async def test_a_tag_reader_pattern_never_starts_read_ahead(running):
+    fetch = Fetches()
+    ra = running(fetch)
+    for _ in range(3):  # open, read the head, seek to the tail, close; again and again
+        stream = ra.open("f", 40 * CHUNK)
+        await sequential(ra, stream, 0, 4 * READ)  # mutagen reads a few blocks of the head
+        ra.observe(stream, 40 * CHUNK - READ, READ)
+        ra.observe(stream, 20 * CHUNK, READ)  # and an Ogg's last page, an MP4 moov
+        ra.close(stream)
+    await trio.testing.wait_all_tasks_blocked()
+    assert fetch.calls == []
+
+
+async def test_a_seek_cancels_what_is_in_flight_and_drops_what_is_queued(running):
+    fetch = Fetches(hold=True)
+    ra = running(fetch, budget=2 * CHUNK)
+    stream = ra.open("f", 40 * CHUNK)
+    await sequential(ra, stream, 0, 3 * CHUNK)
+    assert fetch.running == 2 and ra.statistics().queued > 0  # two in flight (the budget), more queued
+    ra.observe(stream, 30 * CHUNK, READ)  # a seek
+    await trio.testing.wait_all_tasks_blocked()
+    assert fetch.cancelled == 2 and fetch.running == 0
+    stats = ra.statistics()
+    assert stats.queued == 0 and stats.dropped > 0 and stats.streams == 0 and stats.inflight_bytes == 0
+
+
+async def test_close_cancels_the_stream(running):
+    fetch = Fetches(hold=True)
+    ra = running(fetch)
+    stream = ra.open("f", 40 * CHUNK)
+    await sequential(ra, stream, 0, 2 * CHUNK)
+    assert fetch.running > 0
+    ra.close(stream)
+    await trio.testing.wait_all_tasks_blocked()
+    assert fetch.running == 0 and ra.statistics().streams == 0
+
+
+async def test_fifty_streams_stay_within_the_global_budget(running):
+    fetch = Fetches(hold=True)
+    ra = running(fetch, budget=4 * CHUNK, workers=16)
+    streams = [ra.open(f"f{i}", 20 * CHUNK) for i in range(50)]
+    for stream in streams:
+        await sequential(ra, stream, 0, 2 * CHUNK)
+    assert fetch.running == fetch.most == 4  # never more than the budget in flight
+    assert ra.statistics().inflight_bytes == 4 * CHUNK
+    fetch.release.set()
+    await trio.testing.wait_all_tasks_blocked()
+    assert fetch.most == 4 and ra.statistics().queued == 0
+
+
+async def test_the_next_track_is_queued_once_at_low_priority_from_the_last_chunk(running):
+    fetch = Fetches()
+    ra = running(fetch)
+    stream = ra.open("a", 3 * CHUNK)
+    nxt = ("b", 10)
+    await sequential(ra, stream, 0, 2 * CHUNK, next_track=nxt)
+    assert ("b", 0) not in fetch.calls
+    await sequential(ra, stream, 2 * CHUNK, 3 * CHUNK, next_track=nxt)
+    await sequential(ra, stream, 2 * CHUNK + READ, 3 * CHUNK, next_track=nxt)  # reread of the end: not twice
+    assert sorted(c for c in fetch.calls if c[0] == "b") == [("b", 0), ("b", 1)]
+    assert ra.statistics().next_track == 2
+
+
+async def test_a_failing_fetch_is_counted_and_forgotten(running):
+    async def broken(key, index):
+        raise OSError("origin down")
+
+    ra = running(broken)
+    stream = ra.open("f", 10 * CHUNK)
+    await sequential(ra, stream, 0, CHUNK)
+    stats = ra.statistics()
+    assert stats.failed == stats.started == 2
