@@ -60,6 +60,7 @@ bench:
 	$(MAKE) setup-test EXTRA_DEBS="$(BENCH_DEBS)"
 	$(BIN)/python bench/run_bench.py
 	$(BIN)/python bench/large_library.py
+	$(BIN)/python bench/remote_bench.py
 
 clean:
 	rm -rf $(VENV) $(DEMO) *.egg-info

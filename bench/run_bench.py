@@ -72,6 +72,8 @@ re-run it).  It compares reading a generated music library three ways on the sam
 the same files: straight from the source folder, through `musicfs mount`, and through
 `rclone mount --vfs-cache-mode full` of the same folder.  Cold figures are taken with the
 kernel page cache dropped and a fresh, empty cache for the FUSE daemons.
+The *Large library* and *Remote origins* sections at the end are written by
+`bench/large_library.py` and `bench/remote_bench.py` (this script keeps them).
 """
 
 
@@ -1050,13 +1052,18 @@ def reading(d: dict, m: dict, rc: dict, disk: str, big_mb: float, repeat: int) -
 
 # ---------------------------------------------------------------------------------------------
 
-def kept_large_library_section(path: str) -> str:
-    """The section bench/large_library.py wrote into the report: this script does not own it."""
-    start, end = "<!-- large-library:start -->", "<!-- large-library:end -->"
+KEPT_SECTIONS = (("<!-- large-library:start -->", "<!-- large-library:end -->"),  # bench/large_library.py
+                 ("<!-- remote-origins:start -->", "<!-- remote-origins:end -->"))  # bench/remote_bench.py
+
+
+def kept_sections(path: str) -> str:
+    """The sections the other bench scripts wrote into the report: this script does not own them."""
     text = open(path, encoding="utf-8").read() if os.path.exists(path) else ""
-    if start in text and end in text:
-        return "\n" + text[text.index(start) : text.index(end) + len(end)] + "\n"
-    return ""
+    kept = ""
+    for start, end in KEPT_SECTIONS:
+        if start in text and end in text:
+            kept += "\n" + text[text.index(start) : text.index(end) + len(end)] + "\n"
+    return kept
 
 
 def main() -> int:
@@ -1136,7 +1143,7 @@ def main() -> int:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         tmp = args.out + ".tmp"
         with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(report + kept_large_library_section(args.out))
+            fh.write(report + kept_sections(args.out))
         os.replace(tmp, args.out)
         log(f"wrote {args.out}")
         ok = True
