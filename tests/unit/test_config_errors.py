@@ -184,3 +184,13 @@ def test_credentials_in_a_source_url_are_refused_and_never_echoed(tmp_path, sour
     for secret in secrets:
         assert secret not in result.stderr + result.stdout
     assert_nothing_mounted_or_written(mnt, dirs)
+
+
+def test_readme_has_the_exit_code_table():
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    table = readme[readme.index("## Exit codes"):readme.index("## The tree")]
+    for code in (0, 1, 2, 3, 4, 8, 78):
+        assert f"\n| {code} |" in table, code
+    for words in ("already mounted by another daemon", "--allow-non-empty", "16 chunks", "half the RAM",
+                  'pool_size = "abc"', "inside a local SOURCE"):
+        assert words in table, words
