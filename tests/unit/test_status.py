@@ -309,3 +309,16 @@ def test_the_process_row_renders_and_tolerates_missing_figures():
     assert "process  RSS 50.0 MiB, 23 open fds, 7 threads" in text
     unknown = render_table({"state": "running", "process": {"rss_bytes": None, "open_fds": None, "threads": None}})
     assert "process  RSS ?, ? open fds, ? threads" in unknown
+
+
+def test_credentials_in_a_source_url_are_never_shown(tmp_path):
+    state = tmp_path / "state"
+    leaky = {**DOC, "sources": ["s3://AKIAEXAMPLE:wJalr/SECRET+x@bucket/music"],
+             "origins": [{"name": "s3://AKIAEXAMPLE:wJalr/SECRET+x@bucket/music", "state": "healthy", "last_error": ""}]}
+    with FakeDaemon(state, leaky):
+        table = musicfs("status", "--state-dir", str(state))
+        as_json = musicfs("status", "--state-dir", str(state), "--json")
+    for result in (table, as_json):
+        assert result.returncode == EXIT_RUNNING, result.stderr
+        assert "s3://***@bucket/music" in result.stdout
+        assert "AKIAEXAMPLE" not in result.stdout and "SECRET" not in result.stdout
