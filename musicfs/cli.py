@@ -13,6 +13,7 @@ from . import __version__
 from .config import Config, ConfigError, load
 from .errors import BadArgument, MusicFSError
 from .logsetup import flush_summaries, setup_logging
+from .redact import redact
 
 EX_USAGE = 2
 EX_CONFIG = 78
@@ -58,6 +59,26 @@ def _with_origin_flags(cfg: Config, args) -> Config:
     return dataclasses.replace(cfg, origin_options=options) if extra else cfg
 
 
+def _add_library_args(p: argparse.ArgumentParser, default: str) -> None:
+    """--state-dir DIR or --mount PATH: which library a command means (statefiles.library_for_path)."""
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--state-dir", help=f"the library's state folder ({default})")
+    which.add_argument("--mount", metavar="PATH",
+                       help="the library mounted at (or last mounted at) PATH, or any path inside that mount")
+
+
+def _chosen_library(args) -> str | None:
+    """The state folder --state-dir or --mount names; None when neither was given."""
+    if getattr(args, "mount", None):
+        from .statefiles import LibraryNotFound, library_for_path
+
+        try:
+            return library_for_path(args.mount)
+        except LibraryNotFound as exc:
+            raise BadArgument("--mount", str(exc)) from exc
+    return getattr(args, "state_dir", None)
+
+
 def _at_least_one(text: str) -> int:
     """argparse type of a count: a whole number >= 1 (argparse names the flag and exits 2 otherwise)."""
     try:
@@ -80,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-size", help="chunk cache quota, e.g. 500M or 10G (default 10G)")
     p.add_argument("--rescan-interval", type=float, metavar="SECONDS", help="seconds between rescans (default 900)")
     p.add_argument("--allow-other", action="store_true", default=None, help="let other users read the mount")
+    p.add_argument("--allow-non-empty", action="store_true", default=None,
+                   help="mount over a folder that holds files (they are hidden while mounted)")
     _add_origin_args(p)
 
     p = sub.add_parser("scan", help="scan SOURCE(s) into the catalog and search index without mounting")
@@ -89,18 +112,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", help="print the paths in the mount of the tracks matching QUERY (exit 1: none)")
     p.add_argument("query", metavar="QUERY")
-    p.add_argument("--state-dir", help="the library's state folder (default: the only library under XDG state)")
+    _add_library_args(p, "default: every library under XDG state")
     p.add_argument("--limit", type=_at_least_one, default=20, metavar="N", help="at most N results (default 20)")
     p.add_argument("--json", action="store_true", help="print path, artist, album, title and duration as JSON")
 
     p = sub.add_parser("status", help="is the daemon running, and how is it doing (exit 0 running, 3 not running)")
-    p.add_argument("--state-dir", help="the library's state folder (default: the only library under XDG state)")
+    _add_library_args(p, "default: every library under XDG state, one line each")
     p.add_argument("--json", action="store_true", help="print the status document as JSON")
 
     p = sub.add_parser("fsck", help="verify chunks, manifests, catalog and search index (exit 0 clean, 1 repaired, "
                                     "4 problems left, 8 could not run)")
     p.add_argument("--repair", action="store_true", help="fix what can be fixed (damaged files are moved aside)")
-    p.add_argument("--state-dir", help="the library's state folder (default: the only library under XDG state)")
+    _add_library_args(p, "default: the only library under XDG state")
     p.add_argument("--cache-dir", help="its cache folder (default: the one the daemon recorded in daemon.json)")
 
     p = sub.add_parser("demo", help="write a sample library of real audio files into DIR")
@@ -121,6 +144,7 @@ def _config(args, sources: list[str], mountpoint: str = "") -> Config:
         "log_level": getattr(args, "log_level", None),
         "rescan_interval": getattr(args, "rescan_interval", None),
         "allow_other": getattr(args, "allow_other", None),
+        "allow_non_empty": getattr(args, "allow_non_empty", None),
         "sources": tuple(sources),
         "mountpoint": mountpoint,
     }
@@ -132,14 +156,35 @@ def cmd_mount(args) -> int:
         raise BadArgument("MOUNTPOINT", "give at least one SOURCE and a MOUNTPOINT")
     *sources, mountpoint = args.paths
     cfg = _config(args, sources, os.path.abspath(mountpoint))
+    from .mounts import check_mountpoint
+
+    check_mountpoint(cfg.mountpoint, cfg.sources, cfg.allow_non_empty)  # before anything is written
+    _check_source_urls(cfg)
     setup_logging(cfg.log_level)
     from .daemon import run
 
     return run(cfg)
 
 
+def _check_source_urls(cfg: Config) -> None:
+    """Build every origin (nothing connects) so that a malformed s3:// / sftp:// SOURCE is a usage error naming it
+    (exit 2) before anything is written, not a failure of the daemon (exit 1)."""
+    from .errors import OriginError
+    from .origins.factory import open_origins
+
+    try:
+        origins = open_origins(cfg.sources, cfg.origin_options)
+    except ConfigError:
+        raise
+    except OriginError as exc:
+        raise BadArgument("SOURCE", str(exc)) from exc
+    for origin in origins:
+        origin.close()
+
+
 def cmd_scan(args) -> int:
     cfg = _config(args, args.sources)
+    _check_source_urls(cfg)
     setup_logging(cfg.log_level)
     from .damage import private_state
     from .library import Library
@@ -157,26 +202,28 @@ def cmd_scan(args) -> int:
     return 0
 
 
-def _only_library() -> str:
-    from .statefiles import LibraryNotFound, find_library
-
-    try:
-        return find_library()
-    except LibraryNotFound as exc:
-        raise ConfigError("--state-dir", str(exc)) from exc
-
-
 def cmd_search(args) -> int:
     setup_logging("WARNING")
     from .index import SearchIndex
+    from .statefiles import libraries, recorded_mountpoint, state_base
 
-    from .statefiles import recorded_mountpoint
-
-    state = args.state_dir or _only_library()
-    hits = SearchIndex(os.path.join(state, "index"), create=False).hits(args.query, args.limit)
-    mountpoint = recorded_mountpoint(state)  # '' (tree paths) for a library only ever scanned
-    found = [{"path": os.path.join(mountpoint, hit.path), "artist": hit.artist, "album": hit.album,
-              "title": hit.title, "duration": hit.duration} for hit in hits]
+    chosen = _chosen_library(args)
+    if chosen:
+        states = [chosen]
+    else:  # every library: each one's hits, merged best first
+        states = [str(p) for p in libraries()]
+        if not states:
+            raise ConfigError("--state-dir", f"no library found under {state_base()}: mount or scan one first")
+    scored = []
+    for state in states:
+        hits = SearchIndex(os.path.join(state, "index"), create=False).hits(args.query, args.limit)
+        mountpoint = recorded_mountpoint(state)  # '' (tree paths) for a library only ever scanned
+        scored += [(getattr(hit, "score", 0.0), rank, {
+            "path": os.path.join(mountpoint, hit.path), "artist": hit.artist, "album": hit.album,
+            "title": hit.title, "duration": hit.duration}) for rank, hit in enumerate(hits)]
+    if len(states) > 1:
+        scored.sort(key=lambda s: (-s[0], s[1]))
+    found = [hit for _, _, hit in scored[:args.limit]]
     if args.json:
         print(json.dumps(found, ensure_ascii=False, indent=2))
     else:
@@ -192,22 +239,23 @@ def cmd_status(args) -> int:
     setup_logging("WARNING")
     from .status import run_status
 
-    return run_status(args.state_dir, as_json=args.json)
+    return run_status(_chosen_library(args), as_json=args.json)
 
 
 def cmd_fsck(args) -> int:
     setup_logging("ERROR")  # fsck reports what it finds and does itself
     from .fsck import FsckError, resolve_dirs, run_fsck
 
+    state_dir = _chosen_library(args)
     if args.repair:  # what a repair creates (a new catalog, a rebuilt index) is private too
         from .damage import private_state
 
         try:
-            private_state(*resolve_dirs(args.state_dir, args.cache_dir))
+            private_state(*resolve_dirs(state_dir, args.cache_dir))
         except FsckError:
             pass  # run_fsck says why it cannot run
 
-    return run_fsck(args.state_dir, args.cache_dir, repair=args.repair)
+    return run_fsck(state_dir, args.cache_dir, repair=args.repair)
 
 
 def cmd_demo(args) -> int:
@@ -244,13 +292,13 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return _stdout_gone()
     except BadArgument as exc:
-        print(f"musicfs: {exc}", file=sys.stderr)
+        print(f"musicfs: {redact(str(exc))}", file=sys.stderr)
         return EX_USAGE
     except ConfigError as exc:
-        print(f"musicfs: {exc}", file=sys.stderr)
+        print(f"musicfs: {redact(str(exc))}", file=sys.stderr)
         return EX_CONFIG
     except MusicFSError as exc:
-        print(f"musicfs: {exc}", file=sys.stderr)
+        print(f"musicfs: {redact(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

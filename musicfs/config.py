@@ -56,6 +56,7 @@ class Config:
     failover_grace: float = 60.0  # a recovered primary is preferred again after this long healthy
     log_level: str = "INFO"
     allow_other: bool = False
+    allow_non_empty: bool = False  # mount over a folder that holds files (hidden until unmounted)
     include_hidden: bool = False  # scan files and folders whose names start with a dot (`._*` never)
     origin_options: dict = field(default_factory=dict)
 
@@ -72,10 +73,15 @@ class Config:
 # it (or not finite: TOML has nan and inf) is refused: `read_timeout = nan` would fail every read,
 # `health_interval = 1e-300` would spin a core.
 SIZE_RANGES = {
-    "cache_size": (64 << 10, 1 << 50),  # 64K .. 1P
+    "cache_size": (1 << 20, 1 << 50),  # 1M (16 of the smallest chunks) .. 1P; at least 16 chunks: check_sizes
     "chunk_size": (64 << 10, 16 << 20),  # 64K .. 16M
     "memory_cache": (0, 64 << 30),  # 0 (off) .. 64G
 }
+# Bounds that depend on other keys or on the machine, checked once every key is known (`check_sizes`):
+# the disk cache must hold at least this many chunks (a smaller one evicts the chunk it just stored and warns
+# once per chunk), and the memory cache may use at most this share of the machine's RAM.
+MIN_CACHE_CHUNKS = 16
+MEMORY_CACHE_RAM_SHARE = 0.5
 SECONDS_RANGES = {
     "rescan_interval": (1.0, 30 * 86400.0),  # 1 s .. 30 days
     "read_timeout": (0.1, 3600.0),
@@ -85,7 +91,7 @@ SECONDS_RANGES = {
     "failover_grace": (0.1, 86400.0),
 }
 _FILE_KEYS = {f.name for f in fields(Config)} - {"sources", "mountpoint"}
-_BOOL_KEYS = {"allow_other", "include_hidden"}
+_BOOL_KEYS = {"allow_other", "allow_non_empty", "include_hidden"}
 
 
 def format_size(n: int) -> str:
@@ -109,6 +115,8 @@ def _check_value(key: str, value):
     if key in SIZE_RANGES:
         size = parse_size(value, key)
         low, high = SIZE_RANGES[key]
+        if (key == "cache_size" and size < low) or (key == "memory_cache" and size > high):
+            return size  # check_sizes says the bound for the chunk size / the RAM in force, which is tighter
         if not low <= size <= high:
             raise ConfigError(key, f"must be {_size_range_text(key)}, not {value!r}")
         return size
@@ -145,6 +153,42 @@ def _as_bad_argument(exc: ConfigError, key: str) -> BadArgument:
     return BadArgument(flag_name(key), detail)
 
 
+def machine_ram() -> int:
+    """Total RAM of this machine in bytes (psutil)."""
+    import psutil
+
+    return psutil.virtual_memory().total
+
+
+def check_sizes(values: dict, from_flag: set[str], ram: int | None = None) -> None:
+    """The bounds relative to other keys and to the machine: cache_size >= MIN_CACHE_CHUNKS chunks,
+    memory_cache <= MEMORY_CACHE_RAM_SHARE of RAM. The error names the flag (BadArgument, exit 2) when a flag
+    set the value, else the file's key (ConfigError, exit 78)."""
+    def refuse(key: str, message: str):
+        raise BadArgument(flag_name(key), message) if key in from_flag else ConfigError(key, message)
+
+    chunk = values.get("chunk_size", Config.chunk_size)
+    cache = values.get("cache_size", Config.cache_size)
+    least = MIN_CACHE_CHUNKS * chunk
+    if cache < least:
+        refuse("cache_size", f"must be at least {format_size(least)} ({MIN_CACHE_CHUNKS} chunks of "
+                             f"{format_size(chunk)}; chunk_size sets the chunk), not {format_size(cache)}")
+    memory = values.get("memory_cache", Config.memory_cache)
+    if memory:
+        ram = machine_ram() if ram is None else ram
+        most = min(SIZE_RANGES["memory_cache"][1], int(ram * MEMORY_CACHE_RAM_SHARE))
+        if memory > most:
+            refuse("memory_cache", f"must be at most {_round_size(most)} (half of this machine's "
+                                   f"{_round_size(ram)} of RAM, and never more than "
+                                   f"{format_size(SIZE_RANGES['memory_cache'][1])}), not {format_size(memory)}")
+
+
+def _round_size(n: int) -> str:
+    """A size rounded down to whole M (at least 1M) in parse_size's units: 12884901888 -> '12G'."""
+    mib = max(1, n >> 20)
+    return format_size(mib << 20)
+
+
 def load(path: str | None, overrides: dict) -> Config:
     """Read the TOML file (if any), apply flag overrides (None = not given), validate.
 
@@ -152,6 +196,7 @@ def load(path: str | None, overrides: dict) -> Config:
     naming the flag (`--cache-size`), so the CLI can tell a usage error from a config error.
     """
     values: dict = {}
+    from_flag: set[str] = set()
     if path:
         try:
             with open(path, "rb") as fh:
@@ -174,6 +219,8 @@ def load(path: str | None, overrides: dict) -> Config:
                 values[key] = _check_value(key, value)
             except ConfigError as exc:
                 raise _as_bad_argument(exc, key) from exc
+            from_flag.add(key)
         else:
             values[key] = value
+    check_sizes(values, from_flag)
     return Config(**values)

@@ -26,11 +26,12 @@ from .errors import ConfigError, MusicFSError, OriginError
 from .fuse_ops import MusicOperations
 from .library import Library
 from .logsetup import flush_summaries
-from .mounts import prepare_mountpoint, unmount
+from .mounts import prepare_mountpoint, remove_created, unmount
 from .notify import Notifier, watchdog_interval
 from .origins.health import HealthMonitor
 from .reader import FileReader
-from .statefiles import human_size
+from .redact import redact_all
+from .statefiles import LibraryLock, human_size
 from .supervisor import TaskSupervisor
 from .sync import ScanCancelled
 from .watchdog import watchdog
@@ -73,6 +74,7 @@ class Daemon:
         self.steps: list[str] = []  # shutdown steps, in the order they happened
         self.started = time.monotonic()
         self.mounted = False
+        self.created_mountpoint: list[str] = []  # folders prepare_mountpoint made, removed again at stop
         self._tree_stale = False  # the catalog changed but the tree/index do not show it yet
         self.error: MusicFSError | None = None
         self._wake_rescan = trio.Event()
@@ -170,8 +172,9 @@ class Daemon:
                                 memory_cache=self.cfg.memory_cache, read_timeout=self.cfg.read_timeout,
                                 on_file_changed=self._file_changed)
             self.ops = MusicOperations(tree, reader)
-            prepare_mountpoint(self.cfg.mountpoint)
-            write_state_file(self.cfg.state_dir, {"mountpoint": self.cfg.mountpoint, "sources": list(self.cfg.sources),
+            self.created_mountpoint = prepare_mountpoint(self.cfg.mountpoint)
+            write_state_file(self.cfg.state_dir, {"mountpoint": self.cfg.mountpoint,
+                                                  "sources": redact_all(list(self.cfg.sources)),
                                                   "cache_dir": self.cfg.cache_dir, "cache_size": self.cfg.cache_size})
             pyfuse3.init(self.ops, self.cfg.mountpoint, fuse_options(self.cfg))
             self.mounted = True
@@ -188,6 +191,7 @@ class Daemon:
         finally:
             with trio.CancelScope(shield=True):  # closing must finish even when start-up was cancelled
                 await self._close()
+            remove_created(self.created_mountpoint)  # unmounted by now (or never mounted)
 
     async def prepare(self):
         """Scan first if this library was never scanned; build the tree from the catalog."""
@@ -304,10 +308,15 @@ def run(cfg: Config) -> int:
         failpoints.setup_from_env()  # lets tests arm a child daemon through FAILPOINTS
     except ValueError as exc:
         raise ConfigError("FAILPOINTS", str(exc)) from exc
-    private_state(cfg.state_dir, cfg.cache_dir)  # before anything is created: folders 0700, files 0600
-    notifier = Notifier()
+    # one daemon per library: a second one is refused here, before it touches anything of the first's
+    lock = LibraryLock(cfg.state_dir).acquire({"mountpoint": cfg.mountpoint, "sources": redact_all(list(cfg.sources))})
     try:
-        trio.run(_main, cfg, notifier)
+        private_state(cfg.state_dir, cfg.cache_dir)  # before anything is created: folders 0700, files 0600
+        notifier = Notifier()
+        try:
+            trio.run(_main, cfg, notifier)
+        finally:
+            notifier.close()
     finally:
-        notifier.close()
+        lock.release()
     return 0

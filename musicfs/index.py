@@ -28,7 +28,7 @@ import shutil
 import struct
 import threading
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable, TypeVar
 
 import tantivy
@@ -78,6 +78,7 @@ class Hit:
     album: str
     title: str
     duration: float | None
+    score: float = field(default=0.0, compare=False)  # the rank's basis; merges the hits of several libraries
 
 
 def _analyzers() -> dict[str, tantivy.TextAnalyzer]:
@@ -385,7 +386,7 @@ class SearchIndex:
                 doc = searcher.doc(addr)
                 found.append((-score, Hit(doc.get_first("path") or "", doc.get_first("artist") or "",
                                           doc.get_first("album") or "", doc.get_first("title") or "",
-                                          doc.get_first("duration"))))
+                                          doc.get_first("duration"), score)))
             return [hit for _score, hit in sorted(found, key=lambda pair: (pair[0], pair[1].path))]
 
         return self._call(run)

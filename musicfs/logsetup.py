@@ -23,6 +23,8 @@ import weakref
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
+from .redact import RedactFilter
+
 PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 JOURNAL_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
@@ -49,7 +51,7 @@ class RateLimitFilter(logging.Filter):
     A kind is (logger name, level, message template): `record.msg` before formatting, so
     "cannot read %s" is one kind whatever the path. Only WARNING and above are limited.
     The count of suppressed records comes out as one summary record of the same logger and level:
-    "<template> (and N more like this in Ws)". It is emitted through `sink` (the handler
+    "<the last suppressed message> (and N more like this in Ws)". It is emitted through `sink` (the handler
     this filter is attached to; see `attach`) when the window ends and another record reaches the
     filter, when the key is evicted, or on `flush()`. At most `max_keys` kinds are tracked.
     """
@@ -146,9 +148,16 @@ class RateLimitFilter(logging.Filter):
         # in tenths of a second rounded up ("1s", "0.3s"), never more than the window
         span = min(self.window, max(0.1, math.ceil(round(win.last_time - win.start, 6) * 10) / 10))
         last = win.last
+        # the last suppressed line as it would have read (never the raw "%s" template)
+        text = template
+        if last is not None:
+            try:
+                text = last.getMessage()
+            except Exception:  # its arguments do not fit its template: the template says what kind it was
+                pass
         record = logging.LogRecord(
             name, levelno, last.pathname if last else "", last.lineno if last else 0,
-            "%s (and %d more like this in %ss)", (template, win.suppressed, f"{span:g}"), None,
+            "%s (and %d more like this in %ss)", (text, win.suppressed, f"{span:g}"), None,
             func=last.funcName if last else None)
         setattr(record, SUMMARY_ATTR, win.suppressed)
         return record
@@ -211,13 +220,27 @@ def setup_logging(level: str, stream=None, *, window: float = 10.0, burst: int =
     setattr(handler, _OURS, True)
     handler.setFormatter(JournalFormatter(JOURNAL_FORMAT) if under_journal(stream) else logging.Formatter(PLAIN_FORMAT))
     RateLimitFilter(window, burst).attach(handler)
+    handler.addFilter(RedactFilter())  # after the rate limit, which keys on the raw template
     root.addHandler(handler)
     root.setLevel(level)
+    quiet_chatty_libraries(level)
     install_exception_hooks(logging.getLogger("musicfs"))
     if not _atexit_registered:
         atexit.register(_flush_at_exit)
         _atexit_registered = True
     return handler
+
+
+# Libraries whose INFO lines are connection chatter ("Connected (version 2.0, client OpenSSH_9.2)",
+# "Authentication (publickey) successful!"): only their warnings and errors are shown unless the level is DEBUG.
+CHATTY_LOGGERS = ("paramiko",)
+
+
+def quiet_chatty_libraries(level) -> None:
+    """WARNING and above from CHATTY_LOGGERS at any level but DEBUG; everything at DEBUG."""
+    numeric = logging.getLevelName(level) if isinstance(level, str) else level
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if numeric == logging.DEBUG else logging.WARNING)
 
 
 def teardown_logging() -> None:

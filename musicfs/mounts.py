@@ -52,8 +52,50 @@ class MountpointBusy(MusicFSError):
     """Something alive is already mounted there."""
 
 
-def prepare_mountpoint(path: str) -> None:
-    """Create the mountpoint; clean a stale FUSE mount; refuse a live one."""
+def check_mountpoint(mountpoint: str, sources, allow_non_empty: bool = False) -> None:
+    """Refuse, before anything is written, a MOUNTPOINT that is a local SOURCE, inside one (a rescan would walk
+    the mount itself) or holds one (the tree would list its own origin), and a folder that already holds files
+    (mounting over it hides them) unless `allow_non_empty`. Paths are compared as realpaths. BadArgument (exit 2).
+    """
+    from .errors import BadArgument
+
+    mnt = os.path.realpath(mountpoint)
+    for source in sources:
+        if "://" in source:
+            continue
+        src = os.path.realpath(source)
+        if mnt == src:
+            raise BadArgument("MOUNTPOINT", f"{mountpoint} is the source {source}: mount the library somewhere else")
+        if _inside(mnt, src):
+            raise BadArgument("MOUNTPOINT", f"{mountpoint} is inside the source {source}: the library would "
+                                            "contain its own mount; mount it outside the source")
+        if _inside(src, mnt):
+            raise BadArgument("MOUNTPOINT", f"the source {source} is inside {mountpoint}: the mount would hide "
+                                            "its own origin; mount it somewhere else")
+    if os.path.exists(mountpoint) and not os.path.isdir(mountpoint):
+        raise BadArgument("MOUNTPOINT", f"{mountpoint} is not a folder")
+    if allow_non_empty or mount_entry(mountpoint) is not None:
+        return  # a mount there (live or stale) is for prepare_mountpoint: refused or cleaned
+    try:
+        with os.scandir(mountpoint) as entries:
+            first = next(entries, None)
+    except FileNotFoundError:
+        return  # created at start
+    except OSError as exc:
+        raise BadArgument("MOUNTPOINT", f"cannot list {mountpoint}: {exc.strerror or exc}") from exc
+    if first is not None:
+        raise BadArgument("MOUNTPOINT", f"{mountpoint} is not empty (it holds {first.name!r}, which the mount "
+                                        "would hide); empty it, pick another folder or pass --allow-non-empty")
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path != folder and path.startswith(folder.rstrip("/") + "/")
+
+
+def prepare_mountpoint(path: str) -> list[str]:
+    """Clean a stale FUSE mount; refuse a live one; create the mountpoint (and missing parents) when missing.
+
+    Returns the folders it created, deepest first, for `remove_created` at stop (empty when it existed)."""
     entry = mount_entry(path)
     if entry is not None:
         if not is_stale(path):
@@ -62,4 +104,27 @@ def prepare_mountpoint(path: str) -> None:
         log.warning("cleaning a stale mount left on %s by a daemon that died", path)
         if not unmount(path) and not unmount(path, lazy=True):
             raise MountpointBusy(f"{path} holds a stale mount that fusermount3 could not remove")
-    os.makedirs(path, exist_ok=True)
+    created = []
+    folder = os.path.abspath(path)
+    while not os.path.lexists(folder):
+        created.append(folder)
+        folder = os.path.dirname(folder)
+    if created:
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as exc:
+            raise MountpointBusy(f"cannot create the mountpoint {path}: {exc.strerror or exc}") from exc
+        log.info("created the mountpoint %s (it is removed again at stop)", path)
+    return created
+
+
+def remove_created(created: list[str]) -> None:
+    """Remove the folders prepare_mountpoint created (deepest first), each only while it is empty."""
+    for folder in created:
+        try:
+            os.rmdir(folder)
+        except OSError as exc:
+            log.info("left the mountpoint folder %s in place: %s", folder, exc.strerror or exc)
+            return
+    if created:
+        log.info("removed the mountpoint %s, which musicfs had created", created[0])

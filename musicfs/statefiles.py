@@ -14,9 +14,11 @@ nothing from musicfs but errors and config.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sqlite3
+import time
 from pathlib import Path
 from typing import Callable
 from urllib.parse import quote
@@ -27,6 +29,7 @@ from .errors import MusicFSError
 STATE_FILE = "daemon.json"  # written by the daemon (musicfs.control): pid, mountpoint, sources, cache_dir
 RUNNING_FILE = "running.json"  # held while a process uses the library (musicfs.damage.RunMarker)
 SOCKET_NAME = "daemon.sock"  # the daemon's status socket (mode 0600)
+LOCK_FILE = "daemon.lock"  # flock()ed by the one daemon of the library for its whole life; says its pid, mountpoint
 CATALOG_FILE = "catalog.db"
 INDEX_DIR = "index"
 # any of these in a folder under the base makes it a library (a scan leaves the first two, a mount all)
@@ -87,6 +90,27 @@ def find_library(live: Callable[[Path], bool] | None = None, base: Path | None =
                            + ", ".join(map(str, libs)), base, libs)
 
 
+def library_for_path(path: str, base: Path | None = None) -> str:
+    """The state folder of the library mounted (or last mounted) at `path` or above it: `path` may be the
+    mountpoint or any file or folder inside the mount. Compared as written (absolute) and as realpaths, without
+    touching the mount itself. Raises NoLibrary naming the mountpoints known under `base` otherwise."""
+    base = state_base() if base is None else base
+    wanted = {os.path.abspath(path), os.path.realpath(path)}
+    best, best_len, known = None, -1, []
+    for lib in libraries(base):
+        mountpoint = recorded_mountpoint(str(lib))
+        if not mountpoint:
+            continue
+        known.append(mountpoint)
+        for point in {os.path.abspath(mountpoint), os.path.realpath(mountpoint)}:
+            if any(w == point or w.startswith(point.rstrip("/") + "/") for w in wanted) and len(point) > best_len:
+                best, best_len = str(lib), len(point)
+    if best is None:
+        raise NoLibrary(f"no library under {base} is mounted at {path} or above it (known mountpoints: "
+                        f"{', '.join(known) or 'none'})", base, libraries(base))
+    return best
+
+
 def read_daemon_info(state_dir: str, problems: list[str] | None = None) -> dict:
     """daemon.json (where the last daemon kept its pieces), or {} when it is missing or unreadable (then,
     when `problems` is given, one line saying why is added to it)."""
@@ -136,6 +160,69 @@ def pid_alive(pid) -> bool:
             return b"musicfs" in fh.read()
     except OSError:
         return False
+
+
+# -- one daemon per library ---------------------------------------------------------------------------------
+class LibraryBusy(MusicFSError):
+    """Another daemon holds the library (its state folder's lock)."""
+
+    def __init__(self, message: str, holder: dict):
+        super().__init__(message)
+        self.holder = holder
+
+
+class LibraryLock:
+    """An exclusive flock() on `<state dir>/daemon.lock`, held while the daemon lives.
+
+    The kernel drops it when the process ends however it ends (kill -9 too), so a stale lock never blocks: the
+    file left behind is only read for the message. What it holds (pid, mountpoint, sources) is written after
+    the lock is taken and says who holds it to a daemon that is refused.
+    """
+
+    def __init__(self, state_dir: str):
+        self.path = os.path.join(state_dir, LOCK_FILE)
+        self.fd: int | None = None
+
+    def acquire(self, info: dict) -> "LibraryLock":
+        """Take the lock or raise LibraryBusy naming the holder's pid and mountpoint (waits for nothing)."""
+        try:
+            os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            from .errors import StateError
+
+            raise StateError(f"cannot create the lock {self.path}: {exc.strerror or exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            holder = read_lock_info(os.path.dirname(self.path))
+            raise LibraryBusy(
+                f"this library is already mounted by musicfs pid {holder.get('pid', '?')} on "
+                f"{holder.get('mountpoint') or '?'} (lock {self.path}); stop that daemon first "
+                f"(or give this mount its own --state-dir for a different library)", holder) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({**info, "pid": os.getpid(), "started_at": time.time()}).encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor drops the flock
+            self.fd = None
+
+
+def read_lock_info(state_dir: str) -> dict:
+    """What the lock file says about its (last) holder; {} when it is missing or unreadable."""
+    try:
+        with open(os.path.join(state_dir, LOCK_FILE), encoding="utf-8") as fh:
+            info = json.load(fh)
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
 
 
 # -- SQLite, read-only ----------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from . import __version__, statefiles
 from .errors import MusicFSError
+from .redact import redact_all
 from .statefiles import SOCKET_NAME, human_size, pid_alive, read_daemon_info, ro_connect
 
 EXIT_RUNNING = 0
@@ -228,22 +229,6 @@ def _add_process_state(doc: dict, pid) -> None:
                                f"fusermount3 -uz {doc['mountpoint']}")
 
 
-# -- choosing the library -------------------------------------------------------------------------------
-def find_library() -> str:
-    """The state folder of the only library under $XDG_STATE_HOME/musicfs (or the only running one)."""
-    try:
-        return statefiles.find_library(live=lambda p: (p / SOCKET_NAME).exists() and _answers(p))
-    except statefiles.SeveralLibraries as exc:
-        raise StatusError(str(exc)) from exc
-
-
-def _answers(state_dir: Path) -> bool:
-    try:
-        return query_daemon(str(state_dir), timeout=0.5) is not None
-    except StatusError:
-        return True  # something is there, just slow
-
-
 # -- rendering ------------------------------------------------------------------------------------------
 def _duration(seconds) -> str:
     if not isinstance(seconds, (int, float)):
@@ -360,28 +345,78 @@ def _task_lines(status: dict) -> list[str]:
     return ["tasks:"] + _columns(task_rows)
 
 
-# -- the command ----------------------------------------------------------------------------------------
-def run_status(state_dir: str | None, as_json: bool = False, out=None, timeout: float = 2.0) -> int:
-    out = sys.stdout if out is None else out
-    try:
-        state_dir = state_dir or find_library()
-    except statefiles.NoLibrary as exc:
-        doc = {"state": "stopped", "state_dir": None, "problems": [f"no library under {exc.base}: mount or scan one first"]}
-        out.write(json.dumps(doc, indent=2) + "\n" if as_json else f"not running: {doc['problems'][0]}\n")
-        return EXIT_NOT_RUNNING
-    if not os.path.isdir(state_dir):
-        raise StatusError(f"{state_dir}: no such folder")
-    code = EXIT_RUNNING
+# -- every library ---------------------------------------------------------------------------------------
+def library_status(state_dir: str, timeout: float = 2.0) -> tuple[dict, int]:
+    """One library's status document (from its daemon, else from its files) and its exit code."""
     try:
         doc = query_daemon(state_dir, timeout)
     except DaemonUnresponsive as exc:
         doc = status_from_files(state_dir)
         doc["state"] = "unresponsive"
         doc["problems"].insert(0, str(exc))
-        code = EXIT_ERROR
-    if doc is None:
+        return doc, EXIT_ERROR
+    except StatusError as exc:
         doc = status_from_files(state_dir)
-        code = EXIT_NOT_RUNNING
+        doc["state"] = "unknown"
+        doc["problems"].insert(0, str(exc))
+        return doc, EXIT_ERROR
+    if doc is None:
+        return status_from_files(state_dir), EXIT_NOT_RUNNING
+    return doc, EXIT_RUNNING
+
+
+def all_libraries(libs: list[Path], timeout: float = 2.0) -> tuple[list[dict], int]:
+    """Every library's document (each with its `state_dir`) and the worst exit code among them: 1 when one
+    could not be determined, else 3 when one is not running, else 0."""
+    docs, codes = [], []
+    for lib in libs:
+        doc, code = library_status(str(lib), timeout)
+        doc.setdefault("state_dir", str(lib))
+        docs.append(doc)
+        codes.append(code)
+    code = EXIT_ERROR if EXIT_ERROR in codes else EXIT_NOT_RUNNING if EXIT_NOT_RUNNING in codes else EXIT_RUNNING
+    return docs, code
+
+
+def render_libraries(docs: list[dict]) -> str:
+    """One row per library: state, pid, tracks, mountpoint, sources, state folder."""
+    rows = [["STATE", "PID", "TRACKS", "MOUNTPOINT", "SOURCES", "STATE DIR"]]
+    for doc in docs:
+        rows.append([str(doc.get("state") or "?"), str(doc.get("pid") or "-"),
+                     "?" if doc.get("tracks") is None else str(doc["tracks"]), str(doc.get("mountpoint") or "-"),
+                     " ".join(map(str, doc.get("sources") or [])) or "-", str(doc.get("state_dir") or "?")])
+    lines = _columns(rows, indent="")
+    for doc in docs:
+        lines += [f"{doc.get('state_dir')}: {p}" for p in doc.get("problems") or []]
+    return "\n".join(lines) + "\n"
+
+
+# -- the command ----------------------------------------------------------------------------------------
+def run_status(state_dir: str | None, as_json: bool = False, out=None, timeout: float = 2.0) -> int:
+    """One library's full status (`state_dir`, or the only library there is), or with several libraries and
+    none named, one row per library (`--json`: a list of their documents). Credentials are never shown."""
+    out = sys.stdout if out is None else out
+    if not state_dir:
+        base = statefiles.state_base()
+        libs = statefiles.libraries(base)
+        if not libs:
+            doc = {"state": "stopped", "state_dir": None,
+                   "problems": [f"no library under {base}: mount or scan one first"]}
+            out.write(json.dumps(doc, indent=2) + "\n" if as_json else f"not running: {doc['problems'][0]}\n")
+            return EXIT_NOT_RUNNING
+        if len(libs) > 1:
+            docs, code = all_libraries(libs, timeout)
+            docs = redact_all(docs)
+            out.write(json.dumps(docs, indent=2, sort_keys=True) + "\n" if as_json else render_libraries(docs))
+            out.flush()
+            return code
+        state_dir = str(libs[0])
+    if not os.path.isdir(state_dir):
+        raise StatusError(f"{state_dir}: no such folder")
+    doc, code = library_status(state_dir, timeout)
+    if code == EXIT_ERROR and doc.get("state") == "unknown":
+        raise StatusError(doc["problems"][0])  # permission, garbage: as before, an error line and exit 1
+    doc = redact_all(doc)
     out.write(json.dumps(doc, indent=2, sort_keys=True) + "\n" if as_json else render_table(doc))
     out.flush()
     return code

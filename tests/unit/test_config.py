@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from musicfs import config
 from musicfs.config import SECONDS_RANGES, SIZE_RANGES, Config, format_size, library_id, load, parse_size
 from musicfs.errors import BadArgument, ConfigError
 
@@ -226,15 +227,18 @@ def test_the_ends_of_each_seconds_range_are_accepted(tmp_path, key):
 
 
 @pytest.mark.parametrize("key", sorted(SIZE_RANGES))
-def test_sizes_outside_their_range_are_refused(tmp_path, key):
+def test_sizes_outside_their_range_are_refused(tmp_path, key, monkeypatch):
+    # the bounds relative to the chunk size and the RAM have their own tests: here they do not bite
+    monkeypatch.setattr(config, "machine_ram", lambda: 1 << 60)
+    chunk = 'chunk_size = "64K"\n' if key == "cache_size" else ""
     low, high = SIZE_RANGES[key]
-    assert getattr(load(_toml(tmp_path, f'{key} = "{format_size(low)}"\n'), {}), key) == low
-    assert getattr(load(_toml(tmp_path, f'{key} = "{format_size(high)}"\n'), {}), key) == high
-    for bad in ([f"{high + 1}"] + ([f"{low - 1}"] if low else [])):
+    assert getattr(load(_toml(tmp_path, f'{chunk}{key} = "{format_size(low)}"\n'), {}), key) == low
+    assert getattr(load(_toml(tmp_path, f'{chunk}{key} = "{format_size(high)}"\n'), {}), key) == high
+    for bad, bound in ([(f"{high + 1}", high)] + ([(f"{low - 1}", low)] if low else [])):
         with pytest.raises(ConfigError) as err:
-            load(_toml(tmp_path, f"{key} = {bad}\n"), {})
+            load(_toml(tmp_path, f"{chunk}{key} = {bad}\n"), {})
         assert err.value.key == key
-        assert f"between {format_size(low)} and {format_size(high)}" in str(err.value)
+        assert format_size(bound) in str(err.value)
     with pytest.raises(ConfigError, match=key):
         load(_toml(tmp_path, f"{key} = nan\n"), {})
 
@@ -246,3 +250,32 @@ def test_readme_documents_every_range():
         assert f"{key} " in section and f"{format_size(low)}..{format_size(high)}" in section, key
     for key, (low, high) in SECONDS_RANGES.items():
         assert f"{key} " in section and f"{low:g}..{high:.0f} s" in section, key
+
+
+@pytest.mark.parametrize("flag", ["0", "1K", "500", "15M"])
+def test_a_cache_smaller_than_sixteen_chunks_is_refused_with_the_minimum(flag):
+    with pytest.raises(BadArgument) as err:
+        load(None, {"cache_size": flag})
+    assert err.value.key == "--cache-size"
+    assert f"at least 16M ({config.MIN_CACHE_CHUNKS} chunks of 1M" in str(err.value)
+    assert load(None, {"cache_size": "16M"}).cache_size == 16 * MiB
+
+
+def test_the_cache_minimum_follows_the_chunk_size_and_names_the_file_key(tmp_path):
+    path = _toml(tmp_path, 'chunk_size = "4M"\ncache_size = "32M"\n')
+    with pytest.raises(ConfigError) as err:
+        load(path, {})
+    assert type(err.value) is ConfigError and err.value.key == "cache_size"
+    assert "at least 64M (16 chunks of 4M" in str(err.value)
+    with pytest.raises(BadArgument, match="--cache-size: must be at least 64M"):
+        load(path, {"cache_size": "63M"})  # the flag set the value that is too small: exit 2
+
+
+def test_memory_cache_is_bounded_by_half_the_ram(tmp_path, monkeypatch):
+    monkeypatch.setattr(config, "machine_ram", lambda: 24 << 30)
+    assert load(_toml(tmp_path, 'memory_cache = "12G"\n'), {}).memory_cache == 12 << 30
+    with pytest.raises(ConfigError) as err:
+        load(_toml(tmp_path, 'memory_cache = "100G"\n'), {})
+    assert type(err.value) is ConfigError and err.value.key == "memory_cache"
+    assert "at most 12G (half of this machine's 24G of RAM" in str(err.value)
+    assert load(_toml(tmp_path, "memory_cache = 0\n"), {}).memory_cache == 0  # off is always fine

@@ -60,11 +60,13 @@ def assert_nothing_mounted_or_written(mnt: Path, dirs: dict):
     ("drain_timeout = nan", "drain_timeout", "seconds between 0.1 and 3600, not nan"),
     ("health_interval = 1e-300", "health_interval", "seconds between 0.1 and 86400, not 1e-300"),
     ("health_timeout = inf", "health_timeout", "seconds between 0.1 and 3600, not inf"),
-    ('memory_cache = "100G"', "memory_cache", "between 0 and 64G"),
+    ('memory_cache = "100G"', "memory_cache", "half of this machine's"),
+    ('cache_size = "500"', "cache_size", "at least 16M (16 chunks of 1M"),
     ('log_level = "LOUD"', "log_level", "DEBUG, INFO"),
     ("cache_size = = 3", "--config", "not valid TOML"),
 ], ids=["unknown-key", "bad-size", "bad-interval", "chunk-range", "read-timeout-nan", "drain-timeout-nan",
-        "health-interval-tiny", "health-timeout-inf", "memory-cache-huge", "bad-level", "invalid-toml"])
+        "health-interval-tiny", "health-timeout-inf", "memory-cache-huge", "cache-size-500-bytes", "bad-level",
+        "invalid-toml"])
 def test_bad_config_file_exits_78_naming_the_key(tmp_path, config, key, words):
     result, mnt, dirs = run_mount(tmp_path, config=config)
     assert result.returncode == EX_CONFIG, result.stderr
@@ -95,8 +97,12 @@ def test_unreadable_config_exits_78(tmp_path, what):
     (["--cache-size=-5G"], "--cache-size", "not a size"),
     (["--rescan-interval", "0"], "--rescan-interval", "between 1 and 2592000"),
     (["--rescan-interval", "nan"], "--rescan-interval", "between 1 and 2592000, not nan"),
-    (["--cache-size", "2000T"], "--cache-size", "between 64K and 1024T"),
-], ids=["cache-size-abc", "cache-size-negative", "rescan-zero", "rescan-nan", "cache-size-huge"])
+    (["--cache-size", "2000T"], "--cache-size", "between 1M and 1024T"),
+    (["--cache-size", "0"], "--cache-size", "at least 16M (16 chunks of 1M"),
+    (["--cache-size", "1K"], "--cache-size", "at least 16M (16 chunks of 1M"),
+    (["--cache-size", "500"], "--cache-size", "at least 16M (16 chunks of 1M"),
+], ids=["cache-size-abc", "cache-size-negative", "rescan-zero", "rescan-nan", "cache-size-huge", "cache-size-0",
+        "cache-size-1K", "cache-size-500"])
 def test_bad_flag_value_exits_2_naming_the_flag(tmp_path, args, flag, words):
     result, mnt, dirs = run_mount(tmp_path, *args)
     assert result.returncode == EX_USAGE, result.stderr
@@ -148,3 +154,43 @@ def test_load_tells_flags_from_file_keys(tmp_path):
         load(str(path), {})
     assert type(err.value) is ConfigError and err.value.key == "cache_size"
     assert load(None, {"sources": ("/m",), "mountpoint": "/mnt", "cache_size": None}).sources == ("/m",)
+
+
+@pytest.mark.parametrize("config, words", [
+    ('[origin_options]\npool_size = "abc"', "origin_options.pool_size: must be a whole number of at least 1, not 'abc'"),
+    ('[origin_options]\nconnect_timeout = nan', "origin_options.connect_timeout: must be a number of seconds"),
+    ('[origin_options]\npool_size = 0', "origin_options.pool_size: must be a whole number of at least 1, not 0"),
+], ids=["pool-size-abc", "connect-timeout-nan", "pool-size-0"])
+def test_a_bad_origin_option_value_exits_78_without_a_traceback(tmp_path, config, words):
+    """Issue 13: `pool_size = "abc"` ended in a traceback (exit 1)."""
+    mnt = tmp_path / "mnt"
+    result, mnt, dirs = run_mount(tmp_path, config=config, paths=["sftp://me@127.0.0.1:9/srv/music", str(mnt)])
+    assert result.returncode == EX_CONFIG, result.stderr
+    assert result.stderr.startswith("musicfs: ") and words in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert_nothing_mounted_or_written(mnt, dirs)
+
+
+@pytest.mark.parametrize("source, secrets", [
+    ("s3://AKIAIOSFODNN7EXAMPLE:wJalrXUtnFEMI/K7MDENG+bPxRfiCY@music/library", ["AKIAIOSFODNN7", "wJalrXUtnFEMI"]),
+    ("sftp://me:hunter2@127.0.0.1/srv/music", ["hunter2"]),
+], ids=["s3-key-and-secret", "sftp-password"])
+def test_credentials_in_a_source_url_are_refused_and_never_echoed(tmp_path, source, secrets):
+    mnt = tmp_path / "mnt"
+    result, mnt, dirs = run_mount(tmp_path, paths=[source, str(mnt)])
+    assert result.returncode == EX_USAGE, result.stderr
+    assert result.stderr.startswith("musicfs: SOURCE: ") and "not in the URL" in result.stderr, result.stderr
+    assert "***@" in result.stderr
+    for secret in secrets:
+        assert secret not in result.stderr + result.stdout
+    assert_nothing_mounted_or_written(mnt, dirs)
+
+
+def test_readme_has_the_exit_code_table():
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    table = readme[readme.index("## Exit codes"):readme.index("## The tree")]
+    for code in (0, 1, 2, 3, 4, 8, 78):
+        assert f"\n| {code} |" in table, code
+    for words in ("already mounted by another daemon", "--allow-non-empty", "16 chunks", "half the RAM",
+                  'pool_size = "abc"', "inside a local SOURCE"):
+        assert words in table, words

@@ -81,8 +81,10 @@ def test_error_storm_is_logged_with_an_exact_count(limited):
     (summary,) = records.summaries()
     assert getattr(summary, SUMMARY_ATTR) == 995
     assert summary.levelno == logging.ERROR and summary.name == logger.name
-    assert summary.getMessage() == "cannot read %s: %s (and 995 more like this in 1s)"
-    assert lines[5] == f"ERROR {logger.name}: cannot read %s: %s (and 995 more like this in 1s)"
+    # the last suppressed line as it read, never the raw template
+    assert summary.getMessage() == "cannot read /music/999.flac: EIO (and 995 more like this in 1s)"
+    assert lines[5] == f"ERROR {logger.name}: cannot read /music/999.flac: EIO (and 995 more like this in 1s)"
+    assert "%s" not in stream.getvalue()
     assert lines[6].endswith("rescan finished")
     assert filt.flush() == 0  # nothing left over: the count was reported once
 
@@ -96,7 +98,7 @@ def test_pending_counts_are_flushed_at_shutdown(limited):
         logger.error("disk full")
     assert logsetup.flush_summaries() >= 2  # the module-level flush reaches every installed filter
     counts = {s.args[0]: getattr(s, SUMMARY_ATTR) for s in records.summaries()}
-    assert counts == {"cannot read %s": 7, "disk full": 2}
+    assert counts == {"cannot read x": 7, "disk full": 2}
     assert filt.tracked == 0
 
 
@@ -114,8 +116,8 @@ def test_different_templates_levels_and_loggers_are_independent(limited):
     summaries = records.summaries()
     assert len(summaries) == 4 and all(getattr(s, SUMMARY_ATTR) == 5 for s in summaries)
     assert {(s.name, s.levelno, s.args[0]) for s in summaries} == {
-        (logger.name, logging.ERROR, "origin %s failed"), (logger.name, logging.ERROR, "chunk %s corrupt"),
-        (logger.name, logging.WARNING, "origin %s failed"), (other.name, logging.ERROR, "origin %s failed")}
+        (logger.name, logging.ERROR, "origin 9 failed"), (logger.name, logging.ERROR, "chunk 9 corrupt"),
+        (logger.name, logging.WARNING, "origin 9 failed"), (other.name, logging.ERROR, "origin 9 failed")}
 
 
 def test_info_and_debug_are_never_limited(limited):
@@ -310,3 +312,60 @@ def test_keyboard_interrupt_goes_to_the_previous_hook(monkeypatch):
         logger.removeHandler(records)
     assert seen == [KeyboardInterrupt]
     assert records.records == []
+
+
+@pytest.mark.expected_log(r"fuse read: EIO")
+def test_a_summary_reads_like_the_lines_it_stands_for_through_setup_logging():
+    """The handler setup_logging installs prints the summary formatted (issue 13: it printed `fuse %s: %s`)."""
+    stream = io.StringIO()
+    logsetup.setup_logging("INFO", stream, burst=1)
+    try:
+        log = logging.getLogger("musicfs.test_summary")
+        for _ in range(48):
+            log.warning("fuse %s: %s", "read", "EIO")
+        logsetup.flush_summaries()
+    finally:
+        logsetup.teardown_logging()
+    text = stream.getvalue()
+    assert "fuse read: EIO (and 47 more like this in" in text, text
+    assert "%s" not in text
+
+
+@pytest.mark.expected_log(r"paramiko.transport: Unknown exec request")
+def test_paramiko_info_is_quiet_at_the_default_level_and_shown_at_debug():
+    stream = io.StringIO()
+    paramiko = logging.getLogger("paramiko.transport")
+    try:
+        logsetup.setup_logging("INFO", stream)
+        paramiko.info("Connected (version 2.0, client OpenSSH_9.2)")
+        paramiko.warning("Unknown exec request")
+        assert "Connected" not in stream.getvalue()
+        assert "Unknown exec request" in stream.getvalue()
+        logsetup.setup_logging("DEBUG", stream)
+        paramiko.info("Authentication (publickey) successful!")
+        assert "Authentication (publickey) successful!" in stream.getvalue()
+    finally:
+        logsetup.teardown_logging()
+        logging.getLogger("paramiko").setLevel(logging.NOTSET)
+        logging.getLogger().setLevel(logging.WARNING)
+
+
+@pytest.mark.expected_log(r"cannot open")
+def test_credentials_in_a_source_url_never_reach_the_log():
+    stream = io.StringIO()
+    logsetup.setup_logging("INFO", stream)
+    try:
+        log = logging.getLogger("musicfs.test_redact")
+        log.error("cannot open %s", "s3://AKIAEXAMPLE:wJalr/XUtnFEMI+K7MDENG@music/lib")
+        log.info("mounted sftp://me:hunter2@nas/srv on /mnt")
+        try:
+            raise OSError("s3://AKIAEXAMPLE:wJalr/XUtnFEMI+K7MDENG@music/lib: refused")
+        except OSError:
+            log.exception("cannot open %s", "the origin")
+    finally:
+        logsetup.teardown_logging()
+        logging.getLogger().setLevel(logging.WARNING)
+    text = stream.getvalue()
+    assert "s3://***@music/lib" in text and "sftp://me:***@nas/srv" in text
+    for secret in ("AKIAEXAMPLE", "wJalr", "hunter2"):
+        assert secret not in text, text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 import sys
 
 # numpy and soundfile made unimportable, as on a machine that installed `musicfs` without `[demo]`
@@ -29,3 +30,31 @@ def test_musicfs_demo_without_the_extra_names_it(tmp_path):
     assert result.returncode == 1, result.stderr
     assert "pip install 'musicfs[demo]'" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "lib").exists()
+
+
+def _extras() -> dict[str, list[str]]:
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    return tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+
+
+def test_make_run_installs_the_demo_extra_only_and_make_test_the_test_one():
+    """Issue 13: `make run` spent 4 minutes in pip on the test extra. The daemon's needs are the dependencies,
+    `make run` adds `demo`, `make test` adds `test` (which includes demo)."""
+    root = Path(__file__).resolve().parents[2]
+    makefile = (root / "Makefile").read_text()
+    run_rule = makefile[makefile.index("$(VENV)/.installed-run:"):makefile.index("$(VENV)/.installed-test:")]
+    test_rule = makefile[makefile.index("$(VENV)/.installed-test:"):makefile.index("\nrun:")]
+    assert "-e '.[demo]'" in run_rule and "test" not in run_rule.split("pip install", 1)[1].split("\n")[0]
+    assert "-e '.[test]'" in test_rule
+    extras = _extras()
+    assert "musicfs[demo]" in extras["test"]
+    assert not any(dep.lower().startswith(("pytest", "moto", "hypothesis")) for dep in extras["demo"])
+
+
+def test_moto_comes_with_the_s3_extra_not_the_server_one():
+    test_deps = [dep.replace(" ", "") for dep in _extras()["test"]]
+    moto = [dep for dep in test_deps if dep.startswith("moto")]
+    assert moto and all(dep.startswith("moto[s3]") for dep in moto), moto
+    assert any(dep.startswith("flask>=") for dep in test_deps) and any(dep.startswith("flask-cors") for dep in test_deps)

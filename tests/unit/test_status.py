@@ -110,16 +110,32 @@ def test_default_state_dir_is_the_only_library(tmp_path):
     assert json.loads(result.stdout)["pid"] == 4242
 
 
-def test_several_libraries_prefer_the_running_one_else_ask(tmp_path):
+def test_several_libraries_are_listed_running_or_not(tmp_path):
+    """Issue 13: with two libraries, status lists both (a table; --json a list), by sources and mountpoint;
+    exit 3 while one is not running. --state-dir and --mount still pick one."""
     xdg = tmp_path / "xdg"
     for name in ("a", "b"):
         (xdg / "musicfs" / name / "index").mkdir(parents=True)
+    (xdg / "musicfs" / "a" / "daemon.json").write_text(json.dumps(
+        {"mountpoint": "/mnt/a", "sources": ["/music/a"], "pid": None}))
+    env = {"XDG_STATE_HOME": str(xdg)}
     with FakeDaemon(xdg / "musicfs" / "b", DOC):
-        result = musicfs("status", "--json", env_extra={"XDG_STATE_HOME": str(xdg)})
-    assert result.returncode == EXIT_RUNNING and json.loads(result.stdout)["pid"] == 4242
-    result = musicfs("status", env_extra={"XDG_STATE_HOME": str(xdg)})
-    assert result.returncode == EXIT_ERROR
-    assert "2 libraries" in result.stderr and "--state-dir" in result.stderr
+        listed = musicfs("status", "--json", env_extra=env)
+        table = musicfs("status", env_extra=env)
+    assert listed.returncode == EXIT_NOT_RUNNING, listed.stderr
+    docs = json.loads(listed.stdout)
+    assert [(d["state"], d["mountpoint"], d["sources"]) for d in docs] == [
+        ("stopped", "/mnt/a", ["/music/a"]), ("running", "/srv/musicfs", DOC["sources"])]
+    assert docs[1]["pid"] == 4242 and docs[0]["state_dir"] == str(xdg / "musicfs" / "a")
+    assert table.returncode == EXIT_NOT_RUNNING, table.stderr
+    header, row_a, row_b = table.stdout.splitlines()[:3]
+    assert header.split()[:4] == ["STATE", "PID", "TRACKS", "MOUNTPOINT"]
+    assert row_a.split()[0] == "stopped" and "/mnt/a" in row_a and "/music/a" in row_a
+    assert row_b.split()[:2] == ["running", "4242"] and "/srv/musicfs" in row_b and "s3://bucket/music" in row_b
+    picked = musicfs("status", "--json", "--mount", "/mnt/a/Some Artist/Album", env_extra=env)
+    assert picked.returncode == EXIT_NOT_RUNNING and json.loads(picked.stdout)["mountpoint"] == "/mnt/a"
+    bad = musicfs("status", "--mount", "/elsewhere", env_extra=env)
+    assert bad.returncode == 2 and "--mount" in bad.stderr and "/mnt/a" in bad.stderr
 
 
 def test_no_library_at_all_is_not_running(tmp_path):
@@ -293,3 +309,16 @@ def test_the_process_row_renders_and_tolerates_missing_figures():
     assert "process  RSS 50.0 MiB, 23 open fds, 7 threads" in text
     unknown = render_table({"state": "running", "process": {"rss_bytes": None, "open_fds": None, "threads": None}})
     assert "process  RSS ?, ? open fds, ? threads" in unknown
+
+
+def test_credentials_in_a_source_url_are_never_shown(tmp_path):
+    state = tmp_path / "state"
+    leaky = {**DOC, "sources": ["s3://AKIAEXAMPLE:wJalr/SECRET+x@bucket/music"],
+             "origins": [{"name": "s3://AKIAEXAMPLE:wJalr/SECRET+x@bucket/music", "state": "healthy", "last_error": ""}]}
+    with FakeDaemon(state, leaky):
+        table = musicfs("status", "--state-dir", str(state))
+        as_json = musicfs("status", "--state-dir", str(state), "--json")
+    for result in (table, as_json):
+        assert result.returncode == EXIT_RUNNING, result.stderr
+        assert "s3://***@bucket/music" in result.stdout
+        assert "AKIAEXAMPLE" not in result.stdout and "SECRET" not in result.stdout

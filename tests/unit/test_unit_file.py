@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import configparser
+import os
 import re
 import shutil
 import subprocess
@@ -134,4 +135,63 @@ def test_verify_would_catch_a_mistake(tmp_path):
     copy.write_text(UNIT.read_text().replace(INSTALLED_EXEC, str(musicfs))
                     .replace("WatchdogSec=", "WatchdogSecs=", 1))
     result = subprocess.run([analyze, "verify", "--man=no", str(copy)], capture_output=True, text=True, timeout=60)
+    assert "Unknown key 'WatchdogSecs'" in result.stdout + result.stderr
+
+
+# -- the user unit: one library of your own, no root ---------------------------------------------------------
+USER_UNIT = ROOT / "dist" / "musicfs@.service"
+USER_EXEC = "%h/.local/bin/musicfs"
+
+
+@pytest.fixture(scope="module")
+def user_unit() -> configparser.ConfigParser:
+    return parse(USER_UNIT.read_text())
+
+
+@pytest.mark.resilience("3.7")
+def test_user_unit_runs_one_library_per_instance_like_the_system_unit(user_unit, unit):
+    svc = user_unit["Service"]
+    assert svc["EnvironmentFile"] == "%E/musicfs/%i.env"  # ~/.config/musicfs/<instance>.env
+    exec_start = svc["ExecStart"].split()
+    assert exec_start[:2] == [USER_EXEC, "mount"]
+    assert "$MUSICFS_SOURCES" in exec_start and "${MUSICFS_MOUNTPOINT}" in exec_start
+    assert "--state-dir" not in exec_start  # XDG defaults: each set of sources its own state, locked
+    assert user_unit["Install"]["WantedBy"] == "default.target"
+    assert "User" not in svc and "Group" not in svc  # it is your own service manager
+    # what makes a good service is the same as in the system unit
+    for key in ("Type", "NotifyAccess", "WatchdogSec", "TimeoutStartSec", "TimeoutStopSec", "KillMode", "Restart",
+                "RestartSec", "RestartPreventExitStatus", "ExecStopPost", "ExecReload", "UMask"):
+        assert svc[key] == unit["Service"][key], key
+    for key in ("StartLimitIntervalSec", "StartLimitBurst"):
+        assert user_unit["Unit"][key] == unit["Unit"][key], key
+    keys = {key for section in user_unit.sections() for key in user_unit[section]}
+    assert not keys & MOUNT_NAMESPACE_OPTIONS, "a private mount namespace hides the FUSE mount from the session"
+    assert not keys & NNP_IMPLYING_OPTIONS, "these imply NoNewPrivileges=yes: fusermount3 could not mount"
+
+
+def _verify_user_unit(tmp_path, text: str) -> subprocess.CompletedProcess:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed (Debian: apt install systemd)")
+    musicfs = Path(sys.executable).with_name("musicfs")
+    assert musicfs.exists(), f"{musicfs}: install the package into the venv (pip install -e .)"
+    assert text.count(USER_EXEC) == 1
+    copy = tmp_path / "musicfs@music.service"  # an instance of the template, as `systemctl --user` loads it
+    copy.write_text(text.replace(USER_EXEC, str(musicfs)))
+    runtime = tmp_path / "runtime"  # a --user manager wants a runtime folder, which a test machine may lack
+    runtime.mkdir(mode=0o700)
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime)}
+    return subprocess.run([analyze, "--user", "verify", "--man=no", str(copy)], capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path, env=env)
+
+
+@pytest.mark.resilience("3.7")
+def test_user_unit_systemd_analyze_verify_is_clean(tmp_path):
+    result = _verify_user_unit(tmp_path, USER_UNIT.read_text())
+    about_unit = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert result.returncode == 0 and about_unit == [], "\n".join(about_unit)
+
+
+def test_user_unit_verify_would_catch_a_mistake(tmp_path):
+    result = _verify_user_unit(tmp_path, USER_UNIT.read_text().replace("WatchdogSec=", "WatchdogSecs=", 1))
     assert "Unknown key 'WatchdogSecs'" in result.stdout + result.stderr
