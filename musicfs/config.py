@@ -73,14 +73,14 @@ class Config:
 # it (or not finite: TOML has nan and inf) is refused: `read_timeout = nan` would fail every read,
 # `health_interval = 1e-300` would spin a core.
 SIZE_RANGES = {
-    "cache_size": (1 << 20, 1 << 50),  # 1M (16 of the smallest chunks) .. 1P; at least 16 chunks: check_sizes
+    "cache_size": (256 << 10, 1 << 50),  # 256K (4 of the smallest chunks) .. 1P; at least 4 chunks: check_sizes
     "chunk_size": (64 << 10, 16 << 20),  # 64K .. 16M
     "memory_cache": (0, 64 << 30),  # 0 (off) .. 64G
 }
 # Bounds that depend on other keys or on the machine, checked once every key is known (`check_sizes`):
 # the disk cache must hold at least this many chunks (a smaller one evicts the chunk it just stored and warns
 # once per chunk), and the memory cache may use at most this share of the machine's RAM.
-MIN_CACHE_CHUNKS = 16
+MIN_CACHE_CHUNKS = 4
 MEMORY_CACHE_RAM_SHARE = 0.5
 SECONDS_RANGES = {
     "rescan_interval": (1.0, 30 * 86400.0),  # 1 s .. 30 days

@@ -35,7 +35,7 @@ WRITE_POINTS = {
 READ_ONLY_POINTS = {points.CAS_GET, points.CAS_PROBE, points.DB_OPEN_CORRUPT, points.FUSE_HANDLER, points.FUSE_READ,
                     points.HEALTH_CHECK_HANG, points.READER_MANIFEST_FETCH, points.WATCHDOG_LOOP_CHECK,
                     points.ORIGIN_READ_CHECKED}
-SMALL_CACHE = ["--cache-size", "300K"]
+SMALL_CACHE = 'chunk_size = "64K"\ncache_size = "300K"\n'  # smaller than the library: reads evict
 
 
 def test_every_declared_point_is_explored_or_known_read_only():
@@ -91,7 +91,10 @@ def test_crash_at_write_point_then_restart_serves_right_bytes_and_fsck_is_clean(
     action = WRITE_POINTS[point]
     root = tmp_path / "library"
     shutil.copytree(small_library[0], root)
-    args = SMALL_CACHE if action == "evict" else []
+    args = []
+    if action == "evict":
+        (tmp_path / "small.toml").write_text(SMALL_CACHE)
+        args = ["--config", str(tmp_path / "small.toml")]
     make = lambda **kw: daemons([root], name="d", extra_args=args, **kw)  # noqa: E731 - one state, many runs
     _prepare(action, make, root)
 

@@ -252,23 +252,23 @@ def test_readme_documents_every_range():
         assert f"{key} " in section and f"{low:g}..{high:.0f} s" in section, key
 
 
-@pytest.mark.parametrize("flag", ["0", "1K", "500", "15M"])
-def test_a_cache_smaller_than_sixteen_chunks_is_refused_with_the_minimum(flag):
+@pytest.mark.parametrize("flag", ["0", "1K", "500", "3M"])
+def test_a_cache_smaller_than_four_chunks_is_refused_with_the_minimum(flag):
     with pytest.raises(BadArgument) as err:
         load(None, {"cache_size": flag})
     assert err.value.key == "--cache-size"
-    assert f"at least 16M ({config.MIN_CACHE_CHUNKS} chunks of 1M" in str(err.value)
-    assert load(None, {"cache_size": "16M"}).cache_size == 16 * MiB
+    assert f"at least 4M ({config.MIN_CACHE_CHUNKS} chunks of 1M" in str(err.value)
+    assert load(None, {"cache_size": "4M"}).cache_size == 4 * MiB
 
 
 def test_the_cache_minimum_follows_the_chunk_size_and_names_the_file_key(tmp_path):
-    path = _toml(tmp_path, 'chunk_size = "4M"\ncache_size = "32M"\n')
+    path = _toml(tmp_path, 'chunk_size = "4M"\ncache_size = "8M"\n')
     with pytest.raises(ConfigError) as err:
         load(path, {})
     assert type(err.value) is ConfigError and err.value.key == "cache_size"
-    assert "at least 64M (16 chunks of 4M" in str(err.value)
-    with pytest.raises(BadArgument, match="--cache-size: must be at least 64M"):
-        load(path, {"cache_size": "63M"})  # the flag set the value that is too small: exit 2
+    assert "at least 16M (4 chunks of 4M" in str(err.value)
+    with pytest.raises(BadArgument, match="--cache-size: must be at least 16M"):
+        load(path, {"cache_size": "15M"})  # the flag set the value that is too small: exit 2
 
 
 def test_memory_cache_is_bounded_by_half_the_ram(tmp_path, monkeypatch):

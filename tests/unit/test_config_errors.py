@@ -61,7 +61,7 @@ def assert_nothing_mounted_or_written(mnt: Path, dirs: dict):
     ("health_interval = 1e-300", "health_interval", "seconds between 0.1 and 86400, not 1e-300"),
     ("health_timeout = inf", "health_timeout", "seconds between 0.1 and 3600, not inf"),
     ('memory_cache = "100G"', "memory_cache", "half of this machine's"),
-    ('cache_size = "500"', "cache_size", "at least 16M (16 chunks of 1M"),
+    ('cache_size = "500"', "cache_size", "at least 4M (4 chunks of 1M"),
     ('log_level = "LOUD"', "log_level", "DEBUG, INFO"),
     ("cache_size = = 3", "--config", "not valid TOML"),
 ], ids=["unknown-key", "bad-size", "bad-interval", "chunk-range", "read-timeout-nan", "drain-timeout-nan",
@@ -97,10 +97,10 @@ def test_unreadable_config_exits_78(tmp_path, what):
     (["--cache-size=-5G"], "--cache-size", "not a size"),
     (["--rescan-interval", "0"], "--rescan-interval", "between 1 and 2592000"),
     (["--rescan-interval", "nan"], "--rescan-interval", "between 1 and 2592000, not nan"),
-    (["--cache-size", "2000T"], "--cache-size", "between 1M and 1024T"),
-    (["--cache-size", "0"], "--cache-size", "at least 16M (16 chunks of 1M"),
-    (["--cache-size", "1K"], "--cache-size", "at least 16M (16 chunks of 1M"),
-    (["--cache-size", "500"], "--cache-size", "at least 16M (16 chunks of 1M"),
+    (["--cache-size", "2000T"], "--cache-size", "between 256K and 1024T"),
+    (["--cache-size", "0"], "--cache-size", "at least 4M (4 chunks of 1M"),
+    (["--cache-size", "1K"], "--cache-size", "at least 4M (4 chunks of 1M"),
+    (["--cache-size", "500"], "--cache-size", "at least 4M (4 chunks of 1M"),
 ], ids=["cache-size-abc", "cache-size-negative", "rescan-zero", "rescan-nan", "cache-size-huge", "cache-size-0",
         "cache-size-1K", "cache-size-500"])
 def test_bad_flag_value_exits_2_naming_the_flag(tmp_path, args, flag, words):
@@ -191,6 +191,6 @@ def test_readme_has_the_exit_code_table():
     table = readme[readme.index("## Exit codes"):readme.index("## The tree")]
     for code in (0, 1, 2, 3, 4, 8, 78):
         assert f"\n| {code} |" in table, code
-    for words in ("already mounted by another daemon", "--allow-non-empty", "16 chunks", "half the RAM",
+    for words in ("already mounted by another daemon", "--allow-non-empty", "4 chunks", "half the RAM",
                   'pool_size = "abc"', "inside a local SOURCE"):
         assert words in table, words
