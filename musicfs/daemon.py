@@ -8,6 +8,7 @@ bound does the same.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -19,6 +20,7 @@ import pyfuse3
 import trio
 
 from . import __version__, failpoints, points
+from .chunk_cache import ChunkCache
 from .config import Config
 from .control import serve_status, write_state_file
 from .damage import private_state
@@ -85,15 +87,17 @@ class Daemon:
         line = f"{tracks} tracks, cache {human_size(used)}/{human_size(self.cfg.cache_size)}, origins {len(self.cfg.sources)}"
         if self.lib is not None and self.lib.registry.offline:
             line += ", OFFLINE (cached files only)"
-        if self.ops is not None and self.ops.reader.cache.state != "normal":
-            line += f", cache {self.ops.reader.cache.state} (reading from origins)"
+        cache_state = self.ops.reader.cache.statistics().state if self.ops is not None else "normal"
+        if cache_state != "normal":
+            line += f", cache {cache_state} (reading from origins)"
         degraded = self.sup.degraded if self.sup else []
         return line + (f", degraded: {', '.join(degraded)}" if degraded else "")
 
     def snapshot(self) -> dict:
         """The document `musicfs status` shows."""
         used, chunks = self.lib.cas.usage() if self.lib and self.lib.cas else (0, 0)
-        stats = self.ops.reader.stats if self.ops else None
+        stats = self.ops.reader.statistics() if self.ops else None
+        cache_stats = self.ops.reader.cache.statistics() if self.ops else None
         return {
             "pid": os.getpid(), "version": __version__, "mountpoint": self.cfg.mountpoint,
             "sources": list(self.cfg.sources), "state": "stopping" if self.stopping.is_set() else "running",
@@ -101,7 +105,7 @@ class Daemon:
             "uptime_s": round(time.monotonic() - self.started, 1),
             "tracks": self.ops.tree.track_count if self.ops else 0,
             "cache": {"used_bytes": used, "quota_bytes": self.cfg.cache_size, "chunks": chunks,
-                      **(self.ops.reader.cache.snapshot() if self.ops else {"state": "normal"})},
+                      **(dataclasses.asdict(self.ops.reader.cache.statistics()) if self.ops else {"state": "normal"})},
             "origins": ([{**h, "name": s} for s, h in zip(self.cfg.sources, self.lib.registry.snapshot())] if self.lib
                         else [{"name": s, "state": "unknown", "last_error": ""} for s in self.cfg.sources]),
             "process": process_figures(),
@@ -109,9 +113,11 @@ class Daemon:
             "counters": {
                 "requests": self.ops.requests if self.ops else 0,
                 "errors": sum(self.ops.errors.values()) if self.ops else 0,
-                **({k: getattr(stats, k) for k in ("cache_hits", "memory_hits", "origin_fetches", "uncached_reads",
-                                                   "bad_chunks", "passthrough_reads", "changed_files")} if stats else {}),
-                "open_files": self.ops.reader.open_files if self.ops else 0,
+                **({k: getattr(stats, k) for k in ("cache_hits", "memory_hits", "origin_fetches", "changed_files")}
+                   if stats else {}),
+                **({k: getattr(cache_stats, k) for k in ("uncached_reads", "bad_chunks", "passthrough_reads")}
+                   if cache_stats else {}),
+                "open_files": stats.open_files if stats else 0,
             },
         }
 
@@ -166,7 +172,8 @@ class Daemon:
             tree = await self.prepare()
             if self.stopping.is_set():
                 return
-            reader = FileReader(self.lib.catalog, self.lib.cas, self.lib.registry, chunk_size=self.cfg.chunk_size,
+            cache = ChunkCache(self.lib.cas, op_timeout=min(5.0, self.cfg.read_timeout / 3))
+            reader = FileReader(self.lib.catalog, cache, self.lib.registry, chunk_size=self.cfg.chunk_size,
                                 memory_cache=self.cfg.memory_cache, read_timeout=self.cfg.read_timeout,
                                 on_file_changed=self._file_changed)
             self.ops = MusicOperations(tree, reader)

@@ -18,7 +18,7 @@ from typing import Iterator
 import trio
 import trio.testing
 
-from musicfs.cache_health import CacheHealth
+from musicfs.chunk_cache import ChunkCache
 from musicfs.cas import CasStore
 from musicfs.catalog import Catalog
 from musicfs.errors import (CacheFull, CasError, MusicFSError, OriginNotFound, OriginTimeout, OriginTransient)
@@ -172,9 +172,8 @@ def simulate(seed: int, library: Path, workdir: Path, reads: int = 80) -> SimRes
 
 async def _run(catalog: Catalog, cas, registry, library, faults, workload, reads, result) -> None:
     faults.enabled = True
-    cache = CacheHealth(cas, op_timeout=2.0, probe_timeout=2.0, probe_interval=20.0, retry_interval=1.0)
-    reader = FileReader(catalog, cas, registry, chunk_size=CHUNK, memory_cache=128 << 10, read_timeout=10.0,
-                        cache=cache)
+    cache = ChunkCache(cas, op_timeout=2.0, probe_timeout=2.0, probe_interval=20.0, retry_interval=1.0)
+    reader = FileReader(catalog, cache, registry, chunk_size=CHUNK, memory_cache=128 << 10, read_timeout=10.0)
     monitor = HealthMonitor(registry, interval=5.0, timeout=2.0)
     tracks = sorted(catalog.files("track"), key=lambda r: r.path)
     async with TaskSupervisor(clock=trio.current_time) as sup:
