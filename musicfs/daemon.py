@@ -20,7 +20,7 @@ import pyfuse3
 import trio
 
 from . import __version__, failpoints, points
-from .chunk_cache import ChunkCache
+from .build import Services, build
 from .config import Config
 from .control import serve_status, write_state_file
 from .damage import private_state
@@ -30,8 +30,6 @@ from .library import Library
 from .logsetup import flush_summaries
 from .mounts import prepare_mountpoint, unmount
 from .notify import Notifier, watchdog_interval
-from .origins.health import HealthMonitor
-from .reader import FileReader
 from .statefiles import human_size
 from .supervisor import TaskSupervisor
 from .sync import ScanCancelled
@@ -70,7 +68,8 @@ class Daemon:
         self.notifier = notifier
         self.lib: Library | None = None
         self.ops: MusicOperations | None = None
-        self.sup: TaskSupervisor | None = None
+        self.services: Services | None = None  # cache, reader, origin health monitor (build.build)
+        self.sup = TaskSupervisor()  # entered by _main before anything else runs
         self.stopping = threading.Event()  # also read by scan threads
         self.steps: list[str] = []  # shutdown steps, in the order they happened
         self.started = time.monotonic()
@@ -167,16 +166,13 @@ class Daemon:
 
     async def run(self) -> None:
         self.lib = await trio.to_thread.run_sync(Library.open, self.cfg)
-        self.lib.registry.grace = self.cfg.failover_grace
         try:
             tree = await self.prepare()
             if self.stopping.is_set():
                 return
-            cache = ChunkCache(self.lib.cas, op_timeout=min(5.0, self.cfg.read_timeout / 3))
-            reader = FileReader(self.lib.catalog, cache, self.lib.registry, chunk_size=self.cfg.chunk_size,
-                                memory_cache=self.cfg.memory_cache, read_timeout=self.cfg.read_timeout,
-                                on_file_changed=self._file_changed)
-            self.ops = MusicOperations(tree, reader)
+            self.services = build(self.cfg, self.lib, on_file_changed=self._file_changed,
+                                  on_origin_change=lambda: self.notifier.status(self.status_line()))
+            self.ops = MusicOperations(tree, self.services.reader)
             prepare_mountpoint(self.cfg.mountpoint)
             write_state_file(self.cfg.state_dir, {"mountpoint": self.cfg.mountpoint, "sources": list(self.cfg.sources),
                                                   "cache_dir": self.cfg.cache_dir, "cache_size": self.cfg.cache_size})
@@ -215,11 +211,8 @@ class Daemon:
         return tree
 
     def _spawn_background(self) -> None:
-        self.health = HealthMonitor(self.lib.registry, interval=self.cfg.health_interval,
-                                    timeout=self.cfg.health_timeout,
-                                    on_change=lambda: self.notifier.status(self.status_line()))
-        self.sup.spawn_critical("health", self.health.run)
-        self.sup.spawn_critical("cache", self.ops.reader.cache.run)  # cache probes, index rebuild (6.3, 6.6)
+        self.sup.spawn_critical("health", self.services.health.run)
+        self.sup.spawn_critical("cache", self.services.cache.run)  # cache probes, index rebuild (6.3, 6.6)
         self.sup.spawn_supervised("ready", self._announce_ready)
         self.sup.spawn_critical("rescan", self._rescan_loop)
         self.sup.spawn_critical("status", lambda: serve_status(self.cfg.state_dir, self.snapshot))
@@ -292,8 +285,7 @@ class Daemon:
 
 async def _main(cfg: Config, notifier: Notifier) -> None:
     daemon = Daemon(cfg, notifier)
-    async with TaskSupervisor() as sup:
-        daemon.sup = sup
+    async with daemon.sup as sup:
         sup.spawn_supervised("signals", daemon.signals)  # first, so a signal during the first scan is ours
         sup.spawn_supervised("main", daemon.main)
     if daemon.error is not None:
