@@ -8,12 +8,12 @@ bound does the same.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import signal
 import threading
 import time
+from dataclasses import asdict
 
 import psutil
 import pyfuse3
@@ -30,6 +30,7 @@ from .library import Library
 from .logsetup import flush_summaries
 from .mounts import prepare_mountpoint, unmount
 from .notify import Notifier, watchdog_interval
+from .origins.registry import OriginStatistics
 from .statefiles import human_size
 from .supervisor import TaskSupervisor
 from .sync import ScanCancelled
@@ -81,43 +82,33 @@ class Daemon:
 
     # -- status ---------------------------------------------------------------------
     def status_line(self) -> str:
-        used, _ = self.lib.cas.usage() if self.lib and self.lib.cas else (0, 0)
+        cache = self.services.cache.statistics() if self.services else None
         tracks = self.ops.tree.track_count if self.ops else 0
+        used = cache.used_bytes if cache else 0
         line = f"{tracks} tracks, cache {human_size(used)}/{human_size(self.cfg.cache_size)}, origins {len(self.cfg.sources)}"
         if self.lib is not None and self.lib.registry.offline:
             line += ", OFFLINE (cached files only)"
-        cache_state = self.ops.reader.cache.statistics().state if self.ops is not None else "normal"
-        if cache_state != "normal":
-            line += f", cache {cache_state} (reading from origins)"
-        degraded = self.sup.degraded if self.sup else []
+        if cache is not None and cache.state != "normal":
+            line += f", cache {cache.state} (reading from origins)"
+        degraded = self.sup.statistics().degraded
         return line + (f", degraded: {', '.join(degraded)}" if degraded else "")
 
     def snapshot(self) -> dict:
-        """The document `musicfs status` shows."""
-        used, chunks = self.lib.cas.usage() if self.lib and self.lib.cas else (0, 0)
-        stats = self.ops.reader.statistics() if self.ops else None
-        cache_stats = self.ops.reader.cache.statistics() if self.ops else None
+        """The document `musicfs status` shows: the components' statistics records (docs/architecture.md)."""
+        tasks = self.sup.statistics()
+        origins = self.lib.registry.statistics() if self.lib else tuple(OriginStatistics(s) for s in self.cfg.sources)
         return {
             "pid": os.getpid(), "version": __version__, "mountpoint": self.cfg.mountpoint,
             "sources": list(self.cfg.sources), "state": "stopping" if self.stopping.is_set() else "running",
             "offline": bool(self.lib and self.lib.registry.offline),
             "uptime_s": round(time.monotonic() - self.started, 1),
             "tracks": self.ops.tree.track_count if self.ops else 0,
-            "cache": {"used_bytes": used, "quota_bytes": self.cfg.cache_size, "chunks": chunks,
-                      **(dataclasses.asdict(self.ops.reader.cache.statistics()) if self.ops else {"state": "normal"})},
-            "origins": ([{**h, "name": s} for s, h in zip(self.cfg.sources, self.lib.registry.snapshot())] if self.lib
-                        else [{"name": s, "state": "unknown", "last_error": ""} for s in self.cfg.sources]),
+            "cache": asdict(self.services.cache.statistics()) if self.services else {"state": "normal"},
+            "origins": [asdict(o) for o in origins],
             "process": process_figures(),
-            "tasks": self.sup.stats() if self.sup else {}, "degraded": self.sup.degraded if self.sup else [],
-            "counters": {
-                "requests": self.ops.requests if self.ops else 0,
-                "errors": sum(self.ops.errors.values()) if self.ops else 0,
-                **({k: getattr(stats, k) for k in ("cache_hits", "memory_hits", "origin_fetches", "changed_files")}
-                   if stats else {}),
-                **({k: getattr(cache_stats, k) for k in ("uncached_reads", "bad_chunks", "passthrough_reads")}
-                   if cache_stats else {}),
-                "open_files": stats.open_files if stats else 0,
-            },
+            "tasks": asdict(tasks)["tasks"], "degraded": list(tasks.degraded),
+            "reader": asdict(self.services.reader.statistics()) if self.services else {},
+            "fuse": asdict(self.ops.statistics()) if self.ops else {},
         }
 
     # -- signals ---------------------------------------------------------------------

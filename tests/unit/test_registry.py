@@ -299,7 +299,7 @@ def test_the_primary_is_preferred_again_only_after_a_grace_period_of_health():
     reg.read("a.flac", 0, 4)
     assert primary.reads == 1 and backup.reads == 3  # healthy for longer than the grace: back to the primary
     assert reg.active is primary
-    assert [o["active"] for o in reg.snapshot()] == [True, False]
+    assert [o.active for o in reg.statistics()] == [True, False]
 
 
 @pytest.mark.expected_log(r"origin (primary|backup) is unhealthy")
@@ -326,7 +326,7 @@ def test_offline_only_while_monitored_and_every_origin_is_down():
     reg.monitored = True
     reg.record_failure(origin, transient(), probe=True)
     assert reg.offline and reg.active is None
-    assert reg.snapshot()[0]["state"] == UNHEALTHY
+    assert reg.statistics()[0].state == UNHEALTHY
 
 
 class StampedOrigin(MemoryOrigin):
@@ -400,3 +400,19 @@ def test_the_identity_origin_moves_only_when_adopted_and_none_checks_every_origi
     assert reg.identity_origin is replica
     with pytest.raises(OriginFileChanged):
         reg.read("a.flac", 0, 8, expect)  # the catalog now says 222: the replica itself refuses 111
+
+
+@pytest.mark.expected_log(r"origin (primary|backup) failed for (a|missing)\.flac")
+def test_statistics_count_requests_by_result_bytes_retries_and_failovers_per_origin():
+    primary, backup = MemoryOrigin("primary", FILES), MemoryOrigin("backup", FILES)
+    reg = registry(primary, backup, t=FakeTime())
+    primary.errors = [transient(), transient(), transient()]  # one retry too many: fails over
+    assert reg.read("a.flac", 0, 4) == FILES["a.flac"][:4]
+    with pytest.raises(OriginNotFound):
+        reg.read("missing.flac", 0, 4)
+    first, second = reg.statistics()
+    assert (first.name, first.state, first.retries, first.failovers) == ("primary", UNHEALTHY, 2, 1)
+    assert (second.name, second.failovers, second.active) == ("backup", 1, True)  # the primary is down now
+    assert second.bytes_fetched == 4 and first.bytes_fetched == 0
+    assert second.results == {"ok": 1, "not_found": 1} and second.requests == 2
+    assert first.results == {"transient": 1, "not_found": 1} and first.requests == 2
