@@ -45,9 +45,8 @@ class CacheHealth:
         self.down_after = down_after
         self.rebuild_timeout = rebuild_timeout
         self.limiter = trio.CapacityLimiter(threads)  # cache I/O only: a hung disk never starves origin reads
-        available = getattr(cas, "available", True)
-        self.state = NORMAL if available else DOWN
-        self.reason = "" if available else f"cannot open the cache: {cas.open_error}"
+        self.state = NORMAL if cas.available else DOWN
+        self.reason = "" if cas.available else f"cannot open the cache: {cas.open_error}"
         self.since = time.monotonic()
         self.failed_probes = 0
         self.failed_rebuilds = 0
@@ -63,10 +62,9 @@ class CacheHealth:
     def usable(self) -> bool:
         return self.state == NORMAL
 
-    def snapshot(self) -> dict:
-        kept, files = self.cas.quarantine_usage() if hasattr(self.cas, "quarantine_usage") else (0, 0)
-        return {"state": self.state, "reason": self.reason, "since_s": round(time.monotonic() - self.since, 1),
-                "quarantine_bytes": kept, "quarantine_files": files}
+    def elapsed(self) -> float:
+        """Seconds in the current state."""
+        return time.monotonic() - self.since
 
     def _set(self, state: str, reason: str) -> None:
         old = self.state

@@ -13,12 +13,14 @@ import os
 import signal
 import threading
 import time
+from dataclasses import asdict
 
 import psutil
 import pyfuse3
 import trio
 
 from . import __version__, failpoints, points
+from .build import Services, build
 from .config import Config
 from .control import serve_status, write_state_file
 from .damage import private_state
@@ -28,8 +30,7 @@ from .library import Library
 from .logsetup import flush_summaries
 from .mounts import prepare_mountpoint, remove_created, unmount
 from .notify import Notifier, watchdog_interval
-from .origins.health import HealthMonitor
-from .reader import FileReader
+from .origins.registry import OriginStatistics
 from .redact import redact_all
 from .statefiles import LibraryLock, human_size
 from .supervisor import TaskSupervisor
@@ -69,7 +70,8 @@ class Daemon:
         self.notifier = notifier
         self.lib: Library | None = None
         self.ops: MusicOperations | None = None
-        self.sup: TaskSupervisor | None = None
+        self.services: Services | None = None  # cache, reader, origin health monitor (build.build)
+        self.sup = TaskSupervisor()  # entered by _main before anything else runs
         self.stopping = threading.Event()  # also read by scan threads
         self.steps: list[str] = []  # shutdown steps, in the order they happened
         self.started = time.monotonic()
@@ -82,39 +84,33 @@ class Daemon:
 
     # -- status ---------------------------------------------------------------------
     def status_line(self) -> str:
-        used, _ = self.lib.cas.usage() if self.lib and self.lib.cas else (0, 0)
+        cache = self.services.cache.statistics() if self.services else None
         tracks = self.ops.tree.track_count if self.ops else 0
+        used = cache.used_bytes if cache else 0
         line = f"{tracks} tracks, cache {human_size(used)}/{human_size(self.cfg.cache_size)}, origins {len(self.cfg.sources)}"
         if self.lib is not None and self.lib.registry.offline:
             line += ", OFFLINE (cached files only)"
-        if self.ops is not None and self.ops.reader.cache.state != "normal":
-            line += f", cache {self.ops.reader.cache.state} (reading from origins)"
-        degraded = self.sup.degraded if self.sup else []
+        if cache is not None and cache.state != "normal":
+            line += f", cache {cache.state} (reading from origins)"
+        degraded = self.sup.statistics().degraded
         return line + (f", degraded: {', '.join(degraded)}" if degraded else "")
 
     def snapshot(self) -> dict:
-        """The document `musicfs status` shows."""
-        used, chunks = self.lib.cas.usage() if self.lib and self.lib.cas else (0, 0)
-        stats = self.ops.reader.stats if self.ops else None
+        """The document `musicfs status` shows: the components' statistics records (docs/architecture.md)."""
+        tasks = self.sup.statistics()
+        origins = self.lib.registry.statistics() if self.lib else tuple(OriginStatistics(s) for s in self.cfg.sources)
         return {
             "pid": os.getpid(), "version": __version__, "mountpoint": self.cfg.mountpoint,
             "sources": list(self.cfg.sources), "state": "stopping" if self.stopping.is_set() else "running",
             "offline": bool(self.lib and self.lib.registry.offline),
             "uptime_s": round(time.monotonic() - self.started, 1),
             "tracks": self.ops.tree.track_count if self.ops else 0,
-            "cache": {"used_bytes": used, "quota_bytes": self.cfg.cache_size, "chunks": chunks,
-                      **(self.ops.reader.cache.snapshot() if self.ops else {"state": "normal"})},
-            "origins": ([{**h, "name": s} for s, h in zip(self.cfg.sources, self.lib.registry.snapshot())] if self.lib
-                        else [{"name": s, "state": "unknown", "last_error": ""} for s in self.cfg.sources]),
+            "cache": asdict(self.services.cache.statistics()) if self.services else {"state": "normal"},
+            "origins": [asdict(o) for o in origins],
             "process": process_figures(),
-            "tasks": self.sup.stats() if self.sup else {}, "degraded": self.sup.degraded if self.sup else [],
-            "counters": {
-                "requests": self.ops.requests if self.ops else 0,
-                "errors": sum(self.ops.errors.values()) if self.ops else 0,
-                **({k: getattr(stats, k) for k in ("cache_hits", "memory_hits", "origin_fetches", "uncached_reads",
-                                                   "bad_chunks", "passthrough_reads", "changed_files")} if stats else {}),
-                "open_files": self.ops.reader.open_files if self.ops else 0,
-            },
+            "tasks": asdict(tasks)["tasks"], "degraded": list(tasks.degraded),
+            "reader": asdict(self.services.reader.statistics()) if self.services else {},
+            "fuse": asdict(self.ops.statistics()) if self.ops else {},
         }
 
     # -- signals ---------------------------------------------------------------------
@@ -163,15 +159,13 @@ class Daemon:
 
     async def run(self) -> None:
         self.lib = await trio.to_thread.run_sync(Library.open, self.cfg)
-        self.lib.registry.grace = self.cfg.failover_grace
         try:
             tree = await self.prepare()
             if self.stopping.is_set():
                 return
-            reader = FileReader(self.lib.catalog, self.lib.cas, self.lib.registry, chunk_size=self.cfg.chunk_size,
-                                memory_cache=self.cfg.memory_cache, read_timeout=self.cfg.read_timeout,
-                                on_file_changed=self._file_changed)
-            self.ops = MusicOperations(tree, reader)
+            self.services = build(self.cfg, self.lib, on_file_changed=self._file_changed,
+                                  on_origin_change=lambda: self.notifier.status(self.status_line()))
+            self.ops = MusicOperations(tree, self.services.reader)
             self.created_mountpoint = prepare_mountpoint(self.cfg.mountpoint)
             write_state_file(self.cfg.state_dir, {"mountpoint": self.cfg.mountpoint,
                                                   "sources": redact_all(list(self.cfg.sources)),
@@ -212,11 +206,8 @@ class Daemon:
         return tree
 
     def _spawn_background(self) -> None:
-        self.health = HealthMonitor(self.lib.registry, interval=self.cfg.health_interval,
-                                    timeout=self.cfg.health_timeout,
-                                    on_change=lambda: self.notifier.status(self.status_line()))
-        self.sup.spawn_critical("health", self.health.run)
-        self.sup.spawn_critical("cache", self.ops.reader.cache.run)  # cache probes, index rebuild (6.3, 6.6)
+        self.sup.spawn_critical("health", self.services.health.run)
+        self.sup.spawn_critical("cache", self.services.cache.run)  # cache probes, index rebuild (6.3, 6.6)
         self.sup.spawn_supervised("ready", self._announce_ready)
         self.sup.spawn_critical("rescan", self._rescan_loop)
         self.sup.spawn_critical("status", lambda: serve_status(self.cfg.state_dir, self.snapshot))
@@ -289,8 +280,7 @@ class Daemon:
 
 async def _main(cfg: Config, notifier: Notifier) -> None:
     daemon = Daemon(cfg, notifier)
-    async with TaskSupervisor() as sup:
-        daemon.sup = sup
+    async with daemon.sup as sup:
         sup.spawn_supervised("signals", daemon.signals)  # first, so a signal during the first scan is ours
         sup.spawn_supervised("main", daemon.main)
     if daemon.error is not None:

@@ -9,6 +9,7 @@ import logging
 import os
 import stat
 from collections import Counter
+from dataclasses import dataclass
 
 import pyfuse3
 import trio
@@ -69,6 +70,19 @@ def read_only(name: str):
     return refuse
 
 
+@dataclass(frozen=True)
+class OperationsStatistics:
+    """`MusicOperations.statistics()`: the FUSE requests served."""
+
+    requests: int
+    errors: int  # requests that failed or timed out (an ENOENT lookup or an EROFS write is an answer, not one)
+    errors_by_handler: dict[str, int]
+    open_files: int  # file handles the kernel holds
+    open_dirs: int  # directory streams the kernel holds
+    known_inodes: int  # inodes the kernel holds a lookup reference to
+    retired_inodes: int  # of those, inodes no longer in the tree (answered until forgotten)
+
+
 class MusicOperations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
@@ -81,6 +95,7 @@ class MusicOperations(pyfuse3.Operations):
         self.retired: dict[int, Node] = {}
         self.errors: Counter[str] = Counter()
         self.requests = 0
+        self._open_files = 0
         self._dir_handles: dict[int, list[tuple[bytes, int]]] = {}
         self._next_dir = itertools.count(1)
         self.uid, self.gid = os.getuid(), os.getgid()
@@ -191,6 +206,7 @@ class MusicOperations(pyfuse3.Operations):
         if node.is_dir or node.file is None:
             raise pyfuse3.FUSEError(errno.EISDIR)
         fh = await self.reader.open(node.file)
+        self._open_files += 1
         return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=False)
 
     @handler
@@ -201,7 +217,14 @@ class MusicOperations(pyfuse3.Operations):
 
     @handler
     async def release(self, fh):
+        self._open_files -= 1
         self.reader.release(fh)
+
+    def statistics(self) -> OperationsStatistics:
+        return OperationsStatistics(requests=self.requests, errors=sum(self.errors.values()),
+                                    errors_by_handler=dict(self.errors), open_files=self._open_files,
+                                    open_dirs=len(self._dir_handles), known_inodes=len(self.lookups),
+                                    retired_inodes=len(self.retired))
 
     @handler
     async def statfs(self, ctx):

@@ -66,7 +66,7 @@ class Library:
             cas = CasStore(cfg.cache_dir, cfg.cache_size, full_check=unclean)
             if cas.last_rebuild is not None:
                 repairs.append(f"cache index: {cas.last_rebuild.summary()}")
-        registry = OriginRegistry(origins)
+        registry = OriginRegistry(origins, grace=cfg.failover_grace)
         restore_identities(catalog, registry)
         return cls(cfg, catalog, registry, index, cas, marker, repairs)
 

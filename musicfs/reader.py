@@ -12,11 +12,9 @@ from typing import Callable
 import trio
 
 from . import points
-from .cas import CasStore
-from .cache_health import CacheHealth
 from .catalog import Catalog, FileRow
-from .errors import CacheFull, CacheUnavailable, CatalogError, ChunkCorrupt, ChunkMissing, TooManyOpenFiles
-from .errors import CasError, MusicFSError, OriginFileChanged, OriginTransient
+from .chunk_cache import ChunkCache
+from .errors import CatalogError, MusicFSError, OriginFileChanged, OriginTransient
 from .origins.registry import OriginRegistry
 
 log = logging.getLogger(__name__)
@@ -67,32 +65,33 @@ class OpenFile:
     refs: int = 1
 
 
-@dataclass
-class ReaderStats:
-    cache_hits: int = 0
-    memory_hits: int = 0
-    origin_fetches: int = 0
-    uncached_reads: int = 0
-    bad_chunks: int = 0
-    passthrough_reads: int = 0  # chunks served from the origin, uncached, while the cache was bypassed
+@dataclass(frozen=True)
+class ReaderStatistics:
+    """`FileReader.statistics()`: where the chunks of reads came from."""
+
+    open_files: int = 0  # distinct (file, version) pairs open
+    open_handles: int = 0
+    memory_hits: int = 0  # chunks from the in-memory LRU of verified chunks
+    memory_bytes: int = 0
+    cache_hits: int = 0  # chunks from the disk cache (verified)
+    origin_fetches: int = 0  # chunks fetched from the origins
     changed_files: int = 0  # fetches refused because the origin file changed before or during the read
+    manifest_failures: int = 0  # fetched chunks whose manifest entry the catalog could not take
 
 
 class FileReader:
-    def __init__(self, catalog: Catalog, cas: CasStore, origins: OriginRegistry, *, chunk_size: int,
-                 memory_cache: int, read_timeout: float, threads: int = 8, cache: CacheHealth | None = None,
+    def __init__(self, catalog: Catalog, cache: ChunkCache, origins: OriginRegistry, *, chunk_size: int,
+                 memory_cache: int, read_timeout: float, threads: int = 8,
                  on_file_changed: Callable[[str], None] | None = None):
         self.catalog = catalog
-        self.cas = cas
-        # cache health: normal / unstable / down; cache I/O runs on its own limiter within op_timeout
-        self.cache = cache or CacheHealth(cas, op_timeout=min(5.0, read_timeout / 3))
+        self.cache = cache  # the disk cache: verified chunks, passthrough while it is unstable or down
         self.origins = origins
         #: told the origin path of a file found changed under a read (the daemon rescans)
         self.on_file_changed = on_file_changed
         self.chunk_size = chunk_size
         self.read_timeout = read_timeout
         self.memory = ChunkLRU(memory_cache)
-        self.stats = ReaderStats()
+        self._counts: collections.Counter[str] = collections.Counter()  # ReaderStatistics' counters
         self.limiter = trio.CapacityLimiter(threads)
         self._open: dict[int, OpenFile] = {}
         self._handles = itertools.count(1)
@@ -128,12 +127,12 @@ class FileReader:
         of.refs -= 1
         if of.refs <= 0:
             for digest in of.pinned:
-                self.cas.unpin(digest)
+                self.cache.unpin(digest)
             del self._open[key]
 
-    @property
-    def open_files(self) -> int:
-        return len(self._open)
+    def statistics(self) -> ReaderStatistics:
+        return ReaderStatistics(open_files=len(self._open), open_handles=len(self._fh),
+                                memory_bytes=self.memory.nbytes, **self._counts)
 
     # -- reading --------------------------------------------------------------
     async def read(self, fh: int, offset: int, size: int) -> bytes:
@@ -160,7 +159,7 @@ class FileReader:
         if digest is not None:
             data = self.memory.get(digest)
             if data is not None:
-                self.stats.memory_hits += 1
+                self._counts["memory_hits"] += 1
                 return data
         # Kernel readahead sends several reads into one chunk at once: load (and hash) it once.
         event = self._inflight[key] = trio.Event()
@@ -173,31 +172,12 @@ class FileReader:
     async def _load(self, of: OpenFile, idx: int, digest: str | None) -> bytes:
         """A chunk from the disk cache (verified), else from the origin."""
         if digest is not None:
-            data = await self._from_cache(digest)
+            data = await self.cache.get(digest)
             if data is not None:
-                self.stats.cache_hits += 1
+                self._counts["cache_hits"] += 1
                 self._keep(of, digest, data)
                 return data
         return await self._fetch(of, idx)
-
-    async def _from_cache(self, digest: str) -> bytes | None:
-        """The verified chunk from the disk cache, or None: evicted (a plain miss), bad (quarantined or
-        missing: fetched again), or the cache bypassed (unstable/down: passthrough to the origin)."""
-        if not self.cache.usable or not self.cas.has(digest):
-            return None
-        try:
-            return await self.cache.run_io(self.cas.get, digest)
-        except TooManyOpenFiles:
-            raise  # this request fails with EIO; the cache is not to blame
-        except (ChunkCorrupt, ChunkMissing) as exc:
-            self.stats.bad_chunks += 1
-            log.warning("cache: %s; fetching it again from the origin", exc)
-            return None
-        except CacheUnavailable:
-            return None
-        except CasError as exc:
-            self.cache.failed(exc)  # unstable (or down + index rebuild): reads bypass the cache
-            return None
 
     async def _fetch(self, of: OpenFile, idx: int) -> bytes:
         row = of.row
@@ -210,45 +190,37 @@ class FileReader:
             data = await self.origins.fetch(row.path, start, want, expect, exact=True)
         except OriginFileChanged:
             # Nothing of it is cached: this read fails, and a rescan gives the file its new identity.
-            self.stats.changed_files += 1
+            self._counts["changed_files"] += 1
             if self.on_file_changed is not None:
                 self.on_file_changed(row.path)
             raise
-        self.stats.origin_fetches += 1
+        self._counts["origin_fetches"] += 1
         return await self._store_fetched(of, idx, data)
 
     async def _store_fetched(self, of: OpenFile, idx: int, data: bytes) -> bytes:
-        """Cache a chunk the origin gave (unless the cache is bypassed); the bytes are served either way."""
+        """Cache a chunk the origin gave and name it in the manifest; the bytes are served either way.
+
+        The manifest write is the catalog's, outside the cache's timeout: a locked catalog delays this read
+        (within its own deadline) but never marks the cache disk unstable.
+        """
         row = of.row
-        if not self.cache.usable:
-            self.stats.passthrough_reads += 1
+        digest = await self.cache.store(data, f"a chunk of {row.path}")
+        if digest is None:
             return data
         try:
-            digest = await self.cache.run_io(self._store, row, idx, data)
-        except CacheUnavailable:
-            self.stats.passthrough_reads += 1
-            return data
-        except (CacheFull, TooManyOpenFiles, CatalogError) as exc:
-            self.stats.uncached_reads += 1
-            log.warning("cache: cannot store a chunk of %s (%s); serving it uncached", row.path, exc)
-            return data
-        except CasError as exc:
-            self.stats.uncached_reads += 1
-            self.cache.failed(exc)  # the disk failed: serve this and the next reads from the origins
+            await self._thread(self.catalog.set_manifest_chunk, row.id, row.ident, idx, digest)
+        except CatalogError as exc:
+            self._counts["manifest_failures"] += 1
+            log.warning("catalog: cannot record a chunk of %s (%s); serving it uncached", row.path, exc)
             return data
         of.manifest[idx] = digest
         self._keep(of, digest, data)
         return data
 
-    def _store(self, row: FileRow, idx: int, data: bytes) -> str:
-        digest = self.cas.put(data)
-        self.catalog.set_manifest_chunk(row.id, row.ident, idx, digest)
-        return digest
-
     def _keep(self, of: OpenFile, digest: str, data: bytes) -> None:
         self.memory.put(digest, data)
         if digest not in of.pinned:
             of.pinned.add(digest)
-            self.cas.pin(digest)
+            self.cache.pin(digest)
 
 

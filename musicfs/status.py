@@ -259,10 +259,8 @@ def render_table(status: dict) -> str:
     lines = [f"{k.ljust(width)}  {v}" for k, v in rows]
     lines += _origin_lines(status)
     lines += _task_lines(status)
-    counters = status.get("counters")
-    if isinstance(counters, dict) and counters:
-        lines.append("counters:")
-        lines += _columns([[str(k), str(v)] for k, v in counters.items()])
+    lines += _record_lines(status, "reader")
+    lines += _record_lines(status, "fuse")
     problems = status.get("problems") or []
     if problems:
         lines.append("problems:")
@@ -333,6 +331,14 @@ def _origin_lines(status: dict) -> list[str]:
         return []
     return ["origins:"] + _columns([[str(o.get("name", "?")), str(o.get("state", "?")), str(o.get("last_error") or "")]
                                     for o in origins])
+
+
+def _record_lines(status: dict, key: str) -> list[str]:
+    """One statistics record (ReaderStatistics, OperationsStatistics) as `name  value` lines."""
+    record = status.get(key)
+    if not isinstance(record, dict) or not record:
+        return []
+    return [f"{key}:"] + _columns([[str(k), str(v)] for k, v in record.items()])
 
 
 def _task_lines(status: dict) -> list[str]:

@@ -27,6 +27,26 @@ class TaskState:
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
 
+@dataclass(frozen=True)
+class TaskStatistics:
+    """One supervised task, as `musicfs status` shows it."""
+
+    name: str
+    critical: bool
+    state: str
+    failures: int
+    restarts: int
+    last_error: str
+
+
+@dataclass(frozen=True)
+class SupervisorStatistics:
+    """`TaskSupervisor.statistics()`: every task by name, and the failed (degraded) ones."""
+
+    tasks: dict[str, TaskStatistics]
+    degraded: tuple[str, ...]
+
+
 class TaskSupervisor:
     """Use as `async with TaskSupervisor() as sup:`; the block waits for every task (or cancel_all)."""
 
@@ -56,9 +76,11 @@ class TaskSupervisor:
     def task_status(self, name: str) -> TaskState | None:
         return self.tasks.get(name)
 
-    def stats(self) -> dict:
-        return {name: {"state": t.state, "failures": t.failures, "restarts": t.restarts, "last_error": t.last_error}
-                for name, t in self.tasks.items()}
+    def statistics(self) -> SupervisorStatistics:
+        return SupervisorStatistics(
+            tasks={name: TaskStatistics(name, t.critical, t.state, t.failures, t.restarts, t.last_error)
+                   for name, t in self.tasks.items()},
+            degraded=tuple(self.degraded))
 
     def cancel_all(self) -> None:
         self._nursery.cancel_scope.cancel()

@@ -19,6 +19,7 @@ from pathlib import Path
 import trio
 
 from musicfs.cache_health import CacheHealth
+from musicfs.chunk_cache import ChunkCache
 from musicfs.cas import CasStore, chunk_hash
 from musicfs.catalog import Catalog, FileRow
 from musicfs.errors import MusicFSError, OriginError
@@ -72,7 +73,13 @@ class ReaderRig:
     cas_quota: int = 1 << 30
     cas_kwargs: dict = field(default_factory=dict)
     registry_kwargs: dict = field(default_factory=dict)
-    health: CacheHealth | None = None  # the reader's cache health, when build() was given `health`
+    health_options: dict | None = None  # CacheHealth keyword arguments build() was given (`health`)
+    cache: ChunkCache | None = None  # the rig's ChunkCache over `cas`, when build() was given `health`
+
+    @property
+    def health(self) -> CacheHealth:
+        """The cache health of rig.cache (build() was given `health`)."""
+        return self.cache.health
 
     @classmethod
     def build(cls, base: Path, files: dict[str, bytes] | None = None, root: Path | None = None, *,
@@ -85,7 +92,7 @@ class ReaderRig:
         (wrapped in a FaultyCasStore if `faulty_cas`) and a reader.
 
         registry_kwargs default to {"backoff": 0.0}; `health`: CacheHealth keyword arguments, and the
-        reader uses that CacheHealth (rig.health) instead of its own.
+        reader reads through one ChunkCache built with them (rig.cache, rig.health its CacheHealth).
         """
         base = Path(base)
         root = Path(root) if root is not None else base / "origin"
@@ -112,7 +119,8 @@ class ReaderRig:
                   read_timeout=read_timeout, cache_dir=cache_dir, cas_quota=cas_quota, cas_kwargs=cas_kwargs,
                   registry_kwargs=registry_kwargs)
         if health is not None:
-            rig.health = CacheHealth(cas, **health)
+            rig.health_options = dict(health)
+            rig.cache = ChunkCache(cas, **health)
         rig.reader = rig.new_reader(registry=rig.registry)
         return rig
 
@@ -123,17 +131,24 @@ class ReaderRig:
 
     def new_reader(self, *, cas: CasStore | FaultyCasStore | None = None, origin: FaultyOrigin | None = None,
                    registry: OriginRegistry | None = None, memory_cache: int | None = None,
-                   read_timeout: float | None = None, cache: CacheHealth | None = None) -> FileReader:
+                   read_timeout: float | None = None, cache: ChunkCache | None = None) -> FileReader:
         """Another reader on the same catalog and CAS (nothing in its memory cache: what a restart has).
 
-        By default it reads through rig.origin with a registry of its own, and rig.health as its cache.
+        By default it reads through rig.origin with a registry of its own, and rig.cache as its cache (a
+        ChunkCache of its own over `cas` when that is given or the rig has none).
         """
         if registry is None:
             registry = OriginRegistry([origin or self.origin], **self.registry_kwargs)
-        return FileReader(self.catalog, self.cas if cas is None else cas, registry, chunk_size=self.chunk_size,
+        read_timeout = self.read_timeout if read_timeout is None else read_timeout
+        if cache is None:
+            if self.cache is not None and cas is None:
+                cache = self.cache
+            else:
+                options = self.health_options or {"op_timeout": min(5.0, read_timeout / 3)}
+                cache = ChunkCache(self.cas if cas is None else cas, **options)
+        return FileReader(self.catalog, cache, registry, chunk_size=self.chunk_size,
                           memory_cache=self.memory_cache if memory_cache is None else memory_cache,
-                          read_timeout=self.read_timeout if read_timeout is None else read_timeout,
-                          cache=self.health if cache is None else cache)
+                          read_timeout=read_timeout)
 
     def fresh_reader(self, *, cas: CasStore | FaultyCasStore | None = None,
                      mode: FailMode = Healthy()) -> tuple[FileReader, FaultyOrigin]:

@@ -13,18 +13,18 @@ import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import trio
 import trio.testing
 
-from musicfs.cache_health import CacheHealth
+from musicfs.chunk_cache import ChunkCache
 from musicfs.cas import CasStore
 from musicfs.catalog import Catalog
 from musicfs.errors import (CacheFull, CasError, MusicFSError, OriginNotFound, OriginTimeout, OriginTransient)
-from musicfs.origins.base import FileStat, Origin
+from musicfs.origins.base import Origin
 from musicfs.origins.health import HealthMonitor
 from musicfs.origins.local import LocalOrigin
+from musicfs.origins.memory import MemoryOrigin, Request
 from musicfs.origins.registry import OriginRegistry
 from musicfs.reader import FileReader
 from musicfs.supervisor import TaskSupervisor
@@ -55,36 +55,32 @@ class Faults:
         self.trace.append(f"{now:10.3f} {event}")
 
 
-class ChaosOrigin(Origin):
-    """A real origin whose every call may fail as the seeded RNG says."""
+READ_FAULTS = {"ok": 0.6, "transient": 0.2, "timeout": 0.1, "short": 0.05, "not_found": 0.05}
+PROBE_FAULTS = {"ok": 0.6, "down": 0.4}  # both replicas down in ~1 round of 6: offline spells
 
-    READ = {"ok": 0.6, "transient": 0.2, "timeout": 0.1, "short": 0.05, "not_found": 0.05}
-    PROBE = {"ok": 0.6, "down": 0.4}  # both replicas down in ~1 round of 6: offline spells
 
-    def __init__(self, inner: Origin, label: str, faults: Faults):
-        self.inner, self.name, self.faults = inner, label, faults
+def chaos_origin(inner: Origin, label: str, faults: Faults) -> MemoryOrigin:
+    """A real origin whose every read and probe may fail as the seeded RNG says (a MemoryOrigin handler)."""
 
-    def walk(self) -> Iterator[FileStat]:
-        return self.inner.walk()
+    def handler(request: Request):
+        path = request.path
+        if request.op == "read":
+            outcome = faults.draw(f"{label} read {path}@{request.offset}", READ_FAULTS)
+            if outcome == "transient":
+                raise OriginTransient(f"{label}: simulated reset", origin=label, path=path)
+            if outcome == "timeout":
+                raise OriginTimeout(f"{label}: simulated timeout", origin=label, path=path)
+            if outcome == "not_found":
+                raise OriginNotFound(f"{label}: simulated missing replica file", origin=label, path=path)
+            data = inner.read(path, request.offset, request.length, request.expect)
+            return data[: len(data) // 2] if outcome == "short" else data
+        if request.op == "probe":
+            if faults.draw(f"{label} probe", PROBE_FAULTS) == "down":
+                raise OriginTimeout(f"{label}: simulated dead probe", origin=label)
+            return inner.probe()
+        return list(inner.walk()) if request.op == "walk" else inner.stat(path)
 
-    def stat(self, path: str) -> FileStat:
-        return self.inner.stat(path)
-
-    def read(self, path: str, offset: int, length: int, expect: FileStat | None = None) -> bytes:
-        outcome = self.faults.draw(f"{self.name} read {path}@{offset}", self.READ)
-        if outcome == "transient":
-            raise OriginTransient(f"{self.name}: simulated reset", origin=self.name, path=path)
-        if outcome == "timeout":
-            raise OriginTimeout(f"{self.name}: simulated timeout", origin=self.name, path=path)
-        if outcome == "not_found":
-            raise OriginNotFound(f"{self.name}: simulated missing replica file", origin=self.name, path=path)
-        data = self.inner.read(path, offset, length, expect)
-        return data[: len(data) // 2] if outcome == "short" else data
-
-    def probe(self) -> None:
-        if self.faults.draw(f"{self.name} probe", self.PROBE) == "down":
-            raise OriginTimeout(f"{self.name}: simulated dead probe", origin=self.name)
-        self.inner.probe()
+    return MemoryOrigin(handler, name=label)
 
 
 class ChaosCas:
@@ -156,7 +152,7 @@ def simulate(seed: int, library: Path, workdir: Path, reads: int = 80) -> SimRes
     faults = Faults(seed)
     workload = random.Random(seed ^ 0x5EED)
     catalog = open_catalog(str(workdir / "state"))
-    origins = [ChaosOrigin(LocalOrigin(library), f"replica{i}", faults) for i in (1, 2)]
+    origins = [chaos_origin(LocalOrigin(library), f"replica{i}", faults) for i in (1, 2)]
     registry = OriginRegistry(origins, seed=seed, sleep=lambda s: None, clock=_now, grace=30.0)
     Scanner(catalog, registry, workers=1).scan()
     cas = ChaosCas(CasStore(str(workdir / "cache"), 256 << 10), faults)  # small: evictions send reads back to the origins
@@ -172,9 +168,8 @@ def simulate(seed: int, library: Path, workdir: Path, reads: int = 80) -> SimRes
 
 async def _run(catalog: Catalog, cas, registry, library, faults, workload, reads, result) -> None:
     faults.enabled = True
-    cache = CacheHealth(cas, op_timeout=2.0, probe_timeout=2.0, probe_interval=20.0, retry_interval=1.0)
-    reader = FileReader(catalog, cas, registry, chunk_size=CHUNK, memory_cache=128 << 10, read_timeout=10.0,
-                        cache=cache)
+    cache = ChunkCache(cas, op_timeout=2.0, probe_timeout=2.0, probe_interval=20.0, retry_interval=1.0)
+    reader = FileReader(catalog, cache, registry, chunk_size=CHUNK, memory_cache=128 << 10, read_timeout=10.0)
     monitor = HealthMonitor(registry, interval=5.0, timeout=2.0)
     tracks = sorted(catalog.files("track"), key=lambda r: r.path)
     async with TaskSupervisor(clock=trio.current_time) as sup:

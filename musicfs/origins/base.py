@@ -5,7 +5,10 @@ from __future__ import annotations
 import abc
 import re
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
+from urllib.parse import SplitResult, urlsplit
+
+from ..errors import OriginError, OriginFatal
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,32 @@ class Origin(abc.ABC):
 
     def close(self) -> None:
         """Release connections. Safe to call twice."""
+
+
+# -- classifying an SDK's exceptions ------------------------------------------------------------------
+Verdict = tuple[type[OriginError], str]  # the error class, and the message's detail
+
+
+def classify_error(exc: BaseException, origin: str, path: str, decide: Callable[[BaseException], Verdict]) -> OriginError:
+    """`exc` (a boto3, paramiko or socket exception) as an OriginError of the class `decide` says, its message
+    naming the origin and the path; an OriginError stays as it is. Every remote origin maps its SDK's
+    exceptions through this, so they all name things alike."""
+    if isinstance(exc, OriginError):
+        return exc
+    cls, detail = decide(exc)
+    where = f"{origin}: {path}" if path else origin
+    return cls(f"{where}: {detail}", origin=origin, path=path)
+
+
+def split_url(url: str, scheme: str) -> SplitResult:
+    """A remote origin's URL split into its parts; OriginFatal unless it is a `scheme://` URL without a query
+    string or fragment."""
+    parts = urlsplit(url)
+    if parts.scheme != scheme:
+        raise OriginFatal(f"{url}: not an {scheme}:// URL", origin=url)
+    if parts.query or parts.fragment:
+        raise OriginFatal(f"{url}: query strings and fragments are not supported", origin=url)
+    return parts
 
 
 # -- names that are not UTF-8 -----------------------------------------------------

@@ -31,13 +31,14 @@ threads; `fetch` is the async entry used by the FileReader.
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import math
 import random
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from .. import points
@@ -80,11 +81,38 @@ class OriginHealth:
     recovered_at: float | None = None  # registry clock: when it last went unhealthy -> healthy
     retries: int = 0
     failovers: int = 0  # reads that gave up on this origin and went to the next one
+    bytes_fetched: int = 0
+    results: collections.Counter = field(default_factory=collections.Counter)  # read requests by result
 
-    def as_dict(self) -> dict:
-        return {"name": self.name, "state": self.state, "last_error": self.last_error, "last_ok": self.last_ok,
-                "last_check": self.last_check, "failures": self.failures, "retries": self.retries,
-                "failovers": self.failovers}
+
+@dataclass(frozen=True)
+class OriginStatistics:
+    """`OriginRegistry.statistics()`: one record per origin, in priority order (shown by `musicfs status`)."""
+
+    name: str
+    state: str = UNKNOWN  # unknown | healthy | unhealthy
+    active: bool = False  # reads go here first right now
+    last_error: str = ""
+    last_ok: float | None = None  # wall-clock time of the last success (probe or read)
+    last_check: float | None = None  # wall-clock time of the last probe
+    failures: int = 0  # consecutive failures
+    requests: int = 0  # read requests sent to this origin (each with its retries)
+    results: dict[str, int] = field(default_factory=dict)  # requests by result: ok, not_found, timeout, ...
+    bytes_fetched: int = 0
+    retries: int = 0
+    failovers: int = 0
+
+
+def result_of(exc: BaseException | None) -> str:
+    """A read request's result, as counted per origin."""
+    if exc is None:
+        return "ok"
+    for kind, name in ((OriginNotFound, "not_found"), (OriginPermission, "permission"),
+                       (OriginFileChanged, "changed"), (OriginTimeout, "timeout"), (ShortRead, "short_read"),
+                       (LocalExhaustion, "exhausted"), (OriginTransient, "transient")):
+        if isinstance(exc, kind):
+            return name
+    return "fatal"
 
 
 def _counts_against_health(exc: OriginError) -> bool:
@@ -224,9 +252,20 @@ class OriginRegistry:
         order = self.order()
         return order[0] if order else None
 
-    def snapshot(self) -> list[dict]:
+    def statistics(self) -> tuple[OriginStatistics, ...]:
         active = self.active
-        return [{**h.as_dict(), "active": o is active} for o, h in zip(self.origins, self.health)]
+        with self._lock:
+            return tuple(OriginStatistics(
+                name=h.name, state=h.state, active=o is active, last_error=h.last_error, last_ok=h.last_ok,
+                last_check=h.last_check, failures=h.failures, requests=sum(h.results.values()),
+                results=dict(h.results), bytes_fetched=h.bytes_fetched, retries=h.retries, failovers=h.failovers)
+                for o, h in zip(self.origins, self.health))
+
+    def _count(self, origin: Origin, exc: BaseException | None, nbytes: int = 0) -> None:
+        h = self.health_of(origin)
+        with self._lock:
+            h.results[result_of(exc)] += 1
+            h.bytes_fetched += nbytes
 
     # -- retry ----------------------------------------------------------------------------------
     def _delay(self, attempt: int) -> float:
@@ -251,7 +290,9 @@ class OriginRegistry:
                 if deadline is not None and self._clock() + delay >= deadline:
                     raise
                 attempt += 1
-                self.health_of(origin).retries += 1
+                h = self.health_of(origin)
+                with self._lock:
+                    h.retries += 1
                 log.debug("origin %s: %s; retry %d of %d in %.3fs", origin.name, exc, attempt, self.retries, delay)
                 self._sleep(delay)
 
@@ -286,19 +327,21 @@ class OriginRegistry:
                 break
             try:
                 data = self.call(origin, op, deadline=deadline, retry_timeouts=False)
-            except OriginFileChanged as exc:
-                if origin is identity_origin:
-                    raise  # the file changed since the scan; a rescan sorts it out
-                last = exc  # this replica's copy differs: try the next one
             except OriginError as exc:
-                last = exc
+                self._count(origin, exc)
+                if isinstance(exc, OriginFileChanged) and origin is identity_origin:
+                    raise  # the file changed since the scan; a rescan sorts it out
+                last = exc  # a replica whose copy differs, or a failed origin: try the next one
                 if _counts_against_health(exc):
                     self.record_failure(origin, exc)
             else:
+                self._count(origin, None, len(data))
                 self.record_ok(origin)
                 return data
             if i + 1 < len(order):
-                self.health_of(origin).failovers += 1
+                h = self.health_of(origin)
+                with self._lock:
+                    h.failovers += 1
                 log.warning("origin %s failed for %s (%s); trying %s", origin.name, path, last, order[i + 1].name)
         assert last is not None
         raise last

@@ -18,21 +18,11 @@ import functools
 import re
 import threading
 from typing import Any, Callable, Iterator
-from urllib.parse import urlsplit
 
 from .. import points
-from ..errors import (
-    OriginError,
-    OriginFatal,
-    OriginFileChanged,
-    OriginNotFound,
-    OriginPermission,
-    OriginTimeout,
-    OriginTransient,
-    PathEscape,
-    ShortRead,
-)
-from .base import FileStat, Origin
+from ..errors import OriginError, OriginFatal, OriginFileChanged, OriginNotFound, OriginPermission, OriginTimeout
+from ..errors import OriginTransient, PathEscape, ShortRead
+from .base import FileStat, Origin, Verdict, classify_error, split_url
 from .options import option_keys
 from .options import parse as parse_options
 
@@ -120,17 +110,10 @@ def classify_s3_error(exc: BaseException, origin: str, key: str = "", *, bucket_
     """
     import botocore.exceptions as bce
 
-    if isinstance(exc, OriginError):
-        return exc
-    if isinstance(exc, bce.ClientError):
-        cls, detail = _classify_client_error(exc, bucket_level)
-    else:
-        cls, detail = _classify_transport_error(exc)
-    where = f"{origin}: {key}" if key else origin
-    return cls(f"{where}: {detail}", origin=origin, path=key)
+    def decide(e: BaseException) -> Verdict:
+        return _classify_client_error(e, bucket_level) if isinstance(e, bce.ClientError) else _classify_transport_error(e)
 
-
-_Verdict = tuple[type[OriginError], str]  # error class, message detail
+    return classify_error(exc, origin, key, decide)
 
 # ClientError: (error codes, HTTP status test, error class, message prefix).
 # First match wins, so the order is the precedence: e.g. a 504 is a timeout, not "server busy".
@@ -144,7 +127,7 @@ _CLIENT_ERROR_RULES: tuple[tuple[set[str], Callable[[int], bool], type[OriginErr
 )
 
 
-def _classify_client_error(exc: Any, bucket_level: bool) -> _Verdict:
+def _classify_client_error(exc: Any, bucket_level: bool) -> Verdict:
     """An error response from the service: decided by its error code and HTTP status."""
     code, status = _client_error_code(exc)
     message = ((getattr(exc, "response", None) or {}).get("Error") or {}).get("Message") or ""
@@ -193,7 +176,7 @@ def _transport_error_rules() -> tuple[_TransportRule, ...]:
     )
 
 
-def _classify_transport_error(exc: BaseException) -> _Verdict:
+def _classify_transport_error(exc: BaseException) -> Verdict:
     """No error response: the connection, the body stream, TLS or the local setup failed."""
     for types, extra_test, cls, prefix in _transport_error_rules():
         if isinstance(exc, types) and (extra_test is None or extra_test(exc)):
@@ -299,11 +282,7 @@ class S3Origin(Origin):
     @classmethod
     def from_url(cls, url: str, options: dict | None = None) -> "S3Origin":
         options = parse_options("s3", options)  # unknown keys and wrong types: ConfigError
-        parts = urlsplit(url)
-        if parts.scheme != "s3":
-            raise OriginFatal(f"{url}: not an s3:// URL", origin=url)
-        if parts.query or parts.fragment:
-            raise OriginFatal(f"{url}: query strings and fragments are not supported", origin=url)
+        parts = split_url(url, "s3")
         bucket = parts.netloc
         if "@" in bucket or ":" in bucket:
             raise OriginFatal(f"{url}: put credentials and endpoints in options/environment, not in the URL", origin=url)

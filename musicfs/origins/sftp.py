@@ -22,7 +22,7 @@ import stat as stat_mod
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, TypeVar
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 import paramiko
 from paramiko.sftp import CMD_CLOSE, CMD_HANDLE, CMD_NAME, CMD_OPENDIR, CMD_READDIR, SFTPError
@@ -47,7 +47,7 @@ from ..errors import (
     PathEscape,
     ShortRead,
 )
-from .base import FileStat, Origin, escape_name, unescape_name
+from .base import FileStat, Origin, Verdict, classify_error, escape_name, split_url, unescape_name
 from .options import option_keys
 from .options import parse as parse_options
 
@@ -136,28 +136,21 @@ def _timeout_in_chain(exc: BaseException) -> bool:
 
 def classify_sftp_error(exc: BaseException, origin: str, path: str = "") -> OriginError:
     """Map a paramiko / socket / SFTP-status exception into the origin error tree."""
-    if isinstance(exc, OriginError):
-        return exc
-    cls, detail = _classify(exc)
-    where = f"{origin}: {path}" if path else origin
-    return cls(f"{where}: {detail}", origin=origin, path=path)
+    return classify_error(exc, origin, path, _classify)
 
 
-_Verdict = tuple[type[OriginError], str]  # error class, message detail
-
-
-def _prefixed(cls: type[OriginError], prefix: str) -> Callable[[Any], _Verdict]:
+def _prefixed(cls: type[OriginError], prefix: str) -> Callable[[Any], Verdict]:
     return lambda exc: (cls, f"{prefix}: {exc}")
 
 
-def _bad_host_key(exc: BadHostKeyException) -> _Verdict:
+def _bad_host_key(exc: BadHostKeyException) -> Verdict:
     return OriginFatal, (
         f"host key for {exc.hostname} does not match known_hosts "
         f"(got {exc.key.get_name()}, expected {exc.expected_key.get_name()}): refusing to connect"
     )
 
 
-def _classify_ssh_exception(exc: SSHException) -> _Verdict:
+def _classify_ssh_exception(exc: SSHException) -> Verdict:
     """paramiko raises bare SSHException for many things: tell them apart by the message."""
     text = str(exc)
     if "No existing session" in text:
@@ -170,7 +163,7 @@ def _classify_ssh_exception(exc: SSHException) -> _Verdict:
     return OriginTransient, f"SSH connection problem: {text}"
 
 
-def _classify_os_error(exc: OSError) -> _Verdict:
+def _classify_os_error(exc: OSError) -> Verdict:
     """Socket errors, and SFTP status replies (paramiko raises those as IOError with an errno)."""
     code = exc.errno
     if code in (errno.ENOENT, errno.ENOTDIR):
@@ -190,7 +183,7 @@ def _classify_os_error(exc: OSError) -> _Verdict:
 
 # (exception type, how to classify it); first match wins, so order matters: most
 # paramiko errors derive from SSHException, and socket errors from OSError.
-_ERROR_RULES: tuple[tuple[type[BaseException], Callable[[Any], _Verdict]], ...] = (
+_ERROR_RULES: tuple[tuple[type[BaseException], Callable[[Any], Verdict]], ...] = (
     # --- never worth retrying: trust and credentials -----------------------
     (UnknownHostKey, lambda exc: (OriginFatal, str(exc))),
     (BadHostKeyException, _bad_host_key),
@@ -206,7 +199,7 @@ _ERROR_RULES: tuple[tuple[type[BaseException], Callable[[Any], _Verdict]], ...] 
 )
 
 
-def _classify(exc: BaseException) -> _Verdict:
+def _classify(exc: BaseException) -> Verdict:
     for exc_type, classify in _ERROR_RULES:
         if isinstance(exc, exc_type):
             return classify(exc)
@@ -407,11 +400,7 @@ class SftpOrigin(Origin):
     @classmethod
     def from_url(cls, url: str, options: dict | None = None) -> "SftpOrigin":
         options = parse_options("sftp", options)  # unknown keys and wrong types: ConfigError
-        parts = urlsplit(url)
-        if parts.scheme != "sftp":
-            raise OriginFatal(f"{url}: not an sftp:// URL", origin=url)
-        if parts.query or parts.fragment:
-            raise OriginFatal(f"{url}: query strings and fragments are not supported", origin=url)
+        parts = split_url(url, "sftp")
         if parts.password is not None:
             raise OriginFatal(f"{url}: put the password in the 'password' option, not in the URL", origin=url)
         try:

@@ -27,6 +27,7 @@ from musicfs.fuse_ops import MusicOperations
 from musicfs.index import IndexDoc, SearchIndex
 from musicfs.library import Library
 from musicfs.notify import Notifier
+from musicfs.chunk_cache import ChunkCache
 from musicfs.reader import FileReader
 from musicfs_test_utils.fixtures import make_library
 from musicfs_test_utils.reader_rig import ReaderRig
@@ -37,7 +38,7 @@ KB = 1024
 BEFORE_WRITE = points.CAS_PUT_BEFORE_WRITE
 AFTER_WRITE = points.CAS_PUT_AFTER_WRITE_BEFORE_INDEX
 QUARANTINED = r"musicfs\.cas: cache: chunk [0-9a-f]{12} failed verification; moved to"
-REFETCHED = r"musicfs\.reader: cache: chunk [0-9a-f]{64} failed verification and was quarantined; fetching it again"
+REFETCHED = r"musicfs\.chunk_cache: cache: chunk [0-9a-f]{64} failed verification and was quarantined; fetching it again"
 pattern_bytes = functools.partial(shared_pattern_bytes, step=13, salt=101, period=256)
 
 
@@ -257,7 +258,7 @@ def daemon_parts(tmp_path, monkeypatch):
     lib.scan()
     tree = lib.build_tree()
     lib.reindex(tree)
-    daemon.ops = MusicOperations(tree, FileReader(lib.catalog, lib.cas, lib.registry, chunk_size=CHUNK,
+    daemon.ops = MusicOperations(tree, FileReader(lib.catalog, ChunkCache(lib.cas), lib.registry, chunk_size=CHUNK,
                                                   memory_cache=1 << 20, read_timeout=10.0))
     yield root, daemon
     lib.close()

@@ -98,8 +98,8 @@ async def test_a_cache_read_that_hangs_is_abandoned_after_its_timeout_and_the_or
     assert env.health.state == UNSTABLE
     failpoints.remove(points.CAS_GET)  # the disk answers again
     assert await env.health.probe_once() and env.health.state == NORMAL
-    hits = env.reader.stats.cache_hits
-    assert await env.read("a.flac") == env.files["a.flac"] and env.reader.stats.cache_hits == hits + 3
+    hits = env.reader.statistics().cache_hits
+    assert await env.read("a.flac") == env.files["a.flac"] and env.reader.statistics().cache_hits == hits + 3
 
 
 # -- cas-probe (6.6) ------------------------------------------------------------------------------------------------

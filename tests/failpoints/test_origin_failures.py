@@ -55,7 +55,7 @@ async def test_panic_before_fetch_fails_the_read_and_caches_nothing(env):
             await env.read(path)
         assert env.origin.calls["read"] == 0  # stopped before the origin was asked
         assert_nothing_cached(env, path)
-        assert env.reader.open_files == 0
+        assert env.reader.statistics().open_files == 0
         with pytest.raises(FailPointPanic):
             await env.read(path, 2 * CHUNK + 5, 10)  # every fetch fails while armed
     # disarmed: the very same reads return the origin's bytes and cache them
@@ -63,7 +63,7 @@ async def test_panic_before_fetch_fails_the_read_and_caches_nothing(env):
     assert await env.read(path, 2 * CHUNK + 5, 10) == env.files[path][2 * CHUNK + 5: 2 * CHUNK + 15]
     row = env.rows[path]
     assert sorted(env.catalog.manifest(row.id, row.ident)) == list(range(6))
-    assert env.reader.stats.origin_fetches == 6
+    assert env.reader.statistics().origin_fetches == 6
 
 
 async def test_panic_after_some_chunks_never_serves_partial_bytes(env):
@@ -75,7 +75,7 @@ async def test_panic_after_some_chunks_never_serves_partial_bytes(env):
     assert sorted(env.catalog.manifest(row.id, row.ident)) == [0, 1]  # what was fetched is cached, verified
     failpoints.remove(FETCH)
     assert await env.read(path) == env.files[path]
-    assert env.reader.stats.origin_fetches == 2 + 4
+    assert env.reader.statistics().origin_fetches == 2 + 4
 
 
 async def test_return_before_fetch_fails_the_read(env):

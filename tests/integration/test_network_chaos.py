@@ -25,6 +25,7 @@ from musicfs.origins.base import Origin
 from musicfs.origins.factory import open_origin
 from musicfs.origins.health import HealthMonitor
 from musicfs.origins.registry import HEALTHY, UNHEALTHY, OriginRegistry
+from musicfs.chunk_cache import ChunkCache
 from musicfs.reader import FileReader
 from musicfs_test_utils.fixtures import open_catalog, setup_test_cas
 from musicfs_test_utils.reader_rig import READ_ERRORS, current_row, read_range
@@ -123,7 +124,7 @@ async def chaos_rig(kind: str, via_proxy, library, tmp_path: Path, *, read_timeo
     cat.upsert_files([FileRow(path=st.path, kind="track", size=st.size, mtime_ns=st.mtime_ns, etag=st.etag)
                       for st in listing])
     cas = setup_test_cas(tmp_path / f"cache-{kind}")
-    reader = FileReader(cat, cas, registry, chunk_size=CHUNK, memory_cache=16 << 20, read_timeout=read_timeout)
+    reader = FileReader(cat, ChunkCache(cas, op_timeout=min(5.0, read_timeout / 3)), registry, chunk_size=CHUNK, memory_cache=16 << 20, read_timeout=read_timeout)
     monitor = HealthMonitor(registry, interval=0.2, timeout=1.0)
     rig = Rig(AsyncProxy(proxy), registry, monitor, reader, cat, cas, library, hooks)
     try:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import functools
 import os
+import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -69,24 +71,24 @@ async def test_a_failing_cache_disk_is_bypassed_and_re_enabled_by_a_probe(rig):
 
     rig.cas.inject_eio = True  # every read, write and probe of the cache disk now fails with EIO
     assert await read_all(reader, rig.rows["a.flac"]) == rig.files["a.flac"]
-    assert reader.cache.state == UNSTABLE and "EIO" in reader.cache.reason
+    assert reader.cache.health.state == UNSTABLE and "EIO" in reader.cache.health.reason
     assert rig.origin.calls["read"] == fetched + 4  # every chunk came from the origin
-    assert reader.stats.passthrough_reads == 4
+    assert reader.cache.statistics().passthrough_reads == 4
     assert await read_all(reader, rig.rows["b.flac"]) == rig.files["b.flac"]  # uncached: passthrough too
     assert rig.store.usage() == cached  # nothing was stored while the cache is bypassed
 
-    assert not await reader.cache.probe_once()
-    assert reader.cache.state == UNSTABLE
-    assert not await reader.cache.probe_once()
-    assert reader.cache.state == DOWN  # two failed probes in a row
+    assert not await reader.cache.health.probe_once()
+    assert reader.cache.health.state == UNSTABLE
+    assert not await reader.cache.health.probe_once()
+    assert reader.cache.health.state == DOWN  # two failed probes in a row
     assert await read_all(reader, rig.rows["c.flac"]) == rig.files["c.flac"]
 
     rig.cas.inject_eio = False  # the disk is healthy again
-    assert await reader.cache.probe_once()
-    assert reader.cache.state == NORMAL
-    hits = reader.stats.cache_hits
+    assert await reader.cache.health.probe_once()
+    assert reader.cache.health.state == NORMAL
+    hits = reader.statistics().cache_hits
     assert await read_all(reader, rig.rows["a.flac"]) == rig.files["a.flac"]
-    assert reader.stats.cache_hits == hits + 4  # served from the cache again
+    assert reader.statistics().cache_hits == hits + 4  # served from the cache again
     assert await read_all(reader, rig.rows["b.flac"]) == rig.files["b.flac"]
     assert all(rig.store.has(d) for d in rig.chunks("b.flac"))  # and it stores again
 
@@ -97,15 +99,15 @@ async def test_a_read_only_cache_disk_is_bypassed_until_the_health_task_sees_it_
     reader = rig.reader
     rig.cas.inject_readonly = True
     assert await read_all(reader, rig.rows["b.flac"]) == rig.files["b.flac"]
-    assert reader.cache.state == UNSTABLE and "Read-only file system" in reader.cache.reason
+    assert reader.cache.health.state == UNSTABLE and "Read-only file system" in reader.cache.health.reason
     assert rig.store.usage() == (0, 0)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(reader.cache.run)  # what the daemon runs: probes every retry_interval
-        await until(lambda: reader.cache.probes >= 3, what="three probes")
-        assert reader.cache.state != NORMAL  # still read-only: never re-enabled
+        await until(lambda: reader.cache.health.probes >= 3, what="three probes")
+        assert reader.cache.health.state != NORMAL  # still read-only: never re-enabled
         rig.cas.inject_readonly = False
         with trio.fail_after(5):
-            await reader.cache.wait_for(NORMAL)
+            await reader.cache.health.wait_for(NORMAL)
         nursery.cancel_scope.cancel()
     assert await read_all(reader, rig.rows["b.flac"]) == rig.files["b.flac"]
     assert rig.store.usage()[1] == len(rig.chunks("b.flac"))
@@ -124,17 +126,17 @@ async def test_a_hung_cache_disk_costs_one_timeout_then_reads_bypass_it(rig):
         elapsed = trio.current_time() - start
         assert elapsed < 5.0, f"a hung cache held the read for {elapsed:.1f}s"
         assert rig.cas.hung == 1  # one chunk waited for op_timeout; the others never touched the cache
-        assert reader.cache.state == UNSTABLE
-        assert not await reader.cache.probe_once()  # the probe hangs too: bounded by probe_timeout
-        assert "did not finish within" in reader.cache.reason
-        assert not await reader.cache.probe_once()  # never a second probe thread on a hung disk
-        assert reader.cache.reason.endswith("the previous probe is still hanging") and rig.cas.hung == 2
-        assert reader.cache.state == DOWN
+        assert reader.cache.health.state == UNSTABLE
+        assert not await reader.cache.health.probe_once()  # the probe hangs too: bounded by probe_timeout
+        assert "did not finish within" in reader.cache.health.reason
+        assert not await reader.cache.health.probe_once()  # never a second probe thread on a hung disk
+        assert reader.cache.health.reason.endswith("the previous probe is still hanging") and rig.cas.hung == 2
+        assert reader.cache.health.state == DOWN
     finally:
         gate.set()
     rig.cas.hang = None
-    await until(lambda: not reader.cache._probe_busy, what="the hung probe to return")
-    assert await reader.cache.probe_once() and reader.cache.state == NORMAL
+    await until(lambda: not reader.cache.health._probe_busy, what="the hung probe to return")
+    assert await reader.cache.health.probe_once() and reader.cache.health.state == NORMAL
 
 
 # -- the cache index dies at runtime (6.3) ---------------------------------------------------------------
@@ -148,7 +150,7 @@ async def test_a_cache_index_that_dies_at_runtime_means_passthrough_and_a_backgr
     garbage = Path(rig.store.index_path).read_bytes()
 
     assert await read_all(reader, rig.rows["b.flac"]) == rig.files["b.flac"]  # the index insert fails
-    assert reader.cache.state == DOWN and "cache index failed" in reader.cache.reason
+    assert reader.cache.health.state == DOWN and "cache index failed" in reader.cache.health.reason
     fetched = rig.origin.calls["read"]
     assert await read_all(reader, rig.rows["a.flac"]) == rig.files["a.flac"]  # cached, but the cache is down
     assert rig.origin.calls["read"] == fetched + 4
@@ -156,7 +158,7 @@ async def test_a_cache_index_that_dies_at_runtime_means_passthrough_and_a_backgr
     async with trio.open_nursery() as nursery:
         nursery.start_soon(reader.cache.run)  # the daemon's cache task: rebuilds at once
         with trio.fail_after(10):
-            await reader.cache.wait_for(NORMAL)
+            await reader.cache.health.wait_for(NORMAL)
         nursery.cancel_scope.cancel()
     moved = [p for p in Path(rig.store.root).iterdir() if p.name.startswith("index.db.damaged-")]
     assert len(moved) == 1 and moved[0].read_bytes()[:len(garbage)] == garbage  # kept, never deleted
@@ -165,9 +167,9 @@ async def test_a_cache_index_that_dies_at_runtime_means_passthrough_and_a_backgr
     # written before its index insert failed
     assert report.chunks == 5 and report.quarantined == []
     assert all(rig.store.has(d) for d in rig.chunks("a.flac"))
-    fetched, hits = rig.origin.calls["read"], reader.stats.cache_hits
+    fetched, hits = rig.origin.calls["read"], reader.statistics().cache_hits
     assert await read_all(reader, rig.rows["a.flac"]) == rig.files["a.flac"]
-    assert rig.origin.calls["read"] == fetched and reader.stats.cache_hits == hits + 4
+    assert rig.origin.calls["read"] == fetched and reader.statistics().cache_hits == hits + 4
 
 
 # -- disk full (2.8) and quota (6.1) -------------------------------------------------------------------------
@@ -179,8 +181,43 @@ def tiny_disk(tmp_path):
         yield path
 
 
+async def test_a_locked_catalog_delays_the_manifest_write_but_never_marks_the_cache_disk_unstable(rig, monkeypatch):
+    # The chunk goes to the cache within op_timeout; its manifest entry is the catalog's business, outside it.
+    reader, row = rig.reader, rig.rows["b.flac"]
+    writes, waited = threading.Event(), []
+    original = rig.catalog.set_manifest_chunk
+
+    def set_manifest_chunk(*args):
+        writes.set()
+        started = time.monotonic()
+        original(*args)  # blocks on the other connection's write lock
+        waited.append(time.monotonic() - started)
+
+    monkeypatch.setattr(rig.catalog, "set_manifest_chunk", set_manifest_chunk)
+    locker = sqlite3.connect(rig.base / "catalog.db", isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")  # another writer holds the catalog
+    try:
+        async with trio.open_nursery() as nursery:
+            got = []
+
+            async def read():
+                got.append(await read_all(reader, row))
+
+            nursery.start_soon(read)
+            with trio.fail_after(5):
+                await trio.to_thread.run_sync(writes.wait)
+            await trio.sleep(3 * rig.health.op_timeout)  # the lock is held well past the cache's timeout
+            locker.execute("ROLLBACK")
+    finally:
+        locker.close()
+    assert got == [rig.files["b.flac"]]
+    assert waited[0] > rig.health.op_timeout
+    assert reader.cache.statistics().state == NORMAL and rig.health.transitions == 0
+    assert len(rig.manifest(row)) == len(rig.chunks("b.flac"))  # recorded once the lock was gone
+
+
 @pytest.mark.resilience("2.8")
-@pytest.mark.expected_log(r"musicfs\.reader: cache: cannot store a chunk of .* \(cache: (disk full|index store is full)"
+@pytest.mark.expected_log(r"musicfs\.chunk_cache: cache: cannot store a chunk of .* \(cache: (disk full|index store is full)"
                           r".*\); serving it uncached")
 async def test_a_real_full_disk_evicts_and_retries_else_serves_uncached(tmp_path, tiny_disk):
     # a 160 KiB tmpfs under a 1 GiB quota: the disk fills long before the quota does
@@ -194,7 +231,7 @@ async def test_a_real_full_disk_evicts_and_retries_else_serves_uncached(tmp_path
         used, total = disks.usage(tiny_disk)
         assert used <= total
         assert rig.store.usage()[0] <= total
-        assert reader.cache.state == NORMAL  # a full disk is not a broken one
+        assert reader.cache.health.state == NORMAL  # a full disk is not a broken one
         assert os.listdir(tiny_disk / "cache" / "tmp") == []  # no half-written chunk left behind
 
         # with every cached chunk pinned by open files nothing can be evicted: reads still succeed
@@ -207,11 +244,11 @@ async def test_a_real_full_disk_evicts_and_retries_else_serves_uncached(tmp_path
         big = next(r for r in rig.catalog.files() if r.path == "big.flac")
         for fh, name in zip(handles, names):
             assert await reader.read(fh, 0, rig.rows[name].size) == rig.files[name]
-        uncached = reader.stats.uncached_reads
+        uncached = reader.cache.statistics().uncached_reads
         fh = await reader.open(big)
         assert await reader.read(fh, 0, big.size) == data
         reader.release(fh)
-        assert reader.stats.uncached_reads > uncached  # the disk could not take them all: served uncached
+        assert reader.cache.statistics().uncached_reads > uncached  # the disk could not take them all: served uncached
         for h in handles:
             reader.release(h)
         # and once files close, the space is usable again

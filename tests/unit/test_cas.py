@@ -390,10 +390,10 @@ def test_an_overgrown_quarantine_is_pruned_when_the_store_opens(tmp_path, prune_
 
 @pytest.mark.expected_log(r"failed verification; moved to .*quarantine")
 def test_the_cache_snapshot_in_status_shows_the_quarantine(tmp_path):
-    from musicfs.cache_health import CacheHealth
+    from musicfs.chunk_cache import ChunkCache
 
     cas = setup_test_cas(tmp_path)
     _corrupt_and_read(cas, 1)
-    snap = CacheHealth(cas).snapshot()
-    assert (snap["quarantine_bytes"], snap["quarantine_files"]) == (SIZE, 1)
+    stats = ChunkCache(cas).statistics()
+    assert (stats.quarantine_bytes, stats.quarantine_files) == (SIZE, 1)
     cas.close()

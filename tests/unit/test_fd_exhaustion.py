@@ -23,6 +23,7 @@ CHILD = textwrap.dedent(r"""
     from musicfs.fuse_ops import MusicOperations
     from musicfs.origins.local import LocalOrigin
     from musicfs.origins.registry import OriginRegistry
+    from musicfs.chunk_cache import ChunkCache
     from musicfs.reader import FileReader
     from musicfs_test_utils.fixtures import setup_test_tree
 
@@ -50,7 +51,7 @@ CHILD = textwrap.dedent(r"""
     ino = {n.file.path: n.ino for n in tree.walk_files()}
 
     def ops():  # memory_cache=0: every read reaches the disk cache or the origin
-        reader = FileReader(catalog, cas, OriginRegistry([origin], backoff=0.0), chunk_size=CHUNK, memory_cache=0,
+        reader = FileReader(catalog, ChunkCache(cas), OriginRegistry([origin], backoff=0.0), chunk_size=CHUNK, memory_cache=0,
                             read_timeout=10.0)
         return MusicOperations(tree, reader)
 
@@ -80,7 +81,7 @@ CHILD = textwrap.dedent(r"""
         del records[:]
         out["exhausted"] = {name: await read(o, name) for name in data}
         out["exhausted_log"] = list(records)
-        out["cache_state_while_exhausted"] = o.reader.cache.state
+        out["cache_state_while_exhausted"] = o.reader.cache.statistics().state
         for fd in hog:
             os.close(fd)
         del records[:]
@@ -88,7 +89,7 @@ CHILD = textwrap.dedent(r"""
         out["recovered_log"] = list(records)
         manifest = catalog.manifest(rows["fresh.flac"].id, rows["fresh.flac"].ident)
         out["fresh_cached_after"] = bool(manifest) and all(cas.has(d) for d in manifest.values())
-        out["cache_state_after"] = o.reader.cache.state
+        out["cache_state_after"] = o.reader.cache.statistics().state
         print(json.dumps(out))
 
     trio.run(main)

@@ -26,6 +26,7 @@ from musicfs.damage import RunMarker, pid_is_musicfs
 from musicfs.fsck import EXIT_CLEAN, EXIT_ERROR, EXIT_LEFT, EXIT_REPAIRED, run_fsck
 from musicfs.index import SearchIndex
 from musicfs.library import Library
+from musicfs.chunk_cache import ChunkCache
 from musicfs.reader import FileReader
 from musicfs_test_utils.daemon import wait_until
 
@@ -50,7 +51,7 @@ def template(small_library, tmp_path_factory):
         rows = sorted(lib.catalog.files("track"), key=lambda r: -r.size)[:3]  # the biggest: several chunks each
 
         async def read_some():
-            reader = FileReader(lib.catalog, lib.cas, lib.registry, chunk_size=CHUNK, memory_cache=0, read_timeout=30)
+            reader = FileReader(lib.catalog, ChunkCache(lib.cas), lib.registry, chunk_size=CHUNK, memory_cache=0, read_timeout=30)
             for row in rows:
                 fh = await reader.open(row)
                 assert len(await reader.read(fh, 0, row.size)) == row.size

@@ -64,7 +64,8 @@ async def test_an_unexpected_exception_becomes_eio_logged_once_and_serving_goes_
     assert len(records) == 1 and records[0].exc_info and "read" in records[0].getMessage()
     ops.reader.exc = None
     assert await ops.read(info.fh, 0, 10) == b"x" * 10
-    assert ops.errors["read"] == 1
+    stats = ops.statistics()
+    assert stats.errors_by_handler == {"read": 1} and stats.errors == 1 and stats.open_files == 1
 
 
 @pytest.mark.expected_log(r"fuse read")

@@ -18,6 +18,7 @@ import pytest
 from musicfs.errors import OriginFileChanged, OriginNotFound
 from musicfs.origins.base import FileStat, Origin, escape_name
 from musicfs.origins.local import LocalOrigin
+from musicfs.origins.memory import MemoryOrigin, serve
 from musicfs_test_utils.faulty_origin import FaultyOrigin, Healthy
 
 # Every offset distinguishable; larger than one 64 KiB tag block and not a multiple of anything round.
@@ -51,6 +52,13 @@ def local_origin(root: Path, request: pytest.FixtureRequest) -> Origin:
     return LocalOrigin(root)
 
 
+def memory_origin(root: Path, request: pytest.FixtureRequest) -> Origin:
+    """MemoryOrigin(serve(files)) holding what the local origin lists under root (names escaped alike)."""
+    local = LocalOrigin(root)
+    files = {st.path: local.read(st.path, 0, st.size) for st in local.walk()}
+    return MemoryOrigin(serve(files, name="memory"), name="memory")
+
+
 def faulty_local_origin(root: Path, request: pytest.FixtureRequest) -> Origin:
     return FaultyOrigin(LocalOrigin(root), Healthy())
 
@@ -75,6 +83,7 @@ def sftp_origin(root: Path, request: pytest.FixtureRequest) -> Origin:
 ORIGIN_FACTORIES = [
     pytest.param(local_origin, id="local"),
     pytest.param(faulty_local_origin, id="faulty-local"),
+    pytest.param(memory_origin, id="memory"),
     pytest.param(s3_origin, id="s3", marks=pytest.mark.l3),
     pytest.param(sftp_origin, id="sftp", marks=pytest.mark.l3),
 ]

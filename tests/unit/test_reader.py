@@ -107,8 +107,8 @@ async def test_repeated_reads_are_served_from_memory(rig):
         assert await rig.reader.read(fh, i * 4096, 4096) == rig.data(row)[i * 4096 : (i + 1) * 4096]
     chunks = len({i * 4096 // CHUNK for i in range(pieces)})
     assert rig.origin.calls["read"] == chunks  # one fetch per chunk touched ...
-    assert rig.reader.stats.memory_hits == pieces - chunks  # ... every other piece from memory
-    assert rig.reader.stats.cache_hits == 0
+    assert rig.reader.statistics().memory_hits == pieces - chunks  # ... every other piece from memory
+    assert rig.reader.statistics().cache_hits == 0
     rig.reader.release(fh)
 
 
@@ -121,7 +121,7 @@ async def test_open_files_pin_their_chunks(rig):
     rig.cas.evict_to(0)
     assert all(rig.cas.has(d) for d in digests), "an open file's chunks were evicted"
     rig.reader.release(fh)
-    assert rig.reader.open_files == 0
+    assert rig.reader.statistics().open_files == 0
     rig.cas.evict_to(0)
     assert not any(rig.cas.has(d) for d in digests)
 
@@ -135,12 +135,12 @@ async def test_restart_serves_cached_files_without_the_origin(rig):
     reader, origin = rig.fresh_reader()
     assert await read_all(reader, row) == expected
     assert origin.calls["read"] == 0
-    assert reader.stats.cache_hits == n_chunks(row)
+    assert reader.statistics().cache_hits == n_chunks(row)
 
 
 @pytest.mark.resilience("6.4")
 @pytest.mark.expected_log(r"musicfs.cas: cache: chunk \w+ failed verification",
-                          r"musicfs.reader: cache: chunk \w+ failed verification.*fetching it again")
+                          r"musicfs.chunk_cache: cache: chunk \w+ failed verification.*fetching it again")
 async def test_corrupt_chunk_is_refetched(rig):
     row = rig.big
     expected = rig.data(row)
@@ -154,13 +154,13 @@ async def test_corrupt_chunk_is_refetched(rig):
     reader, origin = rig.fresh_reader()  # fresh memory cache: the bad file must be read
     assert await read_all(reader, row) == expected
     assert origin.calls["read"] == 1  # only the bad chunk came from the origin
-    assert reader.stats.bad_chunks == 1
+    assert reader.cache.statistics().bad_chunks == 1
     assert path.read_bytes() == expected[2 * CHUNK : 3 * CHUNK]  # stored again, good this time
     assert any(name.startswith(digest) for name in os.listdir(Path(rig.cas.root) / "quarantine"))
 
 
 @pytest.mark.resilience("6.5")
-@pytest.mark.expected_log(r"musicfs.reader: cache: chunk \w+ is not in the cache; fetching it again")
+@pytest.mark.expected_log(r"musicfs.chunk_cache: cache: chunk \w+ is not in the cache; fetching it again")
 async def test_deleted_chunk_is_refetched(rig):
     row = rig.big
     expected = rig.data(row)
@@ -214,14 +214,14 @@ async def test_file_changed_at_the_origin_never_mixes_bytes(rig):
 
 
 @pytest.mark.resilience("2.8")
-@pytest.mark.expected_log(r"musicfs.reader: cache: cannot store a chunk of .*serving it uncached")
+@pytest.mark.expected_log(r"musicfs.chunk_cache: cache: cannot store a chunk of .*serving it uncached")
 async def test_full_cache_still_serves_correct_bytes(rig):
     row = rig.big
     faulty = FaultyCasStore(rig.cas)
     faulty.inject_enospc = True
     reader, origin = rig.fresh_reader(cas=faulty)
     assert await read_all(reader, row) == rig.data(row)
-    assert reader.stats.uncached_reads == n_chunks(row) == origin.calls["read"]
+    assert reader.cache.statistics().uncached_reads == n_chunks(row) == origin.calls["read"]
     assert rig.cas.usage() == (0, 0)
     assert rig.manifest(row) == {}
     faulty.inject_enospc = False  # space comes back: the next reads are cached again
@@ -264,7 +264,7 @@ async def test_concurrent_whole_file_reads_with_one_handle_each(rig):
     assert rig.origin.calls["read"] == sum(n_chunks(r) for r in rows)
     for fh in handles.values():
         rig.reader.release(fh)
-    assert rig.reader.open_files == 0
+    assert rig.reader.statistics().open_files == 0
 
 
 # -- open-file bookkeeping -------------------------------------------------------------------
@@ -293,7 +293,7 @@ async def test_reopen_after_a_change_does_not_leak_pins(rig):
     new_fh = await rig.reader.open(newer)  # identity moved on while the old handle is open
     rig.reader.release(old_fh)
     rig.reader.release(new_fh)
-    assert rig.reader.open_files == 0
+    assert rig.reader.statistics().open_files == 0
     rig.cas.evict_to(0)
     assert not any(rig.cas.has(d) for d in old_digests), "chunks of closed files are still pinned"
 
@@ -314,4 +314,4 @@ async def test_open_answers_within_read_timeout_when_the_catalog_hangs(rig, monk
             await rig.reader.open(rig.big)
     finally:
         released.set()
-    assert rig.reader.open_files == 0
+    assert rig.reader.statistics().open_files == 0

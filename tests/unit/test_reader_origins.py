@@ -253,7 +253,7 @@ async def test_a_changed_origin_file_never_mixes_old_and_new_bytes(tmp_path, cha
         with pytest.raises(OriginFileChanged):
             await rig.reader.read(fh, 2 * CHUNK, 100)
         assert await rig.reader.read(fh, 0, CHUNK) == FILES[A][:CHUNK]  # what is served is all old
-        assert changed == [A, A] and rig.reader.stats.changed_files == 2
+        assert changed == [A, A] and rig.reader.statistics().changed_files == 2
         assert set(rig.catalog.manifest(row.id, row.ident)) == {0}  # nothing of the changed file was cached
         rig.reader.release(fh)
 

@@ -21,52 +21,42 @@ from musicfs.errors import (
     PathEscape,
     ShortRead,
 )
-from musicfs.origins.base import FileStat, Origin
+from musicfs.origins.base import Origin
+from musicfs.origins.memory import PROBE, READ, MemoryOrigin, Request, serve
 from musicfs.origins.registry import HEALTHY, UNHEALTHY, UNKNOWN, OriginRegistry
 from musicfs.origins.s3 import classify_s3_error
 from musicfs.origins.sftp import classify_sftp_error
 
 
-class MemoryOrigin(Origin):
-    """An in-memory origin whose next calls fail with the queued errors (then succeed)."""
+class Flaky:
+    """A MemoryOrigin handler serving `files` whose next reads and probes fail with the queued errors (then
+    succeed); counts reads and probes."""
 
-    def __init__(self, name: str, files: dict[str, bytes]):
-        self.name = name
-        self.files = files
+    def __init__(self, name: str, files: dict[str, bytes], mtime_ns: int = 1, etag: str = ""):
+        self.serve = serve(files, mtime_ns=mtime_ns, etag=etag, name=name)
         self.errors: list[BaseException] = []  # raised one per call, in order, before any success
         self.always: BaseException | None = None  # raised by every call while set
         self.reads = 0
         self.probes = 0
         self._lock = threading.Lock()
 
-    def _maybe_fail(self) -> None:
-        with self._lock:
-            if self.always is not None:
-                raise self.always
-            if self.errors:
-                raise self.errors.pop(0)
+    def __call__(self, request: Request):
+        if request.op in (READ, PROBE):
+            with self._lock:
+                if request.op == READ:
+                    self.reads += 1
+                else:
+                    self.probes += 1
+                if self.always is not None:
+                    raise self.always
+                if self.errors:
+                    raise self.errors.pop(0)
+        return self.serve(request)
 
-    def walk(self):
-        for path, data in sorted(self.files.items()):
-            yield FileStat(path, len(data), 1)
 
-    def stat(self, path: str) -> FileStat:
-        if path not in self.files:
-            raise OriginNotFound(f"{self.name}: {path}", origin=self.name, path=path)
-        return FileStat(path, len(self.files[path]), 1)
-
-    def read(self, path, offset, length, expect=None) -> bytes:
-        with self._lock:
-            self.reads += 1
-        self._maybe_fail()
-        if path not in self.files:
-            raise OriginNotFound(f"{self.name}: no {path}", origin=self.name, path=path)
-        return self.files[path][offset:offset + length]
-
-    def probe(self) -> None:
-        with self._lock:
-            self.probes += 1
-        self._maybe_fail()
+def memory_origin(name: str, files: dict[str, bytes], **identity) -> MemoryOrigin:
+    """An in-memory origin (files with mtime 1 and no ETag, or `identity`'s) with a Flaky handler."""
+    return MemoryOrigin(Flaky(name, files, **identity), name=name)
 
 
 class FakeTime:
@@ -100,11 +90,11 @@ def registry(*origins: Origin, t: FakeTime | None = None, **kwargs) -> OriginReg
 @pytest.mark.resilience("4.1")
 def test_transient_errors_are_retried_with_exponential_backoff_and_jitter():
     t = FakeTime()
-    origin = MemoryOrigin("o", FILES)
-    origin.errors = [transient(i) for i in range(5)]
+    origin = memory_origin("o", FILES)
+    origin.handler.errors = [transient(i) for i in range(5)]
     reg = registry(origin, t=t, retries=5, backoff=0.1, max_backoff=1.0, seed=7)
     assert reg.read("a.flac", 10, 100) == FILES["a.flac"][10:110]
-    assert origin.reads == 6  # five failures, then the answer
+    assert origin.handler.reads == 6  # five failures, then the answer
     caps = [min(1.0, 0.1 * 2**k) for k in range(5)]  # 0.1 0.2 0.4 0.8 1.0 (capped)
     assert len(t.sleeps) == 5
     for delay, cap in zip(t.sleeps, caps):
@@ -117,8 +107,8 @@ def test_transient_errors_are_retried_with_exponential_backoff_and_jitter():
 def test_jitter_is_seeded_and_differs_between_seeds():
     def delays(seed: int) -> list[float]:
         t = FakeTime()
-        origin = MemoryOrigin("o", FILES)
-        origin.errors = [transient(i) for i in range(4)]
+        origin = memory_origin("o", FILES)
+        origin.handler.errors = [transient(i) for i in range(4)]
         registry(origin, t=t, retries=4, backoff=0.1, seed=seed).read("a.flac", 0, 1)
         return t.sleeps
 
@@ -129,12 +119,12 @@ def test_jitter_is_seeded_and_differs_between_seeds():
 @pytest.mark.resilience("4.1")
 def test_retries_are_bounded_and_the_last_error_is_raised():
     t = FakeTime()
-    origin = MemoryOrigin("o", FILES)
-    origin.always = ShortRead("o: short", origin="o")
+    origin = memory_origin("o", FILES)
+    origin.handler.always = ShortRead("o: short", origin="o")
     reg = registry(origin, t=t, retries=3, backoff=0.01)
     with pytest.raises(ShortRead):
         reg.read("a.flac", 0, 10)
-    assert origin.reads == 4 and len(t.sleeps) == 3
+    assert origin.handler.reads == 4 and len(t.sleeps) == 3
 
 
 @pytest.mark.resilience("4.1")
@@ -147,42 +137,42 @@ def test_retries_are_bounded_and_the_last_error_is_raised():
 ], ids=lambda e: type(e).__name__)
 def test_permanent_errors_are_never_retried(exc):
     t = FakeTime()
-    origin = MemoryOrigin("o", FILES)
-    origin.always = exc
+    origin = memory_origin("o", FILES)
+    origin.handler.always = exc
     reg = registry(origin, t=t, retries=5)
     with pytest.raises(type(exc)):
         reg.read("a.flac", 0, 10)
-    assert origin.reads == 1 and t.sleeps == []
+    assert origin.handler.reads == 1 and t.sleeps == []
 
 
 def test_call_retries_a_timeout_but_a_read_moves_on_at_once():
     """A scan's probe or tag read may retry a timeout; a read that already waited one goes to the next replica."""
     t = FakeTime()
-    origin = MemoryOrigin("o", FILES)
-    origin.errors = [OriginTimeout("slow", origin="o")]
+    origin = memory_origin("o", FILES)
+    origin.handler.errors = [OriginTimeout("slow", origin="o")]
     reg = registry(origin, t=t, retries=2)
     reg.call(origin, lambda o: o.probe())
-    assert origin.probes == 2 and len(t.sleeps) == 1
+    assert origin.handler.probes == 2 and len(t.sleeps) == 1
 
-    origin.errors = [OriginTimeout("slow", origin="o")]
+    origin.handler.errors = [OriginTimeout("slow", origin="o")]
     with pytest.raises(OriginTimeout):
         reg.read("a.flac", 0, 10)
-    assert origin.reads == 1 and len(t.sleeps) == 1  # no second sleep, no retry
+    assert origin.handler.reads == 1 and len(t.sleeps) == 1  # no second sleep, no retry
 
 
 def test_no_retry_sleeps_past_the_deadline():
     t = FakeTime()
-    origin = MemoryOrigin("o", FILES)
-    origin.always = transient()
+    origin = memory_origin("o", FILES)
+    origin.handler.always = transient()
     reg = registry(origin, t=t, retries=10, backoff=0.1, max_backoff=0.1)
     with pytest.raises(OriginTransient):
         reg.read("a.flac", 0, 10, deadline=t.now + 0.25)
     assert t.now <= 1000.25 and 1 <= len(t.sleeps) <= 4
-    assert origin.reads == len(t.sleeps) + 1
+    assert origin.handler.reads == len(t.sleeps) + 1
 
 
 def test_a_short_answer_is_an_error_when_exact():
-    origin = MemoryOrigin("o", FILES)
+    origin = memory_origin("o", FILES)
     reg = registry(origin, retries=1)
     size = len(FILES["b.mp3"])
     assert reg.read("b.mp3", size - 10, 100) == FILES["b.mp3"][-10:]  # short at EOF is fine ...
@@ -200,16 +190,16 @@ def test_a_short_answer_is_an_error_when_exact():
 ], ids=["s3-slowdown", "s3-500", "s3-nosuchkey", "s3-accessdenied", "s3-reset"])
 def test_s3_error_classes_drive_the_retry_policy(make, retried):
     t = FakeTime()
-    origin = MemoryOrigin("s3", FILES)
-    origin.errors = [classify_s3_error(make(), "s3", "a.flac")]
+    origin = memory_origin("s3", FILES)
+    origin.handler.errors = [classify_s3_error(make(), "s3", "a.flac")]
     reg = registry(origin, t=t, retries=2)
     if retried:
         assert reg.read("a.flac", 0, 4) == FILES["a.flac"][:4]
-        assert origin.reads == 2 and len(t.sleeps) == 1
+        assert origin.handler.reads == 2 and len(t.sleeps) == 1
     else:
         with pytest.raises(OriginError):
             reg.read("a.flac", 0, 4)
-        assert origin.reads == 1 and t.sleeps == []
+        assert origin.handler.reads == 1 and t.sleeps == []
 
 
 @pytest.mark.resilience("4.1")
@@ -221,16 +211,16 @@ def test_s3_error_classes_drive_the_retry_policy(make, retried):
 ], ids=["sftp-eof", "sftp-reset", "sftp-enoent", "sftp-eacces"])
 def test_sftp_error_classes_drive_the_retry_policy(make, retried):
     t = FakeTime()
-    origin = MemoryOrigin("sftp", FILES)
-    origin.errors = [classify_sftp_error(make(), "sftp", "a.flac")]
+    origin = memory_origin("sftp", FILES)
+    origin.handler.errors = [classify_sftp_error(make(), "sftp", "a.flac")]
     reg = registry(origin, t=t, retries=2)
     if retried:
         assert reg.read("a.flac", 0, 4) == FILES["a.flac"][:4]
-        assert origin.reads == 2
+        assert origin.handler.reads == 2
     else:
         with pytest.raises(OriginError):
             reg.read("a.flac", 0, 4)
-        assert origin.reads == 1 and t.sleeps == []
+        assert origin.handler.reads == 1 and t.sleeps == []
 
 
 def _s3_client_error(code: str, status: int):
@@ -245,11 +235,11 @@ def _s3_client_error(code: str, status: int):
 @pytest.mark.expected_log(r"origin primary failed for a\.flac .*; trying backup")
 def test_a_read_fails_over_to_the_next_origin_and_marks_the_primary_unhealthy():
     t = FakeTime()
-    primary, backup = MemoryOrigin("primary", {}), MemoryOrigin("backup", FILES)
-    primary.always = transient()
+    primary, backup = memory_origin("primary", {}), memory_origin("backup", FILES)
+    primary.handler.always = transient()
     reg = registry(primary, backup, t=t, retries=2)
     assert reg.read("a.flac", 5, 50) == FILES["a.flac"][5:55]
-    assert primary.reads == 3 and backup.reads == 1  # retried on the primary first, then failed over
+    assert primary.handler.reads == 3 and backup.handler.reads == 1  # retried on the primary first, then failed over
     assert reg.health_of(primary).state == UNHEALTHY and "injected transient" in reg.health_of(primary).last_error
     assert reg.health_of(backup).state == HEALTHY
     assert reg.health_of(primary).failovers == 1
@@ -257,55 +247,55 @@ def test_a_read_fails_over_to_the_next_origin_and_marks_the_primary_unhealthy():
 
 @pytest.mark.expected_log(r"origin primary failed for a\.flac")
 def test_a_file_missing_on_the_primary_is_read_from_the_replica_without_blaming_the_primary():
-    primary, backup = MemoryOrigin("primary", {}), MemoryOrigin("backup", FILES)
+    primary, backup = memory_origin("primary", {}), memory_origin("backup", FILES)
     reg = registry(primary, backup)
     assert reg.read("a.flac", 0, 10) == FILES["a.flac"][:10]
     assert reg.health_of(primary).state == UNKNOWN  # a missing file says nothing about the origin's health
 
 
 def test_a_changed_file_is_not_read_from_another_replica():
-    primary, backup = MemoryOrigin("primary", FILES), MemoryOrigin("backup", FILES)
-    primary.always = OriginFileChanged("changed", origin="primary")
+    primary, backup = memory_origin("primary", FILES), memory_origin("backup", FILES)
+    primary.handler.always = OriginFileChanged("changed", origin="primary")
     reg = registry(primary, backup)
     with pytest.raises(OriginFileChanged):
         reg.read("a.flac", 0, 10)
-    assert backup.reads == 0
+    assert backup.handler.reads == 0
 
 
 @pytest.mark.resilience("4.3")
 @pytest.mark.expected_log(r"origin primary failed for", r"origin primary is unhealthy")
 def test_the_primary_is_preferred_again_only_after_a_grace_period_of_health():
     t = FakeTime()
-    primary, backup = MemoryOrigin("primary", FILES), MemoryOrigin("backup", FILES)
+    primary, backup = memory_origin("primary", FILES), memory_origin("backup", FILES)
     reg = registry(primary, backup, t=t, grace=30.0)
     reg.monitored = True  # as with a HealthMonitor running: unhealthy origins are skipped
-    assert reg.read("a.flac", 0, 4) and (primary.reads, backup.reads) == (1, 0)
+    assert reg.read("a.flac", 0, 4) and (primary.handler.reads, backup.handler.reads) == (1, 0)
 
-    primary.always = transient()
+    primary.handler.always = transient()
     reg.read("a.flac", 0, 4)  # fails over
-    assert reg.health_of(primary).state == UNHEALTHY and backup.reads == 1
-    primary.reads = 0
+    assert reg.health_of(primary).state == UNHEALTHY and backup.handler.reads == 1
+    primary.handler.reads = 0
     reg.read("a.flac", 0, 4)
-    assert primary.reads == 0 and backup.reads == 2  # a known-dead primary is not even tried
+    assert primary.handler.reads == 0 and backup.handler.reads == 2  # a known-dead primary is not even tried
 
-    primary.always = None
+    primary.handler.always = None
     reg.record_ok(primary, probe=True)  # the health monitor sees it answer again
     assert reg.health_of(primary).state == HEALTHY
     t.now += 29.0
     reg.read("a.flac", 0, 4)
-    assert primary.reads == 0 and backup.reads == 3  # still within the grace period: stay on the replica
+    assert primary.handler.reads == 0 and backup.handler.reads == 3  # still within the grace period: stay on the replica
     assert reg.active is backup
     t.now += 2.0
     reg.read("a.flac", 0, 4)
-    assert primary.reads == 1 and backup.reads == 3  # healthy for longer than the grace: back to the primary
+    assert primary.handler.reads == 1 and backup.handler.reads == 3  # healthy for longer than the grace: back to the primary
     assert reg.active is primary
-    assert [o["active"] for o in reg.snapshot()] == [True, False]
+    assert [o.active for o in reg.statistics()] == [True, False]
 
 
 @pytest.mark.expected_log(r"origin (primary|backup) is unhealthy")
 def test_a_settling_primary_is_still_used_when_the_replica_fails():
     t = FakeTime()
-    primary, backup = MemoryOrigin("primary", FILES), MemoryOrigin("backup", FILES)
+    primary, backup = memory_origin("primary", FILES), memory_origin("backup", FILES)
     reg = registry(primary, backup, t=t, grace=30.0)
     reg.monitored = True
     reg.record_failure(primary, transient(), probe=True)
@@ -317,7 +307,7 @@ def test_a_settling_primary_is_still_used_when_the_replica_fails():
 
 @pytest.mark.expected_log(r"origin o is unhealthy", r"every origin is down")
 def test_offline_only_while_monitored_and_every_origin_is_down():
-    origin = MemoryOrigin("o", FILES)
+    origin = memory_origin("o", FILES)
     reg = registry(origin)
     reg.record_failure(origin, transient(), probe=True)
     assert not reg.offline  # nobody would notice a recovery: reads keep trying
@@ -326,57 +316,40 @@ def test_offline_only_while_monitored_and_every_origin_is_down():
     reg.monitored = True
     reg.record_failure(origin, transient(), probe=True)
     assert reg.offline and reg.active is None
-    assert reg.snapshot()[0]["state"] == UNHEALTHY
-
-
-class StampedOrigin(MemoryOrigin):
-    """A MemoryOrigin whose files carry an mtime and ETag of their own, checked against `expect`."""
-
-    def __init__(self, name: str, files: dict[str, bytes], mtime_ns: int, etag: str):
-        super().__init__(name, files)
-        self.mtime_ns, self.etag = mtime_ns, etag
-
-    def stat(self, path: str) -> FileStat:
-        super().stat(path)
-        return FileStat(path, len(self.files[path]), self.mtime_ns, self.etag)
-
-    def read(self, path, offset, length, expect=None) -> bytes:
-        if expect is not None and not expect.same_identity(self.stat(path)):
-            raise OriginFileChanged(f"{self.name}: {path} changed", origin=self.name, path=path)
-        return super().read(path, offset, length)
+    assert reg.statistics()[0].state == UNHEALTHY
 
 
 @pytest.mark.resilience("4.3")
 @pytest.mark.expected_log(r"origin primary failed for a\.flac")
 def test_a_replica_with_identities_of_its_own_is_read_when_its_size_matches():
-    primary = StampedOrigin("primary", FILES, 111, "etag-on-s3")
-    replica = StampedOrigin("replica", FILES, 222, "")  # e.g. SFTP: another mtime, no ETag
+    primary = memory_origin("primary", FILES, mtime_ns=111, etag="etag-on-s3")
+    replica = memory_origin("replica", FILES, mtime_ns=222, etag="")  # e.g. SFTP: another mtime, no ETag
     reg = registry(primary, replica)
     expect = primary.stat("a.flac")  # the catalog's identity: from the scanned origin
-    primary.always = transient()
+    primary.handler.always = transient()
     assert reg.read("a.flac", 0, 8, expect) == FILES["a.flac"][:8]
-    assert replica.reads == 1
+    assert replica.handler.reads == 1
 
 
 @pytest.mark.expected_log(r"origin primary failed for a\.flac")
 def test_a_replica_whose_copy_has_another_size_is_not_used():
-    primary = StampedOrigin("primary", FILES, 111, "e")
-    replica = StampedOrigin("replica", {"a.flac": FILES["a.flac"] + b"more"}, 111, "e")
+    primary = memory_origin("primary", FILES, mtime_ns=111, etag="e")
+    replica = memory_origin("replica", {"a.flac": FILES["a.flac"] + b"more"}, mtime_ns=111, etag="e")
     reg = registry(primary, replica)
     expect = primary.stat("a.flac")
-    primary.always = transient()
+    primary.handler.always = transient()
     with pytest.raises(OriginFileChanged, match="bytes here"):
         reg.read("a.flac", 0, 8, expect)
-    assert replica.reads == 0
+    assert replica.handler.reads == 0
     assert reg.health_of(replica).state == UNKNOWN  # its copy differs; the replica itself is fine
 
 
 @pytest.mark.expected_log(r"origin primary is unhealthy")
 def test_first_healthy_is_a_query_that_leaves_the_identity_origin_alone():
-    primary, replica = MemoryOrigin("primary", FILES), MemoryOrigin("replica", FILES)
+    primary, replica = memory_origin("primary", FILES), memory_origin("replica", FILES)
     reg = registry(primary, replica)
     assert reg.identity_origin is primary
-    primary.always = transient()
+    primary.handler.always = transient()
     assert reg.first_healthy() is replica
     assert reg.identity_origin is primary  # failing over to scan or read does not re-key the catalog
     assert reg.health_of(primary).state == UNHEALTHY and reg.health_of(replica).state == HEALTHY
@@ -385,14 +358,14 @@ def test_first_healthy_is_a_query_that_leaves_the_identity_origin_alone():
 
 @pytest.mark.expected_log(r"origin primary failed for a\.flac", r"catalog identities are now")
 def test_the_identity_origin_moves_only_when_adopted_and_none_checks_every_origin_as_a_replica():
-    primary = StampedOrigin("primary", FILES, 111, "e")
-    replica = StampedOrigin("replica", FILES, 222, "")
+    primary = memory_origin("primary", FILES, mtime_ns=111, etag="e")
+    replica = memory_origin("replica", FILES, mtime_ns=222, etag="")
     reg = registry(primary, replica)
     expect = primary.stat("a.flac")
-    primary.always = transient()
+    primary.handler.always = transient()
     assert reg.first_healthy() is replica and reg.identity_origin is primary
     assert reg.read("a.flac", 0, 8, expect) == FILES["a.flac"][:8]  # the replica, checked by size
-    primary.always = None
+    primary.handler.always = None
     reg.adopt_identities(None)  # a scan of another origin is re-keying the catalog
     assert reg.read("a.flac", 0, 8, expect) == FILES["a.flac"][:8]
     assert reg.read("a.flac", 0, 8, replica.stat("a.flac")) == FILES["a.flac"][:8]
@@ -400,3 +373,19 @@ def test_the_identity_origin_moves_only_when_adopted_and_none_checks_every_origi
     assert reg.identity_origin is replica
     with pytest.raises(OriginFileChanged):
         reg.read("a.flac", 0, 8, expect)  # the catalog now says 222: the replica itself refuses 111
+
+
+@pytest.mark.expected_log(r"origin (primary|backup) failed for (a|missing)\.flac")
+def test_statistics_count_requests_by_result_bytes_retries_and_failovers_per_origin():
+    primary, backup = memory_origin("primary", FILES), memory_origin("backup", FILES)
+    reg = registry(primary, backup, t=FakeTime())
+    primary.handler.errors = [transient(), transient(), transient()]  # one retry too many: fails over
+    assert reg.read("a.flac", 0, 4) == FILES["a.flac"][:4]
+    with pytest.raises(OriginNotFound):
+        reg.read("missing.flac", 0, 4)
+    first, second = reg.statistics()
+    assert (first.name, first.state, first.retries, first.failovers) == ("primary", UNHEALTHY, 2, 1)
+    assert (second.name, second.failovers, second.active) == ("backup", 1, True)  # the primary is down now
+    assert second.bytes_fetched == 4 and first.bytes_fetched == 0
+    assert second.results == {"ok": 1, "not_found": 1} and second.requests == 2
+    assert first.results == {"transient": 1, "not_found": 1} and first.requests == 2

@@ -15,6 +15,7 @@ from musicfs.origins.base import unescape_name
 from musicfs.origins.local import LocalOrigin
 from musicfs.origins.registry import OriginRegistry
 from musicfs.sync import Scanner
+from musicfs.chunk_cache import ChunkCache
 from musicfs.reader import FileReader
 from musicfs.tree import FIRST_INO, build_tree
 from musicfs_test_utils.faulty_origin import FaultyOrigin
@@ -227,13 +228,14 @@ async def test_a_file_name_that_is_not_utf8_is_scanned_shown_and_read_by_its_rea
     assert node.name.endswith("d\ufffdj\ufffd vu.flac".encode())  # after the track number, if any
 
     assert scanner(cat, root)[0].scan().unchanged == result.added + result.unchanged + result.skipped  # stable key
-    reader = FileReader(cat, CasStore(str(tmp_path / "cache"), 1 << 30), OriginRegistry([LocalOrigin(root)]),
-                        chunk_size=64 << 10, memory_cache=1 << 20, read_timeout=10.0)
+    cas = CasStore(str(tmp_path / "cache"), 1 << 30)
+    reader = FileReader(cat, ChunkCache(cas), OriginRegistry([LocalOrigin(root)]), chunk_size=64 << 10,
+                        memory_cache=1 << 20, read_timeout=10.0)
     try:
         assert await read_range(reader, current_row(cat, row.path)) == original
         assert await read_range(reader, current_row(cat, row.path), 70_000, 5000) == original[70_000:75_000]
     finally:
-        reader.cas.close()
+        cas.close()
 
 
 def test_a_track_that_turns_unreadable_counts_as_a_change(cat, lib):

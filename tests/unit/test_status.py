@@ -29,8 +29,10 @@ DOC = {
     "tasks": {"fuse": {"state": "running", "failures": 0, "restarts": 0, "last_error": ""},
               "rescan": {"state": "restarting", "failures": 2, "restarts": 1, "last_error": "OriginError: gone"}},
     "degraded": [],
-    "counters": {"requests": 5000, "errors": 3, "cache_hits": 4100, "memory_hits": 700, "origin_fetches": 200,
-                 "uncached_reads": 0, "bad_chunks": 1, "open_files": 2},
+    "reader": {"open_files": 2, "open_handles": 3, "memory_hits": 700, "memory_bytes": 1 << 20, "cache_hits": 4100,
+               "origin_fetches": 200, "changed_files": 0, "manifest_failures": 0},
+    "fuse": {"requests": 5000, "errors": 3, "errors_by_handler": {"read": 3}, "open_files": 3, "open_dirs": 0,
+             "known_inodes": 40, "retired_inodes": 0},
 }
 
 
@@ -98,7 +100,7 @@ def test_status_table_shows_the_figures(tmp_path):
     # key/value lines are aligned: every value starts in the same column
     head = lines[:lines.index("origins:")]
     assert len(head) >= 6 and len({re.match(r"^(.+?)  +(?=\S)", line).end() for line in head}) == 1
-    assert "origins:" in lines and "tasks:" in lines and "counters:" in lines
+    assert "origins:" in lines and "tasks:" in lines and "reader:" in lines and "fuse:" in lines
 
 
 def test_default_state_dir_is_the_only_library(tmp_path):
@@ -322,3 +324,39 @@ def test_credentials_in_a_source_url_are_never_shown(tmp_path):
         assert result.returncode == EXIT_RUNNING, result.stderr
         assert "s3://***@bucket/music" in result.stdout
         assert "AKIAEXAMPLE" not in result.stdout and "SECRET" not in result.stdout
+
+
+async def test_the_daemon_snapshot_is_the_components_statistics_records(small_library, tmp_path):
+    from dataclasses import fields
+
+    from musicfs.build import build
+    from musicfs.chunk_cache import CacheStatistics
+    from musicfs.config import Config
+    from musicfs.daemon import Daemon
+    from musicfs.fuse_ops import MusicOperations
+    from musicfs.library import Library
+    from musicfs.notify import Notifier
+
+    cfg = Config(sources=(str(small_library[0]),), state_dir=str(tmp_path / "state"),
+                 cache_dir=str(tmp_path / "cache")).resolved()
+    lib = Library.open(cfg)
+    try:
+        lib.scan()
+        daemon = Daemon(cfg, Notifier(""))
+        daemon.lib, daemon.services = lib, build(cfg, lib)
+        daemon.ops = MusicOperations(lib.build_tree(), daemon.services.reader)
+        row = lib.catalog.files("track")[0]
+        fh = await daemon.services.reader.open(row)
+        assert len(await daemon.services.reader.read(fh, 0, row.size)) == row.size
+        doc = json.loads(json.dumps(daemon.snapshot()))  # what the socket sends
+        daemon.services.reader.release(fh)
+    finally:
+        lib.close()
+    assert set(doc["cache"]) == {f.name for f in fields(CacheStatistics)}
+    assert doc["cache"]["state"] == "normal" and doc["cache"]["used_bytes"] == row.size
+    assert doc["reader"]["origin_fetches"] == doc["cache"]["chunks"] and doc["reader"]["open_handles"] == 1
+    [origin] = doc["origins"]
+    assert origin["bytes_fetched"] == row.size and origin["results"] == {"ok": origin["requests"]}
+    assert doc["fuse"]["requests"] == 0 and doc["tasks"] == {} and doc["degraded"] == []
+    text = render_table(doc)
+    assert "reader:" in text and "fuse:" in text and "origin_fetches" in text

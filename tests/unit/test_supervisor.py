@@ -48,7 +48,8 @@ async def test_a_crashing_task_does_not_stop_the_others(caplog):
     assert done.is_set()
     assert sup.task_status("once").state == "failed"
     assert sup.task_status("worker").state == "done"
-    assert sup.stats()["once"]["last_error"] == "ValueError: bad"
+    stats = sup.statistics()
+    assert stats.tasks["once"].last_error == "ValueError: bad" and stats.degraded == ("once",)
 
 
 @pytest.mark.expected_log(r"task flaky failed")

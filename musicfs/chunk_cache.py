@@ -1,0 +1,116 @@
+"""ChunkCache: the reader's one door to the local chunk cache (CasStore behind CacheHealth).
+
+`get(digest)` answers a verified chunk or None, `store(data)` its digest or None; the caller never
+learns why not. Behind them:
+
+- a bypassed cache (unstable or down, see cache_health.py) answers None at once: passthrough to the
+  origins, nothing stored;
+- cache I/O runs on the cache's own thread limiter within `op_timeout`; an I/O error, a read-only disk
+  or a hang marks the cache unstable, a failing index puts it down (rebuilt by the `run` task);
+- a corrupt or missing chunk (quarantined by the CAS) is a miss: the reader fetches it again;
+- a full disk (after the CAS evicted and retried) is served uncached: the state stays normal;
+- EMFILE (TooManyOpenFiles) is the process's fault, not the disk's: `get` raises it (that request answers
+  EIO), `store` serves uncached; nothing is marked broken.
+
+Only the chunk goes through here: the catalog's manifest entry is the reader's business, written outside
+the cache's timeout, so a locked catalog never marks the cache disk unstable.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from .cache_health import CacheHealth
+from .cas import CasStore
+from .errors import CacheFull, CacheUnavailable, CasError, ChunkCorrupt, ChunkMissing, TooManyOpenFiles
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CacheStatistics:
+    """`ChunkCache.statistics()`: what `musicfs status` shows under `cache`."""
+
+    state: str  # normal | unstable | down
+    reason: str
+    since_s: float  # seconds in this state
+    used_bytes: int
+    quota_bytes: int
+    chunks: int
+    pinned: int
+    quarantine_bytes: int
+    quarantine_files: int
+    probes: int
+    failed_probes: int
+    transitions: int
+    bad_chunks: int  # chunks found corrupt or missing on a read (quarantined, fetched again)
+    passthrough_reads: int  # chunks not stored because the cache was bypassed (unstable/down)
+    uncached_reads: int  # chunks that could not be stored (disk full, EMFILE, a failing disk)
+
+
+class ChunkCache:
+    """The chunk cache as the reader sees it. `health_options` are CacheHealth's keyword arguments."""
+
+    def __init__(self, cas: CasStore, **health_options):
+        self._cas = cas
+        self.health = CacheHealth(cas, **health_options)  # the state machine; its `run` is the cache task
+        self._bad = 0
+        self._passthrough = 0
+        self._uncached = 0
+
+    async def get(self, digest: str) -> bytes | None:
+        """The verified chunk, or None: not cached, bad (quarantined or missing), or the cache bypassed."""
+        if not self.health.usable or not self._cas.has(digest):
+            return None
+        try:
+            return await self.health.run_io(self._cas.get, digest)
+        except TooManyOpenFiles:
+            raise  # this request fails with EIO; the cache is not to blame
+        except (ChunkCorrupt, ChunkMissing) as exc:
+            self._bad += 1
+            log.warning("cache: %s; fetching it again from the origin", exc)
+            return None
+        except CacheUnavailable:
+            return None
+        except CasError as exc:
+            self.health.failed(exc)  # unstable (or down + index rebuild): reads bypass the cache
+            return None
+
+    async def store(self, data: bytes, what: str = "a chunk") -> str | None:
+        """Keep `data`; its digest, or None when it was not stored (the bytes are served either way)."""
+        if not self.health.usable:
+            self._passthrough += 1
+            return None
+        try:
+            return await self.health.run_io(self._cas.put, data)
+        except CacheUnavailable:
+            self._passthrough += 1
+        except (CacheFull, TooManyOpenFiles) as exc:
+            self._uncached += 1
+            log.warning("cache: cannot store %s (%s); serving it uncached", what, exc)
+        except CasError as exc:
+            self._uncached += 1
+            self.health.failed(exc)  # the disk failed: serve this and the next reads from the origins
+        return None
+
+    def pin(self, digest: str) -> None:
+        """Keep the chunk from eviction (chunks of open files) until as many unpins."""
+        self._cas.pin(digest)
+
+    def unpin(self, digest: str) -> None:
+        self._cas.unpin(digest)
+
+    async def run(self) -> None:
+        """The cache task (a critical task of the supervisor): probes, index rebuild, access times."""
+        await self.health.run()
+
+    def statistics(self) -> CacheStatistics:
+        h = self.health
+        used, chunks = self._cas.usage()
+        kept, files = self._cas.quarantine_usage()
+        return CacheStatistics(
+            state=h.state, reason=h.reason, since_s=round(h.elapsed(), 1), used_bytes=used,
+            quota_bytes=self._cas.quota, chunks=chunks, pinned=self._cas.pinned, quarantine_bytes=kept,
+            quarantine_files=files, probes=h.probes, failed_probes=h.failed_probes, transitions=h.transitions,
+            bad_chunks=self._bad, passthrough_reads=self._passthrough, uncached_reads=self._uncached)

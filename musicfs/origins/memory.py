@@ -1,0 +1,78 @@
+"""MemoryOrigin: an origin whose behaviour is a function of the request (httpx's MockTransport, for origins).
+
+    def handler(request: Request):
+        if request.op == "read" and request.path == "a.flac":
+            raise OriginTransient("injected", origin="m", path=request.path)
+        return files_handler(request)
+
+    origin = MemoryOrigin(handler, name="m")
+
+Every Origin method becomes one `Request(op, path, offset, length, expect)` passed to the handler, which
+returns what the method returns (walk: an iterable of FileStat; stat: a FileStat; read: bytes; probe: ignored)
+or raises the OriginError the method should raise. `serve(files)` is the handler of an origin holding
+`files` that keeps the Origin contract (tests/unit/test_origin_contract.py runs it). Imports no SDK.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator, Mapping
+
+from ..errors import OriginFileChanged, OriginNotFound
+from .base import FileStat, Origin
+
+WALK, STAT, READ, PROBE = "walk", "stat", "read", "probe"
+
+
+@dataclass(frozen=True)
+class Request:
+    op: str  # walk | stat | read | probe
+    path: str = ""
+    offset: int = 0
+    length: int = 0
+    expect: FileStat | None = None
+
+
+Handler = Callable[[Request], object]
+
+
+class MemoryOrigin(Origin):
+    def __init__(self, handler: Handler, name: str = "memory"):
+        self.handler = handler
+        self.name = name
+
+    def walk(self) -> Iterator[FileStat]:
+        yield from self.handler(Request(WALK))  # type: ignore[misc]
+
+    def stat(self, path: str) -> FileStat:
+        return self.handler(Request(STAT, path))  # type: ignore[return-value]
+
+    def read(self, path: str, offset: int, length: int, expect: FileStat | None = None) -> bytes:
+        return self.handler(Request(READ, path, offset, length, expect))  # type: ignore[return-value]
+
+    def probe(self) -> None:
+        self.handler(Request(PROBE))
+
+
+def serve(files: Mapping[str, bytes], *, mtime_ns: int = 1, etag: str = "", name: str = "memory") -> Handler:
+    """The handler of an origin holding `files` (every file with this mtime and ETag); reads check `expect`
+    strictly, as the local origin does. `files` is read at each request: a test may change it."""
+
+    def stat(path: str) -> FileStat:
+        if path not in files:
+            raise OriginNotFound(f"{name}: no {path}", origin=name, path=path)
+        return FileStat(path, len(files[path]), mtime_ns, etag)
+
+    def handler(request: Request):
+        if request.op == WALK:
+            return [stat(path) for path in sorted(files)]
+        if request.op == STAT:
+            return stat(request.path)
+        if request.op == READ:
+            now = stat(request.path)
+            if request.expect is not None and not request.expect.identity.matches(now.identity):
+                raise OriginFileChanged(f"{name}: {request.path} changed", origin=name, path=request.path)
+            return files[request.path][request.offset:request.offset + request.length]
+        return None  # probe: healthy
+
+    return handler
