@@ -77,6 +77,10 @@ class Origin(abc.ABC):
     #: A stable, human-readable name (the SOURCE as given), used in logs and status.
     name: str
 
+    #: Files a scan reads tags of at once: enough to hide the round trip of a remote origin (which
+    #: overrides it), few for a local disk.
+    scan_parallelism: int = 4
+
     @abc.abstractmethod
     def walk(self) -> Iterator[FileStat]:
         """Yield every regular file under the origin's root."""

@@ -294,6 +294,7 @@ class S3Origin(Origin):
         self.read_timeout = float(read_timeout)
         self.addressing_style = addressing_style or None
         self.max_pool_connections = int(max_pool_connections)
+        self.scan_parallelism = max(1, min(32, self.max_pool_connections))  # one GET per file in flight
         self._client: Any = None
         self._lock = threading.Lock()
         self._ranges_pool: ThreadPoolExecutor | None = None  # read_ranges' concurrent GETs, made on first use

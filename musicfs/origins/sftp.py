@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_READ_TIMEOUT = 10.0
-DEFAULT_POOL_SIZE = 4
+DEFAULT_POOL_SIZE = 8  # concurrent reads (streams, scans) each on its own connection
 DEFAULT_POOL_TIMEOUT = 30.0
 #: Reads of 32 KiB (paramiko's request size) in flight at once on one handle: 2 MiB, so a 1 MiB chunk
 #: costs about one round trip instead of 32.
@@ -476,6 +476,7 @@ class SftpOrigin(Origin):
         self.connect_timeout = float(connect_timeout)
         self.read_timeout = float(read_timeout)
         self.pool_size = int(pool_size)
+        self.scan_parallelism = 2 * self.pool_size  # tags parse while others wait on the network
         self._check_identity_file()
         self._pool = _Pool(self._connect, self.pool_size, float(pool_timeout), name)
         self._root_real: str | None = None
