@@ -89,7 +89,7 @@ def _utf8_name(path: str) -> bool:
 
 
 class Scanner:
-    def __init__(self, catalog: Catalog, registry: OriginRegistry, *, batch: int = 200, workers: int = 4,
+    def __init__(self, catalog: Catalog, registry: OriginRegistry, *, batch: int = 200, workers: int | None = None,
                  on_progress: Callable[[int, int], None] | None = None,
                  should_stop: Callable[[], bool] = lambda: False, include_hidden: bool = False):
         self.should_stop = should_stop
@@ -122,7 +122,9 @@ class Scanner:
             log.warning("scan: skipping %r: its name is not valid UTF-8", st.path)
         self.catalog.set_scan_state(in_progress="1", total=str(len(todo)))
         progress = Progress("scanning", len(todo), on_update=self.on_progress)
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="scan") as pool:
+        # Files in parallel, as many as the origin needs to hide its round trip (origin.scan_parallelism).
+        workers = self.workers or max(1, getattr(origin, "scan_parallelism", 4))
+        with ThreadPoolExecutor(workers, thread_name_prefix="scan") as pool:
             for i in range(0, len(todo), self.batch):
                 if self.should_stop():
                     raise ScanCancelled(f"scan stopped after {i} of {len(todo)} files; the next one resumes")

@@ -8,6 +8,7 @@ gets a new inode (see file_key).
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -24,6 +25,10 @@ NAME_MAX = 255
 
 def clean_name(text: str) -> str:
     """A safe single path component: no '/', no NUL, no leading dot, valid UTF-8, never empty."""
+    if text.isprintable() and text and "/" not in text and text[0] != "." and text[0] != " " and text[-1] != " ":
+        # The common name, unchanged below: no control character, NUL, lone surrogate or escape (U+FDD0
+        # is not printable, nor is any space but " ", so strip() has nothing to do either).
+        return text
     text = unescape_name(text)  # an origin name that is not UTF-8 (escaped, see origins/base.py)
     try:  # undecodable bytes smuggled in as U+DC80..U+DCFF: back to bytes, then replaced if invalid
         raw = text.encode("utf-8", "surrogateescape")
@@ -38,6 +43,8 @@ def clean_name(text: str) -> str:
 
 def fit_name(stem: str, suffix: str = "") -> str:
     """stem + suffix cut (on a character boundary) to at most NAME_MAX bytes of UTF-8."""
+    if len(stem) + len(suffix) <= NAME_MAX // 4:  # a UTF-8 character is at most 4 bytes: fits
+        return stem + suffix
     room = NAME_MAX - len(suffix.encode())
     raw = stem.encode()
     if len(raw) > room:
@@ -60,10 +67,11 @@ class Node:
 class VirtualTree:
     """Read-only view: ino -> Node; lookups and listings are pure memory."""
 
-    def __init__(self, nodes: dict[int, Node]):
+    def __init__(self, nodes: dict[int, Node], *, track_count: int | None = None):
         self.nodes = nodes
         self.listings = {ino: sorted(n.children.items()) for ino, n in nodes.items() if n.is_dir}
         self.total_size = sum(n.size for n in nodes.values() if not n.is_dir)
+        self._track_count = track_count
 
     def get(self, ino: int) -> Node | None:
         return self.nodes.get(ino)
@@ -90,12 +98,20 @@ class VirtualTree:
 
     @property
     def track_count(self) -> int:
-        return sum(1 for n in self.walk_files() if n.file and n.file.kind == "track")
+        if self._track_count is None:
+            self._track_count = sum(1 for n in self.walk_files() if n.file and n.file.kind == "track")
+        return self._track_count
 
 
 def _album_dirs(row: FileRow) -> tuple[str, str]:
     artist = row.albumartist or row.artist or "Unknown Artist"
-    return fit_name(clean_name(artist)), fit_name(clean_name(row.album or "Unknown Album"))
+    return _folder_name(artist), _folder_name(row.album or "Unknown Album")
+
+
+@functools.lru_cache(maxsize=65536)
+def _folder_name(text: str) -> str:
+    """Artist and album names repeat across an album's tracks: each is cleaned once."""
+    return fit_name(clean_name(text))
 
 
 def _track_stem(row: FileRow, multi_disc: bool) -> str:
@@ -161,26 +177,29 @@ def file_key(row: FileRow, artist: str, album: str) -> str:
 def build_tree(files: Iterable[FileRow], inodes: dict[str, int], assign: Callable[[list[str]], dict[str, int]]) -> VirtualTree:
     """Build a tree; `assign` gives inode numbers to keys not yet in `inodes`."""
     placed = plan_paths(files)
-    keys = []
-    for (artist, album, _name), row in placed:
-        keys += [f"d:{artist}", f"d:{artist}/{album}", file_key(row, artist, album)]
-    missing = sorted({k for k in keys if k not in inodes})
+    keyed = [(f"d:{artist}", f"d:{artist}/{album}", file_key(row, artist, album)) for (artist, album, _), row in placed]
+    missing = sorted({k for ks in keyed for k in ks if k not in inodes})
     inodes = {**inodes, **assign(missing)} if missing else inodes
     nodes = {ROOT_INO: Node(ROOT_INO, b"", ROOT_INO, True)}
+    tracks = 0
 
     def folder(parent: int, key: str, name: str, mtime_ns: int) -> int:
         ino = inodes[key]
-        if ino not in nodes:
-            nodes[ino] = Node(ino, name.encode(), parent, True)
-            nodes[parent].children[name.encode()] = ino
-        nodes[ino].mtime_ns = max(nodes[ino].mtime_ns, mtime_ns)
+        node = nodes.get(ino)
+        if node is None:
+            node = nodes[ino] = Node(ino, name.encode(), parent, True)
+            nodes[parent].children[node.name] = ino
+        if mtime_ns > node.mtime_ns:
+            node.mtime_ns = mtime_ns
         return ino
 
-    for (artist, album, name), row in placed:
-        a = folder(ROOT_INO, f"d:{artist}", artist, row.mtime_ns)
-        b = folder(a, f"d:{artist}/{album}", album, row.mtime_ns)
-        ino = inodes[file_key(row, artist, album)]
-        nodes[ino] = Node(ino, name.encode(), b, False, row.size, row.mtime_ns, row)
-        nodes[b].children[name.encode()] = ino
+    for ((artist, album, name), row), (artist_key, album_key, key) in zip(placed, keyed):
+        a = folder(ROOT_INO, artist_key, artist, row.mtime_ns)
+        b = folder(a, album_key, album, row.mtime_ns)
+        ino = inodes[key]
+        raw = name.encode()
+        nodes[ino] = Node(ino, raw, b, False, row.size, row.mtime_ns, row)
+        nodes[b].children[raw] = ino
+        tracks += row.kind == "track"
     nodes[ROOT_INO].mtime_ns = max((n.mtime_ns for n in nodes.values()), default=0)
-    return VirtualTree(nodes)
+    return VirtualTree(nodes, track_count=tracks)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import abc
 import re
+import threading
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 from urllib.parse import SplitResult, urlsplit
 
 from ..errors import OriginError, OriginFatal
@@ -79,6 +80,10 @@ class Origin(abc.ABC):
     #: A stable, human-readable name (the SOURCE as given), used in logs and status.
     name: str
 
+    #: Files a scan reads tags of at once: enough to hide the round trip of a remote origin (which
+    #: overrides it), few for a local disk.
+    scan_parallelism: int = 4
+
     @abc.abstractmethod
     def walk(self) -> Iterator[FileStat]:
         """Yield every regular file under the origin's root."""
@@ -94,6 +99,29 @@ class Origin(abc.ABC):
         With `expect`, raise OriginFileChanged when the file's identity differs,
         so bytes of a changed file are never mixed with cached ones.
         """
+
+    def read_ranges(self, path: str, ranges: Sequence[tuple[int, int]],
+                    expect: FileStat | None = None) -> list[bytes]:
+        """`read` of many (offset, length) ranges of one file, all of one version of it, in order.
+
+        Each answer is as `read`'s (fewer bytes only at end of file). With `expect`, every range is of
+        that version (OriginFileChanged otherwise); without, of the version the first range found.
+        Origins that can pipeline (SFTP: one open handle, many requests in flight; S3: concurrent
+        ranged GETs) override it; this default reads range by range through `read`, so fakes work.
+        """
+        if len(ranges) == 1:
+            return [self.read(path, ranges[0][0], ranges[0][1], expect)]
+        with self.open_stream(path, expect) as stream:
+            return stream.read_ranges(ranges)
+
+    def open_stream(self, path: str, expect: FileStat | None = None) -> "OriginStream":
+        """A handle for reading many ranges of one version of `path`, from several threads at once.
+
+        Every read is checked against `expect` as `read` checks it (before and after its bytes are
+        read); without `expect` the stream pins the version its first read found. Close it (or use it
+        as a context manager): SFTP keeps the remote file open for the stream's life.
+        """
+        return OriginStream(self, path, expect)
 
     @abc.abstractmethod
     def probe(self) -> None:
@@ -127,6 +155,49 @@ def split_url(url: str, scheme: str) -> SplitResult:
     if parts.query or parts.fragment:
         raise OriginFatal(f"{url}: query strings and fragments are not supported", origin=url)
     return parts
+
+
+class OriginStream:
+    """Reads of one version of one file (see `Origin.open_stream`). Thread-safe; blocking like the origin.
+
+    This default reads through `origin.read(path, offset, length, expect)`; without an `expect` it
+    stats the file once and pins that identity, so its reads are never of two versions.
+    """
+
+    def __init__(self, origin: Origin, path: str, expect: FileStat | None = None):
+        self.origin = origin
+        self.path = path
+        self.expect = expect
+        self.closed = False
+        self._pin_lock = threading.Lock()
+
+    def _pinned(self) -> FileStat:
+        expect = self.expect
+        if expect is None:
+            with self._pin_lock:
+                if self.expect is None:
+                    self.expect = self.origin.stat(self.path)
+                expect = self.expect
+        return expect
+
+    def read(self, offset: int, length: int) -> bytes:
+        """`Origin.read` of this stream's file and version."""
+        if self.closed:
+            raise ValueError(f"{self.origin.name}: stream of {self.path} is closed")
+        return self.origin.read(self.path, offset, length, self._pinned())
+
+    def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        return [self.read(offset, length) for offset, length in ranges]
+
+    def close(self) -> None:
+        """Release what the stream holds. Safe to call twice."""
+        self.closed = True
+
+    def __enter__(self) -> "OriginStream":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
 
 # -- names that are not UTF-8 -----------------------------------------------------

@@ -39,7 +39,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 from .. import points
 from ..errors import (
@@ -53,7 +53,7 @@ from ..errors import (
     OriginTransient,
     ShortRead,
 )
-from .base import FileStat, Identity, Origin
+from .base import FileStat, Identity, Origin, OriginStream
 
 log = logging.getLogger(__name__)
 
@@ -300,22 +300,39 @@ class OriginRegistry:
     def read(self, path: str, offset: int, length: int, expect: FileStat | None = None, exact: bool = False,
              *, deadline: float | None = None) -> bytes:
         """Bytes from the first origin that delivers; with exact, fewer than length is a (retried) error."""
-        identity_origin = self.identity_origin  # one answer for the whole read, though a scan may move it
+        return self.read_ranges(path, [(offset, length)], expect, exact, deadline=deadline)[0]
 
-        def op(origin: Origin) -> bytes:
-            want = expect
-            if expect is not None and origin is not identity_origin:
-                # A replica's mtime and ETag are its own: its copy must have the catalog's size, and
-                # is then read against its own identity, so it cannot change under the read either.
-                st = origin.stat(path)
-                if not Identity(expect.size).matches(st.identity, strict=False):
-                    raise OriginFileChanged(f"{origin.name}: {path} has {st.size} bytes here, {expect.size} in the "
-                                            f"catalog", origin=origin.name, path=path)
-                want = st
-            data = origin.read(path, offset, length, want)
-            if exact and len(data) != length:
-                raise ShortRead(f"{origin.name}: {path}: got {len(data)} of {length} bytes at {offset}",
-                                origin=origin.name, path=path)
+    def read_ranges(self, path: str, ranges: Sequence[tuple[int, int]], expect: FileStat | None = None,
+                    exact: bool = False, *, deadline: float | None = None,
+                    stream: "RegistryStream | None" = None) -> list[bytes]:
+        """`read` of many ranges of one file at once (Origin.read_ranges: pipelined where the origin can),
+        with the same retry, deadline, identity and failover policy; all ranges come from one origin and
+        one version. With `stream` (open_stream), the origins' open streams of the file are used."""
+        identity_origin = self.identity_origin  # one answer for the whole read, though a scan may move it
+        ranges = [(int(offset), int(length)) for offset, length in ranges]
+
+        def want_of(origin: Origin) -> FileStat | None:
+            if expect is None or origin is identity_origin:
+                return expect
+            # A replica's mtime and ETag are its own: its copy must have the catalog's size, and
+            # is then read against its own identity, so it cannot change under the read either.
+            st = origin.stat(path)
+            if not Identity(expect.size).matches(st.identity, strict=False):
+                raise OriginFileChanged(f"{origin.name}: {path} has {st.size} bytes here, {expect.size} in the "
+                                        f"catalog", origin=origin.name, path=path)
+            return st
+
+        def op(origin: Origin) -> list[bytes]:
+            if stream is not None:
+                data = stream.origin_stream(origin, want_of).read_ranges(ranges)
+            elif len(ranges) == 1:
+                data = [origin.read(path, ranges[0][0], ranges[0][1], want_of(origin))]
+            else:
+                data = origin.read_ranges(path, ranges, want_of(origin))
+            for (offset, length), part in zip(ranges, data):
+                if exact and len(part) != length:
+                    raise ShortRead(f"{origin.name}: {path}: got {len(part)} of {length} bytes at {offset}",
+                                    origin=origin.name, path=path)
             return data
 
         order = self.order()
@@ -329,13 +346,16 @@ class OriginRegistry:
                 data = self.call(origin, op, deadline=deadline, retry_timeouts=False)
             except OriginError as exc:
                 self._count(origin, exc)
-                if isinstance(exc, OriginFileChanged) and origin is identity_origin:
-                    raise  # the file changed since the scan; a rescan sorts it out
+                if isinstance(exc, OriginFileChanged):
+                    if stream is not None:
+                        stream.forget(origin)  # that version is gone: a later read opens the file again
+                    if origin is identity_origin:
+                        raise  # the file changed since the scan; a rescan sorts it out
                 last = exc  # a replica whose copy differs, or a failed origin: try the next one
                 if _counts_against_health(exc):
                     self.record_failure(origin, exc)
             else:
-                self._count(origin, None, len(data))
+                self._count(origin, None, sum(len(part) for part in data))
                 self.record_ok(origin)
                 return data
             if i + 1 < len(order):
@@ -345,6 +365,25 @@ class OriginRegistry:
                 log.warning("origin %s failed for %s (%s); trying %s", origin.name, path, last, order[i + 1].name)
         assert last is not None
         raise last
+
+    def open_stream(self, path: str, expect: FileStat | None = None) -> "RegistryStream":
+        """A read stream of one file across the replicas (see RegistryStream); close it when done."""
+        return RegistryStream(self, path, expect)
+
+    async def fetch_ranges(self, path: str, ranges: Sequence[tuple[int, int]], expect: FileStat | None = None,
+                           exact: bool = False, *, stream: "RegistryStream | None" = None) -> list[bytes]:
+        """`read_ranges` from trio, as `fetch` (offline fails at once; worker thread bounded by the deadline)."""
+        import trio
+
+        if self.offline:
+            raise OriginOffline(f"every origin is down (offline): {path} is not cached", path=path)
+        if self._fetch_limiter is None:
+            self._fetch_limiter = trio.CapacityLimiter(self.fetch_threads)
+        remaining = trio.current_effective_deadline() - trio.current_time()
+        deadline = None if math.isinf(remaining) else self._clock() + max(0.0, remaining)
+        work = functools.partial(self.read_ranges, path, list(ranges), expect, exact, deadline=deadline,
+                                 stream=stream)
+        return await trio.to_thread.run_sync(work, limiter=self._fetch_limiter, abandon_on_cancel=True)
 
     async def fetch(self, path: str, offset: int, length: int, expect: FileStat | None = None,
                     exact: bool = False) -> bytes:
@@ -389,3 +428,56 @@ class OriginRegistry:
     def close(self) -> None:
         for origin in self.origins:
             origin.close()
+
+
+class RegistryStream:
+    """One file read many times (a read-ahead window) through the registry: `read_ranges(..., stream=)`.
+
+    Keeps one Origin stream per origin it read from (SFTP: the remote file stays open), opened with that
+    origin's identity of the file as `read` computes it (the catalog's for the identity origin, a
+    replica's own stat, checked by size). A stream whose file changed is dropped and opened again by the
+    next read. Thread-safe; close() closes every origin stream (safe twice).
+    """
+
+    def __init__(self, registry: OriginRegistry, path: str, expect: FileStat | None):
+        self.registry = registry
+        self.path = path
+        self.expect = expect
+        self._lock = threading.Lock()
+        self._streams: dict[int, OriginStream] = {}
+        self.closed = False
+
+    def origin_stream(self, origin: Origin, want_of: Callable[[Origin], FileStat | None]) -> OriginStream:
+        with self._lock:
+            stream = self._streams.get(id(origin))
+        if stream is not None:
+            return stream
+        opened = origin.open_stream(self.path, want_of(origin))  # outside the lock: a replica's stat
+        with self._lock:
+            if self.closed:
+                opened.close()
+                raise ValueError(f"stream of {self.path} is closed")
+            stream = self._streams.setdefault(id(origin), opened)
+        if stream is not opened:
+            opened.close()
+        return stream
+
+    def forget(self, origin: Origin) -> None:
+        with self._lock:
+            stream = self._streams.pop(id(origin), None)
+        if stream is not None:
+            stream.close()
+
+    def read_ranges(self, ranges: Sequence[tuple[int, int]], exact: bool = False, *,
+                    deadline: float | None = None) -> list[bytes]:
+        return self.registry.read_ranges(self.path, ranges, self.expect, exact, deadline=deadline, stream=self)
+
+    async def fetch_ranges(self, ranges: Sequence[tuple[int, int]], exact: bool = False) -> list[bytes]:
+        return await self.registry.fetch_ranges(self.path, ranges, self.expect, exact, stream=self)
+
+    def close(self) -> None:
+        with self._lock:
+            self.closed = True
+            streams, self._streams = list(self._streams.values()), {}
+        for stream in streams:
+            stream.close()

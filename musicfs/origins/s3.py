@@ -17,7 +17,8 @@ import datetime as _dt
 import functools
 import re
 import threading
-from typing import Any, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterator, Sequence
 
 from .. import points
 from ..errors import OriginError, OriginFatal, OriginFileChanged, OriginNotFound, OriginPermission, OriginTimeout
@@ -28,7 +29,7 @@ from .options import parse as parse_options
 
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_READ_TIMEOUT = 10.0
-DEFAULT_MAX_POOL_CONNECTIONS = 16
+DEFAULT_MAX_POOL_CONNECTIONS = 32  # concurrent ranged GETs: scans, read-ahead windows
 
 _NOT_FOUND_CODES = {"NoSuchKey", "NotFound", "404", "NoSuchVersion"}
 _PERMISSION_CODES = {
@@ -276,8 +277,10 @@ class S3Origin(Origin):
         self.read_timeout = float(read_timeout)
         self.addressing_style = addressing_style or None
         self.max_pool_connections = int(max_pool_connections)
+        self.scan_parallelism = max(1, min(32, self.max_pool_connections))  # one GET per file in flight
         self._client: Any = None
         self._lock = threading.Lock()
+        self._ranges_pool: ThreadPoolExecutor | None = None  # read_ranges' concurrent GETs, made on first use
 
     @classmethod
     def from_url(cls, url: str, options: dict | None = None) -> "S3Origin":
@@ -407,6 +410,29 @@ class S3Origin(Origin):
             raise classify_s3_error(exc, self.name, key) from exc
         return self._read_body(response, path, key, offset, length, expect)
 
+    def read_ranges(self, path: str, ranges: Sequence[tuple[int, int]],
+                    expect: FileStat | None = None) -> list[bytes]:
+        """Concurrent ranged GETs (up to max_pool_connections), each as `read`: one version per GET by
+        If-Match and the response's ETag. Without `expect`, a HEAD first pins the version for all."""
+        ranges = [(int(offset), int(length)) for offset, length in ranges]
+        if len(ranges) <= 1:
+            return [self.read(path, offset, length, expect) for offset, length in ranges]
+        if expect is None:
+            expect = self.stat(path)
+        pool = self._ranges_executor()
+        futures = [pool.submit(self.read, path, offset, length, expect) for offset, length in ranges]
+        try:
+            return [f.result() for f in futures]
+        finally:
+            for f in futures:
+                f.cancel()  # after an error: the GETs not started yet are not sent
+
+    def _ranges_executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._ranges_pool is None:
+                self._ranges_pool = ThreadPoolExecutor(self.max_pool_connections, thread_name_prefix="s3-ranges")
+            return self._ranges_pool
+
     def _get_object_args(self, key: str, offset: int, length: int, expect: FileStat | None) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             "Bucket": self.bucket,
@@ -481,6 +507,9 @@ class S3Origin(Origin):
     def close(self) -> None:
         with self._lock:
             client, self._client = self._client, None
+            pool, self._ranges_pool = self._ranges_pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
         if client is not None:
             try:
                 client.close()

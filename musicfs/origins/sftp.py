@@ -20,8 +20,8 @@ import posixpath
 import socket
 import stat as stat_mod
 import threading
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 from urllib.parse import unquote
 
 import paramiko
@@ -47,7 +47,7 @@ from ..errors import (
     PathEscape,
     ShortRead,
 )
-from .base import FileStat, Origin, Verdict, classify_error, escape_name, split_url, unescape_name
+from .base import FileStat, Origin, OriginStream, Verdict, classify_error, escape_name, split_url, unescape_name
 from .options import option_keys
 from .options import parse as parse_options
 
@@ -55,8 +55,13 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_READ_TIMEOUT = 10.0
-DEFAULT_POOL_SIZE = 4
+DEFAULT_POOL_SIZE = 8  # concurrent reads (streams, scans) each on its own connection
 DEFAULT_POOL_TIMEOUT = 30.0
+#: Reads of 32 KiB (paramiko's request size) in flight at once on one handle: 2 MiB, so a 1 MiB chunk
+#: costs about one round trip instead of 32.
+PIPELINE_REQUESTS = 64
+#: Stream handles a connection keeps open at most; the oldest is closed to open another.
+STREAM_HANDLES_PER_CONN = 16
 
 T = TypeVar("T")
 
@@ -211,6 +216,35 @@ class _Conn:
     client: paramiko.SSHClient
     sftp: paramiko.SFTPClient
     generation: int
+    #: Remote files kept open by streams (see _SftpStream), touched only by the thread that leases the
+    #: connection; a connection that is dropped takes them with it.
+    handles: dict = field(default_factory=dict)
+
+    def handle_for(self, stream: "_SftpStream") -> Any:
+        """The open remote file of `stream` on this connection (opened now if need be); closed streams'
+        handles are closed first (a stream's close cannot lease the connections its handles live on)."""
+        for other in [s for s in self.handles if s.closed]:
+            self._close_handle(other)
+        handle = self.handles.get(stream)
+        if handle is None:
+            while len(self.handles) >= STREAM_HANDLES_PER_CONN:
+                self._close_handle(next(iter(self.handles)))
+            handle = self.sftp.open(stream.remote, "rb")
+            self.handles[stream] = handle
+        return handle
+
+    def _close_handle(self, stream: "_SftpStream") -> None:
+        self.handles.pop(stream).close()
+
+    def drop_handle(self, stream: "_SftpStream", exc: BaseException) -> None:
+        """After an error on the handle: not reused (its prefetch state is unknown). Closed only while the
+        connection is usable; after a transport error the connection is discarded, handle and all."""
+        handle = self.handles.pop(stream, None)
+        if handle is not None and _keeps_connection_usable(exc):
+            try:
+                handle.close()
+            except Exception:
+                pass
 
     def alive(self) -> bool:
         transport = self.client.get_transport()
@@ -357,6 +391,48 @@ def _listdir_attr(sftp: Any, path: str | bytes) -> list[Any]:
     return found
 
 
+def _checked_ranges(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    out = [(int(offset), int(length)) for offset, length in ranges]
+    for offset, length in out:
+        if offset < 0 or length < 0:
+            raise ValueError(f"bad range offset={offset} length={length}")
+    return out
+
+
+class _SftpStream(OriginStream):
+    """Reads of one file through handles kept open on the pooled connections (no open per read).
+
+    Each read leases a connection as any call does (so concurrent reads run on several connections) and
+    reuses the stream's handle on it; the handle's identity is checked before and after every read as
+    `SftpOrigin._read_handle` does. Without an `expect`, a stat before the first read pins the version.
+    """
+
+    def __init__(self, origin: "SftpOrigin", path: str, expect: FileStat | None):
+        super().__init__(origin, path, expect)
+        self.sftp_origin = origin
+        self.remote = origin._remote(path)
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self.read_ranges([(offset, length)])[0]
+
+    def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        if self.closed:
+            raise ValueError(f"{self.origin.name}: stream of {self.path} is closed")
+        ranges = _checked_ranges(ranges)
+        origin = self.sftp_origin
+        expect = self._pinned()  # without an expect, the version a stat finds first: every read is of it
+
+        def do_read(conn: _Conn) -> list[bytes]:
+            handle = conn.handle_for(self)
+            try:
+                return origin._read_handle(handle, self.path, ranges, expect)
+            except BaseException as exc:
+                conn.drop_handle(self, exc)  # never reused after an error (a change, or requests left in flight)
+                raise
+
+        return origin._run(self.path, do_read)
+
+
 class SftpOrigin(Origin):
     OPTION_KEYS = option_keys("sftp")  # declared in origins/options.py
 
@@ -393,6 +469,7 @@ class SftpOrigin(Origin):
         self.connect_timeout = float(connect_timeout)
         self.read_timeout = float(read_timeout)
         self.pool_size = int(pool_size)
+        self.scan_parallelism = 2 * self.pool_size  # tags parse while others wait on the network
         self._check_identity_file()
         self._pool = _Pool(self._connect, self.pool_size, float(pool_timeout), name)
         self._root_real: str | None = None
@@ -616,14 +693,18 @@ class SftpOrigin(Origin):
         return self._to_stat(path, attr)
 
     def read(self, path: str, offset: int, length: int, expect: FileStat | None = None) -> bytes:
-        remote = self._remote(path)
-        if offset < 0 or length < 0:
-            raise ValueError(f"bad range offset={offset} length={length}")
+        return self.read_ranges(path, [(offset, length)], expect)[0]
 
-        def do_read(conn: _Conn) -> bytes:
+    def read_ranges(self, path: str, ranges: Sequence[tuple[int, int]],
+                    expect: FileStat | None = None) -> list[bytes]:
+        """One open handle, its identity checked before and after, every range read pipelined."""
+        remote = self._remote(path)
+        ranges = _checked_ranges(ranges)
+
+        def do_read(conn: _Conn) -> list[bytes]:
             handle = conn.sftp.open(remote, "rb")
             try:
-                data = self._read_handle(handle, path, offset, length, expect)
+                data = self._read_handle(handle, path, ranges, expect)
             except OriginError:
                 handle.close()
                 raise
@@ -634,35 +715,31 @@ class SftpOrigin(Origin):
 
         return self._run(path, do_read)
 
-    def _read_handle(self, handle: Any, path: str, offset: int, length: int, expect: FileStat | None) -> bytes:
-        """With `expect`, the open file's identity is checked before and after its bytes are read, so an
-        edit during the read is caught (to the resolution of SFTP's mtime: whole seconds)."""
-        want = None
+    def open_stream(self, path: str, expect: FileStat | None = None) -> OriginStream:
+        """The remote file stays open (one handle per pooled connection the stream's reads ran on)."""
+        return _SftpStream(self, path, expect)
+
+    def _read_handle(self, handle: Any, path: str, ranges: list[tuple[int, int]],
+                     expect: FileStat | None) -> list[bytes]:
+        """The open file's identity is checked before and after its bytes are read (against `expect`, or
+        without one against the first stat), so an edit during the read is caught (to the resolution of
+        SFTP's mtime: whole seconds). The ranges are read with up to PIPELINE_REQUESTS requests in flight."""
+        before = self._to_stat(path, handle.stat())
         if expect is not None:
-            now = self._to_stat(path, handle.stat())
-            self._check(path, now, expect, "since it was scanned")
-            want = max(0, min(length, now.size - offset))
+            self._check(path, before, expect, "since it was scanned")
         points.hit(points.ORIGIN_READ_CHECKED, OriginTransient)
-        if length == 0:
-            return b""
-        handle.seek(offset)
-        parts: list[bytes] = []
-        got = 0
-        while got < length:
-            chunk = handle.read(length - got)
-            if not chunk:
-                break
-            parts.append(chunk)
-            got += len(chunk)
-        data = b"".join(parts)
-        if expect is not None:
-            self._check(path, self._to_stat(path, handle.stat()), expect, "while it was read")
-        if want is not None and len(data) != want:
-            raise ShortRead(
-                f"{self.name}: {path}: got {len(data)} bytes at offset {offset}, expected {want}",
-                origin=self.name,
-                path=path,
-            )
+        wants = [max(0, min(length, before.size - offset)) for offset, length in ranges]
+        todo = [(offset, want) for (offset, _), want in zip(ranges, wants) if want > 0]
+        got = iter(list(handle.readv(todo, PIPELINE_REQUESTS)) if todo else [])
+        data = [next(got) if want > 0 else b"" for want in wants]
+        self._check(path, self._to_stat(path, handle.stat()), expect or before, "while it was read")
+        for (offset, _), want, part in zip(ranges, wants, data):
+            if len(part) != want:
+                raise ShortRead(
+                    f"{self.name}: {path}: got {len(part)} bytes at offset {offset}, expected {want}",
+                    origin=self.name,
+                    path=path,
+                )
         return data
 
     def _check(self, path: str, now: FileStat, expect: FileStat, when: str) -> None:

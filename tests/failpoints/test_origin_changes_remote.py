@@ -30,14 +30,16 @@ SIZE = 300 * 1024
 OLD_MTIME = 1_700_000_000  # whole seconds, long ago: SFTP's mtime resolution cannot hide the edit
 
 
-def read_while(origin, path: str, expect, change) -> bytes | Exception:
-    """origin.read of the whole file with `change()` run while the read waits between check and bytes."""
+def read_while(origin, path: str, expect, change, do_read=None) -> bytes | Exception:
+    """origin.read of the whole file (or `do_read()`) with `change()` run while the read waits between
+    check and bytes."""
     failpoints.cfg(points.ORIGIN_READ_CHECKED, "1*pause")
     result: list[bytes | Exception] = []
+    do_read = do_read or (lambda: origin.read(path, 0, SIZE, expect))
 
     def read():
         try:
-            result.append(origin.read(path, 0, SIZE, expect))
+            result.append(do_read())
         except Exception as exc:  # noqa: BLE001 - handed to the test thread
             result.append(exc)
 
@@ -97,5 +99,65 @@ def test_s3_a_put_during_a_ranged_read_gives_one_version_and_then_refuses_the_ol
             with pytest.raises(OriginFileChanged):
                 origin.read("song.flac", 0, 10, expect)
             assert origin.read("song.flac", 0, SIZE, origin.stat("song.flac")) == new
+        finally:
+            origin.close()
+
+
+# Many ranges of one file (read_ranges and streams, the read-ahead's API): the same guarantees per range.
+RANGES = [(offset, 32 * 1024) for offset in range(0, SIZE, 32 * 1024)]
+
+
+@pytest.mark.resilience("4.5")
+def test_sftp_an_in_place_edit_during_a_multi_range_stream_read_is_refused(tmp_path: Path) -> None:
+    old = random.Random(4).randbytes(SIZE)
+    root = tmp_path / "library"
+    root.mkdir()
+    track = root / "song.flac"
+    track.write_bytes(old)
+    os.utime(track, (OLD_MTIME, OLD_MTIME))
+    with SshServer() as ssh:
+        origin = SftpOrigin.from_url(ssh.url(root), ssh.origin_options())
+        try:
+            expect = origin.stat("song.flac")
+            stream = origin.open_stream("song.flac", expect)
+            assert stream.read(0, 100) == old[:100]  # the stream's handle is open before the edit
+
+            def edit():
+                with open(track, "r+b") as fh:
+                    fh.seek(SIZE // 2)
+                    fh.write(b"\0" * 1000)
+
+            got = read_while(origin, "song.flac", expect, edit, lambda: stream.read_ranges(RANGES))
+            assert isinstance(got, OriginFileChanged), f"edited bytes came back as the old version: {got!r:.80}"
+            assert "changed while it was read" in str(got)
+            with pytest.raises(OriginFileChanged):  # the stream stays refused, and so does read_ranges
+                stream.read_ranges(RANGES[:2])
+            with pytest.raises(OriginFileChanged):
+                origin.read_ranges("song.flac", RANGES, expect)
+            stream.close()
+        finally:
+            origin.close()
+
+
+@pytest.mark.resilience("4.5")
+def test_s3_a_put_during_concurrent_ranged_gets_never_mixes_versions() -> None:
+    old = random.Random(5).randbytes(SIZE)
+    new = random.Random(6).randbytes(SIZE)
+    with MotoServer() as moto:
+        moto.make_bucket("changes")
+        client = moto.client()
+        client.put_object(Bucket="changes", Key="lib/song.flac", Body=old)
+        origin = S3Origin.from_url("s3://changes/lib", moto.origin_options())
+        try:
+            expect = origin.stat("song.flac")
+            got = read_while(origin, "song.flac", expect,
+                             lambda: client.put_object(Bucket="changes", Key="lib/song.flac", Body=new),
+                             lambda: origin.read_ranges("song.flac", RANGES, expect))
+            # Each GET is one version (If-Match): the old one whole, or refused; never a new range among old.
+            assert isinstance(got, OriginFileChanged) or got == [old[o:o + n] for o, n in RANGES], \
+                "a multi-range read mixed versions"
+            with pytest.raises(OriginFileChanged):
+                origin.read_ranges("song.flac", RANGES, expect)
+            assert b"".join(origin.read_ranges("song.flac", RANGES, origin.stat("song.flac"))) == new
         finally:
             origin.close()

@@ -204,6 +204,63 @@ def test_probe_passes_and_close_is_idempotent(origin: Origin):
     origin.close()
 
 
+# -- many ranges of one file: read_ranges and streams ------------------------------------------------------
+RANGES = [(0, 10), (65_536, 70_000), (149_990, 100), (150_001, 5), (3, 0), (10, 1 << 20), (1000, 64_000)]
+
+
+def _expected(data: bytes, ranges) -> list[bytes]:
+    return [data[offset:offset + length] for offset, length in ranges]
+
+
+def test_read_ranges_answers_each_range_as_read_does(origin: Origin):
+    path = "Artist/Album/01 Song.flac"
+    want = _expected(BIG, RANGES)
+    assert origin.read_ranges(path, RANGES) == want
+    assert origin.read_ranges(path, RANGES, origin.stat(path)) == want
+    assert origin.read_ranges(path, []) == []
+    assert origin.read_ranges("empty.flac", [(0, 10), (5, 5)], origin.stat("empty.flac")) == [b"", b""]
+
+
+def test_read_ranges_with_a_mismatching_expect_raises_file_changed(origin: Origin):
+    path = "Artist/Album/01 Song.flac"
+    now = origin.stat(path)
+    wrong = FileStat(path, now.size + 1, now.mtime_ns + 1_000_000_000, now.etag + "x" if now.etag else "")
+    with pytest.raises(OriginFileChanged):
+        origin.read_ranges(path, RANGES, wrong)
+    with pytest.raises(OriginNotFound):
+        origin.read_ranges("nope.flac", RANGES)
+
+
+def test_a_stream_reads_many_ranges_from_several_threads(origin: Origin):
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = "Artist/Album/01 Song.flac"
+    chunks = [(offset, 16_384) for offset in range(0, len(BIG) + 16_384, 16_384)]
+    with origin.open_stream(path, origin.stat(path)) as stream:
+        assert stream.read(0, 10) == BIG[:10]
+        with ThreadPoolExecutor(4) as pool:
+            got = list(pool.map(lambda r: stream.read(*r), chunks * 3))
+        assert got == _expected(BIG, chunks * 3)
+        assert stream.read_ranges(RANGES) == _expected(BIG, RANGES)
+    with pytest.raises(ValueError):
+        stream.read(0, 1)  # closed
+    stream.close()  # twice is fine
+    with origin.open_stream(path) as pinned:  # no expect: the version found first is pinned
+        assert pinned.read_ranges(RANGES[:3]) == _expected(BIG, RANGES[:3])
+
+
+def test_a_stream_refuses_a_file_that_changed_after_it_opened(origin: Origin, reference_tree: Path):
+    path = "Artist/Album/Disc 2/02 Deep.ogg"
+    now = origin.stat(path)
+    with origin.open_stream(path, now) as stream:
+        assert stream.read(0, 5) == b"deep "
+        wrong = FileStat(path, now.size + 1, now.mtime_ns + 1_000_000_000, now.etag + "x" if now.etag else "")
+    with origin.open_stream(path, wrong) as stale:
+        with pytest.raises(OriginFileChanged):
+            stale.read(0, 5)
+        with pytest.raises(OriginFileChanged):
+            stale.read_ranges([(0, 5), (100, 5)])
+
 
 # -- names that are not UTF-8 (no S3 here: an S3 key is always UTF-8) -------------------------------
 @pytest.fixture(params=[f for f in ORIGIN_FACTORIES if f.id != "s3"])

@@ -310,6 +310,14 @@ class _FakeHandle:
         self.pos += len(chunk)
         return chunk
 
+    def readv(self, chunks, max_concurrent_prefetch_requests=None):  # as paramiko: read() per range
+        for offset, size in chunks:
+            self.seek(offset)
+            parts = []
+            while sum(map(len, parts)) < size and (part := self.read(size - sum(map(len, parts)))):
+                parts.append(part)
+            yield b"".join(parts)
+
 
 def test_sftp_read_loop_short_read_and_identity() -> None:
     from musicfs.origins.base import FileStat
@@ -318,15 +326,17 @@ def test_sftp_read_loop_short_read_and_identity() -> None:
     data = bytes(range(256)) * 4
     expect = FileStat("a.mp3", len(data), 1_700_000_000 * 10**9)
     # small pieces are joined until `length`
-    assert origin._read_handle(_FakeHandle(data, 1_700_000_000), "a.mp3", 10, 100, expect) == data[10:110]
-    assert origin._read_handle(_FakeHandle(data, 1_700_000_000), "a.mp3", 1000, 100, expect) == data[1000:]
-    assert origin._read_handle(_FakeHandle(data, 1_700_000_000), "a.mp3", 2000, 100, expect) == b""
+    assert origin._read_handle(_FakeHandle(data, 1_700_000_000), "a.mp3", [(10, 100)], expect) == [data[10:110]]
+    assert origin._read_handle(_FakeHandle(data, 1_700_000_000), "a.mp3", [(1000, 100)], expect) == [data[1000:]]
+    assert origin._read_handle(_FakeHandle(data, 1_700_000_000), "a.mp3", [(2000, 100)], expect) == [b""]
+    assert origin._read_handle(_FakeHandle(data, 1_700_000_000), "a.mp3", [(0, 3), (2000, 1), (5, 9)],
+                               expect) == [data[:3], b"", data[5:14]]
     # the stream stops mid-file: never a silent short chunk
     with pytest.raises(ShortRead) as info:
-        origin._read_handle(_FakeHandle(data, 1_700_000_000, cut=50), "a.mp3", 10, 100, expect)
+        origin._read_handle(_FakeHandle(data, 1_700_000_000, cut=50), "a.mp3", [(10, 100)], expect)
     assert "a.mp3" in str(info.value) and "40" in str(info.value)
     # identity: mtime or size differ
     with pytest.raises(OriginFileChanged):
-        origin._read_handle(_FakeHandle(data, 1_700_000_001), "a.mp3", 0, 10, expect)
+        origin._read_handle(_FakeHandle(data, 1_700_000_001), "a.mp3", [(0, 10)], expect)
     with pytest.raises(OriginFileChanged):
-        origin._read_handle(_FakeHandle(data[:-1], 1_700_000_000), "a.mp3", 0, 10, expect)
+        origin._read_handle(_FakeHandle(data[:-1], 1_700_000_000), "a.mp3", [(0, 10)], expect)

@@ -200,6 +200,46 @@ def test_small_batches_give_the_same_catalog(lib, cat, tmp_path):
         other.close()
 
 
+
+def test_a_parallel_scan_gives_the_same_catalog_as_a_serial_one(lib, cat, tmp_path):
+    root, tracks = lib
+    serial = scanner(cat, root, workers=1, batch=5)[0].scan()
+    other = open_catalog(str(tmp_path / "parallel"))
+    try:
+        parallel_scanner, origin = scanner(other, root, workers=32, batch=5)
+        parallel = parallel_scanner.scan()
+        assert (parallel.added, parallel.skipped) == (serial.added, serial.skipped)
+        strip = lambda rows: sorted(({k: v for k, v in r.__dict__.items() if k != "id"} for r in rows),  # noqa: E731
+                                    key=lambda d: d["path"])
+        assert strip(other.files()) == strip(cat.files())
+        rescan = scanner(other, root, workers=32)[0].scan()  # nothing changed: a listing, no tag read
+        assert not rescan.touched and rescan.unchanged == serial.added + serial.skipped + serial.unchanged
+    finally:
+        other.close()
+
+
+def test_the_default_scan_parallelism_follows_the_origin(lib, cat):
+    from musicfs.origins.s3 import S3Origin
+    from musicfs.origins.sftp import SftpOrigin
+
+    root, _ = lib
+    assert LocalOrigin(root).scan_parallelism == 4
+    assert S3Origin("s3://b/p", "b").scan_parallelism == 32
+    assert SftpOrigin("sftp://h/p", "h", "/p", pool_size=8).scan_parallelism == 16
+    seen = []
+
+    class Counting(LocalOrigin):
+        scan_parallelism = 3
+
+        def read(self, *args, **kwargs):
+            import threading
+
+            seen.append(threading.current_thread().name)
+            return super().read(*args, **kwargs)
+
+    Scanner(cat, OriginRegistry([Counting(root)])).scan()
+    assert seen and len(set(seen)) <= 3
+
 @pytest.mark.resilience("5.6")
 async def test_a_file_name_that_is_not_utf8_is_scanned_shown_and_read_by_its_real_bytes(lib, cat, tmp_path):
     """A Latin-1 name (byte 0xE9) was skipped: it is catalogued escaped, shown with U+FFFD, read by its bytes."""

@@ -81,9 +81,21 @@ def test_rangefile_fetches_whole_blocks_lazily_and_once():
     rf.read(BLOCK)
     assert rf.fetches == 1 == len(src.calls)  # cached
     rf.seek(2 * BLOCK - 1)
-    rf.read(2)
-    assert sorted(src.calls) == [(BLOCK, BLOCK), (2 * BLOCK, BLOCK), (7 * BLOCK, BLOCK)]
+    rf.read(2)  # block 1, then block 2 right after it: read sequentially, so blocks 2 and 3 come in one request
+    assert sorted(src.calls) == [(BLOCK, BLOCK), (2 * BLOCK, 2 * BLOCK), (7 * BLOCK, BLOCK)]
     assert rf.fetches == 3
+    rf.seek(3 * BLOCK)
+    assert rf.read(10) == data[3 * BLOCK : 3 * BLOCK + 10] and rf.fetches == 3  # already here
+
+
+def test_rangefile_coalesces_sequential_blocks_and_never_reads_past_eof():
+    data = pattern(5 * BLOCK + 123)
+    src = Source(data)
+    rf = src.file()
+    assert rf.read() == data
+    assert src.calls == [(0, BLOCK), (BLOCK, 2 * BLOCK), (3 * BLOCK, 2 * BLOCK), (5 * BLOCK, BLOCK)]
+    rf.seek(0)
+    assert rf.read() == data and rf.fetches == 4  # every block kept once
 
 
 def test_rangefile_short_fetch_is_not_padded():
