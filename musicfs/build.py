@@ -34,7 +34,7 @@ def build(cfg: Config, lib: Library, *, on_file_changed: Callable[[str], None] |
           on_origin_change: Callable[[], None] | None = None) -> Services:
     cache = ChunkCache(lib.cas, op_timeout=cache_op_timeout(cfg.read_timeout))
     reader = FileReader(lib.catalog, cache, lib.registry, chunk_size=cfg.chunk_size, memory_cache=cfg.memory_cache,
-                        read_timeout=cfg.read_timeout, on_file_changed=on_file_changed)
+                        read_timeout=cfg.read_timeout, on_file_changed=on_file_changed, readahead=cfg.readahead)
     health = HealthMonitor(lib.registry, interval=cfg.health_interval, timeout=cfg.health_timeout,
                            on_change=on_origin_change)
     return Services(cache, reader, health)

@@ -48,6 +48,7 @@ class Config:
     cache_size: int = 10 << 30
     chunk_size: int = 1 << 20
     memory_cache: int = 64 << 20
+    readahead: int = 32 << 20  # bytes of chunks in flight ahead of sequential readers, daemon-wide (0: off)
     rescan_interval: float = 900.0
     read_timeout: float = 30.0
     drain_timeout: float = 10.0
@@ -76,6 +77,7 @@ SIZE_RANGES = {
     "cache_size": (256 << 10, 1 << 50),  # 256K (4 of the smallest chunks) .. 1P; at least 4 chunks: check_sizes
     "chunk_size": (64 << 10, 16 << 20),  # 64K .. 16M
     "memory_cache": (0, 64 << 30),  # 0 (off) .. 64G
+    "readahead": (0, 4 << 30),  # 0 (off) .. 4G
 }
 # Bounds that depend on other keys or on the machine, checked once every key is known (`check_sizes`):
 # the disk cache must hold at least this many chunks (a smaller one evicts the chunk it just stored and warns

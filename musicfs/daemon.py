@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 READY_TIMEOUT = 30.0
 SCAN_EXTEND = 60.0  # seconds of start timeout asked of systemd at each progress step of a first scan
 CLOSE_BOUND = 10.0  # beyond the drain, the rest of shutdown gets this long before a forced exit
-BACKGROUND = ("ready", "rescan", "watchdog", "status", "health", "cache")
+BACKGROUND = ("ready", "rescan", "watchdog", "status", "health", "cache", "readahead")
 
 
 def fuse_options(cfg: Config) -> set[str]:
@@ -208,6 +208,8 @@ class Daemon:
     def _spawn_background(self) -> None:
         self.sup.spawn_critical("health", self.services.health.run)
         self.sup.spawn_critical("cache", self.services.cache.run)  # cache probes, index rebuild (6.3, 6.6)
+        if self.services.reader.readahead is not None:
+            self.sup.spawn_critical("readahead", self.services.reader.readahead.run)  # chunks ahead of readers
         self.sup.spawn_supervised("ready", self._announce_ready)
         self.sup.spawn_critical("rescan", self._rescan_loop)
         self.sup.spawn_critical("status", lambda: serve_status(self.cfg.state_dir, self.snapshot))

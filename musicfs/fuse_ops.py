@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import errno
 import functools
 import itertools
@@ -205,9 +206,20 @@ class MusicOperations(pyfuse3.Operations):
         node = self._node(inode)
         if node.is_dir or node.file is None:
             raise pyfuse3.FUSEError(errno.EISDIR)
-        fh = await self.reader.open(node.file)
+        fh = await self.reader.open(node.file, functools.partial(self._next_track, node))
         self._open_files += 1
         return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=False)
+
+    def _next_track(self, node: Node):
+        """The track after `node` in its album folder (tree order), in the tree served now; None at the end."""
+        listing = self.tree.listings.get(node.parent, [])
+        names = [name for name, _ in listing]
+        at = bisect.bisect_right(names, node.name)
+        for _, ino in listing[at:]:
+            after = self.tree.get(ino)
+            if after is not None and after.file is not None and after.file.kind == "track":
+                return after.file
+        return None
 
     @handler
     async def read(self, fh, off, size):

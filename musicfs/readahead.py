@@ -126,8 +126,9 @@ class ReadAhead:
         if current == stream.chunks - 1 and next_track is not None and not stream.next_queued:
             stream.next_queued = True
             key, chunks = next_track
+            ahead = Stream(key, chunks)  # its own: closing this file (the player moves on) must not cancel it
             for index in range(min(self.next_track_chunks, chunks)):
-                self._low.append(Job(stream, key, index, stream.generation))
+                self._low.append(Job(ahead, key, index, ahead.generation))
                 self._next += 1
         self._lot.unpark_all()
 

@@ -1,4 +1,11 @@
-"""FileReader: a byte range -> chunks -> verified cache hit or origin fetch (then cached)."""
+"""FileReader: a byte range -> chunks -> verified cache hit or origin fetch (then cached).
+
+A handle read sequentially gets read-ahead (readahead.py): chunks ahead of it are loaded by the
+ReadAhead's workers through the same path as a read (`_chunk`: one load per chunk, verified, cached),
+and near the end of a track the first chunks of the next track of its album folder. An open file pins
+only the chunks around where it is read (the one before the current one and those ahead), so reading a
+file larger than the cache never holds the cache over its quota.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +23,7 @@ from .catalog import Catalog, FileRow
 from .chunk_cache import ChunkCache
 from .errors import CatalogError, MusicFSError, OriginFileChanged, OriginTransient
 from .origins.registry import OriginRegistry
+from .readahead import ReadAhead, ReadAheadStatistics, Stream
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +69,9 @@ class ChunkLRU:
 class OpenFile:
     row: FileRow
     manifest: dict[int, str]
-    pinned: set[str] = field(default_factory=set)
+    pinned: dict[str, int] = field(default_factory=dict)  # digest -> chunk index, pinned against eviction
     refs: int = 1
+    next_track: Callable[[], FileRow | None] | None = None  # the track after this one in its album folder
 
 
 @dataclass(frozen=True)
@@ -77,12 +86,16 @@ class ReaderStatistics:
     origin_fetches: int = 0  # chunks fetched from the origins
     changed_files: int = 0  # fetches refused because the origin file changed before or during the read
     manifest_failures: int = 0  # fetched chunks whose manifest entry the catalog could not take
+    readahead: ReadAheadStatistics | None = None  # chunks loaded ahead of sequential readers
 
 
 class FileReader:
     def __init__(self, catalog: Catalog, cache: ChunkCache, origins: OriginRegistry, *, chunk_size: int,
                  memory_cache: int, read_timeout: float, threads: int = 8,
-                 on_file_changed: Callable[[str], None] | None = None):
+                 on_file_changed: Callable[[str], None] | None = None, readahead: int = 32 << 20,
+                 readahead_window: int = 16 << 20):
+        """`readahead`: bytes of chunks that may be in flight ahead of sequential readers, daemon-wide (0: off);
+        `readahead_window`: how far ahead of one reader the window may grow."""
         self.catalog = catalog
         self.cache = cache  # the disk cache: verified chunks, passthrough while it is unstable or down
         self.origins = origins
@@ -97,29 +110,42 @@ class FileReader:
         self._handles = itertools.count(1)
         self._fh: dict[int, tuple[int, str]] = {}
         self._inflight: dict[tuple[int, str, int], trio.Event] = {}
+        self._streams: dict[int, Stream] = {}  # fh -> where that handle reads (read-ahead)
+        self.readahead = None
+        if readahead >= chunk_size:
+            workers = max(2, min(readahead // chunk_size, origins.fetch_threads - 2))
+            self.readahead = ReadAhead(self._prefetch, chunk_size=chunk_size, budget=readahead,
+                                       max_window_bytes=readahead_window, workers=workers,
+                                       job_timeout=read_timeout)
 
     async def _thread(self, fn, *args):
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter, abandon_on_cancel=True)
 
     # -- open / release ---------------------------------------------------------
-    async def open(self, row: FileRow) -> int:
-        """A handle for reading; the file's cached chunks are pinned until release.
+    async def open(self, row: FileRow, next_track: Callable[[], FileRow | None] | None = None) -> int:
+        """A handle for reading; the chunks around where it reads are pinned until release.
 
         Open files are keyed by (id, identity): a handle opened before the file changed keeps
-        reading the old content's chunks, one opened after reads the new.
+        reading the old content's chunks, one opened after reads the new. `next_track` names the track
+        that follows in its album folder (read-ahead fetches its head when this one is read to its end).
         """
         key = (row.id, row.ident)
         if key not in self._open:
             with trio.fail_after(self.read_timeout):  # a locked catalog must not hang open()
                 manifest = await self._thread(self.catalog.manifest, row.id, row.ident)
             if key not in self._open:  # another open may have won while we waited
-                self._open[key] = OpenFile(row, manifest, refs=0)
+                self._open[key] = OpenFile(row, manifest, refs=0, next_track=next_track)
         self._open[key].refs += 1
         fh = next(self._handles)
         self._fh[fh] = key
+        if self.readahead is not None:
+            self._streams[fh] = self.readahead.open(key, row.size)
         return fh
 
     def release(self, fh: int) -> None:
+        stream = self._streams.pop(fh, None)
+        if stream is not None:
+            self.readahead.close(stream)  # what it still fetches ahead for this handle is cancelled
         key = self._fh.pop(fh, None)
         of = self._open.get(key) if key is not None else None
         if of is None:
@@ -128,11 +154,13 @@ class FileReader:
         if of.refs <= 0:
             for digest in of.pinned:
                 self.cache.unpin(digest)
+            of.pinned.clear()
             del self._open[key]
 
     def statistics(self) -> ReaderStatistics:
         return ReaderStatistics(open_files=len(self._open), open_handles=len(self._fh),
-                                memory_bytes=self.memory.nbytes, **self._counts)
+                                memory_bytes=self.memory.nbytes, **self._counts,
+                                readahead=self.readahead.statistics() if self.readahead else None)
 
     # -- reading --------------------------------------------------------------
     async def read(self, fh: int, offset: int, size: int) -> bytes:
@@ -143,13 +171,45 @@ class FileReader:
         end = min(offset + size, of.row.size)
         if offset >= end:
             return b""
+        first, last = offset // self.chunk_size, (end - 1) // self.chunk_size
         with trio.fail_after(self.read_timeout):
             parts = []
-            for idx in range(offset // self.chunk_size, (end - 1) // self.chunk_size + 1):
+            for idx in range(first, last + 1):
                 data = await self._chunk(of, idx)
                 base = idx * self.chunk_size
                 parts.append(data[max(offset - base, 0) : end - base])
-            return b"".join(parts)
+        if of.refs == 1:  # one reader: what lies behind it may be evicted again
+            self._unpin_before(of, first - 1)
+        stream = self._streams.get(fh)
+        if stream is not None:
+            following = None
+            if last == (of.row.size - 1) // self.chunk_size and of.next_track is not None:
+                row = of.next_track()
+                if row is not None and row.size:
+                    following = (("next", row), -(-row.size // self.chunk_size))
+            self.readahead.observe(stream, offset, end - offset, next_track=following)
+        return b"".join(parts)
+
+    async def _prefetch(self, key, idx: int) -> None:
+        """Load one chunk ahead of a reader (ReadAhead's fetch): into the caches, verified, like a read."""
+        if key[0] == "next":  # the head of the next track: loaded and cached, pinned by no one yet
+            row = key[1]
+            of = self._open.get((row.id, row.ident))
+            if of is None:
+                manifest = await self._thread(self.catalog.manifest, row.id, row.ident)
+                of = OpenFile(row, manifest, refs=0)
+        else:
+            of = self._open.get(key)
+            if of is None:
+                return  # closed meanwhile
+        if idx * self.chunk_size < of.row.size:
+            await self._chunk(of, idx)
+
+    def _unpin_before(self, of: OpenFile, idx: int) -> None:
+        behind = [digest for digest, i in of.pinned.items() if i < idx]
+        for digest in behind:
+            del of.pinned[digest]
+            self.cache.unpin(digest)
 
     async def _chunk(self, of: OpenFile, idx: int) -> bytes:
         key = (of.row.id, of.row.ident, idx)
@@ -175,7 +235,7 @@ class FileReader:
             data = await self.cache.get(digest)
             if data is not None:
                 self._counts["cache_hits"] += 1
-                self._keep(of, digest, data)
+                self._keep(of, idx, digest, data)
                 return data
         return await self._fetch(of, idx)
 
@@ -214,13 +274,13 @@ class FileReader:
             log.warning("catalog: cannot record a chunk of %s (%s); serving it uncached", row.path, exc)
             return data
         of.manifest[idx] = digest
-        self._keep(of, digest, data)
+        self._keep(of, idx, digest, data)
         return data
 
-    def _keep(self, of: OpenFile, digest: str, data: bytes) -> None:
+    def _keep(self, of: OpenFile, idx: int, digest: str, data: bytes) -> None:
         self.memory.put(digest, data)
-        if digest not in of.pinned:
-            of.pinned.add(digest)
+        if of.refs > 0 and digest not in of.pinned:  # a closed file (or a next track's head) pins nothing
+            of.pinned[digest] = idx
             self.cache.pin(digest)
 
 

@@ -22,7 +22,7 @@ class BrokenReader:
         self.exc: BaseException | None = None
         self.open_files = 0
 
-    async def open(self, row):
+    async def open(self, row, next_track=None):
         return 7
 
     async def read(self, fh, off, size):

@@ -1,0 +1,146 @@
+"""Read-ahead through the FileReader: a real catalog and CAS, an origin that records every read it serves."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from musicfs.origins.memory import READ, MemoryOrigin, serve
+from musicfs_test_utils.reader_rig import ReaderRig, pattern_bytes
+
+CHUNK = 64 << 10
+READ_SIZE = 16 << 10  # what FUSE sends, scaled down with the chunk
+FILES = {f"album/{n:02d}.flac": pattern_bytes(n, 40 * CHUNK + 123, step=7, salt=31, period=97) for n in (1, 2, 3)}
+
+
+class Recording:
+    """serve(FILES), remembering the chunk index of every read and how many ran at once; `gate` holds reads."""
+
+    def __init__(self):
+        self.inner = serve(FILES)
+        self.reads: list[tuple[str, int]] = []
+        self.gate = None  # a threading.Event the reads wait for, when set by a test
+
+    def __call__(self, request):
+        if request.op == READ:
+            self.reads.append((request.path, request.offset // CHUNK))
+            if self.gate is not None:
+                self.gate.wait(10)
+        return self.inner(request)
+
+    def chunks(self, path: str) -> list[int]:
+        return sorted(i for p, i in self.reads if p == path)
+
+
+@pytest.fixture
+async def rig(tmp_path, nursery):
+    recording = Recording()
+    rig = ReaderRig.build(tmp_path, root=tmp_path / "unused", inner=MemoryOrigin(recording), chunk_size=CHUNK,
+                          memory_cache=64 * CHUNK, read_timeout=10.0)
+    rig.recording = recording
+    nursery.start_soon(rig.reader.readahead.run)  # the daemon's supervisor runs this task
+    yield rig
+    rig.close()
+
+
+async def settle(reader):
+    """Until every read-ahead job queued so far has run: nothing queued, nothing in flight (a poll with a
+    deadline: the fetches run in worker threads, which trio cannot wait for all at once)."""
+    with trio.fail_after(10):
+        while True:
+            await trio.testing.wait_all_tasks_blocked()
+            stats = reader.readahead.statistics()
+            if stats.queued == 0 and stats.inflight_bytes == 0:
+                return
+            await trio.sleep(0.001)
+
+
+async def read_sequentially(reader, fh, start: int, end: int) -> bytes:
+    parts = []
+    for offset in range(start, end, READ_SIZE):
+        parts.append(await reader.read(fh, offset, READ_SIZE))
+    return b"".join(parts)
+
+
+async def test_a_sequential_reader_gets_chunks_fetched_ahead_with_right_bytes(rig):
+    path = "album/01.flac"
+    row = rig.row(path)
+    fh = await rig.reader.open(row)
+    assert await read_sequentially(rig.reader, fh, 0, 3 * CHUNK) == FILES[path][:3 * CHUNK]
+    await settle(rig.reader)
+    fetched = rig.recording.chunks(path)
+    assert len(fetched) == len(set(fetched)), "a chunk was fetched twice"
+    assert max(fetched) > 3, f"nothing was fetched ahead of chunk 2: {fetched}"
+    before = len(rig.recording.reads)
+    got = await read_sequentially(rig.reader, fh, 3 * CHUNK, row.size)
+    assert got == FILES[path][3 * CHUNK:]
+    rig.reader.release(fh)
+    await settle(rig.reader)
+    stats = rig.reader.statistics().readahead
+    assert stats.started > 0 and stats.failed == 0
+    assert sorted(set(rig.recording.chunks(path))) == list(range(41))  # every chunk once, none twice
+    assert len(rig.recording.chunks(path)) == 41 and len(rig.recording.reads) >= before
+
+
+async def test_a_tag_reader_pattern_fetches_only_what_it_reads(rig):
+    path = "album/02.flac"
+    row = rig.row(path)
+    for _ in range(2):  # a scanner's probe: open, read the head, read the tail, close
+        fh = await rig.reader.open(row)
+        await read_sequentially(rig.reader, fh, 0, 3 * READ_SIZE)  # mutagen reads a few blocks of the head
+        await rig.reader.read(fh, row.size - READ_SIZE, READ_SIZE)
+        rig.reader.release(fh)
+    await settle(rig.reader)
+    tail = (row.size - READ_SIZE) // CHUNK
+    assert rig.recording.chunks(path) == sorted({0, tail, 40})  # the chunks read, each once: nothing ahead
+    assert rig.reader.statistics().readahead.started == 0
+
+
+async def test_a_seek_cancels_the_window_and_reading_goes_on_right(rig):
+    path = "album/01.flac"
+    row = rig.row(path)
+    fh = await rig.reader.open(row)
+    await read_sequentially(rig.reader, fh, 0, 2 * CHUNK)
+    far = 30 * CHUNK
+    assert await rig.reader.read(fh, far, READ_SIZE) == FILES[path][far:far + READ_SIZE]
+    await settle(rig.reader)
+    stream = rig.reader._streams[fh]
+    assert stream.window == 0 and stream.generation == 1  # the seek closed the window
+    assert rig.reader.statistics().readahead.streams == 0
+    rig.reader.release(fh)
+
+
+async def test_the_next_track_head_is_fetched_once_when_a_track_is_read_to_its_end(rig):
+    first, second = rig.row("album/01.flac"), rig.row("album/02.flac")
+    asked = []
+
+    def next_track():
+        asked.append(1)
+        return second
+
+    fh = await rig.reader.open(first, next_track)
+    await read_sequentially(rig.reader, fh, 0, first.size)
+    await read_sequentially(rig.reader, fh, first.size - CHUNK, first.size)  # the end read again
+    rig.reader.release(fh)
+    await settle(rig.reader)
+    assert rig.recording.chunks("album/02.flac") == [0, 1]  # its head, once
+    assert rig.reader.statistics().readahead.next_track == 2
+    reads = len(rig.recording.reads)
+    fh = await rig.reader.open(second)  # playing it: the head comes from the cache
+    assert await rig.reader.read(fh, 0, 2 * CHUNK) == FILES["album/02.flac"][:2 * CHUNK]
+    assert len(rig.recording.reads) == reads
+    rig.reader.release(fh)
+
+
+async def test_an_open_file_pins_only_the_chunks_around_where_it_reads(rig):
+    path = "album/03.flac"
+    row = rig.row(path)
+    fh = await rig.reader.open(row)
+    await read_sequentially(rig.reader, fh, 0, 20 * CHUNK)
+    await settle(rig.reader)
+    of = rig.reader._open[(row.id, row.ident)]
+    assert min(of.pinned.values()) >= 18, sorted(of.pinned.values())  # behind the reader: unpinned
+    assert rig.cas.pinned == len(of.pinned)
+    rig.reader.release(fh)
+    assert not of.pinned and rig.cas.pinned == 0
