@@ -94,12 +94,33 @@ class ChunkCache:
             self.health.failed(exc)  # the disk failed: serve this and the next reads from the origins
         return None
 
+    @property
+    def quota(self) -> int:
+        return self._cas.quota
+
     def pin(self, digest: str) -> None:
         """Keep the chunk from eviction (chunks of open files) until as many unpins."""
         self._cas.pin(digest)
 
     def unpin(self, digest: str) -> None:
         self._cas.unpin(digest)
+
+    async def trim(self) -> None:
+        """Back under the quota's low watermark when unpinned chunks hold it above the high one (after a file
+        larger than the cache was read and closed, its chunks are no longer pinned: evict them now, not at
+        the next store)."""
+        if not self.health.usable:
+            return
+        used, _ = self._cas.usage()
+        kept, _ = self._cas.quarantine_usage()
+        if used + kept <= self._cas.quota * self._cas.high:
+            return
+        try:
+            await self.health.run_io(self._cas.evict_to, int(self._cas.quota * self._cas.low) - kept)
+        except CacheUnavailable:
+            pass
+        except CasError as exc:
+            self.health.failed(exc)
 
     async def run(self) -> None:
         """The cache task (a critical task of the supervisor): probes, index rebuild, access times."""

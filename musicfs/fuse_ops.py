@@ -231,6 +231,7 @@ class MusicOperations(pyfuse3.Operations):
     async def release(self, fh):
         self._open_files -= 1
         self.reader.release(fh)
+        await self.reader.after_release()
 
     def statistics(self) -> OperationsStatistics:
         return OperationsStatistics(requests=self.requests, errors=sum(self.errors.values()),

@@ -22,7 +22,7 @@ from . import points
 from .catalog import Catalog, FileRow
 from .chunk_cache import ChunkCache
 from .errors import CatalogError, MusicFSError, OriginFileChanged, OriginTransient
-from .origins.registry import OriginRegistry
+from .origins.registry import OriginRegistry, RegistryStream
 from .readahead import ReadAhead, ReadAheadStatistics, Stream
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,7 @@ class OpenFile:
     pinned: dict[str, int] = field(default_factory=dict)  # digest -> chunk index, pinned against eviction
     refs: int = 1
     next_track: Callable[[], FileRow | None] | None = None  # the track after this one in its album folder
+    origin: RegistryStream | None = None  # while streamed: the origins' open streams of the file (SFTP: kept open)
 
 
 @dataclass(frozen=True)
@@ -111,11 +112,14 @@ class FileReader:
         self._fh: dict[int, tuple[int, str]] = {}
         self._inflight: dict[tuple[int, str, int], trio.Event] = {}
         self._streams: dict[int, Stream] = {}  # fh -> where that handle reads (read-ahead)
+        self._closing: list[RegistryStream] = []  # origin streams of released files, closed by after_release
         self.readahead = None
         if readahead >= chunk_size:
             workers = max(2, min(readahead // chunk_size, origins.fetch_threads - 2))
+            # A window pins its chunks: a quarter of the cache at most, so readers never hold it over quota.
+            window = max(2 * chunk_size, min(readahead_window, cache.quota // 4))
             self.readahead = ReadAhead(self._prefetch, chunk_size=chunk_size, budget=readahead,
-                                       max_window_bytes=readahead_window, workers=workers,
+                                       max_window_bytes=window, workers=workers,
                                        job_timeout=read_timeout)
 
     async def _thread(self, fn, *args):
@@ -155,7 +159,20 @@ class FileReader:
             for digest in of.pinned:
                 self.cache.unpin(digest)
             of.pinned.clear()
+            if of.origin is not None:
+                self._closing.append(of.origin)  # closing it is network I/O: after_release, in a thread
+                of.origin = None
             del self._open[key]
+
+    async def after_release(self) -> None:
+        """After a release (the FUSE handler awaits it): close the origin streams of files no longer open, in
+        a worker thread within read_timeout; evict at once what the release unpinned if it holds the cache
+        over its quota."""
+        while self._closing:
+            stream = self._closing.pop()
+            with trio.move_on_after(self.read_timeout):
+                await trio.to_thread.run_sync(stream.close, abandon_on_cancel=True)
+        await self.cache.trim()
 
     def statistics(self) -> ReaderStatistics:
         return ReaderStatistics(open_files=len(self._open), open_handles=len(self._fh),
@@ -202,6 +219,8 @@ class FileReader:
             of = self._open.get(key)
             if of is None:
                 return  # closed meanwhile
+            if of.origin is None:  # a streamed file: its origins keep it open (SFTP) while it is read
+                of.origin = self.origins.open_stream(of.row.path, of.row.stat())
         if idx * self.chunk_size < of.row.size:
             await self._chunk(of, idx)
 
@@ -247,7 +266,10 @@ class FileReader:
         await points.hit_async(points.READER_MANIFEST_FETCH, OriginTransient)
         # Offline fails here at once; else a thread of the registry's own limiter (never the cache's).
         try:
-            data = await self.origins.fetch(row.path, start, want, expect, exact=True)
+            if of.origin is not None:
+                [data] = await of.origin.fetch_ranges([(start, want)], exact=True)
+            else:
+                data = await self.origins.fetch(row.path, start, want, expect, exact=True)
         except OriginFileChanged:
             # Nothing of it is cached: this read fails, and a rescan gives the file its new identity.
             self._counts["changed_files"] += 1

@@ -33,6 +33,9 @@ class BrokenReader:
     def release(self, fh):
         pass
 
+    async def after_release(self):
+        pass
+
 
 def _tree(n: int = 3):
     rows = [make_file_meta(i + 1, f"a/{i}.flac", 1000 + i, **make_audio_meta("Artist", "Album", f"Song {i}", track_no=i + 1))

@@ -144,3 +144,24 @@ async def test_an_open_file_pins_only_the_chunks_around_where_it_reads(rig):
     assert rig.cas.pinned == len(of.pinned)
     rig.reader.release(fh)
     assert not of.pinned and rig.cas.pinned == 0
+
+
+async def test_the_quota_holds_again_when_a_file_larger_than_the_cache_is_closed(tmp_path, nursery):
+    recording = Recording()
+    quota = 12 * CHUNK  # the file is 41 chunks
+    rig = ReaderRig.build(tmp_path, root=tmp_path / "unused", inner=MemoryOrigin(recording), chunk_size=CHUNK,
+                          memory_cache=4 * CHUNK, read_timeout=10.0, cas_quota=quota)
+    try:
+        nursery.start_soon(rig.reader.readahead.run)
+        path = "album/01.flac"
+        row = rig.row(path)
+        fh = await rig.reader.open(row)
+        assert await read_sequentially(rig.reader, fh, 0, row.size) == FILES[path]
+        rig.reader.release(fh)
+        await settle(rig.reader)
+        await rig.reader.after_release()  # what the FUSE release handler does
+        used, _ = rig.cas.usage()
+        assert used <= quota, f"{used} bytes cached under a {quota}-byte quota after the close"
+        assert rig.cas.pinned == 0
+    finally:
+        rig.close()
