@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-other", action="store_true", default=None, help="let other users read the mount")
     p.add_argument("--allow-non-empty", action="store_true", default=None,
                    help="mount over a folder that holds files (they are hidden while mounted)")
+    p.add_argument("--metrics", metavar="HOST:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)")
     _add_origin_args(p)
 
     p = sub.add_parser("scan", help="scan SOURCE(s) into the catalog and search index without mounting")
@@ -145,6 +147,7 @@ def _config(args, sources: list[str], mountpoint: str = "") -> Config:
         "rescan_interval": getattr(args, "rescan_interval", None),
         "allow_other": getattr(args, "allow_other", None),
         "allow_non_empty": getattr(args, "allow_non_empty", None),
+        "metrics": getattr(args, "metrics", None),
         "sources": tuple(sources),
         "mountpoint": mountpoint,
     }

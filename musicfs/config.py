@@ -28,6 +28,20 @@ def parse_size(text: str | int, key: str = "size") -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
 
 
+def parse_address(text: str) -> tuple[str, int]:
+    """'HOST:PORT' (IPv6 as '[::1]:PORT') -> (host, port); ValueError saying what is wrong."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"must be HOST:PORT (e.g. 127.0.0.1:9567), not {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"the port must be a number from 0 to 65535, not {port!r} (in {text!r})")
+    if not host or (":" in host and not text.strip().startswith("[")):
+        raise ValueError(f"must be HOST:PORT with an IPv6 host in brackets ([::1]:9567), not {text!r}")
+    return host, int(port)
+
+
 def library_id(sources: list[str]) -> str:
     """A short stable id for a set of sources, so two libraries never share state."""
     canon = [s if "://" in s else os.path.realpath(s) for s in sources]
@@ -59,6 +73,7 @@ class Config:
     allow_other: bool = False
     allow_non_empty: bool = False  # mount over a folder that holds files (hidden until unmounted)
     include_hidden: bool = False  # scan files and folders whose names start with a dot (`._*` never)
+    metrics: str = ""  # HOST:PORT of the Prometheus endpoint (/metrics); "" = off
     origin_options: dict = field(default_factory=dict)
 
     def resolved(self) -> "Config":
@@ -136,6 +151,15 @@ def _check_value(key: str, value):
         if not isinstance(value, bool):
             raise ConfigError(key, f"must be true or false, not {value!r}")
         return value
+    if key == "metrics":
+        if not isinstance(value, str):
+            raise ConfigError(key, f"must be a string HOST:PORT (e.g. \"127.0.0.1:9567\"), not {value!r}")
+        if value.strip():
+            try:
+                parse_address(value)
+            except ValueError as exc:
+                raise ConfigError(key, str(exc)) from None
+        return value.strip()
     if key == "origin_options":
         if not isinstance(value, dict):
             raise ConfigError(key, "must be a table")

@@ -28,6 +28,7 @@ from .errors import ConfigError, MusicFSError, OriginError
 from .fuse_ops import MusicOperations
 from .library import Library
 from .logsetup import flush_summaries
+from .metrics import MetricsRecords, MetricsServer, on_loop
 from .mounts import prepare_mountpoint, remove_created, unmount
 from .notify import Notifier, watchdog_interval
 from .origins.registry import OriginStatistics
@@ -65,9 +66,10 @@ def process_figures() -> dict:
 
 
 class Daemon:
-    def __init__(self, cfg: Config, notifier: Notifier):
+    def __init__(self, cfg: Config, notifier: Notifier, metrics: MetricsServer | None = None):
         self.cfg = cfg
         self.notifier = notifier
+        self.metrics = metrics  # serving already (run); fed from this loop's records while main runs
         self.lib: Library | None = None
         self.ops: MusicOperations | None = None
         self.services: Services | None = None  # cache, reader, origin health monitor (build.build)
@@ -110,8 +112,30 @@ class Daemon:
             "process": process_figures(),
             "tasks": asdict(tasks)["tasks"], "degraded": list(tasks.degraded),
             "reader": asdict(self.services.reader.statistics()) if self.services else {},
-            "fuse": asdict(self.ops.statistics()) if self.ops else {},
+            "fuse": self._fuse_figures(),
+            "metrics": self.metrics.address if self.metrics else None,
         }
+
+    def _fuse_figures(self) -> dict:
+        """OperationsStatistics for `musicfs status`: the read latency histogram as its count and total."""
+        if not self.ops:
+            return {}
+        fuse = asdict(self.ops.statistics())
+        hist = fuse.pop("read_seconds", None) or {}
+        fuse["reads"], fuse["read_seconds_total"] = hist.get("count", 0), round(hist.get("sum_s", 0.0), 3)
+        return fuse
+
+    def metric_records(self) -> MetricsRecords:
+        """The records a /metrics scrape turns into metrics (metrics.py); called on the trio loop (on_loop)."""
+        services = self.services
+        readahead = getattr(services.reader, "readahead", None) if services else None  # once read-ahead is wired
+        return MetricsRecords(
+            origins=self.lib.registry.statistics() if self.lib else (),
+            cache=services.cache.statistics() if services else None,
+            reader=services.reader.statistics() if services else None,
+            fuse=self.ops.statistics() if self.ops else None,
+            readahead=readahead.statistics() if readahead is not None else None,
+            pins=None)  # HOOK: pin progress, see metrics.pin_families
 
     # -- signals ---------------------------------------------------------------------
     async def signals(self) -> None:
@@ -150,6 +174,8 @@ class Daemon:
     # -- start -------------------------------------------------------------------------
     async def main(self) -> None:
         """The daemon's life; whatever ends it, every other task ends too."""
+        if self.metrics is not None:
+            self.metrics.collector.attach(on_loop(trio.lowlevel.current_trio_token(), self.metric_records))
         try:
             await self.run()
         except MusicFSError as exc:
@@ -241,6 +267,8 @@ class Daemon:
     async def _close(self) -> None:
         """Catalog and cache are closed even when start-up failed half way (every index rebuild commits
         before it returns: the index has nothing pending to close)."""
+        if self.metrics is not None:
+            self.metrics.collector.detach()  # scrapes no longer read what is being closed
         await trio.to_thread.run_sync(self.lib.close)
         self.steps.append("catalog and cache closed")
         self.notifier.stopping()
@@ -280,8 +308,8 @@ class Daemon:
         self.notifier.status(self.status_line())
 
 
-async def _main(cfg: Config, notifier: Notifier) -> None:
-    daemon = Daemon(cfg, notifier)
+async def _main(cfg: Config, notifier: Notifier, metrics: MetricsServer | None = None) -> None:
+    daemon = Daemon(cfg, notifier, metrics)
     async with daemon.sup as sup:
         sup.spawn_supervised("signals", daemon.signals)  # first, so a signal during the first scan is ours
         sup.spawn_supervised("main", daemon.main)
@@ -302,13 +330,18 @@ def run(cfg: Config) -> int:
         raise ConfigError("FAILPOINTS", str(exc)) from exc
     # one daemon per library: a second one is refused here, before it touches anything of the first's
     lock = LibraryLock(cfg.state_dir).acquire({"mountpoint": cfg.mountpoint, "sources": redact_all(list(cfg.sources))})
+    metrics = MetricsServer(cfg.metrics) if cfg.metrics else None
     try:
+        if metrics is not None:
+            metrics.start()  # a taken port refuses the start here, before the library is opened or mounted
         private_state(cfg.state_dir, cfg.cache_dir)  # before anything is created: folders 0700, files 0600
         notifier = Notifier()
         try:
-            trio.run(_main, cfg, notifier)
+            trio.run(_main, cfg, notifier, metrics)
         finally:
             notifier.close()
     finally:
+        if metrics is not None:
+            metrics.stop()  # the server thread ends with the daemon
         lock.release()
     return 0

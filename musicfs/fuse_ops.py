@@ -9,6 +9,7 @@ import itertools
 import logging
 import os
 import stat
+import time
 from collections import Counter
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ import trio
 
 from . import points
 from .errors import MusicFSError
+from .latency import HistogramStatistics, LatencyHistogram
 from .reader import FileReader
 from .tree import ROOT_INO, Node, VirtualTree
 
@@ -82,6 +84,7 @@ class OperationsStatistics:
     open_dirs: int  # directory streams the kernel holds
     known_inodes: int  # inodes the kernel holds a lookup reference to
     retired_inodes: int  # of those, inodes no longer in the tree (answered until forgotten)
+    read_seconds: HistogramStatistics | None = None  # latency of read requests, answered or failed (metrics)
 
 
 class MusicOperations(pyfuse3.Operations):
@@ -100,6 +103,7 @@ class MusicOperations(pyfuse3.Operations):
         self._dir_handles: dict[int, list[tuple[bytes, int]]] = {}
         self._next_dir = itertools.count(1)
         self.uid, self.gid = os.getuid(), os.getgid()
+        self.read_latency = LatencyHistogram()
 
     # -- tree swap ----------------------------------------------------------------
     def swap_tree(self, new: VirtualTree) -> list[tuple[int, bytes]]:
@@ -224,8 +228,12 @@ class MusicOperations(pyfuse3.Operations):
     @handler
     async def read(self, fh, off, size):
         self.requests += 1
-        await points.hit_async(points.FUSE_READ)
-        return await self.reader.read(fh, off, size)
+        started = time.perf_counter()
+        try:
+            await points.hit_async(points.FUSE_READ)
+            return await self.reader.read(fh, off, size)
+        finally:
+            self.read_latency.observe(time.perf_counter() - started)
 
     @handler
     async def release(self, fh):
@@ -237,7 +245,7 @@ class MusicOperations(pyfuse3.Operations):
         return OperationsStatistics(requests=self.requests, errors=sum(self.errors.values()),
                                     errors_by_handler=dict(self.errors), open_files=self._open_files,
                                     open_dirs=len(self._dir_handles), known_inodes=len(self.lookups),
-                                    retired_inodes=len(self.retired))
+                                    retired_inodes=len(self.retired), read_seconds=self.read_latency.statistics())
 
     @handler
     async def statfs(self, ctx):
