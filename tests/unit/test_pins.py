@@ -162,6 +162,7 @@ async def test_a_rescan_that_adds_a_track_to_a_pinned_album_pins_it_too(rig):
     assert len(rig.manifest(new)) == 3 and all(rig.cas.has(d) for d in rig.manifest(new).values())
 
 
+@pytest.mark.resilience("6.8")
 @pytest.mark.expected_log(r"musicfs\.cache_health: cache: normal -> unstable \(.*injected")
 async def test_with_the_cache_in_passthrough_pins_wait_and_resume_when_it_is_back(rig):
     box = [tree_of(rig.catalog)]
