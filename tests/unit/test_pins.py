@@ -194,3 +194,38 @@ async def test_requests_over_the_control_handler(rig):
     bad = await pins.handle({"op": "pin", "paths": "Bob"})
     assert bad == {"ok": False, "error": "pin: 'paths' must be a non-empty list of paths inside the mount"}
     assert (await pins.handle({"op": "unpin", "paths": ["Bob/Zulu"]}))["pins"] == []
+
+
+async def test_the_control_socket_answers_requests_and_still_the_status_without_one(tmp_path):
+    from musicfs.control import serve_status
+    from musicfs.status import query_daemon
+
+    seen = []
+
+    async def handle(request):
+        seen.append(request)
+        return {"ok": True, "pins": []}
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_status, str(tmp_path), lambda: {"state": "running"}, handle)
+        status = await trio.to_thread.run_sync(query_daemon, str(tmp_path))
+        answer = await trio.to_thread.run_sync(lambda: query_daemon(str(tmp_path), request={"op": "pins"}))
+        unknown = await trio.to_thread.run_sync(lambda: query_daemon(str(tmp_path), request={"op": "boom"}))
+        nursery.cancel_scope.cancel()
+    assert status == {"state": "running"}
+    assert answer == {"ok": True, "pins": []} and seen == [{"op": "pins"}]
+    assert unknown["ok"] is False and "unknown request 'boom'" in unknown["error"]
+
+
+def test_cli_pin_outside_a_mount_exits_2_and_pins_without_a_daemon_exits_3(tmp_path, monkeypatch, capsys):
+    from musicfs import cli
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    assert cli.main(["pin", str(tmp_path / "elsewhere")]) == 2
+    assert f"{tmp_path / 'elsewhere'}: not inside a musicfs mount" in capsys.readouterr().err
+    state = tmp_path / "xdg" / "musicfs" / "lib"
+    state.mkdir(parents=True)
+    (state / "daemon.json").write_text('{"mountpoint": "%s"}' % (tmp_path / "mnt"))
+    assert cli.main(["pins", "--mount", str(tmp_path / "mnt")]) == 3
+    assert f"the daemon of {tmp_path / 'mnt'} is not running" in capsys.readouterr().err
+    assert cli.main(["unpin", str(tmp_path / "mnt" / "Ann")]) == 3
