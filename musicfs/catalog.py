@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS manifests(
 CREATE INDEX IF NOT EXISTS manifests_hash ON manifests(hash);
 CREATE TABLE IF NOT EXISTS inodes(key TEXT PRIMARY KEY, ino INTEGER NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS scan_state(key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS pins(path TEXT PRIMARY KEY, added INTEGER NOT NULL);
 """
 
 VERSION_SEP = "\0"  # never in a path: ends a file's inode key, before the content identity it stands for
@@ -325,6 +326,22 @@ class Catalog:
         self._transaction(
             lambda cur: [cur.execute("INSERT OR REPLACE INTO scan_state VALUES(?, ?)", (k, v)) for k, v in values.items()]
         )
+
+    # -- pins (musicfs.pins): tree paths kept whole in the cache ---------------------------------------
+    def pins(self) -> list[str]:
+        """Pinned tree paths, in the order they were pinned."""
+        return [r[0] for r in self._run("SELECT path FROM pins ORDER BY added, path")]
+
+    def add_pins(self, paths: list[str]) -> None:
+        def work(cur):
+            top = cur.execute("SELECT coalesce(max(added), 0) FROM pins").fetchone()[0]
+            cur.executemany("INSERT OR IGNORE INTO pins(path, added) VALUES(?, ?)",
+                            [(p, top + n) for n, p in enumerate(paths, 1)])
+
+        self._transaction(work)
+
+    def remove_pins(self, paths: list[str]) -> None:
+        self._transaction(lambda cur: cur.executemany("DELETE FROM pins WHERE path = ?", [(p,) for p in paths]))
 
 
 def _forget_inode_versions(cur, place: str) -> None:

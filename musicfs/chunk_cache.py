@@ -98,6 +98,10 @@ class ChunkCache:
     def quota(self) -> int:
         return self._cas.quota
 
+    def has(self, digest: str) -> bool:
+        """Whether the chunk is in the cache (its index, in memory: no I/O); a get may still find it bad."""
+        return self._cas.has(digest)
+
     def pin(self, digest: str) -> None:
         """Keep the chunk from eviction (chunks of open files) until as many unpins."""
         self._cas.pin(digest)

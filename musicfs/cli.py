@@ -14,6 +14,7 @@ from .config import Config, ConfigError, load
 from .errors import BadArgument, MusicFSError
 from .logsetup import flush_summaries, setup_logging
 from .redact import redact
+from .statefiles import human_size
 
 EX_USAGE = 2
 EX_CONFIG = 78
@@ -121,6 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="is the daemon running, and how is it doing (exit 0 running, 3 not running)")
     _add_library_args(p, "default: every library under XDG state, one line each")
     p.add_argument("--json", action="store_true", help="print the status document as JSON")
+
+    p = sub.add_parser("pin", help="keep folders or tracks of a mount whole in its cache, for offline listening "
+                                   "(exit 1 refused, 2 not inside a mount, 3 its daemon is not running)")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="an artist or album folder, or a track, inside the mount")
+    p = sub.add_parser("unpin", help="release pinned folders or tracks (exit 1 not pinned, 2 not inside a mount, "
+                                     "3 its daemon is not running)")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="a pinned folder or track, inside the mount")
+    p = sub.add_parser("pins", help="list the pins of a mount with their progress (exit 3: its daemon is not running)")
+    _add_library_args(p, "default: the only library under XDG state")
+    p.add_argument("--json", action="store_true", help="print the pins as JSON")
 
     p = sub.add_parser("fsck", help="verify chunks, manifests, catalog and search index (exit 0 clean, 1 repaired, "
                                     "4 problems left, 8 could not run)")
@@ -282,8 +293,86 @@ def cmd_failpoints(args) -> int:
     return 0
 
 
+EX_NOT_RUNNING = 3
+
+
+class DaemonNotRunning(MusicFSError):
+    """The library's daemon does not answer on its socket (exit 3, as `status`)."""
+
+
+def _ask_daemon(state_dir: str, request: dict) -> dict:
+    """The daemon's answer to a pin request; DaemonNotRunning, or MusicFSError with its refusal."""
+    from .status import query_daemon
+    from .statefiles import recorded_mountpoint
+
+    answer = query_daemon(state_dir, timeout=15.0, request=request)
+    if answer is None:
+        raise DaemonNotRunning(f"the daemon of {recorded_mountpoint(state_dir) or state_dir} is not running "
+                               f"(start it with `musicfs mount`)")
+    if not answer.get("ok"):
+        raise MusicFSError(str(answer.get("error") or "the daemon refused the request"))
+    return answer
+
+
+def _tree_paths(paths: list[str]) -> dict[str, list[str]]:
+    """state folder -> the tree paths (relative to its mountpoint) of `paths`; BadArgument for a path that is
+    not inside any mount."""
+    from .statefiles import LibraryNotFound, library_for_path, recorded_mountpoint
+
+    out: dict[str, list[str]] = {}
+    for path in paths:
+        try:
+            state = library_for_path(path)
+        except LibraryNotFound as exc:
+            raise BadArgument(path, f"not inside a musicfs mount ({exc})") from exc
+        mountpoint = recorded_mountpoint(state)
+        rel = None
+        for here in (os.path.abspath(path), os.path.realpath(path)):
+            for point in (os.path.abspath(mountpoint), os.path.realpath(mountpoint)):
+                if here == point or here.startswith(point.rstrip("/") + "/"):
+                    rel = os.path.relpath(here, point)
+                    break
+            if rel is not None:
+                break
+        out.setdefault(state, []).append("" if rel in (None, ".") else rel)
+    return out
+
+
+def cmd_pin(args) -> int:
+    setup_logging("WARNING")
+    op = args.command
+    for state, rels in _tree_paths(args.paths).items():
+        answer = _ask_daemon(state, {"op": op, "paths": rels})
+        shown = {p["path"]: p for p in answer.get("pins", [])}
+        for rel in rels:
+            if op == "pin":
+                pin = shown.get(rel or "/") or shown.get(rel)
+                what = (f"{pin['tracks']} tracks, {human_size(pin['bytes'])}, {pin['state']}" if pin else "pinned")
+                print(f"pinned {rel or '/'} ({what})")
+            else:
+                print(f"unpinned {rel or '/'}")
+    return 0
+
+
+def cmd_pins(args) -> int:
+    setup_logging("WARNING")
+    from .statefiles import find_library
+
+    state = _chosen_library(args) or find_library()
+    pins = _ask_daemon(state, {"op": "pins"}).get("pins", [])
+    if args.json:
+        print(json.dumps(pins, ensure_ascii=False, indent=2))
+        return 0
+    if not pins:
+        print("no pins")
+    for pin in pins:
+        print(f"{pin['path']}  {pin['tracks']} tracks  {human_size(pin['cached_bytes'])}/{human_size(pin['bytes'])}"
+              f"  {pin['state']}")
+    return 0
+
+
 COMMANDS = {"mount": cmd_mount, "scan": cmd_scan, "search": cmd_search, "status": cmd_status, "demo": cmd_demo,
-            "failpoints": cmd_failpoints, "fsck": cmd_fsck}
+            "failpoints": cmd_failpoints, "fsck": cmd_fsck, "pin": cmd_pin, "unpin": cmd_pin, "pins": cmd_pins}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -300,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"musicfs: {redact(str(exc))}", file=sys.stderr)
         return EX_CONFIG
+    except DaemonNotRunning as exc:
+        print(f"musicfs: {redact(str(exc))}", file=sys.stderr)
+        return EX_NOT_RUNNING
     except MusicFSError as exc:
         print(f"musicfs: {redact(str(exc))}", file=sys.stderr)
         return 1

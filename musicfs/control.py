@@ -1,4 +1,13 @@
-"""The daemon's status socket (<state>/daemon.sock, mode 0600) and its state file (<state>/daemon.json)."""
+"""The daemon's status socket (<state>/daemon.sock, mode 0600) and its state file (<state>/daemon.json).
+
+Protocol: a client connects and either closes its side at once (or sends nothing for REQUEST_WINDOW
+seconds): the answer is the status document; or it sends one request, a JSON object on one line, and closes
+its side: the answer is `handle(request)`'s JSON object. Request types (`op`):
+
+- `{"op": "status"}`: the status document (as sending nothing);
+- `{"op": "pin", "paths": [tree path, ...]}` / `{"op": "unpin", "paths": [...]}` / `{"op": "pins"}`: see
+  musicfs.pins; answered `{"ok": true, "pins": [...]}` or `{"ok": false, "error": "..."}`.
+Then the daemon closes the connection."""
 
 from __future__ import annotations
 
@@ -7,7 +16,7 @@ import logging
 import os
 import stat
 import time
-from typing import Callable
+from typing import Awaitable, Callable
 
 import trio
 
@@ -18,6 +27,12 @@ from .statefiles import SOCKET_NAME, STATE_FILE
 log = logging.getLogger(__name__)
 
 ANSWER_TIMEOUT = 2.0
+REQUEST_WINDOW = 0.5  # a client that sends nothing (and does not close its side) gets the status after this
+REQUEST_TIMEOUT = 10.0  # a request (a pin: catalog writes) may take this long to be answered
+MAX_REQUEST = 1 << 20
+REQUESTS = ("status", "pin", "unpin", "pins")
+
+Handler = Callable[[dict], Awaitable[dict]]
 
 
 def write_state_file(state_dir: str, info: dict) -> None:
@@ -36,9 +51,36 @@ def write_state_file(state_dir: str, info: dict) -> None:
         raise StateError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
-async def serve_status(state_dir: str, snapshot: Callable[[], dict],
+async def _read_request(conn) -> dict | None:
+    """The request a client sent (None: it sent nothing); {"op": None, ...} for one that is not JSON."""
+    buf = b""
+    while b"\n" not in buf and len(buf) <= MAX_REQUEST:
+        data = await conn.recv(65536)
+        if not data:
+            break
+        buf += data
+    if not buf.strip():
+        return None
+    try:
+        request = json.loads(buf.split(b"\n", 1)[0])
+    except ValueError:
+        return {"op": None, "error": "not a JSON request"}
+    return request if isinstance(request, dict) else {"op": None, "error": "not a JSON object"}
+
+
+async def _answer(request: dict | None, snapshot: Callable[[], dict], handle: Handler | None) -> dict:
+    if request is None or request.get("op") == "status":
+        return snapshot()
+    op = request.get("op")
+    if op not in REQUESTS or handle is None:
+        return {"ok": False, "error": request.get("error") or f"unknown request {op!r} (known: {', '.join(REQUESTS)})"}
+    return await handle(request)
+
+
+async def serve_status(state_dir: str, snapshot: Callable[[], dict], handle: Handler | None = None,
                        task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Answer each connection with one JSON document, then close it. Runs until cancelled."""
+    """Answer each connection with one JSON document (the status, or the answer to its request), then close
+    it. Runs until cancelled."""
     path = os.path.join(state_dir, SOCKET_NAME)
     clear_odd(path, stat.S_IFSOCK)  # a folder or a file there is moved aside, with one log line
     if os.path.lexists(path):
@@ -55,13 +97,24 @@ async def serve_status(state_dir: str, snapshot: Callable[[], dict],
         with sock:
             while True:
                 conn, _ = await sock.accept()
-                with conn, trio.move_on_after(ANSWER_TIMEOUT):
-                    payload = json.dumps(snapshot()).encode()
-                    while payload:
-                        sent = await conn.send(payload)
-                        payload = payload[sent:]
+                with conn:
+                    try:
+                        request = None
+                        with trio.move_on_after(REQUEST_WINDOW):
+                            request = await _read_request(conn)
+                        with trio.move_on_after(ANSWER_TIMEOUT if request is None else REQUEST_TIMEOUT):
+                            await _send(conn, await _answer(request, snapshot, handle))
+                    except OSError as exc:  # the client went away: its problem, not the socket's
+                        log.debug("status socket: a client left early (%s)", exc)
     finally:
         try:
             os.unlink(path)
         except OSError:
             pass
+
+
+async def _send(conn, answer: dict) -> None:
+    payload = json.dumps(answer).encode()
+    while payload:
+        sent = await conn.send(payload)
+        payload = payload[sent:]

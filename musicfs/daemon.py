@@ -32,6 +32,7 @@ from .metrics import MetricsRecords, MetricsServer, on_loop
 from .mounts import prepare_mountpoint, remove_created, unmount
 from .notify import Notifier, watchdog_interval
 from .origins.registry import OriginStatistics
+from .pins import PinSet
 from .redact import redact_all
 from .statefiles import LibraryLock, human_size
 from .supervisor import TaskSupervisor
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 READY_TIMEOUT = 30.0
 SCAN_EXTEND = 60.0  # seconds of start timeout asked of systemd at each progress step of a first scan
 CLOSE_BOUND = 10.0  # beyond the drain, the rest of shutdown gets this long before a forced exit
-BACKGROUND = ("ready", "rescan", "watchdog", "status", "health", "cache", "readahead")
+BACKGROUND = ("ready", "rescan", "watchdog", "status", "health", "cache", "readahead", "pins")
 
 
 def fuse_options(cfg: Config) -> set[str]:
@@ -73,6 +74,7 @@ class Daemon:
         self.lib: Library | None = None
         self.ops: MusicOperations | None = None
         self.services: Services | None = None  # cache, reader, origin health monitor (build.build)
+        self.pins: PinSet | None = None  # pinned folders and tracks, kept whole in the cache (musicfs.pins)
         self.sup = TaskSupervisor()  # entered by _main before anything else runs
         self.stopping = threading.Event()  # also read by scan threads
         self.steps: list[str] = []  # shutdown steps, in the order they happened
@@ -114,6 +116,7 @@ class Daemon:
             "reader": asdict(self.services.reader.statistics()) if self.services else {},
             "fuse": self._fuse_figures(),
             "metrics": self.metrics.address if self.metrics else None,
+            "pins": asdict(self.pins.statistics()) if self.pins else {},
         }
 
     def _fuse_figures(self) -> dict:
@@ -128,14 +131,14 @@ class Daemon:
     def metric_records(self) -> MetricsRecords:
         """The records a /metrics scrape turns into metrics (metrics.py); called on the trio loop (on_loop)."""
         services = self.services
-        readahead = getattr(services.reader, "readahead", None) if services else None  # once read-ahead is wired
+        reader = services.reader.statistics() if services else None
         return MetricsRecords(
             origins=self.lib.registry.statistics() if self.lib else (),
             cache=services.cache.statistics() if services else None,
-            reader=services.reader.statistics() if services else None,
+            reader=reader,
             fuse=self.ops.statistics() if self.ops else None,
-            readahead=readahead.statistics() if readahead is not None else None,
-            pins=None)  # HOOK: pin progress, see metrics.pin_families
+            readahead=reader.readahead if reader is not None else None,
+            pins=self.pins.statistics() if self.pins else None)
 
     # -- signals ---------------------------------------------------------------------
     async def signals(self) -> None:
@@ -192,6 +195,10 @@ class Daemon:
             self.services = build(self.cfg, self.lib, on_file_changed=self._file_changed,
                                   on_origin_change=lambda: self.notifier.status(self.status_line()))
             self.ops = MusicOperations(tree, self.services.reader)
+            self.pins = PinSet(self.lib.catalog, self.services.cache, chunk_size=self.cfg.chunk_size,
+                               quota=self.cfg.cache_size, tree=lambda: self.ops.tree, reader=self.services.reader,
+                               origins=self.lib.registry)
+            await self.pins.load()  # pinned chunks are pinned again before any read can evict them
             self.created_mountpoint = prepare_mountpoint(self.cfg.mountpoint)
             write_state_file(self.cfg.state_dir, {"mountpoint": self.cfg.mountpoint,
                                                   "sources": redact_all(list(self.cfg.sources)),
@@ -238,7 +245,8 @@ class Daemon:
             self.sup.spawn_critical("readahead", self.services.reader.readahead.run)  # chunks ahead of readers
         self.sup.spawn_supervised("ready", self._announce_ready)
         self.sup.spawn_critical("rescan", self._rescan_loop)
-        self.sup.spawn_critical("status", lambda: serve_status(self.cfg.state_dir, self.snapshot))
+        self.sup.spawn_critical("status", lambda: serve_status(self.cfg.state_dir, self.snapshot, self.pins.handle))
+        self.sup.spawn_critical("pins", self.pins.run)  # background fetches of pinned files, one chunk at a time
         interval = watchdog_interval()
         if interval:
             self.sup.spawn_supervised("watchdog", lambda: watchdog(self.notifier, self.cfg.mountpoint, interval))
@@ -303,6 +311,7 @@ class Daemon:
         points.hit(points.TREE_SWAP)
         for parent, name in self.ops.swap_tree(tree):  # a changed file is a new inode: its name is stale
             pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
+        await self.pins.refresh(tree)  # a track added to a pinned album is pinned too
         await trio.to_thread.run_sync(self.lib.reindex, tree)
         self._tree_stale = False  # only now: a swap or reindex that failed is retried next time
         self.notifier.status(self.status_line())

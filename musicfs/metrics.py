@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from .chunk_cache import CacheStatistics
     from .fuse_ops import OperationsStatistics
     from .origins.registry import OriginStatistics
+    from .pins import PinsStatistics
     from .readahead import ReadAheadStatistics
     from .reader import ReaderStatistics
 
@@ -58,7 +59,7 @@ class MetricsRecords:
     reader: ReaderStatistics | None = None
     fuse: OperationsStatistics | None = None
     readahead: ReadAheadStatistics | None = None  # None while read-ahead is off or not wired: no readahead series
-    pins: object | None = None  # HOOK: pin progress (pins.py's statistics record), not exported yet: pin_families
+    pins: PinsStatistics | None = None  # pin progress
 
 
 RecordsSource = Callable[[], "MetricsRecords | None"]
@@ -210,11 +211,23 @@ def readahead_families(ra: ReadAheadStatistics | None) -> list[Metric]:
     ]
 
 
-def pin_families(pins: object | None) -> list[Metric]:
-    """HOOK for pin progress (`musicfs pin`): not exported yet. When pins.py has its statistics record, put it in
-    MetricsRecords.pins (daemon.metric_records) and turn it into families here, e.g.
-    `musicfs_pin_bytes{state="wanted|cached"}` and `musicfs_pinned_files`; document them in docs/metrics.md."""
-    return []
+def pin_families(pins: PinsStatistics | None) -> list[Metric]:
+    """Pin progress (`musicfs pin`): what the pins want kept and how much of it is cached."""
+    if pins is None:
+        return []
+    wanted = GaugeMetricFamily("musicfs_pin_bytes", "Bytes of pinned tracks, by whether they are cached yet",
+                               labels=["state"])
+    wanted.add_metric(["wanted"], pins.bytes)
+    wanted.add_metric(["cached"], pins.cached_bytes)
+    return [
+        wanted,
+        GaugeMetricFamily("musicfs_pinned_files", "Tracks the pins keep whole in the cache", value=pins.files),
+        GaugeMetricFamily("musicfs_pins", "Pins (`musicfs pin` paths)", value=len(pins.pins)),
+        CounterMetricFamily("musicfs_pin_fetched_chunks", "Chunks the pin worker loaded since start",
+                            value=pins.fetched_chunks),
+        CounterMetricFamily("musicfs_pin_failures", "Failed chunk loads of the pin worker since start",
+                            value=pins.failures),
+    ]
 
 
 def families(records: MetricsRecords) -> list[Metric]:

@@ -33,6 +33,7 @@ CAS_INDEX_WRITE = declare("cas-index-write", "before a CAS index write (return: 
 CAS_PROBE = declare("cas-probe", "inside a cache health probe (return: the probe fails; sleep: it hangs)")
 ORIGIN_READ_CHECKED = declare("origin-read-checked", "an origin read checked the file's identity, bytes not yet read")
 READER_MANIFEST_FETCH = declare("reader-manifest-fetch", "before a chunk is fetched from the origin")
+PIN_FETCH = declare("pin-fetch", "before the pin worker loads a chunk of a pinned file (sleep: a slow pin fetch)")
 MANIFEST_WRITE = declare("manifest-write", "before a chunk hash is recorded in a file's manifest")
 DELTA_SYNC_AFTER_BATCH = declare("delta-sync-after-batch", "a scan batch is committed, checkpoint not yet advanced")
 SCAN_CHECKPOINT = declare("scan-checkpoint", "before the scan checkpoint is written")

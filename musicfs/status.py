@@ -55,8 +55,9 @@ def _connect(sock: socket.socket, path: str) -> None:
         os.close(dirfd)
 
 
-def query_daemon(state_dir: str, timeout: float = 2.0) -> dict | None:
-    """The running daemon's status document, or None when no daemon listens (no socket, refused, stale).
+def query_daemon(state_dir: str, timeout: float = 2.0, request: dict | None = None) -> dict | None:
+    """The running daemon's status document (or its answer to `request`, see musicfs.control), or None when
+    no daemon listens (no socket, refused, stale).
 
     Raises DaemonUnresponsive when the connection is accepted (or hangs) but no complete answer arrives
     within `timeout` seconds in total, StatusError for anything else that is wrong (permission, garbage).
@@ -69,8 +70,21 @@ def query_daemon(state_dir: str, timeout: float = 2.0) -> dict | None:
         sock.settimeout(timeout)
         if not _connect_to_daemon(sock, path, timeout):
             return None
+        _send_request(sock, path, request)
         answer = _read_answer(sock, path, deadline, timeout)
     return _parse_answer(answer, path)
+
+
+def _send_request(sock: socket.socket, path: str, request: dict | None) -> None:
+    """Send the request line (if any), then close our side: the daemon answers at once."""
+    try:
+        if request is not None:
+            sock.sendall(json.dumps(request).encode() + b"\n")
+        sock.shutdown(socket.SHUT_WR)
+    except TimeoutError as exc:
+        raise DaemonUnresponsive(f"the daemon at {path} did not take the request in time") from exc
+    except OSError:
+        pass  # it answered and closed already (or went away): reading says which
 
 
 def _socket_exists(path: str) -> bool:
@@ -261,6 +275,7 @@ def render_table(status: dict) -> str:
     lines += _task_lines(status)
     lines += _record_lines(status, "reader")
     lines += _record_lines(status, "fuse")
+    lines += _pin_lines(status)
     problems = status.get("problems") or []
     if problems:
         lines.append("problems:")
@@ -339,6 +354,18 @@ def _record_lines(status: dict, key: str) -> list[str]:
     if not isinstance(record, dict) or not record:
         return []
     return [f"{key}:"] + _columns([[str(k), str(v)] for k, v in record.items()])
+
+
+def _pin_lines(status: dict) -> list[str]:
+    """The pins (PinsStatistics): one line each with its progress, then the worker's state."""
+    pins = status.get("pins")
+    if not isinstance(pins, dict) or not pins.get("pins"):
+        return []
+    rows = [[str(p.get("path")), f"{p.get('tracks', 0)} tracks",
+             f"{human_size(p.get('cached_bytes', 0))}/{human_size(p.get('bytes', 0))}", str(p.get("state", "?"))]
+            for p in pins["pins"] if isinstance(p, dict)]
+    worker = str(pins.get("worker", "?")) + (f" ({pins['reason']})" if pins.get("reason") else "")
+    return ["pins:"] + _columns(rows) + [f"  fetcher: {worker}"]
 
 
 def _task_lines(status: dict) -> list[str]:

@@ -18,6 +18,7 @@ from musicfs.fuse_ops import OperationsStatistics
 from musicfs.latency import LatencyHistogram
 from musicfs.metrics import MetricsRecords, MetricsServer, MetricsUnavailable, MusicFSCollector, on_loop
 from musicfs.origins.registry import OriginStatistics
+from musicfs.pins import PinInfo, PinsStatistics
 from musicfs.readahead import ReadAheadStatistics
 from musicfs.reader import ReaderStatistics
 
@@ -104,6 +105,21 @@ def test_readahead_series_are_absent_without_a_source_and_exported_with_one():
     assert samples[("musicfs_readahead_streams", ())] == 2
     assert samples[("musicfs_readahead_jobs_total", (("event", "started"),))] == 9
     assert samples[("musicfs_readahead_jobs_total", (("event", "dropped"),))] == 2
+
+
+def test_pin_progress_is_exported_when_pins_exist():
+    from dataclasses import replace
+
+    assert not [n for n, _ in _scrape(MusicFSCollector(lambda: _records())) if n.startswith("musicfs_pin")]
+    pins = PinsStatistics(pins=(PinInfo(path="A/B", tracks=3, bytes=30 << 20, cached_bytes=10 << 20,
+                                        state="fetching"),), files=3, bytes=30 << 20, cached_bytes=10 << 20,
+                          fetched_chunks=10, failures=1)
+    samples = _scrape(MusicFSCollector(lambda: replace(_records(), pins=pins)))
+    assert samples[("musicfs_pin_bytes", (("state", "wanted"),))] == 30 << 20
+    assert samples[("musicfs_pin_bytes", (("state", "cached"),))] == 10 << 20
+    assert samples[("musicfs_pinned_files", ())] == 3 and samples[("musicfs_pins", ())] == 1
+    assert samples[("musicfs_pin_fetched_chunks_total", ())] == 10
+    assert samples[("musicfs_pin_failures_total", ())] == 1
 
 
 def test_without_records_only_musicfs_up_0():

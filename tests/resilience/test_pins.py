@@ -1,0 +1,140 @@
+"""L2: pins on a real mount of a local library (`musicfs pin` / `pins --json` as a user runs them).
+
+- An album pinned is fetched whole in the background, survives a cache pushed past its quota by other reads,
+  and plays byte-exact after a restart with every origin down (the library folder renamed away); a track
+  never read fails fast with EIO.
+- 6.7: the daemon killed (-9) while a pin is being fetched; after a restart the pin completes with the right
+  bytes.
+
+The daemon's state folder is `<tmp>/musicfs/state`, so with XDG_STATE_HOME=<tmp> the commands find its
+library from a path inside the mount, as they would for a user.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from musicfs import points
+from musicfs.status import query_daemon
+from musicfs_test_utils.assertions import file_digest
+from musicfs_test_utils.daemon import wait_until
+from musicfs_test_utils.mount_io import mount_file_for, read_in_child
+
+pytestmark = pytest.mark.l2
+
+READ_TIMEOUT = 10.0
+
+
+def config_file(tmp_path: Path, **extra) -> str:
+    path = tmp_path / "musicfs.toml"
+    values = {"read_timeout": READ_TIMEOUT, "chunk_size": "64K", "health_interval": 0.3, "health_timeout": 1.0,
+              **extra}
+    path.write_text("\n".join(f"{k} = {json.dumps(v)}" for k, v in values.items()))
+    return str(path)
+
+
+def musicfs(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path)}
+    return subprocess.run([sys.executable, "-m", "musicfs", *args], env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+def pins(tmp_path: Path, mountpoint: str) -> list[dict]:
+    done = musicfs(tmp_path, "pins", "--json", "--mount", mountpoint)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def album_files(root: Path, album: str) -> list[Path]:
+    return sorted(p for p in (root / album).iterdir() if p.is_file())
+
+
+def start(daemons, root: Path, tmp_path: Path, **kwargs):
+    daemon = daemons([root], name="musicfs", **kwargs)  # state in <tmp>/musicfs/state: see the module doc
+    daemon.start()
+    daemon.wait_for_mount()
+    return daemon
+
+
+def test_a_pinned_album_is_fetched_kept_past_the_quota_and_plays_offline_after_a_restart(library_copy, daemons,
+                                                                                         tmp_path):
+    root, _ = library_copy
+    args = ["--config", config_file(tmp_path), "--cache-size", "256K"]
+    daemon = start(daemons, root, tmp_path, extra_args=args)
+    pinned = album_files(root, "Aurora Quartet/Northern Lights")
+    digests = {f: file_digest(f) for f in pinned}
+    names = {f: mount_file_for(daemon.mountpoint, f).name for f in pinned}
+    folder = mount_file_for(daemon.mountpoint, pinned[-1]).parent  # e.g. <mnt>/Aurora Quartet/Northern Lights
+
+    outside = musicfs(tmp_path, "pin", str(tmp_path))
+    assert outside.returncode == 2 and f"{tmp_path}: not inside a musicfs mount" in outside.stderr
+    too_big = musicfs(tmp_path, "pin", daemon.mountpoint)  # the whole library: more than 80% of 256K
+    assert too_big.returncode == 1 and "80% of the cache quota 256.0 KiB" in too_big.stderr, too_big.stderr
+    done = musicfs(tmp_path, "pin", str(folder))
+    assert done.returncode == 0, done.stderr
+    rel = str(folder.relative_to(daemon.mountpoint))
+    assert f"pinned {rel} (" in done.stdout
+    wait_until(lambda: pins(tmp_path, daemon.mountpoint)[0]["state"] == "complete", 30, "the pin complete")
+    [pin] = pins(tmp_path, daemon.mountpoint)
+    assert pin["path"] == rel and pin["cached_bytes"] == pin["bytes"] == sum(f.stat().st_size for f in pinned)
+    assert pin["tracks"] == 3
+
+    # other reads push the cache past its quota (the Björk album alone is ~500K); Midnight Orchestra stays unread
+    others = album_files(root, "Björk Müller/Café Träume") + album_files(root, "Various Artists/Summer Compilation 2024")
+    assert sum(f.stat().st_size for f in others) > 2 * (256 << 10)
+    for f in others:
+        assert read_in_child(mount_file_for(daemon.mountpoint, f))[:2] == ("OK", file_digest(f))
+    status = query_daemon(str(daemon.state_dir))
+    assert status["cache"]["used_bytes"] <= 256 << 10
+    assert status["pins"]["pins"][0]["state"] == "complete"  # eviction took none of the pinned chunks
+    unread = album_files(root, "Midnight Orchestra/The Complete Symphonies/Disc 1")[0]
+    unread_size = unread.stat().st_size
+    assert daemon.stop() == 0
+
+    os.rename(root, root.with_name("library-away"))  # every origin down, then a restart
+    daemon.start()
+    daemon.wait_for_mount()
+    wait_until(lambda: query_daemon(str(daemon.state_dir))["offline"], 15, "offline")
+    assert pins(tmp_path, daemon.mountpoint)[0]["state"] == "complete"
+    for f, digest in digests.items():
+        assert read_in_child(folder / names[f])[:2] == ("OK", digest), f"{f.name}: pinned, must play offline"
+    target = next(p for p in Path(daemon.mountpoint).rglob("*") if p.is_file() and p.stat().st_size == unread_size)
+    outcome, code, seconds = read_in_child(target)
+    assert (outcome, code) == ("ERR", "5") and seconds < 1.0, (outcome, code, seconds)
+    assert daemon.stop() == 0
+
+
+@pytest.mark.resilience("6.7")
+def test_a_pin_fetch_killed_with_sigkill_completes_after_a_restart_with_the_right_bytes(library_copy, daemons,
+                                                                                        tmp_path):
+    root, _ = library_copy
+    album = album_files(root, "Björk Müller/Café Träume")
+    digests = {f: file_digest(f) for f in album}
+    sizes = {f.stat().st_size: f for f in album}
+    daemon = start(daemons, root, tmp_path, extra_args=["--config", config_file(tmp_path)],
+                   env={"FAILPOINTS": f"{points.PIN_FETCH}=sleep(400)"})  # a slow pin fetch: time to kill it
+    folder = mount_file_for(daemon.mountpoint, album[0]).parent
+    assert musicfs(tmp_path, "pin", str(folder)).returncode == 0
+
+    def midway():
+        pin = pins(tmp_path, daemon.mountpoint)[0]
+        return pin["state"] == "fetching" and 0 < pin["cached_bytes"] < pin["bytes"]
+
+    wait_until(midway, 30, "the pin half fetched")
+    daemon.kill9()
+    daemon.env = {}
+    daemon.start()
+    daemon.wait_for_mount()
+    wait_until(lambda: pins(tmp_path, daemon.mountpoint)[0]["state"] == "complete", 30, "the pin complete")
+    os.rename(root, root.with_name("library-away"))  # the bytes must come from the cache
+    wait_until(lambda: query_daemon(str(daemon.state_dir))["offline"], 15, "offline")
+    for p in folder.iterdir():
+        origin = sizes[p.stat().st_size]
+        assert read_in_child(p)[:2] == ("OK", digests[origin]), f"{p.name}: wrong or missing bytes"
+    assert daemon.stop() == 0
