@@ -16,11 +16,16 @@ class NotifyMessage:
     fields: dict[str, str]
 
 
+SUN_PATH_MAX = 107  # bytes of a Unix socket path (sun_path, without its NUL)
+
+
 class NotifySocket:
     """Context manager; `path` goes into the child's NOTIFY_SOCKET."""
 
     def __init__(self, directory: str | None = None, on_message=None):
         self.on_message = on_message  # called in the receiving thread, at once: for "state at READY" checks
+        if directory is not None and len(os.path.join(directory, "notify-xxxxxxxx", "notify.sock")) > SUN_PATH_MAX:
+            directory = None  # a deep test folder: a socket path must fit sun_path, so the system's temp folder
         self._dir = tempfile.mkdtemp(prefix="notify-", dir=directory)
         self.path = os.path.join(self._dir, "notify.sock")
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

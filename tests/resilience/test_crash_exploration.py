@@ -34,7 +34,7 @@ WRITE_POINTS = {
 # Points that write nothing: crashing there cannot leave a half-written state behind.
 READ_ONLY_POINTS = {points.CAS_GET, points.CAS_PROBE, points.DB_OPEN_CORRUPT, points.FUSE_HANDLER, points.FUSE_READ,
                     points.HEALTH_CHECK_HANG, points.READER_MANIFEST_FETCH, points.WATCHDOG_LOOP_CHECK,
-                    points.ORIGIN_READ_CHECKED}
+                    points.ORIGIN_READ_CHECKED, points.PIN_FETCH}
 SMALL_CACHE = 'chunk_size = "64K"\ncache_size = "300K"\n'  # smaller than the library: reads evict
 
 
