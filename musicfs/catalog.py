@@ -43,7 +43,14 @@ CREATE INDEX IF NOT EXISTS manifests_hash ON manifests(hash);
 CREATE TABLE IF NOT EXISTS inodes(key TEXT PRIMARY KEY, ino INTEGER NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS scan_state(key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS pins(path TEXT PRIMARY KEY, added INTEGER NOT NULL);
-"""
+INSERT OR IGNORE INTO meta VALUES('generation', lower(hex(randomblob(8))));
+""" + "".join(
+    # Every change to what the tree is built from (files, inodes) gives the catalog a new random generation,
+    # whoever writes it (this code, an older version, fsck): a persisted tree snapshot keyed by the generation
+    # can never be served for another catalog content, nor for a catalog that was replaced or rolled back.
+    f"CREATE TRIGGER IF NOT EXISTS generation_{table}_{op.lower()} AFTER {op} ON {table} BEGIN "
+    "UPDATE meta SET value = lower(hex(randomblob(8))) WHERE key = 'generation'; END;\n"
+    for table in ("files", "inodes") for op in ("INSERT", "UPDATE", "DELETE"))
 
 VERSION_SEP = "\0"  # never in a path: ends a file's inode key, before the content identity it stands for
 
@@ -84,6 +91,20 @@ class FileRow:
 
 
 _COLS = [f.name for f in fields(FileRow) if f.name != "id"]
+#: a FileRow as a tuple, in this order (SQL rows, the tree snapshot)
+ROW_FIELDS = (*_COLS, "id")
+
+
+def rows_to_files(rows: Iterable[tuple]) -> list[FileRow]:
+    """Tuples in ROW_FIELDS order -> FileRows. 100k rows at start: filled in directly, without the frozen
+    dataclass's __init__ (a setattr each)."""
+    new, names = object.__new__, ROW_FIELDS
+    out = []
+    for r in rows:
+        row = new(FileRow)
+        row.__dict__.update(zip(names, r))
+        out.append(row)
+    return out
 #: `Identity.key` of files row `f`, in SQL: which manifests belong to the file's current version.
 _FILE_KEY_SQL = "f.size || ':' || f.mtime_ns || ':' || f.etag"
 
@@ -186,18 +207,30 @@ class Catalog:
         self._transaction(work)
         return bool(dropped)
 
+    def generation(self) -> str:
+        """A random token that changes with every write to files or inodes (triggers): what the tree is
+        built from. Equal tokens mean the same files and inode numbers."""
+        return self.meta("generation") or ""
+
+    def tree_inputs(self) -> tuple[str, list[FileRow], dict[str, int]]:
+        """(generation, files, inode map), read in one transaction: consistent with each other."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN")
+                try:
+                    generation = self.generation()
+                    files, inodes = self.files(), self.inode_map()
+                finally:
+                    self._db.execute("COMMIT")
+            except sqlite3.DatabaseError as exc:
+                raise CatalogError(f"{self.path}: {exc}") from exc
+        return generation, files, inodes
+
     # -- files ----------------------------------------------------------------
     def files(self, kind: str | None = None) -> list[FileRow]:
         sql = f"SELECT {', '.join(_COLS)}, id FROM files"
         rows = self._run(sql + " WHERE kind = ?", (kind,)) if kind else self._run(sql)
-        # 100k rows at start: filled in directly, without the frozen dataclass's __init__ (a setattr each)
-        new, names = object.__new__, (*_COLS, "id")
-        out = []
-        for r in rows:
-            row = new(FileRow)
-            row.__dict__.update(zip(names, r))
-            out.append(row)
-        return out
+        return rows_to_files(rows)
 
     def file(self, file_id: int) -> FileRow | None:
         rows = self._run(f"SELECT {', '.join(_COLS)}, id FROM files WHERE id = ?", (file_id,))
@@ -291,8 +324,10 @@ class Catalog:
     def inode_map(self) -> dict[str, int]:
         return dict(self._run("SELECT key, ino FROM inodes"))
 
-    def add_inodes(self, keys: list[str], first: int) -> dict[str, int]:
+    def add_inodes(self, keys: list[str], first: int, generations: list[str] | None = None) -> dict[str, int]:
         """Give each new key a never-used inode number (>= first); returns the new map entries.
+        `generations`, when given, receives the catalog's generation before and after, read in the
+        same transaction.
 
         Numbers are never reused, even after their file is gone: the kernel may still hold one. A file key
         (`place` VERSION_SEP `identity`) replaces the keys of the place's other versions: a changed file
@@ -303,6 +338,8 @@ class Catalog:
         out: dict[str, int] = {}
 
         def work(cur):
+            if generations is not None:
+                generations.append(cur.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0])
             row = cur.execute("SELECT value FROM meta WHERE key = 'next_ino'").fetchone()
             top = cur.execute("SELECT max(ino) FROM inodes").fetchone()[0] or 0
             nxt = max(int(row[0]) if row else 0, top + 1, first)
@@ -314,6 +351,8 @@ class Catalog:
                 out[key] = nxt
                 nxt += 1
             cur.execute("INSERT OR REPLACE INTO meta VALUES('next_ino', ?)", (str(nxt),))
+            if generations is not None:
+                generations.append(cur.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0])
 
         self._transaction(work)
         return out

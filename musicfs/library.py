@@ -27,7 +27,7 @@ from .index import IndexDoc, SearchIndex
 from .origins.factory import open_origins
 from .origins.registry import OriginRegistry
 from .sync import Scanner, ScanResult, restore_identities
-from .tree import FIRST_INO, VirtualTree, build_tree
+from .tree import FIRST_INO, SNAPSHOT_NAME, VirtualTree, build_tree, load_snapshot, save_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,9 @@ class Library:
     cas: CasStore | None = None
     marker: RunMarker | None = None
     repairs: list[str] = field(default_factory=list)  # what opening had to repair, for status and tests
+    unclean: bool = False  # the previous run did not stop cleanly: full checks, no tree snapshot
+    tree_from_snapshot: bool = False  # how the last build_tree got its tree (for tests)
+    trees_built: int = 0
 
     @classmethod
     def open(cls, cfg: Config, with_cache: bool = True) -> "Library":
@@ -68,7 +71,7 @@ class Library:
                 repairs.append(f"cache index: {cas.last_rebuild.summary()}")
         registry = OriginRegistry(origins, grace=cfg.failover_grace)
         restore_identities(catalog, registry)
-        return cls(cfg, catalog, registry, index, cas, marker, repairs)
+        return cls(cfg, catalog, registry, index, cas, marker, repairs, unclean=unclean)
 
     @property
     def ever_scanned(self) -> bool:
@@ -80,9 +83,31 @@ class Library:
         log.info("scan of %s: %s", ", ".join(self.cfg.sources), result.summary())
         return result
 
+    @property
+    def snapshot_path(self) -> str:
+        return os.path.join(self.cfg.state_dir, SNAPSHOT_NAME)
+
     def build_tree(self) -> VirtualTree:
-        return build_tree(self.catalog.files(), self.catalog.inode_map(),
-                          lambda keys: self.catalog.add_inodes(keys, FIRST_INO))
+        """The tree of the catalog as it is now: loaded from the snapshot saved for exactly this catalog
+        generation (tree.py), else built from the catalog and saved as the new snapshot. After an unclean
+        stop the tree is always built from the catalog."""
+        generation = self.catalog.generation()
+        if not self.unclean and generation:
+            tree = load_snapshot(self.snapshot_path, generation, freeze=not self.trees_built)
+            self.trees_built += 1
+            if tree is not None:
+                self.tree_from_snapshot = True
+                return tree
+        self.tree_from_snapshot = False
+        self.trees_built += 1
+        generation, files, inodes = self.catalog.tree_inputs()
+        seen: list[str] = []  # the generation before and after assigning new inode numbers
+        tree = build_tree(files, inodes, lambda keys: self.catalog.add_inodes(keys, FIRST_INO, seen))
+        if seen:  # our own write changed the generation; anyone else's in between means: do not save
+            generation = seen[1] if seen[0] == generation else ""
+        if generation:
+            save_snapshot(self.snapshot_path, tree, generation)
+        return tree
 
     def reindex(self, tree: VirtualTree) -> int:
         """Rebuild the search index from the tree. A damaged index (a tantivy panic, a bad file) is moved

@@ -8,15 +8,22 @@ gets a new inode (see file_key).
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
+import hashlib
+import logging
+import marshal
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from .catalog import VERSION_SEP, FileRow
+from .catalog import ROW_FIELDS, VERSION_SEP, FileRow, rows_to_files
 from .origins.base import unescape_name
 from .text import nfc, normalise
+
+log = logging.getLogger(__name__)
 
 ROOT_INO = 1
 FIRST_INO = 2
@@ -174,8 +181,26 @@ def file_key(row: FileRow, artist: str, album: str) -> str:
     return f"{place}{VERSION_SEP}{row.ident}"
 
 
+@contextlib.contextmanager
+def _no_gc():
+    """Building a tree makes ~200k objects, none of them garbage: the cyclic collector's passes over
+    them (generation 2 ones included) would only cost time (a third of a 100k-track build)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def build_tree(files: Iterable[FileRow], inodes: dict[str, int], assign: Callable[[list[str]], dict[str, int]]) -> VirtualTree:
     """Build a tree; `assign` gives inode numbers to keys not yet in `inodes`."""
+    with _no_gc():
+        return _build_tree(files, inodes, assign)
+
+
+def _build_tree(files: Iterable[FileRow], inodes: dict[str, int], assign: Callable[[list[str]], dict[str, int]]) -> VirtualTree:
     placed = plan_paths(files)
     keyed = [(f"d:{artist}", f"d:{artist}/{album}", file_key(row, artist, album)) for (artist, album, _), row in placed]
     missing = sorted({k for ks in keyed for k in ks if k not in inodes})
@@ -203,3 +228,133 @@ def build_tree(files: Iterable[FileRow], inodes: dict[str, int], assign: Callabl
         tracks += row.kind == "track"
     nodes[ROOT_INO].mtime_ns = max((n.mtime_ns for n in nodes.values()), default=0)
     return VirtualTree(nodes, track_count=tracks)
+
+
+# -- the persisted snapshot ----------------------------------------------------------------------------
+# Building the tree of 100k tracks costs seconds (rows -> names -> inode keys); loading what the last build
+# made costs a fraction of that. `<state>/tree.snapshot` holds that tree, keyed by the catalog's
+# generation (catalog.py: a random token rewritten by triggers on every write to files or inodes) and by
+# the rules that build trees (this file, text.py, the FileRow fields): a snapshot whose key differs is
+# never used. Its payload is checksummed; a damaged one is ignored (one log line) and rebuilt.
+
+SNAPSHOT_NAME = "tree.snapshot"
+_MAGIC = b"MUSICFS-TREE-1\n"
+
+
+@functools.lru_cache(maxsize=1)
+def _rules() -> bytes:
+    """What a snapshot's tree depends on besides the catalog: the code that builds trees."""
+    h = hashlib.sha256(repr(ROW_FIELDS).encode())
+    here = os.path.dirname(os.path.abspath(__file__))
+    for name in ("tree.py", "text.py"):
+        with open(os.path.join(here, name), "rb") as fh:
+            h.update(fh.read())
+    return h.hexdigest().encode()
+
+
+def _header(generation: str) -> bytes:
+    return _MAGIC + _rules() + b"\n" + generation.encode() + b"\n"
+
+
+def snapshot_bytes(tree: VirtualTree, generation: str) -> bytes:
+    dirs, files = [], []
+    for n in tree.nodes.values():
+        if n.is_dir:
+            dirs.append((n.ino, n.name, n.parent, n.mtime_ns))
+        else:
+            row = n.file.__dict__
+            files.append((n.ino, n.name, n.parent, tuple(row[k] for k in ROW_FIELDS)))
+    payload = marshal.dumps((dirs, files))
+    return _header(generation) + hashlib.sha256(payload).digest() + payload
+
+
+def save_snapshot(path: str, tree: VirtualTree, generation: str) -> None:
+    """Write atomically (temp file, fsync, rename); a failure only costs the next start its speed."""
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(snapshot_bytes(tree, generation))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.info("tree snapshot %s not written (%s): the next start builds the tree from the catalog", path, exc)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def load_snapshot(path: str, generation: str, freeze: bool = False) -> VirtualTree | None:
+    """The tree saved for this catalog generation, or None (missing, stale or damaged: said in the log)."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        log.warning("tree snapshot %s cannot be read (%s): building the tree from the catalog", path, exc)
+        return None
+    header = _header(generation)
+    if not data.startswith(_MAGIC):
+        why = "not a tree snapshot"
+    elif not data.startswith(header):
+        log.info("tree snapshot %s is of another catalog generation or tree version: building the tree from "
+                 "the catalog", path)
+        return None
+    else:
+        digest, payload = data[len(header):len(header) + 32], data[len(header) + 32:]
+        if hashlib.sha256(payload).digest() != digest:
+            why = "checksum mismatch"
+        else:
+            try:
+                return _tree_from(payload, freeze)
+            except (ValueError, EOFError, TypeError, KeyError, IndexError) as exc:
+                why = f"unreadable: {exc}"
+    log.warning("tree snapshot %s is damaged (%s): ignored; building the tree from the catalog", path, why)
+    return None
+
+
+class _SnapshotNode(Node):
+    """A file node loaded from a snapshot: its FileRow is made from the stored tuple when first asked for
+    (a read opening the file, the search index), not for 100k files before the mount answers."""
+
+    @property
+    def file(self) -> FileRow:
+        row = self.__dict__.get("_file")
+        if row is None:
+            row = self.__dict__["_file"] = rows_to_files((self.__dict__["_row"],))[0]
+        return row
+
+
+def _tree_from(payload: bytes, freeze: bool = False) -> VirtualTree:
+    new = object.__new__
+    with _no_gc():
+        dirs, files = marshal.loads(payload)
+        nodes: dict[int, Node] = {}
+        for ino, name, parent, mtime_ns in dirs:
+            node = new(Node)
+            node.__dict__ = {"ino": ino, "name": name, "parent": parent, "is_dir": True, "size": 0,
+                             "mtime_ns": mtime_ns, "file": None, "children": {}}
+            nodes[ino] = node
+        tracks = 0
+        kind, size, mtime = ROW_FIELDS.index("kind"), ROW_FIELDS.index("size"), ROW_FIELDS.index("mtime_ns")
+        for ino, name, parent, row in files:
+            node = new(_SnapshotNode)
+            node.__dict__ = {"ino": ino, "name": name, "parent": parent, "is_dir": False, "size": row[size],
+                             "mtime_ns": row[mtime], "_row": row, "children": {}}
+            nodes[ino] = node
+            nodes[parent].children[name] = ino
+            tracks += row[kind] == "track"
+        for ino, name, parent, _ in dirs:
+            if ino != ROOT_INO:
+                nodes[parent].children[name] = ino
+        if ROOT_INO not in nodes:
+            raise ValueError("no root folder")
+        tree = VirtualTree(nodes, track_count=tracks)
+        if freeze:
+            # The tree lives as long as the mount (or until a rescan swaps it; freed by reference counts,
+            # it has no cycles): out of the cyclic collector's way, instead of one pass over its 300k
+            # objects at once and more later. At start only: what else is frozen is the start-up's objects.
+            gc.freeze()
+        return tree
