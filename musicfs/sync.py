@@ -53,9 +53,14 @@ def read_file_row(origin: Origin, registry: OriginRegistry, st: FileStat, kind: 
     base = FileRow(path=st.path, kind=kind, size=st.size, mtime_ns=st.mtime_ns, etag=st.etag)
     if kind == "cover":
         return base
+    # Every read passes the listing's identity as `expect`: a file changed since (or during) the scan's
+    # reads raises OriginFileChanged and is not recorded, never with tags of two versions.
     fetch = lambda off, n: registry.call(origin, lambda o: o.read(st.path, off, n, st))  # noqa: E731
+    fetch_ranges = lambda ranges: registry.call(origin, lambda o: o.read_ranges(st.path, ranges, st))  # noqa: E731
     try:
-        found = tags.parse(tags.RangeFile(fetch, st.size, name=os.path.basename(st.path)))
+        fileobj = tags.RangeFile(fetch, st.size, name=os.path.basename(st.path))
+        fileobj.preload(fetch_ranges)  # one request: the head (and the tail when the format needs it)
+        found = tags.parse(fileobj)
         why = "not a recognised audio file"
     except OriginError as exc:
         log.warning("scan: cannot read %s: %s", st.path, exc)
@@ -124,12 +129,26 @@ class Scanner:
         progress = Progress("scanning", len(todo), on_update=self.on_progress)
         # Files in parallel, as many as the origin needs to hide its round trip (origin.scan_parallelism).
         workers = self.workers or max(1, getattr(origin, "scan_parallelism", 4))
+        # The next batch's files are read while one batch waits for its last files and commits: no barrier
+        # between batches; batches still commit in order, each with its checkpoint.
+        batches = [todo[i : i + self.batch] for i in range(0, len(todo), self.batch)]
+        read = lambda st: read_file_row(origin, self.registry, st, tags.classify(st.path))  # noqa: E731
         with ThreadPoolExecutor(workers, thread_name_prefix="scan") as pool:
-            for i in range(0, len(todo), self.batch):
-                if self.should_stop():
-                    raise ScanCancelled(f"scan stopped after {i} of {len(todo)} files; the next one resumes")
-                self._batch(origin, pool, todo[i : i + self.batch], known, result)
-                progress.advance(len(todo[i : i + self.batch]))
+            current: list = []
+            ahead: list = []
+            try:
+                ahead = [pool.submit(read, st) for st in batches[0]] if batches else []
+                for n, batch in enumerate(batches):
+                    if self.should_stop():
+                        raise ScanCancelled(f"scan stopped after {n * self.batch} of {len(todo)} files; "
+                                            "the next one resumes")
+                    current = ahead
+                    ahead = [pool.submit(read, st) for st in batches[n + 1]] if n + 1 < len(batches) else []
+                    self._commit(batch, [f.result() for f in current], known, result)
+                    progress.advance(len(batch))
+            finally:
+                for f in current + ahead:
+                    f.cancel()  # stopped or failed: files not started yet are not read
         progress.finish()
         gone = sorted(set(known) - {st.path for st in listing})
         if gone and not listing:
@@ -169,8 +188,7 @@ class Scanner:
             self.catalog.set_scan_state(origin=origin.name)
         return origin
 
-    def _batch(self, origin: Origin, pool, batch: list[FileStat], known: dict, result: ScanResult) -> None:
-        rows = list(pool.map(lambda st: read_file_row(origin, self.registry, st, tags.classify(st.path)), batch))
+    def _commit(self, batch: list[FileStat], rows: list[FileRow | None], known: dict, result: ScanResult) -> None:
         good = [r for r in rows if r is not None]
         for row in good:
             if row.path in known:

@@ -20,12 +20,14 @@ import posixpath
 import socket
 import stat as stat_mod
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 from urllib.parse import unquote
 
 import paramiko
-from paramiko.sftp import CMD_CLOSE, CMD_HANDLE, CMD_NAME, CMD_OPENDIR, CMD_READDIR, SFTPError
+from paramiko.sftp import CMD_ATTRS, CMD_CLOSE, CMD_DATA, CMD_FSTAT, CMD_HANDLE, CMD_NAME, CMD_OPENDIR, CMD_READ
+from paramiko.sftp import CMD_READDIR, CMD_STATUS, SFTPError, int64
 from paramiko.sftp_attr import SFTPAttributes
 from paramiko.ssh_exception import (
     AuthenticationException,
@@ -60,6 +62,8 @@ DEFAULT_POOL_TIMEOUT = 30.0
 #: Reads of 32 KiB (paramiko's request size) in flight at once on one handle: 2 MiB, so a 1 MiB chunk
 #: costs about one round trip instead of 32.
 PIPELINE_REQUESTS = 64
+#: paramiko's read request size (SFTPFile.MAX_REQUEST_SIZE), which every server accepts.
+READ_REQUEST = 32 << 10
 #: Stream handles a connection keeps open at most; the oldest is closed to open another.
 STREAM_HANDLES_PER_CONN = 16
 
@@ -387,7 +391,9 @@ def _listdir_attr(sftp: Any, path: str | bytes) -> list[Any]:
             attr = SFTPAttributes._from_msg(msg, name, longname)
             if name not in (".", ".."):
                 found.append(attr)
-    sftp._request(CMD_CLOSE, handle)  # as paramiko: not after a transport error (the connection is dropped)
+    # as paramiko: not after a transport error (the connection is dropped). Not waited for: the answer is read
+    # (and ignored) by the connection's next request, which saves a round trip per folder.
+    sftp._async_request(type(None), CMD_CLOSE, handle)
     return found
 
 
@@ -397,6 +403,42 @@ def _checked_ranges(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
         if offset < 0 or length < 0:
             raise ValueError(f"bad range offset={offset} length={length}")
     return out
+
+
+class _Answers:
+    """Answers to requests sent without waiting for each (paramiko routes each one here by request number
+    while it reads the channel): FSTAT gives attributes, READ data (b"" at end of file)."""
+
+    def __init__(self, sftp: Any) -> None:
+        self.sftp = sftp
+        self.got: dict[int, Any] = {}
+
+    def _async_response(self, t: int, msg: Any, num: int) -> None:
+        try:
+            if t == CMD_ATTRS:
+                self.got[num] = SFTPAttributes._from_msg(msg)
+            elif t == CMD_DATA:
+                self.got[num] = msg.get_string()
+            elif t == CMD_STATUS:
+                self.sftp._convert_status(msg)  # raises for anything but OK
+                self.got[num] = SFTPError("unexpected OK status")
+            else:
+                self.got[num] = SFTPError(f"unexpected SFTP answer type {t}")
+        except EOFError:
+            self.got[num] = b""  # a read at or past the end of the file
+        except BaseException as exc:
+            self.got[num] = exc
+
+    def send(self, t: int, *args: Any) -> int:
+        return self.sftp._async_request(self, t, *args)
+
+    def wait(self, num: int) -> Any:
+        while num not in self.got:
+            self.sftp._read_response()  # one answer, routed to _async_response
+        answer = self.got.pop(num)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
 
 
 class _SftpStream(OriginStream):
@@ -638,29 +680,44 @@ class SftpOrigin(Origin):
 
     # -- Origin ------------------------------------------------------------
     def walk(self) -> Iterator[FileStat]:
+        """Folders are listed in parallel (one pooled connection each, level by level: a round trip costs
+        one per level, not one per folder); files come out in the order a depth-first walk gives them."""
+        listed: dict[str, tuple[list[FileStat], list[str]]] = {}
+        level = [""]
+        with ThreadPoolExecutor(self.pool_size, thread_name_prefix="sftp-walk") as pool:
+            while level:
+                for rel_dir, entry in zip(level, pool.map(self._list_dir, level)):
+                    listed[rel_dir] = entry
+                level = [sub for rel_dir in level for sub in listed[rel_dir][1]]
         stack = [""]
         while stack:
-            rel_dir = stack.pop()
-            remote_dir = self._remote(rel_dir)
-            entries = self._run(rel_dir, lambda conn: _listdir_attr(conn.sftp, remote_dir))
-            found: list[FileStat] = []
-            links: list[str] = []
-            for attr in sorted(entries, key=lambda a: a.filename):
-                name = attr.filename
-                if name in (".", "..") or "/" in name or "\0" in name or attr.st_mode is None:
-                    continue
-                rel = f"{rel_dir}/{name}" if rel_dir else name
-                mode = attr.st_mode
-                if stat_mod.S_ISDIR(mode):
-                    stack.append(rel)
-                elif stat_mod.S_ISREG(mode):
-                    found.append(self._to_stat(rel, attr))
-                elif stat_mod.S_ISLNK(mode):
-                    links.append(rel)
-            if links:
-                found.extend(self._resolve_links(links))
-                found.sort(key=lambda f: f.path)
+            found, subdirs = listed.pop(stack.pop())
+            stack.extend(subdirs)
             yield from found
+
+    def _list_dir(self, rel_dir: str) -> tuple[list[FileStat], list[str]]:
+        """The files of one folder (file symlinks resolved) and its subfolders, both sorted by name."""
+        remote_dir = self._remote(rel_dir)
+        entries = self._run(rel_dir, lambda conn: _listdir_attr(conn.sftp, remote_dir))
+        found: list[FileStat] = []
+        subdirs: list[str] = []
+        links: list[str] = []
+        for attr in sorted(entries, key=lambda a: a.filename):
+            name = attr.filename
+            if name in (".", "..") or "/" in name or "\0" in name or attr.st_mode is None:
+                continue
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            mode = attr.st_mode
+            if stat_mod.S_ISDIR(mode):
+                subdirs.append(rel)
+            elif stat_mod.S_ISREG(mode):
+                found.append(self._to_stat(rel, attr))
+            elif stat_mod.S_ISLNK(mode):
+                links.append(rel)
+        if links:
+            found.extend(self._resolve_links(links))
+            found.sort(key=lambda f: f.path)
+        return found, subdirs
 
     def _resolve_links(self, links: list[str]) -> list[FileStat]:
         """File symlinks that stay inside the root count; directory symlinks are not followed."""
@@ -704,13 +761,17 @@ class SftpOrigin(Origin):
         def do_read(conn: _Conn) -> list[bytes]:
             handle = conn.sftp.open(remote, "rb")
             try:
-                data = self._read_handle(handle, path, ranges, expect)
+                if expect is not None:
+                    data = self._read_handle_pipelined(conn.sftp, handle, path, ranges, expect)
+                else:
+                    data = self._read_handle(handle, path, ranges, expect)
             except OriginError:
                 handle.close()
                 raise
             # On transport errors the handle is not closed: the connection is
             # being discarded, and waiting on it would only add a timeout.
-            handle.close()
+            # Not waited for: the connection's next request reads (and ignores) the answer.
+            handle._close(async_=True)
             return data
 
         return self._run(path, do_read)
@@ -733,6 +794,38 @@ class SftpOrigin(Origin):
         got = iter(list(handle.readv(todo, PIPELINE_REQUESTS)) if todo else [])
         data = [next(got) if want > 0 else b"" for want in wants]
         self._check(path, self._to_stat(path, handle.stat()), expect or before, "while it was read")
+        for (offset, _), want, part in zip(ranges, wants, data):
+            if len(part) != want:
+                raise ShortRead(
+                    f"{self.name}: {path}: got {len(part)} bytes at offset {offset}, expected {want}",
+                    origin=self.name,
+                    path=path,
+                )
+        return data
+
+    def _read_handle_pipelined(self, sftp: Any, handle: Any, path: str, ranges: list[tuple[int, int]],
+                               expect: FileStat) -> list[bytes]:
+        """`_read_handle` with the first FSTAT sent right before the reads, in the same round trip (sized by
+        `expect`; the server answers a channel's requests in order, and the bytes are only returned when
+        that stat matches `expect`). The stat after is sent once every byte has arrived, as in
+        `_read_handle`: a file changed before or during the read raises OriginFileChanged."""
+        answers = _Answers(sftp)
+        before = answers.send(CMD_FSTAT, handle.handle)
+        points.hit(points.ORIGIN_READ_CHECKED, OriginTransient)
+        wants = [max(0, min(length, expect.size - offset)) for offset, length in ranges]
+        pieces = [(offset + at, min(READ_REQUEST, want - at))
+                  for (offset, _), want in zip(ranges, wants) for at in range(0, want, READ_REQUEST)]
+        parts: list[bytes] = []
+        for wave in range(0, len(pieces), PIPELINE_REQUESTS):
+            nums = [answers.send(CMD_READ, handle.handle, int64(offset), int(length))
+                    for offset, length in pieces[wave:wave + PIPELINE_REQUESTS]]
+            parts += [answers.wait(num) for num in nums]
+        self._check(path, self._to_stat(path, answers.wait(before)), expect, "since it was scanned")
+        self._check(path, self._to_stat(path, handle.stat()), expect, "while it was read")
+        data, got = [], iter(parts)
+        for want in wants:
+            chunk = b"".join(next(got) for _ in range(0, want, READ_REQUEST))
+            data.append(chunk)
         for (offset, _), want, part in zip(ranges, wants, data):
             if len(part) != want:
                 raise ShortRead(
