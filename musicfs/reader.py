@@ -207,8 +207,10 @@ class FileReader:
             self.readahead.observe(stream, offset, end - offset, next_track=following)
         return b"".join(parts)
 
-    async def _prefetch(self, key, idx: int) -> None:
-        """Load one chunk ahead of a reader (ReadAhead's fetch): into the caches, verified, like a read."""
+    async def _prefetch(self, key, indexes: list[int]) -> None:
+        """Load chunks ahead of a reader (ReadAhead's fetch; consecutive indexes): into the caches, verified,
+        like a read. Chunks the cache has are loaded one by one (verified in parallel with other jobs); a run
+        of chunks nobody has is fetched from the origins in one request, then each chunk is stored and named."""
         if key[0] == "next":  # the head of the next track: loaded and cached, pinned by no one yet
             row = key[1]
             of = self._open.get((row.id, row.ident))
@@ -221,8 +223,39 @@ class FileReader:
                 return  # closed meanwhile
             if of.origin is None:  # a streamed file: its origins keep it open (SFTP) while it is read
                 of.origin = self.origins.open_stream(of.row.path, of.row.stat())
-        if idx * self.chunk_size < of.row.size:
-            await self._chunk(of, idx)
+        missing = []
+        for idx in indexes:
+            if idx * self.chunk_size >= of.row.size:
+                break
+            key_i = (of.row.id, of.row.ident, idx)
+            if of.manifest.get(idx) is not None or key_i in self._inflight:
+                await self._chunk(of, idx)  # cached (load and verify it) or on its way already
+            else:
+                missing.append(idx)
+        if len(missing) > 1 and missing == list(range(missing[0], missing[-1] + 1)):
+            await self._fetch_run(of, missing)
+        else:
+            for idx in missing:
+                await self._chunk(of, idx)
+
+    async def _fetch_run(self, of: OpenFile, run: list[int]) -> None:
+        """Consecutive uncached chunks in one origin request; reads of any of them wait for it (as _chunk)."""
+        keys = [(of.row.id, of.row.ident, idx) for idx in run]
+        if any(k in self._inflight for k in keys):  # someone started one meanwhile: chunk by chunk
+            for idx in run:
+                await self._chunk(of, idx)
+            return
+        events = [trio.Event() for _ in keys]
+        self._inflight.update(zip(keys, events))
+        try:
+            data = await self._fetch_span(of, run[0], run[-1])
+            for n, idx in enumerate(run):
+                piece = data[n * self.chunk_size:(n + 1) * self.chunk_size]
+                await self._store_fetched(of, idx, piece)
+        finally:
+            for key, event in zip(keys, events):
+                del self._inflight[key]
+                event.set()
 
     def _unpin_before(self, of: OpenFile, idx: int) -> None:
         behind = [digest for digest, i in of.pinned.items() if i < idx]
@@ -259,9 +292,14 @@ class FileReader:
         return await self._fetch(of, idx)
 
     async def _fetch(self, of: OpenFile, idx: int) -> bytes:
+        return await self._store_fetched(of, idx, await self._fetch_span(of, idx, idx))
+
+    async def _fetch_span(self, of: OpenFile, first: int, last: int) -> bytes:
+        """Chunks first..last of the file from the origins, in one request (checked against the file's identity
+        before and after, like every fetch); the caller verifies, stores and names each chunk."""
         row = of.row
-        start = idx * self.chunk_size
-        want = min(self.chunk_size, row.size - start)
+        start = first * self.chunk_size
+        want = min((last + 1) * self.chunk_size, row.size) - start
         expect = row.stat()
         await points.hit_async(points.READER_MANIFEST_FETCH, OriginTransient)
         # Offline fails here at once; else a thread of the registry's own limiter (never the cache's).
@@ -276,8 +314,8 @@ class FileReader:
             if self.on_file_changed is not None:
                 self.on_file_changed(row.path)
             raise
-        self._counts["origin_fetches"] += 1
-        return await self._store_fetched(of, idx, data)
+        self._counts["origin_fetches"] += last - first + 1
+        return data
 
     async def _store_fetched(self, of: OpenFile, idx: int, data: bytes) -> bytes:
         """Cache a chunk the origin gave and name it in the manifest; the bytes are served either way.

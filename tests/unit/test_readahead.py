@@ -17,6 +17,7 @@ class Fetches:
 
     def __init__(self, hold: bool = False):
         self.calls: list[tuple[object, int]] = []
+        self.batches: list[int] = []
         self.running = 0
         self.most = 0
         self.release = trio.Event()
@@ -24,17 +25,19 @@ class Fetches:
             self.release.set()
         self.cancelled = 0
 
-    async def __call__(self, key, index):
-        self.calls.append((key, index))
-        self.running += 1
+    async def __call__(self, key, indexes):
+        assert indexes == list(range(indexes[0], indexes[0] + len(indexes))), "a batch is consecutive chunks"
+        self.calls += [(key, index) for index in indexes]
+        self.batches.append(len(indexes))
+        self.running += len(indexes)  # chunks in flight
         self.most = max(self.most, self.running)
         try:
             await self.release.wait()
         except trio.Cancelled:
-            self.cancelled += 1
+            self.cancelled += len(indexes)
             raise
         finally:
-            self.running -= 1
+            self.running -= len(indexes)
 
 
 async def sequential(ra: ReadAhead, stream, start: int, end: int, **kw) -> None:
@@ -114,11 +117,11 @@ async def test_fifty_streams_stay_within_the_global_budget(running):
     streams = [ra.open(f"f{i}", 20 * CHUNK) for i in range(50)]
     for stream in streams:
         await sequential(ra, stream, 0, 2 * CHUNK)
-    assert fetch.running == fetch.most == 4  # never more than the budget in flight
-    assert ra.statistics().inflight_bytes == 4 * CHUNK
+    assert 2 <= fetch.running == fetch.most <= 4  # never more than the budget in flight
+    assert ra.statistics().inflight_bytes == fetch.running * CHUNK
     fetch.release.set()
     await trio.testing.wait_all_tasks_blocked()
-    assert fetch.most == 4 and ra.statistics().queued == 0
+    assert fetch.most <= 4 and ra.statistics().queued == 0
 
 
 async def test_the_next_track_is_queued_once_at_low_priority_from_the_last_chunk(running):
@@ -135,7 +138,7 @@ async def test_the_next_track_is_queued_once_at_low_priority_from_the_last_chunk
 
 
 async def test_a_failing_fetch_is_counted_and_forgotten(running):
-    async def broken(key, index):
+    async def broken(key, indexes):
         raise OSError("origin down")
 
     ra = running(broken)

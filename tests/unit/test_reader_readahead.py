@@ -19,12 +19,15 @@ class Recording:
 
     def __init__(self):
         self.inner = serve(FILES)
-        self.reads: list[tuple[str, int]] = []
+        self.reads: list[tuple[str, int]] = []  # (path, chunk index) of every chunk a read covered
+        self.requests = 0
         self.gate = None  # a threading.Event the reads wait for, when set by a test
 
     def __call__(self, request):
         if request.op == READ:
-            self.reads.append((request.path, request.offset // CHUNK))
+            last = (request.offset + max(request.length, 1) - 1) // CHUNK
+            self.reads += [(request.path, i) for i in range(request.offset // CHUNK, last + 1)]
+            self.requests += 1
             if self.gate is not None:
                 self.gate.wait(10)
         return self.inner(request)
