@@ -48,12 +48,20 @@ class ScanResult:
                 f"{self.unchanged} unchanged, {self.skipped} unreadable in {self.seconds:.1f}s")
 
 
-def read_file_row(origin: Origin, registry: OriginRegistry, st: FileStat, kind: str) -> FileRow | None:
-    """Catalog row for one file; tags via lazy ranged reads. None when the file changed mid-read."""
+# What the scan keeps of the ranges it fetched to read one file's tags (see `Scanner.on_fetched`).
+KEEP_FETCHED = 1 << 20
+
+
+def read_file_row(origin: Origin, registry: OriginRegistry, st: FileStat, kind: str,
+                  fetched: list[tuple[int, bytes]] | None = None) -> FileRow | None:
+    """Catalog row for one file; tags via lazy ranged reads. None when the file changed mid-read.
+    `fetched`: given, it gets the (offset, bytes) of every range read (the first KEEP_FETCHED bytes of them)."""
     base = FileRow(path=st.path, kind=kind, size=st.size, mtime_ns=st.mtime_ns, etag=st.etag)
     if kind == "cover":
         return base
     fetch = lambda off, n: registry.call(origin, lambda o: o.read(st.path, off, n, st))  # noqa: E731
+    if fetched is not None:
+        fetch = _recording(fetch, fetched)
     try:
         found = tags.parse(tags.RangeFile(fetch, st.size, name=os.path.basename(st.path)))
         why = "not a recognised audio file"
@@ -68,6 +76,17 @@ def read_file_row(origin: Origin, registry: OriginRegistry, st: FileStat, kind: 
         log.info("scan: skipping %s: %s", st.path, why)
         return FileRow(**{**base.__dict__, "kind": "junk"})
     return FileRow(**{**base.__dict__, **tags.catalog_fields(found)})
+
+
+def _recording(fetch: Callable[[int, int], bytes], fetched: list[tuple[int, bytes]]) -> Callable[[int, int], bytes]:
+    """`fetch`, appending what it returns (with its offset) to `fetched`, up to KEEP_FETCHED bytes."""
+    def recorded(off: int, n: int) -> bytes:
+        data = fetch(off, n)
+        if sum(len(d) for _, d in fetched) + len(data) <= KEEP_FETCHED:
+            fetched.append((off, data))
+        return data
+
+    return recorded
 
 
 def is_hidden(path: str, include_hidden: bool = False) -> bool:
@@ -91,7 +110,11 @@ def _utf8_name(path: str) -> bool:
 class Scanner:
     def __init__(self, catalog: Catalog, registry: OriginRegistry, *, batch: int = 200, workers: int | None = None,
                  on_progress: Callable[[int, int], None] | None = None,
-                 should_stop: Callable[[], bool] = lambda: False, include_hidden: bool = False):
+                 should_stop: Callable[[], bool] = lambda: False, include_hidden: bool = False,
+                 on_fetched: Callable[[list[tuple[FileRow, list[tuple[int, bytes]]]]], None] | None = None):
+        """`on_fetched`: after each batch commits, called (in the scan's thread) with each committed row and the
+        (offset, bytes) ranges read for its tags (the library keeps them as blocks, blocks.py)."""
+        self.on_fetched = on_fetched
         self.should_stop = should_stop
         self.include_hidden = include_hidden
         self.catalog = catalog
@@ -170,7 +193,9 @@ class Scanner:
         return origin
 
     def _batch(self, origin: Origin, pool, batch: list[FileStat], known: dict, result: ScanResult) -> None:
-        rows = list(pool.map(lambda st: read_file_row(origin, self.registry, st, tags.classify(st.path)), batch))
+        fetched: list[list[tuple[int, bytes]] | None] = [[] if self.on_fetched else None for _ in batch]
+        rows = list(pool.map(lambda st, f: read_file_row(origin, self.registry, st, tags.classify(st.path), f),
+                             batch, fetched))
         good = [r for r in rows if r is not None]
         for row in good:
             if row.path in known:
@@ -180,7 +205,19 @@ class Scanner:
             if row.kind == "junk":
                 result.skipped += 1
         self.catalog.upsert_files(good, checkpoint={"last_path": batch[-1].path})
+        if self.on_fetched is not None:
+            self._keep_fetched([(r, f) for r, f in zip(rows, fetched) if r is not None and r.kind == "track" and f])
         points.hit(points.DELTA_SYNC_AFTER_BATCH)
+
+    def _keep_fetched(self, pairs: list[tuple[FileRow, list[tuple[int, bytes]]]]) -> None:
+        """Hand the committed files' fetched ranges to `on_fetched`; keeping them is best effort, never the scan's
+        failure."""
+        if not pairs:
+            return
+        try:
+            self.on_fetched(pairs)
+        except Exception as exc:
+            log.warning("scan: could not keep the ranges read for tags (%s); later reads fetch them again", exc)
 
 
 def restore_identities(catalog: Catalog, registry: OriginRegistry) -> None:
