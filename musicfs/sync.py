@@ -193,8 +193,9 @@ class Scanner:
         return origin
 
     def _batch(self, origin: Origin, pool, batch: list[FileStat], known: dict, result: ScanResult) -> None:
-        fetched: list[list[tuple[int, bytes]] | None] = [[] if self.on_fetched else None for _ in batch]
-        rows = list(pool.map(lambda st, f: read_file_row(origin, self.registry, st, tags.classify(st.path), f),
+        fetched: list[list[tuple[int, bytes]]] = [[] for _ in batch]
+        kept = (lambda f: {"fetched": f}) if self.on_fetched else (lambda f: {})
+        rows = list(pool.map(lambda st, f: read_file_row(origin, self.registry, st, tags.classify(st.path), **kept(f)),
                              batch, fetched))
         good = [r for r in rows if r is not None]
         for row in good:
