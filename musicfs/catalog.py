@@ -40,6 +40,11 @@ CREATE TABLE IF NOT EXISTS manifests(
     PRIMARY KEY(file_id, ident, chunk)
 );
 CREATE INDEX IF NOT EXISTS manifests_hash ON manifests(hash);
+CREATE TABLE IF NOT EXISTS blocks(
+    file_id INTEGER NOT NULL, ident TEXT NOT NULL, offset INTEGER NOT NULL, length INTEGER NOT NULL,
+    hash TEXT NOT NULL,
+    PRIMARY KEY(file_id, ident, offset)
+);
 CREATE TABLE IF NOT EXISTS inodes(key TEXT PRIMARY KEY, ino INTEGER NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS scan_state(key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS pins(path TEXT PRIMARY KEY, added INTEGER NOT NULL);
@@ -263,6 +268,10 @@ class Catalog:
                     "DELETE FROM manifests WHERE file_id = (SELECT id FROM files WHERE path = ?) AND ident != ?",
                     (row.path, row.ident),
                 )
+                cur.execute(
+                    "DELETE FROM blocks WHERE file_id = (SELECT id FROM files WHERE path = ?) AND ident != ?",
+                    (row.path, row.ident),
+                )
             for key, value in (checkpoint or {}).items():
                 cur.execute("INSERT OR REPLACE INTO scan_state VALUES(?, ?)", (key, value))
 
@@ -272,6 +281,7 @@ class Catalog:
         def work(cur):
             for path in paths:
                 cur.execute("DELETE FROM manifests WHERE file_id = (SELECT id FROM files WHERE path = ?)", (path,))
+                cur.execute("DELETE FROM blocks WHERE file_id = (SELECT id FROM files WHERE path = ?)", (path,))
                 _forget_inode_versions(cur, "f:" + path)
                 cur.execute("DELETE FROM files WHERE path = ?", (path,))
 
@@ -319,6 +329,48 @@ class Catalog:
     def delete_manifest_rows(self, rows: list[tuple]) -> None:
         self._transaction(lambda cur: cur.executemany(
             "DELETE FROM manifests WHERE file_id = ? AND ident = ? AND chunk = ?", [r[:3] for r in rows]))
+
+    # -- blocks (blocks.py): small verified ranges of a file's version, by exact offset -----------------
+    def _has_blocks(self) -> bool:
+        """Whether the catalog has a blocks table (a read-only open of an older catalog has none)."""
+        return bool(self._run("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'blocks'"))
+
+    def blocks(self, file_id: int, ident: str) -> list[tuple[int, int, str]]:
+        """(offset, length, hash) of the blocks recorded for this version of the file, by offset."""
+        return self._run("SELECT offset, length, hash FROM blocks WHERE file_id = ? AND ident = ? ORDER BY offset",
+                         (file_id, ident))
+
+    def add_blocks(self, file_id: int, ident: str, blocks: list[tuple[int, int, str]]) -> None:
+        """Record blocks (offset, length, hash) of one version; ignored if the file's identity moved on."""
+        self._transaction(lambda cur: cur.executemany(
+            "INSERT OR REPLACE INTO blocks SELECT id, ?, ?, ?, ? FROM files "
+            "WHERE id = ? AND size || ':' || mtime_ns || ':' || etag = ?",
+            [(ident, off, n, digest, file_id, ident) for off, n, digest in blocks]))
+
+    def add_blocks_by_path(self, path: str, ident: str, blocks: list[tuple[int, int, str]]) -> None:
+        """add_blocks for the file at `path` (what the scan knows of a file it just committed)."""
+        self._transaction(lambda cur: cur.executemany(
+            "INSERT OR REPLACE INTO blocks SELECT id, ?, ?, ?, ? FROM files "
+            "WHERE path = ? AND size || ':' || mtime_ns || ':' || etag = ?",
+            [(ident, off, n, digest, path, ident) for off, n, digest in blocks]))
+
+    def block_rows_with_sizes(self) -> list[tuple[int, str, int, int, str, int]]:
+        """(file_id, ident, offset, length, hash, file size) of every current block row."""
+        if not self._has_blocks():
+            return []
+        return self._run("SELECT b.file_id, b.ident, b.offset, b.length, b.hash, f.size FROM blocks b "
+                         "JOIN files f ON f.id = b.file_id WHERE b.ident = " + _FILE_KEY_SQL)
+
+    def bad_block_rows(self) -> list[tuple[int, str, int, int, str]]:
+        """Block rows of files the catalog no longer has, or keyed by an identity their file no longer has."""
+        if not self._has_blocks():
+            return []
+        return self._run("SELECT b.file_id, b.ident, b.offset, b.length, b.hash FROM blocks b "
+                         "LEFT JOIN files f ON f.id = b.file_id WHERE f.id IS NULL OR b.ident != " + _FILE_KEY_SQL)
+
+    def delete_block_rows(self, rows: list[tuple]) -> None:
+        self._transaction(lambda cur: cur.executemany(
+            "DELETE FROM blocks WHERE file_id = ? AND ident = ? AND offset = ?", [r[:3] for r in rows]))
 
     # -- inodes -------------------------------------------------------------------
     def inode_map(self) -> dict[str, int]:

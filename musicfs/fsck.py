@@ -3,7 +3,9 @@
 What is checked (without --repair nothing is written; SQLite files are opened read-only):
 - catalog: SQLite integrity_check; manifest rows of files the catalog no longer has, rows keyed by an
   old identity, rows whose chunk number lies past the end of the file, rows whose cached chunk has the
-  wrong size for its place in the file (with the chunk size the manifests were cut with);
+  wrong size for its place in the file (with the chunk size the manifests were cut with); block rows
+  (blocks.py: small verified ranges, CAS objects like chunks) of files gone or of an old version, past the
+  end of their file, or whose cached object has another length;
 - cache: the index's integrity_check; every chunk file hashed against its name; chunk files without an
   index row, rows without a file, rows with the wrong size, files that are not chunks, temp leftovers;
 - search index: meta.json and every segment file's checksum, tantivy opens and reads it, and its
@@ -63,6 +65,7 @@ class Report:
     corrupt_chunks: list[str] = field(default_factory=list)
     strays: list[str] = field(default_factory=list)  # paths under chunks/ that are not chunk files
     bad_manifest_rows: list[tuple] = field(default_factory=list)
+    bad_block_rows: list[tuple] = field(default_factory=list)  # (file_id, ident, offset, ...)
     index_damaged: str = ""
     index_stale: bool = False
 
@@ -139,12 +142,19 @@ class Fsck:
             rows = catalog.manifest_rows_with_sizes()
             orphans = catalog.orphan_manifest_rows()
             stale = catalog.stale_manifest_rows()
+            blocks = catalog.block_rows_with_sizes()
+            bad_blocks = catalog.bad_block_rows()
         except CatalogError as exc:
             catalog.close()
             report.catalog_damaged = True
             report.add("catalog", "catalog-damaged", f"{path} cannot be read: {exc}")
             return None
-        report.notes["catalog"] = f"{files} tracks, {len(rows)} manifest rows; integrity_check ok"
+        report.notes["catalog"] = (f"{files} tracks, {len(rows)} manifest rows, {len(blocks)} block rows; "
+                                   f"integrity_check ok")
+        if bad_blocks:
+            report.bad_block_rows += bad_blocks
+            report.add("catalog", "block-stale", f"{len(bad_blocks)} block rows belong to files the catalog no longer "
+                                                 f"has or to an old version of their file")
         if orphans:
             report.bad_manifest_rows += orphans
             report.add("catalog", "manifest-orphan", f"{len(orphans)} manifest rows belong to files the catalog "
@@ -217,6 +227,7 @@ class Fsck:
         return good
 
     def _check_manifests(self, report: Report, catalog: Catalog, chunk_sizes: dict[str, int]) -> None:
+        self._check_blocks(report, catalog, chunk_sizes)
         chunk_size = catalog.meta("chunk_size")
         if chunk_size is None:
             return
@@ -235,6 +246,18 @@ class Fsck:
             report.bad_manifest_rows += wrong
             report.add("catalog", "manifest-wrong-chunk", f"{len(wrong)} manifest rows point at a cached chunk of the "
                                                           f"wrong size for its place in the file")
+
+    def _check_blocks(self, report: Report, catalog: Catalog, object_sizes: dict[str, int]) -> None:
+        """Block rows past the end of their file, or whose cached object (verified with the chunks) has
+        another length than the row says."""
+        bad = [(file_id, ident, offset, length, digest)
+               for file_id, ident, offset, length, digest, size in catalog.block_rows_with_sizes()
+               if offset < 0 or length <= 0 or offset + length > size
+               or (digest in object_sizes and object_sizes[digest] != length)]
+        if bad:
+            report.bad_block_rows += bad
+            report.add("catalog", "block-wrong", f"{len(bad)} block rows lie past the end of their file or point at "
+                                                 f"a cached object of the wrong size")
 
     def _check_index(self, report: Report, catalog: Catalog | None) -> None:
         path = self.index_path
@@ -298,6 +321,10 @@ class Fsck:
                 rows = list(dict.fromkeys(tuple(r[:4]) for r in report.bad_manifest_rows))
                 catalog.delete_manifest_rows(rows)
                 done.append(f"catalog: dropped {len(rows)} bad manifest rows (those chunks are fetched again)")
+            if catalog is not None and report.bad_block_rows and not report.catalog_damaged:
+                rows = list(dict.fromkeys(tuple(r[:3]) for r in report.bad_block_rows))
+                catalog.delete_block_rows(rows)
+                done.append(f"catalog: dropped {len(rows)} bad block rows (those ranges are fetched again)")
             if report.index_damaged or report.index_stale or report.catalog_damaged:
                 done += self._repair_index(report, catalog)
         finally:

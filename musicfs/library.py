@@ -18,11 +18,12 @@ import logging
 import os
 from dataclasses import dataclass, field
 
+from . import blocks
 from .cas import CasStore
-from .catalog import Catalog, make_state_dir, open_checked
+from .catalog import Catalog, FileRow, make_state_dir, open_checked
 from .config import Config
 from .damage import RunMarker
-from .errors import SearchIndexCorrupt
+from .errors import MusicFSError, SearchIndexCorrupt
 from .index import IndexDoc, SearchIndex
 from .origins.factory import open_origins
 from .origins.registry import OriginRegistry
@@ -78,14 +79,29 @@ class Library:
         return "completed_at" in self.catalog.scan_state()
 
     def scan(self, on_progress=None, should_stop=lambda: False) -> ScanResult:
+        keep = self.keep_scan_blocks if self.cas is not None else None
         result = Scanner(self.catalog, self.registry, on_progress=on_progress, should_stop=should_stop,
-                         include_hidden=self.cfg.include_hidden).scan()
+                         include_hidden=self.cfg.include_hidden, on_fetched=keep).scan()
         log.info("scan of %s: %s", ", ".join(self.cfg.sources), result.summary())
         return result
 
     @property
     def snapshot_path(self) -> str:
         return os.path.join(self.cfg.state_dir, SNAPSHOT_NAME)
+
+    def keep_scan_blocks(self, pairs: list[tuple[FileRow, list[tuple[int, bytes]]]]) -> None:
+        """Keep what a scan read for tags as blocks (blocks.py): into the CAS by hash, recorded in the catalog
+        for the version of the file that was read (ignored if it changed since). Runs in the scan's thread;
+        a cache that cannot take them (unavailable, full, failing) is skipped: later reads fetch them again."""
+        if self.cas is None or not self.cas.available:
+            return
+        for row, fetched in pairs:
+            try:
+                kept = [(off, len(data), self.cas.put(data)) for off, data in blocks.cut(fetched)]
+                self.catalog.add_blocks_by_path(row.path, row.ident, kept)
+            except (MusicFSError, OSError) as exc:
+                log.info("scan: not keeping the blocks read for %s's tags: %s", row.path, exc)
+                return
 
     def build_tree(self) -> VirtualTree:
         """The tree of the catalog as it is now: loaded from the snapshot saved for exactly this catalog

@@ -5,6 +5,14 @@ ReadAhead's workers through the same path as a read (`_chunk`: one load per chun
 and near the end of a track the first chunks of the next track of its album folder. An open file pins
 only the chunks around where it is read (the one before the current one and those ahead), so reading a
 file larger than the cache never holds the cache over its quota.
+
+A small read that is not part of a stream (its handle's read-ahead `Stream` has no window open) of a region
+no cached chunk holds is served from blocks (blocks.py): small verified ranges, fetched aligned to
+`block_size` (several in one origin request when the read spans them), cached in the CAS by hash and recorded
+in the catalog's `blocks` table by (file, identity, offset). The scan's tag reads are kept as blocks too.
+A read that covers a whole chunk, or any read of a stream, loads whole chunks as before; a cached chunk always
+wins over blocks. Without read-ahead (`readahead` 0) there is no stream to tell probes from playback: reads
+load whole chunks.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from typing import Callable
 import trio
 
 from . import points
+from .blocks import BLOCK_SIZE, Block, aligned, cover, cut, merge
 from .catalog import Catalog, FileRow
 from .chunk_cache import ChunkCache
 from .errors import CatalogError, MusicFSError, OriginFileChanged, OriginTransient
@@ -55,6 +64,9 @@ class ChunkLRU:
             _, old = self._data.popitem(last=False)
             self._bytes -= len(old)
 
+    def has(self, digest: str) -> bool:
+        return digest in self._data
+
     def discard(self, digest: str) -> None:
         data = self._data.pop(digest, None)
         if data is not None:
@@ -73,6 +85,7 @@ class OpenFile:
     refs: int = 1
     next_track: Callable[[], FileRow | None] | None = None  # the track after this one in its album folder
     origin: RegistryStream | None = None  # while streamed: the origins' open streams of the file (SFTP: kept open)
+    blocks: list[Block] | None = None  # this version's recorded blocks (blocks.py), loaded at the first small read
 
 
 @dataclass(frozen=True)
@@ -86,7 +99,9 @@ class ReaderStatistics:
     cache_hits: int = 0  # chunks from the disk cache (verified)
     origin_fetches: int = 0  # chunks fetched from the origins
     changed_files: int = 0  # fetches refused because the origin file changed before or during the read
-    manifest_failures: int = 0  # fetched chunks whose manifest entry the catalog could not take
+    manifest_failures: int = 0  # fetched chunks (or blocks) whose manifest entry the catalog could not take
+    block_hits: int = 0  # blocks (small verified ranges, blocks.py) served from memory or the disk cache
+    block_fetches: int = 0  # aligned block ranges fetched from the origins for small reads outside a stream
     readahead: ReadAheadStatistics | None = None  # chunks loaded ahead of sequential readers
 
 
@@ -94,9 +109,10 @@ class FileReader:
     def __init__(self, catalog: Catalog, cache: ChunkCache, origins: OriginRegistry, *, chunk_size: int,
                  memory_cache: int, read_timeout: float, threads: int = 8,
                  on_file_changed: Callable[[str], None] | None = None, readahead: int = 32 << 20,
-                 readahead_window: int = 16 << 20):
+                 readahead_window: int = 16 << 20, block_size: int = BLOCK_SIZE):
         """`readahead`: bytes of chunks that may be in flight ahead of sequential readers, daemon-wide (0: off);
-        `readahead_window`: how far ahead of one reader the window may grow."""
+        `readahead_window`: how far ahead of one reader the window may grow; `block_size`: what a small read
+        outside a stream fetches (aligned); 0, or not below the chunk size: reads always load whole chunks."""
         self.catalog = catalog
         self.cache = cache  # the disk cache: verified chunks, passthrough while it is unstable or down
         self.origins = origins
@@ -111,6 +127,8 @@ class FileReader:
         self._handles = itertools.count(1)
         self._fh: dict[int, tuple[int, str]] = {}
         self._inflight: dict[tuple[int, str, int], trio.Event] = {}
+        self.block_size = block_size if 0 < block_size < chunk_size else 0
+        self._block_inflight: dict[tuple[int, str, int], trio.Event] = {}  # (id, ident, block offset) being fetched
         self._streams: dict[int, Stream] = {}  # fh -> where that handle reads (read-ahead)
         self._closing: list[RegistryStream] = []  # origin streams of released files, closed by after_release
         self.readahead = None
@@ -191,10 +209,13 @@ class FileReader:
         first, last = offset // self.chunk_size, (end - 1) // self.chunk_size
         with trio.fail_after(self.read_timeout):
             parts = []
-            for idx in range(first, last + 1):
-                data = await self._chunk(of, idx)
-                base = idx * self.chunk_size
-                parts.append(data[max(offset - base, 0) : end - base])
+            if self._small_read(fh, of, offset, end):
+                parts.append(await self._read_blocks(of, offset, end))
+            else:
+                for idx in range(first, last + 1):
+                    data = await self._chunk(of, idx)
+                    base = idx * self.chunk_size
+                    parts.append(data[max(offset - base, 0) : end - base])
         if of.refs == 1:  # one reader: what lies behind it may be evicted again
             self._unpin_before(of, first - 1)
         stream = self._streams.get(fh)
@@ -206,6 +227,117 @@ class FileReader:
                     following = (("next", row), -(-row.size // self.chunk_size))
             self.readahead.observe(stream, offset, end - offset, next_track=following)
         return b"".join(parts)
+
+    # -- small reads: blocks (blocks.py) --------------------------------------------------------------
+    def _small_read(self, fh: int, of: OpenFile, offset: int, end: int) -> bool:
+        """Whether [offset, end) is read from blocks: blocks are on, the handle is not streaming (no read-ahead
+        window), the read covers no whole chunk, and some chunk it touches is neither cached nor being loaded."""
+        if not self.block_size:
+            return False
+        stream = self._streams.get(fh)
+        if stream is None or stream.window:
+            return False
+        cs, row = self.chunk_size, of.row
+        indexes = range(offset // cs, (end - 1) // cs + 1)
+        if any(offset <= i * cs and end >= min((i + 1) * cs, row.size) for i in indexes):
+            return False
+        for idx in indexes:
+            digest = of.manifest.get(idx)
+            if (row.id, row.ident, idx) in self._inflight:
+                continue
+            if digest is None or not (self.memory.has(digest) or self.cache.has(digest)):
+                return True
+        return False
+
+    async def _read_blocks(self, of: OpenFile, offset: int, end: int) -> bytes:
+        """[offset, end) from the file's blocks (each verified), fetching the aligned blocks none covers."""
+        row = of.row
+        if of.blocks is None:
+            rows = await self._thread(self.catalog.blocks, row.id, row.ident)
+            if of.blocks is None:  # another read may have loaded them meanwhile
+                of.blocks = [Block(*r) for r in rows]
+        got: dict[Block, bytes] = {}  # bytes in hand for this read: verified from the cache, or just fetched
+        while True:
+            usable = set(got) | {b for b in of.blocks if self.memory.has(b.digest) or self.cache.has(b.digest)}
+            used, gaps = cover(offset, end, usable)
+            missing = [b for b in used if b not in got]
+            if missing:
+                for b in missing:
+                    data = self.memory.get(b.digest)
+                    if data is None:
+                        data = await self.cache.get(b.digest)  # verified; None: bad (quarantined), gone, bypassed
+                    if data is None or len(data) != b.length:
+                        if b in of.blocks:
+                            of.blocks.remove(b)  # fetched again below, as a gap
+                        break
+                    self.memory.put(b.digest, data)
+                    self._counts["block_hits"] += 1
+                    got[b] = data
+                continue
+            if not gaps:
+                break
+            wanted = merge(aligned(s, e, row.size, self.block_size) for s, e in gaps)
+            keys = [(row.id, row.ident, off) for start, n in wanted
+                    for off in range(start, start + n, self.block_size)]
+            busy = next((self._block_inflight[k] for k in keys if k in self._block_inflight), None)
+            if busy is not None:  # another read is fetching (some of) these blocks: wait, then look again
+                await busy.wait()
+                continue
+            got.update(await self._fetch_blocks(of, wanted, keys))
+        out = bytearray()
+        pos = offset
+        while pos < end:
+            b = max((b for b in got if b.offset <= pos < b.end), key=lambda b: b.end)
+            out += got[b][pos - b.offset : min(end, b.end) - b.offset]
+            pos = min(end, b.end)
+        return bytes(out)
+
+    async def _fetch_blocks(self, of: OpenFile, wanted: list[tuple[int, int]],
+                            keys: list[tuple[int, str, int]]) -> dict[Block, bytes]:
+        """Fetch the aligned ranges (one origin request each, identity-checked), cache them cut into blocks and
+        record those in the catalog; the blocks' bytes (digest '' for those the cache did not take)."""
+        row = of.row
+        events = {key: trio.Event() for key in keys}
+        self._block_inflight.update(events)
+        try:
+            await points.hit_async(points.READER_MANIFEST_FETCH, OriginTransient)
+            try:
+                if of.origin is not None:
+                    datas = await of.origin.fetch_ranges(wanted, exact=True)
+                elif len(wanted) == 1:
+                    datas = [await self.origins.fetch(row.path, *wanted[0], row.stat(), exact=True)]
+                else:
+                    datas = await self.origins.fetch_ranges(row.path, wanted, row.stat(), exact=True)
+            except OriginFileChanged:
+                self._counts["changed_files"] += 1
+                if self.on_file_changed is not None:
+                    self.on_file_changed(row.path)
+                raise
+            self._counts["block_fetches"] += len(wanted)
+            out: dict[Block, bytes] = {}
+            stored: list[Block] = []
+            for off, data in cut(zip((start for start, _ in wanted), datas), self.block_size):
+                digest = await self.cache.store(data, f"a block of {row.path}")
+                block = Block(off, len(data), digest or "")
+                out[block] = data
+                if digest is not None:
+                    self.memory.put(digest, data)
+                    stored.append(block)
+            if stored:
+                try:
+                    await self._thread(self.catalog.add_blocks, row.id, row.ident,
+                                       [(b.offset, b.length, b.digest) for b in stored])
+                except CatalogError as exc:
+                    self._counts["manifest_failures"] += 1
+                    log.warning("catalog: cannot record blocks of %s (%s); serving them uncached", row.path, exc)
+                else:
+                    offsets = {b.offset for b in stored}
+                    of.blocks = [b for b in of.blocks if b.offset not in offsets] + stored
+            return out
+        finally:
+            for key, event in events.items():
+                del self._block_inflight[key]
+                event.set()
 
     async def _prefetch(self, key, indexes: list[int]) -> None:
         """Load chunks ahead of a reader (ReadAhead's fetch; consecutive indexes): into the caches, verified,

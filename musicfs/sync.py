@@ -48,8 +48,14 @@ class ScanResult:
                 f"{self.unchanged} unchanged, {self.skipped} unreadable in {self.seconds:.1f}s")
 
 
-def read_file_row(origin: Origin, registry: OriginRegistry, st: FileStat, kind: str) -> FileRow | None:
-    """Catalog row for one file; tags via lazy ranged reads. None when the file changed mid-read."""
+# What the scan keeps of the ranges it fetched to read one file's tags (see `Scanner.on_fetched`).
+KEEP_FETCHED = 1 << 20
+
+
+def read_file_row(origin: Origin, registry: OriginRegistry, st: FileStat, kind: str,
+                  fetched: list[tuple[int, bytes]] | None = None) -> FileRow | None:
+    """Catalog row for one file; tags via lazy ranged reads. None when the file changed mid-read.
+    `fetched`: given, it gets the (offset, bytes) of every range read (the first KEEP_FETCHED bytes of them)."""
     base = FileRow(path=st.path, kind=kind, size=st.size, mtime_ns=st.mtime_ns, etag=st.etag)
     if kind == "cover":
         return base
@@ -57,6 +63,8 @@ def read_file_row(origin: Origin, registry: OriginRegistry, st: FileStat, kind: 
     # reads raises OriginFileChanged and is not recorded, never with tags of two versions.
     fetch = lambda off, n: registry.call(origin, lambda o: o.read(st.path, off, n, st))  # noqa: E731
     fetch_ranges = lambda ranges: registry.call(origin, lambda o: o.read_ranges(st.path, ranges, st))  # noqa: E731
+    if fetched is not None:
+        fetch, fetch_ranges = _recording(fetch, fetched), _recording_ranges(fetch_ranges, fetched)
     try:
         fileobj = tags.RangeFile(fetch, st.size, name=os.path.basename(st.path))
         fileobj.preload(fetch_ranges)  # one request: the head (and the tail when the format needs it)
@@ -73,6 +81,30 @@ def read_file_row(origin: Origin, registry: OriginRegistry, st: FileStat, kind: 
         log.info("scan: skipping %s: %s", st.path, why)
         return FileRow(**{**base.__dict__, "kind": "junk"})
     return FileRow(**{**base.__dict__, **tags.catalog_fields(found)})
+
+
+def _recording(fetch: Callable[[int, int], bytes], fetched: list[tuple[int, bytes]]) -> Callable[[int, int], bytes]:
+    """`fetch`, appending what it returns (with its offset) to `fetched`, up to KEEP_FETCHED bytes."""
+    def recorded(off: int, n: int) -> bytes:
+        data = fetch(off, n)
+        if sum(len(d) for _, d in fetched) + len(data) <= KEEP_FETCHED:
+            fetched.append((off, data))
+        return data
+
+    return recorded
+
+
+def _recording_ranges(fetch_ranges: Callable[[list[tuple[int, int]]], list[bytes]],
+                      fetched: list[tuple[int, bytes]]) -> Callable[[list[tuple[int, int]]], list[bytes]]:
+    """`fetch_ranges`, appending each range it returns (with its offset) to `fetched`, up to KEEP_FETCHED bytes."""
+    def recorded(ranges: list[tuple[int, int]]) -> list[bytes]:
+        datas = fetch_ranges(ranges)
+        for (off, _), data in zip(ranges, datas):
+            if sum(len(d) for _, d in fetched) + len(data) <= KEEP_FETCHED:
+                fetched.append((off, data))
+        return datas
+
+    return recorded
 
 
 def is_hidden(path: str, include_hidden: bool = False) -> bool:
@@ -96,7 +128,11 @@ def _utf8_name(path: str) -> bool:
 class Scanner:
     def __init__(self, catalog: Catalog, registry: OriginRegistry, *, batch: int = 200, workers: int | None = None,
                  on_progress: Callable[[int, int], None] | None = None,
-                 should_stop: Callable[[], bool] = lambda: False, include_hidden: bool = False):
+                 should_stop: Callable[[], bool] = lambda: False, include_hidden: bool = False,
+                 on_fetched: Callable[[list[tuple[FileRow, list[tuple[int, bytes]]]]], None] | None = None):
+        """`on_fetched`: after each batch commits, called (in the scan's thread) with each committed row and the
+        (offset, bytes) ranges read for its tags (the library keeps them as blocks, blocks.py)."""
+        self.on_fetched = on_fetched
         self.should_stop = should_stop
         self.include_hidden = include_hidden
         self.catalog = catalog
@@ -132,7 +168,12 @@ class Scanner:
         # The next batch's files are read while one batch waits for its last files and commits: no barrier
         # between batches; batches still commit in order, each with its checkpoint.
         batches = [todo[i : i + self.batch] for i in range(0, len(todo), self.batch)]
-        read = lambda st: read_file_row(origin, self.registry, st, tags.classify(st.path))  # noqa: E731
+        def read(st: FileStat) -> tuple[FileRow | None, list | None]:
+            if self.on_fetched is None:
+                return read_file_row(origin, self.registry, st, tags.classify(st.path)), None
+            fetched: list[tuple[int, bytes]] = []  # what was read for its tags, kept as blocks after the commit
+            return read_file_row(origin, self.registry, st, tags.classify(st.path), fetched=fetched), fetched
+
         with ThreadPoolExecutor(workers, thread_name_prefix="scan") as pool:
             current: list = []
             ahead: list = []
@@ -188,7 +229,10 @@ class Scanner:
             self.catalog.set_scan_state(origin=origin.name)
         return origin
 
-    def _commit(self, batch: list[FileStat], rows: list[FileRow | None], known: dict, result: ScanResult) -> None:
+    def _commit(self, batch: list[FileStat], pairs: list[tuple[FileRow | None, list | None]], known: dict,
+                result: ScanResult) -> None:
+        """Commit one batch's rows with its checkpoint; then hand what was read for their tags to on_fetched."""
+        rows = [row for row, _ in pairs]
         good = [r for r in rows if r is not None]
         for row in good:
             if row.path in known:
@@ -198,7 +242,19 @@ class Scanner:
             if row.kind == "junk":
                 result.skipped += 1
         self.catalog.upsert_files(good, checkpoint={"last_path": batch[-1].path})
+        if self.on_fetched is not None:
+            self._keep_fetched([(r, f) for r, f in pairs if r is not None and r.kind == "track" and f])
         points.hit(points.DELTA_SYNC_AFTER_BATCH)
+
+    def _keep_fetched(self, pairs: list[tuple[FileRow, list[tuple[int, bytes]]]]) -> None:
+        """Hand the committed files' fetched ranges to `on_fetched`; keeping them is best effort, never the scan's
+        failure."""
+        if not pairs:
+            return
+        try:
+            self.on_fetched(pairs)
+        except Exception as exc:
+            log.warning("scan: could not keep the ranges read for tags (%s); later reads fetch them again", exc)
 
 
 def restore_identities(catalog: Catalog, registry: OriginRegistry) -> None:

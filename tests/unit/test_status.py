@@ -350,11 +350,15 @@ async def test_the_daemon_snapshot_is_the_components_statistics_records(small_li
         assert len(await daemon.services.reader.read(fh, 0, row.size)) == row.size
         doc = json.loads(json.dumps(daemon.snapshot()))  # what the socket sends
         daemon.services.reader.release(fh)
+        # the cache holds the chunk read and the blocks the scan kept of every track's tags (blocks.py)
+        held = {d: n for r in lib.catalog.files("track") for _, n, d in lib.catalog.blocks(r.id, r.ident)}
+        held.update({d: row.size for d in lib.catalog.manifest(row.id, row.ident).values()})
     finally:
         lib.close()
     assert set(doc["cache"]) == {f.name for f in fields(CacheStatistics)}
-    assert doc["cache"]["state"] == "normal" and doc["cache"]["used_bytes"] == row.size
-    assert doc["reader"]["origin_fetches"] == doc["cache"]["chunks"] and doc["reader"]["open_handles"] == 1
+    assert doc["cache"]["state"] == "normal" and doc["cache"]["used_bytes"] == sum(held.values())
+    assert doc["reader"]["origin_fetches"] == 1 and doc["cache"]["chunks"] == len(held)
+    assert doc["reader"]["block_fetches"] == 0 and doc["reader"]["open_handles"] == 1
     [origin] = doc["origins"]
     assert origin["bytes_fetched"] == row.size and origin["results"] == {"ok": origin["requests"]}
     assert doc["fuse"]["requests"] == 0 and doc["tasks"] == {} and doc["degraded"] == []
