@@ -5,7 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEBS := fuse3 libfuse3-dev pkg-config
 TEST_DEBS := flac ffmpeg openssh-server
-BENCH_DEBS := rclone
+# bench/media_scan.py runs real media scanners (mediainfo, ffprobe, mpd + mpc, beets) and strace
+BENCH_DEBS := rclone mediainfo mpd mpc beets strace ffmpeg
+MEDIA_SCAN_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO := demo
 
@@ -61,6 +63,7 @@ bench:
 	$(BIN)/python bench/run_bench.py
 	$(BIN)/python bench/large_library.py
 	$(BIN)/python bench/remote_bench.py
+	$(BIN)/python bench/media_scan.py $(MEDIA_SCAN_ARGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO) *.egg-info
