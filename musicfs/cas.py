@@ -6,7 +6,10 @@ The index is derived data:
   damaged index is moved aside (`index.db.damaged-<time>`, never deleted) and rebuilt from the chunk
   files, each verified against its name; a lost index is rebuilt the same way (rows 2.4, 3.5);
 - chunk files missing from it (a crash between rename and insert) are verified and adopted; index rows
-  without a file are dropped; half-written temp files are removed (row 5.7);
+  without a file are dropped; half-written temp files are removed (row 5.7). After a clean stop
+  (`reconcile_later`) the constructor only loads the checked index and the cache task runs `reconcile()`
+  after READY, beside live reads and puts (every read is verified, a missing file is a miss); after an
+  unclean stop it is done in the constructor, sizes included;
 - when it fails at runtime (`CasIndexError`), `rebuild_index()` does the same while the reader serves
   reads from the origins (row 6.3).
 A store whose disk cannot be opened (read-only, failing, full of errors) stays *unavailable*: every call
