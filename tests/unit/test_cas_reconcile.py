@@ -315,7 +315,6 @@ async def test_a_clean_start_reconciles_in_the_cache_task_after_open(cfg):
         lib.close()
 
 
-@pytest.mark.resilience("2.4")
 @pytest.mark.expected_log(UNCLEAN)
 def test_an_unclean_start_still_reconciles_before_ready(cfg):
     digest = _orphan_after_a_run(cfg)
