@@ -56,6 +56,8 @@ class CacheHealth:
         self._probe_busy = False
         self._wake: trio.Event | None = None
         self._changed: trio.Event | None = None
+        self.reconciled = trio.Event()  # set once the store's deferred start-up reconciliation is done
+        self.last_reconcile = None  # its ReconcileReport
 
     # -- state ------------------------------------------------------------------------------
     @property
@@ -180,11 +182,47 @@ class CacheHealth:
         self._set(NORMAL, f"index rebuilt: {report.summary()}")
         return True
 
+    async def reconcile(self) -> bool:
+        """The store's deferred start-up reconciliation (a clean start leaves it to the cache task, after
+        READY): in a cache thread, within `rebuild_timeout`, while reads and puts go on. True when done (or
+        nothing was pending); a failure moves the state like any cache failure and it is tried again later."""
+        if not self.cas.reconcile_pending:
+            self.reconciled.set()
+            return True
+        if not self.usable:
+            return False
+        stop = threading.Event()
+        try:
+            with trio.fail_after(self.rebuild_timeout):
+                report = await trio.to_thread.run_sync(self.cas.reconcile, stop.is_set, limiter=self.limiter,
+                                                       abandon_on_cancel=True)
+        except trio.TooSlowError:
+            log.warning("cache: the index reconciliation took longer than %gs; trying again later", self.rebuild_timeout)
+            return False
+        except TooManyOpenFiles as exc:
+            log.warning("cache: index reconciliation postponed: %s", exc)
+            return False
+        except CacheUnavailable:
+            return False
+        except CasError as exc:
+            log.warning("cache: the index reconciliation failed: %s", exc)
+            self.failed(exc)  # a failed index: down and rebuilt (which reconciles); else unstable, probed
+            return False
+        finally:
+            stop.set()
+        self.last_reconcile = report
+        log.info("cache: index reconciled with the chunk files: %s", report.summary())
+        self.reconciled.set()
+        return True
+
     async def run(self) -> None:
-        """The health task: probe on a schedule (often while unstable), rebuild a failed index at once,
-        save access times while normal. Runs until cancelled."""
+        """The health task: reconcile the index with the chunk files after a clean start, probe on a schedule
+        (often while unstable), rebuild a failed index at once, save access times while normal. Runs until
+        cancelled."""
         first = True
         while True:
+            if not self.reconciled.is_set() and self.state == NORMAL:
+                await self.reconcile()
             interval = {NORMAL: self.probe_interval, UNSTABLE: self.retry_interval}.get(self.state, self.down_interval)
             self._wake = trio.Event()
             if not (first and self._rebuild_wanted):

@@ -6,7 +6,10 @@ The index is derived data:
   damaged index is moved aside (`index.db.damaged-<time>`, never deleted) and rebuilt from the chunk
   files, each verified against its name; a lost index is rebuilt the same way (rows 2.4, 3.5);
 - chunk files missing from it (a crash between rename and insert) are verified and adopted; index rows
-  without a file are dropped; half-written temp files are removed (row 5.7);
+  without a file are dropped; half-written temp files are removed (row 5.7). After a clean stop
+  (`reconcile_later`) the constructor only loads the checked index and the cache task runs `reconcile()`
+  after READY, beside live reads and puts (every read is verified, a missing file is a miss); after an
+  unclean stop it is done in the constructor, sizes included;
 - when it fails at runtime (`CasIndexError`), `rebuild_index()` does the same while the reader serves
   reads from the origins (row 6.3).
 A store whose disk cannot be opened (read-only, failing, full of errors) stays *unavailable*: every call
@@ -20,6 +23,7 @@ never blocks has/usage/pin/unpin (called on the trio loop); `_db_lock` serialise
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import hashlib
 import logging
@@ -47,6 +51,8 @@ _FD_ERRNOS = {errno.EMFILE, errno.ENFILE}
 # the quota (a soak once left 91 MiB there beside a 40 MiB quota).
 QUARANTINE_FILES = 64
 QUARANTINE_SHARE = 0.10  # of the quota
+# a put of a digest the background reconciliation holds waits at most this long (the claim covers one file)
+CLAIM_WAIT = 30.0
 
 
 def chunk_hash(data: bytes) -> str:
@@ -81,6 +87,47 @@ class RebuildReport:
         if self.reused:
             return f"{self.chunks} chunks ({self.bytes} bytes) indexed, reconciled with the chunk files{bad}"
         return f"{self.chunks} chunk files ({self.bytes} bytes) verified and indexed{bad}"
+
+
+@dataclass
+class ReconcileReport:
+    """What CasStore.reconcile() found and fixed."""
+    indexed: int = 0  # index rows compared
+    files: int = 0  # chunk files compared
+    dropped: int = 0  # index rows whose file was gone
+    adopted: int = 0  # chunk files without a row, verified and indexed
+    removed: int = 0  # chunk files without a row whose bytes were wrong (quarantined)
+    resized: int = 0  # rows whose size differed from the file's (fixed or quarantined)
+    skipped: int = 0  # candidates a concurrent put, eviction or read settled first
+
+    def summary(self) -> str:
+        return (f"{self.indexed} index rows and {self.files} chunk files compared: {self.dropped} rows without a file "
+                f"dropped, {self.adopted} orphans adopted, {self.removed} bad orphans quarantined, {self.resized} sizes "
+                f"fixed")
+
+
+def scan_chunk_sizes(root: str) -> Iterator[tuple[str, int]]:
+    """(digest, size) of every well-named chunk file in its right folder under `root`/chunks (one scandir per
+    folder, one stat per file)."""
+    base = os.path.join(root, "chunks")
+    try:
+        subs = sorted(os.listdir(base))
+    except FileNotFoundError:
+        return
+    for sub in subs:
+        try:
+            with os.scandir(os.path.join(base, sub)) as entries:
+                for entry in entries:
+                    name = entry.name
+                    if name[:2] != sub or not is_hash_name(name):
+                        continue
+                    try:
+                        if entry.is_file(follow_symlinks=False):
+                            yield name, entry.stat(follow_symlinks=False).st_size
+                    except FileNotFoundError:
+                        continue  # evicted since the listing
+        except (FileNotFoundError, NotADirectoryError):
+            continue
 
 
 def walk_chunk_files(root: str, strays: list[str] | None = None) -> Iterator[tuple[str, str]]:
@@ -137,8 +184,15 @@ class CasStore:
     """
 
     def __init__(self, root: str, quota: int, high: float = 0.95, low: float = 0.85, *, full_check: bool = False,
-                 quarantine_files: int = QUARANTINE_FILES, quarantine_share: float = QUARANTINE_SHARE):
+                 reconcile_later: bool = False, quarantine_files: int = QUARANTINE_FILES,
+                 quarantine_share: float = QUARANTINE_SHARE):
+        """`reconcile_later` (a clean start, never with `full_check`): the constructor loads the checked index
+        but does not compare it with the chunk files; `reconcile_pending` stays True until the cache task
+        runs `reconcile()` (cache_health.py), after READY."""
         self.root = root
+        self.reconcile_later = reconcile_later and not full_check
+        self.reconcile_pending = False
+        self.reconciliations = 0  # completed disk-versus-index reconciliations (tests, status)
         self.quota = quota
         self.high, self.low = high, low
         self.full_check = full_check
@@ -152,6 +206,11 @@ class CasStore:
         self._pins: collections.Counter[str] = collections.Counter()
         self._used = 0
         self._touched: dict[str, float] = {}
+        # digests being put (count) and digests claimed by the background reconciliation: a put waits while
+        # its digest is claimed, a claim skips a digest being put (see reconcile)
+        self._putting: collections.Counter[str] = collections.Counter()
+        self._claimed: set[str] = set()
+        self._released = threading.Condition(self._lock)
         self.available = False
         self.open_error = ""
         self.last_rebuild: RebuildReport | None = None
@@ -185,8 +244,12 @@ class CasStore:
                 log.warning("cache: index %s is missing; rebuilding it from the chunk files", path)
             self.last_rebuild = self._rebuild_from_files()
             log.warning("cache: index %s rebuilt: %s", path, self.last_rebuild.summary())
+            self.reconcile_pending = False
+        elif self.reconcile_later and self.reconciliations == 0:
+            self.reconcile_pending = True  # the cache task reconciles after READY (reconcile())
         else:
             self._reconcile()
+            self.reconcile_pending = False
         self._load_lru()
         self.available = True
         self.open_error = ""
@@ -277,6 +340,125 @@ class CasStore:
                     self._db.execute("DELETE FROM chunks WHERE hash = ?", (digest,))
                     self._adopt_orphan(digest)
 
+    # -- the background reconciliation (a clean start) ----------------------------------------
+    @contextlib.contextmanager
+    def _claim(self, digest: str) -> Iterator[bool]:
+        """Hold `digest` against puts while the reconciliation decides about it: True when held, False when a
+        put of it is under way (the put settles it: its file is written before its row)."""
+        with self._lock:
+            if self._putting[digest]:
+                held = False
+            else:
+                held = True
+                self._claimed.add(digest)
+        try:
+            yield held
+        finally:
+            if held:
+                with self._lock:
+                    self._claimed.discard(digest)
+                    self._released.notify_all()
+
+    def reconcile(self, should_stop: Callable[[], bool] | None = None) -> ReconcileReport:
+        """The disk-versus-index reconciliation a clean start defers until after READY (blocking; the cache
+        task runs it in a cache thread while the store serves reads and puts).
+
+        Index rows whose file is gone are dropped, chunk files without a row are verified and adopted (wrong
+        bytes: quarantined), rows whose size differs from the file are verified and fixed. Safe beside live
+        traffic: each candidate is decided on its own, claimed against a put of the same digest and checked
+        again on disk, and a put wins (its file is written before its row, so a chunk being put is never taken
+        for an orphan and never dropped); usage and the LRU change with each fix, under the memory lock, so the
+        quota and eviction see exact figures once it is done and consistent ones meanwhile.
+        Raises CasError (CasIndexError for a failing index) like any cache call; pending stays set then."""
+        self._require()
+        report = ReconcileReport()
+        with self._db_lock:
+            if self._db is None:
+                raise CacheUnavailable(f"cache: {self.root} is unavailable ({self.open_error or 'closed'})")
+            try:
+                indexed = dict(self._db.execute("SELECT hash, size FROM chunks"))
+            except sqlite3.Error as exc:
+                raise CasIndexError(f"cache: index store {self.index_path} failed: {exc}") from exc
+        try:
+            on_disk = dict(scan_chunk_sizes(self.root))
+        except OSError as exc:
+            raise_if_fd_exhausted(exc, "listing the chunk files")
+            raise CasError(f"cache: cannot list the chunk files: {exc.strerror or exc}") from exc
+        report.indexed, report.files = len(indexed), len(on_disk)
+        gone = [d for d in indexed if d not in on_disk]
+        orphans = sorted(d for d in on_disk if d not in indexed)
+        resized = [d for d, size in on_disk.items() if d in indexed and indexed[d] != size]
+        for work, digests in ((self._reconcile_gone, gone), (self._reconcile_orphan, orphans),
+                              (self._reconcile_size, resized)):
+            for digest in digests:
+                if should_stop is not None and should_stop():
+                    raise CasError("cache: index reconciliation interrupted")
+                with self._claim(digest) as held:
+                    if not held:
+                        report.skipped += 1
+                        continue
+                    try:
+                        work(digest, report)
+                    except OSError as exc:
+                        raise_if_fd_exhausted(exc, f"reconciling chunk {digest[:12]}")
+                        raise CasError(f"cache: cannot reconcile chunk {digest[:12]}: {exc.strerror or exc}") from exc
+        if report.dropped:
+            log.info("cache: dropped %d index rows whose chunk files are gone", report.dropped)
+        self.reconcile_pending = False
+        self.reconciliations += 1
+        return report
+
+    def _reconcile_gone(self, digest: str, report: ReconcileReport) -> None:
+        if os.path.exists(self._path(digest)):  # put again (or never gone): it stays
+            report.skipped += 1
+            return
+        self._forget(digest)
+        report.dropped += 1
+
+    def _reconcile_orphan(self, digest: str, report: ReconcileReport) -> None:
+        if self.has(digest):  # a put indexed it since the listing
+            report.skipped += 1
+            return
+        path = self._path(digest)
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except FileNotFoundError:
+            report.skipped += 1
+            return
+        if chunk_hash(data) != digest:
+            dest = self._quarantine_file(digest)
+            log.warning("cache: removed orphan chunk %s whose bytes do not match its name; moved to %s",
+                        digest[:12], dest)
+            report.removed += 1
+            return
+        self._write_index("INSERT OR REPLACE INTO chunks VALUES(?, ?, ?)", (digest, len(data), time.time()))
+        with self._lock:
+            if digest not in self._lru:
+                self._lru[digest] = len(data)
+                self._used += len(data)
+        log.info("cache: adopted chunk %s found on disk but not in the index", digest[:12])
+        report.adopted += 1
+
+    def _reconcile_size(self, digest: str, report: ReconcileReport) -> None:
+        try:
+            with open(self._path(digest), "rb") as fh:
+                data = fh.read()
+        except FileNotFoundError:
+            self._forget(digest)
+            report.dropped += 1
+            return
+        report.resized += 1
+        if chunk_hash(data) != digest:
+            self.quarantine(digest)  # moved aside and forgotten: a later read fetches it again
+            return
+        self._write_index("UPDATE chunks SET size = ? WHERE hash = ?", (len(data), digest))
+        with self._lock:
+            if digest in self._lru:
+                self._used += len(data) - self._lru[digest]
+                self._lru[digest] = len(data)
+        log.info("cache: fixed the indexed size of chunk %s", digest[:12])
+
     def _adopt_orphan(self, digest: str) -> None:
         """A chunk file that never made it into the index: keep it if its bytes are right."""
         path = self._path(digest)
@@ -335,13 +517,12 @@ class CasStore:
         return report
 
     def _load_lru(self) -> None:
-        rows = self._db.execute("SELECT hash, size FROM chunks ORDER BY atime").fetchall()
+        """The LRU from the index: one SELECT in atime order straight into the OrderedDict (no per-row objects)."""
+        lru = collections.OrderedDict(self._db.execute("SELECT hash, size FROM chunks ORDER BY atime"))
+        used = sum(lru.values())
         with self._lock:
-            self._lru.clear()
-            self._used = 0
-            for digest, size in rows:
-                self._lru[digest] = size
-                self._used += size
+            self._lru = lru
+            self._used = used
 
     def _path(self, digest: str) -> str:
         return os.path.join(self.root, "chunks", digest[:2], digest)
@@ -491,15 +672,36 @@ class CasStore:
         digest = chunk_hash(data)
         if self.has(digest):
             return digest
-        self._make_room(len(data))
-        self._write_chunk_file(digest, data)
-        points.hit(points.CAS_PUT_AFTER_WRITE_BEFORE_INDEX, CasError)
-        self._index_new_chunk(digest, len(data))
-        with self._lock:
-            if digest not in self._lru:
-                self._used += len(data)
-            self._lru[digest] = len(data)
+        with self._putting_digest(digest):
+            self._make_room(len(data))
+            self._write_chunk_file(digest, data)
+            points.hit(points.CAS_PUT_AFTER_WRITE_BEFORE_INDEX, CasError)
+            self._index_new_chunk(digest, len(data))
+            with self._lock:
+                if digest not in self._lru:
+                    self._used += len(data)
+                self._lru[digest] = len(data)
         return digest
+
+    @contextlib.contextmanager
+    def _putting_digest(self, digest: str) -> Iterator[None]:
+        """put's mark on its digest: the background reconciliation never decides about a digest being put,
+        and a put waits (bounded) while the reconciliation holds its digest."""
+        with self._lock:
+            deadline = time.monotonic() + CLAIM_WAIT
+            while digest in self._claimed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise CasError(f"cache: chunk {digest[:12]} held by the index reconciliation for {CLAIM_WAIT:g}s")
+                self._released.wait(left)
+            self._putting[digest] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._putting[digest] -= 1
+                if self._putting[digest] <= 0:
+                    del self._putting[digest]
 
     def _write_chunk_file(self, digest: str, data: bytes) -> None:
         """put's file write; a full disk: evict and retry once, else CacheFull."""
@@ -720,6 +922,7 @@ class CasStore:
             report = RebuildReport(reused=True)
         self._load_lru()
         self._write_index("INSERT OR REPLACE INTO probe VALUES(1, ?)", (time.time(),))
+        self.reconcile_pending = False  # reconciled (or rebuilt) just now
         return report
 
     def _index_file_damage(self, path: str) -> str:

@@ -67,7 +67,9 @@ class Library:
             repairs.append(f"search index: {index.recovered}")
         cas = None
         if with_cache:
-            cas = CasStore(cfg.cache_dir, cfg.cache_size, full_check=unclean)
+            # a clean start leaves comparing the index with the chunk files to the cache task (after READY);
+            # after an unclean stop it is done here, sizes included
+            cas = CasStore(cfg.cache_dir, cfg.cache_size, full_check=unclean, reconcile_later=not unclean)
             if cas.last_rebuild is not None:
                 repairs.append(f"cache index: {cas.last_rebuild.summary()}")
         registry = OriginRegistry(origins, grace=cfg.failover_grace)
