@@ -311,7 +311,8 @@ class Daemon:
         points.hit(points.TREE_SWAP)
         for parent, name in self.ops.swap_tree(tree):  # a changed file is a new inode: its name is stale
             pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
-        await self.pins.refresh(tree)  # a track added to a pinned album is pinned too
+        if self.pins is not None:
+            await self.pins.refresh(tree)  # a track added to a pinned album is pinned too
         await trio.to_thread.run_sync(self.lib.reindex, tree)
         self._tree_stale = False  # only now: a swap or reindex that failed is retried next time
         self.notifier.status(self.status_line())
