@@ -97,10 +97,15 @@ class Library:
         a cache that cannot take them (unavailable, full, failing) is skipped: later reads fetch them again."""
         if self.cas is None or not self.cas.available:
             return
+        chunk = self.cfg.chunk_size
         for row, fetched in pairs:
             try:
-                kept = [(off, len(data), self.cas.put(data)) for off, data in blocks.cut(fetched)]
-                self.catalog.add_blocks_by_path(row.path, row.ident, kept)
+                whole, rest = blocks.whole_chunks(fetched, row.size, chunk)
+                for index, data in whole:  # a chunk read whole (a small file): cached as the reader would
+                    self.catalog.set_manifest_chunk_by_path(row.path, row.ident, index, self.cas.put(data))
+                if blocks.BLOCK_SIZE < chunk:  # else small reads fetch chunks: blocks would never be read
+                    kept = [(off, len(data), self.cas.put(data)) for off, data in blocks.cut(rest)]
+                    self.catalog.add_blocks_by_path(row.path, row.ident, kept)
             except (MusicFSError, OSError) as exc:
                 log.info("scan: not keeping the blocks read for %s's tags: %s", row.path, exc)
                 return

@@ -61,8 +61,12 @@ def read_file_row(origin: Origin, registry: OriginRegistry, st: FileStat, kind: 
         return base
     # Every read passes the listing's identity as `expect`: a file changed since (or during) the scan's
     # reads raises OriginFileChanged and is not recorded, never with tags of two versions.
-    fetch = lambda off, n: registry.call(origin, lambda o: o.read(st.path, off, n, st))  # noqa: E731
-    fetch_ranges = lambda ranges: registry.call(origin, lambda o: o.read_ranges(st.path, ranges, st))  # noqa: E731
+    def fetch(off: int, n: int) -> bytes:
+        return registry.counted(origin, registry.call(origin, lambda o: o.read(st.path, off, n, st)))
+
+    def fetch_ranges(ranges: list[tuple[int, int]]) -> list[bytes]:
+        return registry.counted(origin, registry.call(origin, lambda o: o.read_ranges(st.path, ranges, st)))
+
     if fetched is not None:
         fetch, fetch_ranges = _recording(fetch, fetched), _recording_ranges(fetch_ranges, fetched)
     try:

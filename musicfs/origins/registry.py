@@ -261,6 +261,12 @@ class OriginRegistry:
                 results=dict(h.results), bytes_fetched=h.bytes_fetched, retries=h.retries, failovers=h.failovers)
                 for o, h in zip(self.origins, self.health))
 
+    def counted(self, origin: Origin, data):
+        """`data` (bytes, or a list of them) that a caller read from `origin` itself (a scan's tag reads): counted
+        in the origin's statistics like the registry's own reads; returned as it is."""
+        self._count(origin, None, len(data) if isinstance(data, bytes) else sum(len(part) for part in data))
+        return data
+
     def _count(self, origin: Origin, exc: BaseException | None, nbytes: int = 0) -> None:
         h = self.health_of(origin)
         with self._lock:

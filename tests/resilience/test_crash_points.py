@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from musicfs import points, tags
-from musicfs.demo import JUNK_FILES
+from musicfs.demo import BIG_FILE_PATH, JUNK_FILES
 from musicfs.mounts import unmount
 from musicfs.origins.local import LocalOrigin
 from musicfs_test_utils.assertions import assert_same_bytes, file_digest, tree_files
@@ -33,7 +33,6 @@ from musicfs_test_utils.mount_io import mount_file_for
 
 pytestmark = pytest.mark.l2
 
-CHUNK = 1 << 20  # the daemon's default chunk size
 SCAN_BATCH = 200  # Library.scan's batch size
 KILLED = -signal.SIGKILL
 
@@ -62,28 +61,38 @@ def private_mountpoint():
 
 
 @pytest.mark.resilience("5.7")
-def test_crash_between_chunk_write_and_index_insert_then_restart(small_library, private_mountpoint, daemons):
-    root, tracks, good = small_library
-    by_size = Counter(p.stat().st_size for p in good)
-    origin = next(root / t.path for t in tracks if by_size[(root / t.path).stat().st_size] == 1)
+def test_crash_between_chunk_write_and_index_insert_then_restart(tmp_path, private_mountpoint, daemons):
+    root = tmp_path / "library"
+    make_library(root, 1, big_file_mb=2, hostile=False)  # a track larger than what the scan reads of it
+    origin = root / BIG_FILE_PATH
     data = origin.read_bytes()
-    digest = hashlib.sha256(data[:CHUNK]).hexdigest()
 
-    daemon = daemons([root], env={"FAILPOINTS": f"{points.CAS_PUT_AFTER_WRITE_BEFORE_INDEX}=crash"})
+    # 0. a clean first mount scans (keeping what the scan read, in the cache too) and stops
+    daemon = daemons([root])
     daemon.mountpoint = private_mountpoint
     daemon.start()
     daemon.wait_for_mount()
-    mounted = mount_file_for(daemon.mountpoint, origin)
+    assert daemon.stop() == 0
+    with _ro(daemon.cache_dir / "index.db") as db:
+        indexed = {row[0] for row in db.execute("SELECT hash FROM chunks")}
 
-    # 1. the first uncached read stores a chunk: the daemon dies between its file and its index row
+    # 1. the first read of what is not cached stores an object (chunk or block): the daemon dies between its
+    #    file and its index row
+    daemon.env = {"FAILPOINTS": f"{points.CAS_PUT_AFTER_WRITE_BEFORE_INDEX}=crash"}
+    daemon.start()
+    daemon.wait_for_mount()
+    mounted = mount_file_for(daemon.mountpoint, origin)
     read = _read_in_child(str(mounted))
     assert read.returncode != 0, f"a read through a dying mount returned data: {read.stdout}"
     assert daemon.wait(30) == KILLED
     assert is_mounted(daemon.mountpoint) and is_stale(daemon.mountpoint)  # kill -9 leaves ENOTCONN behind
-    chunk = daemon.cache_dir / "chunks" / digest[:2] / digest
-    assert chunk.read_bytes() == data[:CHUNK]  # complete (fsync + rename came first) ...
-    with _ro(daemon.cache_dir / "index.db") as db:  # ... but unknown to the index
-        assert db.execute("SELECT count(*) FROM chunks WHERE hash = ?", (digest,)).fetchone()[0] == 0
+    on_disk = {p.name: p for p in (daemon.cache_dir / "chunks").rglob("*") if p.is_file()}
+    with _ro(daemon.cache_dir / "index.db") as db:
+        now_indexed = {row[0] for row in db.execute("SELECT hash FROM chunks")}
+    assert now_indexed == indexed
+    [digest] = set(on_disk) - indexed  # the one object written but unknown to the index ...
+    orphan = on_disk[digest].read_bytes()
+    assert hashlib.sha256(orphan).hexdigest() == digest and orphan in data  # ... complete (fsync + rename first)
 
     # 2. restart without failpoints on the same state and cache: stale mount cleaned, orphan adopted
     log_before = len(daemon.log_text())
@@ -95,11 +104,11 @@ def test_crash_between_chunk_write_and_index_insert_then_restart(small_library, 
     assert f"adopted chunk {digest[:12]}" in restart_log
     assert not is_stale(daemon.mountpoint)
     with _ro(daemon.cache_dir / "index.db") as db:
-        assert db.execute("SELECT size FROM chunks WHERE hash = ?", (digest,)).fetchone() == (len(data[:CHUNK]),)
+        assert db.execute("SELECT size FROM chunks WHERE hash = ?", (digest,)).fetchone() == (len(orphan),)
 
     # 3. the file reads back byte for byte
     assert_same_bytes(mounted, origin)
-    assert chunk.read_bytes() == data[:CHUNK]
+    assert on_disk[digest].read_bytes() == orphan
 
 
 @pytest.fixture(scope="module")
