@@ -359,12 +359,14 @@ def test_a_replica_that_scanned_first_keeps_scanning_when_the_primary_comes_back
     replica_root = tmp_path / "replica"
     shutil.copytree(root, replica_root)
     primary, replica = FaultyOrigin(LocalOrigin(root)), FaultyOrigin(LocalOrigin(replica_root))
-    registry = OriginRegistry([primary, replica])
+    registry = OriginRegistry([primary, replica], grace=0.0)
     primary.set_mode(ReturnError("transient"))
     Scanner(cat, registry).scan()
     assert registry.identity_origin is replica
 
-    primary.set_mode(Healthy())  # back, and first in priority
+    primary.set_mode(Healthy())  # back (the health monitor's probe says so), and first in priority again
+    registry.record_ok(primary, probe=True)
+    assert registry.order()[0] is primary
     replica.calls.clear()
     result = Scanner(cat, registry).scan()
     assert replica.calls["walk"] == 1 and primary.calls["walk"] == 0
