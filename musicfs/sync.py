@@ -220,12 +220,16 @@ class Scanner:
         or that one is no longer a source) re-keys the catalog: until it commits, no one origin's
         identities are sure, and reads check every origin as a replica.
         """
-        origin = self.registry.first_healthy()
         before = self.catalog.scan_state().get("origin")
-        sources = {o.name for o in self.registry.origins}
-        if before and before in sources and origin.name != before:
-            raise OriginTransient(f"{before} scanned this library and is unavailable; rescans wait for it",
-                                  origin=before)
+        named = {o.name: o for o in self.registry.origins}
+        if before in named:  # that origin, whatever the others' priority: a replica that scanned first stays
+            try:
+                origin = self.registry.check(named[before])
+            except OriginError as exc:
+                raise OriginTransient(f"{before} scanned this library and is unavailable ({exc}); rescans wait "
+                                      f"for it", origin=before) from exc
+        else:
+            origin = self.registry.first_healthy()
         if origin is not self.registry.identity_origin:
             self.registry.adopt_identities(None)
             self.catalog.set_scan_state(origin=origin.name, rekeying="1")

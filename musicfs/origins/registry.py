@@ -421,15 +421,21 @@ class OriginRegistry:
         last: OriginError | None = None
         for origin in order:
             try:
-                self.call(origin, probe)
+                return self.check(origin)
             except OriginError as exc:
                 last = exc
-                self.record_failure(origin, exc, probe=True)
-                continue
-            self.record_ok(origin, probe=True)
-            return origin
         assert last is not None
         raise last
+
+    def check(self, origin: Origin) -> Origin:
+        """Probe one origin (with retries) and record the outcome in its health; OriginError when it fails."""
+        try:
+            self.call(origin, probe)
+        except OriginError as exc:
+            self.record_failure(origin, exc, probe=True)
+            raise
+        self.record_ok(origin, probe=True)
+        return origin
 
     def close(self) -> None:
         for origin in self.origins:

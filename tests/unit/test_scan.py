@@ -348,3 +348,30 @@ def test_a_scan_of_another_origin_moves_the_identity_origin_only_when_it_commits
     cat.set_scan_state(rekeying="1")  # as if that scan had been interrupted
     sync.restore_identities(cat, fresh)
     assert fresh.identity_origin is None
+
+
+def test_a_replica_that_scanned_first_keeps_scanning_when_the_primary_comes_back(cat, lib, tmp_path):
+    """The primary was down at the first scan, so the replica keyed the catalog. Once the primary is healthy
+    again, rescans still walk the replica (whose identities the catalog holds) instead of waiting forever."""
+    from musicfs_test_utils.faulty_origin import Healthy, ReturnError
+
+    root, _ = lib
+    replica_root = tmp_path / "replica"
+    shutil.copytree(root, replica_root)
+    primary, replica = FaultyOrigin(LocalOrigin(root)), FaultyOrigin(LocalOrigin(replica_root))
+    registry = OriginRegistry([primary, replica], grace=0.0)
+    primary.set_mode(ReturnError("transient"))
+    Scanner(cat, registry).scan()
+    assert registry.identity_origin is replica
+
+    primary.set_mode(Healthy())  # back (the health monitor's probe says so), and first in priority again
+    registry.record_ok(primary, probe=True)
+    assert registry.order()[0] is primary
+    replica.calls.clear()
+    result = Scanner(cat, registry).scan()
+    assert replica.calls["walk"] == 1 and primary.calls["walk"] == 0
+    assert result.changed == 0 and result.removed == 0 and registry.identity_origin is replica
+
+    replica.set_mode(ReturnError("transient"))  # the replica down: rescans wait for it, saying why
+    with pytest.raises(sync.OriginTransient, match="scanned this library and is unavailable"):
+        Scanner(cat, registry).scan()
