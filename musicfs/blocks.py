@@ -47,21 +47,6 @@ def merge(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     return [(a, b) for a, b in out]
 
 
-def whole_chunks(pieces: Iterable[tuple[int, bytes]], size: int, chunk: int) -> tuple[list[tuple[int, bytes]],
-                                                                                   list[tuple[int, bytes]]]:
-    """Split fetched (offset, bytes) pieces into the whole chunks they hold — (index, bytes), a file's last chunk
-    whole when it reaches the end — and the rest, (offset, bytes) pieces to keep as blocks. A small file the
-    scan read whole is one chunk: it is then cached as a reader would cache it."""
-    chunks, rest = [], []
-    for start, data in cut(pieces, block=chunk):  # at chunk boundaries: a piece is a whole chunk or part of one
-        index = start // chunk
-        if start == index * chunk and len(data) == min(chunk, size - start):
-            chunks.append((index, data))
-        else:
-            rest.append((start, data))
-    return chunks, rest
-
-
 def cut(pieces: Iterable[tuple[int, bytes]], block: int = BLOCK_SIZE) -> list[tuple[int, bytes]]:
     """Fetched (offset, bytes) pieces, contiguous ones joined, cut at `block` boundaries: what is stored as
     blocks (a piece never crosses a boundary, so the scan's blocks line up with the reader's)."""

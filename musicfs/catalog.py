@@ -301,15 +301,6 @@ class Catalog:
             (ident, chunk, digest, file_id, ident),
         )
 
-    def set_manifest_chunk_by_path(self, path: str, ident: str, chunk: int, digest: str) -> None:
-        """set_manifest_chunk for the file at `path` (what the scan knows of a file it just committed)."""
-        points.hit(points.MANIFEST_WRITE, CatalogError)
-        self._run(
-            "INSERT OR REPLACE INTO manifests SELECT id, ?, ?, ? FROM files "
-            "WHERE path = ? AND size || ':' || mtime_ns || ':' || etag = ?",
-            (ident, chunk, digest, path, ident),
-        )
-
     def manifest_hashes(self) -> set[str]:
         return {r[0] for r in self._run("SELECT DISTINCT hash FROM manifests")}
 

@@ -81,7 +81,9 @@ class Library:
         return "completed_at" in self.catalog.scan_state()
 
     def scan(self, on_progress=None, should_stop=lambda: False) -> ScanResult:
-        keep = self.keep_scan_blocks if self.cas is not None else None
+        # What the scan read for tags is kept as blocks, for small reads; with chunks no bigger than a block,
+        # small reads fetch whole chunks and blocks would never be read.
+        keep = self.keep_scan_blocks if self.cas is not None and blocks.BLOCK_SIZE < self.cfg.chunk_size else None
         result = Scanner(self.catalog, self.registry, on_progress=on_progress, should_stop=should_stop,
                          include_hidden=self.cfg.include_hidden, on_fetched=keep).scan()
         log.info("scan of %s: %s", ", ".join(self.cfg.sources), result.summary())
@@ -97,15 +99,10 @@ class Library:
         a cache that cannot take them (unavailable, full, failing) is skipped: later reads fetch them again."""
         if self.cas is None or not self.cas.available:
             return
-        chunk = self.cfg.chunk_size
         for row, fetched in pairs:
             try:
-                whole, rest = blocks.whole_chunks(fetched, row.size, chunk)
-                for index, data in whole:  # a chunk read whole (a small file): cached as the reader would
-                    self.catalog.set_manifest_chunk_by_path(row.path, row.ident, index, self.cas.put(data))
-                if blocks.BLOCK_SIZE < chunk:  # else small reads fetch chunks: blocks would never be read
-                    kept = [(off, len(data), self.cas.put(data)) for off, data in blocks.cut(rest)]
-                    self.catalog.add_blocks_by_path(row.path, row.ident, kept)
+                kept = [(off, len(data), self.cas.put(data)) for off, data in blocks.cut(fetched)]
+                self.catalog.add_blocks_by_path(row.path, row.ident, kept)
             except (MusicFSError, OSError) as exc:
                 log.info("scan: not keeping the blocks read for %s's tags: %s", row.path, exc)
                 return
