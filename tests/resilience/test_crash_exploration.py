@@ -33,8 +33,10 @@ WRITE_POINTS = {
 }
 # The first scan keeps the ranges it read for tags as blocks in the CAS (blocks.py): a crash at the CAS's
 # write points is explored there too (the "read" and "evict" cases warm up first, so they crash under reads).
-SCAN_CAS_POINTS = (points.CAS_PUT_BEFORE_WRITE, points.CAS_PUT_AFTER_WRITE_BEFORE_INDEX, points.CAS_INDEX_WRITE,
-                   points.CAS_EVICT)
+# Not eviction: the scan keeps blocks only with chunks larger than a block (1M by default), and a cache of the
+# smallest size that allows (4 chunks) holds every block the scan of this library keeps; the eviction code a
+# scan would reach is the one the "evict" case crashes in.
+SCAN_CAS_POINTS = (points.CAS_PUT_BEFORE_WRITE, points.CAS_PUT_AFTER_WRITE_BEFORE_INDEX, points.CAS_INDEX_WRITE)
 CASES = [pytest.param(p, a, id=p) for p, a in sorted(WRITE_POINTS.items())] + \
     [pytest.param(p, "first-scan", id=f"{p}@scan") for p in SCAN_CAS_POINTS]
 # Points that write nothing: crashing there cannot leave a half-written state behind.
