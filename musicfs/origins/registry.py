@@ -379,17 +379,8 @@ class OriginRegistry:
     async def fetch_ranges(self, path: str, ranges: Sequence[tuple[int, int]], expect: FileStat | None = None,
                            exact: bool = False, *, stream: "RegistryStream | None" = None) -> list[bytes]:
         """`read_ranges` from trio, as `fetch` (offline fails at once; worker thread bounded by the deadline)."""
-        import trio
-
-        if self.offline:
-            raise OriginOffline(f"every origin is down (offline): {path} is not cached", path=path)
-        if self._fetch_limiter is None:
-            self._fetch_limiter = trio.CapacityLimiter(self.fetch_threads)
-        remaining = trio.current_effective_deadline() - trio.current_time()
-        deadline = None if math.isinf(remaining) else self._clock() + max(0.0, remaining)
-        work = functools.partial(self.read_ranges, path, list(ranges), expect, exact, deadline=deadline,
-                                 stream=stream)
-        return await trio.to_thread.run_sync(work, limiter=self._fetch_limiter, abandon_on_cancel=True)
+        return await self._in_thread(path, functools.partial(self.read_ranges, path, list(ranges), expect, exact,
+                                                             stream=stream))
 
     async def fetch(self, path: str, offset: int, length: int, expect: FileStat | None = None,
                     exact: bool = False) -> bytes:
@@ -398,6 +389,11 @@ class OriginRegistry:
         Origin fetches have their own thread limiter, so hung origin calls never take the threads that
         serve cached chunks; a cancelled fetch abandons its thread, which stops retrying at the deadline.
         """
+        return await self._in_thread(path, functools.partial(self.read, path, offset, length, expect, exact))
+
+    async def _in_thread(self, path: str, work: Callable[..., object]):
+        """work(deadline=...) in a thread of the fetch limiter, bounded by the caller's trio deadline (turned
+        into the registry clock's); offline fails at once, with no thread."""
         import trio
 
         if self.offline:
@@ -406,8 +402,8 @@ class OriginRegistry:
             self._fetch_limiter = trio.CapacityLimiter(self.fetch_threads)
         remaining = trio.current_effective_deadline() - trio.current_time()
         deadline = None if math.isinf(remaining) else self._clock() + max(0.0, remaining)
-        work = functools.partial(self.read, path, offset, length, expect, exact, deadline=deadline)
-        return await trio.to_thread.run_sync(work, limiter=self._fetch_limiter, abandon_on_cancel=True)
+        return await trio.to_thread.run_sync(functools.partial(work, deadline=deadline), limiter=self._fetch_limiter,
+                                             abandon_on_cancel=True)
 
     def first_healthy(self) -> Origin:
         """The preferred origin whose probe passes (for scanning).

@@ -794,13 +794,7 @@ class SftpOrigin(Origin):
         got = iter(list(handle.readv(todo, PIPELINE_REQUESTS)) if todo else [])
         data = [next(got) if want > 0 else b"" for want in wants]
         self._check(path, self._to_stat(path, handle.stat()), expect or before, "while it was read")
-        for (offset, _), want, part in zip(ranges, wants, data):
-            if len(part) != want:
-                raise ShortRead(
-                    f"{self.name}: {path}: got {len(part)} bytes at offset {offset}, expected {want}",
-                    origin=self.name,
-                    path=path,
-                )
+        self._check_lengths(path, ranges, wants, data)
         return data
 
     def _read_handle_pipelined(self, sftp: Any, handle: Any, path: str, ranges: list[tuple[int, int]],
@@ -826,14 +820,15 @@ class SftpOrigin(Origin):
         for want in wants:
             chunk = b"".join(next(got) for _ in range(0, want, READ_REQUEST))
             data.append(chunk)
+        self._check_lengths(path, ranges, wants, data)
+        return data
+
+    def _check_lengths(self, path: str, ranges: list[tuple[int, int]], wants: list[int], data: list[bytes]) -> None:
+        """ShortRead unless every range got the bytes the file has there."""
         for (offset, _), want, part in zip(ranges, wants, data):
             if len(part) != want:
-                raise ShortRead(
-                    f"{self.name}: {path}: got {len(part)} bytes at offset {offset}, expected {want}",
-                    origin=self.name,
-                    path=path,
-                )
-        return data
+                raise ShortRead(f"{self.name}: {path}: got {len(part)} bytes at offset {offset}, expected {want}",
+                                origin=self.name, path=path)
 
     def _check(self, path: str, now: FileStat, expect: FileStat, when: str) -> None:
         # Both sides are this origin's answers (etag ""; mtime to SFTP's whole seconds): all must match.
