@@ -75,7 +75,7 @@ class Job:
 class ReadAhead:
     def __init__(self, fetch: Fetch, *, chunk_size: int, budget: int, max_window_bytes: int = 32 << 20,
                  min_run: int | None = None, workers: int = 8, job_timeout: float = 30.0,
-                 next_track_chunks: int = 2, batch: int = 4):
+                 next_track_chunks: int = 2, batch: int = 16):
         self._fetch = fetch
         self.chunk_size = chunk_size
         self.budget = budget

@@ -109,7 +109,7 @@ class FileReader:
     def __init__(self, catalog: Catalog, cache: ChunkCache, origins: OriginRegistry, *, chunk_size: int,
                  memory_cache: int, read_timeout: float, threads: int = 8,
                  on_file_changed: Callable[[str], None] | None = None, readahead: int = 32 << 20,
-                 readahead_window: int = 16 << 20, block_size: int = BLOCK_SIZE):
+                 readahead_window: int = 32 << 20, block_size: int = BLOCK_SIZE):
         """`readahead`: bytes of chunks that may be in flight ahead of sequential readers, daemon-wide (0: off);
         `readahead_window`: how far ahead of one reader the window may grow; `block_size`: what a small read
         outside a stream fetches (aligned); 0, or not below the chunk size: reads always load whole chunks."""

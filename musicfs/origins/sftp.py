@@ -467,7 +467,8 @@ class _SftpStream(OriginStream):
         def do_read(conn: _Conn) -> list[bytes]:
             handle = conn.handle_for(self)
             try:
-                return origin._read_handle(handle, self.path, ranges, expect)
+                # Pipelined with the first FSTAT (the faster path, same checks before and after the read).
+                return origin._read_handle_pipelined(conn.sftp, handle, self.path, ranges, expect)
             except BaseException as exc:
                 conn.drop_handle(self, exc)  # never reused after an error (a change, or requests left in flight)
                 raise
