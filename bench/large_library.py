@@ -34,6 +34,8 @@ import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+from benchlib import ratio, write_section  # noqa: E402
 from musicfs_test_utils.daemon import MusicfsDaemon  # noqa: E402
 from musicfs_test_utils.large import large_config, seed_library, synthetic_rows  # noqa: E402
 
@@ -166,21 +168,11 @@ def report(args, figures: dict, seconds: float) -> str:
     for label, key, unit in rows:
         d, m, r = (figures[c].get(key) for c in ("direct", "musicfs", "rclone"))
         cell = lambda v: "–" if v is None else f"{v:.3g}"  # noqa: E731
-        ratio = lambda a, b: "–" if a is None or b in (None, 0) else f"{a / b:.2f}×"  # noqa: E731
         out.append(f"| {label} | {unit} | {cell(d)} | {cell(m)} | {cell(r)} | {ratio(m, d)} | {ratio(m, r)} |")
     if "ready_empty" in figures:
         out += ready_section(args, figures["ready_empty"], figures.get("ready_full"))
     out += ["", END]
     return "\n".join(out) + "\n"
-
-
-def write_section(path: str, section: str) -> None:
-    text = Path(path).read_text() if os.path.exists(path) else ""
-    if START in text and END in text:
-        text = text[: text.index(START)] + section + text[text.index(END) + len(END) + 1 :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    Path(path).write_text(text)
 
 
 def main() -> int:
@@ -216,7 +208,7 @@ def main() -> int:
         figures["musicfs"] = run_mount(musicfs, mnt, tree_paths)
         rclone = ["rclone", "mount", str(source), mnt, "--vfs-cache-mode", "full", "--cache-dir", str(work / "rclone")]
         figures["rclone"] = run_mount(rclone, mnt, origin_paths) if shutil.which("rclone") else {}
-        write_section(args.out, report(args, figures, time.perf_counter() - started))
+        write_section(args.out, report(args, figures, time.perf_counter() - started), START, END)
         print(report(args, figures, time.perf_counter() - started))
         return 0
     finally:

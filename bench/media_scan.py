@@ -34,7 +34,8 @@ The generated library is kept in --library-cache (default /tmp/musicfs-media-sca
 parameters match, so a re-run after a MusicFS change costs only the measurements.
 The section between the media-scan markers of the report is replaced; bench/run_bench.py keeps it.
 
-(Internal: `media_scan.py --proxy-child UPSTREAM_PORT` is the proxy child process: it prints its port,
+(Internal: `media_scan.py --proxy-child UPSTREAM_PORT` runs bench/benchlib.py's proxy child, the one
+benchlib.Proxy starts: it prints its port,
 then answers every `stats` line on stdin with a JSON line of the proxy's counters.)
 """
 
@@ -47,7 +48,6 @@ import contextlib
 import datetime
 import json
 import os
-import platform
 import random
 import re
 import shlex
@@ -65,6 +65,10 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(BENCH))
 
+from benchlib import (  # noqa: E402
+    BenchError, Proxy, Watchdog, drop_caches, log, machine, out, proxy_child_main, ratio, write_section,
+)
+
 START, END = "<!-- media-scan:start -->", "<!-- media-scan:end -->"
 BUCKET, PREFIX = "media", "lib"
 MB = 1_000_000
@@ -74,93 +78,8 @@ TOOLS = {  # executable -> Debian package
     "ffmpeg": "ffmpeg", "ffprobe": "ffmpeg", "mediainfo": "mediainfo", "mpd": "mpd", "mpc": "mpc",
     "beet": "beets", "strace": "strace", "rclone": "rclone", "fusermount3": "fuse3",
 }
+PROXY_SEED = 12
 LIB_VERSION = 2  # bump when the generator changes: a cached library is regenerated
-
-
-def log(msg: str) -> None:
-    try:
-        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-    except (OSError, ValueError):
-        pass
-
-
-class BenchError(Exception):
-    pass
-
-
-# ---------------------------------------------------------------------------------------------
-# proxy child process (own process: shares no GIL with the harness)
-
-def proxy_child(upstream_port: int) -> int:
-    from musicfs_test_utils.chaos_proxy import ProxyThread
-
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    with ProxyThread("127.0.0.1", upstream_port, seed=12) as proxy:
-        print(proxy.port, flush=True)
-        try:
-            for line in sys.stdin:
-                if line.strip() == "stats":
-                    print(json.dumps(proxy.stats()), flush=True)
-        except KeyboardInterrupt:
-            pass
-    return 0
-
-
-class Proxy:
-    def __init__(self, upstream_port: int):
-        self.proc = subprocess.Popen([sys.executable, __file__, "--proxy-child", str(upstream_port)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True,
-                                     env={**os.environ, "PYTHONPATH": str(REPO)})
-        line = self._readline(20)
-        if not line.strip().isdigit():
-            self.stop()
-            raise BenchError(f"chaos proxy child did not report a port (got {line!r})")
-        self.port = int(line)
-
-    def _readline(self, timeout: float) -> str:
-        import selectors
-
-        sel = selectors.DefaultSelector()
-        sel.register(self.proc.stdout, selectors.EVENT_READ)
-        if not sel.select(timeout):
-            return ""
-        return self.proc.stdout.readline()
-
-    def stats(self) -> dict:
-        self.proc.stdin.write("stats\n")
-        self.proc.stdin.flush()
-        line = self._readline(10)
-        if not line:
-            raise BenchError("chaos proxy child did not answer `stats` within 10s")
-        return json.loads(line)
-
-    def down(self) -> int:
-        return self.stats()["bytes_downstream"]
-
-    def settle(self, quiet: float, limit: float) -> int:
-        """Downstream bytes once nothing moved for `quiet` seconds (at most `limit` seconds of waiting)."""
-        deadline = time.monotonic() + limit
-        last, since = self.down(), time.monotonic()
-        while time.monotonic() < deadline:
-            time.sleep(0.25)
-            now = self.down()
-            if now != last:
-                last, since = now, time.monotonic()
-            elif time.monotonic() - since >= quiet:
-                break
-        else:
-            log(f"NOTE: the origin was still sending after {limit:.0f}s of waiting")
-        return last
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(OSError):
-                self.proc.stdin.close()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -321,16 +240,6 @@ def audio_files(root: str) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------
 # clients
-
-def drop_caches() -> bool:
-    os.sync()
-    try:
-        with open("/proc/sys/vm/drop_caches", "w") as fh:
-            fh.write("1\n")
-        return True
-    except OSError:
-        return False
-
 
 def _children(pid: int) -> list[int]:
     try:
@@ -545,19 +454,17 @@ class Contestants:
         return m
 
     def measure(self, kind: str, client: Client, ntracks: int) -> dict:
-        import run_bench
-
         m = self.mount(kind)
         try:
             before_mount = self.proxy.down()
             with m:
-                with run_bench.Watchdog(f"{m.label}: listing", self.args.phase_timeout, m.kill):
+                with Watchdog(f"{m.label}: listing", self.args.phase_timeout, m.kill):
                     files = audio_files(m.mountpoint)  # rclone learns the tree; MusicFS knows it from its scan
                 if len(files) != ntracks:
                     raise BenchError(f"{m.label}: {len(files)} audio files on the mount, expected {ntracks}")
                 base = self.proxy.settle(self.args.settle, self.args.phase_timeout)
                 drop_caches()
-                with run_bench.Watchdog(f"{m.label}: {client.name}", self.args.phase_timeout + 30, m.kill):
+                with Watchdog(f"{m.label}: {client.name}", self.args.phase_timeout + 30, m.kill):
                     t = client.run(m.mountpoint, files)
                 after = self.proxy.settle(self.args.settle, self.args.phase_timeout)
             return {"origin": after - base, "time": t, "first_scan": base - before_mount}
@@ -569,23 +476,10 @@ class Contestants:
 # ---------------------------------------------------------------------------------------------
 # report
 
-def out(argv: list[str]) -> str:
-    try:
-        p = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-        return (p.stdout + p.stderr).strip()
-    except (OSError, subprocess.TimeoutExpired):
-        return "?"
-
-
-def machine() -> dict:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    ram = next((int(ln.split()[1]) / 2**20 for ln in open("/proc/meminfo") if ln.startswith("MemTotal:")), 0)
+def machine_facts() -> dict:
     import moto
 
-    return {"nproc": out(["nproc"]), "cpu": cpu, "ram": f"{ram:.1f} GiB",
-            "kernel": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
-            "rclone": out(["rclone", "version"]).splitlines()[0], "moto": moto.__version__,
-            "mediainfo": out(["mediainfo", "--version"]).splitlines()[-1],
+    return {**machine(), "moto": moto.__version__, "mediainfo": out(["mediainfo", "--version"]).splitlines()[-1],
             "ffprobe": out(["ffprobe", "-version"]).splitlines()[0].split(" Copyright")[0],
             "mpd": out(["mpd", "--version"]).splitlines()[0], "mpc": out(["dpkg-query", "-W", "-f", "${Version}", "mpc"]),
             "beets": out(["beet", "version"]).splitlines()[0]}
@@ -612,10 +506,6 @@ def human(n) -> str:
     if n is None:
         return "–"
     return f"{n / MB:,.2f} MB" if n >= 100_000 else f"{n / 1000:,.1f} kB"
-
-
-def ratio(a, b) -> str:
-    return "–" if a is None or not b else f"{a / b:.2f}×"
 
 
 def secs(x) -> str:
@@ -707,22 +597,11 @@ def report(args, argv, info, lib_root, files, results, started, seconds, load0, 
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: str, section: str) -> None:
-    text = Path(path).read_text() if os.path.exists(path) else ""
-    if START in text and END in text:
-        text = text[: text.index(START)] + section.rstrip("\n") + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    tmp = path + ".tmp"
-    Path(tmp).write_text(text)
-    os.replace(tmp, path)
-
-
 # ---------------------------------------------------------------------------------------------
 
 def main() -> int:
     if len(sys.argv) == 3 and sys.argv[1] == "--proxy-child":
-        return proxy_child(int(sys.argv[2]))
+        return proxy_child_main([sys.argv[2], "0", str(PROXY_SEED)])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tracks", type=int, default=40, help="tracks in the library (default 40; 8 for development)")
     p.add_argument("--min-mb", type=float, default=3.0, help="smallest track size aimed at, MB (default 3)")
@@ -769,12 +648,7 @@ def main() -> int:
         for proc in list(LIVE_PROCS):
             with contextlib.suppress(Exception):
                 _stop(proc, next(iter(_children(proc.pid)), None), 5)
-        for m in list(run_bench.LIVE_MOUNTS):
-            try:
-                m.kill()
-                m._force_down()
-            except Exception as exc:  # noqa: BLE001 - cleanup goes on
-                log(f"cleanup of {m.label}: {exc!r}")
+        run_bench.cleanup_mounts()
 
     started = datetime.datetime.now(datetime.timezone.utc)
     t_start = time.perf_counter()
@@ -805,11 +679,11 @@ def main() -> int:
             moto = stack.enter_context(MotoServer(mode="process"))
             moto.make_bucket(BUCKET)
             moto.upload_dir(root, BUCKET, prefix=PREFIX)
-            proxy = Proxy(moto.port)
+            proxy = Proxy(moto.port, seed=PROXY_SEED)
             stack.callback(proxy.stop)
             stack.callback(cleanup)  # runs first on the way out: mounts go before the proxy and moto
             log(f"moto on port {moto.port}, proxy on {proxy.port}")
-            info = machine()
+            info = machine_facts()
             con = Contestants(proxy, work, args)
             results: dict[str, dict[str, list[dict]]] = {}
             for name in clients:
@@ -843,11 +717,11 @@ def main() -> int:
                       list(dict.fromkeys(notes)))
         print(text)
         if args.out != "-":
-            write_section(args.out, text)
+            write_section(args.out, text, START, END)
             log(f"wrote the media-scan section of {args.out}")
         ok = True
         return 0
-    except (BenchError, run_bench.BenchError) as exc:
+    except BenchError as exc:
         print(f"\nmedia_scan: STOPPED: {exc}", file=sys.stderr)
         for path in sorted(Path(work).glob("*.log"), key=lambda f: f.stat().st_mtime)[-1:]:
             print(f"\n--- last lines of {path}:", file=sys.stderr)

@@ -40,7 +40,8 @@ Ctrl-C or SIGTERM stops the run: every mount is unmounted (fusermount3 -uz), eve
 The section between the remote-origins markers in the report is replaced; bench/run_bench.py and
 bench/large_library.py keep it.
 
-(Internal: `remote_bench.py --proxy-child UPSTREAM_PORT RTT_MS` is the proxy child process.)
+(Internal: `remote_bench.py --proxy-child UPSTREAM_PORT RTT_MS` runs bench/benchlib.py's proxy child, the one
+benchlib.Proxy starts.)
 """
 
 from __future__ import annotations
@@ -51,7 +52,6 @@ import contextlib
 import datetime
 import hashlib
 import os
-import platform
 import re
 import shutil
 import signal
@@ -67,105 +67,16 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(BENCH))
 
+from benchlib import (  # noqa: E402
+    NOTES, BenchError, Proxy, Watchdog, drop_caches, log, machine, out, proxy_child_main, ratio, write_section,
+)
+
 START, END = "<!-- remote-origins:start -->", "<!-- remote-origins:end -->"
 MB = 1_000_000
 BUCKET = "bench"
-PROXY_START_TIMEOUT = 20.0
 RCLONE_INSTALL = "apt-get install -y rclone (Debian; `make bench` does it through BENCH_DEBS)"
-
-
-def log(msg: str) -> None:
-    try:
-        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-    except (OSError, ValueError):  # stderr gone (a closed pipe): cleanup must go on regardless
-        pass
-
-
-class BenchError(Exception):
-    pass
-
-
-# ---------------------------------------------------------------------------------------------
-# proxy child process
-
-def proxy_child(upstream_port: int, rtt_ms: float) -> int:
-    """Serve a chaos proxy to 127.0.0.1:upstream_port with rtt_ms of added round trip (half each way).
-
-    Prints the listening port on stdout, then runs until stdin closes (the parent died or is done) or
-    SIGTERM."""
-    from musicfs_test_utils.chaos_proxy import ProxyThread
-
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    with ProxyThread("127.0.0.1", upstream_port, seed=11) as proxy:
-        if rtt_ms > 0:
-            proxy.add_toxic("lat-down", "latency", direction="downstream", latency_ms=rtt_ms / 2)
-            proxy.add_toxic("lat-up", "latency", direction="upstream", latency_ms=rtt_ms / 2)
-        print(proxy.port, flush=True)
-        try:
-            sys.stdin.read()
-        except KeyboardInterrupt:
-            pass
-    return 0
-
-
-class Proxy:
-    def __init__(self, upstream_port: int, rtt_ms: float):
-        self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--proxy-child", str(upstream_port), str(rtt_ms)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, text=True, start_new_session=True,
-            env={**os.environ, "PYTHONPATH": str(REPO)})
-        line = _readline_timeout(self.proc, PROXY_START_TIMEOUT)
-        if not line.strip().isdigit():
-            self.stop()
-            raise BenchError(f"chaos proxy child did not report a port (got {line!r})")
-        self.port = int(line)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(OSError):
-                self.proc.stdin.close()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-
-def _readline_timeout(proc: subprocess.Popen, timeout: float) -> str:
-    import selectors
-
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    if not sel.select(timeout):
-        return ""
-    return proc.stdout.readline()
-
-
-# ---------------------------------------------------------------------------------------------
-# helpers
-
-_drop_note: list[str] = []
-
-
-def drop_caches(paths: list[str] = ()) -> None:
-    """echo 1 > /proc/sys/vm/drop_caches (page cache only); else posix_fadvise(DONTNEED) on `paths`."""
-    os.sync()
-    try:
-        with open("/proc/sys/vm/drop_caches", "w") as fh:
-            fh.write("1\n")
-        return
-    except OSError as exc:
-        if not _drop_note:
-            _drop_note.append(f"`echo 1 > /proc/sys/vm/drop_caches` failed ({exc.strerror}): posix_fadvise(DONTNEED) "
-                              "on the source files instead")
-            log("NOTE: " + _drop_note[0])
-    for p in paths:
-        with contextlib.suppress(OSError):
-            fd = os.open(p, os.O_RDONLY)
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
+DROP_NOTE = ("`echo 1 > /proc/sys/vm/drop_caches` failed ({err}): posix_fadvise(DONTNEED) "
+             "on the source files instead")
 
 
 def sha(data) -> str:
@@ -195,33 +106,6 @@ def walk_files(root: str) -> list[str]:
     for dirpath, _, names in os.walk(root):
         out += [os.path.join(dirpath, n) for n in names]
     return sorted(out)
-
-
-class Timer:
-    """Watchdog for one phase: on overrun kill the given process (blocked reads then fail)."""
-
-    def __init__(self, what: str, seconds: float, kill=None):
-        import threading
-
-        self.what, self.seconds, self.kill, self.fired = what, seconds, kill, False
-        self._t = threading.Timer(seconds, self._fire)
-        self._t.daemon = True
-
-    def _fire(self):
-        self.fired = True
-        log(f"WATCHDOG: {self.what} still running after {self.seconds:.0f}s")
-        if self.kill:
-            self.kill()
-
-    def __enter__(self):
-        self._t.start()
-        return self
-
-    def __exit__(self, et, ev, tb):
-        self._t.cancel()
-        if self.fired:
-            raise BenchError(f"{self.what} hung (> {self.seconds:.0f}s); then: {ev!r}")
-        return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,7 +189,7 @@ def first_byte_mount(lib: Library, label: str, mount_files: list[str]) -> float:
 def fuse_seq_and_fb(kind: str, lib: Library, mount, args) -> tuple[float, float]:
     """On a fresh, ready mount of big/: first-byte of the small tracks, then the big file cold. (ms, MB/s)"""
     mp = mount.mountpoint
-    with Timer(f"{mount.label}: listing", args.phase_timeout, mount.kill):
+    with Watchdog(f"{mount.label}: listing", args.phase_timeout, mount.kill):
         files = walk_files(mp)  # rclone: learn the tree (MusicFS knows it from its scan)
     if not files:
         raise BenchError(f"{mount.label}: the mount shows no files")
@@ -314,11 +198,11 @@ def fuse_seq_and_fb(kind: str, lib: Library, mount, args) -> tuple[float, float]
     if sizes[big] != lib.big_size():
         raise BenchError(f"{mount.label}: largest file {big} is {sizes[big]} bytes, expected {lib.big_size()}")
     small = sorted(p for p in files if p != big and p.endswith((".flac", ".mp3", ".ogg")))[:args.fb_files]
-    drop_caches(lib.paths())
-    with Timer(f"{mount.label}: first byte", args.phase_timeout, mount.kill):
+    drop_caches(lib.paths(), failure_note=DROP_NOTE)
+    with Watchdog(f"{mount.label}: first byte", args.phase_timeout, mount.kill):
         fb = first_byte_mount(lib, mount.label, small)
-    drop_caches(lib.paths())
-    with Timer(f"{mount.label}: cold sequential read", args.phase_timeout, mount.kill):
+    drop_caches(lib.paths(), failure_note=DROP_NOTE)
+    with Watchdog(f"{mount.label}: cold sequential read", args.phase_timeout, mount.kill):
         data, dt = read_all(big, lib.big_size())
     lib.check_whole(f"{mount.label} big file", data, lib.big_rel)
     return fb, len(data) / MB / dt
@@ -409,7 +293,7 @@ class Case:
         finally:
             for d in m.dirs:
                 shutil.rmtree(d, ignore_errors=True)
-        drop_caches(self.lib.paths())
+        drop_caches(self.lib.paths(), failure_note=DROP_NOTE)
         if kind == "musicfs":
             state = os.path.join(self.work, f"scan-state-{self.origin}{self.rtt:g}-{rep}")
             srcs, flags = self.musicfs_source("scan")
@@ -433,7 +317,7 @@ class Case:
             t0 = time.perf_counter()
             try:
                 with m:
-                    with Timer(f"{m.label}: head scan", self.args.phase_timeout, m.kill):
+                    with Watchdog(f"{m.label}: head scan", self.args.phase_timeout, m.kill):
                         n = head_scan_tree(self.lib, m.label, m.mountpoint, self.args)
                     dt = time.perf_counter() - t0
             finally:
@@ -445,7 +329,7 @@ class Case:
         return r
 
     def plain(self, rep: int) -> dict:
-        with Timer(f"plain client {self.name}", self.args.phase_timeout * 3):
+        with Watchdog(f"plain client {self.name}", self.args.phase_timeout * 3):
             return self.plain_s3(rep) if self.origin == "s3" else self.plain_sftp(rep)
 
     # -- plain S3 ------------------------------------------------------------------
@@ -471,7 +355,7 @@ class Case:
             lib.check_head(f"boto3 {rel}", b, rel)
         r["fb"] = statistics.median(times)
         dest = os.path.join(self.work, "plain-download")
-        drop_caches(lib.paths())
+        drop_caches(lib.paths(), failure_note=DROP_NOTE)
         t0 = time.perf_counter()
         client.download_file(BUCKET, lib.big_rel, dest)
         dt = time.perf_counter() - t0
@@ -480,7 +364,7 @@ class Case:
         lib.check_whole("boto3 download_file", data, lib.big_rel)
         r["seq"] = len(data) / MB / dt
         client.close()
-        drop_caches(lib.paths())
+        drop_caches(lib.paths(), failure_note=DROP_NOTE)
         # scan: list + head of every object, from a new client
         t0 = time.perf_counter()
         client = self._boto3()
@@ -583,14 +467,14 @@ class Case:
         dest = os.path.join(self.work, "plain-download")
         with self._ssh_master() as sock:
             connect = statistics.median(self._sftp_cli(sock, f'ls -l "{big}"\n') for _ in range(3))
-            drop_caches(lib.paths())
+            drop_caches(lib.paths(), failure_note=DROP_NOTE)
             total = self._sftp_cli(sock, f'get "{big}" "{dest}"\n')
         data = Path(dest).read_bytes()
         os.unlink(dest)
         lib.check_whole("sftp get", data, lib.big_rel)
         r["seq"] = len(data) / MB / max(total - connect, 1e-6)
         r["sftp_connect"] = connect
-        drop_caches(lib.paths())
+        drop_caches(lib.paths(), failure_note=DROP_NOTE)
         # scan: connect, list recursively, head of every file with one SFTP channel per thread
         n = self.args.head_kb << 10
         t0 = time.perf_counter()
@@ -654,28 +538,13 @@ def musicfs_startup(work: str, timeout: float) -> float:
     return statistics.median(times)
 
 
-def out(argv: list[str]) -> str:
-    try:
-        p = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-        return (p.stdout + p.stderr).strip()
-    except (OSError, subprocess.TimeoutExpired):
-        return "?"
-
-
-def machine() -> dict:
+def machine_facts() -> dict:
     import boto3
     import moto
     import paramiko
 
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    ram = next((int(ln.split()[1]) / 2**20 for ln in open("/proc/meminfo") if ln.startswith("MemTotal:")), 0)
-    ssh = out(["ssh", "-V"])
-    return {
-        "nproc": out(["nproc"]), "cpu": cpu, "ram": f"{ram:.1f} GiB",
-        "kernel": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
-        "rclone": out(["rclone", "version"]).splitlines()[0], "moto": moto.__version__,
-        "paramiko": paramiko.__version__, "boto3": boto3.__version__, "openssh": ssh.split(",")[0],
-    }
+    return {**machine(), "moto": moto.__version__, "paramiko": paramiko.__version__, "boto3": boto3.__version__,
+            "openssh": out(["ssh", "-V"]).split(",")[0]}
 
 
 ROWS = [("seq", "Cold sequential read", "MB/s", True), ("fb", "First byte (open + read 1 byte), median", "ms", False),
@@ -686,10 +555,6 @@ def fmt(v) -> str:
     if v is None:
         return "–"
     return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
-
-
-def ratio(a, b) -> str:
-    return "–" if a is None or not b else f"{a / b:.2f}×"
 
 
 def report(args, argv, info, lib: Library, results: dict, started, seconds, load0, load1, startup, notes) -> str:
@@ -765,22 +630,11 @@ def shlex_join(argv):
     return shlex.join(argv)
 
 
-def write_section(path: str, section: str) -> None:
-    text = Path(path).read_text() if os.path.exists(path) else ""
-    if START in text and END in text:
-        text = text[: text.index(START)] + section.rstrip("\n") + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    tmp = path + ".tmp"
-    Path(tmp).write_text(text)
-    os.replace(tmp, path)
-
-
 # ---------------------------------------------------------------------------------------------
 
 def main() -> int:
     if len(sys.argv) == 4 and sys.argv[1] == "--proxy-child":
-        return proxy_child(int(sys.argv[2]), float(sys.argv[3]))
+        return proxy_child_main(sys.argv[2:])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeat", type=int, default=3, help="repetitions, medians reported (default 3)")
     p.add_argument("--big-mb", type=int, default=40, help="size of the big FLAC in MB (default 40)")
@@ -817,14 +671,7 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     import run_bench  # Mount (daemon lifecycle, fusermount3 -uz on the way out), LIVE_MOUNTS
-
-    def cleanup_mounts():
-        for m in list(run_bench.LIVE_MOUNTS):
-            try:
-                m.kill()
-                m._force_down()
-            except Exception as exc:  # noqa: BLE001 - cleanup goes on
-                log(f"cleanup of {m.label}: {exc!r}")
+    from run_bench import cleanup_mounts
 
     started = datetime.datetime.now(datetime.timezone.utc)
     t_start = time.perf_counter()
@@ -852,7 +699,7 @@ def main() -> int:
                 log(f"sshd on port {servers['sftp'].port}")
             stack.callback(cleanup_mounts)  # runs first on the way out: mounts go before their servers
             startup = musicfs_startup(work, args.phase_timeout)
-            info = machine()
+            info = machine_facts()
             results: dict[str, dict[str, list[dict]]] = {}
             contestants = ("musicfs", "rclone", "plain")
             for origin in origins:
@@ -873,7 +720,7 @@ def main() -> int:
                         proxy.stop()
                         proxies.remove(proxy)
         load1 = os.getloadavg()[0]
-        notes = list(_drop_note)
+        notes = list(NOTES)
         mlogs = sorted(Path(work).glob("musicfs-*.log"))
         if mlogs:
             bad = [ln for f in mlogs for ln in open(f, errors="replace")
@@ -886,11 +733,11 @@ def main() -> int:
                       startup, notes)
         print(text)
         if args.out != "-":
-            write_section(args.out, text)
+            write_section(args.out, text, START, END)
             log(f"wrote the remote-origins section of {args.out}")
         ok = True
         return 0
-    except (BenchError, run_bench.BenchError) as exc:
+    except BenchError as exc:
         print(f"\nremote_bench: STOPPED: {exc}", file=sys.stderr)
         logs = sorted(Path(work).glob("*.log"), key=lambda f: f.stat().st_mtime)[-2:]
         for path in logs:

@@ -32,7 +32,6 @@ import argparse
 import datetime
 import hashlib
 import os
-import platform
 import shlex
 import shutil
 import signal
@@ -56,6 +55,10 @@ except Exception:  # noqa: BLE001 - only used in prose
     MEMORY_CACHE = 64 << 20
 finally:
     sys.path.pop(0)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import (  # noqa: E402
+    NOTES, BenchError, Watchdog, drop_caches, drop_failed, log, machine, note, out, ratio,
+)
 MB = 1_000_000
 READ_BLOCK = 1 << 20
 FIRST_BYTES = 4096
@@ -63,6 +66,7 @@ FIRST_BYTES = 4096
 MOUNT_TIMEOUT = 120.0  # first musicfs mount scans the library before mounting
 STOP_TIMEOUT = 20.0
 PHASE_TIMEOUT = 300.0  # any single timed phase; a hang kills the daemon and stops the run
+DROP_NOTE = "could not drop the page cache ({err}): 'cold' figures may be partly warm"
 
 HEADER = """\
 # MusicFS benchmarks
@@ -77,43 +81,8 @@ The *Large library*, *Remote origins* and *Media-server scans* sections at the e
 """
 
 
-class BenchError(Exception):
-    """The benchmark cannot go on (a contestant failed, hung or returned wrong bytes)."""
-
-
 # ---------------------------------------------------------------------------------------------
 # small helpers
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-NOTES: list[str] = []  # anything odd observed during the run; goes into the report
-
-
-def note(msg: str) -> None:
-    log("NOTE: " + msg)
-    if msg not in NOTES:
-        NOTES.append(msg)
-
-
-_drop_failed = False
-
-
-def drop_caches() -> bool:
-    """sync; echo 3 > /proc/sys/vm/drop_caches. Records a note once if it fails."""
-    global _drop_failed
-    os.sync()
-    try:
-        with open("/proc/sys/vm/drop_caches", "w") as fh:
-            fh.write("3\n")
-        return True
-    except OSError as exc:
-        if not _drop_failed:
-            note(f"could not drop the page cache ({exc.strerror}): 'cold' figures may be partly warm")
-        _drop_failed = True
-        return False
-
 
 def median(xs):
     return statistics.median(xs) if xs else float("nan")
@@ -154,34 +123,6 @@ def is_mounted(path: str) -> bool:
     return False
 
 
-class Watchdog:
-    """Bound a phase in time: when it overruns, call on_fire (kill the daemon: blocked reads on
-    its mount then fail) and turn whatever happens next into a BenchError."""
-
-    def __init__(self, what: str, seconds: float, on_fire=None):
-        self.what, self.seconds, self.on_fire = what, seconds, on_fire
-        self.fired = False
-
-    def _fire(self):
-        self.fired = True
-        log(f"WATCHDOG: {self.what} still running after {self.seconds:.0f}s")
-        if self.on_fire:
-            self.on_fire()
-
-    def __enter__(self):
-        self.timer = threading.Timer(self.seconds, self._fire)
-        self.timer.daemon = True
-        self.timer.start()
-        return self
-
-    def __exit__(self, et, ev, tb):
-        self.timer.cancel()
-        if self.fired:
-            raise BenchError(f"{self.what} hung: no result after {self.seconds:.0f}s "
-                             f"(the daemon was killed to get unstuck; then: {ev!r})")
-        return False
-
-
 class RssSampler:
     """Peak RSS of a process (and its children), sampled every `interval` seconds."""
 
@@ -220,6 +161,16 @@ class RssSampler:
 # FUSE daemons
 
 LIVE_MOUNTS: list["Mount"] = []
+
+
+def cleanup_mounts() -> None:
+    """Kill and lazily unmount every mount still live (on the way out of a run, whatever happened)."""
+    for mnt in list(LIVE_MOUNTS):
+        try:
+            mnt.kill()
+            mnt._force_down()
+        except Exception as exc:  # noqa: BLE001 - cleanup must go on
+            log(f"cleanup of {mnt.label}: {exc!r}")
 
 
 class Mount:
@@ -517,15 +468,15 @@ def bench_direct(fs: FileSet, args, rep: int) -> dict:
     r = {}
     rels, big, small = fs.bench_rels(), fs.big_rel(), fs.small_rels(args.fb_files)
     with Watchdog("direct reads", PHASE_TIMEOUT):
-        drop_caches()
+        drop_caches(level=3, failure_note=DROP_NOTE)
         r["ls_first"], r["ls_median"] = ls_lr(src, args.ls_runs)
-        drop_caches()
+        drop_caches(level=3, failure_note=DROP_NOTE)
         r["big_cold"] = seq_read(c, "direct big cold", src, ident, fs, big)
         r["big_warm"] = seq_read(c, "direct big warm", src, ident, fs, big)
-        drop_caches()
+        drop_caches(level=3, failure_note=DROP_NOTE)
         r["fb_cold"] = first_byte(c, "direct first-byte cold", src, ident, fs, small)
         r["fb_warm"] = first_byte(c, "direct first-byte warm", src, ident, fs, small)
-        drop_caches()
+        drop_caches(level=3, failure_note=DROP_NOTE)
         r["lib_cold"] = whole_library(c, "direct library cold", src, ident, fs, rels)
         r["lib_warm"] = whole_library(c, "direct library warm", src, ident, fs, rels)
     log(f"direct #{rep + 1}: {fmt_results(r)}")
@@ -565,7 +516,7 @@ def bench_fuse(kind: str, fs: FileSet, work: str, args, argv_for, rep: int) -> d
         r["peak_rss"] = max(r["peak_rss"], m.peak_rss)
 
     # A: fresh — mount time, ls -lR, big cold, big warm on the same mount, then map/verify the tree
-    drop_caches()
+    drop_caches(level=3, failure_note=DROP_NOTE)
     m = session("A (fresh)", "A")
     try:
         with m:
@@ -585,10 +536,10 @@ def bench_fuse(kind: str, fs: FileSet, work: str, args, argv_for, rep: int) -> d
             else:
                 big_rel = fs.big_rel()
                 big_path = path_for(kind, fs)  # noqa: F841 - used below
-            drop_caches()
+            drop_caches(level=3, failure_note=DROP_NOTE)
             with Watchdog(f"{kind} A: big file cold read", PHASE_TIMEOUT, m.kill):
                 r["big_cold"] = seq_read(c, f"{kind} big cold", mp, big_path, fs, big_rel)
-            drop_caches()
+            drop_caches(level=3, failure_note=DROP_NOTE)
             with Watchdog(f"{kind} A: big file re-read", PHASE_TIMEOUT, m.kill):
                 r["big_same"] = seq_read(c, f"{kind} big same-mount", mp, big_path, fs, big_rel)
             if mapper:
@@ -603,11 +554,11 @@ def bench_fuse(kind: str, fs: FileSet, work: str, args, argv_for, rep: int) -> d
     rels, big, small = fs.bench_rels(), fs.big_rel(), fs.small_rels(args.fb_files)
 
     # B: fresh — first-byte latency, cold
-    drop_caches()
+    drop_caches(level=3, failure_note=DROP_NOTE)
     m = session("B (fresh)", "B")
     try:
         with m:
-            drop_caches()
+            drop_caches(level=3, failure_note=DROP_NOTE)
             with Watchdog(f"{kind} B: first-byte", PHASE_TIMEOUT, m.kill):
                 r["fb_cold"] = first_byte(c, f"{kind} first-byte cold", mp, path_of, fs, small)
     finally:
@@ -615,29 +566,29 @@ def bench_fuse(kind: str, fs: FileSet, work: str, args, argv_for, rep: int) -> d
         clean("B")
 
     # C: fresh — whole library, cold
-    drop_caches()
+    drop_caches(level=3, failure_note=DROP_NOTE)
     m = session("C (fresh)", "C")
     try:
         with m:
-            drop_caches()
+            drop_caches(level=3, failure_note=DROP_NOTE)
             with Watchdog(f"{kind} C: whole library", PHASE_TIMEOUT, m.kill):
                 r["lib_cold"] = whole_library(c, f"{kind} library cold", mp, path_of, fs, rels)
     finally:
         done(m)
 
     # C': restart on C's dirs, page cache dropped before every phase — bytes from the daemon's cache
-    drop_caches()
+    drop_caches(level=3, failure_note=DROP_NOTE)
     m = session("C' (restart, warm cache)", "C")
     try:
         with m:
             r["mount_restart"] = m.mount_seconds
-            drop_caches()
+            drop_caches(level=3, failure_note=DROP_NOTE)
             with Watchdog(f"{kind} C': big file warm", PHASE_TIMEOUT, m.kill):
                 r["big_warm"] = seq_read(c, f"{kind} big warm", mp, path_of, fs, big)
-            drop_caches()
+            drop_caches(level=3, failure_note=DROP_NOTE)
             with Watchdog(f"{kind} C': whole library warm", PHASE_TIMEOUT, m.kill):
                 r["lib_warm"] = whole_library(c, f"{kind} library warm", mp, path_of, fs, rels)
-            drop_caches()
+            drop_caches(level=3, failure_note=DROP_NOTE)
             with Watchdog(f"{kind} C': first-byte warm", PHASE_TIMEOUT, m.kill):
                 r["fb_warm"] = first_byte(c, f"{kind} first-byte warm", mp, path_of, fs, small)
     finally:
@@ -754,30 +705,7 @@ def aggregate(reps: list[dict]) -> tuple[dict, dict]:
     return out, spread
 
 
-def cmd_out(argv: list[str]) -> str:
-    try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        return "?"
-
-
 def machine_info(work: str) -> dict:
-    cpu = "?"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    ram = "?"
-    try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemTotal:"):
-                ram = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
-                break
-    except OSError:
-        pass
     fsline = "?"
     best = ""
     try:
@@ -791,22 +719,12 @@ def machine_info(work: str) -> dict:
     except OSError:
         pass
     return {
-        "cpu": cpu,
+        **machine(),
         "cores": os.cpu_count(),
-        "ram": ram,
-        "kernel": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
-        "rclone": cmd_out(["rclone", "version"]).splitlines()[0] if cmd_out(["rclone", "version"]) else "?",
-        "fuse": cmd_out(["fusermount3", "-V"]),
-        "musicfs": cmd_out([musicfs_argv("", "", "", "")[0], "--version"]),
+        "fuse": out(["fusermount3", "-V"], stderr=False),
+        "musicfs": out([musicfs_argv("", "", "", "")[0], "--version"], stderr=False),
         "disk": fsline,
     }
-
-
-def ratio(a, b) -> str:
-    if a is None or b is None or not b or a != a or b != b:
-        return "–"
-    return f"{a / b:.2f}×"
 
 
 def num(v, digits=1) -> str:
@@ -870,7 +788,7 @@ def build_report(args, argv, info, fs: FileSet, res: dict, spread: dict, load: d
             f"{info['fuse']}",
             f"- Storage for the source, caches and mountpoints: {info['disk']}",
             f"- Page cache dropping (`sync; echo 3 > /proc/sys/vm/drop_caches`): "
-            f"{'FAILED, cold figures are not cold' if _drop_failed else 'worked'}",
+            f"{'FAILED, cold figures are not cold' if drop_failed() else 'worked'}",
             f"- Repetitions: {args.repeat} (each a full set of sessions per contestant, contestant order "
             "rotating); the table gives medians over repetitions, first-byte latencies pooled over them",
             f"- Machine load while measuring: the CPUs were {load['busy_pct']:.0f}% busy on average, "
@@ -1158,12 +1076,7 @@ def main() -> int:
                 print("\n".join(open(path, errors="replace").read().splitlines()[-40:]), file=sys.stderr)
         return 1
     finally:
-        for mnt in list(LIVE_MOUNTS):
-            try:
-                mnt.kill()
-                mnt._force_down()
-            except Exception as exc:  # noqa: BLE001 - cleanup must go on
-                log(f"cleanup of {mnt.label}: {exc!r}")
+        cleanup_mounts()
         still = [os.path.join(work, n) for n in os.listdir(work) if is_mounted(os.path.join(work, n))]
         if still:
             log(f"NOT removing {work}: still mounted: {still}")

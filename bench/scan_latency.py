@@ -3,7 +3,7 @@ latency. A benchmark, not a test.
 
     PYTHONPATH=. python bench/scan_latency.py --tracks 300 --latencies 0,20 --origins s3,sftp --runs 3
 
-The proxy runs in a child process (remote_bench's proxy child: it shares no GIL with the scanner measured
+The proxy runs in a child process (bench/benchlib.py's proxy child: it shares no GIL with the scanner measured
 here), moto in its own process. Each line gives the median of --runs fresh first scans, the origin calls per
 file (a counting wrapper around the origin: walk/stat/read/read_ranges and the ranges they asked for), bytes
 through the proxy per file, and CPU seconds of the scanning process, the server (moto; sshd and its sftp
@@ -181,7 +181,7 @@ def main() -> None:
     args = ap.parse_args()
     latencies = [args.latency_ms] if args.latency_ms is not None else [int(x) for x in args.latencies.split(",")]
     origins = args.origins.split(",")
-    from remote_bench import Proxy
+    from benchlib import Proxy
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "lib"
