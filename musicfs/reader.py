@@ -18,6 +18,7 @@ load whole chunks.
 from __future__ import annotations
 
 import collections
+import functools
 import errno
 import itertools
 import logging
@@ -33,6 +34,7 @@ from .chunk_cache import ChunkCache
 from .errors import CatalogError, MusicFSError, OriginFileChanged, OriginTransient
 from .origins.registry import OriginRegistry, RegistryStream
 from .readahead import ReadAhead, ReadAheadStatistics, Stream
+from .rounds import run_all
 
 log = logging.getLogger(__name__)
 
@@ -381,9 +383,12 @@ class FileReader:
         self._inflight.update(zip(keys, events))
         try:
             data = await self._fetch_span(of, run[0], run[-1])
-            for n, idx in enumerate(run):
-                piece = data[n * self.chunk_size:(n + 1) * self.chunk_size]
-                await self._store_fetched(of, idx, piece)
+
+            async def store(n: int, idx: int) -> None:
+                await self._store_fetched(of, idx, data[n * self.chunk_size:(n + 1) * self.chunk_size])
+
+            # The chunks are hashed, written and named at once, on the cache's and the catalog's threads.
+            await run_all([(f"store-{idx}", functools.partial(store, n, idx)) for n, idx in enumerate(run)])
         finally:
             for key, event in zip(keys, events):
                 del self._inflight[key]

@@ -534,3 +534,24 @@ def test_sftp_connection_killed_under_the_pool_is_replaced(
         assert outcomes[-1] is True, outcomes
     finally:
         origin.close()
+
+
+def test_s3_sequential_stream_reads_share_one_get_and_stay_one_version(request: pytest.FixtureRequest,
+                                                                       library: Any) -> None:
+    """A read-ahead stream of S3 reads: consecutive reads take the next bytes of one long GET (a server pays
+    per request); a read elsewhere opens another; every byte is right."""
+    origin = _open("s3", request)
+    try:
+        gets = []
+        origin._get_client().meta.events.register("before-call.s3.GetObject", lambda **kw: gets.append(1))
+        path, data = "big.flac", library.data("big.flac")
+        stream = origin.open_stream(path, origin.stat(path))
+        step = 256 << 10
+        got = [stream.read(offset, step) for offset in range(0, 2 << 20, step)]
+        assert b"".join(got) == data[:2 << 20] and len(gets) == 1
+        assert stream.read(100, 10) == data[100:110] and len(gets) == 2  # a seek: a new GET from there
+        assert stream.read(110, 5000) == data[110:5110] and len(gets) == 2  # and on from it
+        assert stream.read(len(data) - 10, 100) == data[-10:]
+        stream.close()
+    finally:
+        origin.close()
