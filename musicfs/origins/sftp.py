@@ -11,9 +11,11 @@ and a fresh one is made on next use. Nothing here retries: the caller does.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import getpass
+import itertools
 import logging
 import os
 import posixpath
@@ -811,10 +813,16 @@ class SftpOrigin(Origin):
         pieces = [(offset + at, min(READ_REQUEST, want - at))
                   for (offset, _), want in zip(ranges, wants) for at in range(0, want, READ_REQUEST)]
         parts: list[bytes] = []
-        for wave in range(0, len(pieces), PIPELINE_REQUESTS):
-            nums = [answers.send(CMD_READ, handle.handle, int64(offset), int(length))
-                    for offset, length in pieces[wave:wave + PIPELINE_REQUESTS]]
-            parts += [answers.wait(num) for num in nums]
+        # A sliding window of PIPELINE_REQUESTS reads in flight: each answer taken sends the next request, so
+        # the pipe never drains between waves (a round trip per wave would cap a long read on a far server).
+        todo = iter(pieces)
+        inflight = collections.deque(answers.send(CMD_READ, handle.handle, int64(offset), int(length))
+                                     for offset, length in itertools.islice(todo, PIPELINE_REQUESTS))
+        while inflight:
+            parts.append(answers.wait(inflight.popleft()))
+            following = next(todo, None)
+            if following is not None:
+                inflight.append(answers.send(CMD_READ, handle.handle, int64(following[0]), int(following[1])))
         self._check(path, self._to_stat(path, answers.wait(before)), expect, "since it was scanned")
         self._check(path, self._to_stat(path, handle.stat()), expect, "while it was read")
         data, got = [], iter(parts)
