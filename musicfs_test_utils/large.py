@@ -10,6 +10,7 @@ from pathlib import Path
 from musicfs.catalog import FileRow
 from musicfs.config import Config
 from musicfs.library import Library
+from musicfs.sync import TAGS_VERSION
 
 
 def synthetic_rows(tracks: int, per_album: int = 10, albums_per_artist: int = 10, root: Path | None = None) -> list[FileRow]:
@@ -40,7 +41,8 @@ def seed_library(cfg: Config, rows: list[FileRow]) -> float:
     try:
         for i in range(0, len(rows), 5000):
             lib.catalog.upsert_files(rows[i : i + 5000])
-        lib.catalog.set_scan_state(completed_at=str(time.time()), origin=cfg.sources[0])
+        # As a completed scan of this version leaves it: an older tags_version would re-read every file's tags.
+        lib.catalog.set_scan_state(completed_at=str(time.time()), origin=cfg.sources[0], tags_version=TAGS_VERSION)
         lib.reindex(lib.build_tree())
     finally:
         lib.close()
