@@ -415,7 +415,9 @@ class S3Origin(Origin):
                 connect_timeout=self.connect_timeout,
                 read_timeout=self.read_timeout,
                 retries={"total_max_attempts": 1, "mode": "standard"},  # one attempt: no botocore retry
-                max_pool_connections=self.max_pool_connections,
+                # The ranges executor's GETs (max_pool_connections) come on top of the reader's and the scan's
+                # own threads: room for both, so connections are reused rather than discarded with a warning.
+                max_pool_connections=2 * self.max_pool_connections,
                 s3=s3_config or None,
             )
             return session.client("s3", region_name=region, endpoint_url=self.endpoint_url, config=config)
