@@ -9,10 +9,10 @@ import pytest
 
 from musicfs.demo import BIG_FILE_PATH
 from musicfs.status import query_daemon
+from musicfs_test_utils.assertions import file_digest
 from musicfs_test_utils.daemon import wait_until
 from musicfs_test_utils.fixtures import make_library
 from musicfs_test_utils.mount_io import mount_file_for, read_digest
-from musicfs_test_utils.assertions import file_digest
 
 pytestmark = pytest.mark.l2
 
