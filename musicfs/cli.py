@@ -203,16 +203,23 @@ def cmd_scan(args) -> int:
     from .damage import private_state
     from .library import Library
 
-    private_state(cfg.state_dir)
+    from .redact import redact_all
+    from .statefiles import LibraryLock
 
-    lib = Library.open(cfg, with_cache=False)
+    private_state(cfg.state_dir)
+    # One process per library: a running daemon (or another scan) owns the catalog and the index.
+    lock = LibraryLock(cfg.state_dir).acquire({"mountpoint": "", "sources": redact_all(list(cfg.sources))})
     try:
-        result = lib.scan()
-        tree = lib.build_tree()
-        lib.reindex(tree)
-        print(f"{tree.track_count} tracks: {result.summary()}")
+        lib = Library.open(cfg, with_cache=False)
+        try:
+            result = lib.scan()
+            tree = lib.build_tree()
+            lib.reindex(tree)
+            print(f"{tree.track_count} tracks: {result.summary()}")
+        finally:
+            lib.close()
     finally:
-        lib.close()
+        lock.release()
     return 0
 
 

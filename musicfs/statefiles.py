@@ -189,18 +189,24 @@ class LibraryLock:
             os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
+            from .damage import not_writable  # damage.py reads this module's names: imported when needed
             from .errors import StateError
 
+            folder = os.path.dirname(self.path)
+            why = not_writable(folder) if os.path.isdir(folder) else None
+            if why:
+                raise StateError(f"the state folder {folder} is {why}: cannot create the lock {self.path}") from exc
             raise StateError(f"cannot create the lock {self.path}: {exc.strerror or exc}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             holder = read_lock_info(os.path.dirname(self.path))
+            doing = (f"mounted by musicfs pid {holder.get('pid', '?')} on {holder.get('mountpoint') or '?'}"
+                     if holder.get("mountpoint") else f"being scanned by musicfs pid {holder.get('pid', '?')}")
             raise LibraryBusy(
-                f"this library is already mounted by musicfs pid {holder.get('pid', '?')} on "
-                f"{holder.get('mountpoint') or '?'} (lock {self.path}); stop that daemon first "
-                f"(or give this mount its own --state-dir for a different library)", holder) from None
+                f"this library is already {doing} (lock {self.path}); stop that process first "
+                f"(or give this one its own --state-dir for a different library)", holder) from None
         except BaseException:
             os.close(fd)
             raise
