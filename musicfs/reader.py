@@ -302,19 +302,7 @@ class FileReader:
         events = {key: trio.Event() for key in keys}
         self._block_inflight.update(events)
         try:
-            await points.hit_async(points.READER_MANIFEST_FETCH, OriginTransient)
-            try:
-                if of.origin is not None:
-                    datas = await of.origin.fetch_ranges(wanted, exact=True)
-                elif len(wanted) == 1:
-                    datas = [await self.origins.fetch(row.path, *wanted[0], row.stat(), exact=True)]
-                else:
-                    datas = await self.origins.fetch_ranges(row.path, wanted, row.stat(), exact=True)
-            except OriginFileChanged:
-                self._counts["changed_files"] += 1
-                if self.on_file_changed is not None:
-                    self.on_file_changed(row.path)
-                raise
+            datas = await self._from_origin(of, wanted)
             self._counts["block_fetches"] += len(wanted)
             out: dict[Block, bytes] = {}
             stored: list[Block] = []
@@ -434,25 +422,29 @@ class FileReader:
     async def _fetch_span(self, of: OpenFile, first: int, last: int) -> bytes:
         """Chunks first..last of the file from the origins, in one request (checked against the file's identity
         before and after, like every fetch); the caller verifies, stores and names each chunk."""
-        row = of.row
         start = first * self.chunk_size
-        want = min((last + 1) * self.chunk_size, row.size) - start
-        expect = row.stat()
+        [data] = await self._from_origin(of, [(start, min((last + 1) * self.chunk_size, of.row.size) - start)])
+        self._counts["origin_fetches"] += last - first + 1
+        return data
+
+    async def _from_origin(self, of: OpenFile, ranges: list[tuple[int, int]]) -> list[bytes]:
+        """The only way bytes come from the origins: `ranges` of the file's version, checked against its identity
+        before and after (through its origin stream while it is streamed). Offline fails at once; else a thread
+        of the registry's own limiter (never the cache's). A changed file raises OriginFileChanged: nothing of
+        it is cached, this read fails, and the daemon is told to rescan."""
+        row = of.row
         await points.hit_async(points.READER_MANIFEST_FETCH, OriginTransient)
-        # Offline fails here at once; else a thread of the registry's own limiter (never the cache's).
         try:
             if of.origin is not None:
-                [data] = await of.origin.fetch_ranges([(start, want)], exact=True)
-            else:
-                data = await self.origins.fetch(row.path, start, want, expect, exact=True)
+                return await of.origin.fetch_ranges(ranges, exact=True)
+            if len(ranges) == 1:
+                return [await self.origins.fetch(row.path, *ranges[0], row.stat(), exact=True)]
+            return await self.origins.fetch_ranges(row.path, ranges, row.stat(), exact=True)
         except OriginFileChanged:
-            # Nothing of it is cached: this read fails, and a rescan gives the file its new identity.
             self._counts["changed_files"] += 1
             if self.on_file_changed is not None:
                 self.on_file_changed(row.path)
             raise
-        self._counts["origin_fetches"] += last - first + 1
-        return data
 
     async def _store_fetched(self, of: OpenFile, idx: int, data: bytes) -> bytes:
         """Cache a chunk the origin gave and name it in the manifest; the bytes are served either way.
