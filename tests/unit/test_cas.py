@@ -14,23 +14,7 @@ from musicfs.cas import CasStore, chunk_hash
 from musicfs.errors import CacheFull, ChunkCorrupt, ChunkMissing
 from musicfs_test_utils.faulty_cas import FaultyCasStore
 from musicfs_test_utils.fixtures import setup_test_cas
-
-SIZE = 1000
-
-
-def blob(i: int, size: int = SIZE) -> bytes:
-    """Distinct deterministic bytes per i."""
-    seed = hashlib.sha256(str(i).encode()).digest()
-    return (seed * (size // len(seed) + 1))[:size]
-
-
-def chunk_file(cas: CasStore, digest: str) -> str:
-    return os.path.join(cas.root, "chunks", digest[:2], digest)
-
-
-def quarantined(cas: CasStore) -> list[str]:
-    return os.listdir(os.path.join(cas.root, "quarantine"))
-
+from musicfs_test_utils.cas_damage import SIZE, blob, chunk_file, damage_orphan_and_stray, drop_index_row, quarantined
 
 def test_put_get_round_trip(tmp_path):
     cas = setup_test_cas(tmp_path)
@@ -198,18 +182,11 @@ def test_index_rows_without_files_are_dropped_at_open(tmp_path):
     again.close()
 
 
-def _drop_index_row(root, digest: str) -> None:
-    db = sqlite3.connect(os.path.join(root, "index.db"))
-    with db:
-        assert db.execute("DELETE FROM chunks WHERE hash = ?", (digest,)).rowcount == 1
-    db.close()
-
-
 def test_valid_orphan_chunk_is_adopted(tmp_path):
     cas = setup_test_cas(tmp_path)
     digest = cas.put(blob(5))
     cas.close()
-    _drop_index_row(tmp_path, digest)  # a crash between rename and index insert
+    drop_index_row(tmp_path, digest)  # a crash between rename and index insert
     again = setup_test_cas(tmp_path)
     assert again.has(digest)
     assert again.usage() == (SIZE, 1)
@@ -226,14 +203,7 @@ def test_orphan_with_wrong_bytes_is_removed(tmp_path):
     digest = cas.put(blob(6))
     keep = cas.put(blob(7))
     cas.close()
-    _drop_index_row(tmp_path, digest)
-    with open(chunk_file(cas, digest), "r+b") as fh:
-        fh.write(b"garbage")
-    # and one stray file that never was in any index
-    stray = chunk_hash(b"stray")
-    os.makedirs(os.path.dirname(chunk_file(cas, stray)), exist_ok=True)
-    with open(chunk_file(cas, stray), "wb") as fh:
-        fh.write(b"not the stray bytes")
+    stray = damage_orphan_and_stray(cas, digest)  # and one stray file that never was in any index
     again = setup_test_cas(tmp_path)
     assert not again.has(digest) and not again.has(stray)
     assert not os.path.exists(chunk_file(cas, digest)) and not os.path.exists(chunk_file(cas, stray))

@@ -7,7 +7,6 @@ instead, a put racing it never lost, and an unclean stop still checking everythi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sqlite3
@@ -25,32 +24,12 @@ from musicfs.chunk_cache import ChunkCache
 from musicfs.config import Config
 from musicfs.damage import RunMarker
 from musicfs.library import Library
+from musicfs_test_utils.cas_damage import SIZE, blob, chunk_file, damage_orphan_and_stray, drop_index_row, quarantined
 from musicfs_test_utils.fixtures import setup_test_cas
 
-SIZE = 1000
 WAIT = 10.0  # a deadline for thread hand-offs, never a timing assertion
 BAD_ORPHAN = r"musicfs.cas: cache: removed orphan chunk \w+ whose bytes do not match"
 UNCLEAN = r"musicfs\.library: the previous run \(pid \d+\) did not stop cleanly: running full integrity checks"
-
-
-def blob(i: int, size: int = SIZE) -> bytes:
-    seed = hashlib.sha256(str(i).encode()).digest()
-    return (seed * (size // len(seed) + 1))[:size]
-
-
-def chunk_file(cas: CasStore, digest: str) -> str:
-    return os.path.join(cas.root, "chunks", digest[:2], digest)
-
-
-def quarantined(cas: CasStore) -> list[str]:
-    return os.listdir(os.path.join(cas.root, "quarantine"))
-
-
-def _drop_index_row(root, digest: str) -> None:
-    db = sqlite3.connect(os.path.join(root, "index.db"))
-    with db:
-        assert db.execute("DELETE FROM chunks WHERE hash = ?", (digest,)).rowcount == 1
-    db.close()
 
 
 def later(root) -> CasStore:
@@ -136,7 +115,7 @@ def test_background_reconciliation_adopts_a_valid_orphan(tmp_path):
     cas = setup_test_cas(tmp_path)
     digest = cas.put(blob(5))
     cas.close()
-    _drop_index_row(tmp_path, digest)  # a crash between rename and index insert
+    drop_index_row(tmp_path, digest)  # a crash between rename and index insert
     again = later(tmp_path)
     try:
         assert not again.has(digest) and again.usage() == (0, 0)
@@ -154,13 +133,7 @@ def test_background_reconciliation_quarantines_orphans_with_wrong_bytes(tmp_path
     digest = cas.put(blob(6))
     keep = cas.put(blob(7))
     cas.close()
-    _drop_index_row(tmp_path, digest)
-    with open(chunk_file(cas, digest), "r+b") as fh:
-        fh.write(b"garbage")
-    stray = chunk_hash(b"stray")
-    os.makedirs(os.path.dirname(chunk_file(cas, stray)), exist_ok=True)
-    with open(chunk_file(cas, stray), "wb") as fh:
-        fh.write(b"not the stray bytes")
+    stray = damage_orphan_and_stray(cas, digest)
     again = later(tmp_path)
     try:
         assert os.path.exists(chunk_file(cas, stray))  # not looked at before the reconciliation
@@ -199,7 +172,7 @@ def test_a_put_racing_the_reconciliation_is_never_taken_for_an_orphan(tmp_path, 
     cas = setup_test_cas(tmp_path)
     bad = cas.put(blob(6))
     cas.close()
-    _drop_index_row(tmp_path, bad)
+    drop_index_row(tmp_path, bad)
     with open(chunk_file(cas, bad), "r+b") as fh:
         fh.write(b"garbage")
     fresh, overwrite = blob(40), blob(41)
@@ -257,7 +230,7 @@ def test_a_put_waits_while_the_reconciliation_holds_its_digest(tmp_path, monkeyp
     cas = setup_test_cas(tmp_path)
     digest = cas.put(blob(9))
     cas.close()
-    _drop_index_row(tmp_path, digest)
+    drop_index_row(tmp_path, digest)
     store = later(tmp_path)
     real_adopt = store._reconcile_orphan
     outcome = []
@@ -294,7 +267,7 @@ def _orphan_after_a_run(cfg: Config) -> str:
     lib = Library.open(cfg)
     digest = lib.cas.put(blob(3))
     lib.close()
-    _drop_index_row(cfg.cache_dir, digest)
+    drop_index_row(cfg.cache_dir, digest)
     return digest
 
 
