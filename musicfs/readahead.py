@@ -8,13 +8,18 @@
   at 2 and doubling each time the reader enters a new chunk, up to `max_window`.
 * Every chunk ahead is a `Job` in a queue served by `workers` tasks; a worker takes up to `batch` queued jobs
   of one stream with consecutive chunks and the reader fetches the uncached ones in one origin request
-  (fewer round trips, fewer S3 requests). The bytes in flight are bounded for the whole daemon by `budget`
-  (config `readahead`): a batch waits for room, and jobs of a stream that seeked or closed since they were
-  queued are dropped unrun.
+  (fewer round trips, fewer S3 requests). A stream has one batch at the origin at a time, so its origin
+  stream (one S3 GET body, one SFTP handle) is read in order, never re-opened for a batch that overtook
+  another; the stream is free again as soon as the batch's bytes are in hand (`fetched()`), so the next
+  batch reads on while the previous one is hashed and stored, and meanwhile the jobs queued behind it
+  join into a bigger batch. The bytes in flight are bounded for the whole daemon by `budget` (config
+  `readahead`): a batch waits for room, and jobs of a stream that seeked or closed since they were queued
+  are dropped unrun.
 * Next track: when a stream reads into the last chunk of its file, the first chunks of the next track of
   the same album folder are queued at low priority (taken only when no window job waits), once per stream.
 
-The fetch itself is the reader's (`fetch(key, index)`: load the chunk into the cache, verified); read-ahead
+The fetch itself is the reader's (`fetch(key, indexes, fetched)`: load the chunks into the cache, verified,
+calling `fetched()` once their bytes came from the origin or the disk); read-ahead
 is best effort, so a failed or timed-out job is counted and forgotten: the reader's own read of that chunk
 later fetches it again, within its read_timeout.
 """
@@ -33,7 +38,8 @@ from .rounds import run_all
 
 log = logging.getLogger(__name__)
 
-Fetch = Callable[[Hashable, list[int]], Awaitable[object]]  # consecutive chunk indexes of one file
+# (key, consecutive chunk indexes of one file, fetched: call once their bytes are in hand)
+Fetch = Callable[[Hashable, list[int], Callable[[], None]], Awaitable[object]]
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,7 @@ class Stream:
     last_chunk: int = -1  # the chunk the reader was last in
     generation: int = 0  # moves on at each seek and at close: queued jobs of older generations are dropped
     next_queued: bool = False
+    busy: bool = False  # a batch of this stream is at the origin: the next one waits (its origin stream is serial)
     scopes: set = field(default_factory=set)  # cancel scopes of this stream's jobs in flight
 
 
@@ -156,24 +163,48 @@ class ReadAhead:
         """The workers; a supervisor task runs this for the daemon's life."""
         await run_all([(f"readahead-{i}", self._worker) for i in range(self.workers)])
 
+    def _first_ready(self, queue: collections.deque[Job]) -> int | None:
+        """Index in `queue` of the first job whose stream has no batch at the origin (stale jobs count: dropped)."""
+        for i, job in enumerate(queue):
+            if not job.stream.busy or job.generation != job.stream.generation:
+                return i
+        return None
+
     async def _take(self) -> list[Job]:
-        """The next job, with the queued jobs that continue it (same stream and generation, next indexes)."""
-        while not (self._high or self._low):
-            await self._lot.park()
-        queue = self._high if self._high else self._low
-        jobs = [queue.popleft()]
-        while len(jobs) < self.batch and queue:
-            nxt, last = queue[0], jobs[-1]
-            if nxt.stream is not last.stream or nxt.generation != last.generation or nxt.index != last.index + 1:
-                break
-            jobs.append(queue.popleft())
-        return jobs
+        """The next job whose stream is free, with the queued jobs that continue it (same stream and generation,
+        next indexes)."""
+        while True:
+            for queue in (self._high, self._low):
+                i = self._first_ready(queue)
+                if i is not None:
+                    break
+            else:
+                await self._lot.park()
+                continue
+            job = queue[i]
+            del queue[i]
+            jobs = [job]
+            while len(jobs) < self.batch and i < len(queue):
+                nxt, last = queue[i], jobs[-1]
+                if nxt.stream is not last.stream or nxt.generation != last.generation or nxt.index != last.index + 1:
+                    break
+                jobs.append(nxt)
+                del queue[i]
+            if job.generation == job.stream.generation:
+                job.stream.busy = True  # until its bytes are in hand (or it is dropped): see _run's fetched()
+            return jobs
+
+    def _free(self, stream: Stream) -> None:
+        """The stream's batch left the origin (fetched, failed or dropped): its next batch may go."""
+        if stream.busy:
+            stream.busy = False
+            self._lot.unpark_all()
 
     async def _worker(self) -> None:
         while True:
             jobs = await self._take()
             job = jobs[0]
-            if job.generation != job.stream.generation:
+            if job.generation != job.stream.generation:  # stale when taken: it never made its stream busy
                 self._dropped += len(jobs)
                 continue
             self._waiting += len(jobs)
@@ -184,6 +215,7 @@ class ReadAhead:
             try:
                 if job.generation != job.stream.generation:  # closed or seeked while waiting for room
                     self._dropped += len(jobs)
+                    self._free(job.stream)
                     continue
                 await self._run(jobs)
             finally:
@@ -191,18 +223,24 @@ class ReadAhead:
 
     async def _run(self, jobs: list[Job]) -> None:
         job = jobs[0]
+        stream = job.stream
         self._started += len(jobs)
         self._inflight_chunks += len(jobs)
+
+        def fetched() -> None:  # the batch's bytes are in hand: the stream's next batch may go to the origin
+            self._free(stream)
+
         with trio.CancelScope() as scope:
-            job.stream.scopes.add(scope)
+            stream.scopes.add(scope)
             try:
                 with trio.fail_after(self.job_timeout):
-                    await self._fetch(job.key, [j.index for j in jobs])
+                    await self._fetch(job.key, [j.index for j in jobs], fetched)
             except Exception as exc:  # best effort: the reader's own read fetches the chunks again
                 self._failed += len(jobs)
                 log.debug("read-ahead of chunks %d..%d failed: %s", job.index, jobs[-1].index, exc)
             finally:
-                job.stream.scopes.discard(scope)
+                fetched()
+                stream.scopes.discard(scope)
                 self._inflight_chunks -= len(jobs)
 
     def statistics(self) -> ReadAheadStatistics:

@@ -88,6 +88,7 @@ class OpenFile:
     next_track: Callable[[], FileRow | None] | None = None  # the track after this one in its album folder
     origin: RegistryStream | None = None  # while streamed: the origins' open streams of the file (SFTP: kept open)
     blocks: list[Block] | None = None  # this version's recorded blocks (blocks.py), loaded at the first small read
+    unpinned_below: int = 0  # its one reader has passed the chunks below this index (see _unpin_before)
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,8 @@ class FileReader:
         self._handles = itertools.count(1)
         self._fh: dict[int, tuple[int, str]] = {}
         self._inflight: dict[tuple[int, str, int], trio.Event] = {}
+        # chunks of a run fetched in one request, from their arrival until each is stored (readers need not wait)
+        self._fresh: dict[tuple[int, str, int], bytes] = {}
         self.block_size = block_size if 0 < block_size < chunk_size else 0
         self._block_inflight: dict[tuple[int, str, int], trio.Event] = {}  # (id, ident, block offset) being fetched
         self._streams: dict[int, Stream] = {}  # fh -> where that handle reads (read-ahead)
@@ -209,10 +212,13 @@ class FileReader:
         if offset >= end:
             return b""
         first, last = offset // self.chunk_size, (end - 1) // self.chunk_size
+        stream = self._streams.get(fh)
+        if stream is not None and stream.window:
+            self._stream_origin(of)
         with trio.fail_after(self.read_timeout):
             parts = []
             if self._small_read(fh, of, offset, end):
-                parts.append(await self._read_blocks(of, offset, end))
+                parts.append(await self._read_blocks(of, offset, end, self._run_before(stream, offset)))
             else:
                 for idx in range(first, last + 1):
                     data = await self._chunk(of, idx)
@@ -220,7 +226,6 @@ class FileReader:
                     parts.append(data[max(offset - base, 0) : end - base])
         if of.refs == 1:  # one reader: what lies behind it may be evicted again
             self._unpin_before(of, first - 1)
-        stream = self._streams.get(fh)
         if stream is not None:
             following = None
             if last == (of.row.size - 1) // self.chunk_size and of.next_track is not None:
@@ -251,8 +256,16 @@ class FileReader:
                 return True
         return False
 
-    async def _read_blocks(self, of: OpenFile, offset: int, end: int) -> bytes:
-        """[offset, end) from the file's blocks (each verified), fetching the aligned blocks none covers."""
+    def _run_before(self, stream: Stream | None, offset: int) -> int:
+        """Bytes the handle has read sequentially up to `offset` (0 if this read starts a new run)."""
+        if stream is None or stream.next_offset < 0 or abs(offset - stream.next_offset) > self.readahead.tolerance:
+            return 0
+        return stream.run
+
+    async def _read_blocks(self, of: OpenFile, offset: int, end: int, run: int = 0) -> bytes:
+        """[offset, end) from the file's blocks (each verified), fetching the aligned blocks none covers. `run`:
+        bytes read sequentially just before this read; the fetch reaches twice as far ahead (within the chunk), so a
+        sequential reader that has not started a stream yet needs fewer and fewer requests per chunk."""
         row = of.row
         if of.blocks is None:
             rows = await self._thread(self.catalog.blocks, row.id, row.ident)
@@ -279,6 +292,10 @@ class FileReader:
             if not gaps:
                 break
             wanted = merge(aligned(s, e, row.size, self.block_size) for s, e in gaps)
+            if run:  # reach ahead, up to the next block we have
+                start, n = wanted[-1]
+                stop = min((b.offset for b in usable if b.offset >= start + n), default=row.size)
+                wanted[-1] = self._reach(wanted[-1], run, stop)
             keys = [(row.id, row.ident, off) for start, n in wanted
                     for off in range(start, start + n, self.block_size)]
             busy = next((self._block_inflight[k] for k in keys if k in self._block_inflight), None)
@@ -293,6 +310,14 @@ class FileReader:
             out += got[b][pos - b.offset : min(end, b.end) - b.offset]
             pos = min(end, b.end)
         return bytes(out)
+
+    def _reach(self, span: tuple[int, int], run: int, stop: int) -> tuple[int, int]:
+        """An aligned (offset, length) range grown to twice `run` bytes (whole blocks), within its chunk and before
+        `stop` (the file's end, or the next block in hand)."""
+        start, length = span
+        want = -(-2 * run // self.block_size) * self.block_size
+        limit = min((start // self.chunk_size + 1) * self.chunk_size, stop) - start
+        return start, max(length, min(want, limit))
 
     async def _fetch_blocks(self, of: OpenFile, wanted: list[tuple[int, int]],
                             keys: list[tuple[int, str, int]]) -> dict[Block, bytes]:
@@ -329,10 +354,11 @@ class FileReader:
                 del self._block_inflight[key]
                 event.set()
 
-    async def _prefetch(self, key, indexes: list[int]) -> None:
+    async def _prefetch(self, key, indexes: list[int], fetched: Callable[[], None]) -> None:
         """Load chunks ahead of a reader (ReadAhead's fetch; consecutive indexes): into the caches, verified,
-        like a read. Chunks the cache has are loaded one by one (verified in parallel with other jobs); a run
-        of chunks nobody has is fetched from the origins in one request, then each chunk is stored and named."""
+        like a read. Chunks the cache has (or that are on their way) are loaded in parallel; a run of chunks
+        nobody has is fetched from the origins in one request, then each chunk is stored and named at once.
+        `fetched()` is called as soon as no origin request of this batch is left."""
         if key[0] == "next":  # the head of the next track: loaded and cached, pinned by no one yet
             row = key[1]
             of = self._open.get((row.id, row.ident))
@@ -343,46 +369,80 @@ class FileReader:
             of = self._open.get(key)
             if of is None:
                 return  # closed meanwhile
-            if of.origin is None:  # a streamed file: its origins keep it open (SFTP) while it is read
-                of.origin = self.origins.open_stream(of.row.path, of.row.stat())
-        missing = []
+            self._stream_origin(of)
+        here, missing = [], []
         for idx in indexes:
             if idx * self.chunk_size >= of.row.size:
                 break
-            key_i = (of.row.id, of.row.ident, idx)
-            if of.manifest.get(idx) is not None or key_i in self._inflight:
-                await self._chunk(of, idx)  # cached (load and verify it) or on its way already
+            if of.manifest.get(idx) is not None or (of.row.id, of.row.ident, idx) in self._inflight:
+                here.append(idx)  # cached (load and verify it) or on its way already
             else:
                 missing.append(idx)
-        if len(missing) > 1 and missing == list(range(missing[0], missing[-1] + 1)):
-            await self._fetch_run(of, missing)
+        loads = [(f"load-{idx}", functools.partial(self._chunk, of, idx)) for idx in here]
+        if not missing:
+            fetched()
+        elif len(missing) > 1 and missing == list(range(missing[0], missing[-1] + 1)):
+            loads.append(("fetch", functools.partial(self._fetch_run, of, missing, fetched)))
         else:
-            for idx in missing:
-                await self._chunk(of, idx)
+            async def one_by_one() -> None:
+                try:
+                    for idx in missing:
+                        await self._chunk(of, idx)
+                finally:
+                    fetched()
 
-    async def _fetch_run(self, of: OpenFile, run: list[int]) -> None:
-        """Consecutive uncached chunks in one origin request; reads of any of them wait for it (as _chunk)."""
+            loads.append(("fetch", one_by_one))
+        await run_all(loads)
+
+    def _stream_origin(self, of: OpenFile) -> None:
+        """A file read as a stream reads its origins through one open stream (S3: one GET read on; SFTP: the
+        remote file kept open), for read-ahead and for the reader's own fetches alike."""
+        if of.origin is None:
+            of.origin = self.origins.open_stream(of.row.path, of.row.stat())
+
+    async def _fetch_run(self, of: OpenFile, run: list[int], fetched: Callable[[], None] = lambda: None) -> None:
+        """Consecutive uncached chunks in one origin request; reads of any of them wait for it (as _chunk), each
+        until its own chunk is stored."""
         keys = [(of.row.id, of.row.ident, idx) for idx in run]
         if any(k in self._inflight for k in keys):  # someone started one meanwhile: chunk by chunk
-            for idx in run:
-                await self._chunk(of, idx)
+            try:
+                for idx in run:
+                    await self._chunk(of, idx)
+            finally:
+                fetched()
             return
-        events = [trio.Event() for _ in keys]
-        self._inflight.update(zip(keys, events))
+        events = {key: trio.Event() for key in keys}
+        self._inflight.update(events)
+
+        def done(key) -> None:
+            self._fresh.pop(key, None)
+            if self._inflight.get(key) is events[key]:
+                del self._inflight[key]
+            events[key].set()
+
         try:
-            data = await self._fetch_span(of, run[0], run[-1])
+            try:
+                data = await self._fetch_span(of, run[0], run[-1])
+            finally:
+                fetched()
+            cs = self.chunk_size
+            for n, key in enumerate(keys):  # readers take them now, while they are stored
+                self._fresh[key] = data[n * cs:(n + 1) * cs]
 
             async def store(n: int, idx: int) -> None:
-                await self._store_fetched(of, idx, data[n * self.chunk_size:(n + 1) * self.chunk_size])
+                try:
+                    await self._store_fetched(of, idx, data[n * self.chunk_size:(n + 1) * self.chunk_size])
+                finally:
+                    done(keys[n])
 
             # The chunks are hashed, written and named at once, on the cache's and the catalog's threads.
             await run_all([(f"store-{idx}", functools.partial(store, n, idx)) for n, idx in enumerate(run)])
         finally:
-            for key, event in zip(keys, events):
-                del self._inflight[key]
-                event.set()
+            for key in keys:
+                done(key)
 
     def _unpin_before(self, of: OpenFile, idx: int) -> None:
+        of.unpinned_below = idx  # a chunk stored later behind the reader is not pinned (a seek back lowers it)
         behind = [digest for digest, i in of.pinned.items() if i < idx]
         for digest in behind:
             del of.pinned[digest]
@@ -391,6 +451,10 @@ class FileReader:
     async def _chunk(self, of: OpenFile, idx: int) -> bytes:
         key = (of.row.id, of.row.ident, idx)
         while key in self._inflight:  # someone is loading this chunk: wait, then use it
+            fresh = self._fresh.get(key)
+            if fresh is not None:  # fetched (identity-checked) and being stored: served as a fetch serves it
+                self._counts["memory_hits"] += 1
+                return fresh
             await self._inflight[key].wait()
         digest = of.manifest.get(idx)
         if digest is not None:
@@ -468,7 +532,8 @@ class FileReader:
 
     def _keep(self, of: OpenFile, idx: int, digest: str, data: bytes) -> None:
         self.memory.put(digest, data)
-        if of.refs > 0 and digest not in of.pinned:  # a closed file (or a next track's head) pins nothing
+        # a closed file (or a next track's head) pins nothing, nor does a chunk its reader has passed
+        if of.refs > 0 and digest not in of.pinned and idx >= of.unpinned_below:
             of.pinned[digest] = idx
             self.cache.pin(digest)
 

@@ -25,7 +25,7 @@ class Fetches:
             self.release.set()
         self.cancelled = 0
 
-    async def __call__(self, key, indexes):
+    async def __call__(self, key, indexes, fetched):
         assert indexes == list(range(indexes[0], indexes[0] + len(indexes))), "a batch is consecutive chunks"
         self.calls += [(key, index) for index in indexes]
         self.batches.append(len(indexes))
@@ -33,6 +33,7 @@ class Fetches:
         self.most = max(self.most, self.running)
         try:
             await self.release.wait()
+            fetched()
         except trio.Cancelled:
             self.cancelled += len(indexes)
             raise
@@ -109,6 +110,23 @@ async def test_close_cancels_the_stream(running):
     ra.close(stream)
     await trio.testing.wait_all_tasks_blocked()
     assert fetch.running == 0 and ra.statistics().streams == 0
+
+
+async def test_a_stream_has_one_batch_at_the_origin_and_the_jobs_behind_it_join_into_the_next(running):
+    # its origin stream (one S3 GET body, one SFTP handle) is read in order: a second batch of the same file must
+    # not overtake the first; other files are not held up by it
+    fetch = Fetches(hold=True)
+    ra = running(fetch, workers=8)
+    a, b = ra.open("a", 40 * CHUNK), ra.open("b", 40 * CHUNK)
+    await sequential(ra, a, 0, 5 * CHUNK)
+    await sequential(ra, b, 0, 2 * CHUNK)
+    assert fetch.batches == [2, 2]  # one batch each (a's first window; b's), though a has more queued
+    assert ra.statistics().queued > 0
+    fetch.release.set()  # their bytes are in hand: a's queued jobs go as one batch
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(fetch.batches) == 4 and max(fetch.batches[2:]) > 2
+    calls = [i for key, i in fetch.calls if key == "a"]
+    assert calls == sorted(calls) and len(calls) == len(set(calls))  # in order, each chunk once
 
 
 async def test_fifty_streams_stay_within_the_global_budget(running):
