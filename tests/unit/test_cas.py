@@ -136,6 +136,7 @@ def test_pinned_chunks_are_never_evicted(tmp_path):
     cas.close()
 
 
+@pytest.mark.resilience("6.1")
 def test_protected_chunks_go_after_every_unprotected_one_in_lru_order_and_pinned_never(tmp_path):
     cas = setup_test_cas(tmp_path, quota=100 * SIZE)
     d = [cas.put(blob(i)) for i in range(8)]  # LRU order: d0 oldest .. d7 newest

@@ -197,6 +197,7 @@ async def scan(rig, first: int, count: int) -> None:
         await rig.reader.after_release()
 
 
+@pytest.mark.resilience("6.1")
 async def test_the_played_track_and_the_next_tracks_head_go_last_and_are_ordinary_after_release(playback):
     rig, reader = playback, playback.reader
     played, following = rig.row("album/01.flac"), rig.row("album/02.flac")
