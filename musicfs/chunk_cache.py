@@ -1,7 +1,8 @@
 """ChunkCache: the reader's one door to the local chunk cache (CasStore behind CacheHealth).
 
 `get(digest)` answers a verified chunk or None, `store(data)` its digest or None; the caller never
-learns why not. `pin`/`unpin` keep a chunk from eviction, `protect`/`unprotect` make it one of the last to go. Behind them:
+learns why not. `pin`/`unpin` keep a chunk from eviction, `protect`/`unprotect` make it one of the last
+to go. Behind them:
 
 - a bypassed cache (unstable or down, see cache_health.py) answers None at once: passthrough to the
   origins, nothing stored;
@@ -146,6 +147,6 @@ class ChunkCache:
         return CacheStatistics(
             state=h.state, reason=h.reason, since_s=round(h.elapsed(), 1), used_bytes=used,
             quota_bytes=self._cas.quota, chunks=chunks, pinned=self._cas.pinned, protected=self._cas.protected,
-            quarantine_bytes=kept,
-            quarantine_files=files, probes=h.probes, failed_probes=h.failed_probes, transitions=h.transitions,
-            bad_chunks=self._bad, passthrough_reads=self._passthrough, uncached_reads=self._uncached)
+            quarantine_bytes=kept, quarantine_files=files, probes=h.probes, failed_probes=h.failed_probes,
+            transitions=h.transitions, bad_chunks=self._bad, passthrough_reads=self._passthrough,
+            uncached_reads=self._uncached)

@@ -96,7 +96,8 @@ class Protection:
         self.cache = cache
         self.heads = heads
         self._digests: dict[tuple[int, str], set[str]] = {}  # file key -> the digests protected for it
-        self._waiting: collections.OrderedDict[tuple[int, str], None] = collections.OrderedDict()  # heads, oldest first
+        # heads of tracks not open, oldest first
+        self._waiting: collections.OrderedDict[tuple[int, str], None] = collections.OrderedDict()
 
     def add(self, key: tuple[int, str], digests) -> None:
         """Protect `digests` for the open file `key` (each once per file) until `drop(key)`."""

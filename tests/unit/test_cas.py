@@ -1,4 +1,5 @@
-"""CasStore: verified round trips, quarantine, quota eviction (LRU, protected last, pins), restart, orphans, ENOSPC."""
+"""CasStore: verified round trips, quarantine, quota eviction (LRU, protected chunks last, pins), restart, orphans,
+ENOSPC."""
 
 from __future__ import annotations
 
