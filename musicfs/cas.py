@@ -16,8 +16,13 @@ A store whose disk cannot be opened (read-only, failing, full of errors) stays *
 raises CacheUnavailable and `probe()` retries the open (row 6.6). Damaged chunk files go to quarantine/, which keeps the newest of them within QUARANTINE_FILES files and
 QUARANTINE_SHARE of the quota (older ones are deleted, with one log line); its bytes count against the quota.
 
-Locks: `_lock` guards the in-memory LRU, sizes and pins and is never held across I/O, so a hung disk
-never blocks has/usage/pin/unpin (called on the trio loop); `_db_lock` serialises the SQLite connection.
+Eviction has two tiers below the pins: unpinned chunks go in LRU order, *protected* ones (`protect`: chunks
+of the track being played and of the prefetched next track, see reader.py) only once no unprotected chunk
+is left to evict, in LRU order too; pinned ones never.
+
+Locks: `_lock` guards the in-memory LRU, sizes, pins and protections and is never held across I/O, so a hung
+disk never blocks has/usage/pin/unpin/protect/unprotect (called on the trio loop); `_db_lock` serialises the
+SQLite connection.
 """
 
 from __future__ import annotations
@@ -180,7 +185,7 @@ class CasStore:
     """Content-addressed chunk store with a byte quota and LRU eviction.
 
     Thread-safe. Eviction runs from the high watermark down to the low one and
-    never removes a pinned chunk (one that an open file is using).
+    never removes a pinned chunk (one that an open file is using); protected chunks go last.
     """
 
     def __init__(self, root: str, quota: int, high: float = 0.95, low: float = 0.85, *, full_check: bool = False,
@@ -204,6 +209,7 @@ class CasStore:
         self._db: sqlite3.Connection | None = None
         self._lru: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._pins: collections.Counter[str] = collections.Counter()
+        self._protected: collections.Counter[str] = collections.Counter()  # evicted only after the others
         self._used = 0
         self._touched: dict[str, float] = {}
         # digests being put (count) and digests claimed by the background reconciliation: a put waits while
@@ -286,7 +292,7 @@ class CasStore:
         return None, damage
 
     def _reset_memory(self) -> None:
-        """Forget the in-memory LRU, usage and access times (pins survive)."""
+        """Forget the in-memory LRU, usage and access times (pins and protections survive)."""
         with self._lock:
             self._lru.clear()
             self._used = 0
@@ -764,17 +770,19 @@ class CasStore:
         return freed
 
     def evict_to(self, target: int) -> int:
-        """Drop least-recently-used unpinned chunks until usage <= target. Returns bytes freed."""
+        """Drop unpinned chunks until usage <= target: unprotected ones least recently used first, then
+        protected ones (LRU too); pinned ones never. Returns bytes freed."""
         victims = []
         with self._lock:
             used = self._used
-            for digest, size in self._lru.items():
-                if used <= target:
-                    break
-                if self._pins[digest]:
-                    continue
-                victims.append(digest)
-                used -= size
+            for protected in (False, True):
+                for digest, size in self._lru.items():
+                    if used <= target:
+                        break
+                    if digest in self._pins or (digest in self._protected) != protected:
+                        continue
+                    victims.append(digest)
+                    used -= size
         if not victims:
             return 0
         points.hit(points.CAS_EVICT, CasError)
@@ -830,6 +838,23 @@ class CasStore:
     def pinned(self) -> int:
         with self._lock:
             return len(self._pins)
+
+    def protect(self, digest: str) -> None:
+        """Evict the chunk only after every unprotected one, until as many unprotects (counted like pins)."""
+        with self._lock:
+            self._protected[digest] += 1
+
+    def unprotect(self, digest: str) -> None:
+        with self._lock:
+            self._protected[digest] -= 1
+            if self._protected[digest] <= 0:
+                del self._protected[digest]
+
+    @property
+    def protected(self) -> int:
+        """Protected chunks in the cache (protection is no pin: one evicted as the last resort is not counted)."""
+        with self._lock:
+            return sum(1 for digest in self._protected if digest in self._lru)
 
     def flush_atimes(self) -> None:
         with self._lock:

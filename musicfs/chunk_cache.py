@@ -1,7 +1,8 @@
 """ChunkCache: the reader's one door to the local chunk cache (CasStore behind CacheHealth).
 
 `get(digest)` answers a verified chunk or None, `store(data)` its digest or None; the caller never
-learns why not. Behind them:
+learns why not. `pin`/`unpin` keep a chunk from eviction, `protect`/`unprotect` make it one of the last
+to go. Behind them:
 
 - a bypassed cache (unstable or down, see cache_health.py) answers None at once: passthrough to the
   origins, nothing stored;
@@ -39,6 +40,7 @@ class CacheStatistics:
     quota_bytes: int
     chunks: int
     pinned: int
+    protected: int  # chunks evicted only after every unprotected one (the track played, the next track's head)
     quarantine_bytes: int
     quarantine_files: int
     probes: int
@@ -109,6 +111,14 @@ class ChunkCache:
     def unpin(self, digest: str) -> None:
         self._cas.unpin(digest)
 
+    def protect(self, digest: str) -> None:
+        """Evict the chunk only after every unprotected one (chunks of the track being played and of the next
+        track's head) until as many unprotects; unlike a pin, the quota may still take it, last."""
+        self._cas.protect(digest)
+
+    def unprotect(self, digest: str) -> None:
+        self._cas.unprotect(digest)
+
     async def trim(self) -> None:
         """Back under the quota's low watermark when unpinned chunks hold it above the high one (after a file
         larger than the cache was read and closed, its chunks are no longer pinned: evict them now, not at
@@ -136,6 +146,7 @@ class ChunkCache:
         kept, files = self._cas.quarantine_usage()
         return CacheStatistics(
             state=h.state, reason=h.reason, since_s=round(h.elapsed(), 1), used_bytes=used,
-            quota_bytes=self._cas.quota, chunks=chunks, pinned=self._cas.pinned, quarantine_bytes=kept,
-            quarantine_files=files, probes=h.probes, failed_probes=h.failed_probes, transitions=h.transitions,
-            bad_chunks=self._bad, passthrough_reads=self._passthrough, uncached_reads=self._uncached)
+            quota_bytes=self._cas.quota, chunks=chunks, pinned=self._cas.pinned, protected=self._cas.protected,
+            quarantine_bytes=kept, quarantine_files=files, probes=h.probes, failed_probes=h.failed_probes,
+            transitions=h.transitions, bad_chunks=self._bad, passthrough_reads=self._passthrough,
+            uncached_reads=self._uncached)

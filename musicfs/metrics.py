@@ -154,6 +154,8 @@ def cache_families(cache: CacheStatistics | None, reader: ReaderStatistics | Non
             GaugeMetricFamily("musicfs_cache_chunks", "Chunks in the disk cache", value=cache.chunks),
             GaugeMetricFamily("musicfs_cache_pinned_chunks", "Chunks pinned against eviction (open files)",
                               value=cache.pinned),
+            GaugeMetricFamily("musicfs_cache_protected_chunks", "Chunks evicted only after every other unpinned "
+                              "one (the track being played, the next track's head)", value=cache.protected),
             GaugeMetricFamily("musicfs_cache_quarantine_bytes", "Bytes of bad chunks kept in quarantine",
                               value=cache.quarantine_bytes),
             state,

@@ -4,7 +4,10 @@ A handle read sequentially gets read-ahead (readahead.py): chunks ahead of it ar
 ReadAhead's workers through the same path as a read (`_chunk`: one load per chunk, verified, cached),
 and near the end of a track the first chunks of the next track of its album folder. An open file pins
 only the chunks around where it is read (the one before the current one and those ahead), so reading a
-file larger than the cache never holds the cache over its quota.
+file larger than the cache never holds the cache over its quota. What playback still wants goes last when
+the cache evicts (`Protection`, ChunkCache.protect): the chunks the reader of a file being played (its handle
+streams) has passed, until the file's release, and the heads of the most recent next tracks read-ahead
+loaded, until that track is opened and released (or newer heads push them out).
 
 A small read that is not part of a stream (its handle's read-ahead `Stream` has no window open) of a region
 no cached chunk holds is served from blocks (blocks.py): small verified ranges, fetched aligned to
@@ -79,6 +82,54 @@ class ChunkLRU:
         return self._bytes
 
 
+NEXT_HEADS = 4  # next tracks whose heads (loaded by read-ahead, not open yet) stay protected
+
+
+class Protection:
+    """The one record of what the reader keeps last to go in the cache (ChunkCache.protect), per file key
+    ((id, identity)): the chunks an open file's reader has passed (unpinned behind it), and the head of a next
+    track read-ahead loaded. A file's protections end when it is released (`drop`); a head waits for its track
+    to be opened (`opened`: the file owns it from then on, until its release), but only the `heads` most recent
+    heads not open are kept: an older one is unprotected. Bounded by the open files' chunks and `heads` heads."""
+
+    def __init__(self, cache: ChunkCache, heads: int = NEXT_HEADS):
+        self.cache = cache
+        self.heads = heads
+        self._digests: dict[tuple[int, str], set[str]] = {}  # file key -> the digests protected for it
+        # heads of tracks not open, oldest first
+        self._waiting: collections.OrderedDict[tuple[int, str], None] = collections.OrderedDict()
+
+    def add(self, key: tuple[int, str], digests) -> None:
+        """Protect `digests` for the open file `key` (each once per file) until `drop(key)`."""
+        digests = list(digests)
+        if not digests:
+            return
+        held = self._digests.setdefault(key, set())
+        for digest in digests:
+            if digest not in held:
+                held.add(digest)
+                self.cache.protect(digest)
+
+    def add_head(self, key: tuple[int, str], digests) -> None:
+        """The head of a next track that is not open: protected until it is opened and released, or until
+        `heads` newer heads wait."""
+        self.add(key, digests)
+        self._waiting[key] = None
+        self._waiting.move_to_end(key)
+        while len(self._waiting) > self.heads:
+            self.drop(next(iter(self._waiting)))
+
+    def opened(self, key: tuple[int, str]) -> None:
+        """The file was opened: its head (if one waits) is the file's now, dropped at its release."""
+        self._waiting.pop(key, None)
+
+    def drop(self, key: tuple[int, str]) -> None:
+        """Everything protected for `key` is ordinary again."""
+        self._waiting.pop(key, None)
+        for digest in self._digests.pop(key, ()):
+            self.cache.unprotect(digest)
+
+
 @dataclass
 class OpenFile:
     row: FileRow
@@ -89,6 +140,7 @@ class OpenFile:
     origin: RegistryStream | None = None  # while streamed: the origins' open streams of the file (SFTP: kept open)
     blocks: list[Block] | None = None  # this version's recorded blocks (blocks.py), loaded at the first small read
     unpinned_below: int = 0  # its one reader has passed the chunks below this index (see _unpin_before)
+    played: bool = False  # its one reader streams (see _unpin_before)
 
 
 @dataclass(frozen=True)
@@ -136,6 +188,7 @@ class FileReader:
         self._block_inflight: dict[tuple[int, str, int], trio.Event] = {}  # (id, ident, block offset) being fetched
         self._streams: dict[int, Stream] = {}  # fh -> where that handle reads (read-ahead)
         self._closing: list[RegistryStream] = []  # origin streams of released files, closed by after_release
+        self.protection = Protection(cache)  # chunks playback still wants: evicted last
         self.readahead = None
         if readahead >= chunk_size:
             workers = max(2, min(readahead // chunk_size, origins.fetch_threads - 2))
@@ -163,6 +216,7 @@ class FileReader:
             if key not in self._open:  # another open may have won while we waited
                 self._open[key] = OpenFile(row, manifest, refs=0, next_track=next_track)
         self._open[key].refs += 1
+        self.protection.opened(key)
         fh = next(self._handles)
         self._fh[fh] = key
         if self.readahead is not None:
@@ -182,6 +236,7 @@ class FileReader:
             for digest in of.pinned:
                 self.cache.unpin(digest)
             of.pinned.clear()
+            self.protection.drop(key)  # what it passed (and its head) is ordinary again
             if of.origin is not None:
                 self._closing.append(of.origin)  # closing it is network I/O: after_release, in a thread
                 of.origin = None
@@ -224,8 +279,8 @@ class FileReader:
                     data = await self._chunk(of, idx)
                     base = idx * self.chunk_size
                     parts.append(data[max(offset - base, 0) : end - base])
-        if of.refs == 1:  # one reader: what lies behind it may be evicted again
-            self._unpin_before(of, first - 1)
+        if of.refs == 1:  # one reader: what lies behind it may be evicted again (last, while it is played)
+            self._unpin_before(of, first - 1, played=stream is None or stream.window > 0)
         if stream is not None:
             following = None
             if last == (of.row.size - 1) // self.chunk_size and of.next_track is not None:
@@ -359,17 +414,35 @@ class FileReader:
         like a read. Chunks the cache has (or that are on their way) are loaded in parallel; a run of chunks
         nobody has is fetched from the origins in one request, then each chunk is stored and named at once.
         `fetched()` is called as soon as no origin request of this batch is left."""
-        if key[0] == "next":  # the head of the next track: loaded and cached, pinned by no one yet
-            row = key[1]
-            of = self._open.get((row.id, row.ident))
-            if of is None:
-                manifest = await self._thread(self.catalog.manifest, row.id, row.ident)
-                of = OpenFile(row, manifest, refs=0)
-        else:
-            of = self._open.get(key)
-            if of is None:
-                return  # closed meanwhile
-            self._stream_origin(of)
+        if key[0] == "next":  # the head of the next track: loaded and cached, protected (pinned by no one yet)
+            await self._prefetch_head(key[1], indexes, fetched)
+            return
+        of = self._open.get(key)
+        if of is None:
+            return  # closed meanwhile
+        self._stream_origin(of)
+        await self._load_ahead(of, indexes, fetched)
+
+    async def _prefetch_head(self, row: FileRow, indexes: list[int], fetched: Callable[[], None]) -> None:
+        """Load the head of the next track and protect it: until that track is opened and released, or newer
+        heads push it out (Protection); if it is open already, until its release."""
+        key = (row.id, row.ident)
+        of = self._open.get(key)
+        if of is None:
+            manifest = await self._thread(self.catalog.manifest, row.id, row.ident)
+            of = OpenFile(row, manifest, refs=0)
+        try:
+            await self._load_ahead(of, indexes, fetched)
+        finally:  # what was loaded, also when the job failed or timed out
+            head = [d for d in map(of.manifest.get, indexes) if d is not None]
+            if key in self._open:  # (opened meanwhile)
+                self.protection.add(key, head)
+            elif head:
+                self.protection.add_head(key, head)
+
+    async def _load_ahead(self, of: OpenFile, indexes: list[int], fetched: Callable[[], None]) -> None:
+        """_prefetch's loads: cached chunks (or chunks on their way) in parallel, a run of missing ones in one
+        origin request; `fetched()` once no origin request is left."""
         here, missing = [], []
         for idx in indexes:
             if idx * self.chunk_size >= of.row.size:
@@ -441,9 +514,15 @@ class FileReader:
             for key in keys:
                 done(key)
 
-    def _unpin_before(self, of: OpenFile, idx: int) -> None:
+    def _unpin_before(self, of: OpenFile, idx: int, played: bool) -> None:
+        """Unpin the chunks behind the reader: the quota may take them again; those of a file being `played`
+        (its handle streams: a read-ahead window is open; or there is no read-ahead to tell) only after every
+        unprotected chunk: they stay protected until the file's release."""
         of.unpinned_below = idx  # a chunk stored later behind the reader is not pinned (a seek back lowers it)
+        of.played = played
         behind = [digest for digest, i in of.pinned.items() if i < idx]
+        if played:
+            self.protection.add((of.row.id, of.row.ident), behind)
         for digest in behind:
             del of.pinned[digest]
             self.cache.unpin(digest)
@@ -532,9 +611,13 @@ class FileReader:
 
     def _keep(self, of: OpenFile, idx: int, digest: str, data: bytes) -> None:
         self.memory.put(digest, data)
-        # a closed file (or a next track's head) pins nothing, nor does a chunk its reader has passed
-        if of.refs > 0 and digest not in of.pinned and idx >= of.unpinned_below:
-            of.pinned[digest] = idx
-            self.cache.pin(digest)
+        # a closed file (or a next track's head) pins nothing; a chunk its reader has passed is protected if the
+        # file is played (as _unpin_before does), else ordinary
+        if of.refs > 0 and digest not in of.pinned:
+            if idx >= of.unpinned_below:
+                of.pinned[digest] = idx
+                self.cache.pin(digest)
+            elif of.played:
+                self.protection.add((of.row.id, of.row.ident), [digest])
 
 

@@ -1,9 +1,13 @@
 """L2, row 6.1: a file larger than the cache quota, read through a real mount and closed, leaves the cache
-within its quota (an open file pins only the chunks around where it is read, and a release trims at once)."""
+within its quota (an open file pins only the chunks around where it is read, and a release trims at once); the
+chunks of a track being played outlive the chunks of other reads, until it is closed."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -12,6 +16,7 @@ from musicfs.status import query_daemon
 from musicfs_test_utils.assertions import file_digest
 from musicfs_test_utils.daemon import wait_until
 from musicfs_test_utils.fixtures import make_library
+from musicfs_test_utils.assertions import tree_files
 from musicfs_test_utils.mount_io import mount_file_for, read_digest
 
 pytestmark = pytest.mark.l2
@@ -43,4 +48,66 @@ def test_a_file_larger_than_the_quota_read_and_closed_leaves_the_cache_within_it
     wait_until(lambda: cache()["used_bytes"] <= QUOTA, 10, "the cache back within its quota after the close")
     assert cache()["pinned"] == 0
     assert read_digest(mounted) == file_digest(track)  # and it reads right again
+    assert daemon.stop() == 0
+
+
+# A player: reads the whole file sequentially (past the page cache), says so, keeps it open until told to close.
+PLAYER = r"""
+import hashlib, os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+data = b""
+while part := os.read(fd, 128 << 10):
+    data += part
+print("READ", hashlib.sha256(data).hexdigest(), flush=True)
+sys.stdin.readline()
+os.close(fd)
+"""
+
+
+@pytest.mark.resilience("6.1")
+def test_a_played_track_keeps_its_chunks_while_other_reads_evict_until_it_is_closed(tmp_path, daemons):
+    root = tmp_path / "library"
+    make_library(root / "a", 24, big_file_mb=1, hostile=False)
+    for seed in (1, 2):  # more small tracks (other bytes): what a media server reads meanwhile
+        make_library(root / f"s{seed}", 24, seed=seed, hostile=False)
+    track = root / "a" / BIG_FILE_PATH  # alone in its album: no next track is fetched ahead of it
+    chunk, quota = 64 << 10, 2560 << 10
+    config = tmp_path / "musicfs.toml"
+    config.write_text("\n".join(f"{k} = {json.dumps(v)}" for k, v in
+                                {"chunk_size": "64K", "cache_size": "2560K", "readahead": "512K"}.items()))
+    daemon = daemons([root], extra_args=["--config", str(config)])
+    daemon.start()
+    daemon.wait_for_mount()
+    mounted = mount_file_for(daemon.mountpoint, track)
+    data = track.read_bytes()
+    played = [hashlib.sha256(data[i:i + chunk]).hexdigest() for i in range(0, len(data), chunk)]
+    others = [p for p in tree_files(daemon.mountpoint) if p != mounted and p.suffix in (".flac", ".mp3", ".ogg")]
+    assert sum(p.stat().st_size for p in others) > quota - len(data) + (1 << 20)  # far more than the room left
+
+    def cache() -> dict:
+        doc = query_daemon(str(daemon.state_dir))
+        assert doc is not None, "the daemon does not answer on its status socket"
+        return doc["cache"]
+
+    def cached(digest: str) -> bool:
+        return (daemon.cache_dir / "chunks" / digest[:2] / digest).exists()
+
+    player = subprocess.Popen([sys.executable, "-c", PLAYER, str(mounted)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert player.stdout.readline().split() == ["READ", hashlib.sha256(data).hexdigest()]
+        assert all(cached(d) for d in played)
+        assert cache()["protected"] >= len(played) - 3  # behind the player: all but the chunks it is in
+        for other in others:
+            read_digest(other)
+        assert all(cached(d) for d in played), "a chunk of the track being played went before other reads' chunks"
+        assert cache()["used_bytes"] <= quota
+    finally:
+        player.communicate("close\n", timeout=30)
+    # closed: its chunks are ordinary again (what stays protected is the heads of the last next tracks fetched
+    # ahead of the small tracks read to their end: 4 of them, 2 chunks each at most)
+    wait_until(lambda: cache()["protected"] <= 4 * 2 and cache()["pinned"] == 0, 10, "the closed track's chunks "
+               "ordinary again")
+    assert cache()["used_bytes"] <= quota
     assert daemon.stop() == 0

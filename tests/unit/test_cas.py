@@ -1,4 +1,5 @@
-"""CasStore: verified round trips, quarantine, quota eviction (LRU, pins), restart, orphans, ENOSPC."""
+"""CasStore: verified round trips, quarantine, quota eviction (LRU, protected chunks last, pins), restart, orphans,
+ENOSPC."""
 
 from __future__ import annotations
 
@@ -133,6 +134,49 @@ def test_pinned_chunks_are_never_evicted(tmp_path):
     cas.unpin(pinned[1])
     cas.evict_to(0)
     assert [cas.has(d) for d in pinned] == [True, False, True]
+    cas.close()
+
+
+@pytest.mark.resilience("6.1")
+def test_protected_chunks_go_after_every_unprotected_one_in_lru_order_and_pinned_never(tmp_path):
+    cas = setup_test_cas(tmp_path, quota=100 * SIZE)
+    d = [cas.put(blob(i)) for i in range(8)]  # LRU order: d0 oldest .. d7 newest
+    for i in (0, 2, 5):
+        cas.protect(d[i])
+    cas.protect(d[0])  # counted: one unprotect is not enough
+    cas.pin(d[1])
+    cas.protect(d[1])  # pinned and protected: pinned wins
+    cas.get(d[0])  # read: now the most recently used protected chunk
+    assert cas.protected == 4 and cas.pinned == 1
+    # unprotected, unpinned: d3, d4, d6, d7 (LRU order) go before any protected one, however old
+    assert cas.evict_to(6 * SIZE) == 2 * SIZE
+    assert [cas.has(x) for x in d] == [True, True, True, False, False, True, True, True]
+    assert cas.evict_to(4 * SIZE) == 2 * SIZE
+    assert [cas.has(x) for x in d] == [True, True, True, False, False, True, False, False]
+    # then the protected ones, least recently used first: d2, d5, then d0 (read last); d1 never (pinned)
+    assert cas.evict_to(3 * SIZE) == SIZE and not cas.has(d[2]) and cas.has(d[5]) and cas.has(d[0])
+    assert cas.protected == 3  # an evicted protected chunk is not counted
+    assert cas.evict_to(0) == 2 * SIZE
+    assert [cas.has(x) for x in d] == [False, True, False, False, False, False, False, False]
+    assert cas.protected == 1 and cas.usage() == (SIZE, 1)
+    cas.close()
+
+
+def test_a_put_past_the_high_watermark_keeps_protected_chunks_while_others_can_go(tmp_path):
+    quota = 10 * SIZE
+    cas = setup_test_cas(tmp_path, quota=quota)
+    d = [cas.put(blob(i)) for i in range(9)]
+    cas.protect(d[0])
+    cas.protect(d[1])  # the two oldest: plain LRU would evict them first
+    cas.put(blob(100))  # past the high mark: down to the low one
+    assert cas.has(d[0]) and cas.has(d[1])
+    assert not cas.has(d[2]) and not cas.has(d[3])
+    cas.unprotect(d[0])
+    cas.unprotect(d[1])
+    assert cas.protected == 0
+    for i in range(101, 103):
+        cas.put(blob(i))  # ordinary again: the oldest go first
+    assert not cas.has(d[0]) and not cas.has(d[1])
     cas.close()
 
 

@@ -164,6 +164,24 @@ def test_pinned_chunks_survive_eviction(make_store):
     assert store.usage() == (0, 0)
 
 
+def test_protected_chunks_go_after_the_unprotected_ones(make_store):
+    store = make_store()
+    digests = [store.put(blob(i)) for i in range(5)]
+    store.protect(digests[0])
+    store.protect(digests[1])
+    store.pin(digests[1])
+    assert store.protected == 2
+    store.evict_to(2 * 10 * KB)
+    assert [store.has(d) for d in digests] == [True, True, False, False, False]
+    store.unprotect(digests[0])
+    store.put(blob(9))
+    store.evict_to(2 * 10 * KB)
+    assert [store.has(d) for d in digests] == [False, True, False, False, False]  # ordinary again: oldest goes
+    store.unpin(digests[1])
+    store.evict_to(0)
+    assert store.usage() == (0, 0) and store.protected == 0  # protection is no pin
+
+
 def test_put_past_the_high_watermark_evicts_to_the_low_one(make_store):
     store = make_store(quota=100 * KB, high=0.9, low=0.5)
     digests = [store.put(blob(i)) for i in range(9)]  # 90 KB: at the high watermark, not past it

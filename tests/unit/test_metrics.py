@@ -36,9 +36,9 @@ def _records(readahead: ReadAheadStatistics | None = None) -> MetricsRecords:
             OriginStatistics(name=SECRET_SOURCE, state="unhealthy", results={"odd": 3}),
         ),
         cache=CacheStatistics(state="unstable", reason="EIO", since_s=1.0, used_bytes=3 << 20,
-                              quota_bytes=10 << 30, chunks=3, pinned=2, quarantine_bytes=0, quarantine_files=0,
-                              probes=4, failed_probes=1, transitions=1, bad_chunks=1, passthrough_reads=5,
-                              uncached_reads=0),
+                              quota_bytes=10 << 30, chunks=3, pinned=2, protected=1, quarantine_bytes=0,
+                              quarantine_files=0, probes=4, failed_probes=1, transitions=1, bad_chunks=1,
+                              passthrough_reads=5, uncached_reads=0),
         reader=ReaderStatistics(memory_hits=11, cache_hits=4, origin_fetches=6, memory_bytes=1 << 20),
         fuse=OperationsStatistics(requests=40, errors=2, errors_by_handler={"read": 2}, open_files=1, open_dirs=0,
                                   known_inodes=5, retired_inodes=0, read_seconds=hist.statistics()),
@@ -79,6 +79,7 @@ def test_the_collector_exports_the_records_with_redacted_origin_labels():
     assert samples[("musicfs_cache_bytes", ())] == 3 << 20
     assert samples[("musicfs_cache_quota_bytes", ())] == 10 << 30
     assert samples[("musicfs_cache_pinned_chunks", ())] == 2
+    assert samples[("musicfs_cache_protected_chunks", ())] == 1
     assert [s for s in ("normal", "unstable", "down") if samples[("musicfs_cache_state", (("state", s),))]] == ["unstable"]
     assert samples[("musicfs_cache_passthrough_reads_total", ())] == 5
     assert samples[("musicfs_fuse_requests_total", ())] == 40

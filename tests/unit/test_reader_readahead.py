@@ -7,7 +7,7 @@ import trio
 import trio.testing
 
 from musicfs.origins.memory import READ, MemoryOrigin, serve
-from musicfs_test_utils.reader_rig import ReaderRig, pattern_bytes
+from musicfs_test_utils.reader_rig import ReaderRig, pattern_bytes, read_range
 
 CHUNK = 64 << 10
 READ_SIZE = 16 << 10  # what FUSE sends, scaled down with the chunk
@@ -168,3 +168,87 @@ async def test_the_quota_holds_again_when_a_file_larger_than_the_cache_is_closed
         assert rig.cas.pinned == 0
     finally:
         rig.close()
+
+
+# -- eviction that respects playback (issue 12): the played track and the next track's head go last -----------
+PLAYBACK = {
+    "old/u.flac": pattern_bytes(10, 6 * CHUNK, step=3, salt=17, period=89),  # read first: the oldest chunks
+    "album/01.flac": pattern_bytes(11, 10 * CHUNK, step=5, salt=19, period=83),  # played
+    "album/02.flac": pattern_bytes(12, 4 * CHUNK, step=9, salt=23, period=79),  # its next track
+    **{f"scan/{n:02d}.flac": pattern_bytes(20 + n, 2 * CHUNK, step=11, salt=29, period=73) for n in range(20)},
+}
+
+
+@pytest.fixture
+async def playback(tmp_path, nursery):
+    rig = ReaderRig.build(tmp_path, root=tmp_path / "unused", inner=MemoryOrigin(serve(PLAYBACK)),
+                          chunk_size=CHUNK, memory_cache=64 * CHUNK, read_timeout=10.0, cas_quota=24 * CHUNK)
+    rig.files = PLAYBACK  # rig.chunks(path): the digests of a file's chunks
+    nursery.start_soon(rig.reader.readahead.run)
+    yield rig
+    rig.close()
+
+
+async def scan(rig, first: int, count: int) -> None:
+    """Other traffic: a media server reading whole small files, one read each (nothing of them is played)."""
+    for n in range(first, first + count):
+        assert await read_range(rig.reader, rig.row(f"scan/{n:02d}.flac")) == PLAYBACK[f"scan/{n:02d}.flac"]
+        await settle(rig.reader)
+        await rig.reader.after_release()
+
+
+@pytest.mark.resilience("6.1")
+async def test_the_played_track_and_the_next_tracks_head_go_last_and_are_ordinary_after_release(playback):
+    rig, reader = playback, playback.reader
+    played, following = rig.row("album/01.flac"), rig.row("album/02.flac")
+    old, mine, head = rig.chunks("old/u.flac"), rig.chunks("album/01.flac"), rig.chunks("album/02.flac")[:2]
+    assert await read_range(reader, rig.row("old/u.flac")) == PLAYBACK["old/u.flac"]
+    fh = await reader.open(played, lambda: following)
+    assert await read_sequentially(reader, fh, 0, played.size) == PLAYBACK["album/01.flac"]
+    await settle(reader)
+    assert all(rig.cas.has(d) for d in old + mine + head)  # 18 of 24 chunks: nothing evicted yet
+    assert rig.cas.protected == 8 + 2  # behind the reader (its last 2 chunks are pinned), the next track's head
+
+    await scan(rig, 0, 8)  # 16 chunks more than fit: evictions
+    assert not any(rig.cas.has(d) for d in old), "the older unrelated chunks go first"
+    assert all(rig.cas.has(d) for d in mine), "a chunk of the track being played went before the scan's"
+    assert all(rig.cas.has(d) for d in head), "a chunk of the next track's head went before the scan's"
+    assert not rig.cas.has(rig.chunks("scan/00.flac")[0])  # the scan's own oldest went instead
+    assert rig.cas.usage()[0] <= rig.cas_quota
+
+    reader.release(fh)  # the player moves on: the played track's chunks are ordinary again, the head is not
+    await reader.after_release()
+    assert rig.cas.protected == 2 and rig.cas.pinned == 0
+    await scan(rig, 8, 8)
+    assert not any(rig.cas.has(d) for d in mine), "a closed track's chunks are still kept over newer ones"
+    assert all(rig.cas.has(d) for d in head)
+
+    fh = await reader.open(following)  # the next track opened: its head is its own until it is released
+    assert rig.cas.protected == 2
+    reader.release(fh)
+    await reader.after_release()
+    assert rig.cas.protected == 0
+    await scan(rig, 16, 2)
+    assert not any(rig.cas.has(d) for d in head), "a released next track's head is still kept over newer chunks"
+    assert rig.cas.usage()[0] <= rig.cas_quota
+
+
+async def test_only_the_heads_of_the_most_recent_next_tracks_stay_protected(playback):
+    from musicfs.reader import NEXT_HEADS, Protection
+
+    rig = playback
+    protection = Protection(rig.reader.cache)
+    rows = [rig.row(f"scan/{n:02d}.flac") for n in range(NEXT_HEADS + 2)]
+    heads = {row.path: rig.cas.put(PLAYBACK[row.path][:CHUNK]) for row in rows}
+    for row in rows[:NEXT_HEADS]:
+        protection.add_head((row.id, row.ident), [heads[row.path]])
+    assert rig.cas.protected == NEXT_HEADS
+    protection.opened((rows[0].id, rows[0].ident))  # the oldest head's track is opened: it owns its head now
+    protection.add_head((rows[NEXT_HEADS].id, rows[NEXT_HEADS].ident), [heads[rows[NEXT_HEADS].path]])
+    protection.add_head((rows[NEXT_HEADS + 1].id, rows[NEXT_HEADS + 1].ident), [heads[rows[NEXT_HEADS + 1].path]])
+    # NEXT_HEADS heads wait (the two newest and two before them), the opened track keeps its own; one went
+    assert rig.cas.protected == NEXT_HEADS + 1
+    rig.cas.evict_to(CHUNK * (NEXT_HEADS + 1))
+    assert not rig.cas.has(heads[rows[1].path]) and rig.cas.has(heads[rows[0].path])
+    protection.drop((rows[0].id, rows[0].ident))  # released
+    assert rig.cas.protected == NEXT_HEADS
