@@ -73,7 +73,11 @@ START, END = "<!-- media-scan:start -->", "<!-- media-scan:end -->"
 BUCKET, PREFIX = "media", "lib"
 MB = 1_000_000
 AUDIO_EXT = (".flac", ".mp3", ".ogg", ".m4a")
-CLIENTS = ("mediainfo", "ffprobe", "mpd", "beets")
+CLIENTS = ("mediainfo", "ffprobe", "mpd", "mpd-noring", "beets")
+# mpd-noring: mpd where io_uring is refused (as Docker's default seccomp profile does): it reads with read(2), the
+# way its count is taken; only io_uring_setup is stopped (seccomp filter), every other call runs untraced
+NO_URING = ["strace", "-f", "-qq", "--seccomp-bpf", "-e", "trace=io_uring_setup", "-e",
+            "inject=io_uring_setup:error=ENOSYS", "-o", "/dev/null"]
 TOOLS = {  # executable -> Debian package
     "ffmpeg": "ffmpeg", "ffprobe": "ffmpeg", "mediainfo": "mediainfo", "mpd": "mpd", "mpc": "mpc",
     "beet": "beets", "strace": "strace", "rclone": "rclone", "fusermount3": "fuse3",
@@ -273,7 +277,7 @@ class Client:
 
     def run(self, root: str, files: list[str], prefix_for=None) -> float:
         """Wall seconds. prefix_for(tag) -> argv prefix (strace ... -o FILE) or None."""
-        fn = getattr(self, "_" + self.name)
+        fn = getattr(self, "_" + self.name.replace("-", "_"))
         t0 = time.perf_counter()
         fn(root, files, prefix_for or (lambda tag: []))
         return time.perf_counter() - t0
@@ -297,6 +301,9 @@ class Client:
 
     def _ffprobe(self, root, files, prefix_for):
         self._per_file(files, lambda f: ["ffprobe", "-v", "error", "-show_format", "-show_streams", f], prefix_for)
+
+    def _mpd_noring(self, root, files, prefix_for):
+        self._mpd(root, files, lambda tag: prefix_for(tag) or NO_URING)
 
     def _mpd(self, root, files, prefix_for):
         from musicfs_test_utils.servers import free_port, wait_for_port
@@ -584,7 +591,9 @@ def report(args, argv, info, lib_root, files, results, started, seconds, load0, 
               "no update is running (mpd starts one by itself on an empty db); the song count is checked. mpd 0.23 reads "
               "local files through io_uring, which strace cannot see: for the strace count only, `io_uring_setup` is "
               "made to fail (`strace -e inject=io_uring_setup:error=ENOSYS`) and mpd falls back to read(2); the timed "
-              "runs and the mounts are untouched.",
+              "runs and the mounts are untouched. **mpd-noring**: the same mpd with io_uring refused "
+              "(`strace --seccomp-bpf -e inject=io_uring_setup:error=ENOSYS`, as Docker's default seccomp profile "
+              "refuses it), so it reads with read(2) on the mount too, the way its bytes are counted.",
               "- **beets**: `beet -c CONFIG import -A -q DIR` with `import: {copy: no, move: no, write: no, autotag: "
               "no}`, library db in a temp dir; the item count is checked.",
               "- Reads through a FUSE mount pass the kernel's read-ahead first: what a mount fetches is judged against "
@@ -630,7 +639,8 @@ def main() -> int:
 
     need = {"ffmpeg", "ffprobe", "strace", "fusermount3"} | ({"rclone"} if "rclone" in contestants else set())
     for c in clients:
-        need |= {"mediainfo": {"mediainfo"}, "ffprobe": set(), "mpd": {"mpd", "mpc"}, "beets": {"beet"}}[c]
+        need |= {"mediainfo": {"mediainfo"}, "ffprobe": set(), "mpd": {"mpd", "mpc"}, "mpd-noring": {"mpd", "mpc"},
+                 "beets": {"beet"}}[c]
     missing = sorted(t for t in need if not shutil.which(t))
     if missing:
         for t in missing:
