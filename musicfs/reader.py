@@ -273,7 +273,7 @@ class FileReader:
         with trio.fail_after(self.read_timeout):
             parts = []
             if self._small_read(fh, of, offset, end):
-                parts.append(await self._read_blocks(of, offset, end, self._run_before(stream, offset)))
+                parts.append(await self._read_blocks(of, offset, end))
             else:
                 for idx in range(first, last + 1):
                     data = await self._chunk(of, idx)
@@ -311,16 +311,8 @@ class FileReader:
                 return True
         return False
 
-    def _run_before(self, stream: Stream | None, offset: int) -> int:
-        """Bytes the handle has read sequentially up to `offset` (0 if this read starts a new run)."""
-        if stream is None or stream.next_offset < 0 or abs(offset - stream.next_offset) > self.readahead.tolerance:
-            return 0
-        return stream.run
-
-    async def _read_blocks(self, of: OpenFile, offset: int, end: int, run: int = 0) -> bytes:
-        """[offset, end) from the file's blocks (each verified), fetching the aligned blocks none covers. `run`:
-        bytes read sequentially just before this read; the fetch reaches twice as far ahead (within the chunk), so a
-        sequential reader that has not started a stream yet needs fewer and fewer requests per chunk."""
+    async def _read_blocks(self, of: OpenFile, offset: int, end: int) -> bytes:
+        """[offset, end) from the file's blocks (each verified), fetching the aligned blocks none covers."""
         row = of.row
         if of.blocks is None:
             rows = await self._thread(self.catalog.blocks, row.id, row.ident)
@@ -347,10 +339,6 @@ class FileReader:
             if not gaps:
                 break
             wanted = merge(aligned(s, e, row.size, self.block_size) for s, e in gaps)
-            if run:  # reach ahead, up to the next block we have
-                start, n = wanted[-1]
-                stop = min((b.offset for b in usable if b.offset >= start + n), default=row.size)
-                wanted[-1] = self._reach(wanted[-1], run, stop)
             keys = [(row.id, row.ident, off) for start, n in wanted
                     for off in range(start, start + n, self.block_size)]
             busy = next((self._block_inflight[k] for k in keys if k in self._block_inflight), None)
@@ -365,14 +353,6 @@ class FileReader:
             out += got[b][pos - b.offset : min(end, b.end) - b.offset]
             pos = min(end, b.end)
         return bytes(out)
-
-    def _reach(self, span: tuple[int, int], run: int, stop: int) -> tuple[int, int]:
-        """An aligned (offset, length) range grown to twice `run` bytes (whole blocks), within its chunk and before
-        `stop` (the file's end, or the next block in hand)."""
-        start, length = span
-        want = -(-2 * run // self.block_size) * self.block_size
-        limit = min((start // self.chunk_size + 1) * self.chunk_size, stop) - start
-        return start, max(length, min(want, limit))
 
     async def _fetch_blocks(self, of: OpenFile, wanted: list[tuple[int, int]],
                             keys: list[tuple[int, str, int]]) -> dict[Block, bytes]:
