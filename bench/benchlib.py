@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import platform
+import shlex
 import signal
 import subprocess
 import sys
@@ -235,6 +236,15 @@ def machine() -> dict:
     return {"nproc": out(["nproc"]), "cpu": cpu, "ram": ram,
             "kernel": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
             "rclone": rclone.splitlines()[0] if rclone else "?"}
+
+
+def run_lines(argv: list[str], started, seconds: float, load0: float, load1: float, info: dict) -> list[str]:
+    """The Command, Date (with load averages and MusicFS's commit) and Machine lines of a report."""
+    commit = out(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+    return [f"- Command: `{shlex.join(argv)}`",
+            f"- Date: {started:%Y-%m-%d %H:%M} UTC (run took {seconds:.0f} s); load average {load0:.2f} at the start, "
+            f"{load1:.2f} at the end; MusicFS at commit `{commit}`",
+            f"- Machine: {info['nproc']} CPUs (`nproc`), {info['cpu']}; RAM {info['ram']}; {info['kernel']}"]
 
 
 def ratio(a, b) -> str:

@@ -66,7 +66,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(BENCH))
 
 from benchlib import (  # noqa: E402
-    BenchError, Proxy, Watchdog, drop_caches, log, machine, out, proxy_child_main, ratio, write_section,
+    BenchError, Proxy, Watchdog, drop_caches, log, machine, out, proxy_child_main, ratio, run_lines, write_section,
 )
 
 START, END = "<!-- media-scan:start -->", "<!-- media-scan:end -->"
@@ -548,10 +548,7 @@ def report(args, argv, info, lib_root, files, results, started, seconds, load0, 
     if dev:
         lines += [f"**Development figures, not the issue's:** {', '.join(why)}.", ""]
     lines += [
-        f"- Command: `{shlex.join(argv)}`",
-        f"- Date: {started:%Y-%m-%d %H:%M} UTC (run took {seconds:.0f} s); load average {load0:.2f} at the start, "
-        f"{load1:.2f} at the end; MusicFS at commit `{out(['git', '-C', str(REPO), 'rev-parse', '--short', 'HEAD'])}`",
-        f"- Machine: {info['nproc']} CPUs (`nproc`), {info['cpu']}; RAM {info['ram']}; {info['kernel']}",
+        *run_lines(argv, started, seconds, load0, load1, info),
         f"- Software: Python {info['python']}; {info['rclone']}; moto {info['moto']}; {info['mediainfo']}; "
         f"{info['ffprobe']}; {info['mpd']}; mpc {info['mpc']}; {info['beets']}",
         f"- Library: {len(files)} tracks ({', '.join(f'{v} {k}' for k, v in sorted(by_ext.items()))}), "

@@ -68,7 +68,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(BENCH))
 
 from benchlib import (  # noqa: E402
-    NOTES, BenchError, Proxy, Watchdog, drop_caches, log, machine, out, proxy_child_main, ratio, write_section,
+    NOTES, BenchError, Proxy, Watchdog, drop_caches, log, machine, out, proxy_child_main, ratio, run_lines,
+    write_section,
 )
 
 START, END = "<!-- remote-origins:start -->", "<!-- remote-origins:end -->"
@@ -574,10 +575,7 @@ def report(args, argv, info, lib: Library, results: dict, started, seconds, load
     if small:
         lines += [f"**Development-size run, not the issue's figures:** {', '.join(small)}.", ""]
     lines += [
-        f"- Command: `{shlex_join(argv)}`",
-        f"- Date: {started:%Y-%m-%d %H:%M} UTC (run took {seconds:.0f} s); load average {load0:.2f} at the start, "
-        f"{load1:.2f} at the end",
-        f"- Machine: {info['nproc']} CPUs (`nproc`), {info['cpu']}; RAM {info['ram']}; {info['kernel']}",
+        *run_lines(argv, started, seconds, load0, load1, info),
         f"- Software: Python {info['python']}; {info['rclone']}; moto {info['moto']}; paramiko {info['paramiko']}; "
         f"boto3 {info['boto3']}; {info['openssh']}",
         f"- Files (real audio from `musicfs.demo.make_library`): `big/` holds one {lib.big_size() / MB:.1f} MB FLAC and "
@@ -622,12 +620,6 @@ def report(args, argv, info, lib: Library, results: dict, started, seconds, load
         lines += ["", "Notes from the run:", ""] + [f"- {n}" for n in notes]
     lines += ["", END]
     return "\n".join(lines) + "\n"
-
-
-def shlex_join(argv):
-    import shlex
-
-    return shlex.join(argv)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -432,19 +432,10 @@ class FileReader:
             else:
                 missing.append(idx)
         loads = [(f"load-{idx}", functools.partial(self._chunk, of, idx)) for idx in here]
-        if not missing:
-            fetched()
-        elif len(missing) > 1 and missing == list(range(missing[0], missing[-1] + 1)):
-            loads.append(("fetch", functools.partial(self._fetch_run, of, missing, fetched)))
+        if missing:
+            loads.append(("fetch", functools.partial(self._fetch_missing, of, missing, fetched)))
         else:
-            async def one_by_one() -> None:
-                try:
-                    for idx in missing:
-                        await self._chunk(of, idx)
-                finally:
-                    fetched()
-
-            loads.append(("fetch", one_by_one))
+            fetched()
         await run_all(loads)
 
     def _stream_origin(self, of: OpenFile) -> None:
@@ -453,13 +444,15 @@ class FileReader:
         if of.origin is None:
             of.origin = self.origins.open_stream(of.row.path, of.row.stat())
 
-    async def _fetch_run(self, of: OpenFile, run: list[int], fetched: Callable[[], None] = lambda: None) -> None:
-        """Consecutive uncached chunks in one origin request; reads of any of them wait for it (as _chunk), each
-        until its own chunk is stored."""
-        keys = [(of.row.id, of.row.ident, idx) for idx in run]
-        if any(k in self._inflight for k in keys):  # someone started one meanwhile: chunk by chunk
+    async def _fetch_missing(self, of: OpenFile, missing: list[int], fetched: Callable[[], None]) -> None:
+        """Uncached chunks: consecutive ones nobody loads yet in one origin request (reads of any of them wait
+        for it, as _chunk, each until its own chunk is stored), else chunk by chunk. `fetched()` once no origin
+        request is left."""
+        keys = [(of.row.id, of.row.ident, idx) for idx in missing]
+        if (len(missing) < 2 or missing != list(range(missing[0], missing[-1] + 1))
+                or any(k in self._inflight for k in keys)):  # (someone started one meanwhile)
             try:
-                for idx in run:
+                for idx in missing:
                     await self._chunk(of, idx)
             finally:
                 fetched()
@@ -475,21 +468,22 @@ class FileReader:
 
         try:
             try:
-                data = await self._fetch_span(of, run[0], run[-1])
+                data = await self._fetch_span(of, missing[0], missing[-1])
             finally:
                 fetched()
             cs = self.chunk_size
             for n, key in enumerate(keys):  # readers take them now, while they are stored
                 self._fresh[key] = data[n * cs:(n + 1) * cs]
+            del data  # the pieces are the only copy
 
             async def store(n: int, idx: int) -> None:
                 try:
-                    await self._store_fetched(of, idx, data[n * self.chunk_size:(n + 1) * self.chunk_size])
+                    await self._store_fetched(of, idx, self._fresh[keys[n]])
                 finally:
                     done(keys[n])
 
             # The chunks are hashed, written and named at once, on the cache's and the catalog's threads.
-            await run_all([(f"store-{idx}", functools.partial(store, n, idx)) for n, idx in enumerate(run)])
+            await run_all([(f"store-{idx}", functools.partial(store, n, idx)) for n, idx in enumerate(missing)])
         finally:
             for key in keys:
                 done(key)
