@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -10,10 +11,11 @@ import time
 from pathlib import Path
 
 from musicfs.mounts import is_stale, mount_entry, unmount
+from musicfs.status import query_daemon
 
 from .notify_socket import NotifySocket
 
-__all__ = ["MusicfsDaemon", "is_mounted", "is_stale", "sweep_stale_mounts", "wait_until"]
+__all__ = ["MusicfsDaemon", "is_mounted", "is_stale", "sweep_stale_mounts", "toml_value", "wait_until", "write_config"]
 
 
 def wait_until(predicate, timeout: float, what: str, step: float = 0.02):
@@ -26,6 +28,21 @@ def wait_until(predicate, timeout: float, what: str, step: float = 0.02):
         if time.monotonic() >= deadline:
             raise TimeoutError(f"{what}: not within {timeout}s")
         time.sleep(step)
+
+
+def toml_value(value) -> str:
+    """One value as TOML: a dict as an inline table, anything else as JSON (strings, numbers and booleans
+    read the same in TOML)."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
+    return json.dumps(value)
+
+
+def write_config(path: Path, **values) -> Path:
+    """A musicfs TOML config at `path` with one `key = value` line per keyword; returns `path` (for --config)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in values.items()))
+    return path
 
 
 class MusicfsDaemon:
@@ -75,6 +92,13 @@ class MusicfsDaemon:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def status(self) -> dict:
+        """The daemon's status document, from its status socket; fails the test if it does not answer."""
+        doc = query_daemon(str(self.state_dir))
+        if doc is None:
+            raise AssertionError("the daemon does not answer on its status socket")
+        return doc
 
     def wait_for_mount(self, timeout: float = 60.0) -> None:
         """Until READY=1 (or, without a notify socket, until the mount answers); fails fast if the child dies."""

@@ -5,47 +5,18 @@ really answers); status comes from the daemon's status socket.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from musicfs.status import query_daemon
 from musicfs_test_utils.assertions import file_digest, tree_files
-from musicfs_test_utils.daemon import wait_until
-from musicfs_test_utils.mount_io import read_in_child
+from musicfs_test_utils.daemon import wait_until, write_config
+from musicfs_test_utils.mount_io import mount_file_for, read_in_child
 
 pytestmark = [pytest.mark.l2, pytest.mark.l3]
 
 KINDS = ["s3", "sftp"]
 READ_TIMEOUT = 2.0
-
-
-
-
-def toml_value(value) -> str:
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
-    return json.dumps(value)  # strings, numbers and booleans read the same in TOML
-
-
-def write_config(path: Path, **values) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in values.items()))
-    return path
-
-
-def mount_file_for(mountpoint: str, origin_file: Path) -> Path:
-    size = origin_file.stat().st_size
-    matches = [p for p in tree_files(mountpoint) if p.stat().st_size == size]
-    assert len(matches) == 1, f"{origin_file}: {len(matches)} mount files of {size} bytes"
-    return matches[0]
-
-
-def status(daemon) -> dict:
-    doc = query_daemon(str(daemon.state_dir))
-    assert doc is not None, "the daemon does not answer on its status socket"
-    return doc
 
 
 def start_remote_mount(kind: str, via_proxy, daemons, tmp_path: Path):
@@ -82,14 +53,14 @@ def test_n3_blackholed_origin_on_a_mount_gives_eio_in_time_then_recovers(kind, v
     assert (outcome, code) == ("ERR", "5"), f"expected EIO, got {outcome} {code}"
     # One FUSE read is bounded by read_timeout; the kernel may retry a failed readahead once.
     assert seconds < 2 * READ_TIMEOUT + 1.0, f"the reading process waited {seconds:.1f}s"
-    wait_until(lambda: status(daemon)["origins"][0]["state"] == "unhealthy", 15, "origin marked unhealthy")
-    doc = status(daemon)
+    wait_until(lambda: daemon.status()["origins"][0]["state"] == "unhealthy", 15, "origin marked unhealthy")
+    doc = daemon.status()
     assert doc["offline"] is True and doc["origins"][0]["last_error"]
     assert read_in_child(m_cached)[:2] == ("OK", file_digest(cached))  # cached bytes still served
 
     proxy.remove_toxic("hole")
-    wait_until(lambda: not status(daemon)["offline"], 15, "back online")
-    assert status(daemon)["origins"][0]["state"] == "healthy"
+    wait_until(lambda: not daemon.status()["offline"], 15, "back online")
+    assert daemon.status()["origins"][0]["state"] == "healthy"
     assert read_in_child(m_uncached)[:2] == ("OK", file_digest(uncached))
     assert daemon.stop() == 0
 
@@ -103,15 +74,15 @@ def test_n7_proxy_down_then_up_on_a_mount_goes_offline_and_recovers(kind, via_pr
     assert read_in_child(m_cached)[:2] == ("OK", file_digest(cached))
 
     proxy.disable()
-    wait_until(lambda: status(daemon)["offline"], 15, "offline")
-    assert all(o["state"] == "unhealthy" for o in status(daemon)["origins"])
+    wait_until(lambda: daemon.status()["offline"], 15, "offline")
+    assert all(o["state"] == "unhealthy" for o in daemon.status()["origins"])
     assert read_in_child(m_cached)[:2] == ("OK", file_digest(cached))
     outcome, code, seconds = read_in_child(m_uncached)
     assert (outcome, code) == ("ERR", "5")
     assert seconds < 1.0, f"offline reads must fail fast, took {seconds:.2f}s"
 
     proxy.enable()
-    wait_until(lambda: not status(daemon)["offline"], 15, "back online")
+    wait_until(lambda: not daemon.status()["offline"], 15, "back online")
     assert read_in_child(m_uncached)[:2] == ("OK", file_digest(uncached))
     assert daemon.stop() == 0
     assert "OFFLINE" in daemon.log_text() or "every origin is down" in daemon.log_text()
@@ -131,13 +102,13 @@ def test_a_remote_mount_starts_with_its_server_unreachable_and_serves_its_cache(
     proxy.disable()  # the server is unreachable when the daemon starts again (same state and cache)
     daemon.start()
     daemon.wait_for_mount()
-    wait_until(lambda: status(daemon)["offline"], 15, "offline")
+    wait_until(lambda: daemon.status()["offline"], 15, "offline")
     assert sorted(str(p.relative_to(daemon.mountpoint)) for p in tree_files(daemon.mountpoint)) == listing
     assert read_in_child(m_cached)[:2] == ("OK", file_digest(cached))
     outcome, code, seconds = read_in_child(m_uncached)
     assert (outcome, code) == ("ERR", "5") and seconds < 1.0
 
     proxy.enable()
-    wait_until(lambda: not status(daemon)["offline"], 15, "back online")
+    wait_until(lambda: not daemon.status()["offline"], 15, "back online")
     assert read_in_child(m_uncached)[:2] == ("OK", file_digest(uncached))
     assert daemon.stop() == 0

@@ -18,10 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from musicfs.status import query_daemon
 from musicfs_test_utils import disks
 from musicfs_test_utils.assertions import assert_mount_matches_origin, tree_files
-from musicfs_test_utils.daemon import wait_until
+from musicfs_test_utils.daemon import wait_until, write_config
 from musicfs_test_utils.fixtures import make_library
 from musicfs_test_utils.mount_io import read_digest
 
@@ -40,15 +39,7 @@ def sha(path: Path) -> str:
 
 
 def config(tmp_path: Path, **values: str) -> list[str]:
-    path = tmp_path / "musicfs.toml"
-    path.write_text("\n".join(f'{k} = "{v}"' for k, v in values.items()))
-    return ["--config", str(path)]
-
-
-def cache_status(daemon) -> dict:
-    doc = query_daemon(str(daemon.state_dir))
-    assert doc is not None, "the daemon does not answer on its status socket"
-    return doc["cache"]
+    return ["--config", str(write_config(tmp_path / "musicfs.toml", **values))]
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +67,7 @@ def test_a_cache_on_a_tiny_full_disk_serves_every_byte_and_never_crashes(big_lib
         assert "disk full" in log  # ENOSPC was met ...
         assert "serving it uncached" in log or "evicted" in log  # ... and handled, not raised
         assert "Traceback" not in log and "failed unexpectedly" not in log
-        status = cache_status(daemon)
+        status = daemon.status()["cache"]
         assert status["state"] == "normal" and status["used_bytes"] <= total  # a full disk is not a broken one
         assert daemon.stop() == 0
 
@@ -93,21 +84,21 @@ def test_a_cache_folder_turned_read_only_means_passthrough_until_a_probe_sees_it
         mount = {p.stat().st_size: p for p in tree_files(daemon.mountpoint)}
         first, second, third = (mount[f.stat().st_size] for f in small[-4:-1])
         assert read_digests(first) == [sha(small[-4])]  # cached
-        chunks_before = cache_status(daemon)["chunks"]
+        chunks_before = daemon.status()["cache"]["chunks"]
 
         with disks.read_only(daemon.cache_dir) as writable_again:
             assert read_digests(second, first) == [sha(small[-3]), sha(small[-4])]  # right bytes throughout
             daemon.wait_for_log("Read-only file system")
-            state = cache_status(daemon)
+            state = daemon.status()["cache"]
             assert state["state"] in ("unstable", "down"), state
             assert "Read-only file system" in state["reason"] or "probe" in state["reason"]
             assert read_digests(third) == [sha(small[-2])]
-            assert cache_status(daemon)["chunks"] == chunks_before  # passthrough: nothing stored
-            wait_until(lambda: cache_status(daemon)["state"] == "down", 30, "the cache marked down")
+            assert daemon.status()["cache"]["chunks"] == chunks_before  # passthrough: nothing stored
+            wait_until(lambda: daemon.status()["cache"]["state"] == "down", 30, "the cache marked down")
             writable_again()
-            wait_until(lambda: cache_status(daemon)["state"] == "normal", 30, "a probe re-enabling the cache")
+            wait_until(lambda: daemon.status()["cache"]["state"] == "normal", 30, "a probe re-enabling the cache")
         assert read_digests(third) == [sha(small[-2])]
-        assert cache_status(daemon)["chunks"] > chunks_before  # caching again
+        assert daemon.status()["cache"]["chunks"] > chunks_before  # caching again
         assert "a probe passed: the cache is used again" in daemon.log_text()
         assert daemon.stop() == 0
 
@@ -121,12 +112,12 @@ def test_a_daemon_started_on_a_read_only_cache_serves_and_takes_the_cache_back_w
         disks.remount(daemon.cache_dir, "ro")  # nothing holds it open yet: the whole filesystem
         daemon.start()
         daemon.wait_for_mount()
-        assert cache_status(daemon)["state"] == "down"
+        assert daemon.status()["cache"]["state"] == "down"
         assert_mount_matches_origin(daemon.mountpoint, files)  # straight from the origin
         assert "cache: cannot open" in daemon.log_text()
         disks.remount(daemon.cache_dir, "rw")
-        wait_until(lambda: cache_status(daemon)["state"] == "normal", 30, "a probe opening the cache")
+        wait_until(lambda: daemon.status()["cache"]["state"] == "normal", 30, "a probe opening the cache")
         assert read_digests(*tree_files(daemon.mountpoint))
-        assert cache_status(daemon)["chunks"] > 0
+        assert daemon.status()["cache"]["chunks"] > 0
         assert daemon.stop() == 0
 

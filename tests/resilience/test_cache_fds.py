@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from musicfs_test_utils.assertions import tree_files
-from musicfs_test_utils.daemon import wait_until
+from musicfs_test_utils.daemon import wait_until, write_config
 
 pytestmark = pytest.mark.l2
 
@@ -38,9 +38,8 @@ def read_all(paths) -> list[tuple[str, str]]:
 
 @pytest.mark.resilience("5.3")
 def test_a_daemon_out_of_descriptors_answers_eio_and_recovers_when_they_free_up(small_library, daemons, tmp_path):
-    conf = tmp_path / "musicfs.toml"
     # every read reaches the disk cache or the origin; the origin health probe runs often (see below)
-    conf.write_text('memory_cache = "1K"\nhealth_interval = 0.3\nhealth_timeout = 1.0\n')
+    conf = write_config(tmp_path / "musicfs.toml", memory_cache="1K", health_interval=0.3, health_timeout=1.0)
     daemon = daemons([small_library[0]], extra_args=["--config", str(conf)])
     daemon.start()
     daemon.wait_for_mount()

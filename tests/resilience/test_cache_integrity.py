@@ -20,7 +20,7 @@ from musicfs import points
 from musicfs.damage import RunMarker
 from musicfs.demo import JUNK_FILES
 from musicfs_test_utils.assertions import assert_mount_matches_origin, file_digest, tree_files
-from musicfs_test_utils.daemon import is_mounted, wait_until
+from musicfs_test_utils.daemon import is_mounted, wait_until, write_config
 from musicfs_test_utils.fixtures import make_library
 from musicfs_test_utils.mount_io import mount_file_for, read_digest
 
@@ -32,10 +32,8 @@ CHUNK = 64 * 1024
 
 
 def config(tmp_path: Path, **extra) -> list[str]:
-    path = tmp_path / "musicfs.toml"
-    values = {"chunk_size": '"64K"', "memory_cache": '"1K"', **extra}
-    path.write_text("\n".join(f"{k} = {v}" for k, v in values.items()))
-    return ["--config", str(path)]
+    values = {"chunk_size": "64K", "memory_cache": "1K", **extra}
+    return ["--config", str(write_config(tmp_path / "musicfs.toml", **values))]
 
 
 def fsck(daemon, *args: str) -> subprocess.CompletedProcess:

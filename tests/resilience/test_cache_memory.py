@@ -16,8 +16,8 @@ import sys
 import psutil
 import pytest
 
-from musicfs.status import query_daemon
 from musicfs_test_utils.assertions import tree_files
+from musicfs_test_utils.daemon import write_config
 from musicfs_test_utils.fixtures import make_library
 
 pytestmark = pytest.mark.l2
@@ -43,8 +43,8 @@ def test_rss_stays_flat_across_a_long_read_soak(tmp_path, daemons):
     root = tmp_path / "library"
     make_library(root, 12, big_file_mb=12, hostile=False)
     origin = sorted(hashlib.sha256(p.read_bytes()).hexdigest() for p in tree_files(root))
-    conf = tmp_path / "musicfs.toml"
-    conf.write_text('chunk_size = "64K"\nmemory_cache = "2M"\n')  # the RAM cache holds ~1/7 of the library
+    # the RAM cache holds ~1/7 of the library
+    conf = write_config(tmp_path / "musicfs.toml", chunk_size="64K", memory_cache="2M")
     daemon = daemons([root], extra_args=["--config", str(conf)])
     daemon.start()
     daemon.wait_for_mount()
@@ -58,7 +58,7 @@ def test_rss_stays_flat_across_a_long_read_soak(tmp_path, daemons):
             assert sorted(digests) == origin  # the soak reads the right bytes
         samples.append(proc.memory_info().rss)
 
-    status = query_daemon(str(daemon.state_dir))
+    status = daemon.status()
     reader = status["reader"]
     served = reader["cache_hits"] + reader["memory_hits"]
     assert reader["cache_hits"] > 0 and served > PASSES * 12, reader  # the daemon answered, from its caches

@@ -5,16 +5,15 @@ chunks of a track being played outlive the chunks of other reads, until it is cl
 from __future__ import annotations
 
 import hashlib
-import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from musicfs.demo import BIG_FILE_PATH
-from musicfs.status import query_daemon
 from musicfs_test_utils.assertions import file_digest
-from musicfs_test_utils.daemon import wait_until
+from musicfs_test_utils.daemon import wait_until, write_config
 from musicfs_test_utils.fixtures import make_library
 from musicfs_test_utils.assertions import tree_files
 from musicfs_test_utils.mount_io import mount_file_for, read_digest
@@ -24,29 +23,28 @@ pytestmark = pytest.mark.l2
 QUOTA = 2 << 20
 
 
+def start(tmp_path: Path, daemons, root: Path, **config):
+    path = write_config(tmp_path / "musicfs.toml", **config)
+    daemon = daemons([root], extra_args=["--config", str(path)])
+    daemon.start()
+    daemon.wait_for_mount()
+    return daemon
+
+
 @pytest.mark.resilience("6.1")
 def test_a_file_larger_than_the_quota_read_and_closed_leaves_the_cache_within_it(tmp_path, daemons):
     root = tmp_path / "library"
     make_library(root, 1, big_file_mb=6, hostile=False)
     track = root / BIG_FILE_PATH
-    config = tmp_path / "musicfs.toml"
-    config.write_text("\n".join(f"{k} = {json.dumps(v)}" for k, v in
-                                {"chunk_size": "256K", "cache_size": "2M", "readahead": "1M"}.items()))
-    daemon = daemons([root], extra_args=["--config", str(config)])
-    daemon.start()
-    daemon.wait_for_mount()
+    daemon = start(tmp_path, daemons, root, chunk_size="256K", cache_size="2M", readahead="1M")
     mounted = mount_file_for(daemon.mountpoint, track)
     assert track.stat().st_size > 2 * QUOTA
 
     assert read_digest(mounted) == file_digest(track)  # read whole in a child process, then closed
 
-    def cache() -> dict:
-        doc = query_daemon(str(daemon.state_dir))
-        assert doc is not None, "the daemon does not answer on its status socket"
-        return doc["cache"]
-
-    wait_until(lambda: cache()["used_bytes"] <= QUOTA, 10, "the cache back within its quota after the close")
-    assert cache()["pinned"] == 0
+    wait_until(lambda: daemon.status()["cache"]["used_bytes"] <= QUOTA, 10,
+               "the cache back within its quota after the close")
+    assert daemon.status()["cache"]["pinned"] == 0
     assert read_digest(mounted) == file_digest(track)  # and it reads right again
     assert daemon.stop() == 0
 
@@ -73,22 +71,12 @@ def test_a_played_track_keeps_its_chunks_while_other_reads_evict_until_it_is_clo
         make_library(root / f"s{seed}", 24, seed=seed, hostile=False)
     track = root / "a" / BIG_FILE_PATH  # alone in its album: no next track is fetched ahead of it
     chunk, quota = 64 << 10, 2560 << 10
-    config = tmp_path / "musicfs.toml"
-    config.write_text("\n".join(f"{k} = {json.dumps(v)}" for k, v in
-                                {"chunk_size": "64K", "cache_size": "2560K", "readahead": "512K"}.items()))
-    daemon = daemons([root], extra_args=["--config", str(config)])
-    daemon.start()
-    daemon.wait_for_mount()
+    daemon = start(tmp_path, daemons, root, chunk_size="64K", cache_size="2560K", readahead="512K")
     mounted = mount_file_for(daemon.mountpoint, track)
     data = track.read_bytes()
     played = [hashlib.sha256(data[i:i + chunk]).hexdigest() for i in range(0, len(data), chunk)]
     others = [p for p in tree_files(daemon.mountpoint) if p != mounted and p.suffix in (".flac", ".mp3", ".ogg")]
     assert sum(p.stat().st_size for p in others) > quota - len(data) + (1 << 20)  # far more than the room left
-
-    def cache() -> dict:
-        doc = query_daemon(str(daemon.state_dir))
-        assert doc is not None, "the daemon does not answer on its status socket"
-        return doc["cache"]
 
     def cached(digest: str) -> bool:
         return (daemon.cache_dir / "chunks" / digest[:2] / digest).exists()
@@ -98,16 +86,17 @@ def test_a_played_track_keeps_its_chunks_while_other_reads_evict_until_it_is_clo
     try:
         assert player.stdout.readline().split() == ["READ", hashlib.sha256(data).hexdigest()]
         assert all(cached(d) for d in played)
-        assert cache()["protected"] >= len(played) - 3  # behind the player: all but the chunks it is in
+        # behind the player: all but the chunks it is in
+        assert daemon.status()["cache"]["protected"] >= len(played) - 3
         for other in others:
             read_digest(other)
         assert all(cached(d) for d in played), "a chunk of the track being played went before other reads' chunks"
-        assert cache()["used_bytes"] <= quota
+        assert daemon.status()["cache"]["used_bytes"] <= quota
     finally:
         player.communicate("close\n", timeout=30)
     # closed: its chunks are ordinary again (what stays protected is the heads of the last next tracks fetched
     # ahead of the small tracks read to their end: 4 of them, 2 chunks each at most)
-    wait_until(lambda: cache()["protected"] <= 4 * 2 and cache()["pinned"] == 0, 10, "the closed track's chunks "
-               "ordinary again")
-    assert cache()["used_bytes"] <= quota
+    wait_until(lambda: daemon.status()["cache"]["protected"] <= 4 * 2 and daemon.status()["cache"]["pinned"] == 0,
+               10, "the closed track's chunks ordinary again")
+    assert daemon.status()["cache"]["used_bytes"] <= quota
     assert daemon.stop() == 0

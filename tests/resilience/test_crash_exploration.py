@@ -15,6 +15,7 @@ from musicfs import points
 from musicfs.demo import JUNK_FILES
 from musicfs.failpoints import declared
 from musicfs_test_utils.assertions import assert_mount_matches_origin, tree_files
+from musicfs_test_utils.daemon import write_config
 
 pytestmark = pytest.mark.l2
 
@@ -43,7 +44,7 @@ CASES = [pytest.param(p, a, id=p) for p, a in sorted(WRITE_POINTS.items())] + \
 READ_ONLY_POINTS = {points.CAS_GET, points.CAS_PROBE, points.DB_OPEN_CORRUPT, points.FUSE_HANDLER, points.FUSE_READ,
                     points.HEALTH_CHECK_HANG, points.READER_MANIFEST_FETCH, points.WATCHDOG_LOOP_CHECK,
                     points.ORIGIN_READ_CHECKED, points.PIN_FETCH}
-SMALL_CACHE = 'chunk_size = "64K"\ncache_size = "300K"\n'  # smaller than the library: reads evict
+SMALL_CACHE = {"chunk_size": "64K", "cache_size": "300K"}  # smaller than the library: reads evict
 
 
 def test_every_declared_point_is_explored_or_known_read_only():
@@ -106,8 +107,7 @@ def test_crash_at_write_point_then_restart_serves_right_bytes_and_fsck_is_clean(
     shutil.copytree(small_library[0], root)
     args = []
     if point == points.CAS_EVICT:
-        (tmp_path / "small.toml").write_text(SMALL_CACHE)
-        args = ["--config", str(tmp_path / "small.toml")]
+        args = ["--config", str(write_config(tmp_path / "small.toml", **SMALL_CACHE))]
     make = lambda **kw: daemons([root], name="d", extra_args=args, **kw)  # noqa: E731 - one state, many runs
     _prepare(action, make, root)
 

@@ -11,7 +11,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from musicfs.demo import BIG_FILE_PATH
-from musicfs.status import query_daemon
 from musicfs_test_utils.fixtures import make_library
 from musicfs_test_utils.daemon import is_mounted
 
@@ -33,7 +32,7 @@ def test_a_cold_read_grows_origin_bytes_and_the_read_histogram(tmp_path, daemons
     daemon = daemons([root], extra_args=["--metrics", "127.0.0.1:0"])
     daemon.start()
     daemon.wait_for_mount()
-    address = query_daemon(str(daemon.state_dir))["metrics"]  # port 0: the daemon says which one it got
+    address = daemon.status()["metrics"]  # port 0: the daemon says which one it got
     assert address.startswith("127.0.0.1:") and not address.endswith(":0"), address
     origin = (("origin", str(root)),)
 

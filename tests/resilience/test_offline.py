@@ -6,15 +6,13 @@ back. Reads happen in child processes that drop the file's page cache first, so 
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pytest
 
-from musicfs.status import query_daemon
 from musicfs_test_utils.assertions import file_digest, tree_files
-from musicfs_test_utils.daemon import wait_until
+from musicfs_test_utils.daemon import wait_until, write_config
 from musicfs_test_utils.mount_io import mount_files_by_size, read_in_child
 
 pytestmark = pytest.mark.l2
@@ -22,21 +20,12 @@ pytestmark = pytest.mark.l2
 READ_TIMEOUT = 10.0  # long on purpose: an offline read that waited for anything would show
 
 
-
-
-def status(daemon) -> dict:
-    doc = query_daemon(str(daemon.state_dir))
-    assert doc is not None, "the daemon does not answer on its status socket"
-    return doc
-
-
 def config_file(tmp_path: Path) -> str:
-    path = tmp_path / "musicfs.toml"
-    path.write_text("\n".join(f"{k} = {json.dumps(v)}" for k, v in {
-        "read_timeout": READ_TIMEOUT, "chunk_size": "64K", "health_interval": 0.3, "health_timeout": 1.0,
-        # No read-ahead: it fetches the head of the next track, and these tests must know what is cached.
-        "readahead": 0}.items()))
-    return str(path)
+    return str(write_config(tmp_path / "musicfs.toml", read_timeout=READ_TIMEOUT, chunk_size="64K",
+                            health_interval=0.3, health_timeout=1.0,
+                            # No read-ahead: it fetches the head of the next track, and these tests must know
+                            # what is cached.
+                            readahead=0))
 
 
 @pytest.mark.resilience("4.2.3")
@@ -52,11 +41,11 @@ def test_with_every_origin_down_cached_files_play_uncached_fail_fast_and_it_reco
     for f in cached:
         assert read_in_child(pairs[f])[:2] == ("OK", file_digest(f))
     digests = {f: file_digest(f) for f in originals}
-    assert status(daemon)["offline"] is False
+    assert daemon.status()["offline"] is False
 
     os.rename(root, root.with_name("library-away"))  # every origin gone
-    wait_until(lambda: status(daemon)["offline"], 15, "offline")
-    doc = status(daemon)
+    wait_until(lambda: daemon.status()["offline"], 15, "offline")
+    doc = daemon.status()
     assert doc["origins"][0]["state"] == "unhealthy" and "not a directory" in doc["origins"][0]["last_error"]
     for f in cached:
         assert read_in_child(pairs[f])[:2] == ("OK", digests[f]), f"{f.name}: cached, must be served offline"
@@ -66,8 +55,8 @@ def test_with_every_origin_down_cached_files_play_uncached_fail_fast_and_it_reco
         assert seconds < 1.0, f"{f.name}: an offline read must fail fast, took {seconds:.2f}s"
 
     os.rename(root.with_name("library-away"), root)  # back, and nothing is restarted
-    wait_until(lambda: not status(daemon)["offline"], 15, "back online")
-    assert status(daemon)["origins"][0]["state"] == "healthy"
+    wait_until(lambda: not daemon.status()["offline"], 15, "back online")
+    assert daemon.status()["origins"][0]["state"] == "healthy"
     for f in uncached:
         assert read_in_child(pairs[f])[:2] == ("OK", digests[f])
     assert daemon.stop() == 0
@@ -93,7 +82,7 @@ def test_a_mount_starts_with_every_origin_unreachable_and_serves_its_cache(libra
     os.rename(root, root.with_name("library-away"))
     daemon.start()  # same state and cache, every origin unreachable
     daemon.wait_for_mount()
-    wait_until(lambda: status(daemon)["offline"], 15, "offline")
+    wait_until(lambda: daemon.status()["offline"], 15, "offline")
     assert sorted(str(p.relative_to(daemon.mountpoint)) for p in tree_files(daemon.mountpoint)) == names
     for f in cached:
         assert read_in_child(pairs[f])[:2] == ("OK", digests[f])
@@ -101,6 +90,6 @@ def test_a_mount_starts_with_every_origin_unreachable_and_serves_its_cache(libra
     assert (outcome, code) == ("ERR", "5") and seconds < 1.0
 
     os.rename(root.with_name("library-away"), root)
-    wait_until(lambda: not status(daemon)["offline"], 15, "back online")
+    wait_until(lambda: not daemon.status()["offline"], 15, "back online")
     assert read_in_child(pairs[uncached[0]])[:2] == ("OK", digests[uncached[0]])
     assert daemon.stop() == 0

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import errno
-import json
 import os
 import signal
 import threading
@@ -23,7 +22,7 @@ import pytest
 
 from musicfs import points
 from musicfs.demo import BIG_FILE_PATH
-from musicfs_test_utils.daemon import wait_until
+from musicfs_test_utils.daemon import wait_until, write_config
 from musicfs_test_utils.fixtures import flac_audio_start, make_library
 from musicfs_test_utils.mount_io import mount_file_for
 
@@ -34,8 +33,7 @@ PAGE = 4096
 
 
 def start(daemons, root: Path, tmp_path: Path, env: dict | None = None, name: str = "d", **config):
-    path = tmp_path / f"{name}.toml"
-    path.write_text("\n".join(f"{k} = {json.dumps(v)}" for k, v in {"chunk_size": "64K", **config}.items()))
+    path = write_config(tmp_path / f"{name}.toml", **{"chunk_size": "64K", **config})
     daemon = daemons([root], name=name, extra_args=["--config", str(path)], env=env)
     daemon.start()
     daemon.wait_for_mount()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import signal
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from musicfs_test_utils.assertions import file_digest
-from musicfs_test_utils.daemon import wait_until
+from musicfs_test_utils.daemon import wait_until, write_config
 from musicfs_test_utils.fixtures import flac_audio_start
 from musicfs_test_utils.mount_io import mount_files_by_size, read_in_child, reader_process, reader_result
 
@@ -44,8 +43,7 @@ def read_uncached(path: Path) -> bytes:
 
 
 def start(daemons, root: Path, tmp_path: Path, **config):
-    path = tmp_path / "musicfs.toml"
-    path.write_text("\n".join(f"{k} = {json.dumps(v)}" for k, v in {"chunk_size": "64K", **config}.items()))
+    path = write_config(tmp_path / "musicfs.toml", **{"chunk_size": "64K", **config})
     daemon = daemons([root], extra_args=["--config", str(path)])
     daemon.start()
     daemon.wait_for_mount()

@@ -21,9 +21,8 @@ from pathlib import Path
 import pytest
 
 from musicfs import points
-from musicfs.status import query_daemon
 from musicfs_test_utils.assertions import file_digest
-from musicfs_test_utils.daemon import wait_until
+from musicfs_test_utils.daemon import wait_until, write_config
 from musicfs_test_utils.mount_io import mount_file_for, read_in_child
 
 pytestmark = pytest.mark.l2
@@ -32,11 +31,9 @@ READ_TIMEOUT = 10.0
 
 
 def config_file(tmp_path: Path, **extra) -> str:
-    path = tmp_path / "musicfs.toml"
     values = {"read_timeout": READ_TIMEOUT, "chunk_size": "64K", "health_interval": 0.3, "health_timeout": 1.0,
               **extra}
-    path.write_text("\n".join(f"{k} = {json.dumps(v)}" for k, v in values.items()))
-    return str(path)
+    return str(write_config(tmp_path / "musicfs.toml", **values))
 
 
 def musicfs(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
@@ -90,7 +87,7 @@ def test_a_pinned_album_is_fetched_kept_past_the_quota_and_plays_offline_after_a
     assert sum(f.stat().st_size for f in others) > 2 * (256 << 10)
     for f in others:
         assert read_in_child(mount_file_for(daemon.mountpoint, f))[:2] == ("OK", file_digest(f))
-    status = query_daemon(str(daemon.state_dir))
+    status = daemon.status()
     assert status["cache"]["used_bytes"] <= 256 << 10
     assert status["pins"]["pins"][0]["state"] == "complete"  # eviction took none of the pinned chunks
     unread = album_files(root, "Midnight Orchestra/The Complete Symphonies/Disc 1")[0]
@@ -100,7 +97,7 @@ def test_a_pinned_album_is_fetched_kept_past_the_quota_and_plays_offline_after_a
     os.rename(root, root.with_name("library-away"))  # every origin down, then a restart
     daemon.start()
     daemon.wait_for_mount()
-    wait_until(lambda: query_daemon(str(daemon.state_dir))["offline"], 15, "offline")
+    wait_until(lambda: daemon.status()["offline"], 15, "offline")
     assert pins(tmp_path, daemon.mountpoint)[0]["state"] == "complete"
     for f, digest in digests.items():
         assert read_in_child(folder / names[f])[:2] == ("OK", digest), f"{f.name}: pinned, must play offline"
@@ -133,7 +130,7 @@ def test_a_pin_fetch_killed_with_sigkill_completes_after_a_restart_with_the_righ
     daemon.wait_for_mount()
     wait_until(lambda: pins(tmp_path, daemon.mountpoint)[0]["state"] == "complete", 30, "the pin complete")
     os.rename(root, root.with_name("library-away"))  # the bytes must come from the cache
-    wait_until(lambda: query_daemon(str(daemon.state_dir))["offline"], 15, "offline")
+    wait_until(lambda: daemon.status()["offline"], 15, "offline")
     for p in folder.iterdir():
         origin = sizes[p.stat().st_size]
         assert read_in_child(p)[:2] == ("OK", digests[origin]), f"{p.name}: wrong or missing bytes"

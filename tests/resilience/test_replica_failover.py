@@ -9,7 +9,6 @@ the replica the origin whose identities the catalog holds.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from pathlib import Path
@@ -17,16 +16,15 @@ from pathlib import Path
 import pytest
 
 from musicfs_test_utils.assertions import file_digest
+from musicfs_test_utils.daemon import write_config
 from musicfs_test_utils.mount_io import mount_files_by_size, read_in_child
 
 pytestmark = pytest.mark.l2
 
 
 def config_file(tmp_path: Path) -> str:
-    path = tmp_path / "musicfs.toml"
-    path.write_text("\n".join(f"{k} = {json.dumps(v)}" for k, v in {
-        "read_timeout": 10.0, "chunk_size": "64K", "health_interval": 0.3, "health_timeout": 1.0}.items()))
-    return str(path)
+    return str(write_config(tmp_path / "musicfs.toml", read_timeout=10.0, chunk_size="64K", health_interval=0.3,
+                            health_timeout=1.0))
 
 
 @pytest.mark.resilience("4.3")

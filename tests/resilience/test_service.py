@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from musicfs.statefiles import LOCK_FILE, SOCKET_NAME
-from musicfs.status import query_daemon
 from musicfs_test_utils.daemon import is_mounted
 
 pytestmark = pytest.mark.l2
@@ -52,7 +51,7 @@ def test_a_second_daemon_of_a_mounted_library_is_refused_naming_the_holder(small
     assert not is_mounted(str(other_mnt)) and not other_mnt.exists()  # refused before anything was made
     # the first still serves, and its status socket is still there
     assert (first.state_dir / SOCKET_NAME).exists()
-    assert query_daemon(str(first.state_dir))["pid"] == first.pid
+    assert first.status()["pid"] == first.pid
     status = musicfs("status", "--state-dir", str(first.state_dir), "--json")
     assert status.returncode == 0 and json.loads(status.stdout)["state"] == "running", status.stdout
     assert first.stop() == 0
@@ -67,7 +66,7 @@ def test_a_killed_daemons_lock_never_blocks_the_next_start(small_library, daemon
     assert json.loads((daemon.state_dir / LOCK_FILE).read_text())["pid"] == killed
     daemon.start()
     daemon.wait_for_mount()
-    assert query_daemon(str(daemon.state_dir))["pid"] == daemon.pid != killed
+    assert daemon.status()["pid"] == daemon.pid != killed
     assert json.loads((daemon.state_dir / LOCK_FILE).read_text())["pid"] == daemon.pid
     assert daemon.stop() == 0
 

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from musicfs_test_utils.assertions import tree_files
-from musicfs_test_utils.daemon import is_mounted
+from musicfs_test_utils.daemon import is_mounted, write_config
 
 pytestmark = pytest.mark.l2
 
@@ -24,9 +24,7 @@ def _slow_read(daemon):
 
 
 def _config(tmp_path, **values) -> list[str]:
-    path = tmp_path / "musicfs.toml"
-    path.write_text("".join(f"{k} = {v}\n" for k, v in values.items()))
-    return ["--config", str(path)]
+    return ["--config", str(write_config(tmp_path / "musicfs.toml", **values))]
 
 
 @pytest.mark.resilience("2.1")

@@ -12,7 +12,6 @@ import pytest
 
 from musicfs.control import SOCKET_NAME, STATE_FILE
 from musicfs.damage import RunMarker
-from musicfs.status import query_daemon
 from musicfs_test_utils.assertions import assert_mount_matches_origin
 
 pytestmark = pytest.mark.l2
@@ -30,7 +29,7 @@ def test_folders_in_place_of_state_files_are_moved_aside_and_the_daemon_starts(s
         (daemon.state_dir / name / "inside").write_text("kept")
     daemon.start()
     daemon.wait_for_mount()
-    assert query_daemon(str(daemon.state_dir))["state"] == "running"  # the status task serves, once
+    assert daemon.status()["state"] == "running"  # the status task serves, once
     assert json.loads((daemon.state_dir / STATE_FILE).read_text())["pid"] == daemon.pid
     assert_mount_matches_origin(daemon.mountpoint, small_library[2])
     log = daemon.log_text()
