@@ -42,6 +42,11 @@ from .rounds import run_all
 log = logging.getLogger(__name__)
 
 
+# A sequential run this long (a few FUSE reads) is no tag reader's: its next uncached small read fetches the rest
+# of its chunk at once (mediainfo, ffprobe, beets and mpd read less than this of a file's head in a row).
+STREAMING_SOON = 512 << 10
+
+
 class BadHandle(MusicFSError):
     errno = errno.EBADF
 
@@ -273,7 +278,7 @@ class FileReader:
         with trio.fail_after(self.read_timeout):
             parts = []
             if self._small_read(fh, of, offset, end):
-                parts.append(await self._read_blocks(of, offset, end))
+                parts.append(await self._read_blocks(of, offset, end, self._streaming_soon(stream, offset)))
             else:
                 for idx in range(first, last + 1):
                     data = await self._chunk(of, idx)
@@ -311,8 +316,16 @@ class FileReader:
                 return True
         return False
 
-    async def _read_blocks(self, of: OpenFile, offset: int, end: int) -> bytes:
-        """[offset, end) from the file's blocks (each verified), fetching the aligned blocks none covers."""
+    def _streaming_soon(self, stream: Stream | None, offset: int) -> bool:
+        """Whether this read continues a sequential run of STREAMING_SOON bytes or more: longer than tag readers
+        read, so a player or a copy on its way to read-ahead (which starts at a chunk)."""
+        return (stream is not None and stream.run >= STREAMING_SOON
+                and abs(offset - stream.next_offset) <= self.readahead.tolerance)
+
+    async def _read_blocks(self, of: OpenFile, offset: int, end: int, to_chunk_end: bool = False) -> bytes:
+        """[offset, end) from the file's blocks (each verified), fetching the aligned blocks none covers;
+        `to_chunk_end`: the last gap is fetched on to the end of its chunk (or the next block in hand), in the
+        same request, so a reader about to stream needs one request for the rest of the chunk, not one a read."""
         row = of.row
         if of.blocks is None:
             rows = await self._thread(self.catalog.blocks, row.id, row.ident)
@@ -339,6 +352,11 @@ class FileReader:
             if not gaps:
                 break
             wanted = merge(aligned(s, e, row.size, self.block_size) for s, e in gaps)
+            if to_chunk_end:
+                start, n = wanted[-1]
+                stop = min([b.offset for b in usable if b.offset >= start + n]
+                           + [(start // self.chunk_size + 1) * self.chunk_size, row.size])
+                wanted[-1] = (start, max(n, stop - start))
             keys = [(row.id, row.ident, off) for start, n in wanted
                     for off in range(start, start + n, self.block_size)]
             busy = next((self._block_inflight[k] for k in keys if k in self._block_inflight), None)

@@ -20,6 +20,7 @@ from musicfs.cas import CasStore
 from musicfs.library import Library
 from musicfs.origins.memory import READ, MemoryOrigin, serve
 from musicfs.origins.registry import OriginRegistry
+from musicfs.reader import STREAMING_SOON
 from musicfs.sync import Scanner
 from musicfs_test_utils.fixtures import make_library
 from musicfs_test_utils.reader_rig import ReaderRig
@@ -128,9 +129,12 @@ async def test_a_stream_still_fetches_whole_chunks(rig):
         rig.reader.release(fh)
     assert b"".join(out) == data
     reads = rig.recording.reads
-    # the first chunk's reads come before the read-ahead window opens (a run of one chunk): blocks; then chunks
-    assert reads[:CHUNK // BLOCK_SIZE] == [(BIG, off, BLOCK_SIZE) for off in range(0, CHUNK, BLOCK_SIZE)]
-    assert reads[CHUNK // BLOCK_SIZE:] == [(BIG, i * CHUNK, min(CHUNK, len(data) - i * CHUNK)) for i in range(1, 5)]
+    # the first chunk's reads come before the read-ahead window opens (a run of one chunk): blocks, until the run
+    # is longer than a tag reader's (STREAMING_SOON): then the rest of the chunk at once; then whole chunks
+    soon = STREAMING_SOON // BLOCK_SIZE
+    assert reads[:soon] == [(BIG, off, BLOCK_SIZE) for off in range(0, STREAMING_SOON, BLOCK_SIZE)]
+    assert reads[soon] == (BIG, STREAMING_SOON, CHUNK - STREAMING_SOON)
+    assert reads[soon + 1:] == [(BIG, i * CHUNK, min(CHUNK, len(data) - i * CHUNK)) for i in range(1, 5)]
     assert rig.reader.statistics().origin_fetches == 4
 
 
