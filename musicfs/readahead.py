@@ -227,8 +227,13 @@ class ReadAhead:
         self._started += len(jobs)
         self._inflight_chunks += len(jobs)
 
+        freed = False
+
         def fetched() -> None:  # the batch's bytes are in hand: the stream's next batch may go to the origin
-            self._free(stream)
+            nonlocal freed
+            if not freed:  # once: a second call must not free the stream from under its next batch
+                freed = True
+                self._free(stream)
 
         with trio.CancelScope() as scope:
             stream.scopes.add(scope)

@@ -129,6 +129,39 @@ async def test_a_stream_has_one_batch_at_the_origin_and_the_jobs_behind_it_join_
     assert calls == sorted(calls) and len(calls) == len(set(calls))  # in order, each chunk once
 
 
+async def test_a_batch_ending_after_its_bytes_came_does_not_free_the_next_batchs_stream(running):
+    # batch 1's bytes came (fetched()), it is being stored while batch 2 is at the origin; when batch 1 ends,
+    # batch 3 of the same file must still wait for batch 2
+    calls: list[list[int]] = []
+    at_origin = most = 0
+    gate, stored = trio.Event(), trio.Event()
+
+    async def fetch(key, indexes, fetched):
+        nonlocal at_origin, most
+        first = not calls
+        calls.append(indexes)
+        at_origin += 1
+        most = max(most, at_origin)
+        if not first:
+            await gate.wait()  # later batches stay at the origin
+        at_origin -= 1
+        fetched()
+        if first:
+            await stored.wait()  # the first is still being stored
+
+    ra = running(fetch)
+    stream = ra.open("a", 40 * CHUNK)
+    await sequential(ra, stream, 0, 2 * CHUNK)
+    await sequential(ra, stream, 2 * CHUNK, 4 * CHUNK)  # more jobs queue behind batch 2
+    assert len(calls) == 2 and ra.statistics().queued > 0
+    stored.set()
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(calls) == 2 and most == 1, "a batch went to the origin beside another of the same file"
+    gate.set()
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(calls) == 3 and most == 1
+
+
 async def test_fifty_streams_stay_within_the_global_budget(running):
     fetch = Fetches(hold=True)
     ra = running(fetch, budget=4 * CHUNK, workers=16)
