@@ -10,7 +10,8 @@
   of one stream with consecutive chunks and the reader fetches the uncached ones in one origin request
   (fewer round trips, fewer S3 requests). A stream has one batch at the origin at a time, so its origin
   stream (one S3 GET body, one SFTP handle) is read in order, never re-opened for a batch that overtook
-  another; the stream is free again as soon as the batch's bytes are in hand (`fetched()`), so the next
+  another; the stream is free again as soon as the batch's bytes are in hand (`fetched()`; at once, when the
+  file's origin reads a stream in any order: SFTP's batches run on several connections), so the next
   batch reads on while the previous one is hashed and stored, and meanwhile the jobs queued behind it
   join into a bigger batch. The bytes in flight are bounded for the whole daemon by `budget` (config
   `readahead`): a batch waits for room, and jobs of a stream that seeked or closed since they were queued

@@ -419,6 +419,8 @@ class FileReader:
         if of is None:
             return  # closed meanwhile
         self._stream_origin(of)
+        if not of.origin.ordered:  # (SFTP) the file's next batch may go to the origin beside this one
+            fetched()
         await self._load_ahead(of, indexes, fetched)
 
     async def _prefetch_head(self, row: FileRow, indexes: list[int], fetched: Callable[[], None]) -> None:

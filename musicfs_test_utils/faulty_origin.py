@@ -53,6 +53,7 @@ class FaultyOrigin(Origin):
     def __init__(self, inner: Origin, mode: FailMode = Healthy()):
         self.inner = inner
         self.name = f"faulty({inner.name})"
+        self.ordered_streams = inner.ordered_streams  # how its streams are read is the inner origin's
         self.calls: Counter[str] = Counter()
         self._mode = mode
         self._lock = threading.Lock()

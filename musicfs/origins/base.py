@@ -84,6 +84,10 @@ class Origin(abc.ABC):
     #: overrides it), few for a local disk.
     scan_parallelism: int = 4
 
+    #: Whether reads of one stream (open_stream) are cheap only in offset order (S3: one GET body read on), so a
+    #: reader sends them one batch at a time; otherwise batches may run at once (SFTP: pooled connections).
+    ordered_streams: bool = False
+
     @abc.abstractmethod
     def walk(self) -> Iterator[FileStat]:
         """Yield every regular file under the origin's root."""

@@ -470,6 +470,11 @@ class RegistryStream:
             opened.close()
         return stream
 
+    @property
+    def ordered(self) -> bool:
+        """Whether some origin it may read from reads a stream cheaply only in offset order (Origin.ordered_streams)."""
+        return any(origin.ordered_streams for origin in self.registry.origins)
+
     def forget(self, origin: Origin) -> None:
         with self._lock:
             stream = self._streams.pop(id(origin), None)

@@ -322,6 +322,7 @@ class _S3Stream(OriginStream):
 
 class S3Origin(Origin):
     OPTION_KEYS = option_keys("s3")  # declared in origins/options.py
+    ordered_streams = True  # a stream is one GET read on (_S3Stream): a read elsewhere opens another
 
     def __init__(
         self,

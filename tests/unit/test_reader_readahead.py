@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import trio
 import trio.testing
@@ -15,21 +17,32 @@ FILES = {f"album/{n:02d}.flac": pattern_bytes(n, 40 * CHUNK + 123, step=7, salt=
 
 
 class Recording:
-    """serve(FILES), remembering the chunk index of every read and how many ran at once; `gate` holds reads."""
+    """serve(FILES), remembering the chunk index of every read; with a `gate` (a threading.Event set by a test),
+    reads from chunk `hold_from` on wait for it, and `most_held` is how many of those waited at once."""
 
     def __init__(self):
         self.inner = serve(FILES)
         self.reads: list[tuple[str, int]] = []  # (path, chunk index) of every chunk a read covered
         self.requests = 0
-        self.gate = None  # a threading.Event the reads wait for, when set by a test
+        self.gate: threading.Event | None = None
+        self.hold_from = 0
+        self.held = self.most_held = 0
+        self._lock = threading.Lock()
 
     def __call__(self, request):
         if request.op == READ:
             last = (request.offset + max(request.length, 1) - 1) // CHUNK
             self.reads += [(request.path, i) for i in range(request.offset // CHUNK, last + 1)]
             self.requests += 1
-            if self.gate is not None:
-                self.gate.wait(10)
+            if self.gate is not None and request.offset // CHUNK >= self.hold_from:
+                with self._lock:
+                    self.held += 1
+                    self.most_held = max(self.most_held, self.held)
+                try:
+                    self.gate.wait(10)
+                finally:
+                    with self._lock:
+                        self.held -= 1
         return self.inner(request)
 
     def chunks(self, path: str) -> list[int]:
@@ -252,3 +265,25 @@ async def test_only_the_heads_of_the_most_recent_next_tracks_stay_protected(play
     assert not rig.cas.has(heads[rows[1].path]) and rig.cas.has(heads[rows[0].path])
     protection.drop((rows[0].id, rows[0].ident))  # released
     assert rig.cas.protected == NEXT_HEADS
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+async def test_a_files_batches_reach_an_ordered_origin_one_at_a_time_and_another_at_once(rig, ordered):
+    # S3's stream is one GET read on (ordered_streams): a second batch would open another; SFTP's reads of one
+    # file run on several connections at once
+    rig.reader.origins.origins[0].ordered_streams = ordered
+    rig.recording.gate, rig.recording.hold_from = threading.Event(), 8
+    path = "album/02.flac"
+    row = rig.row(path)
+    fh = await rig.reader.open(row)
+    try:
+        assert await read_sequentially(rig.reader, fh, 0, 7 * CHUNK) == FILES[path][:7 * CHUNK]
+        with trio.fail_after(10):  # the batches beyond chunk 8 reach the held origin (worker threads: a poll)
+            while rig.recording.held < (1 if ordered else 2):
+                await trio.sleep(0.001)
+        await trio.testing.wait_all_tasks_blocked()
+        assert rig.recording.most_held == (1 if ordered else 2)
+    finally:
+        rig.recording.gate.set()
+        rig.reader.release(fh)
+    await settle(rig.reader)
