@@ -273,8 +273,8 @@ class FileReader:
             return b""
         first, last = offset // self.chunk_size, (end - 1) // self.chunk_size
         stream = self._streams.get(fh)
-        if stream is not None and stream.window:
-            self._stream_origin(of)
+        if stream is not None and (stream.window or not self.origins.ordered_streams):
+            self._stream_origin(of)  # (SFTP: any read of an open file, on the handle kept open)
         with trio.fail_after(self.read_timeout):
             parts = []
             if self._small_read(fh, of, offset, end):
@@ -460,7 +460,8 @@ class FileReader:
 
     def _stream_origin(self, of: OpenFile) -> None:
         """A file read as a stream reads its origins through one open stream (S3: one GET read on; SFTP: the
-        remote file kept open), for read-ahead and for the reader's own fetches alike."""
+        remote file kept open), for read-ahead and for the reader's own fetches alike; where streams need no
+        order (SFTP), every read of an open file does (no open and close of the remote file per small read)."""
         if of.origin is None:
             of.origin = self.origins.open_stream(of.row.path, of.row.stat())
 

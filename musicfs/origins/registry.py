@@ -372,6 +372,11 @@ class OriginRegistry:
         assert last is not None
         raise last
 
+    @property
+    def ordered_streams(self) -> bool:
+        """Whether some origin reads a stream cheaply only in offset order (Origin.ordered_streams: S3)."""
+        return any(origin.ordered_streams for origin in self.origins)
+
     def open_stream(self, path: str, expect: FileStat | None = None) -> "RegistryStream":
         """A read stream of one file across the replicas (see RegistryStream); close it when done."""
         return RegistryStream(self, path, expect)
@@ -472,8 +477,7 @@ class RegistryStream:
 
     @property
     def ordered(self) -> bool:
-        """Whether some origin it may read from reads a stream cheaply only in offset order (Origin.ordered_streams)."""
-        return any(origin.ordered_streams for origin in self.registry.origins)
+        return self.registry.ordered_streams
 
     def forget(self, origin: Origin) -> None:
         with self._lock:

@@ -287,3 +287,24 @@ async def test_a_files_batches_reach_an_ordered_origin_one_at_a_time_and_another
         rig.recording.gate.set()
         rig.reader.release(fh)
     await settle(rig.reader)
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+async def test_probe_reads_use_the_files_kept_open_stream_only_where_streams_need_no_order(rig, ordered, monkeypatch):
+    # SFTP: small reads of an open file go through its stream (the remote file stays open: no open and close per
+    # read); S3: a stream is one long GET, which a probe read must not start (it would pull more than it reads)
+    registry = rig.reader.origins
+    registry.origins[0].ordered_streams = ordered
+    opened = []
+    real = registry.open_stream
+    monkeypatch.setattr(registry, "open_stream", lambda *a, **kw: opened.append(a[0]) or real(*a, **kw))
+    path = "album/03.flac"
+    row = rig.row(path)
+    fh = await rig.reader.open(row)
+    try:
+        assert await rig.reader.read(fh, 100, 4096) == FILES[path][100:4196]  # a tag reader's head
+        assert await rig.reader.read(fh, row.size - 4096, 4096) == FILES[path][-4096:]  # and its tail
+    finally:
+        rig.reader.release(fh)
+    await rig.reader.after_release()
+    assert opened == ([] if ordered else [path])
