@@ -298,13 +298,14 @@ class FileReader:
     # -- small reads: blocks (blocks.py) --------------------------------------------------------------
     def _small_read(self, fh: int, of: OpenFile, offset: int, end: int) -> bool:
         """Whether [offset, end) is read from blocks: blocks are on, the handle is not streaming (no read-ahead
-        window), the read covers no whole chunk, and some chunk it touches is neither cached nor being loaded."""
+        window, and not a long sequential run entering a new chunk: that chunk is loaded whole, as read-ahead is
+        about to), the read covers no whole chunk, and some chunk it touches is neither cached nor being loaded."""
         if not self.block_size:
             return False
         stream = self._streams.get(fh)
-        if stream is None or stream.window:
-            return False
         cs, row = self.chunk_size, of.row
+        if stream is None or stream.window or (offset % cs == 0 and self._streaming_soon(stream, offset)):
+            return False
         indexes = range(offset // cs, (end - 1) // cs + 1)
         if any(offset <= i * cs and end >= min((i + 1) * cs, row.size) for i in indexes):
             return False

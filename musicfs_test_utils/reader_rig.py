@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
+import trio.testing
 
 from musicfs.cache_health import CacheHealth
 from musicfs.chunk_cache import ChunkCache
@@ -48,6 +49,18 @@ async def read_range(reader: FileReader, row: FileRow, offset: int = 0, size: in
         return await reader.read(fh, offset, row.size if size is None else size)
     finally:
         reader.release(fh)
+
+
+async def settle_readahead(reader: FileReader) -> None:
+    """Until every read-ahead job queued so far has run: nothing queued, nothing in flight (a poll with a
+    deadline: the fetches run in worker threads, which trio cannot wait for all at once)."""
+    with trio.fail_after(10):
+        while True:
+            await trio.testing.wait_all_tasks_blocked()
+            stats = reader.readahead.statistics()
+            if stats.queued == 0 and stats.inflight_bytes == 0:
+                return
+            await trio.sleep(0.001)
 
 
 def pattern_bytes(seed: int, size: int, *, step: int, salt: int, period: int) -> bytes:

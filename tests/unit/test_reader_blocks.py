@@ -23,7 +23,7 @@ from musicfs.origins.registry import OriginRegistry
 from musicfs.reader import STREAMING_SOON
 from musicfs.sync import Scanner
 from musicfs_test_utils.fixtures import make_library
-from musicfs_test_utils.reader_rig import ReaderRig
+from musicfs_test_utils.reader_rig import ReaderRig, settle_readahead
 
 CHUNK = 1 << 20
 BIG = "album/big.flac"
@@ -136,6 +136,35 @@ async def test_a_stream_still_fetches_whole_chunks(rig):
     assert reads[soon] == (BIG, STREAMING_SOON, CHUNK - STREAMING_SOON)
     assert reads[soon + 1:] == [(BIG, i * CHUNK, min(CHUNK, len(data) - i * CHUNK)) for i in range(1, 5)]
     assert rig.reader.statistics().origin_fetches == 4
+
+
+async def test_a_long_run_entering_a_new_chunk_loads_it_once_as_a_chunk(rig, nursery):
+    # the kernel sends two reads at once: the one entering chunk 1 is dispatched before the one ending chunk 0
+    # has opened the read-ahead window; it must load chunk 1 whole, not as blocks that the stream fetches again
+    nursery.start_soon(rig.reader.readahead.run)  # the daemon's supervisor runs this task
+    row, data = rig.row(BIG), rig.recording.files[BIG]
+    piece = 128 << 10
+    fh = await rig.reader.open(row)
+    try:
+        for off in range(0, CHUNK - piece, piece):
+            assert await rig.reader.read(fh, off, piece) == data[off:off + piece]
+        got = {}
+
+        async def read_at(off):
+            got[off] = await rig.reader.read(fh, off, piece)
+
+        async with trio.open_nursery() as both:
+            both.start_soon(read_at, CHUNK - piece)
+            both.start_soon(read_at, CHUNK)
+        for off in range(CHUNK + piece, 2 * CHUNK, piece):
+            got[off] = await rig.reader.read(fh, off, piece)
+        await settle_readahead(rig.reader)
+    finally:
+        rig.reader.release(fh)
+    assert all(got[off] == data[off:off + piece] for off in got)
+    inside = CHUNK + 200_000
+    covering = [r for r in rig.recording.reads if r[1] <= inside < r[1] + r[2]]
+    assert covering == [(BIG, CHUNK, CHUNK)], f"chunk 1 fetched as {covering}"
 
 
 async def test_a_changed_file_never_gets_the_old_blocks(rig):

@@ -9,7 +9,7 @@ import trio
 import trio.testing
 
 from musicfs.origins.memory import READ, MemoryOrigin, serve
-from musicfs_test_utils.reader_rig import ReaderRig, pattern_bytes, read_range
+from musicfs_test_utils.reader_rig import ReaderRig, pattern_bytes, read_range, settle_readahead as settle
 
 CHUNK = 64 << 10
 READ_SIZE = 16 << 10  # what FUSE sends, scaled down with the chunk
@@ -58,18 +58,6 @@ async def rig(tmp_path, nursery):
     nursery.start_soon(rig.reader.readahead.run)  # the daemon's supervisor runs this task
     yield rig
     rig.close()
-
-
-async def settle(reader):
-    """Until every read-ahead job queued so far has run: nothing queued, nothing in flight (a poll with a
-    deadline: the fetches run in worker threads, which trio cannot wait for all at once)."""
-    with trio.fail_after(10):
-        while True:
-            await trio.testing.wait_all_tasks_blocked()
-            stats = reader.readahead.statistics()
-            if stats.queued == 0 and stats.inflight_bytes == 0:
-                return
-            await trio.sleep(0.001)
 
 
 async def read_sequentially(reader, fh, start: int, end: int) -> bytes:
