@@ -7,9 +7,14 @@ The index is derived data:
   files, each verified against its name; a lost index is rebuilt the same way (rows 2.4, 3.5);
 - chunk files missing from it (a crash between rename and insert) are verified and adopted; index rows
   without a file are dropped; half-written temp files are removed (row 5.7). After a clean stop
-  (`reconcile_later`) the constructor only loads the checked index and the cache task runs `reconcile()`
-  after READY, beside live reads and puts (every read is verified, a missing file is a miss); after an
-  unclean stop it is done in the constructor, sizes included;
+  (`reconcile_later`) the constructor only checks the index: the cache task loads the LRU (`load_lru`) and
+  runs `reconcile()` after READY, beside live reads and puts (every read is verified, a missing file is a
+  miss), so the work before READY does not grow with the number of chunks; after an unclean stop both are
+  done in the constructor, sizes included;
+- until the LRU is loaded, has() knows only what this run put or read: `lookup()` (ChunkCache.get) finds a
+  chunk of an earlier run by its file, verified; put, evict_to and reconcile load the LRU first (usage exact
+  before the quota decides; pins are counters of their own and never evicted); what this run forgot is not
+  brought back by the load;
 - when it fails at runtime (`CasIndexError`), `rebuild_index()` does the same while the reader serves
   reads from the origins (row 6.3).
 A store whose disk cannot be opened (read-only, failing, full of errors) stays *unavailable*: every call

@@ -115,6 +115,12 @@ class ChunkCache:
         here, while get() still finds them)."""
         return self._cas.has(digest)
 
+    def may_have(self, digest: str) -> bool:
+        """has(), or unknown yet (the store's LRU is not loaded after a clean start): worth a get(), which finds
+        the chunk by its file. The reader decides with it, so a chunk of an earlier run is served from the
+        cache (also offline) while the LRU loads, not fetched again."""
+        return self._cas.has(digest) or not self._cas.loaded
+
     def pin(self, digest: str) -> None:
         """Keep the chunk from eviction (chunks of open files) until as many unpins."""
         self._cas.pin(digest)

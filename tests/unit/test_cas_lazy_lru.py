@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import os
+import random
 import sqlite3
 
 import pytest
@@ -20,9 +21,11 @@ from musicfs.cas import CasStore, chunk_hash
 from musicfs.chunk_cache import ChunkCache
 from musicfs.config import Config
 from musicfs.library import Library
+from musicfs.origins.memory import READ, MemoryOrigin, serve
 from musicfs.pins import PinSet
 from musicfs_test_utils.cas_damage import SIZE, blob, chunk_file
 from musicfs_test_utils.fixtures import setup_test_cas
+from musicfs_test_utils.reader_rig import ReaderRig
 
 WAIT = 10.0  # a deadline for hand-offs, never a timing assertion
 BAD_CHUNK = (r"musicfs.cas: cache: chunk \w+ failed verification; moved to",
@@ -230,3 +233,45 @@ async def test_the_cache_task_loads_the_lru_only_after_ready(tmp_path):
         assert cache.statistics().loaded
     finally:
         store.close()
+
+
+# -- through the reader ------------------------------------------------------------------------------------------------
+CHUNK = 1 << 20
+BIG = "album/big.flac"
+
+
+async def _read(reader, row, offset: int, size: int) -> bytes:
+    fh = await reader.open(row)
+    try:
+        return await reader.read(fh, offset, size)
+    finally:
+        reader.release(fh)
+
+
+async def test_small_reads_before_the_load_come_from_cached_chunks_and_blocks_not_the_origin(tmp_path):
+    """A probe read (tag readers, media scanners) right after a clean start: the reader decides between chunk
+    and blocks with may_have(), so what earlier runs cached is served, not fetched again (offline too)."""
+    data = random.Random(7).randbytes(2 * CHUNK + 100)
+    reads = []
+
+    def handler(request):
+        if request.op == READ:
+            reads.append((request.path, request.offset, request.length))
+        return serve({BIG: data}, mtime_ns=1)(request)
+
+    rig = ReaderRig.build(tmp_path, root=tmp_path / "unused", inner=MemoryOrigin(handler), chunk_size=CHUNK,
+                          memory_cache=16 * CHUNK, read_timeout=10.0, cas_kwargs={"reconcile_later": True})
+    try:
+        row = rig.row(BIG)
+        assert await _read(rig.reader, row, 0, CHUNK) == data[:CHUNK]  # kept as a chunk
+        assert await _read(rig.reader, row, len(data) - 10, 10) == data[-10:]  # kept as a block
+        rig.restart_cache()  # a clean restart: the LRU is not loaded
+        reads.clear()
+        assert not rig.cas.loaded
+        assert await _read(rig.reader, row, 777, 4096) == data[777:777 + 4096]
+        assert await _read(rig.reader, row, len(data) - 10, 10) == data[-10:]
+        assert reads == [] and not rig.cas.loaded
+        assert await _read(rig.reader, row, CHUNK + 5, 10) == data[CHUNK + 5:CHUNK + 15]  # never cached: fetched
+        assert reads and rig.cas.loaded  # keeping what it fetched loaded the LRU first (a put)
+    finally:
+        rig.close()
