@@ -557,8 +557,8 @@ class CasStore:
     @property
     def loaded(self) -> bool:
         """Whether the in-memory LRU holds every indexed chunk (has/usage are exact). False after a clean
-        start until load_lru() ran (the cache task runs it after READY; put, evict_to, reconcile and
-        lookup run it first themselves)."""
+        start until load_lru() ran (the cache task runs it after READY; put, evict_to and reconcile run it
+        first themselves; lookup answers without it)."""
         return self._loaded
 
     def load_lru(self) -> None:
