@@ -57,6 +57,7 @@ class CacheHealth:
         self._wake: trio.Event | None = None
         self._changed: trio.Event | None = None
         self.reconciled = trio.Event()  # set once the store's deferred start-up reconciliation is done
+        self.loaded = trio.Event()  # set once the store's LRU is loaded (deferred after a clean start)
         self.last_reconcile = None  # its ReconcileReport
 
     # -- state ------------------------------------------------------------------------------
@@ -182,6 +183,34 @@ class CacheHealth:
         self._set(NORMAL, f"index rebuilt: {report.summary()}")
         return True
 
+    async def load(self) -> bool:
+        """Load the store's LRU when a clean start left it out of the way to READY (CasStore.load_lru): in a
+        cache thread, within `rebuild_timeout`, while reads go on (they find cached chunks by their files
+        meanwhile; a put loads it first itself). True when loaded; a failure moves the state like any cache
+        failure (a failed index: down and rebuilt, which loads it) and it is tried again later."""
+        if self.cas.loaded:
+            self.loaded.set()
+            return True
+        if not self.usable:
+            return False
+        try:
+            with trio.fail_after(self.rebuild_timeout):
+                await trio.to_thread.run_sync(self.cas.load_lru, limiter=self.limiter, abandon_on_cancel=True)
+        except trio.TooSlowError:
+            log.warning("cache: loading the index took longer than %gs; trying again later", self.rebuild_timeout)
+            return False
+        except TooManyOpenFiles as exc:
+            log.warning("cache: loading the index postponed: %s", exc)
+            return False
+        except CacheUnavailable:
+            return False
+        except CasError as exc:
+            log.warning("cache: loading the index failed: %s", exc)
+            self.failed(exc)
+            return False
+        self.loaded.set()
+        return True
+
     async def reconcile(self) -> bool:
         """The store's deferred start-up reconciliation (a clean start leaves it to the cache task, after
         READY): in a cache thread, within `rebuild_timeout`, while reads and puts go on. True when done (or
@@ -215,13 +244,19 @@ class CacheHealth:
         self.reconciled.set()
         return True
 
-    async def run(self) -> None:
-        """The health task: reconcile the index with the chunk files after a clean start, probe on a schedule
-        (often while unstable), rebuild a failed index at once, save access times while normal. Runs until
-        cancelled."""
+    async def run(self, after: trio.Event | None = None, after_timeout: float = 30.0) -> None:
+        """The health task: load the LRU and reconcile the index with the chunk files after a clean start,
+        probe on a schedule (often while unstable), rebuild a failed index at once, save access times while
+        normal. With `after` (the daemon's READY sent) it starts once that is set, or after `after_timeout`
+        at most: its start-up work stays out of the way to READY. Runs until cancelled."""
+        if after is not None:
+            with trio.move_on_after(after_timeout):
+                await after.wait()
         first = True
         while True:
-            if not self.reconciled.is_set() and self.state == NORMAL:
+            if not self.loaded.is_set() and self.state == NORMAL:
+                await self.load()
+            if not self.reconciled.is_set() and self.state == NORMAL and self.loaded.is_set():
                 await self.reconcile()
             interval = {NORMAL: self.probe_interval, UNSTABLE: self.retry_interval}.get(self.state, self.down_interval)
             self._wake = trio.Event()

@@ -7,9 +7,14 @@ The index is derived data:
   files, each verified against its name; a lost index is rebuilt the same way (rows 2.4, 3.5);
 - chunk files missing from it (a crash between rename and insert) are verified and adopted; index rows
   without a file are dropped; half-written temp files are removed (row 5.7). After a clean stop
-  (`reconcile_later`) the constructor only loads the checked index and the cache task runs `reconcile()`
-  after READY, beside live reads and puts (every read is verified, a missing file is a miss); after an
-  unclean stop it is done in the constructor, sizes included;
+  (`reconcile_later`) the constructor only checks the index: the cache task loads the LRU (`load_lru`) and
+  runs `reconcile()` after READY, beside live reads and puts (every read is verified, a missing file is a
+  miss), so the work before READY does not grow with the number of chunks; after an unclean stop both are
+  done in the constructor, sizes included;
+- until the LRU is loaded, has() knows only what this run put or read: `lookup()` (ChunkCache.get) finds a
+  chunk of an earlier run by its file, verified; put, evict_to and reconcile load the LRU first (usage exact
+  before the quota decides; pins are counters of their own and never evicted); what this run forgot is not
+  brought back by the load;
 - when it fails at runtime (`CasIndexError`), `rebuild_index()` does the same while the reader serves
   reads from the origins (row 6.3).
 A store whose disk cannot be opened (read-only, failing, full of errors) stays *unavailable*: every call
@@ -208,6 +213,12 @@ class CasStore:
         self._db_lock = threading.RLock()  # the SQLite connection
         self._db: sqlite3.Connection | None = None
         self._lru: collections.OrderedDict[str, int] = collections.OrderedDict()
+        # The LRU is loaded from the index by load_lru(): at open, or after READY on a clean start (see load_lru);
+        # until then _lru holds only what this run put or read, and _dropped what it forgot
+        self._loaded = False
+        self._dropped: set[str] = set()
+        self._load_lock = threading.Lock()  # one loader; the others wait for it
+        self.lru_loads = 0  # completed LRU loads (tests)
         self._pins: collections.Counter[str] = collections.Counter()
         self._protected: collections.Counter[str] = collections.Counter()  # evicted only after the others
         self._used = 0
@@ -252,11 +263,13 @@ class CasStore:
             log.warning("cache: index %s rebuilt: %s", path, self.last_rebuild.summary())
             self.reconcile_pending = False
         elif self.reconcile_later and self.reconciliations == 0:
-            self.reconcile_pending = True  # the cache task reconciles after READY (reconcile())
+            # a clean start: the cache task loads the LRU (load_lru) and reconciles (reconcile()) after READY
+            self.reconcile_pending = True
         else:
             self._reconcile()
             self.reconcile_pending = False
-        self._load_lru()
+        if not self.reconcile_pending:
+            self._load_lru()
         self.available = True
         self.open_error = ""
 
@@ -297,6 +310,8 @@ class CasStore:
             self._lru.clear()
             self._used = 0
             self._touched.clear()
+            self._loaded = False
+            self._dropped.clear()
 
     def _connect(self, path: str) -> sqlite3.Connection:
         db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=5)
@@ -377,6 +392,7 @@ class CasStore:
         quota and eviction see exact figures once it is done and consistent ones meanwhile.
         Raises CasError (CasIndexError for a failing index) like any cache call; pending stays set then."""
         self._require()
+        self.load_lru()  # has() and usage must know every indexed chunk
         report = ReconcileReport()
         with self._db_lock:
             if self._db is None:
@@ -523,12 +539,90 @@ class CasStore:
         return report
 
     def _load_lru(self) -> None:
-        """The LRU from the index: one SELECT in atime order straight into the OrderedDict (no per-row objects)."""
-        lru = collections.OrderedDict(self._db.execute("SELECT hash, size FROM chunks ORDER BY atime"))
+        """The LRU from the index, replacing what memory holds (the store is being opened or rebuilt: nothing
+        else uses it). Caller holds _db_lock."""
+        lru = self._select_lru()
         used = sum(lru.values())
         with self._lock:
             self._lru = lru
             self._used = used
+            self._loaded = True
+            self._dropped.clear()
+        self.lru_loads += 1
+
+    def _select_lru(self) -> collections.OrderedDict[str, int]:
+        """One SELECT in atime order straight into an OrderedDict (no per-row objects). Caller holds _db_lock."""
+        return collections.OrderedDict(self._db.execute("SELECT hash, size FROM chunks ORDER BY atime"))
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the in-memory LRU holds every indexed chunk (has/usage are exact). False after a clean
+        start until load_lru() ran (the cache task runs it after READY; put, evict_to and reconcile run it
+        first themselves; lookup answers without it)."""
+        return self._loaded
+
+    def load_lru(self) -> None:
+        """Load the LRU from the index unless it is loaded (blocking; O(chunks), so a clean start leaves it
+        out of the way to READY). Safe beside live traffic: what this run put or read since the open is more
+        recent than any stored access time and goes to the young end; what it forgot (evicted, quarantined,
+        missing) stays forgotten. One loader at a time; the others wait for it. CasIndexError when the index
+        cannot be read (the store is then rebuilt, as for any failed index)."""
+        if self._loaded:
+            return
+        with self._load_lock:
+            if self._loaded:
+                return
+            self._require()
+            with self._db_lock:
+                if self._db is None:
+                    raise CacheUnavailable(f"cache: {self.root} is unavailable ({self.open_error or 'closed'})")
+                try:
+                    lru = self._select_lru()
+                except sqlite3.Error as exc:
+                    raise CasIndexError(f"cache: index store {self.index_path} failed: {exc}") from exc
+            used = sum(lru.values())
+            with self._lock:
+                for digest in self._dropped:
+                    used -= lru.pop(digest, 0)
+                for digest, size in self._lru.items():  # this run's, oldest first: after every stored one
+                    used += size - lru.pop(digest, 0)
+                    lru[digest] = size
+                self._lru = lru
+                self._used = used
+                self._dropped.clear()
+                self._loaded = True
+            self.lru_loads += 1
+
+    def lookup(self, digest: str) -> bytes | None:
+        """The verified chunk, or None when the cache does not hold it (blocking). Unlike has(), it also
+        answers before the LRU is loaded: then the chunk file itself decides (its bytes are verified against
+        its name, as every read's), and a chunk found this way is known to memory from then on.
+        ChunkCorrupt (after quarantine) like get(); ChunkMissing when a chunk known to memory lost its file."""
+        if self._loaded or self.has(digest):
+            return self.get(digest) if self.has(digest) else None
+        self._require()
+        try:
+            with open(self._path(digest), "rb") as fh:
+                data = fh.read()
+        except FileNotFoundError:
+            return None  # not cached (a row without a file is the reconciliation's business)
+        except OSError as exc:
+            raise_if_fd_exhausted(exc, f"reading chunk {digest[:12]} from the cache")
+            raise CasError(f"cache: cannot read chunk {digest[:12]}: {exc.strerror}") from exc
+        if chunk_hash(data) != digest:
+            self.quarantine(digest)
+            raise ChunkCorrupt(f"chunk {digest} failed verification and was quarantined")
+        with self._lock:
+            if digest in self._lru:
+                self._lru.move_to_end(digest)
+            elif not self._loaded and digest not in self._dropped:
+                # its file is on disk (and counts against the quota); the load keeps it at the young end.
+                # Once loaded, memory is complete: a digest missing there was evicted since the read.
+                self._lru[digest] = len(data)
+                self._used += len(data)
+            if digest in self._lru:
+                self._touched[digest] = time.time()
+        return data
 
     def _path(self, digest: str) -> str:
         return os.path.join(self.root, "chunks", digest[:2], digest)
@@ -675,6 +769,7 @@ class CasStore:
         Disk full (ENOSPC, or SQLITE_FULL on the index): evict and retry once, else CacheFull.
         """
         self._require()
+        self.load_lru()  # usage must be exact before the quota decides (and has() must know every chunk)
         digest = chunk_hash(data)
         if self.has(digest):
             return digest
@@ -772,6 +867,7 @@ class CasStore:
     def evict_to(self, target: int) -> int:
         """Drop unpinned chunks until usage <= target: unprotected ones least recently used first, then
         protected ones (LRU too); pinned ones never. Returns bytes freed."""
+        self.load_lru()  # every chunk is a candidate, and usage is exact
         victims = []
         with self._lock:
             used = self._used
@@ -807,6 +903,8 @@ class CasStore:
             size = self._lru.pop(digest, 0)
             self._used -= size
             self._touched.pop(digest, None)
+            if not self._loaded:
+                self._dropped.add(digest)  # a load of the LRU running or to come must not bring it back
         self._write_index("DELETE FROM chunks WHERE hash = ?", (digest,))
         return size
 

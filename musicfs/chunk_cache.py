@@ -22,6 +22,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import trio
+
 from .cache_health import CacheHealth
 from .cas import CasStore
 from .errors import CacheFull, CacheUnavailable, CasError, ChunkCorrupt, ChunkMissing, TooManyOpenFiles
@@ -49,6 +51,7 @@ class CacheStatistics:
     bad_chunks: int  # chunks found corrupt or missing on a read (quarantined, fetched again)
     passthrough_reads: int  # chunks not stored because the cache was bypassed (unstable/down)
     uncached_reads: int  # chunks that could not be stored (disk full, EMFILE, a failing disk)
+    loaded: bool = True  # False after a clean start until the LRU is loaded: used_bytes/chunks count this run's only
 
 
 class ChunkCache:
@@ -63,10 +66,16 @@ class ChunkCache:
 
     async def get(self, digest: str) -> bytes | None:
         """The verified chunk, or None: not cached, bad (quarantined or missing), or the cache bypassed."""
-        if not self.health.usable or not self._cas.has(digest):
+        if not self.health.usable:
+            return None
+        if self._cas.has(digest):
+            read = self._cas.get
+        elif not self._cas.loaded:
+            read = self._cas.lookup  # after a clean start, until the LRU is loaded: the chunk file decides
+        else:
             return None
         try:
-            return await self.health.run_io(self._cas.get, digest)
+            return await self.health.run_io(read, digest)
         except TooManyOpenFiles:
             raise  # this request fails with EIO; the cache is not to blame
         except (ChunkCorrupt, ChunkMissing) as exc:
@@ -101,8 +110,16 @@ class ChunkCache:
         return self._cas.quota
 
     def has(self, digest: str) -> bool:
-        """Whether the chunk is in the cache (its index, in memory: no I/O); a get may still find it bad."""
+        """Whether the chunk is known to be in the cache (its index, in memory: no I/O); a get may still find it
+        bad. Until the store's LRU is loaded after a clean start, chunks of earlier runs are not known yet (False
+        here, while get() still finds them)."""
         return self._cas.has(digest)
+
+    def may_have(self, digest: str) -> bool:
+        """has(), or unknown yet (the store's LRU is not loaded after a clean start): worth a get(), which finds
+        the chunk by its file. The reader decides with it, so a chunk of an earlier run is served from the
+        cache (also offline) while the LRU loads, not fetched again."""
+        return self._cas.has(digest) or not self._cas.loaded
 
     def pin(self, digest: str) -> None:
         """Keep the chunk from eviction (chunks of open files) until as many unpins."""
@@ -136,9 +153,10 @@ class ChunkCache:
         except CasError as exc:
             self.health.failed(exc)
 
-    async def run(self) -> None:
-        """The cache task (a critical task of the supervisor): probes, index rebuild, access times."""
-        await self.health.run()
+    async def run(self, after: trio.Event | None = None) -> None:
+        """The cache task (a critical task of the supervisor): the deferred start-up work (LRU load, index
+        reconciliation; once `after` is set: READY), probes, index rebuild, access times."""
+        await self.health.run(after)
 
     def statistics(self) -> CacheStatistics:
         h = self.health
@@ -149,4 +167,4 @@ class ChunkCache:
             quota_bytes=self._cas.quota, chunks=chunks, pinned=self._cas.pinned, protected=self._cas.protected,
             quarantine_bytes=kept, quarantine_files=files, probes=h.probes, failed_probes=h.failed_probes,
             transitions=h.transitions, bad_chunks=self._bad, passthrough_reads=self._passthrough,
-            uncached_reads=self._uncached)
+            uncached_reads=self._uncached, loaded=self._cas.loaded)

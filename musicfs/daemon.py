@@ -84,6 +84,7 @@ class Daemon:
         self._tree_stale = False  # the catalog changed but the tree/index do not show it yet
         self.error: MusicFSError | None = None
         self._wake_rescan = trio.Event()
+        self.ready_sent = trio.Event()  # READY=1 went out: deferred start-up work (the cache's) may begin
         self._fuse_scope = trio.CancelScope()
 
     # -- status ---------------------------------------------------------------------
@@ -91,7 +92,8 @@ class Daemon:
         cache = self.services.cache.statistics() if self.services else None
         tracks = self.ops.tree.track_count if self.ops else 0
         used = cache.used_bytes if cache else 0
-        line = f"{tracks} tracks, cache {human_size(used)}/{human_size(self.cfg.cache_size)}, origins {len(self.cfg.sources)}"
+        held = human_size(used) if cache is None or cache.loaded else "(loading)"
+        line = f"{tracks} tracks, cache {held}/{human_size(self.cfg.cache_size)}, origins {len(self.cfg.sources)}"
         if self.lib is not None and self.lib.registry.offline:
             line += ", OFFLINE (cached files only)"
         if cache is not None and cache.state != "normal":
@@ -240,7 +242,8 @@ class Daemon:
 
     def _spawn_background(self) -> None:
         self.sup.spawn_critical("health", self.services.health.run)
-        self.sup.spawn_critical("cache", self.services.cache.run)  # cache probes, index rebuild (6.3, 6.6)
+        # cache probes, index rebuild (6.3, 6.6); its start-up work (LRU load, reconciliation) after READY
+        self.sup.spawn_critical("cache", lambda: self.services.cache.run(after=self.ready_sent))
         if self.services.reader.readahead is not None:
             self.sup.spawn_critical("readahead", self.services.reader.readahead.run)  # chunks ahead of readers
         self.sup.spawn_supervised("ready", self._announce_ready)
@@ -257,6 +260,7 @@ class Daemon:
             await trio.to_thread.run_sync(os.listdir, self.cfg.mountpoint, abandon_on_cancel=True)
         log.info("mounted %s on %s: %s", ", ".join(self.cfg.sources), self.cfg.mountpoint, self.status_line())
         self.notifier.ready(self.status_line())
+        self.ready_sent.set()
 
     # -- stop ---------------------------------------------------------------------------
     def _after_drain(self) -> None:

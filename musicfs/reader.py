@@ -313,7 +313,7 @@ class FileReader:
             digest = of.manifest.get(idx)
             if (row.id, row.ident, idx) in self._inflight:
                 continue
-            if digest is None or not (self.memory.has(digest) or self.cache.has(digest)):
+            if digest is None or not (self.memory.has(digest) or self.cache.may_have(digest)):
                 return True
         return False
 
@@ -334,7 +334,7 @@ class FileReader:
                 of.blocks = [Block(*r) for r in rows]
         got: dict[Block, bytes] = {}  # bytes in hand for this read: verified from the cache, or just fetched
         while True:
-            usable = set(got) | {b for b in of.blocks if self.memory.has(b.digest) or self.cache.has(b.digest)}
+            usable = set(got) | {b for b in of.blocks if self.memory.has(b.digest) or self.cache.may_have(b.digest)}
             used, gaps = cover(offset, end, usable)
             missing = [b for b in used if b not in got]
             if missing:

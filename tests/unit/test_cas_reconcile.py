@@ -74,6 +74,7 @@ def test_a_clean_start_opens_from_the_index_without_listing_the_chunk_files(tmp_
     try:
         assert chunk_listings == []  # not one chunk folder listed
         assert again.reconcile_pending and again.reconciliations == 0
+        again.load_lru()  # the cache task's first step (test_cas_lazy_lru.py: before it)
         assert again.usage() == (20 * SIZE, 20) and all(again.has(d) for d in digests)
         assert again.get(digests[3]) == blob(3)
         report = again.reconcile()
@@ -102,6 +103,7 @@ def test_background_reconciliation_drops_rows_whose_files_are_gone(tmp_path):
     os.unlink(chunk_file(cas, a))
     again = later(tmp_path)
     try:
+        again.load_lru()
         assert again.usage() == (2 * SIZE, 2)  # approximate until reconciled
         report = again.reconcile()
         assert report.dropped == 1
@@ -156,6 +158,7 @@ def test_background_reconciliation_fixes_an_index_that_lies_about_a_size(tmp_pat
     db.close()
     again = later(tmp_path)
     try:
+        again.load_lru()
         assert again.usage() == (3, 1)
         assert again.reconcile().resized == 1
         assert again.usage() == (SIZE, 1) and index_rows(tmp_path) == {digest: SIZE}
