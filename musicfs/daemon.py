@@ -1,7 +1,7 @@
 """The mount daemon: open the library, scan if new, mount, serve, rescan, and stop in order.
 
 Shutdown order (row 2.3): stop FUSE intake, drain in-flight requests (bounded by drain_timeout),
-unmount, stop background tasks (rescan, watchdog, status), commit the index, close catalog and
+unmount, stop background tasks and wait for them (rescan, watchdog, status), commit the index, close catalog and
 cache, STOPPING=1. A second signal exits at once after a lazy unmount; a stop that overruns its
 bound does the same.
 """
@@ -271,10 +271,15 @@ class Daemon:
             self.steps.append("in-flight requests drained")
 
     async def _stop_background(self) -> None:
+        """Cancel the background tasks and wait for them (a rescan's thread sees `stopping` between files):
+        none may still use the catalog or the cache when they are closed."""
         self.stopping.set()
-        for name in BACKGROUND:
-            self.sup.cancel(name)
-        self.steps.append("background tasks stopped")
+        left = await self.sup.stop(BACKGROUND, timeout=CLOSE_BOUND / 2)
+        if left:
+            log.warning("shutdown: %s still running after %gs; closing anyway", ", ".join(left), CLOSE_BOUND / 2)
+            self.steps.append(f"background tasks stopped ({', '.join(left)} still running)")
+        else:
+            self.steps.append("background tasks stopped")
 
     async def _close(self) -> None:
         """Catalog and cache are closed even when start-up failed half way (every index rebuild commits

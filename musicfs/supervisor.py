@@ -25,6 +25,7 @@ class TaskState:
     last_error: str = ""
     failure_times: list[float] = field(default_factory=list)
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    ended: trio.Event = field(default_factory=trio.Event)  # set when the task is over, however it ended
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,17 @@ class TaskSupervisor:
         if state is not None:
             state.scope.cancel()
 
+    async def stop(self, names, timeout: float) -> list[str]:
+        """Cancel the named tasks and wait, up to `timeout`, until they are over (a task in a worker thread
+        that cannot be abandoned ends when its thread returns). The names of those still running after it."""
+        states = [self.tasks[name] for name in names if name in self.tasks]
+        for state in states:
+            state.scope.cancel()
+        with trio.move_on_after(timeout):
+            for state in states:
+                await state.ended.wait()
+        return [state.name for state in states if not state.ended.is_set()]
+
     def spawn_supervised(self, name: str, fn: TaskFn) -> None:
         """Run once; a crash is logged with the task's name and recorded, nothing else stops."""
         state = self.tasks[name] = TaskState(name, critical=False)
@@ -114,16 +126,22 @@ class TaskSupervisor:
             return False
 
     async def _run_once(self, state: TaskState, fn: TaskFn) -> None:
-        with state.scope:
-            state.state = "done" if await self._attempt(state, fn) else "failed"
-        if state.scope.cancelled_caught:
-            state.state = "cancelled"
+        try:
+            with state.scope:
+                state.state = "done" if await self._attempt(state, fn) else "failed"
+            if state.scope.cancelled_caught:
+                state.state = "cancelled"
+        finally:
+            state.ended.set()
 
     async def _run_forever(self, state: TaskState, fn: TaskFn) -> None:
-        with state.scope:
-            await self._restart_loop(state, fn)
-        if state.scope.cancelled_caught:
-            state.state = "cancelled"
+        try:
+            with state.scope:
+                await self._restart_loop(state, fn)
+            if state.scope.cancelled_caught:
+                state.state = "cancelled"
+        finally:
+            state.ended.set()
 
     async def _restart_loop(self, state: TaskState, fn: TaskFn) -> None:
         while True:

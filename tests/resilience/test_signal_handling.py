@@ -89,3 +89,24 @@ def test_sighup_rescans(small_library, daemons, tmp_path):
     daemon.wait_for_log("1 removed")
     after = {p.name for p in tree_files(daemon.mountpoint)}
     assert len(after) == len(before) - 1
+
+
+@pytest.mark.resilience("2.3")
+def test_a_stop_during_a_rescan_waits_for_it_before_closing_the_catalog(small_library, daemons, tmp_path):
+    # the rescan runs in a worker thread that is not abandoned: closing the catalog under it made the rescan
+    # fail ("Cannot operate on a closed database") on the way out
+    first = daemons([small_library[0]], "first")
+    first.start()
+    first.wait_for_mount()
+    assert first.stop() == 0
+    again = daemons([small_library[0]], "again", env={"FAILPOINTS": "scan-checkpoint=sleep(1500)"})
+    again.state_dir, again.cache_dir = first.state_dir, first.cache_dir  # the same library: a rescan at start
+    again.start()
+    again.wait_for_mount()
+    again.wait_for_log("failpoint scan-checkpoint sleeping")  # the background rescan is in its thread
+    again.signal(signal.SIGTERM)
+    assert again.wait(30) == 0
+    log = again.log_text()
+    assert "task rescan failed" not in log and "closed database" not in log, log[-2000:]
+    steps = re.search(r"shutdown: (.*)", log).group(1).split(" -> ")
+    assert "background tasks stopped" in steps

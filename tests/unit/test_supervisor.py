@@ -79,3 +79,27 @@ async def test_cancel_stops_one_task_without_restart():
         await started.wait()
         sup.cancel("loop")
     assert sup.task_status("loop").state == "cancelled"
+
+
+async def test_stop_waits_until_a_cancelled_task_is_over_and_names_those_that_overrun():
+    # a task in a worker thread that cannot be abandoned (a rescan) outlives its cancel until the thread returns:
+    # what is closed after stop() must not still be in use
+    import threading
+
+    release, finished = threading.Event(), []
+
+    def work():
+        release.wait(10)
+        finished.append(True)
+
+    async def in_thread():
+        await trio.to_thread.run_sync(work)  # not abandoned on cancel
+
+    async with TaskSupervisor() as sup:
+        sup.spawn_supervised("scan", in_thread)
+        sup.spawn_supervised("idle", trio.sleep_forever)
+        await trio.testing.wait_all_tasks_blocked()
+        assert await sup.stop(["scan", "idle"], timeout=0.05) == ["scan"]  # its thread still runs
+        release.set()
+        assert await sup.stop(["scan", "idle"], timeout=10) == []
+        assert finished == [True] and sup.task_status("idle").state == "cancelled"
