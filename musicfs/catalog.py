@@ -12,6 +12,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass, fields
 from typing import Iterable, Iterator
 
@@ -140,6 +141,10 @@ class Catalog:
                                 "catalog file are lost, a rescan brings them back", path, path, dropped)
                 self._db.execute("PRAGMA synchronous=NORMAL")
                 self._db.executescript(_SCHEMA)
+                if "seen" not in {r[1] for r in self._db.execute("PRAGMA table_info(files)")}:
+                    # When each file's version was first recorded (wall time): racy versions (origins/base.py,
+                    # settled). Rows of older catalogs say 0: recorded before this daemon ever ran.
+                    self._db.execute("ALTER TABLE files ADD COLUMN seen REAL NOT NULL DEFAULT 0")
                 self._db.execute("INSERT OR IGNORE INTO meta VALUES('schema', ?)", (str(SCHEMA_VERSION),))
         except sqlite3.DatabaseError as exc:
             if self._db is not None:
@@ -252,17 +257,21 @@ class Catalog:
         """Insert or update files (and the scan checkpoint) in one transaction.
 
         A file whose identity changed loses its manifest in the same transaction,
-        so chunks of the old content can never be served for the new one.
+        so chunks of the old content can never be served for the new one; its version is recorded as seen
+        now (`version_seen`: a version seen earlier is seen no later than now).
         """
         placeholders = ", ".join("?" for _ in _COLS)
         updates = ", ".join(f"{c} = excluded.{c}" for c in _COLS if c != "path")
+        same = " AND ".join(f"files.{c} = excluded.{c}" for c in ("size", "mtime_ns", "etag"))
 
         def work(cur):
+            seen = time.time()
             for row in rows:
                 cur.execute(
-                    f"INSERT INTO files({', '.join(_COLS)}) VALUES({placeholders}) "
-                    f"ON CONFLICT(path) DO UPDATE SET {updates}",
-                    [getattr(row, c) for c in _COLS],
+                    f"INSERT INTO files({', '.join(_COLS)}, seen) VALUES({placeholders}, ?) "
+                    f"ON CONFLICT(path) DO UPDATE SET {updates}, "
+                    f"seen = CASE WHEN {same} THEN files.seen ELSE excluded.seen END",
+                    [*(getattr(row, c) for c in _COLS), seen],
                 )
                 cur.execute(
                     "DELETE FROM manifests WHERE file_id = (SELECT id FROM files WHERE path = ?) AND ident != ?",
@@ -286,6 +295,11 @@ class Catalog:
                 cur.execute("DELETE FROM files WHERE path = ?", (path,))
 
         self._transaction(work)
+
+    def version_seen(self, file_id: int, ident: str) -> float:
+        """When the catalog first recorded version `ident` of the file (wall time); now if it holds another."""
+        rows = self._run("SELECT seen FROM files f WHERE id = ? AND " + _FILE_KEY_SQL + " = ?", (file_id, ident))
+        return rows[0][0] if rows else time.time()
 
     # -- manifests --------------------------------------------------------------
     def manifest(self, file_id: int, ident: str) -> dict[int, str]:

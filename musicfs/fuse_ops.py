@@ -212,7 +212,10 @@ class MusicOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR)
         fh = await self.reader.open(node.file, functools.partial(self._next_track, node))
         self._open_files += 1
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=False)
+        # A version that may still change unseen (racy, origins/base.py) is read past the page cache: its bytes
+        # serve this handle only, and the kernel never keeps them for a later open.
+        settled = self.reader.settled(fh)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=settled, direct_io=not settled)
 
     def _next_track(self, node: Node):
         """The track after `node` in its album folder (tree order), in the tree served now; None at the end."""

@@ -34,7 +34,7 @@ from . import points
 from .blocks import BLOCK_SIZE, Block, aligned, cover, cut, merge
 from .catalog import Catalog, FileRow
 from .chunk_cache import ChunkCache
-from .errors import CatalogError, MusicFSError, OriginFileChanged, OriginTransient
+from .errors import CatalogError, MusicFSError, OriginFileChanged, OriginNotFound, OriginTransient
 from .origins.registry import OriginRegistry, RegistryStream
 from .readahead import ReadAhead, ReadAheadStatistics, Stream
 from .rounds import run_all
@@ -139,6 +139,7 @@ class Protection:
 class OpenFile:
     row: FileRow
     manifest: dict[int, str]
+    seen: float  # when the catalog first recorded this version (racy versions: origins/base.py, settled)
     pinned: dict[str, int] = field(default_factory=dict)  # digest -> chunk index, pinned against eviction
     refs: int = 1
     next_track: Callable[[], FileRow | None] | None = None  # the track after this one in its album folder
@@ -159,6 +160,7 @@ class ReaderStatistics:
     cache_hits: int = 0  # chunks from the disk cache (verified)
     origin_fetches: int = 0  # chunks fetched from the origins
     changed_files: int = 0  # fetches refused because the origin file changed before or during the read
+    racy_fetches: int = 0  # fetches of versions still racy (origins/base.py, settled): served, never kept
     manifest_failures: int = 0  # fetched chunks (or blocks) whose manifest entry the catalog could not take
     block_hits: int = 0  # blocks (small verified ranges, blocks.py) served from memory or the disk cache
     block_fetches: int = 0  # aligned block ranges fetched from the origins for small reads outside a stream
@@ -217,9 +219,9 @@ class FileReader:
         key = (row.id, row.ident)
         if key not in self._open:
             with trio.fail_after(self.read_timeout):  # a locked catalog must not hang open()
-                manifest = await self._thread(self.catalog.manifest, row.id, row.ident)
+                manifest, seen = await self._thread(self._version, row)
             if key not in self._open:  # another open may have won while we waited
-                self._open[key] = OpenFile(row, manifest, refs=0, next_track=next_track)
+                self._open[key] = OpenFile(row, manifest, seen, refs=0, next_track=next_track)
         self._open[key].refs += 1
         self.protection.opened(key)
         fh = next(self._handles)
@@ -227,6 +229,17 @@ class FileReader:
         if self.readahead is not None:
             self._streams[fh] = self.readahead.open(key, row.size)
         return fh
+
+    def _version(self, row: FileRow) -> tuple[dict[int, str], float]:
+        """(In a thread.) The catalog's manifest of the file's version, and when it first recorded that version."""
+        return self.catalog.manifest(row.id, row.ident), self.catalog.version_seen(row.id, row.ident)
+
+    def settled(self, fh: int) -> bool:
+        """Whether the handle's version is settled now (origins/base.py): every fetch of it from now on may be
+        cached. The FUSE open lets the kernel keep pages only of such handles: a handle of a racy version reads
+        with direct I/O, so bytes of a version that may still change unseen never enter the page cache."""
+        of = self._open.get(self._fh.get(fh))
+        return of is not None and self.origins.settled(of.row.identity, of.seen, self.origins.wall_clock())
 
     def release(self, fh: int) -> None:
         stream = self._streams.pop(fh, None)
@@ -381,12 +394,12 @@ class FileReader:
         events = {key: trio.Event() for key in keys}
         self._block_inflight.update(events)
         try:
-            datas = await self._from_origin(of, wanted)
+            datas, keep = await self._from_origin(of, wanted)
             self._counts["block_fetches"] += len(wanted)
             out: dict[Block, bytes] = {}
             stored: list[Block] = []
             for off, data in cut(zip((start for start, _ in wanted), datas), self.block_size):
-                digest = await self.cache.store(data, f"a block of {row.path}")
+                digest = await self.cache.store(data, f"a block of {row.path}") if keep else None
                 block = Block(off, len(data), digest or "")
                 out[block] = data
                 if digest is not None:
@@ -430,8 +443,8 @@ class FileReader:
         key = (row.id, row.ident)
         of = self._open.get(key)
         if of is None:
-            manifest = await self._thread(self.catalog.manifest, row.id, row.ident)
-            of = OpenFile(row, manifest, refs=0)
+            manifest, seen = await self._thread(self._version, row)
+            of = OpenFile(row, manifest, seen, refs=0)
         try:
             await self._load_ahead(of, indexes, fetched)
         finally:  # what was loaded, also when the job failed or timed out
@@ -445,12 +458,14 @@ class FileReader:
         """_prefetch's loads: cached chunks (or chunks on their way) in parallel, a run of missing ones in one
         origin request; `fetched()` once no origin request is left."""
         here, missing = [], []
+        # a racy version is not fetched ahead: nobody could keep what read-ahead fetched
+        racy = not self.origins.settled(of.row.identity, of.seen, self.origins.wall_clock())
         for idx in indexes:
             if idx * self.chunk_size >= of.row.size:
                 break
             if of.manifest.get(idx) is not None or (of.row.id, of.row.ident, idx) in self._inflight:
                 here.append(idx)  # cached (load and verify it) or on its way already
-            else:
+            elif not racy:
                 missing.append(idx)
         loads = [(f"load-{idx}", functools.partial(self._chunk, of, idx)) for idx in here]
         if missing:
@@ -490,9 +505,11 @@ class FileReader:
 
         try:
             try:
-                data = await self._fetch_span(of, missing[0], missing[-1])
+                data, keep = await self._fetch_span(of, missing[0], missing[-1])
             finally:
                 fetched()
+            if not keep:  # racy: nobody else takes these bytes; each read fetches its own
+                return
             cs = self.chunk_size
             for n, key in enumerate(keys):  # readers take them now, while they are stored
                 self._fresh[key] = data[n * cs:(n + 1) * cs]
@@ -500,7 +517,7 @@ class FileReader:
 
             async def store(n: int, idx: int) -> None:
                 try:
-                    await self._store_fetched(of, idx, self._fresh[keys[n]])
+                    await self._store_fetched(of, idx, self._fresh[keys[n]], True)
                 finally:
                     done(keys[n])
 
@@ -556,42 +573,57 @@ class FileReader:
         return await self._fetch(of, idx)
 
     async def _fetch(self, of: OpenFile, idx: int) -> bytes:
-        return await self._store_fetched(of, idx, await self._fetch_span(of, idx, idx))
+        return await self._store_fetched(of, idx, *await self._fetch_span(of, idx, idx))
 
-    async def _fetch_span(self, of: OpenFile, first: int, last: int) -> bytes:
+    async def _fetch_span(self, of: OpenFile, first: int, last: int) -> tuple[bytes, bool]:
         """Chunks first..last of the file from the origins, in one request (checked against the file's identity
-        before and after, like every fetch); the caller verifies, stores and names each chunk."""
+        before and after, like every fetch), and whether they may be kept; the caller verifies, stores and names
+        each chunk."""
         start = first * self.chunk_size
-        [data] = await self._from_origin(of, [(start, min((last + 1) * self.chunk_size, of.row.size) - start)])
+        [data], keep = await self._from_origin(of, [(start, min((last + 1) * self.chunk_size, of.row.size) - start)])
         self._counts["origin_fetches"] += last - first + 1
-        return data
+        return data, keep
 
-    async def _from_origin(self, of: OpenFile, ranges: list[tuple[int, int]]) -> list[bytes]:
+    async def _from_origin(self, of: OpenFile, ranges: list[tuple[int, int]]) -> tuple[list[bytes], bool]:
         """The only way bytes come from the origins: `ranges` of the file's version, checked against its identity
-        before and after (through its origin stream while it is streamed). Offline fails at once; else a thread
-        of the registry's own limiter (never the cache's). A changed file raises OriginFileChanged: nothing of
-        it is cached, this read fails, and the daemon is told to rescan."""
+        before and after (through its origin stream while it is streamed), and whether they may be kept: not
+        while the version is racy (origins/base.py, settled) when the fetch starts; they are served to this read
+        only. Offline fails at once; else a thread of the registry's own limiter (never the cache's). A changed
+        file (or one gone) raises OriginFileChanged: nothing of it is cached, this read fails with EIO, and the
+        daemon is told to rescan."""
         row = of.row
         await points.hit_async(points.READER_MANIFEST_FETCH, OriginTransient)
+        started = self.origins.wall_clock()
         try:
             if of.origin is not None:
-                return await of.origin.fetch_ranges(ranges, exact=True)
-            if len(ranges) == 1:
-                return [await self.origins.fetch(row.path, *ranges[0], row.stat(), exact=True)]
-            return await self.origins.fetch_ranges(row.path, ranges, row.stat(), exact=True)
-        except OriginFileChanged:
+                datas = await of.origin.fetch_ranges(ranges, exact=True)
+            elif len(ranges) == 1:
+                datas = [await self.origins.fetch(row.path, *ranges[0], row.stat(), exact=True)]
+            else:
+                datas = await self.origins.fetch_ranges(row.path, ranges, row.stat(), exact=True)
+        except (OriginFileChanged, OriginNotFound) as exc:
             self._counts["changed_files"] += 1
             if self.on_file_changed is not None:
                 self.on_file_changed(row.path)
+            if isinstance(exc, OriginNotFound):  # read(2) answers EIO for a file that went away under it
+                raise OriginFileChanged(f"{exc} (gone at the origin since it was scanned)", origin=exc.origin,
+                                        path=row.path) from exc
             raise
+        keep = self.origins.settled(row.identity, of.seen, started)
+        if not keep:
+            self._counts["racy_fetches"] += 1
+        return datas, keep
 
-    async def _store_fetched(self, of: OpenFile, idx: int, data: bytes) -> bytes:
-        """Cache a chunk the origin gave and name it in the manifest; the bytes are served either way.
+    async def _store_fetched(self, of: OpenFile, idx: int, data: bytes, keep: bool) -> bytes:
+        """Cache a chunk the origin gave and name it in the manifest, if it may be kept (not racy); the bytes
+        are served either way.
 
         The manifest write is the catalog's, outside the cache's timeout: a locked catalog delays this read
         (within its own deadline) but never marks the cache disk unstable.
         """
         row = of.row
+        if not keep:
+            return data
         digest = await self.cache.store(data, f"a chunk of {row.path}")
         if digest is None:
             return data

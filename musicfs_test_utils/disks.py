@@ -1,4 +1,5 @@
-"""Real disks that misbehave, for cache tests (root only): a tiny tmpfs (ENOSPC) and a read-only remount.
+"""Real disks that misbehave, for cache tests (root only): a tiny tmpfs (ENOSPC), a read-only remount, and
+an ext4 image with 128-byte inodes (timestamps in whole seconds, as SFTP, FAT and many NAS shares give).
 
 A filesystem with files open for writing (SQLite keeps index.db, -wal and -shm open) cannot be remounted
 read-only as a whole (EBUSY). `read_only` therefore stacks a bind mount of the folder on itself and
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from musicfs.mounts import mount_entry
 
-__all__ = ["can_mount", "tmpfs", "read_only", "remount", "usage"]
+__all__ = ["can_mount", "ext4_image", "tmpfs", "read_only", "remount", "usage"]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -43,6 +44,33 @@ def tmpfs(path: str | os.PathLike, size: str = "2m"):
         while mount_entry(str(path)) is not None:  # a read_only() bind may still sit on top
             if _run("umount", str(path)).returncode != 0:
                 _run("umount", "-l", str(path))
+
+
+@contextlib.contextmanager
+def ext4_image(path: str | os.PathLike, size: str = "64M", inode_size: int = 128):
+    """An ext4 filesystem in an image file, loop-mounted on `path` (created if needed), unmounted at exit.
+    With 128-byte inodes it keeps whole-second timestamps (mkfs warns that such inodes end in 2038)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    image = path.with_name(path.name + ".img")
+    with open(image, "wb") as fh:
+        fh.truncate(_bytes(size))
+    for cmd in (("mkfs.ext4", "-q", "-F", "-I", str(inode_size), str(image)),
+                ("mount", "-o", "loop", str(image), str(path))):
+        done = _run(*cmd)
+        if done.returncode != 0:
+            image.unlink()
+            raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        if _run("umount", str(path)).returncode != 0:
+            _run("umount", "-l", str(path))
+        image.unlink()
+
+
+def _bytes(size: str) -> int:
+    return int(size[:-1]) << {"K": 10, "M": 20, "G": 30}[size[-1]]
 
 
 @contextlib.contextmanager

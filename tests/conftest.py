@@ -44,6 +44,32 @@ def library_copy(small_library, tmp_path):
     return root, [root / p.relative_to(small_library[0]) for p in small_library[2]]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _files_written_long_ago():
+    """In-process tests read files they have just written; racy versions (origins/base.py, settled) would keep
+    those out of the cache for a moment. Their registries' wall clock runs an hour ahead, as if the library
+    had been written an hour before the test: what they check is unchanged. Tests of racy versions themselves
+    (marked `real_clock`) and the daemons of L2 tests (other processes) run on the real clock."""
+    import time
+
+    from musicfs.origins.registry import OriginRegistry
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(OriginRegistry, "wall_clock", staticmethod(lambda: time.time() + 3600))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _real_clock(request, monkeypatch):
+    """`real_clock` tests judge racy versions by the real wall clock."""
+    if request.node.get_closest_marker("real_clock") is not None:
+        import time
+
+        from musicfs.origins.registry import OriginRegistry
+
+        monkeypatch.setattr(OriginRegistry, "wall_clock", staticmethod(time.time))
+
+
 @pytest.fixture(autouse=True)
 def _umask_restored():
     """`musicfs scan` and `fsck --repair` run in-process set umask 0o077 (private state): not for later tests."""

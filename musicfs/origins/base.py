@@ -131,8 +131,46 @@ class Origin(abc.ABC):
     def probe(self) -> None:
         """Cheap health check; raises OriginError when unhealthy."""
 
+    # -- racy versions (git's racy-clean rule) -----------------------------------------------------------
+    def timestamp_resolution(self, identity: Identity) -> float:
+        """Seconds within which two writes of the same size can leave `identity` unchanged; 0 when the
+        identity names the content itself (an S3 ETag). Known or measured by each origin; this default is
+        the coarsest a POSIX-like source is allowed (FAT: 2 s), so an origin that cannot tell is safe."""
+        return 2.0
+
+    def changed_before(self, identity: Identity, when: float) -> bool:
+        """Whether the origin's own clock shows `identity` last changed more than a resolution before
+        `when` (wall time of this machine): only an origin that shares this machine's clock can say so (a
+        local disk, by the file's ctime); the others say False and `settled` falls back on when the version
+        was first seen."""
+        return False
+
     def close(self) -> None:
         """Release connections. Safe to call twice."""
+
+
+#: What is added to an origin's timestamp resolution before a version counts as settled: the kernel stamps
+#: times from a clock that lags by up to a tick, and one write() goes on copying after its stamp.
+SETTLE_MARGIN = 0.25
+
+
+def settled(origin: Origin, identity: Identity, seen: float, started: float) -> bool:
+    """Whether bytes of `identity` read by a fetch that started at `started` (wall time) may be cached.
+
+    A version is *racy* while another write could still leave its identity unchanged: two same-size
+    writes within one timestamp unit (SFTP's whole seconds, FAT, an ext4 with small inodes). Its bytes
+    are served to the reader that asked, never kept. It is settled when the origin's own clock says it
+    last changed long enough ago (`Origin.changed_before`), or when the fetch started a resolution (and
+    the margin) after the version was first seen (`seen`, this machine's wall time): every write that
+    gives that identity happened within one unit after the first one, which happened before it was seen,
+    so a fetch that starts later reads the version's last bytes. No clock of the origin is trusted.
+    """
+    resolution = origin.timestamp_resolution(identity)
+    if resolution <= 0:
+        return True
+    if origin.changed_before(identity, started):
+        return True
+    return started >= seen + resolution + SETTLE_MARGIN
 
 
 # -- classifying an SDK's exceptions ------------------------------------------------------------------

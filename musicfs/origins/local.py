@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat as stat_mod
 from typing import Iterator
 
 from .. import points
@@ -18,11 +19,48 @@ from ..errors import (
     OriginTransient,
     PathEscape,
 )
-from .base import FileStat, Origin, escape_name, unescape_name
+from .base import SETTLE_MARGIN, FileStat, Identity, Origin, escape_name, unescape_name
 
 def _version(st: os.stat_result) -> tuple[int, int, int, int]:
     """What changes whenever a file's bytes do: a write moves mtime and ctime (even when mtime is put back)."""
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+
+
+def local_etag(st: os.stat_result) -> str:
+    """A local file's ETag, as a web server makes one from its inode: the inode and the ctime (hex). A write
+    moves the ctime even when the mtime is put back (`touch -r`, restores, sync tools), and a file renamed over
+    another is another inode, so a same-size rewrite is always a new identity."""
+    return f"{st.st_ino:x}-{st.st_ctime_ns:x}"
+
+
+def _ctime_ns(identity: Identity) -> int | None:
+    """The ctime inside a local ETag (local_etag), or None for another form."""
+    try:
+        return int(identity.etag.rpartition("-")[2], 16)
+    except ValueError:
+        return None
+
+
+# Filesystems whose timestamps come from another machine's clock: their ctimes say nothing against ours.
+_NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs", "afs", "lustre", "gpfs",
+               "beegfs", "virtiofs", "davfs", "ncpfs", "orangefs"}
+
+
+def filesystem_type(path: str) -> str:
+    """The type of the filesystem holding `path` (/proc/self/mountinfo, matched by device); "" if unknown."""
+    try:
+        dev = os.stat(path).st_dev
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return ""
+    want = f"{os.major(dev)}:{os.minor(dev)}"
+    found = ""
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 2 and fields[2] == want and " - " in line:
+            found = line.split(" - ", 1)[1].split()[0]  # the last mount of that device wins
+    return found
 
 
 _TRANSIENT = {errno.EIO, errno.EAGAIN, errno.ETIMEDOUT, errno.ESTALE, errno.EINTR}
@@ -90,6 +128,27 @@ class LocalOrigin(Origin):
         self.name = str(root)
         # A missing root is not an error here: a mount may start offline and serve its cache.
         self.root = os.path.realpath(root)
+        self._same_clock: bool | None = None  # whether the root's timestamps come from this machine's clock
+
+    # -- racy versions -------------------------------------------------------
+    def timestamp_resolution(self, identity: Identity) -> float:
+        """Measured from the file itself: a ctime in whole seconds is a filesystem that keeps no more (an ext4
+        with 128-byte inodes, FAT's 2 s, many NAS shares); else the kernel's clock tick, well within 50 ms."""
+        ctime = _ctime_ns(identity)
+        if ctime is None or ctime % 1_000_000_000 == 0:
+            return 2.0
+        return 0.05
+
+    def changed_before(self, identity: Identity, when: float) -> bool:
+        """The ctime is stamped by this machine's kernel unless the root is on a network filesystem (or any FUSE
+        one): then the origin's clock is another machine's, and only the time the version was seen counts."""
+        if self._same_clock is None:
+            fstype = filesystem_type(self.root)
+            self._same_clock = bool(fstype) and fstype not in _NETWORK_FS and not fstype.startswith("fuse")
+        ctime = _ctime_ns(identity)
+        if not self._same_clock or ctime is None:
+            return False
+        return ctime / 1e9 + self.timestamp_resolution(identity) + SETTLE_MARGIN <= when
 
     # -- path safety -------------------------------------------------------
     def _resolve(self, path: str) -> str:
@@ -102,7 +161,9 @@ class LocalOrigin(Origin):
         return full
 
     def _stat_result(self, path: str, st: os.stat_result) -> FileStat:
-        return FileStat(path=path, size=st.st_size, mtime_ns=st.st_mtime_ns)
+        if not stat_mod.S_ISREG(st.st_mode):  # a FIFO or device swapped in for a track: never opened for reading
+            raise OriginFileChanged(f"{self.name}: {path} is no longer a regular file", origin=self.name, path=path)
+        return FileStat(path=path, size=st.st_size, mtime_ns=st.st_mtime_ns, etag=local_etag(st))
 
     # -- Origin ------------------------------------------------------------
     def walk(self) -> Iterator[FileStat]:
@@ -131,10 +192,10 @@ class LocalOrigin(Origin):
                     if exc.errno not in (errno.ENOENT, errno.ENOTDIR):  # not a dangling link or vanished file
                         skipped.add(rel, _is_dir(entry), exc)
                     continue
-                if os.path.isdir(full):
+                if stat_mod.S_ISDIR(st.st_mode):
                     if not entry.is_symlink():  # never follow directory symlinks: no loops
                         stack.append(rel)
-                elif os.path.isfile(full):
+                elif stat_mod.S_ISREG(st.st_mode):  # FIFOs, sockets and devices are no music
                     yield self._stat_result(rel, st)
         skipped.summary()
 
@@ -147,17 +208,21 @@ class LocalOrigin(Origin):
         return self._stat_result(path, st)
 
     def read(self, path: str, offset: int, length: int, expect: FileStat | None = None) -> bytes:
-        """With `expect`, the file's identity is checked before and after the bytes are read (fstat of the
-        open file; after: size, mtime and ctime unchanged), so an in-place edit during the read is caught."""
+        """Only a regular file is read: it is opened without blocking (a FIFO swapped in for a track would
+        wait for a writer for ever) and refused unless fstat says it is regular. With `expect`, the file's
+        identity (size, mtime, inode and ctime) is checked before and after the bytes are read, so an in-place
+        edit during the read is caught."""
         full = self._resolve(path)
         try:
-            fd = os.open(full, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(full, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError as exc:
             raise map_os_error(exc, self.name, path) from exc
         try:
-            before = os.fstat(fd) if expect is not None else None
-            if before is not None:
-                self._check(path, before, expect)
+            before = os.fstat(fd)
+            found = self._stat_result(path, before)  # OriginFileChanged unless regular
+            if expect is not None and not found.identity.matches(expect.identity):
+                raise OriginFileChanged(f"{self.name}: {path} changed since it was scanned", origin=self.name,
+                                        path=path)
             points.hit(points.ORIGIN_READ_CHECKED, OriginTransient)
             parts = []
             while length > 0:
@@ -167,7 +232,7 @@ class LocalOrigin(Origin):
                 parts.append(data)
                 offset += len(data)
                 length -= len(data)
-            if before is not None:
+            if expect is not None:
                 after = os.fstat(fd)
                 if _version(after) != _version(before):
                     raise OriginFileChanged(f"{self.name}: {path} changed while it was read", origin=self.name,
@@ -177,10 +242,6 @@ class LocalOrigin(Origin):
             raise map_os_error(exc, self.name, path) from exc
         finally:
             os.close(fd)
-
-    def _check(self, path: str, st: os.stat_result, expect: FileStat) -> None:
-        if not self._stat_result(path, st).identity.matches(expect.identity):
-            raise OriginFileChanged(f"{self.name}: {path} changed since it was scanned", origin=self.name, path=path)
 
     def probe(self) -> None:
         if not os.path.isdir(self.root):

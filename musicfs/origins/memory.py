@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Mapping
 
 from ..errors import OriginFileChanged, OriginNotFound
-from .base import FileStat, Origin
+from .base import FileStat, Identity, Origin
 
 WALK, STAT, READ, PROBE = "walk", "stat", "read", "probe"
 
@@ -37,9 +37,15 @@ Handler = Callable[[Request], object]
 
 
 class MemoryOrigin(Origin):
-    def __init__(self, handler: Handler, name: str = "memory"):
+    def __init__(self, handler: Handler, name: str = "memory", *, resolution: float = 0.0):
+        """`resolution`: the timestamp resolution the fake claims (Origin.timestamp_resolution); 0, the
+        default, says its identities name their content, so nothing it serves is ever racy."""
         self.handler = handler
         self.name = name
+        self.resolution = resolution
+
+    def timestamp_resolution(self, identity: Identity) -> float:
+        return self.resolution
 
     def walk(self) -> Iterator[FileStat]:
         yield from self.handler(Request(WALK))  # type: ignore[misc]

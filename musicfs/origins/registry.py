@@ -24,6 +24,12 @@ Policy (rows 4.1, 4.2.3, 4.3 of the resilience catalogue):
   Failing over never changes it: `first_healthy` is a pure query.
 * Offline: while monitored and every origin is unhealthy, reads fail at once with OriginOffline
   (EIO): no thread, no timeout. The monitor's next good probe ends it.
+* Stuck calls (row 4.7): an origin call that never returns (a hung NFS share) costs only itself. A read's
+  thread counts against the fetch limit only until the read gives up at its deadline; the thread itself is
+  left to finish, counted as stuck, and its origin is marked unhealthy at once ("N calls stuck ..."), so the
+  kernel's retry of that read and the reads after it fail over or fail fast instead of waiting again. While
+  STUCK_LIMIT calls of an origin are stuck, no probe makes it healthy again; stuck threads are bounded by
+  that limit per origin.
 
 The registry itself is blocking, like the origins: `read`, `call` and `first_healthy` run in worker
 threads; `fetch` is the async entry used by the FileReader.
@@ -53,9 +59,11 @@ from ..errors import (
     OriginTransient,
     ShortRead,
 )
-from .base import FileStat, Identity, Origin, OriginStream
+from .base import FileStat, Identity, Origin, OriginStream, settled
 
 log = logging.getLogger(__name__)
+
+STUCK_LIMIT = 4  # stuck calls of one origin that keep it unhealthy whatever its probes say
 
 UNKNOWN = "unknown"
 HEALTHY = "healthy"
@@ -83,6 +91,7 @@ class OriginHealth:
     failovers: int = 0  # reads that gave up on this origin and went to the next one
     bytes_fetched: int = 0
     results: collections.Counter = field(default_factory=collections.Counter)  # read requests by result
+    stuck: int = 0  # calls still running past their deadline (found when their read gave up)
 
 
 @dataclass(frozen=True)
@@ -101,6 +110,7 @@ class OriginStatistics:
     bytes_fetched: int = 0
     retries: int = 0
     failovers: int = 0
+    stuck: int = 0  # calls still running past their read's deadline: their threads, left to finish
 
 
 def result_of(exc: BaseException | None) -> str:
@@ -123,6 +133,9 @@ def _counts_against_health(exc: OriginError) -> bool:
 class OriginRegistry:
     """Reads go to the preferred origin that answers; see the module docstring for the policy."""
 
+    #: This machine's wall clock, as racy versions are judged by it (`settled`): when a fetch starts.
+    wall_clock: Callable[[], float] = staticmethod(time.time)
+
     def __init__(self, origins: list[Origin], retries: int = 2, backoff: float = 0.05, seed: int | None = None,
                  sleep: Callable[[float], None] = time.sleep, *, max_backoff: float = 2.0, grace: float = 60.0,
                  clock: Callable[[], float] = time.monotonic, fetch_threads: int = 8):
@@ -143,7 +156,10 @@ class OriginRegistry:
         #: True while a HealthMonitor watches: only then do unhealthy origins get skipped (and offline exist).
         self.monitored = False
         self._listeners: list[Callable[[Origin, str], None]] = []
-        self._fetch_limiter = None  # a trio.CapacityLimiter, made on first use inside trio
+        self._fetch_limiter = None  # a trio.CapacityLimiter, made on first use inside trio: reads in progress
+        self._thread_limiter = None  # ... and the threads they run in, stuck ones included (STUCK_LIMIT each)
+        self._running: dict[object, tuple[Origin, float | None]] = {}  # calls in progress: origin, deadline
+        self._stuck: set[object] = set()  # calls found running past their deadline
         #: The origin whose identities (size, mtime, etag) the catalog holds: the one whose scan last
         #: committed, the primary until one did; None while no origin's are sure (a scan of another
         #: origin is re-keying the catalog). Other replicas have identities of their own.
@@ -163,6 +179,13 @@ class OriginRegistry:
         if origin is not self.identity_origin:
             log.info("catalog identities are now those of %s", origin.name if origin else "no single origin")
         self.identity_origin = origin
+
+    def settled(self, identity: Identity, seen: float, started: float) -> bool:
+        """Whether bytes of the catalog's version `identity` (first recorded at `seen`) fetched by a read that
+        started at `started` may be cached (origins/base.py: settled), by the rules of the origin whose
+        identities the catalog holds; while no one origin's are sure, nothing is."""
+        origin = self.identity_origin
+        return origin is not None and settled(origin, identity, seen, started)
 
     # -- health states ------------------------------------------------------------------------
     def _index(self, origin: Origin) -> int:
@@ -195,6 +218,8 @@ class OriginRegistry:
         now = time.time()
         if h.state == HEALTHY and not probe:
             h.last_ok = now  # the common case of a read: no lock, no log
+            return
+        if h.stuck >= STUCK_LIMIT:  # a probe may pass while reads hang (a stuck file, a half-dead share)
             return
         with self._lock:
             was_down = self._all_down()
@@ -258,7 +283,8 @@ class OriginRegistry:
             return tuple(OriginStatistics(
                 name=h.name, state=h.state, active=o is active, last_error=h.last_error, last_ok=h.last_ok,
                 last_check=h.last_check, failures=h.failures, requests=sum(h.results.values()),
-                results=dict(h.results), bytes_fetched=h.bytes_fetched, retries=h.retries, failovers=h.failovers)
+                results=dict(h.results), bytes_fetched=h.bytes_fetched, retries=h.retries, failovers=h.failovers,
+                stuck=h.stuck)
                 for o, h in zip(self.origins, self.health))
 
     def counted(self, origin: Origin, data):
@@ -274,6 +300,24 @@ class OriginRegistry:
             h.bytes_fetched += nbytes
 
     # -- retry ----------------------------------------------------------------------------------
+    def note_stuck(self) -> None:
+        """After a read gave up at its deadline: calls still running past theirs are stuck. Each is counted
+        once against its origin, which is marked unhealthy with the reason (the monitor's probes bring it back
+        unless STUCK_LIMIT of its calls are stuck)."""
+        now = self._clock()
+        found: dict[int, Origin] = {}
+        with self._lock:
+            for token, (origin, deadline) in self._running.items():
+                if deadline is not None and now >= deadline - 0.05 and token not in self._stuck:
+                    self._stuck.add(token)
+                    self.health_of(origin).stuck += 1
+                    found[id(origin)] = origin
+        for origin in found.values():
+            n = self.health_of(origin).stuck
+            self.record_failure(origin, OriginTimeout(
+                f"{origin.name}: {n} call{'s' if n > 1 else ''} stuck past the read deadline (a hung file or share)",
+                origin=origin.name))
+
     def _delay(self, attempt: int) -> float:
         """Exponential backoff with equal jitter: uniform in [cap/2, cap], cap = backoff * 2**attempt (bounded)."""
         cap = min(self.max_backoff, self.backoff * (2**attempt))
@@ -283,6 +327,20 @@ class OriginRegistry:
     def call(self, origin: Origin, op: Callable[[Origin], object], *, deadline: float | None = None,
              retry_timeouts: bool = True):
         """Run op against one origin, retrying transient errors only (never past `deadline`, registry clock)."""
+        token = object()
+        with self._lock:
+            self._running[token] = (origin, deadline)
+        try:
+            return self._call(origin, op, deadline, retry_timeouts)
+        finally:
+            with self._lock:
+                del self._running[token]
+                if token in self._stuck:
+                    self._stuck.discard(token)
+                    self.health_of(origin).stuck -= 1
+
+    def _call(self, origin: Origin, op: Callable[[Origin], object], deadline: float | None,
+              retry_timeouts: bool):
         attempt = 0
         while True:
             try:
@@ -405,10 +463,18 @@ class OriginRegistry:
             raise OriginOffline(f"every origin is down (offline): {path} is not cached", path=path)
         if self._fetch_limiter is None:
             self._fetch_limiter = trio.CapacityLimiter(self.fetch_threads)
+            self._thread_limiter = trio.CapacityLimiter(self.fetch_threads + STUCK_LIMIT * len(self.origins))
         remaining = trio.current_effective_deadline() - trio.current_time()
         deadline = None if math.isinf(remaining) else self._clock() + max(0.0, remaining)
-        return await trio.to_thread.run_sync(functools.partial(work, deadline=deadline), limiter=self._fetch_limiter,
-                                             abandon_on_cancel=True)
+        # The fetch limit is held by this task, given back when it gives up; an abandoned thread holds only the
+        # thread limit until it returns (note_stuck counts it): a hung call never takes another read's turn.
+        async with self._fetch_limiter:
+            try:
+                return await trio.to_thread.run_sync(functools.partial(work, deadline=deadline),
+                                                     limiter=self._thread_limiter, abandon_on_cancel=True)
+            except trio.Cancelled:
+                self.note_stuck()
+                raise
 
     def first_healthy(self) -> Origin:
         """The preferred origin whose probe passes (for scanning).

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, Sequence
 from .. import points
 from ..errors import OriginError, OriginFatal, OriginFileChanged, OriginNotFound, OriginPermission, OriginTimeout
 from ..errors import OriginTransient, PathEscape, ShortRead
-from .base import FileStat, Origin, OriginStream, Verdict, classify_error, split_url
+from .base import FileStat, Identity, Origin, OriginStream, Verdict, classify_error, split_url
 from .options import option_keys
 from .options import parse as parse_options
 
@@ -323,6 +323,10 @@ class _S3Stream(OriginStream):
 class S3Origin(Origin):
     OPTION_KEYS = option_keys("s3")  # declared in origins/options.py
     ordered_streams = True  # a stream is one GET read on (_S3Stream): a read elsewhere opens another
+
+    def timestamp_resolution(self, identity: Identity) -> float:
+        """An ETag names the object's content: a version is never racy (without one, S3's whole seconds)."""
+        return 0.0 if identity.etag else 1.0
 
     def __init__(
         self,

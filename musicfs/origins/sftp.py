@@ -51,7 +51,7 @@ from ..errors import (
     PathEscape,
     ShortRead,
 )
-from .base import FileStat, Origin, OriginStream, Verdict, classify_error, escape_name, split_url, unescape_name
+from .base import FileStat, Identity, Origin, OriginStream, Verdict, classify_error, escape_name, split_url, unescape_name
 from .options import option_keys
 from .options import parse as parse_options
 
@@ -480,6 +480,10 @@ class _SftpStream(OriginStream):
 
 class SftpOrigin(Origin):
     OPTION_KEYS = option_keys("sftp")  # declared in origins/options.py
+
+    def timestamp_resolution(self, identity: Identity) -> float:
+        """SFTP v3 gives mtimes in whole seconds, whatever the server's filesystem keeps."""
+        return 1.0
 
     def __init__(
         self,

@@ -11,7 +11,7 @@ import pytest
 
 from musicfs_test_utils.assertions import file_digest, tree_files
 from musicfs_test_utils.daemon import wait_until, write_config
-from musicfs_test_utils.mount_io import mount_file_for, read_in_child
+from musicfs_test_utils.mount_io import mount_file_for, read_in_child, read_until_cached
 
 pytestmark = [pytest.mark.l2, pytest.mark.l3]
 
@@ -46,7 +46,7 @@ def test_n3_blackholed_origin_on_a_mount_gives_eio_in_time_then_recovers(kind, v
     proxy, daemon = start_remote_mount(kind, via_proxy, daemons, tmp_path)
     cached, uncached = pick_files(small_library)
     m_cached, m_uncached = mount_file_for(daemon.mountpoint, cached), mount_file_for(daemon.mountpoint, uncached)
-    assert read_in_child(m_cached)[:2] == ("OK", file_digest(cached))
+    assert read_until_cached(daemon, m_cached) == file_digest(cached)  # cached (once its version settled)
 
     proxy.add_toxic("hole", "timeout", timeout_ms=0)
     outcome, code, seconds = read_in_child(m_uncached)
@@ -71,7 +71,7 @@ def test_n7_proxy_down_then_up_on_a_mount_goes_offline_and_recovers(kind, via_pr
     proxy, daemon = start_remote_mount(kind, via_proxy, daemons, tmp_path)
     cached, uncached = pick_files(small_library)
     m_cached, m_uncached = mount_file_for(daemon.mountpoint, cached), mount_file_for(daemon.mountpoint, uncached)
-    assert read_in_child(m_cached)[:2] == ("OK", file_digest(cached))
+    assert read_until_cached(daemon, m_cached) == file_digest(cached)  # cached (once its version settled)
 
     proxy.disable()
     wait_until(lambda: daemon.status()["offline"], 15, "offline")
@@ -96,7 +96,7 @@ def test_a_remote_mount_starts_with_its_server_unreachable_and_serves_its_cache(
     cached, uncached = pick_files(small_library)
     m_cached, m_uncached = mount_file_for(daemon.mountpoint, cached), mount_file_for(daemon.mountpoint, uncached)
     listing = sorted(str(p.relative_to(daemon.mountpoint)) for p in tree_files(daemon.mountpoint))
-    assert read_in_child(m_cached)[:2] == ("OK", file_digest(cached))
+    assert read_until_cached(daemon, m_cached) == file_digest(cached)  # cached (once its version settled)
     assert daemon.stop() == 0
 
     proxy.disable()  # the server is unreachable when the daemon starts again (same state and cache)

@@ -5,8 +5,9 @@
 * 4.4: a file changed at the origin is never served as a mix of old and new bytes; after a rescan (SIGHUP)
   the tree shows the new file and reads return it whole.
 
-A hanging origin file is a FIFO put in place of the file after the scan: the origin's open() then blocks in
-its worker thread, as on a hung NFS mount, until the test opens the FIFO's other end.
+* 4.7: a FIFO put in place of a track is refused at once (never opened for reading, so it cannot hang); an
+  origin call that hangs (the `origin-read-checked` failpoint sleeping in its worker thread, as on a hung NFS
+  share) costs its read read_timeout and marks the origin unhealthy with the reason, never more.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from musicfs import points
 from musicfs_test_utils.assertions import file_digest
 from musicfs_test_utils.daemon import wait_until, write_config
 from musicfs_test_utils.fixtures import flac_audio_start
@@ -56,59 +58,53 @@ def library_by_size(library_copy) -> tuple[Path, list[Path]]:
     return root, sorted(files, key=lambda f: f.stat().st_size)
 
 
-class Fifo:
-    """Turn an origin file into a FIFO (reads of it hang in open()); release() lets every stuck open() return."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.data = path.read_bytes()
-        stat = path.stat()
-        path.unlink()
-        os.mkfifo(path)
-        self.stat = stat
-
-    def release(self) -> None:
-        try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)  # wakes every reader blocked in open()
-        except OSError as exc:
-            assert exc.errno == errno.ENXIO  # nobody was blocked
-        else:
-            os.close(fd)
-
-    def restore(self) -> None:
-        self.release()
-        self.path.unlink()
-        self.path.write_bytes(self.data)
-        os.utime(self.path, ns=(self.stat.st_atime_ns, self.stat.st_mtime_ns))
+def start_hung(daemons, root: Path, tmp_path: Path, hang_ms: int, **config):
+    """A daemon whose first origin read hangs for `hang_ms` in its worker thread, as on a hung NFS share (the
+    `origin-read-checked` failpoint, armed with a count of 1): the library is scanned first by a daemon without
+    it, so the armed one starts from the catalog and its first origin read is a test's."""
+    first = start(daemons, root, tmp_path, **config)
+    assert first.stop() == 0
+    path = write_config(tmp_path / "musicfs.toml", **{"chunk_size": "64K", **config})
+    daemon = daemons([root], extra_args=["--config", str(path)],
+                     env={"FAILPOINTS": f"{points.ORIGIN_READ_CHECKED}=1*sleep({hang_ms})"})
+    daemon.start()
+    daemon.wait_for_mount()
+    return daemon
 
 
-@pytest.mark.resilience("3.8")
-def test_a_read_stuck_at_the_origin_answers_eio_after_read_timeout_and_the_reader_exits(library_by_size, daemons,
+HANGING = f"failpoint {points.ORIGIN_READ_CHECKED} sleeping"
+
+
+@pytest.mark.resilience("3.8", "4.7")
+@pytest.mark.expected_log(r"origin .* is unhealthy: .*1 call stuck past the read deadline")
+def test_a_read_stuck_at_the_origin_answers_eio_at_read_timeout_and_the_origin_says_why(library_by_size, daemons,
                                                                                          tmp_path):
     root, files = library_by_size
     read_timeout = 2.0
-    daemon = start(daemons, root, tmp_path, read_timeout=read_timeout)
+    daemon = start_hung(daemons, root, tmp_path, hang_ms=6000, read_timeout=read_timeout, health_interval=0.5)
     pairs = mount_files_by_size(daemon.mountpoint, files)
     stuck, other = files[-1], files[0]
-    fifo = Fifo(stuck)
-    try:
-        outcome, code, seconds = read_in_child(pairs[stuck])
-        assert (outcome, code) == ("ERR", str(errno.EIO))
-        # Each FUSE read gives up at read_timeout; the kernel may retry a failed readahead once.
-        assert read_timeout * 0.9 <= seconds < 2 * read_timeout + 1.5, f"the reader waited {seconds:.1f}s"
-        assert read_in_child(pairs[other])[:2] == ("OK", file_digest(other))  # the daemon serves on
-        assert "timed out; answering EIO" in daemon.log_text()
-    finally:
-        fifo.restore()
+    outcome, code, seconds = read_in_child(pairs[stuck])
+    assert (outcome, code) == ("ERR", str(errno.EIO))
+    assert HANGING in daemon.log_text()
+    # read_timeout end to end: the stuck call marked its origin unhealthy, so the kernel's retry fails at once
+    assert read_timeout * 0.9 <= seconds < read_timeout + 1.0, f"the reader waited {seconds:.1f}s"
+    [origin] = daemon.status()["origins"]
+    assert origin["state"] == "unhealthy" and "stuck past the read deadline" in origin["last_error"]
+    # the hung call returns at last: the next probe brings the origin back, and every file reads right
+    wait_until(lambda: daemon.status()["origins"][0]["state"] == "healthy", 15, "the origin healthy again")
+    assert read_in_child(pairs[other])[:2] == ("OK", file_digest(other))
     assert read_in_child(pairs[stuck])[:2] == ("OK", file_digest(stuck))
     assert daemon.stop() == 0
 
 
 @pytest.mark.resilience("5.1")
+@pytest.mark.expected_log(r"origin .* is unhealthy: .*1 call stuck past the read deadline",
+                          r"every origin is down", r"fuse read: every origin is down")
 def test_100_concurrent_reads_finish_and_a_stuck_file_does_not_stall_cached_reads(library_by_size, daemons, tmp_path):
     root, files = library_by_size
     read_timeout = 3.0
-    daemon = start(daemons, root, tmp_path, read_timeout=read_timeout)
+    daemon = start_hung(daemons, root, tmp_path, hang_ms=8000, read_timeout=read_timeout)
     pairs = mount_files_by_size(daemon.mountpoint, files)
     stuck = files[-1]
     others = [f for f in pairs if f != stuck]
@@ -117,38 +113,54 @@ def test_100_concurrent_reads_finish_and_a_stuck_file_does_not_stall_cached_read
     def read(f: Path) -> str:
         return hashlib.sha256(read_uncached(pairs[f])).hexdigest()
 
-    # 100 concurrent cold reads of every file but one: all finish, all right.
+    blocked = reader_process(pairs[stuck])  # the first origin read: it hangs in its worker thread
+    wait_until(lambda: HANGING in daemon.log_text(), 10, "the daemon's origin read hanging")
+    # 100 concurrent cold reads of every file but the stuck one: all finish, all right.
     jobs = [others[i % len(others)] for i in range(100)]
+    started = time.monotonic()
     with ThreadPoolExecutor(100) as pool:
         assert list(pool.map(read, jobs, timeout=60)) == [digests[f] for f in jobs]
-
-    fifo = Fifo(stuck)
-    try:
-        blocked = reader_process(pairs[stuck])
-        wait_until(lambda: fifo_has_reader(daemon.pid), 10, "the daemon stuck opening the FIFO")
-        started = time.monotonic()
-        with ThreadPoolExecutor(100) as pool:
-            assert list(pool.map(read, jobs, timeout=60)) == [digests[f] for f in jobs]
-        took = time.monotonic() - started
-        assert blocked.poll() is None, "the stuck read ended early: the test proves nothing"
-        assert took < read_timeout, f"100 cached reads took {took:.1f}s while one file hung at the origin"
-        outcome, code, _ = reader_result(blocked)
-        assert (outcome, code) == ("ERR", str(errno.EIO))
-    finally:
-        fifo.restore()
+    took = time.monotonic() - started
+    assert took < read_timeout, f"100 reads took {took:.1f}s while one file hung at the origin"
+    assert blocked.poll() is None, "the stuck read ended early: the test proves nothing"
+    outcome, code, _ = reader_result(blocked)
+    assert (outcome, code) == ("ERR", str(errno.EIO))
+    # cached reads never wait on the hung call, whatever the origin's state now
+    with ThreadPoolExecutor(100) as pool:
+        assert list(pool.map(read, jobs, timeout=60)) == [digests[f] for f in jobs]
     assert daemon.stop() == 0
 
 
-def fifo_has_reader(pid: int) -> bool:
-    """Some thread of the daemon is blocked opening a FIFO (the kernel's wait_for_partner)."""
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/wchan") as fh:
-                if fh.read() == "wait_for_partner":
-                    return True
-        except OSError:
-            continue
-    return False
+@pytest.mark.resilience("4.7")
+def test_a_fifo_swapped_in_for_a_track_is_eio_at_once_and_every_other_file_still_reads(library_by_size, daemons,
+                                                                                        tmp_path):
+    root, files = library_by_size
+    daemon = start(daemons, root, tmp_path, read_timeout=4.0)
+    pairs = mount_files_by_size(daemon.mountpoint, files)
+    fifo, others = files[-1], [f for f in pairs if f != files[-1]]
+    fifo.unlink()
+    os.mkfifo(fifo)
+    outcome, code, seconds = read_in_child(pairs[fifo])
+    assert (outcome, code) == ("ERR", str(errno.EIO)) and seconds < 1.0, (outcome, code, seconds)
+    for _ in range(12):  # more than the daemon has fetch threads; the rescan that read started may drop it
+        outcome, code, seconds = read_in_child(pairs[fifo])
+        assert outcome == "ERR" and code in (str(errno.EIO), str(errno.ENOENT)) and seconds < 1.0
+    for f in others:  # uncached reads of every other file still reach the origin
+        assert read_in_child(pairs[f])[:2] == ("OK", file_digest(f))
+    [origin] = daemon.status()["origins"]
+    assert origin["state"] == "healthy" and origin["stuck"] == 0
+    assert not [t for t in os.listdir(f"/proc/{daemon.pid}/task") if wchan(daemon.pid, t) == "wait_for_partner"]
+    # the rescan the first read started drops it from the tree: it is no music
+    wait_until(lambda: not pairs[fifo].exists(), 15, "the FIFO gone from the tree")
+    assert daemon.stop() == 0
+
+
+def wchan(pid: int, tid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/task/{tid}/wchan") as fh:
+            return fh.read()
+    except OSError:
+        return ""
 
 
 CHUNK = 64 * 1024

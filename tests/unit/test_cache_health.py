@@ -240,7 +240,8 @@ async def test_a_real_full_disk_evicts_and_retries_else_serves_uncached(tmp_path
         data = pattern(9, big.size)
         (rig.root / "big.flac").write_bytes(data)
         st = LocalOrigin(rig.root).stat("big.flac")
-        rig.catalog.upsert_files([FileRow(path="big.flac", kind="track", size=st.size, mtime_ns=st.mtime_ns)])
+        rig.catalog.upsert_files([FileRow(path="big.flac", kind="track", size=st.size, mtime_ns=st.mtime_ns,
+                                          etag=st.etag)])
         big = next(r for r in rig.catalog.files() if r.path == "big.flac")
         for fh, name in zip(handles, names):
             assert await reader.read(fh, 0, rig.rows[name].size) == rig.files[name]

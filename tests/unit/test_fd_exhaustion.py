@@ -16,7 +16,7 @@ import textwrap
 import pytest
 
 CHILD = textwrap.dedent(r"""
-    import errno, json, logging, os, resource, sys
+    import errno, json, logging, os, resource, sys, time
     import pyfuse3, trio
     from musicfs.cas import CasStore
     from musicfs.catalog import Catalog, FileRow
@@ -43,8 +43,10 @@ CHILD = textwrap.dedent(r"""
             fh.write(content)
     catalog = Catalog(f"{base}/catalog.db")
     origin = LocalOrigin(f"{base}/origin")
-    catalog.upsert_files([FileRow(path=st.path, kind="track", size=st.size, mtime_ns=st.mtime_ns, title=st.path)
-                          for st in origin.walk()])
+    catalog.upsert_files([FileRow(path=st.path, kind="track", size=st.size, mtime_ns=st.mtime_ns, etag=st.etag,
+                                  title=st.path) for st in origin.walk()])
+    # as in tests/conftest.py: the files were just written; judged as if written an hour ago (racy versions)
+    OriginRegistry.wall_clock = staticmethod(lambda: time.time() + 3600)
     cas = CasStore(f"{base}/cache", 1 << 30)
     rows = {r.path: r for r in catalog.files()}
     tree = setup_test_tree(list(rows.values()))

@@ -25,6 +25,9 @@ class BrokenReader:
     async def open(self, row, next_track=None):
         return 7
 
+    def settled(self, fh):
+        return True
+
     async def read(self, fh, off, size):
         if self.exc is not None:
             raise self.exc

@@ -206,7 +206,7 @@ async def test_file_changed_at_the_origin_never_mixes_bytes(rig):
 
     # after a rescan records the new identity, the file reads as its new self, whole
     st = LocalOrigin(rig.root).stat(row.path)
-    rig.catalog.upsert_files([FileRow(path=row.path, kind="track", size=st.size, mtime_ns=st.mtime_ns)])
+    rig.catalog.upsert_files([FileRow(path=row.path, kind="track", size=st.size, mtime_ns=st.mtime_ns, etag=st.etag)])
     fresh = rig.row(row.path)
     assert rig.manifest(row) == {}  # the old manifest went with the old identity
     reader, _ = rig.fresh_reader()
