@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import math
 import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -74,6 +76,7 @@ class Config:
     allow_non_empty: bool = False  # mount over a folder that holds files (hidden until unmounted)
     include_hidden: bool = False  # scan files and folders whose names start with a dot (`._*` never)
     metrics: str = ""  # HOST:PORT of the Prometheus endpoint (/metrics); "" = off
+    metrics_public: bool = False  # serve /metrics on an address other machines can reach (else loopback only)
     origin_options: dict = field(default_factory=dict)
 
     def resolved(self) -> "Config":
@@ -108,7 +111,8 @@ SECONDS_RANGES = {
     "failover_grace": (0.1, 86400.0),
 }
 _FILE_KEYS = {f.name for f in fields(Config)} - {"sources", "mountpoint"}
-_BOOL_KEYS = {"allow_other", "allow_non_empty", "include_hidden"}
+_BOOL_KEYS = {"allow_other", "allow_non_empty", "include_hidden", "metrics_public"}
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few lines of TOML: a bigger one (or /dev/zero) is a mistake
 
 
 def format_size(n: int) -> str:
@@ -199,6 +203,10 @@ def check_sizes(values: dict, from_flag: set[str], ram: int | None = None) -> No
     if cache < least:
         refuse("cache_size", f"must be at least {format_size(least)} ({MIN_CACHE_CHUNKS} chunks of "
                              f"{format_size(chunk)}; chunk_size sets the chunk), not {format_size(cache)}")
+    metrics = values.get("metrics", "")
+    if metrics and not values.get("metrics_public", False) and not is_loopback(parse_address(metrics)[0]):
+        refuse("metrics", f"{metrics} is not a loopback address: /metrics would be open to other machines "
+                          "(set metrics_public = true in the config file to allow it)")
     memory = values.get("memory_cache", Config.memory_cache)
     if memory:
         ram = machine_ram() if ram is None else ram
@@ -207,6 +215,33 @@ def check_sizes(values: dict, from_flag: set[str], ram: int | None = None) -> No
             refuse("memory_cache", f"must be at most {_round_size(most)} (half of this machine's "
                                    f"{_round_size(ram)} of RAM, and never more than "
                                    f"{format_size(SIZE_RANGES['memory_cache'][1])}), not {format_size(memory)}")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (an address, or "localhost") is this machine's loopback."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # another host name: it may resolve anywhere
+
+
+def read_config_file(path: str) -> bytes:
+    """The bytes of a config file: a regular file of at most MAX_CONFIG_BYTES (a FIFO, a device or a huge file is
+    refused, never read: `--config /dev/zero` or a FIFO would hang or fill the memory)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ConfigError("--config", f"cannot read {path}: {exc.strerror}") from exc
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError("--config", f"{path} is not a regular file")
+        data = fh.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError("--config", f"{path} is over {format_size(MAX_CONFIG_BYTES)}: not a config file")
+    return data
 
 
 def _round_size(n: int) -> str:
@@ -225,8 +260,7 @@ def load(path: str | None, overrides: dict) -> Config:
     from_flag: set[str] = set()
     if path:
         try:
-            with open(path, "rb") as fh:
-                data = tomllib.load(fh)
+            data = tomllib.loads(read_config_file(path).decode("utf-8"))
         except OSError as exc:
             raise ConfigError("--config", f"cannot read {path}: {exc.strerror}") from exc
         except tomllib.TOMLDecodeError as exc:

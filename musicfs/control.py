@@ -7,7 +7,9 @@ its side: the answer is `handle(request)`'s JSON object. Request types (`op`):
 - `{"op": "status"}`: the status document (as sending nothing);
 - `{"op": "pin", "paths": [tree path, ...]}` / `{"op": "unpin", "paths": [...]}` / `{"op": "pins"}`: see
   musicfs.pins; answered `{"ok": true, "pins": [...]}` or `{"ok": false, "error": "..."}`.
-Then the daemon closes the connection."""
+Then the daemon closes the connection. Every request is answered: one that is too big (MAX_REQUEST), nested too
+deep (MAX_DEPTH), not JSON, or whose handling fails for any reason gets `{"ok": false, "error": "..."}`, and the
+socket goes on serving the next client."""
 
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ ANSWER_TIMEOUT = 2.0
 REQUEST_WINDOW = 0.5  # a client that sends nothing (and does not close its side) gets the status after this
 REQUEST_TIMEOUT = 10.0  # a request (a pin: catalog writes) may take this long to be answered
 MAX_REQUEST = 1 << 20
+MAX_DEPTH = 16  # arrays and objects inside each other; a request needs 2
 REQUESTS = ("status", "pin", "unpin", "pins")
 
 Handler = Callable[[dict], Awaitable[dict]]
@@ -61,20 +64,57 @@ async def _read_request(conn) -> dict | None:
         buf += data
     if not buf.strip():
         return None
+    line = buf.split(b"\n", 1)[0]
+    if len(line) > MAX_REQUEST:
+        return {"op": None, "error": f"request over {MAX_REQUEST} bytes"}
+    if nesting(line) > MAX_DEPTH:
+        return {"op": None, "error": f"request nested deeper than {MAX_DEPTH} levels"}
     try:
-        request = json.loads(buf.split(b"\n", 1)[0])
-    except ValueError:
+        request = json.loads(line)
+    except (ValueError, RecursionError):
         return {"op": None, "error": "not a JSON request"}
     return request if isinstance(request, dict) else {"op": None, "error": "not a JSON object"}
 
 
+def nesting(line: bytes) -> int:
+    """How deep arrays and objects nest in a JSON text (brackets inside strings do not count); it stops counting
+    past MAX_DEPTH, before json.loads would recurse that deep."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in line:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > MAX_DEPTH:
+                    break
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
+
+
 async def _answer(request: dict | None, snapshot: Callable[[], dict], handle: Handler | None) -> dict:
-    if request is None or request.get("op") == "status":
-        return snapshot()
-    op = request.get("op")
-    if op not in REQUESTS or handle is None:
-        return {"ok": False, "error": request.get("error") or f"unknown request {op!r} (known: {', '.join(REQUESTS)})"}
-    return await handle(request)
+    """The answer to one request; whatever goes wrong while it is worked out is that client's error reply."""
+    try:
+        if request is None or request.get("op") == "status":
+            return snapshot()
+        op = request.get("op")
+        if op not in REQUESTS or handle is None:
+            return {"ok": False,
+                    "error": request.get("error") or f"unknown request {op!r} (known: {', '.join(REQUESTS)})"}
+        return await handle(request)
+    except Exception as exc:
+        log.warning("status socket: a %r request failed: %s: %s", (request or {}).get("op"), type(exc).__name__, exc)
+        return {"ok": False, "error": f"the request failed: {type(exc).__name__}: {exc}"}
 
 
 async def serve_status(state_dir: str, snapshot: Callable[[], dict], handle: Handler | None = None,
@@ -96,7 +136,12 @@ async def serve_status(state_dir: str, snapshot: Callable[[], dict], handle: Han
     try:
         with sock:
             while True:
-                conn, _ = await sock.accept()
+                try:
+                    conn, _ = await sock.accept()
+                except OSError as exc:  # out of descriptors (EMFILE) and the like: the next client may fit
+                    log.warning("status socket: cannot accept a client: %s", exc.strerror or exc)
+                    await trio.sleep(0.1)
+                    continue
                 with conn:
                     try:
                         request = None

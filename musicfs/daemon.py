@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import signal
 import threading
 import time
@@ -241,14 +242,14 @@ class Daemon:
         return tree
 
     def _spawn_background(self) -> None:
-        self.sup.spawn_critical("health", self.services.health.run)
+        self.sup.spawn_essential("health", self.services.health.run)
         # cache probes, index rebuild (6.3, 6.6); its start-up work (LRU load, reconciliation) after READY
-        self.sup.spawn_critical("cache", lambda: self.services.cache.run(after=self.ready_sent))
+        self.sup.spawn_essential("cache", lambda: self.services.cache.run(after=self.ready_sent))
         if self.services.reader.readahead is not None:
             self.sup.spawn_critical("readahead", self.services.reader.readahead.run)  # chunks ahead of readers
         self.sup.spawn_supervised("ready", self._announce_ready)
         self.sup.spawn_critical("rescan", self._rescan_loop)
-        self.sup.spawn_critical("status", lambda: serve_status(self.cfg.state_dir, self.snapshot, self.pins.handle))
+        self.sup.spawn_essential("status", lambda: serve_status(self.cfg.state_dir, self.snapshot, self.pins.handle))
         self.sup.spawn_critical("pins", self.pins.run)  # background fetches of pinned files, one chunk at a time
         interval = watchdog_interval()
         if interval:
@@ -342,11 +343,25 @@ class DaemonFailed(MusicFSError):
     """The daemon could not start or serve; the log has the traceback."""
 
 
+def raise_fd_limit() -> tuple[int, int]:
+    """The soft limit of open descriptors raised to the hard one (1024 is many systems' soft default, too few for a
+    cache under load); the limits now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            log.info("cannot raise the open-file limit from %d to %d: %s", soft, hard, exc)
+    return soft, hard
+
+
 def run(cfg: Config) -> int:
     try:
         failpoints.setup_from_env()  # lets tests arm a child daemon through FAILPOINTS
     except ValueError as exc:
         raise ConfigError("FAILPOINTS", str(exc)) from exc
+    raise_fd_limit()
     # one daemon per library: a second one is refused here, before it touches anything of the first's
     lock = LibraryLock(cfg.state_dir).acquire({"mountpoint": cfg.mountpoint, "sources": redact_all(list(cfg.sources))})
     metrics = MetricsServer(cfg.metrics) if cfg.metrics else None

@@ -6,25 +6,32 @@ metric families. The records are taken on the trio loop (`on_loop`): the HTTP se
 component itself, it waits (bounded) for the loop to hand it a `MetricsRecords`. While the daemon is starting,
 stopping or its loop does not answer, a scrape still serves the process metrics and `musicfs_up 0`.
 
-Lifetime: `MetricsServer.start` binds and serves from prometheus_client's server thread, before the library is
-opened (a taken port refuses the start, exit 1); `stop` shuts the server down and joins its thread. Both are
-called by daemon.run, which owns the server for the daemon's life. Label values that name an origin are redacted.
-docs/metrics.md describes every metric.
+Lifetime: `MetricsServer.start` binds, before the library is opened (a taken port refuses the start, exit 1), and
+serves from a bounded pool: one accepting thread and MAX_CONNECTIONS handler threads. A connection is accepted
+only when a handler is free (the others wait in the kernel's backlog, costing this process no descriptor), and
+each gets REQUEST_TIMEOUT in all to send its request: thousands of idle connections cost at most
+MAX_CONNECTIONS descriptors and threads, never the mount's. `stop` closes the socket and joins the threads. Both
+are called by daemon.run, which owns the server for the daemon's life. Label values that name an origin are
+redacted. docs/metrics.md describes every metric.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable
 
 import trio
-from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector, start_http_server
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, GCCollector, PlatformCollector,
+                               ProcessCollector, generate_latest)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .config import parse_address
+from .config import is_loopback, parse_address
 from .errors import MusicFSError
 from .redact import redact
 
@@ -39,6 +46,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SCRAPE_TIMEOUT = 5.0  # seconds a scrape waits for the trio loop to hand over the records
+MAX_CONNECTIONS = 4  # connections served at once (a thread and a descriptor each); more wait in the backlog
+REQUEST_TIMEOUT = 5.0  # seconds a connection has, in all, to send its request line and headers
+MAX_REQUEST = 8192  # bytes of request line and headers read at most
 CACHE_STATES = ("normal", "unstable", "down")
 ORIGIN_STATES = ("unknown", "healthy", "unhealthy")
 # registry.result_of's results: each origin always has a series for each (0 until it happens)
@@ -268,7 +278,8 @@ class MusicFSCollector(Collector):
 
 
 class MetricsServer:
-    """The /metrics endpoint: a private registry with our collector and the process, platform and GC collectors."""
+    """The /metrics endpoint: a private registry with our collector and the process, platform and GC collectors,
+    served by a bounded pool (module doc)."""
 
     def __init__(self, address: str):
         self.host, self.port = parse_address(address)
@@ -278,30 +289,113 @@ class MetricsServer:
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
-        self._server = None
+        self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._stopping = threading.Event()
+        self.served = 0  # requests answered
+        self.timed_out = 0  # connections closed for not sending a request within REQUEST_TIMEOUT
 
     @property
     def address(self) -> str:
         """Where it listens (the real port when 0 was asked for)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self._server.server_address[1] if self._server else self.port}"
+        return f"{host}:{self._sock.getsockname()[1] if self._sock else self.port}"
 
     def start(self) -> None:
-        """Bind and serve (prometheus_client's server thread). A taken or foreign address: MetricsUnavailable."""
+        """Bind and serve. A taken or foreign address: MetricsUnavailable."""
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
         try:
-            self._server, self._thread = start_http_server(self.port, addr=self.host, registry=self.registry)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.host, self.port))
+            sock.listen(16)
+            sock.settimeout(0.2)  # accept() wakes to see `stop`
         except OSError as exc:
+            sock.close()
             raise MetricsUnavailable(f"metrics: cannot listen on {self.address}: {exc.strerror or exc}") from None
+        self._sock = sock
+        self._pool = ThreadPoolExecutor(MAX_CONNECTIONS, thread_name_prefix="metrics")
+        self._thread = threading.Thread(target=self._accept_loop, name="metrics-accept", daemon=True)
+        self._thread.start()
         log.info("metrics: serving http://%s/metrics", self.address)
+        if not is_loopback(self.host):
+            log.warning("metrics: %s is reachable from other machines (metrics_public = true): anyone who can "
+                        "reach it reads this daemon's figures and origin names", self.address)
+
+    def _accept_loop(self) -> None:
+        while not self._stopping.is_set():
+            if not self._slots.acquire(timeout=0.2):
+                continue  # every handler busy: connections wait in the backlog, not in our descriptors
+            try:
+                conn, _ = self._sock.accept()
+            except (socket.timeout, OSError) as exc:
+                self._slots.release()
+                if isinstance(exc, OSError) and not isinstance(exc, socket.timeout) and not self._stopping.is_set():
+                    log.debug("metrics: accept failed: %s", exc)  # EMFILE and the like: the next try may work
+                    self._stopping.wait(0.1)
+                continue
+            try:
+                self._pool.submit(self._serve, conn)
+            except RuntimeError:  # the pool is shut down: stopping
+                conn.close()
+                self._slots.release()
+
+    def _serve(self, conn: socket.socket) -> None:
+        """One request, within REQUEST_TIMEOUT; the connection is closed after the answer."""
+        try:
+            with conn:
+                request = self._read_request(conn)
+                if request is None:
+                    self.timed_out += 1
+                    return
+                method, _, rest = request.partition(b" ")
+                path = rest.split(b" ", 1)[0].split(b"?", 1)[0]
+                if method != b"GET":
+                    status, body, ctype = "405 Method Not Allowed", b"only GET\n", "text/plain"
+                elif path not in (b"/metrics", b"/"):
+                    status, body, ctype = "404 Not Found", b"see /metrics\n", "text/plain"
+                else:
+                    status, body, ctype = "200 OK", generate_latest(self.registry), CONTENT_TYPE_LATEST
+                conn.settimeout(REQUEST_TIMEOUT)
+                conn.sendall(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                             "Connection: close\r\n\r\n".encode() + body)
+                self.served += 1
+        except OSError as exc:
+            log.debug("metrics: a connection failed: %s", exc)
+        except Exception:  # a scrape must never take the server down
+            log.exception("metrics: answering a scrape failed")
+        finally:
+            self._slots.release()
+
+    @staticmethod
+    def _read_request(conn: socket.socket) -> bytes | None:
+        """The request line, once the headers are in; None if they do not come within REQUEST_TIMEOUT."""
+        deadline = time.monotonic() + REQUEST_TIMEOUT
+        data = b""
+        while b"\r\n\r\n" not in data and b"\n\n" not in data and len(data) < MAX_REQUEST:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            conn.settimeout(left)
+            try:
+                part = conn.recv(MAX_REQUEST - len(data))
+            except socket.timeout:
+                return None
+            if not part:
+                return None
+            data += part
+        return data.split(b"\n", 1)[0].rstrip(b"\r")
 
     def stop(self) -> None:
-        """Stop serving and join the server thread (a scrape in flight finishes first; it waits at most
-        SCRAPE_TIMEOUT for a loop that is gone: on_loop returns None then)."""
+        """Stop serving: close the socket, let handlers in flight finish (each within its timeouts; a scrape
+        waits at most SCRAPE_TIMEOUT for a loop that is gone: on_loop returns None then) and join the threads."""
         self.collector.detach()
-        if self._server is None:
+        if self._sock is None:
             return
-        self._server.shutdown()
-        self._server.server_close()
+        self._stopping.set()
         self._thread.join()
-        self._server = self._thread = None
+        self._pool.shutdown(wait=True)
+        self._sock.close()
+        self._sock = self._thread = self._pool = None

@@ -78,7 +78,7 @@ def find_node(tree: VirtualTree, path: str) -> Node | None:
     """The tree's node at `path` (a normalised tree path), or None."""
     node = tree.get(ROOT_INO)
     for part in path.split("/") if path else ():
-        node = tree.lookup(node.ino, part.encode())
+        node = tree.lookup(node.ino, part.encode("utf-8", "surrogateescape"))  # a name that is not UTF-8: no node
         if node is None:
             return None
     return node

@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 class TaskState:
     name: str
     critical: bool
+    essential: bool = False  # restarted for the daemon's life, never given up
     state: str = "running"  # running | done | restarting | failed | cancelled
     failures: int = 0
     restarts: int = 0
@@ -113,6 +114,13 @@ class TaskSupervisor:
         state = self.tasks[name] = TaskState(name, critical=True)
         self._nursery.start_soon(self._run_forever, state, fn, name=name)
 
+    def spawn_essential(self, name: str, fn: TaskFn) -> None:
+        """A service the mount cannot do without (the control socket, origin health, the cache): restarted on
+        failure with exponential backoff (at most max_backoff apart) for as long as the daemon runs; too many
+        failures in the window make it degraded in the status, never given up."""
+        state = self.tasks[name] = TaskState(name, critical=True, essential=True)
+        self._nursery.start_soon(self._run_forever, state, fn, name=name)
+
     async def _attempt(self, state: TaskState, fn: TaskFn) -> bool:
         """True when fn returned normally."""
         try:
@@ -150,13 +158,17 @@ class TaskSupervisor:
                 return
             now = self._clock()
             state.failure_times = [t for t in state.failure_times if now - t <= self.window]
-            if len(state.failure_times) >= self.max_failures:
+            if len(state.failure_times) >= self.max_failures and not state.essential:
                 state.state = "failed"
                 log.error("task %s failed %d times in %.0fs; giving up (status: degraded)",
                           state.name, len(state.failure_times), self.window)
                 return
             delay = min(self.max_backoff, self.backoff * math.pow(2, len(state.failure_times) - 1))
             state.state = "restarting"
+            if state.essential and len(state.failure_times) >= self.max_failures:
+                state.state = "failed"  # degraded in the status while it keeps failing; restarted all the same
+                log.error("task %s failed %d times in %.0fs; restarting it in %.1fs (it is never given up)",
+                          state.name, len(state.failure_times), self.window, delay)
             await trio.sleep(delay)
             state.restarts += 1
             state.state = "running"

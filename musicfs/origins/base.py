@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import abc
+import errno
 import re
 import threading
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 from urllib.parse import SplitResult, urlsplit
 
-from ..errors import OriginError, OriginFatal
+from ..errors import LocalExhaustion, OriginError, OriginFatal
 
 
 @dataclass(frozen=True)
@@ -183,9 +184,28 @@ def classify_error(exc: BaseException, origin: str, path: str, decide: Callable[
     exceptions through this, so they all name things alike."""
     if isinstance(exc, OriginError):
         return exc
-    cls, detail = decide(exc)
     where = f"{origin}: {path}" if path else origin
+    if (local := exhaustion(exc)) is not None:
+        return LocalExhaustion(f"{where}: this process is out of resources ({local}), not the origin's fault",
+                               origin=origin, path=path)
+    cls, detail = decide(exc)
     return cls(f"{where}: {detail}", origin=origin, path=path)
+
+
+_EXHAUSTION = {errno.EMFILE: "too many open files", errno.ENFILE: "too many open files in the system",
+               errno.ENOBUFS: "no buffer space", errno.ENOMEM: "out of memory"}
+
+
+def exhaustion(exc: BaseException | None) -> str | None:
+    """What this process ran out of, when `exc` or an exception behind it (an SDK wraps the socket's error) is
+    EMFILE, ENFILE, ENOBUFS or ENOMEM; else None. Such an error is never taken for the origin's failure."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError) and exc.errno in _EXHAUSTION:
+            return _EXHAUSTION[exc.errno]
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None
 
 
 def split_url(url: str, scheme: str) -> SplitResult:

@@ -59,7 +59,7 @@ from ..errors import (
     OriginTransient,
     ShortRead,
 )
-from .base import FileStat, Identity, Origin, OriginStream, settled
+from .base import FileStat, Identity, Origin, OriginStream, exhaustion, settled
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +236,12 @@ class OriginRegistry:
                 log.info("back online: origin %s answers", origin.name)
 
     def record_failure(self, origin: Origin, exc: BaseException, *, probe: bool = False) -> None:
+        """Mark `origin` unhealthy for `exc`; this process running out of descriptors or memory (LocalExhaustion,
+        or an error caused by EMFILE and the like) is not the origin's failure: logged, and nothing changes."""
+        if isinstance(exc, LocalExhaustion) or exhaustion(exc) is not None:
+            log.warning("origin %s: %s; its health is unchanged", origin.name,
+                        exc if isinstance(exc, LocalExhaustion) else f"out of resources here ({exhaustion(exc)})")
+            return
         h = self.health_of(origin)
         message = str(exc) if isinstance(exc, OriginError) else f"{type(exc).__name__}: {exc}"
         with self._lock:

@@ -77,13 +77,17 @@ def test_bad_config_file_exits_78_naming_the_key(tmp_path, config, key, words):
 
 
 @pytest.mark.resilience("3.4")
-@pytest.mark.parametrize("what", ["missing", "directory", "not-utf8"])
+@pytest.mark.parametrize("what", ["missing", "directory", "not-utf8", "fifo", "huge"])
 def test_unreadable_config_exits_78(tmp_path, what):
     path = tmp_path / "musicfs.toml"
     if what == "directory":
         path.mkdir()
     elif what == "not-utf8":
         path.write_bytes(b'cache_size = "\xff\xfe"\n')
+    elif what == "fifo":  # never opened for reading: it would wait for a writer for ever
+        os.mkfifo(path)
+    elif what == "huge":  # never read whole (/dev/zero as --config grew a daemon to 11 GB)
+        path.write_bytes(b"# " + b"x" * (1 << 20) + b"\n")
     result, mnt, dirs = run_mount(tmp_path, "--config", str(path))
     assert result.returncode == EX_CONFIG, result.stderr
     assert result.stderr.startswith("musicfs: --config: ") and str(path) in result.stderr

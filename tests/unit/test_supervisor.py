@@ -103,3 +103,25 @@ async def test_stop_waits_until_a_cancelled_task_is_over_and_names_those_that_ov
         release.set()
         assert await sup.stop(["scan", "idle"], timeout=10) == []
         assert finished == [True] and sup.task_status("idle").state == "cancelled"
+
+
+@pytest.mark.resilience("7.5")
+@pytest.mark.expected_log(r"task essential failed", r"task essential failed \d+ times in 60s; restarting it")
+async def test_an_essential_task_is_restarted_for_the_daemons_life_never_given_up(autojump_clock):
+    runs = []
+
+    async def flaky():
+        runs.append(trio.current_time())
+        if len(runs) < 12:
+            raise RuntimeError(f"boom {len(runs)}")
+        await trio.sleep_forever()  # the twelfth start serves
+
+    async with TaskSupervisor(max_failures=3, window=60, backoff=1.0, max_backoff=4.0,
+                              clock=trio.current_time) as sup:
+        sup.spawn_essential("essential", flaky)
+        while len(runs) < 12:
+            await trio.sleep(1)
+        state = sup.task_status("essential")
+        assert state.state == "running" and state.restarts == 11 and sup.degraded == []
+        assert max(b - a for a, b in zip(runs, runs[1:])) == pytest.approx(4.0)  # backoff capped, never ended
+        sup.cancel_all()
