@@ -1,5 +1,8 @@
-"""Credentials written into a SOURCE URL never reach a message: `s3://KEY:SECRET@bucket/x` is shown as
-`s3://***@bucket/x`, `sftp://me:PASSWORD@nas/x` as `sftp://me:***@nas/x`.
+"""Credentials never reach a message. Written into a SOURCE URL: `s3://KEY:SECRET@bucket/x` is shown as
+`s3://***@bucket/x`, `sftp://me:PASSWORD@nas/x` as `sftp://me:***@nas/x`. At any log level (row 7.6): the values
+the origins hold (`add_secrets`: keys, session tokens, passwords, passphrases), and what botocore writes at
+DEBUG (AWS access key ids, `X-Amz-Security-Token` headers and query strings, the key id of `Credential=`,
+`Signature=`, credential fields of STS and config dumps) are ***.
 
 The URL forms themselves are refused (credentials belong in `[origin_options]` or the environment), but the
 refusal, the log, `musicfs status` and daemon.json must not echo what was typed. Used by the log handler's
@@ -16,14 +19,33 @@ MASK = "***"
 # A secret may hold `/` or `+` (AWS secret keys do), so it runs to the `@`; the user / key id never has `/`.
 _S3_USERINFO = re.compile(r"(?i)\b(s3://)(?:[^\s/@:'\"]+:[^\s@'\"]*|[^\s/@:'\"]+)@")
 _SFTP_PASSWORD = re.compile(r"(?i)\b(sftp://[^\s/@:'\"]*):[^\s@'\"]*@")
+# What botocore logs at DEBUG: headers ('X-Amz-Security-Token': b'...'), canonical requests
+# (x-amz-security-token:...), presigned queries (X-Amz-Security-Token=...), Authorization (Credential=AKID/...,
+# Signature=...), credential dicts ('SecretAccessKey': '...'), and bare access key ids.
+_FIELD = re.compile(r"(?i)((?:x-amz-security-token|aws_session_token|session_?token|aws_secret_access_key"
+                    r"|secret_?access_?key|secretkey|password|passphrase)['\"]?\s*[:=]\s*b?['\"]?)[^'\"\s,&}]+")
+_CREDENTIAL = re.compile(r"(?i)(Credential=|Signature=)[^/,\s'\"&]+")
+_KEY_ID = re.compile(r"\b(?:AKIA|ASIA|AROA|AIDA)[A-Z0-9]{12,}\b")
+_SECRETS: set[str] = set()  # values an origin holds; never shorter than MIN_SECRET (a 1-letter one would mask text)
+MIN_SECRET = 6
+
+
+def add_secrets(*values: str | None) -> None:
+    """Values that must never be written: an origin's keys, session token, password, passphrase."""
+    _SECRETS.update(v for v in values if isinstance(v, str) and len(v) >= MIN_SECRET)
 
 
 def redact(text: str) -> str:
-    """`text` with every credential inside an s3:// or sftp:// URL replaced by ***."""
-    if "://" not in text:
-        return text
-    text = _S3_USERINFO.sub(rf"\g<1>{MASK}@", text)
-    return _SFTP_PASSWORD.sub(rf"\g<1>:{MASK}@", text)
+    """`text` with every credential replaced by *** (see the module doc)."""
+    for secret in _SECRETS:
+        if secret in text:
+            text = text.replace(secret, MASK)
+    if "://" in text:
+        text = _S3_USERINFO.sub(rf"\g<1>{MASK}@", text)
+        text = _SFTP_PASSWORD.sub(rf"\g<1>:{MASK}@", text)
+    text = _FIELD.sub(rf"\g<1>{MASK}", text)
+    text = _CREDENTIAL.sub(rf"\g<1>{MASK}", text)
+    return _KEY_ID.sub(MASK, text)
 
 
 def redact_all(value):

@@ -21,6 +21,20 @@ def make_library(root: str | os.PathLike, tracks: int = 24, **kwargs) -> list[Ge
     return _make_library(root, tracks, **kwargs)
 
 
+def wait_settled(root: str | os.PathLike, timeout: float = 10.0) -> None:
+    """Until no file under `root` is racy any more (origins/base.py: its ctime is older than its resolution and
+    the margin), as a library written long before it is mounted is: a scan then keeps what it reads."""
+    import time
+
+    from musicfs.origins.local import LocalOrigin
+
+    from .daemon import wait_until
+
+    origin = LocalOrigin(root)
+    wait_until(lambda: all(origin.changed_before(st.identity, time.time()) for st in origin.walk()), timeout,
+               f"the files under {root} settled")
+
+
 def retagged_copy(src: str | os.PathLike, dest: str | os.PathLike, **tags: str) -> Path:
     """Copy a real audio file (FLAC, Ogg Vorbis or MP3) to `dest` with exactly `tags` (mutagen easy keys:
     artist, albumartist, album, title, tracknumber, compilation, ...), text written as given."""

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator, Sequence
 from .. import points
 from ..errors import OriginError, OriginFatal, OriginFileChanged, OriginNotFound, OriginPermission, OriginTimeout
 from ..errors import OriginTransient, PathEscape, ShortRead
+from ..redact import add_secrets
 from .base import FileStat, Identity, Origin, OriginStream, Verdict, classify_error, split_url
 from .options import option_keys
 from .options import parse as parse_options
@@ -412,6 +413,10 @@ class S3Origin(Origin):
                 aws_secret_access_key=self._secret_access_key,
                 aws_session_token=self._session_token,
             )
+            credentials = session.get_credentials()  # from the options, the environment or a profile
+            if credentials is not None:
+                frozen = credentials.get_frozen_credentials()
+                add_secrets(frozen.access_key, frozen.secret_key, frozen.token)  # never in a log line (row 7.6)
             region = self.region or session.region_name or "us-east-1"
             s3_config: dict[str, Any] = {}
             if self.addressing_style:

@@ -51,6 +51,7 @@ from ..errors import (
     PathEscape,
     ShortRead,
 )
+from ..redact import add_secrets
 from .base import FileStat, Identity, Origin, OriginStream, Verdict, classify_error, escape_name, split_url, unescape_name
 from .options import option_keys
 from .options import parse as parse_options
@@ -515,6 +516,7 @@ class SftpOrigin(Origin):
         self.known_hosts = os.path.expanduser(known_hosts or "~/.ssh/known_hosts")
         self._password = password
         self._passphrase = passphrase if passphrase is not None else password
+        add_secrets(password, passphrase)  # never in a log line, DEBUG included (row 7.6)
         self.connect_timeout = float(connect_timeout)
         self.read_timeout = float(read_timeout)
         self.pool_size = int(pool_size)
