@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable, TypeVar
+from typing import Awaitable, Callable, TypeVar
 
 import trio
 
@@ -244,14 +244,17 @@ class CacheHealth:
         self.reconciled.set()
         return True
 
-    async def run(self, after: trio.Event | None = None, after_timeout: float = 30.0) -> None:
-        """The health task: load the LRU and reconcile the index with the chunk files after a clean start,
+    async def run(self, after: trio.Event | None = None, after_timeout: float = 30.0,
+                  started: Callable[[], Awaitable[None]] | None = None) -> None:
+        """The health task (`started`, if given, runs first, once): load the LRU and reconcile the index with the chunk files after a clean start,
         probe on a schedule (often while unstable), rebuild a failed index at once, save access times while
         normal. With `after` (the daemon's READY sent) it starts once that is set, or after `after_timeout`
         at most: its start-up work stays out of the way to READY. Runs until cancelled."""
         if after is not None:
             with trio.move_on_after(after_timeout):
                 await after.wait()
+        if started is not None:
+            await started()
         first = True
         while True:
             if not self.loaded.is_set() and self.state == NORMAL:

@@ -156,7 +156,7 @@ class ChunkCache:
     async def run(self, after: trio.Event | None = None) -> None:
         """The cache task (a critical task of the supervisor): the deferred start-up work (LRU load, index
         reconciliation; once `after` is set: READY), probes, index rebuild, access times."""
-        await self.health.run(after)
+        await self.health.run(after, started=self.trim)  # a start with a smaller quota trims at once
 
     def statistics(self) -> CacheStatistics:
         h = self.health

@@ -7,7 +7,10 @@ version). The worker (`PinSet.run`, a task of the daemon's supervisor) fetches t
 reader's public API, one chunk at a time (playback goes first), so every pinned byte is verified like any
 chunk; each chunk a pinned file names in its manifest is pinned in the CAS, so eviction never takes it.
 While every origin is down or the cache is bypassed (unstable/down: passthrough) the worker waits, and it
-resumes by itself; a pin never makes the cache hold more than `SHARE` of its quota.
+resumes by itself; a pin never makes the cache hold more than `SHARE` of its quota. A pinned folder that grows
+at the origin past that share (tracks added to a pinned album) keeps what it held: the files that would not fit
+are left out (not fetched, not kept), the pin's state says `over_quota`, and `musicfs status` warns, until
+the quota or the pins change.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ RETRY = 2.0  # seconds between attempts while waiting (offline, cache bypassed, 
 IDLE = 30.0  # with nothing to fetch, look again this often (a wake-up comes sooner on any change)
 CATALOG_TIMEOUT = 10.0  # a locked catalog delays a pin request, never hangs it
 
-QUEUED, FETCHING, COMPLETE, WAITING = "queued", "fetching", "complete", "waiting"
+QUEUED, FETCHING, COMPLETE, WAITING, OVER_QUOTA = "queued", "fetching", "complete", "waiting", "over_quota"
 
 
 class PinError(MusicFSError):
@@ -47,7 +50,8 @@ class PinInfo:
     tracks: int
     bytes: int
     cached_bytes: int
-    state: str  # queued | fetching | complete | waiting
+    state: str  # queued | fetching | complete | waiting | over_quota (files left out: SHARE of the quota is full)
+    left_out: int = 0  # files of the pin that do not fit in SHARE of the quota: not fetched, not kept
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,7 @@ class PinSet:
         self._tree = tree
         self._paths: list[str] = []
         self._files: dict[str, list[FileRow]] = {}
+        self._left_out: dict[str, list[FileRow]] = {}  # files of each pin that do not fit (_fit)
         self._manifests: dict[tuple[int, str], dict[int, str]] = {}
         self._pinned: set[str] = set()  # digests pinned in the CAS (once each)
         self._current: tuple[int, str] | None = None  # the file the worker is loading
@@ -176,10 +181,37 @@ class PinSet:
         return {_key(r): self.catalog.manifest(r.id, r.ident) for r in rows}
 
     def _apply(self, files: dict[str, list[FileRow]], manifests: dict[tuple[int, str], dict[int, str]]) -> None:
-        """Swap in new files and manifests; pin the digests they name, unpin the ones no pin names any more."""
-        self._files, self._manifests = files, manifests
+        """Swap in new files and manifests (those that fit in SHARE of the quota: `_fit`); pin the digests they
+        name, unpin the ones no pin names any more."""
+        before = {r.id for fs in self._left_out.values() for r in fs}
+        self._files, self._left_out = self._fit(files)
+        kept = {_key(r) for fs in self._files.values() for r in fs}
+        self._manifests = {key: m for key, m in manifests.items() if key in kept}
         self._repin()
         self._wake.set()
+        left = {r.id: r.size for fs in self._left_out.values() for r in fs}
+        if left and set(left) != before:
+            log.warning("pins: %d files (%s) of %s do not fit in %.0f%% of the cache quota %s: left out (not "
+                        "fetched, not kept) until the quota or the pins change", len(left),
+                        human_size(sum(left.values())), ", ".join(p or "/" for p, fs in self._left_out.items() if fs),
+                        self.share * 100, human_size(self.quota))
+
+    def _fit(self, files: dict[str, list[FileRow]]) -> tuple[dict[str, list[FileRow]], dict[str, list[FileRow]]]:
+        """(files kept, files left out) per pin: pins in the order they were made, in each the files it held
+        before first, then the others by path, while their total fits in SHARE of the quota."""
+        limit, held = int(self.quota * self.share), {r.id for fs in self._files.values() for r in fs}
+        kept: dict[str, list[FileRow]] = {}
+        left: dict[str, list[FileRow]] = {}
+        sizes: dict[int, int] = {}
+        for path, rows in files.items():
+            kept[path], left[path] = [], []
+            for row in sorted(rows, key=lambda r: (r.id not in held, r.path)):
+                if row.id in sizes or sum(sizes.values()) + row.size <= limit:
+                    sizes[row.id] = row.size
+                    kept[path].append(row)
+                else:
+                    left[path].append(row)
+        return kept, left
 
     def _repin(self) -> None:
         wanted = {d for m in self._manifests.values() for d in m.values()}
@@ -249,7 +281,9 @@ class PinSet:
             return f"the cache is {self.cache.health.state} (passthrough)"
         return ""
 
-    def _pin_state(self, rows: list[FileRow], cached: int, total: int) -> str:
+    def _pin_state(self, rows: list[FileRow], cached: int, total: int, left_out: bool = False) -> str:
+        if left_out:
+            return OVER_QUOTA
         if cached >= total:
             return COMPLETE
         if self._worker == "waiting":
@@ -273,8 +307,10 @@ class PinSet:
                     cached_of[r.id], sizes[r.id] = self._cached_bytes(r), r.size
             total = sum(r.size for r in rows)
             cached = sum(cached_of[r.id] for r in rows)
-            infos.append(PinInfo(path or "/", sum(r.kind == "track" for r in rows), total, cached,
-                                 self._pin_state(rows, cached, total)))
+            left = self._left_out.get(path, [])
+            infos.append(PinInfo(path or "/", sum(r.kind == "track" for r in rows + left),
+                                 total + sum(r.size for r in left), cached,
+                                 self._pin_state(rows, cached, total, bool(left)), len(left)))
         return PinsStatistics(pins=tuple(infos), files=len(sizes), bytes=sum(sizes.values()),
                               cached_bytes=sum(cached_of.values()), pinned_chunks=len(self._pinned),
                               fetched_chunks=self._fetched, failures=self._failures, worker=self._worker,

@@ -365,7 +365,10 @@ def _pin_lines(status: dict) -> list[str]:
              f"{human_size(p.get('cached_bytes', 0))}/{human_size(p.get('bytes', 0))}", str(p.get("state", "?"))]
             for p in pins["pins"] if isinstance(p, dict)]
     worker = str(pins.get("worker", "?")) + (f" ({pins['reason']})" if pins.get("reason") else "")
-    return ["pins:"] + _columns(rows) + [f"  fetcher: {worker}"]
+    over = [p for p in pins["pins"] if isinstance(p, dict) and p.get("state") == "over_quota"]
+    warnings = [f"  warning: {p.get('path')}: {p.get('left_out', 0)} files do not fit in the pins' share of the "
+                "cache quota and are not kept (a bigger --cache-size, or fewer pins)" for p in over]
+    return ["pins:"] + _columns(rows) + [f"  fetcher: {worker}"] + warnings
 
 
 def _task_lines(status: dict) -> list[str]:

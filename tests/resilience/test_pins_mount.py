@@ -5,6 +5,8 @@
   never read fails fast with EIO.
 - 6.7: the daemon killed (-9) while a pin is being fetched; after a restart the pin completes with the right
   bytes.
+- 6.9: a pinned album that grows at the origin past the pins' share of the quota keeps what it held and says
+  so (`over_quota`, a warning in `musicfs status`); a restart with a smaller quota trims the cache at once.
 
 The daemon's state folder is `<tmp>/musicfs/state`, so with XDG_STATE_HOME=<tmp> the commands find its
 library from a path inside the mount, as they would for a user.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,8 +24,10 @@ from pathlib import Path
 import pytest
 
 from musicfs import points
+from musicfs.demo import BIG_FILE_PATH
 from musicfs_test_utils.assertions import file_digest
 from musicfs_test_utils.daemon import wait_until, write_config
+from musicfs_test_utils.fixtures import make_library, retagged_copy, wait_settled
 from musicfs_test_utils.mount_io import mount_file_for, read_in_child
 
 pytestmark = pytest.mark.l2
@@ -134,4 +139,43 @@ def test_a_pin_fetch_killed_with_sigkill_completes_after_a_restart_with_the_righ
     for p in folder.iterdir():
         origin = sizes[p.stat().st_size]
         assert read_in_child(p)[:2] == ("OK", digests[origin]), f"{p.name}: wrong or missing bytes"
+    assert daemon.stop() == 0
+
+
+@pytest.mark.resilience("6.9")
+@pytest.mark.expected_log(r"pins: \d+ files .* do not fit in 80% of the cache quota")
+def test_a_pinned_album_that_grows_keeps_the_quota_and_a_start_with_a_smaller_quota_trims_at_once(daemons,
+                                                                                                   tmp_path):
+    root = tmp_path / "library"
+    make_library(root, 1, big_file_mb=3, hostile=False)
+    big = root / BIG_FILE_PATH  # ~3 MB of real FLAC
+    album = root / "Growing"
+    for n in (1, 2):
+        retagged_copy(big, album / f"{n}.flac", artist="Grow", album="Pinned", title=f"T{n}", tracknumber=str(n))
+    wait_settled(root)
+    quota = 10 << 20
+    daemon = start(daemons, root, tmp_path, extra_args=["--config", config_file(tmp_path), "--cache-size", "10M"])
+    folder = Path(daemon.mountpoint) / "Grow" / "Pinned"
+    assert musicfs(tmp_path, "pin", str(folder)).returncode == 0
+    wait_until(lambda: pins(tmp_path, daemon.mountpoint)[0]["state"] == "complete", 30, "the pin complete")
+
+    for n in (3, 4, 5):  # the album grows at the origin: 15 MB, more than 80% of the quota
+        retagged_copy(big, album / f"{n}.flac", artist="Grow", album="Pinned", title=f"T{n}", tracknumber=str(n))
+    daemon.signal(signal.SIGHUP)
+    wait_until(lambda: pins(tmp_path, daemon.mountpoint)[0]["state"] == "over_quota", 30, "the pin over its share")
+    [pin] = pins(tmp_path, daemon.mountpoint)
+    assert pin["tracks"] == 5 and pin["left_out"] >= 1 and pin["cached_bytes"] <= 0.8 * quota
+    status = daemon.status()
+    assert status["cache"]["used_bytes"] <= quota
+    assert status["pins"]["cached_bytes"] <= 0.8 * quota
+    shown = musicfs(tmp_path, "status", "--mount", daemon.mountpoint)
+    assert "do not fit in the pins' share of the cache quota" in shown.stdout, shown.stdout
+    assert daemon.stop() == 0
+
+    # a restart with a smaller quota: what the pins and the cache hold comes down to it before any read
+    daemon.extra_args = ["--config", config_file(tmp_path), "--cache-size", "4M"]
+    daemon.start()
+    daemon.wait_for_mount()
+    wait_until(lambda: daemon.status()["cache"]["used_bytes"] <= 4 << 20, 30, "the cache trimmed to 4M")
+    assert daemon.status()["pins"]["cached_bytes"] <= 0.8 * (4 << 20)
     assert daemon.stop() == 0

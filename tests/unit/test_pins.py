@@ -114,7 +114,7 @@ async def test_pins_fetch_whole_files_pin_their_chunks_and_survive_a_restart(rig
     await pins.add(["Ann/Xray"])
     [info] = pins.listing()
     assert info == {"path": "Ann/Xray", "tracks": 2, "bytes": size("a/x/1.flac", "a/x/2.flac"),
-                    "cached_bytes": 0, "state": QUEUED}
+                    "cached_bytes": 0, "state": QUEUED, "left_out": 0}
     await run_until(pins, lambda: pins.listing()[0]["state"] == COMPLETE, "pin complete")
     data = files()
     for path in ("a/x/1.flac", "a/x/2.flac"):
@@ -160,6 +160,28 @@ async def test_a_rescan_that_adds_a_track_to_a_pinned_album_pins_it_too(rig):
     await run_until(pins, lambda: pins.listing()[0]["state"] == COMPLETE, "new track fetched")
     new = rig.row("a/x/3.flac")
     assert len(rig.manifest(new)) == 3 and all(rig.cas.has(d) for d in rig.manifest(new).values())
+
+
+@pytest.mark.resilience("6.9")
+@pytest.mark.expected_log(r"pins: 1 files .* of Ann/Xray do not fit in 80% of the cache quota")
+async def test_a_pinned_album_that_grows_past_its_share_keeps_what_it_held_and_says_so(rig):
+    box = [tree_of(rig.catalog)]
+    quota = int(size("a/x/1.flac", "a/x/2.flac") / 0.8) + 10  # the album fits, nothing more
+    pins = pinset(rig, box, quota=quota)
+    await pins.add(["Ann/Xray"])
+    await run_until(pins, lambda: pins.listing()[0]["state"] == COMPLETE, "pin complete")
+    pinned = rig.cas.pinned
+    (rig.root / "a/x/3.flac").write_bytes(b"\x02" * (2 * CHUNK + 5))  # the album grows at the origin
+    st = rig.origin.inner.stat("a/x/3.flac")
+    rig.catalog.upsert_files([FileRow(path="a/x/3.flac", kind="track", size=st.size, mtime_ns=st.mtime_ns,
+                                      etag=st.etag, artist="Ann", album="Xray", title="t3", track_no=3)])
+    box[0] = tree_of(rig.catalog)
+    await pins.refresh()
+    [info] = pins.listing()
+    assert info["state"] == "over_quota" and info["left_out"] == 1 and info["tracks"] == 3
+    await run_until(pins, lambda: pins.statistics().worker == "idle", "the fetcher idle")
+    assert rig.manifest(rig.row("a/x/3.flac")) == {} and rig.cas.pinned == pinned  # not fetched, not kept
+    assert pins.statistics().bytes <= quota * 0.8
 
 
 @pytest.mark.resilience("6.8")
