@@ -20,7 +20,7 @@ import psutil
 import pyfuse3
 import trio
 
-from . import __version__, failpoints, points
+from . import __version__, failpoints, memory, points
 from .build import Services, build
 from .config import Config
 from .control import serve_status, write_state_file
@@ -45,7 +45,8 @@ log = logging.getLogger(__name__)
 READY_TIMEOUT = 30.0
 SCAN_EXTEND = 60.0  # seconds of start timeout asked of systemd at each progress step of a first scan
 CLOSE_BOUND = 10.0  # beyond the drain, the rest of shutdown gets this long before a forced exit
-BACKGROUND = ("ready", "rescan", "watchdog", "status", "health", "cache", "readahead", "pins")
+BACKGROUND = ("ready", "rescan", "watchdog", "status", "health", "cache", "readahead", "pins", "memory")
+MEMORY_CHECK = 2.0  # seconds between looks at whether reads went quiet (then freed memory goes back: memory.py)
 
 
 def fuse_options(cfg: Config) -> set[str]:
@@ -251,9 +252,23 @@ class Daemon:
         self.sup.spawn_critical("rescan", self._rescan_loop)
         self.sup.spawn_essential("status", lambda: serve_status(self.cfg.state_dir, self.snapshot, self.pins.handle))
         self.sup.spawn_critical("pins", self.pins.run)  # background fetches of pinned files, one chunk at a time
+        self.sup.spawn_critical("memory", self._give_memory_back)
         interval = watchdog_interval()
         if interval:
             self.sup.spawn_supervised("watchdog", lambda: watchdog(self.notifier, self.cfg.mountpoint, interval))
+
+    async def _give_memory_back(self) -> None:
+        """Once FUSE requests stop for MEMORY_CHECK seconds after a busy spell, free heap goes back to the system
+        (malloc_trim, in a thread: it walks every arena)."""
+        seen = trimmed = self.ops.requests
+        while True:
+            await trio.sleep(MEMORY_CHECK)
+            now = self.ops.requests
+            if now == seen and now != trimmed:
+                with trio.move_on_after(MEMORY_CHECK):
+                    await trio.to_thread.run_sync(memory.trim, abandon_on_cancel=True)
+                trimmed = now
+            seen = now
 
     async def _announce_ready(self) -> None:
         """READY=1 only once the mount answers a real request."""
@@ -362,6 +377,7 @@ def run(cfg: Config) -> int:
     except ValueError as exc:
         raise ConfigError("FAILPOINTS", str(exc)) from exc
     raise_fd_limit()
+    memory.cap_arenas()  # before the worker threads exist: each would take an arena of its own
     # one daemon per library: a second one is refused here, before it touches anything of the first's
     lock = LibraryLock(cfg.state_dir).acquire({"mountpoint": cfg.mountpoint, "sources": redact_all(list(cfg.sources))})
     metrics = MetricsServer(cfg.metrics) if cfg.metrics else None

@@ -126,6 +126,8 @@ def origin_families(origins: Iterable[OriginStatistics]) -> list[Metric]:
                                   labels=["origin"])
     failovers = CounterMetricFamily("musicfs_origin_failovers", "Reads that gave up on the origin and went to "
                                     "the next one", labels=["origin"])
+    stuck = GaugeMetricFamily("musicfs_origin_stuck_calls", "Calls to the origin still running past their read's "
+                              "deadline (a hung file or share); their threads are left to finish", labels=["origin"])
     for o in origins:
         name = redact(o.name)  # never a credential in a label
         nbytes.add_metric([name], o.bytes_fetched)
@@ -137,7 +139,8 @@ def origin_families(origins: Iterable[OriginStatistics]) -> list[Metric]:
         active.add_metric([name], 1 if o.active else 0)
         retries.add_metric([name], o.retries)
         failovers.add_metric([name], o.failovers)
-    return [nbytes, requests, up, state, active, retries, failovers]
+        stuck.add_metric([name], o.stuck)
+    return [nbytes, requests, up, state, active, retries, failovers, stuck]
 
 
 def cache_families(cache: CacheStatistics | None, reader: ReaderStatistics | None) -> list[Metric]:
@@ -151,7 +154,10 @@ def cache_families(cache: CacheStatistics | None, reader: ReaderStatistics | Non
                 CounterMetricFamily("musicfs_cache_misses", "Chunks that had to be fetched from the origins",
                                     value=reader.origin_fetches),
                 GaugeMetricFamily("musicfs_memory_cache_bytes", "Bytes of verified chunks kept in RAM",
-                                  value=reader.memory_bytes)]
+                                  value=reader.memory_bytes),
+                CounterMetricFamily("musicfs_racy_fetches", "Fetches of file versions that could still change "
+                                    "unseen (written within their source's timestamp resolution): served, never "
+                                    "kept", value=reader.racy_fetches)]
     if cache is not None:
         state = GaugeMetricFamily("musicfs_cache_state", "1 for the cache's current state: normal, unstable or "
                                   "down (bypassed: reads go to the origins)", labels=["state"])
