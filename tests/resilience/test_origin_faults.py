@@ -198,3 +198,22 @@ def test_a_file_changed_at_the_origin_is_never_mixed_and_shows_new_after_a_resca
     assert read_in_child(mounted)[:2] == ("OK", hashlib.sha256(new).hexdigest())
     assert "1 changed" in daemon.log_text()
     assert daemon.stop() == 0
+
+
+@pytest.mark.resilience("4.4")
+def test_a_read_of_a_file_deleted_at_the_origin_answers_eio_and_the_rescan_drops_it(library_by_size, daemons,
+                                                                                     tmp_path):
+    root, files = library_by_size
+    daemon = start(daemons, root, tmp_path)
+    pairs = mount_files_by_size(daemon.mountpoint, files)
+    gone = files[-1]
+    fd = os.open(pairs[gone], os.O_RDONLY)  # a handle opened before the delete, as a player's
+    try:
+        gone.unlink()
+        with pytest.raises(OSError) as err:
+            os.pread(fd, 4096, 0)
+        assert err.value.errno == errno.EIO  # read(2) never answers ENOENT
+    finally:
+        os.close(fd)
+    wait_until(lambda: not pairs[gone].exists(), 15, "the rescan the read started dropping the file")
+    assert daemon.stop() == 0

@@ -10,6 +10,7 @@ import pytest
 from musicfs import memory
 
 
+@pytest.mark.resilience("6.10")
 @pytest.mark.skipif(not ctypes.util.find_library("c"), reason="no C library to load")
 def test_arenas_are_capped_and_free_heap_goes_back_on_glibc():
     assert memory.cap_arenas(memory.ARENAS) is True
