@@ -90,7 +90,7 @@ def one_run(work: Path, sources: list[str], files: list[Path], readers: int, env
         stop.set()
         sampler.join()
         peak = max(rss for _, rss in samples)
-        after = {s: min((rss for t, rss in samples if t >= ended + s), default=0) for s in (1, 5, 10)}
+        after = {s: next((rss for t, rss in samples if t >= ended + s), 0) for s in (1, 5, 10)}  # RSS then
         return {"start": start_rss, "peak": peak, "after": after, "seconds": ended - samples[0][0],
                 "threads": proc.num_threads()}
     finally:

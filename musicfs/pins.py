@@ -123,6 +123,10 @@ class _NotKept(MusicFSError):
     """A loaded chunk was not kept by the cache (bypassed, full) or not named in the manifest."""
 
 
+class _Settling(MusicFSError):
+    """The file's version is racy (origins/base.py, settled): what is read of it now would not be kept."""
+
+
 class PinSet:
     """The pins of one library: persisted paths, their files and manifests, the CAS pins, the worker."""
 
@@ -361,6 +365,9 @@ class PinSet:
                 self._worker, self._reason, self._current = "fetching", "", _key(row)
                 try:
                     await self._load_file(row, missing)
+                except _Settling as exc:  # written moments ago: fetched once it settles, in a moment
+                    self._worker, self._reason = "waiting", str(exc)
+                    await self._idle(self.retry)
                 except (MusicFSError, OriginError, trio.TooSlowError) as exc:
                     self._failures += 1
                     error = f"{row.path}: {exc or type(exc).__name__}"
@@ -380,6 +387,8 @@ class PinSet:
         if self._fh is None or self._fh[0] != key:
             self._release()
             self._fh = (key, await self.reader.open(row))
+        if not self.reader.settled(self._fh[1]):
+            raise _Settling(f"{row.path} changed moments ago; it is fetched once that version settles")
         for idx in missing:
             if self._blocked() or self._manifests.get(key) is None:
                 return  # offline, the cache bypassed, or the file unpinned / changed meanwhile

@@ -79,20 +79,21 @@ def test_two_same_size_writes_within_one_second_on_a_whole_second_disk_never_lea
         daemon = start(daemons, root, tmp_path)
         mounted = mount_file_for(daemon.mountpoint, track)
 
-        for attempt in range(5):
+        for attempt in range(10):
             first_version, second_version = variant(base, 2 * attempt + 1), variant(base, 2 * attempt + 2)
             at_the_start_of_a_second()
             ino = inode_of(mounted)
             first = write_in_place(track, first_version)
             daemon.signal(signal.SIGHUP)
             wait_until(lambda: inode_of(mounted) not in (ino, None), 10, "the rescan showing the first write")
-            assert read_all(mounted) == first_version  # read while it is the origin's: the mount may fetch it
+            with open(mounted, "rb") as fh:  # read while it is the origin's: the mount fetches its first chunks
+                assert fh.read(256 << 10) == first_version[:256 << 10]
             second = write_in_place(track, second_version)
             if (second.st_ctime_ns, second.st_mtime_ns, second.st_size) == (first.st_ctime_ns, first.st_mtime_ns,
                                                                              first.st_size):
                 break  # one identity, two contents: what this test is about
         else:
-            pytest.fail("five attempts could not write twice, rescan and read within one second")
+            pytest.fail("ten attempts could not write twice, rescan and read within one second")
 
         for _ in range(2):  # after any rescan the mount equals the origin
             scans = daemon.log_text().count("scan of ")
