@@ -53,6 +53,7 @@ test: setup-test
 	$(MAKE) test-plain test-failpoints
 
 test-plain:
+	$(BIN)/lint-imports
 	$(BIN)/pytest -n 2 -q
 
 test-failpoints:

@@ -118,8 +118,8 @@ def fill_cache(workdir: Path, chunks: int, chunk_size: int = 4096) -> None:
     import hashlib
     import sqlite3
 
-    from musicfs.cas import CasStore
-    from musicfs.catalog import Catalog
+    from musicfs.cache.cas import CasStore
+    from musicfs.library.catalog import Catalog
 
     root = workdir / "cache"
     CasStore(str(root), 1 << 40).close()

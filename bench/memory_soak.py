@@ -38,7 +38,7 @@ IDLE_SECONDS = 15
 
 def make_files(root: Path, n: int, size_mb: int) -> list[Path]:
     """n real FLAC files of about `size_mb` MB in one album, track i titled "T" and i x's."""
-    from musicfs.demo import BIG_FILE_PATH
+    from musicfs.commands.demo import BIG_FILE_PATH
     from musicfs_test_utils.fixtures import make_library, retagged_copy
 
     make_library(root / "seed", 1, big_file_mb=size_mb, hostile=False)

@@ -114,7 +114,7 @@ def walk_files(root: str) -> list[str]:
 
 class Library:
     def __init__(self, root: str, big_mb: int, tracks: int, fb_files: int):
-        from musicfs.demo import make_library
+        from musicfs.commands.demo import make_library
 
         self.root = root
         self.big_dir = os.path.join(root, "big")
@@ -578,7 +578,7 @@ def report(args, argv, info, lib: Library, results: dict, started, seconds, load
         *run_lines(argv, started, seconds, load0, load1, info),
         f"- Software: Python {info['python']}; {info['rclone']}; moto {info['moto']}; paramiko {info['paramiko']}; "
         f"boto3 {info['boto3']}; {info['openssh']}",
-        f"- Files (real audio from `musicfs.demo.make_library`): `big/` holds one {lib.big_size() / MB:.1f} MB FLAC and "
+        f"- Files (real audio from `musicfs.commands.demo.make_library`): `big/` holds one {lib.big_size() / MB:.1f} MB FLAC and "
         f"{len(lib.fb_rels)} small tracks (first byte reads {min(len(lib.fb_rels), args.fb_files)} of them); "
         f"`scan/` holds {lib.scan_tracks} tracks ({len(lib.scan_rels)} files with covers, "
         f"{sum(lib.files[r][0] for r in lib.scan_rels) / MB:.1f} MB)",

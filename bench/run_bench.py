@@ -49,7 +49,7 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 try:  # the reader's in-memory chunk LRU, for the report's reading of the numbers
     sys.path.insert(0, str(REPO))
-    from musicfs.config import Config as _MusicfsConfig
+    from musicfs.shared.config import Config as _MusicfsConfig
     MEMORY_CACHE = _MusicfsConfig().memory_cache
 except Exception:  # noqa: BLE001 - only used in prose
     MEMORY_CACHE = 64 << 20
@@ -222,7 +222,7 @@ class Mount:
     def _log_says_ready(self) -> bool:
         if self.kind != "musicfs":
             return True
-        return "INFO musicfs.daemon: mounted " in self.log_text()
+        return "INFO musicfs.daemon.main: mounted " in self.log_text()
 
     # -- stop ----------------------------------------------------------------------
     def stop(self) -> None:

@@ -6,7 +6,7 @@ import hashlib
 import os
 import sqlite3
 
-from musicfs.cas import CasStore, chunk_hash
+from musicfs.cache.cas import CasStore, chunk_hash
 
 __all__ = ["SIZE", "blob", "chunk_file", "quarantined", "drop_index_row", "damage_orphan_and_stray"]
 

@@ -10,8 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from musicfs.mounts import is_stale, mount_entry, unmount
-from musicfs.status import query_daemon
+from musicfs.daemon.mounts import is_stale, mount_entry, unmount
+from musicfs.commands.status import query_daemon
 
 from .notify_socket import NotifySocket
 

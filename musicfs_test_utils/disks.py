@@ -16,7 +16,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from musicfs.mounts import mount_entry
+from musicfs.daemon.mounts import mount_entry
 
 __all__ = ["can_mount", "ext4_image", "tmpfs", "read_only", "remount", "usage"]
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import errno
 import threading
 
-from musicfs.cas import CasStore
-from musicfs.errors import CacheFull, CasError
+from musicfs.cache.cas import CasStore
+from musicfs.shared.errors import CacheFull, CasError
 
 
 class FaultyCasStore:

@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Iterator
 
-from musicfs.errors import OriginFatal, OriginNotFound, OriginPermission, OriginTimeout, OriginTransient
+from musicfs.shared.errors import OriginFatal, OriginNotFound, OriginPermission, OriginTimeout, OriginTransient
 from musicfs.origins.base import FileStat, Origin
 
 

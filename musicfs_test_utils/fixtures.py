@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from musicfs.cas import CasStore
-from musicfs.catalog import Catalog, FileRow
-from musicfs.demo import JUNK_FILES, GeneratedTrack
-from musicfs.demo import make_library as _make_library
-from musicfs.tree import FIRST_INO, VirtualTree, build_tree
+from musicfs.cache.cas import CasStore
+from musicfs.library.catalog import Catalog, FileRow
+from musicfs.commands.demo import JUNK_FILES, GeneratedTrack
+from musicfs.commands.demo import make_library as _make_library
+from musicfs.library.tree import FIRST_INO, VirtualTree, build_tree
 
 __all__ = ["make_library", "open_catalog", "make_file_meta", "make_audio_meta", "setup_test_cas", "setup_test_tree",
            "JUNK_FILES", "GeneratedTrack", "counting_assigner", "flac_audio_start", "retagged_copy",
@@ -17,7 +17,7 @@ __all__ = ["make_library", "open_catalog", "make_file_meta", "make_audio_meta", 
 
 
 def make_library(root: str | os.PathLike, tracks: int = 24, **kwargs) -> list[GeneratedTrack]:
-    """A library of real FLAC/MP3/Ogg files with varied (and hostile) tags; see musicfs.demo."""
+    """A library of real FLAC/MP3/Ogg files with varied (and hostile) tags; see musicfs.commands.demo."""
     return _make_library(root, tracks, **kwargs)
 
 

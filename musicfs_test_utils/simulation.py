@@ -17,18 +17,18 @@ from pathlib import Path
 import trio
 import trio.testing
 
-from musicfs.chunk_cache import ChunkCache
-from musicfs.cas import CasStore
-from musicfs.catalog import Catalog
-from musicfs.errors import (CacheFull, CasError, MusicFSError, OriginNotFound, OriginTimeout, OriginTransient)
+from musicfs.cache.chunk_cache import ChunkCache
+from musicfs.cache.cas import CasStore
+from musicfs.library.catalog import Catalog
+from musicfs.shared.errors import (CacheFull, CasError, MusicFSError, OriginNotFound, OriginTimeout, OriginTransient)
 from musicfs.origins.base import Origin
 from musicfs.origins.health import HealthMonitor
 from musicfs.origins.local import LocalOrigin
 from musicfs.origins.memory import MemoryOrigin, Request
 from musicfs.origins.registry import OriginRegistry
-from musicfs.reader import FileReader
-from musicfs.supervisor import TaskSupervisor
-from musicfs.sync import Scanner
+from musicfs.read.reader import FileReader
+from musicfs.daemon.supervisor import TaskSupervisor
+from musicfs.library.scanner import Scanner
 
 from .fixtures import open_catalog
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from musicfs.demo import JUNK_FILES
+from musicfs.commands.demo import JUNK_FILES
 from musicfs_test_utils.assertions import tree_files
 from musicfs_test_utils.daemon import MusicfsDaemon
 from musicfs_test_utils.fixtures import make_library

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 from urllib.parse import SplitResult, urlsplit
 
-from ..errors import LocalExhaustion, OriginError, OriginFatal
+from ..shared import LocalExhaustion, OriginError, OriginFatal
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ class Origin(abc.ABC):
 
     Every method is blocking and thread-safe: callers run them in worker threads
     (trio.to_thread with a limiter and a deadline), never on the trio loop.
-    Errors are raised as musicfs.errors.OriginError subclasses.
+    Errors are raised as musicfs.shared.errors.OriginError subclasses.
     """
 
     #: A stable, human-readable name (the SOURCE as given), used in logs and status.

@@ -21,10 +21,10 @@ from typing import Callable
 
 import trio
 
-from ..errors import OriginError, OriginTimeout
-from ..rounds import run_all
+from ..shared import OriginError, OriginTimeout, run_all
 from .base import Origin
-from .registry import OriginRegistry, probe as registry_probe
+from .registry import OriginRegistry
+from .registry import probe as registry_probe
 
 log = logging.getLogger(__name__)
 

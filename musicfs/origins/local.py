@@ -8,8 +8,7 @@ import os
 import stat as stat_mod
 from typing import Iterator
 
-from .. import points
-from ..errors import (
+from ..shared import (
     LocalExhaustion,
     OriginError,
     OriginFatal,
@@ -18,8 +17,10 @@ from ..errors import (
     OriginPermission,
     OriginTransient,
     PathEscape,
+    points,
 )
 from .base import SETTLE_MARGIN, FileStat, Identity, Origin, escape_name, unescape_name
+
 
 def _version(st: os.stat_result) -> tuple[int, int, int, int]:
     """What changes whenever a file's bytes do: a write moves mtime and ctime (even when mtime is put back)."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Iterator, Mapping
 
-from ..errors import OriginFileChanged, OriginNotFound
+from ..shared import OriginFileChanged, OriginNotFound
 from .base import FileStat, Identity, Origin
 
 WALK, STAT, READ, PROBE = "walk", "stat", "read", "probe"

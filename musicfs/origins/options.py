@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from ..errors import BadArgument, ConfigError, OriginFatal
+from ..shared import BadArgument, ConfigError, OriginFatal
 
 
 class OptionError(ConfigError, OriginFatal):

@@ -47,8 +47,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from .. import points
-from ..errors import (
+from ..shared import (
     LocalExhaustion,
     OriginError,
     OriginFileChanged,
@@ -58,6 +57,7 @@ from ..errors import (
     OriginTimeout,
     OriginTransient,
     ShortRead,
+    points,
 )
 from .base import FileStat, Identity, Origin, OriginStream, exhaustion, settled
 

@@ -20,10 +20,19 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator, Sequence
 
-from .. import points
-from ..errors import OriginError, OriginFatal, OriginFileChanged, OriginNotFound, OriginPermission, OriginTimeout
-from ..errors import OriginTransient, PathEscape, ShortRead
-from ..redact import add_secrets
+from ..shared import (
+    OriginError,
+    OriginFatal,
+    OriginFileChanged,
+    OriginNotFound,
+    OriginPermission,
+    OriginTimeout,
+    OriginTransient,
+    PathEscape,
+    ShortRead,
+    add_secrets,
+    points,
+)
 from .base import FileStat, Identity, Origin, OriginStream, Verdict, classify_error, split_url
 from .options import option_keys
 from .options import parse as parse_options

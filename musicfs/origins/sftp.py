@@ -28,8 +28,20 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar
 from urllib.parse import unquote
 
 import paramiko
-from paramiko.sftp import CMD_ATTRS, CMD_CLOSE, CMD_DATA, CMD_FSTAT, CMD_HANDLE, CMD_NAME, CMD_OPENDIR, CMD_READ
-from paramiko.sftp import CMD_READDIR, CMD_STATUS, SFTPError, int64
+from paramiko.sftp import (
+    CMD_ATTRS,
+    CMD_CLOSE,
+    CMD_DATA,
+    CMD_FSTAT,
+    CMD_HANDLE,
+    CMD_NAME,
+    CMD_OPENDIR,
+    CMD_READ,
+    CMD_READDIR,
+    CMD_STATUS,
+    SFTPError,
+    int64,
+)
 from paramiko.sftp_attr import SFTPAttributes
 from paramiko.ssh_exception import (
     AuthenticationException,
@@ -39,8 +51,7 @@ from paramiko.ssh_exception import (
     SSHException,
 )
 
-from .. import points
-from ..errors import (
+from ..shared import (
     OriginError,
     OriginFatal,
     OriginFileChanged,
@@ -50,9 +61,20 @@ from ..errors import (
     OriginTransient,
     PathEscape,
     ShortRead,
+    add_secrets,
+    points,
 )
-from ..redact import add_secrets
-from .base import FileStat, Identity, Origin, OriginStream, Verdict, classify_error, escape_name, split_url, unescape_name
+from .base import (
+    FileStat,
+    Identity,
+    Origin,
+    OriginStream,
+    Verdict,
+    classify_error,
+    escape_name,
+    split_url,
+    unescape_name,
+)
 from .options import option_keys
 from .options import parse as parse_options
 

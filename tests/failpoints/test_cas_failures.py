@@ -17,18 +17,20 @@ from pathlib import Path
 
 import pytest
 
-from musicfs import failpoints, points
-from musicfs.cas import CasStore, chunk_hash
-from musicfs.config import Config
-from musicfs.daemon import Daemon
-from musicfs.errors import ChunkMissing
+from musicfs import failpoints
+
+from musicfs.shared import points
+from musicfs.cache.cas import CasStore, chunk_hash
+from musicfs.shared.config import Config
+from musicfs.daemon.main import Daemon
+from musicfs.shared.errors import ChunkMissing
 from musicfs.failpoints import FailPointPanic
-from musicfs.fuse_ops import MusicOperations
-from musicfs.index import IndexDoc, SearchIndex
-from musicfs.library import Library
-from musicfs.notify import Notifier
-from musicfs.chunk_cache import ChunkCache
-from musicfs.reader import FileReader
+from musicfs.daemon.fuse_ops import MusicOperations
+from musicfs.library.search import IndexDoc, SearchIndex
+from musicfs.library.storage import Library
+from musicfs.daemon.notify import Notifier
+from musicfs.cache.chunk_cache import ChunkCache
+from musicfs.read.reader import FileReader
 from musicfs_test_utils.fixtures import make_library
 from musicfs_test_utils.reader_rig import ReaderRig
 from musicfs_test_utils.reader_rig import pattern_bytes as shared_pattern_bytes
@@ -37,8 +39,8 @@ CHUNK = 4096
 KB = 1024
 BEFORE_WRITE = points.CAS_PUT_BEFORE_WRITE
 AFTER_WRITE = points.CAS_PUT_AFTER_WRITE_BEFORE_INDEX
-QUARANTINED = r"musicfs\.cas: cache: chunk [0-9a-f]{12} failed verification; moved to"
-REFETCHED = r"musicfs\.chunk_cache: cache: chunk [0-9a-f]{64} failed verification and was quarantined; fetching it again"
+QUARANTINED = r"musicfs\.cache\.cas: cache: chunk [0-9a-f]{12} failed verification; moved to"
+REFETCHED = r"musicfs\.cache\.chunk_cache: cache: chunk [0-9a-f]{64} failed verification and was quarantined; fetching it again"
 pattern_bytes = functools.partial(shared_pattern_bytes, step=13, salt=101, period=256)
 
 
@@ -76,7 +78,7 @@ async def test_panic_before_chunk_write_leaves_nothing_behind(env):
 # -- cas-put-after-write-before-index (row 5.7, L1) --------------------------------------------------
 @pytest.mark.resilience("5.7")
 async def test_crash_between_chunk_write_and_index_insert_adopts_the_orphan(env, caplog):
-    caplog.set_level(logging.INFO, logger="musicfs.cas")
+    caplog.set_level(logging.INFO, logger="musicfs.cache.cas")
     data = env.files["one.flac"]
     digest = chunk_hash(data)
     failpoints.cfg(AFTER_WRITE, "panic")
@@ -101,7 +103,7 @@ async def test_crash_between_chunk_write_and_index_insert_adopts_the_orphan(env,
 
 
 @pytest.mark.resilience("5.7")
-@pytest.mark.expected_log(r"musicfs\.cas: cache: removed orphan chunk [0-9a-f]{12} whose bytes do not match its name")
+@pytest.mark.expected_log(r"musicfs\.cache\.cas: cache: removed orphan chunk [0-9a-f]{12} whose bytes do not match its name")
 async def test_half_written_orphan_chunk_is_removed_never_served(env):
     data = env.files["three.flac"]
     first = data[:CHUNK]
@@ -244,7 +246,7 @@ def _retag(path: Path, **values: str) -> None:
 @pytest.fixture
 def daemon_parts(tmp_path, monkeypatch):
     """A Daemon with its library and a tree, not mounted (kernel invalidations are recorded, not sent)."""
-    import musicfs.daemon as daemon_module
+    import musicfs.daemon.main as daemon_module
 
     root = tmp_path / "library"
     make_library(root, 6, hostile=False)

@@ -11,7 +11,9 @@ import pytest
 import trio
 import trio.testing
 
-from musicfs import failpoints, points
+from musicfs import failpoints
+
+from musicfs.shared import points
 from musicfs.origins.health import HealthMonitor
 from musicfs.origins.local import LocalOrigin
 from musicfs.origins.registry import HEALTHY, UNHEALTHY, OriginRegistry

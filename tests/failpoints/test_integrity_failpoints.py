@@ -12,11 +12,13 @@ from pathlib import Path
 import pytest
 import trio
 
-from musicfs import failpoints, points
-from musicfs.cache_health import DOWN, NORMAL, UNSTABLE
-from musicfs.cas import chunk_hash
-from musicfs.config import Config
-from musicfs.library import Library
+from musicfs import failpoints
+
+from musicfs.shared import points
+from musicfs.cache.health import DOWN, NORMAL, UNSTABLE
+from musicfs.cache.cas import chunk_hash
+from musicfs.shared.config import Config
+from musicfs.library.storage import Library
 from musicfs_test_utils.reader_rig import ReaderRig, pattern_bytes
 
 CHUNK = 8 * 1024
@@ -35,7 +37,7 @@ def env(tmp_path):
 
 # -- db-open-corrupt (2.4) --------------------------------------------------------------------------------------
 @pytest.mark.resilience("2.4")
-@pytest.mark.expected_log(r"musicfs\.catalog: catalog .*catalog\.db is damaged \(.*corruption injected by failpoint\): "
+@pytest.mark.expected_log(r"musicfs\.library\.catalog: catalog .*catalog\.db is damaged \(.*corruption injected by failpoint\): "
                           r"moved to .*catalog\.db\.damaged-")
 def test_a_catalog_corrupt_at_open_is_moved_aside_and_the_rescan_rebuilds_it(small_library, tmp_path):
     cfg = Config(sources=(str(small_library[0]),), state_dir=str(tmp_path / "state"), cache_dir=str(tmp_path / "cache"))
@@ -57,8 +59,8 @@ def test_a_catalog_corrupt_at_open_is_moved_aside_and_the_rescan_rebuilds_it(sma
 
 # -- cas-index-write (6.3) ----------------------------------------------------------------------------------------
 @pytest.mark.resilience("6.3")
-@pytest.mark.expected_log(r"musicfs\.cache_health: cache: normal -> down \(the cache index failed",
-                          r"musicfs\.cache_health: cache: the index rebuild failed \(cache: cannot rebuild the index .*"
+@pytest.mark.expected_log(r"musicfs\.cache\.health: cache: normal -> down \(the cache index failed",
+                          r"musicfs\.cache\.health: cache: the index rebuild failed \(cache: cannot rebuild the index .*"
                           r"injected by failpoint")
 async def test_a_failing_cache_index_store_means_passthrough_until_the_background_rebuild_succeeds(env):
     assert await env.read("a.flac") == env.files["a.flac"]
@@ -87,7 +89,7 @@ async def test_a_failing_cache_index_store_means_passthrough_until_the_backgroun
 
 # -- cas-get: a hung cache disk (6.6) ---------------------------------------------------------------------------
 @pytest.mark.resilience("6.6")
-@pytest.mark.expected_log(r"musicfs\.cache_health: cache: normal -> unstable \(cache: get did not finish within 0.3s\)")
+@pytest.mark.expected_log(r"musicfs\.cache\.health: cache: normal -> unstable \(cache: get did not finish within 0.3s\)")
 async def test_a_cache_read_that_hangs_is_abandoned_after_its_timeout_and_the_origin_serves(env):
     assert await env.read("a.flac") == env.files["a.flac"]
     failpoints.cfg(points.CAS_GET, "pause")
@@ -104,8 +106,8 @@ async def test_a_cache_read_that_hangs_is_abandoned_after_its_timeout_and_the_or
 
 # -- cas-probe (6.6) ------------------------------------------------------------------------------------------------
 @pytest.mark.resilience("6.6")
-@pytest.mark.expected_log(r"musicfs\.cache_health: cache: normal -> unstable \(cache: cannot read chunk .*injected",
-                          r"musicfs\.cache_health: cache: unstable -> down \(2 probes failed in a row, the last: "
+@pytest.mark.expected_log(r"musicfs\.cache\.health: cache: normal -> unstable \(cache: cannot read chunk .*injected",
+                          r"musicfs\.cache\.health: cache: unstable -> down \(2 probes failed in a row, the last: "
                           r"cache: probe failed \(injected by failpoint\)\)")
 async def test_the_cache_stays_bypassed_while_its_probe_fails_and_comes_back_when_it_passes(env):
     assert await env.read("a.flac") == env.files["a.flac"]

@@ -19,8 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from musicfs import failpoints, points
-from musicfs.errors import OriginFileChanged
+from musicfs import failpoints
+
+from musicfs.shared import points
+from musicfs.shared.errors import OriginFileChanged
 from musicfs.origins.s3 import S3Origin
 from musicfs.origins.sftp import SftpOrigin
 from musicfs_test_utils.servers import MotoServer, SshServer

@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from musicfs import failpoints, points
+from musicfs import failpoints
+
+from musicfs.shared import points
 from musicfs.failpoints import FailPointPanic
 from musicfs.origins.local import LocalOrigin
 from musicfs.origins.registry import OriginRegistry

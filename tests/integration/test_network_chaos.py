@@ -18,15 +18,15 @@ from typing import Callable
 import pytest
 import trio
 
-from musicfs.cas import CasStore, chunk_hash
-from musicfs.catalog import Catalog, FileRow
-from musicfs.errors import OriginOffline
+from musicfs.cache.cas import CasStore, chunk_hash
+from musicfs.library.catalog import Catalog, FileRow
+from musicfs.shared.errors import OriginOffline
 from musicfs.origins.base import Origin
 from musicfs.origins.factory import open_origin
 from musicfs.origins.health import HealthMonitor
 from musicfs.origins.registry import HEALTHY, UNHEALTHY, OriginRegistry
-from musicfs.chunk_cache import ChunkCache
-from musicfs.reader import FileReader
+from musicfs.cache.chunk_cache import ChunkCache
+from musicfs.read.reader import FileReader
 from musicfs_test_utils.fixtures import open_catalog, setup_test_cas
 from musicfs_test_utils.reader_rig import READ_ERRORS, current_row, read_range
 

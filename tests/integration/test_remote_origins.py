@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from musicfs.errors import (
+from musicfs.shared.errors import (
     OriginFatal,
     OriginFileChanged,
     OriginNotFound,

@@ -9,7 +9,7 @@ import logging
 
 import pytest
 
-from musicfs.logsetup import setup_logging, teardown_logging
+from musicfs.shared.logsetup import setup_logging, teardown_logging
 from musicfs.origins.s3 import S3Origin
 from musicfs.origins.sftp import SftpOrigin
 

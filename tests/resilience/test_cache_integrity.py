@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from musicfs import points
-from musicfs.damage import RunMarker
-from musicfs.demo import JUNK_FILES
+from musicfs.shared import points
+from musicfs.shared.damage import RunMarker
+from musicfs.commands.demo import JUNK_FILES
 from musicfs_test_utils.assertions import assert_mount_matches_origin, file_digest, tree_files
 from musicfs_test_utils.daemon import is_mounted, wait_until, write_config
 from musicfs_test_utils.fixtures import make_library

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from musicfs.demo import BIG_FILE_PATH
+from musicfs.commands.demo import BIG_FILE_PATH
 from musicfs_test_utils.assertions import file_digest
 from musicfs_test_utils.daemon import wait_until, write_config
 from musicfs_test_utils.fixtures import make_library

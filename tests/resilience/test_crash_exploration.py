@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from musicfs import points
-from musicfs.demo import JUNK_FILES
+from musicfs.shared import points
+from musicfs.commands.demo import JUNK_FILES
 from musicfs.failpoints import declared
 from musicfs_test_utils.assertions import assert_mount_matches_origin, tree_files
 from musicfs_test_utils.daemon import write_config

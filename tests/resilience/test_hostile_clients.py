@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from musicfs.statefiles import SOCKET_NAME
+from musicfs.shared.statefiles import SOCKET_NAME
 from musicfs_test_utils.assertions import file_digest
 from musicfs_test_utils.daemon import wait_until, write_config
 from musicfs_test_utils.mount_io import mount_files_by_size, read_in_child

@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from musicfs.demo import BIG_FILE_PATH
+from musicfs.commands.demo import BIG_FILE_PATH
 from musicfs_test_utils.fixtures import make_library
 from musicfs_test_utils.daemon import is_mounted
 

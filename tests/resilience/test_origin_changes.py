@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from musicfs import points
-from musicfs.demo import BIG_FILE_PATH
+from musicfs.shared import points
+from musicfs.commands.demo import BIG_FILE_PATH
 from musicfs_test_utils.daemon import wait_until, write_config
 from musicfs_test_utils.fixtures import flac_audio_start, make_library
 from musicfs_test_utils.mount_io import mount_file_for

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from musicfs import points
+from musicfs.shared import points
 from musicfs_test_utils.assertions import file_digest
 from musicfs_test_utils.daemon import wait_until, write_config
 from musicfs_test_utils.fixtures import flac_audio_start

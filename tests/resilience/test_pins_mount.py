@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from musicfs import points
-from musicfs.demo import BIG_FILE_PATH
+from musicfs.shared import points
+from musicfs.commands.demo import BIG_FILE_PATH
 from musicfs_test_utils.assertions import file_digest
 from musicfs_test_utils.daemon import wait_until, write_config
 from musicfs_test_utils.fixtures import make_library, retagged_copy, wait_settled

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from musicfs.demo import BIG_FILE_PATH
+from musicfs.commands.demo import BIG_FILE_PATH
 from musicfs_test_utils.daemon import wait_until, write_config
 from musicfs_test_utils.disks import can_mount, ext4_image
 from musicfs_test_utils.fixtures import flac_audio_start, make_library

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from musicfs.statefiles import LOCK_FILE, SOCKET_NAME
+from musicfs.shared.statefiles import LOCK_FILE, SOCKET_NAME
 from musicfs_test_utils.daemon import is_mounted
 
 pytestmark = pytest.mark.l2

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from musicfs.control import SOCKET_NAME, STATE_FILE
-from musicfs.damage import RunMarker
+from musicfs.daemon.control import SOCKET_NAME, STATE_FILE
+from musicfs.shared.damage import RunMarker
 from musicfs_test_utils.assertions import assert_mount_matches_origin
 
 pytestmark = pytest.mark.l2

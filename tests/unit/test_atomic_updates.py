@@ -6,13 +6,13 @@ import os
 
 import pytest
 
-from musicfs.catalog import FileRow
-from musicfs.config import Config
-from musicfs.daemon import Daemon
-from musicfs.errors import CatalogError
-from musicfs.fuse_ops import MusicOperations
-from musicfs.library import Library
-from musicfs.notify import Notifier
+from musicfs.library.catalog import FileRow
+from musicfs.shared.config import Config
+from musicfs.daemon.main import Daemon
+from musicfs.shared.errors import CatalogError
+from musicfs.daemon.fuse_ops import MusicOperations
+from musicfs.library.storage import Library
+from musicfs.daemon.notify import Notifier
 
 
 @pytest.fixture

@@ -16,17 +16,17 @@ from pathlib import Path
 import pytest
 import trio
 
-from musicfs.cache_health import DOWN, NORMAL, UNSTABLE, CacheHealth
-from musicfs.cas import CasStore
-from musicfs.catalog import FileRow
+from musicfs.cache.health import DOWN, NORMAL, UNSTABLE, CacheHealth
+from musicfs.cache.cas import CasStore
+from musicfs.library.catalog import FileRow
 from musicfs.origins.local import LocalOrigin
-from musicfs.reader import FileReader
+from musicfs.read.reader import FileReader
 from musicfs_test_utils import disks
 from musicfs_test_utils.reader_rig import ReaderRig, pattern_bytes, read_range
 
 CHUNK = 16 * 1024
-TO_UNSTABLE = r"musicfs\.cache_health: cache: normal -> unstable \(.*\): reads go straight to the origins"
-TO_DOWN = r"musicfs\.cache_health: cache: unstable -> down \(2 probes failed in a row"
+TO_UNSTABLE = r"musicfs\.cache\.health: cache: normal -> unstable \(.*\): reads go straight to the origins"
+TO_DOWN = r"musicfs\.cache\.health: cache: unstable -> down \(2 probes failed in a row"
 
 
 pattern = functools.partial(pattern_bytes, step=7, salt=31, period=251)
@@ -114,7 +114,7 @@ async def test_a_read_only_cache_disk_is_bypassed_until_the_health_task_sees_it_
 
 
 @pytest.mark.resilience("6.6")
-@pytest.mark.expected_log(r"musicfs\.cache_health: cache: normal -> unstable \(cache: get did not finish within 0.5s\)",
+@pytest.mark.expected_log(r"musicfs\.cache\.health: cache: normal -> unstable \(cache: get did not finish within 0.5s\)",
                           TO_DOWN)
 async def test_a_hung_cache_disk_costs_one_timeout_then_reads_bypass_it(rig):
     reader = rig.reader
@@ -141,8 +141,8 @@ async def test_a_hung_cache_disk_costs_one_timeout_then_reads_bypass_it(rig):
 
 # -- the cache index dies at runtime (6.3) ---------------------------------------------------------------
 @pytest.mark.resilience("6.3")
-@pytest.mark.expected_log(r"musicfs\.cache_health: cache: normal -> down \(the cache index failed",
-                          r"musicfs\.cas: cache: index .*index\.db failed \(.*\); moved to .*index\.db\.damaged-")
+@pytest.mark.expected_log(r"musicfs\.cache\.health: cache: normal -> down \(the cache index failed",
+                          r"musicfs\.cache\.cas: cache: index .*index\.db failed \(.*\); moved to .*index\.db\.damaged-")
 async def test_a_cache_index_that_dies_at_runtime_means_passthrough_and_a_background_rebuild(rig):
     reader = rig.reader
     assert await read_all(reader, rig.rows["a.flac"]) == rig.files["a.flac"]
@@ -217,7 +217,7 @@ async def test_a_locked_catalog_delays_the_manifest_write_but_never_marks_the_ca
 
 
 @pytest.mark.resilience("2.8")
-@pytest.mark.expected_log(r"musicfs\.chunk_cache: cache: cannot store a chunk of .* \(cache: (disk full|index store is full)"
+@pytest.mark.expected_log(r"musicfs\.cache\.chunk_cache: cache: cannot store a chunk of .* \(cache: (disk full|index store is full)"
                           r".*\); serving it uncached")
 async def test_a_real_full_disk_evicts_and_retries_else_serves_uncached(tmp_path, tiny_disk):
     # a 160 KiB tmpfs under a 1 GiB quota: the disk fills long before the quota does
@@ -279,7 +279,7 @@ async def test_reads_keep_the_cache_under_its_quota_and_never_evict_open_files(t
         rig.close()
 
 
-@pytest.mark.expected_log(r"musicfs\.cas: cache: cannot open .*cache \(.*\); reads go straight to the origins")
+@pytest.mark.expected_log(r"musicfs\.cache\.cas: cache: cannot open .*cache \(.*\); reads go straight to the origins")
 def test_a_cache_that_cannot_be_opened_starts_down_and_a_probe_opens_it(tmp_path):
     blocker = tmp_path / "cache"
     blocker.write_bytes(b"a file where the cache folder should be")

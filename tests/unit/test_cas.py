@@ -11,8 +11,8 @@ import sqlite3
 
 import pytest
 
-from musicfs.cas import CasStore, chunk_hash
-from musicfs.errors import CacheFull, ChunkCorrupt, ChunkMissing
+from musicfs.cache.cas import CasStore, chunk_hash
+from musicfs.shared.errors import CacheFull, ChunkCorrupt, ChunkMissing
 from musicfs_test_utils.faulty_cas import FaultyCasStore
 from musicfs_test_utils.fixtures import setup_test_cas
 from musicfs_test_utils.cas_damage import SIZE, blob, chunk_file, damage_orphan_and_stray, drop_index_row, quarantined
@@ -40,7 +40,7 @@ def test_empty_chunk(tmp_path):
     cas.close()
 
 
-@pytest.mark.expected_log(r"musicfs.cas: cache: chunk \w+ failed verification; moved to .*quarantine")
+@pytest.mark.expected_log(r"musicfs.cache.cas: cache: chunk \w+ failed verification; moved to .*quarantine")
 def test_corrupt_chunk_is_quarantined_not_deleted(tmp_path):
     cas = setup_test_cas(tmp_path)
     good, other = blob(1), blob(2)
@@ -67,7 +67,7 @@ def test_corrupt_chunk_is_quarantined_not_deleted(tmp_path):
     cas.close()
 
 
-@pytest.mark.expected_log(r"musicfs.cas: cache: chunk \w+ failed verification")
+@pytest.mark.expected_log(r"musicfs.cache.cas: cache: chunk \w+ failed verification")
 def test_truncated_chunk_is_corrupt(tmp_path):
     cas = setup_test_cas(tmp_path)
     digest = cas.put(blob(3))
@@ -241,7 +241,7 @@ def test_valid_orphan_chunk_is_adopted(tmp_path):
     db.close()
 
 
-@pytest.mark.expected_log(r"musicfs.cas: cache: removed orphan chunk \w+ whose bytes do not match")
+@pytest.mark.expected_log(r"musicfs.cache.cas: cache: removed orphan chunk \w+ whose bytes do not match")
 def test_orphan_with_wrong_bytes_is_removed(tmp_path):
     cas = setup_test_cas(tmp_path)
     digest = cas.put(blob(6))
@@ -336,7 +336,7 @@ def _corrupt_and_read(cas: CasStore, i: int) -> str:
 
 @pytest.fixture
 def prune_log(caplog):
-    caplog.set_level(logging.INFO, logger="musicfs.cas")
+    caplog.set_level(logging.INFO, logger="musicfs.cache.cas")
     return caplog
 
 
@@ -404,7 +404,7 @@ def test_an_overgrown_quarantine_is_pruned_when_the_store_opens(tmp_path, prune_
 
 @pytest.mark.expected_log(r"failed verification; moved to .*quarantine")
 def test_the_cache_snapshot_in_status_shows_the_quarantine(tmp_path):
-    from musicfs.chunk_cache import ChunkCache
+    from musicfs.cache.chunk_cache import ChunkCache
 
     cas = setup_test_cas(tmp_path)
     _corrupt_and_read(cas, 1)

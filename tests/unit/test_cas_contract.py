@@ -11,8 +11,8 @@ import sqlite3
 
 import pytest
 
-from musicfs.cas import CasStore, chunk_hash
-from musicfs.errors import CacheFull, ChunkCorrupt, ChunkMissing
+from musicfs.cache.cas import CasStore, chunk_hash
+from musicfs.shared.errors import CacheFull, ChunkCorrupt, ChunkMissing
 from musicfs_test_utils.faulty_cas import FaultyCasStore
 
 KB = 1024
@@ -102,7 +102,7 @@ def test_missing_chunk_file_is_forgotten(make_store):
     assert not store.has(d) and store.usage() == (0, 0) and index_rows(store) == set()
 
 
-@pytest.mark.expected_log(r"musicfs\.cas: cache: chunk [0-9a-f]{12} failed verification; moved to")
+@pytest.mark.expected_log(r"musicfs\.cache\.cas: cache: chunk [0-9a-f]{12} failed verification; moved to")
 def test_corrupt_chunk_is_quarantined_never_served(make_store):
     store = make_store()
     data = blob(4)
@@ -118,7 +118,7 @@ def test_corrupt_chunk_is_quarantined_never_served(make_store):
     assert store.put(data) == d and store.get(d) == data  # fetched again, stored again
 
 
-@pytest.mark.expected_log(r"musicfs\.cas: cache: chunk [0-9a-f]{12} failed verification; moved to")
+@pytest.mark.expected_log(r"musicfs\.cache\.cas: cache: chunk [0-9a-f]{12} failed verification; moved to")
 def test_quarantine_moves_the_chunk_aside(make_store):
     store = make_store()
     keep, bad = store.put(blob(5)), store.put(blob(6))

@@ -17,19 +17,19 @@ import pytest
 import trio
 import trio.testing
 
-from musicfs.cas import CasStore, chunk_hash
-from musicfs.chunk_cache import ChunkCache
-from musicfs.config import Config
-from musicfs.library import Library
+from musicfs.cache.cas import CasStore, chunk_hash
+from musicfs.cache.chunk_cache import ChunkCache
+from musicfs.shared.config import Config
+from musicfs.library.storage import Library
 from musicfs.origins.memory import READ, MemoryOrigin, serve
-from musicfs.pins import PinSet
+from musicfs.library.pins import PinSet
 from musicfs_test_utils.cas_damage import SIZE, blob, chunk_file
 from musicfs_test_utils.fixtures import setup_test_cas
 from musicfs_test_utils.reader_rig import ReaderRig
 
 WAIT = 10.0  # a deadline for hand-offs, never a timing assertion
-BAD_CHUNK = (r"musicfs.cas: cache: chunk \w+ failed verification; moved to",
-             r"musicfs.chunk_cache: cache: chunk \w+ failed verification and was quarantined; fetching it again")
+BAD_CHUNK = (r"musicfs.cache.cas: cache: chunk \w+ failed verification; moved to",
+             r"musicfs.cache.chunk_cache: cache: chunk \w+ failed verification and was quarantined; fetching it again")
 
 
 class _CountingCursor:

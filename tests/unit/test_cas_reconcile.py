@@ -18,18 +18,18 @@ from pathlib import Path
 import pytest
 import trio
 
-from musicfs import cas as cas_module
-from musicfs.cas import CasStore, chunk_hash
-from musicfs.chunk_cache import ChunkCache
-from musicfs.config import Config
-from musicfs.damage import RunMarker
-from musicfs.library import Library
+from musicfs.cache import cas as cas_module
+from musicfs.cache.cas import CasStore, chunk_hash
+from musicfs.cache.chunk_cache import ChunkCache
+from musicfs.shared.config import Config
+from musicfs.shared.damage import RunMarker
+from musicfs.library.storage import Library
 from musicfs_test_utils.cas_damage import SIZE, blob, chunk_file, damage_orphan_and_stray, drop_index_row, quarantined
 from musicfs_test_utils.fixtures import setup_test_cas
 
 WAIT = 10.0  # a deadline for thread hand-offs, never a timing assertion
-BAD_ORPHAN = r"musicfs.cas: cache: removed orphan chunk \w+ whose bytes do not match"
-UNCLEAN = r"musicfs\.library: the previous run \(pid \d+\) did not stop cleanly: running full integrity checks"
+BAD_ORPHAN = r"musicfs.cache.cas: cache: removed orphan chunk \w+ whose bytes do not match"
+UNCLEAN = r"musicfs\.library\.storage: the previous run \(pid \d+\) did not stop cleanly: running full integrity checks"
 
 
 def later(root) -> CasStore:

@@ -8,9 +8,9 @@ import shutil
 
 import pytest
 
-from musicfs.catalog import Catalog, FileRow
-from musicfs.errors import CatalogCorrupt, CatalogError
-from musicfs.tree import FIRST_INO
+from musicfs.library.catalog import Catalog, FileRow
+from musicfs.shared.errors import CatalogCorrupt, CatalogError
+from musicfs.library.tree import FIRST_INO
 from musicfs_test_utils.fixtures import make_audio_meta, make_file_meta, open_catalog
 
 

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from musicfs.catalog import CATALOG_NAME, Catalog, open_checked
-from musicfs.damage import wal_before_open
-from musicfs.errors import CatalogError
+from musicfs.library.catalog import CATALOG_NAME, Catalog, open_checked
+from musicfs.shared.damage import wal_before_open
+from musicfs.shared.errors import CatalogError
 from musicfs_test_utils import disks
 
 PAGE = 4096
-DAMAGED = r"musicfs.catalog: catalog .*catalog\.db: its write-ahead log .*catalog\.db-wal was damaged"
+DAMAGED = r"musicfs.library.catalog: catalog .*catalog\.db: its write-ahead log .*catalog\.db-wal was damaged"
 
 
 def warnings(caplog) -> list[str]:

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from musicfs.cli import EX_BROKEN_PIPE
-from musicfs.index import IndexDoc, SearchIndex
+from musicfs.commands.cli import EX_BROKEN_PIPE
+from musicfs.library.search import IndexDoc, SearchIndex
 
 TRACKS = 5000  # ~1 MiB of paths: far more than a pipe holds, so the writer is still writing when head exits
 

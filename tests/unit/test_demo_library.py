@@ -11,7 +11,7 @@ from pathlib import Path
 import mutagen
 import pytest
 
-from musicfs.demo import (
+from musicfs.commands.demo import (
     BIG_FILE_PATH,
     COVER_FILES,
     FULL_COVERAGE_TRACKS,

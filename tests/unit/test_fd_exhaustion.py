@@ -18,13 +18,13 @@ import pytest
 CHILD = textwrap.dedent(r"""
     import errno, json, logging, os, resource, sys, time
     import pyfuse3, trio
-    from musicfs.cas import CasStore
-    from musicfs.catalog import Catalog, FileRow
-    from musicfs.fuse_ops import MusicOperations
+    from musicfs.cache.cas import CasStore
+    from musicfs.library.catalog import Catalog, FileRow
+    from musicfs.daemon.fuse_ops import MusicOperations
     from musicfs.origins.local import LocalOrigin
     from musicfs.origins.registry import OriginRegistry
-    from musicfs.chunk_cache import ChunkCache
-    from musicfs.reader import FileReader
+    from musicfs.cache.chunk_cache import ChunkCache
+    from musicfs.read.reader import FileReader
     from musicfs_test_utils.fixtures import setup_test_tree
 
     base = sys.argv[1]
@@ -110,7 +110,7 @@ def test_emfile_is_eio_for_that_request_one_log_line_and_full_recovery(tmp_path)
     # ... with exactly one clear log line per failed request
     log = out["exhausted_log"]
     assert len(log) == 2, log
-    assert all(line.startswith("ERROR musicfs.fuse_ops: fuse read:") for line in log), log
+    assert all(line.startswith("ERROR musicfs.daemon.fuse_ops: fuse read:") for line in log), log
     assert "too many open files (EMFILE)" in log[0]  # the cache could not open the chunk file
     assert "Too many open files" in log[1]  # the origin could not open the source file
     assert out["cache_state_while_exhausted"] == "normal"  # running out of fds is not a broken cache disk

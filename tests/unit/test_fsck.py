@@ -19,24 +19,24 @@ from pathlib import Path
 import pytest
 import trio
 
-from musicfs import cli
-from musicfs.cas import chunk_hash
-from musicfs.config import Config
-from musicfs.damage import RunMarker, pid_is_musicfs
-from musicfs.fsck import EXIT_CLEAN, EXIT_ERROR, EXIT_LEFT, EXIT_REPAIRED, run_fsck
-from musicfs.index import SearchIndex
-from musicfs.library import Library
-from musicfs.chunk_cache import ChunkCache
-from musicfs.reader import FileReader
+from musicfs.commands import cli
+from musicfs.cache.cas import chunk_hash
+from musicfs.shared.config import Config
+from musicfs.shared.damage import RunMarker, pid_is_musicfs
+from musicfs.commands.fsck import EXIT_CLEAN, EXIT_ERROR, EXIT_LEFT, EXIT_REPAIRED, run_fsck
+from musicfs.library.search import SearchIndex
+from musicfs.library.storage import Library
+from musicfs.cache.chunk_cache import ChunkCache
+from musicfs.read.reader import FileReader
 from musicfs_test_utils.daemon import wait_until
 
 CHUNK = 64 * 1024
 # what the storage modules log while --repair moves damaged files aside and rebuilds
-QUARANTINED = r"musicfs\.cas: cache: chunk [0-9a-f]{12} failed verification; moved to .*quarantine"
-CAS_INDEX_MOVED = r"musicfs\.cas: cache: index .*index\.db is damaged \(.*\): moved to .*index\.db\.damaged-"
-CAS_INDEX_REBUILT = r"musicfs\.cas: cache: index .*index\.db rebuilt: \d+ chunk files"
-CATALOG_MOVED = r"musicfs\.catalog: catalog .*catalog\.db is damaged \(.*\): moved to .*catalog\.db\.damaged-"
-INDEX_MOVED = r"musicfs\.index: search index .*index is damaged \(.*\): moved to .*index\.damaged-"
+QUARANTINED = r"musicfs\.cache\.cas: cache: chunk [0-9a-f]{12} failed verification; moved to .*quarantine"
+CAS_INDEX_MOVED = r"musicfs\.cache\.cas: cache: index .*index\.db is damaged \(.*\): moved to .*index\.db\.damaged-"
+CAS_INDEX_REBUILT = r"musicfs\.cache\.cas: cache: index .*index\.db rebuilt: \d+ chunk files"
+CATALOG_MOVED = r"musicfs\.library\.catalog: catalog .*catalog\.db is damaged \(.*\): moved to .*catalog\.db\.damaged-"
+INDEX_MOVED = r"musicfs\.library\.search: search index .*index is damaged \(.*\): moved to .*index\.damaged-"
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +208,7 @@ def cli_logging():
     """cli.main installs the daemon's log handler on the root logger: take it away again afterwards."""
     import logging
 
-    from musicfs.logsetup import teardown_logging
+    from musicfs.shared.logsetup import teardown_logging
 
     level = logging.getLogger().level
     yield

@@ -10,8 +10,8 @@ import psutil
 import pyfuse3
 import pytest
 
-from musicfs.fuse_ops import MusicOperations
-from musicfs.tree import ROOT_INO, file_key
+from musicfs.daemon.fuse_ops import MusicOperations
+from musicfs.library.tree import ROOT_INO, file_key
 from musicfs_test_utils.fixtures import make_audio_meta, make_file_meta, setup_test_tree
 
 

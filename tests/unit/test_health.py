@@ -13,7 +13,7 @@ import pytest
 import trio
 import trio.testing
 
-from musicfs.errors import OriginTransient
+from musicfs.shared.errors import OriginTransient
 from musicfs.origins.health import HealthMonitor
 from musicfs.origins.local import LocalOrigin
 from musicfs.origins.registry import HEALTHY, UNHEALTHY, UNKNOWN, OriginRegistry

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from musicfs.catalog import FileRow
+from musicfs.library.catalog import FileRow
 from musicfs.origins.base import FileStat, Identity
 
 

@@ -19,21 +19,21 @@ from pathlib import Path
 
 import pytest
 
-from musicfs import points
-from musicfs.cas import CasStore, chunk_hash
-from musicfs.catalog import Catalog, FileRow, open_checked
-from musicfs.config import Config
-from musicfs.damage import RunMarker
-from musicfs.errors import SearchIndexCorrupt
-from musicfs.index import IndexDoc, SearchIndex, check_files
-from musicfs.library import Library
+from musicfs.shared import points
+from musicfs.cache.cas import CasStore, chunk_hash
+from musicfs.library.catalog import Catalog, FileRow, open_checked
+from musicfs.shared.config import Config
+from musicfs.shared.damage import RunMarker
+from musicfs.shared.errors import SearchIndexCorrupt
+from musicfs.library.search import IndexDoc, SearchIndex, check_files
+from musicfs.library.storage import Library
 
 KB = 1024
-MOVED_CATALOG = r"musicfs\.catalog: catalog .*catalog\.db is damaged \(.*\): moved to .*catalog\.db\.damaged-\d{8}T\d{6}"
-MOVED_INDEX = r"musicfs\.index: search index .*index is damaged \(.*\): moved to .*index\.damaged-\d{8}T\d{6}"
-MOVED_CAS = r"musicfs\.cas: cache: index .*index\.db is damaged \(.*\): moved to .*index\.db\.damaged-\d{8}T\d{6}"
-CAS_REBUILT = r"musicfs\.cas: cache: index .*index\.db rebuilt: \d+ chunk files \(\d+ bytes\) verified and indexed"
-UNCLEAN = r"musicfs\.library: the previous run \(pid \d+\) did not stop cleanly: running full integrity checks"
+MOVED_CATALOG = r"musicfs\.library\.catalog: catalog .*catalog\.db is damaged \(.*\): moved to .*catalog\.db\.damaged-\d{8}T\d{6}"
+MOVED_INDEX = r"musicfs\.library\.search: search index .*index is damaged \(.*\): moved to .*index\.damaged-\d{8}T\d{6}"
+MOVED_CAS = r"musicfs\.cache\.cas: cache: index .*index\.db is damaged \(.*\): moved to .*index\.db\.damaged-\d{8}T\d{6}"
+CAS_REBUILT = r"musicfs\.cache\.cas: cache: index .*index\.db rebuilt: \d+ chunk files \(\d+ bytes\) verified and indexed"
+UNCLEAN = r"musicfs\.library\.storage: the previous run \(pid \d+\) did not stop cleanly: running full integrity checks"
 
 
 def aside(folder: Path, name: str) -> list[Path]:
@@ -152,7 +152,7 @@ def test_the_marker_is_removed_by_a_clean_close_only(cfg):
 
 
 def test_a_catalog_that_cannot_be_opened_for_another_reason_is_refused_not_moved(tmp_path):
-    from musicfs.errors import CatalogError
+    from musicfs.shared.errors import CatalogError
 
     state = tmp_path / "state"
     (state / "catalog.db").mkdir(parents=True)  # not damage: something SQLite cannot open at all
@@ -290,7 +290,7 @@ class _Proxy:
 _CRASH_CHILD = textwrap.dedent("""
     import sys
     from musicfs import failpoints
-    from musicfs.index import IndexDoc, SearchIndex
+    from musicfs.library.search import IndexDoc, SearchIndex
     failpoints.setup_from_env()
     index = SearchIndex(sys.argv[1])
     def docs(word, n):
@@ -329,7 +329,7 @@ def _store_with_chunks(root: Path, n: int = 6) -> list[str]:
 
 
 @pytest.mark.resilience("2.4", "3.5")
-@pytest.mark.expected_log(MOVED_CAS, CAS_REBUILT, r"musicfs\.cas: cache: chunk [0-9a-f]{12} failed verification; "
+@pytest.mark.expected_log(MOVED_CAS, CAS_REBUILT, r"musicfs\.cache\.cas: cache: chunk [0-9a-f]{12} failed verification; "
                                                   r"moved to .*quarantine")
 @pytest.mark.parametrize("damage", ["not a database", "pages scribbled"])
 def test_a_damaged_cache_index_is_moved_aside_and_rebuilt_from_verified_chunk_files(tmp_path, damage):
@@ -366,7 +366,7 @@ def test_a_damaged_cache_index_is_moved_aside_and_rebuilt_from_verified_chunk_fi
 
 
 @pytest.mark.resilience("3.5")
-@pytest.mark.expected_log(r"musicfs\.cas: cache: index .*index\.db is missing; rebuilding it from the chunk files",
+@pytest.mark.expected_log(r"musicfs\.cache\.cas: cache: index .*index\.db is missing; rebuilding it from the chunk files",
                           CAS_REBUILT)
 def test_a_lost_cache_index_is_rebuilt_from_the_chunk_files(tmp_path):
     root = tmp_path / "cache"

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from musicfs.errors import OriginFileChanged, OriginNotFound, OriginPermission, OriginTransient, PathEscape
+from musicfs.shared.errors import OriginFileChanged, OriginNotFound, OriginPermission, OriginTransient, PathEscape
 from musicfs.origins.base import NAME_ESCAPE, FileStat, escape_name, unescape_name
 from musicfs.origins.local import LocalOrigin
 from musicfs_test_utils.assertions import assert_logs

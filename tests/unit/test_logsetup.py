@@ -10,8 +10,8 @@ import threading
 
 import pytest
 
-from musicfs import logsetup
-from musicfs.logsetup import (SUMMARY_ATTR, RateLimitFilter, install_exception_hooks, setup_logging,
+from musicfs.shared import logsetup
+from musicfs.shared.logsetup import (SUMMARY_ATTR, RateLimitFilter, install_exception_hooks, setup_logging,
                               teardown_logging, uninstall_exception_hooks)
 
 

@@ -7,7 +7,7 @@ import ctypes.util
 
 import pytest
 
-from musicfs import memory
+from musicfs.shared import memory
 
 
 @pytest.mark.resilience("6.10")
@@ -16,4 +16,4 @@ def test_arenas_are_capped_and_free_heap_goes_back_on_glibc():
     assert memory.cap_arenas(memory.ARENAS) is True
     blocks = [bytearray(256 << 10) for _ in range(400)]  # 100 MiB in mmap-sized and smaller pieces
     del blocks
-    assert isinstance(memory.trim(), bool)
+    assert isinstance(memory.trim_heap(), bool)

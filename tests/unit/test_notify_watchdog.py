@@ -8,8 +8,8 @@ import threading
 import pytest
 import trio
 
-from musicfs import watchdog as wd
-from musicfs.notify import Notifier, watchdog_interval
+from musicfs.daemon import watchdog as wd
+from musicfs.daemon.notify import Notifier, watchdog_interval
 from musicfs_test_utils.assertions import assert_logs
 from musicfs_test_utils.notify_socket import NotifySocket
 

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from musicfs import cli
-from musicfs.config import load
-from musicfs.errors import ConfigError
+from musicfs.commands import cli
+from musicfs.shared.config import load
+from musicfs.shared.errors import ConfigError
 from musicfs.origins import factory
 from musicfs.origins.factory import open_origin
 from musicfs.origins.s3 import S3Origin

@@ -15,7 +15,7 @@ from typing import Callable
 
 import pytest
 
-from musicfs.errors import OriginFileChanged, OriginNotFound
+from musicfs.shared.errors import OriginFileChanged, OriginNotFound
 from musicfs.origins.base import FileStat, Origin, escape_name
 from musicfs.origins.local import LocalOrigin
 from musicfs.origins.memory import MemoryOrigin, serve

@@ -17,7 +17,7 @@ from paramiko.ssh_exception import (
     SSHException,
 )
 
-from musicfs.errors import (
+from musicfs.shared.errors import (
     OriginError,
     OriginFatal,
     OriginFileChanged,

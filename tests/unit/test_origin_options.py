@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from musicfs import cli
-from musicfs.errors import BadArgument, ConfigError
+from musicfs.commands import cli
+from musicfs.shared.errors import BadArgument, ConfigError
 from musicfs.origins import options
 from musicfs.origins.factory import check_options, open_origin, open_origins
 from musicfs.origins.local import LocalOrigin
@@ -123,7 +123,7 @@ def test_an_sftp_flag_for_an_s3_library_exits_2_naming_the_flag(tmp_path, capsys
 
 
 def test_a_bad_option_is_also_an_origin_fatal_to_code_that_builds_origins_directly():
-    from musicfs.errors import OriginFatal
+    from musicfs.shared.errors import OriginFatal
     from musicfs.origins.s3 import S3Origin
     from musicfs.origins.sftp import SftpOrigin
 

@@ -18,7 +18,7 @@ def _python(code: str) -> subprocess.CompletedProcess:
 def test_every_product_module_but_demo_imports_without_the_demo_extra():
     result = _python(
         "import pkgutil, importlib, musicfs\n"
-        "names = [m.name for m in pkgutil.walk_packages(musicfs.__path__, 'musicfs.') if m.name not in ('musicfs.demo', 'musicfs.__main__')]\n"
+        "names = [m.name for m in pkgutil.walk_packages(musicfs.__path__, 'musicfs.') if m.name not in ('musicfs.commands.demo', 'musicfs.__main__')]\n"
         "for name in names: importlib.import_module(name)\n"
         "print(len(names))\n")
     assert result.returncode == 0, result.stderr
@@ -26,7 +26,7 @@ def test_every_product_module_but_demo_imports_without_the_demo_extra():
 
 
 def test_musicfs_demo_without_the_extra_names_it(tmp_path):
-    result = _python(f"from musicfs.cli import main; sys.exit(main(['demo', {str(tmp_path / 'lib')!r}]))")
+    result = _python(f"from musicfs.commands.cli import main; sys.exit(main(['demo', {str(tmp_path / 'lib')!r}]))")
     assert result.returncode == 1, result.stderr
     assert "pip install 'musicfs[demo]'" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "lib").exists()

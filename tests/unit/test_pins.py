@@ -8,11 +8,11 @@ import dataclasses
 import pytest
 import trio
 
-from musicfs.cas import chunk_hash
-from musicfs.errors import CasError
-from musicfs.catalog import FileRow
-from musicfs.pins import COMPLETE, QUEUED, WAITING, PinError, PinSet, normalise_path, resolve
-from musicfs.tree import FIRST_INO, build_tree
+from musicfs.cache.cas import chunk_hash
+from musicfs.shared.errors import CasError
+from musicfs.library.catalog import FileRow
+from musicfs.library.pins import COMPLETE, QUEUED, WAITING, PinError, PinSet, normalise_path, resolve
+from musicfs.library.tree import FIRST_INO, build_tree
 from musicfs_test_utils.reader_rig import ReaderRig, pattern_bytes
 
 CHUNK = 4096
@@ -185,7 +185,7 @@ async def test_a_pinned_album_that_grows_past_its_share_keeps_what_it_held_and_s
 
 
 @pytest.mark.resilience("6.8")
-@pytest.mark.expected_log(r"musicfs\.cache_health: cache: normal -> unstable \(.*injected")
+@pytest.mark.expected_log(r"musicfs\.cache\.health: cache: normal -> unstable \(.*injected")
 async def test_with_the_cache_in_passthrough_pins_wait_and_resume_when_it_is_back(rig):
     box = [tree_of(rig.catalog)]
     pins = pinset(rig, box)
@@ -219,8 +219,8 @@ async def test_requests_over_the_control_handler(rig):
 
 
 async def test_the_control_socket_answers_requests_and_still_the_status_without_one(tmp_path):
-    from musicfs.control import serve_status
-    from musicfs.status import query_daemon
+    from musicfs.daemon.control import serve_status
+    from musicfs.commands.status import query_daemon
 
     seen = []
 
@@ -240,7 +240,7 @@ async def test_the_control_socket_answers_requests_and_still_the_status_without_
 
 
 def test_cli_pin_outside_a_mount_exits_2_and_pins_without_a_daemon_exits_3(tmp_path, monkeypatch, capsys):
-    from musicfs import cli
+    from musicfs.commands import cli
 
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
     assert cli.main(["pin", str(tmp_path / "elsewhere")]) == 2

@@ -13,11 +13,11 @@ import stat
 
 import pytest
 
-from musicfs import cli
-from musicfs.cas import CasStore
-from musicfs.catalog import open_checked
-from musicfs.damage import PRIVATE_UMASK, private_state
-from musicfs.index import SearchIndex
+from musicfs.commands import cli
+from musicfs.cache.cas import CasStore
+from musicfs.library.catalog import open_checked
+from musicfs.shared.damage import PRIVATE_UMASK, private_state
+from musicfs.library.search import SearchIndex
 
 
 def mode(path) -> int:
@@ -38,7 +38,7 @@ def warnings(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
 
 
-@pytest.mark.expected_log(r"musicfs.damage: private state .*state, .*cache: 3 folders and 3 files were open to other users")
+@pytest.mark.expected_log(r"musicfs.shared.damage: private state .*state, .*cache: 3 folders and 3 files were open to other users")
 def test_open_state_and_cache_are_tightened_with_one_log_line(tmp_path, caplog):
     state, cache, outside = tmp_path / "state", tmp_path / "cache", tmp_path / "outside.txt"
     (state / "index").mkdir(parents=True)

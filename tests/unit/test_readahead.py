@@ -6,7 +6,7 @@ import pytest
 import trio
 import trio.testing
 
-from musicfs.readahead import ReadAhead
+from musicfs.read.readahead import ReadAhead
 
 CHUNK = 1 << 20
 READ = 128 << 10  # FUSE's read size

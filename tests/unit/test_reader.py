@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from musicfs.cas import chunk_hash
-from musicfs.catalog import FileRow
-from musicfs.errors import OriginError, OriginFileChanged, ShortRead
+from musicfs.cache.cas import chunk_hash
+from musicfs.library.catalog import FileRow
+from musicfs.shared.errors import OriginError, OriginFileChanged, ShortRead
 from musicfs.origins.local import LocalOrigin
-from musicfs.reader import FileReader
+from musicfs.read.reader import FileReader
 from musicfs_test_utils.faulty_cas import FaultyCasStore
 from musicfs_test_utils.faulty_origin import Healthy, PartialRead
 from musicfs_test_utils.fixtures import make_library
@@ -139,8 +139,8 @@ async def test_restart_serves_cached_files_without_the_origin(rig):
 
 
 @pytest.mark.resilience("6.4")
-@pytest.mark.expected_log(r"musicfs.cas: cache: chunk \w+ failed verification",
-                          r"musicfs.chunk_cache: cache: chunk \w+ failed verification.*fetching it again")
+@pytest.mark.expected_log(r"musicfs.cache.cas: cache: chunk \w+ failed verification",
+                          r"musicfs.cache.chunk_cache: cache: chunk \w+ failed verification.*fetching it again")
 async def test_corrupt_chunk_is_refetched(rig):
     row = rig.big
     expected = rig.data(row)
@@ -160,7 +160,7 @@ async def test_corrupt_chunk_is_refetched(rig):
 
 
 @pytest.mark.resilience("6.5")
-@pytest.mark.expected_log(r"musicfs.chunk_cache: cache: chunk \w+ is not in the cache; fetching it again")
+@pytest.mark.expected_log(r"musicfs.cache.chunk_cache: cache: chunk \w+ is not in the cache; fetching it again")
 async def test_deleted_chunk_is_refetched(rig):
     row = rig.big
     expected = rig.data(row)
@@ -214,7 +214,7 @@ async def test_file_changed_at_the_origin_never_mixes_bytes(rig):
 
 
 @pytest.mark.resilience("2.8")
-@pytest.mark.expected_log(r"musicfs.chunk_cache: cache: cannot store a chunk of .*serving it uncached")
+@pytest.mark.expected_log(r"musicfs.cache.chunk_cache: cache: cannot store a chunk of .*serving it uncached")
 async def test_full_cache_still_serves_correct_bytes(rig):
     row = rig.big
     faulty = FaultyCasStore(rig.cas)

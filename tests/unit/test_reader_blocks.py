@@ -12,16 +12,16 @@ from pathlib import Path
 import pytest
 import trio
 
-from musicfs.blocks import BLOCK_SIZE, Block, aligned, cover, cut, merge
-from musicfs.catalog import Catalog, FileRow
-from musicfs.errors import OriginFileChanged
-from musicfs.fsck import Fsck
-from musicfs.cas import CasStore
-from musicfs.library import Library
+from musicfs.library.blocks import BLOCK_SIZE, Block, aligned, cover, cut, merge
+from musicfs.library.catalog import Catalog, FileRow
+from musicfs.shared.errors import OriginFileChanged
+from musicfs.commands.fsck import Fsck
+from musicfs.cache.cas import CasStore
+from musicfs.library.storage import Library
 from musicfs.origins.memory import READ, MemoryOrigin, serve
 from musicfs.origins.registry import OriginRegistry
-from musicfs.reader import STREAMING_SOON
-from musicfs.sync import Scanner
+from musicfs.read.reader import STREAMING_SOON
+from musicfs.library.scanner import Scanner
 from musicfs_test_utils.fixtures import make_library
 from musicfs_test_utils.reader_rig import ReaderRig, settle_readahead
 
@@ -187,8 +187,8 @@ async def test_a_changed_file_never_gets_the_old_blocks(rig):
     assert rig.recording.reads == [(BIG, 0, BLOCK_SIZE)]
 
 
-@pytest.mark.expected_log(r"musicfs.cas: cache: chunk \w+ failed verification",
-                          r"musicfs.chunk_cache: cache: chunk \w+ failed verification and was quarantined")
+@pytest.mark.expected_log(r"musicfs.cache.cas: cache: chunk \w+ failed verification",
+                          r"musicfs.cache.chunk_cache: cache: chunk \w+ failed verification and was quarantined")
 async def test_a_corrupt_block_is_quarantined_and_fetched_again(rig):
     row, data = rig.row(BIG), rig.recording.files[BIG]
     assert await read(rig.reader, row, 2 * CHUNK + 10, 100) == data[2 * CHUNK + 10:2 * CHUNK + 110]

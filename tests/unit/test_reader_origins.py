@@ -18,14 +18,14 @@ import pytest
 import trio
 import trio.testing
 
-from musicfs.catalog import FileRow
-from musicfs.errors import OriginFileChanged, OriginOffline
-from musicfs.fuse_ops import MusicOperations
+from musicfs.library.catalog import FileRow
+from musicfs.shared.errors import OriginFileChanged, OriginOffline
+from musicfs.daemon.fuse_ops import MusicOperations
 from musicfs.origins.base import FileStat, Origin
 from musicfs.origins.health import HealthMonitor
 from musicfs.origins.local import LocalOrigin
 from musicfs.origins.registry import HEALTHY
-from musicfs.tree import FIRST_INO, build_tree
+from musicfs.library.tree import FIRST_INO, build_tree
 from musicfs_test_utils.daemon import wait_until
 from musicfs_test_utils.faulty_origin import Healthy, TimeoutMs
 from musicfs_test_utils.reader_rig import ReaderRig, pattern_bytes

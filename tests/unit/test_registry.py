@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from musicfs.errors import (
+from musicfs.shared.errors import (
     OriginError,
     OriginFatal,
     OriginFileChanged,

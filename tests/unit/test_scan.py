@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from musicfs import sync
-from musicfs.demo import COVER_FILES, JUNK_FILES
-from musicfs.cas import CasStore
+from musicfs.library import scanner as sync
+from musicfs.commands.demo import COVER_FILES, JUNK_FILES
+from musicfs.cache.cas import CasStore
 from musicfs.origins.base import unescape_name
 from musicfs.origins.local import LocalOrigin
 from musicfs.origins.registry import OriginRegistry
-from musicfs.sync import Scanner
-from musicfs.chunk_cache import ChunkCache
-from musicfs.reader import FileReader
-from musicfs.tree import FIRST_INO, build_tree
+from musicfs.library.scanner import Scanner
+from musicfs.cache.chunk_cache import ChunkCache
+from musicfs.read.reader import FileReader
+from musicfs.library.tree import FIRST_INO, build_tree
 from musicfs_test_utils.faulty_origin import FaultyOrigin
 from musicfs_test_utils.fixtures import make_library, open_catalog
 from musicfs_test_utils.reader_rig import current_row, read_range
@@ -154,7 +154,7 @@ def test_deleted_file_is_removed_from_catalog_and_tree(lib, cat):
     assert victim.path not in {n.file.path for n in tree_of(cat).walk_files()}
 
 
-@pytest.mark.expected_log(r"musicfs.sync: scan: .* lists no files at all")
+@pytest.mark.expected_log(r"musicfs.library.scanner: scan: .* lists no files at all")
 def test_an_empty_origin_does_not_wipe_the_catalog(lib, cat, tmp_path):
     root, tracks = lib
     scanner(cat, root)[0].scan()

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from musicfs.statefiles import LibraryBusy, LibraryLock
+from musicfs.shared.statefiles import LibraryBusy, LibraryLock
 
 
 def scan(source, state) -> subprocess.CompletedProcess:

@@ -10,11 +10,11 @@ import threading
 import mutagen.id3
 import pytest
 
-from musicfs import tags
-from musicfs.errors import OriginFileChanged
+from musicfs.library import tags
+from musicfs.shared.errors import OriginFileChanged
 from musicfs.origins.local import LocalOrigin
 from musicfs.origins.registry import OriginRegistry
-from musicfs.sync import Scanner
+from musicfs.library.scanner import Scanner
 from musicfs_test_utils.fixtures import make_library, open_catalog
 
 

@@ -11,12 +11,12 @@ import unicodedata
 import pytest
 import tantivy
 
-from musicfs import cli
-from musicfs.config import Config
-from musicfs.errors import SearchIndexError
-from musicfs.index import SCHEMA_VERSION, VERSION_FILE, IndexDoc, SearchIndex, schema_version
-from musicfs.library import Library
-from musicfs.tags import Tags, catalog_fields
+from musicfs.commands import cli
+from musicfs.shared.config import Config
+from musicfs.shared.errors import SearchIndexError
+from musicfs.library.search import SCHEMA_VERSION, VERSION_FILE, IndexDoc, SearchIndex, schema_version
+from musicfs.library.storage import Library
+from musicfs.library.tags import Tags, catalog_fields
 from musicfs_test_utils.fixtures import make_file_meta, make_library, setup_test_tree
 
 
@@ -233,10 +233,10 @@ def test_an_older_index_is_rebuilt_from_the_catalog_at_start_with_one_log_line(t
     lib.close()
     os.rename(tmp_path / "state" / "index", tmp_path / "new-index")
     old_index(tmp_path / "state" / "index")
-    caplog.set_level(logging.INFO, logger="musicfs.index")
+    caplog.set_level(logging.INFO, logger="musicfs.library.search")
     lib = Library.open(cfg, with_cache=False)
     try:
-        lines = [r.getMessage() for r in caplog.records if r.name == "musicfs.index"]
+        lines = [r.getMessage() for r in caplog.records if r.name == "musicfs.library.search"]
         assert len(lines) == 1 and "has schema 1, this version uses 2: rebuilding it from the catalog" in lines[0]
         assert not lib.index.outdated and lib.repairs == []  # not damage: nothing moved aside
         assert not [p for p in os.listdir(tmp_path / "state") if "damaged" in p]
@@ -258,7 +258,7 @@ def test_a_rebuild_of_an_older_index_replaces_it_first(tmp_path):
 
 
 def test_fsck_reports_an_older_index_and_repair_rebuilds_it(tmp_path, capsys):
-    from musicfs.fsck import EXIT_CLEAN, EXIT_LEFT, EXIT_REPAIRED, run_fsck
+    from musicfs.commands.fsck import EXIT_CLEAN, EXIT_LEFT, EXIT_REPAIRED, run_fsck
 
     make_library(tmp_path / "lib", 12)
     cfg = Config(sources=(str(tmp_path / "lib"),), state_dir=str(tmp_path / "state"),

@@ -11,14 +11,14 @@ import os
 
 import pytest
 
-from musicfs.cas import CasStore
-from musicfs.catalog import Catalog, FileRow
-from musicfs.chunk_cache import ChunkCache
+from musicfs.cache.cas import CasStore
+from musicfs.library.catalog import Catalog, FileRow
+from musicfs.cache.chunk_cache import ChunkCache
 from musicfs.origins.base import SETTLE_MARGIN, Identity, settled
 from musicfs.origins.local import LocalOrigin
 from musicfs.origins.memory import MemoryOrigin, serve
 from musicfs.origins.registry import OriginRegistry
-from musicfs.reader import FileReader
+from musicfs.read.reader import FileReader
 from musicfs_test_utils.reader_rig import read_range
 
 CHUNK = 4096

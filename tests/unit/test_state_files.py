@@ -14,10 +14,10 @@ import stat
 import pytest
 import trio
 
-from musicfs.control import SOCKET_NAME, STATE_FILE, serve_status, write_state_file
-from musicfs.damage import RunMarker, clear_odd
-from musicfs.errors import StateError
-from musicfs.status import query_daemon
+from musicfs.daemon.control import SOCKET_NAME, STATE_FILE, serve_status, write_state_file
+from musicfs.shared.damage import RunMarker, clear_odd
+from musicfs.shared.errors import StateError
+from musicfs.commands.status import query_daemon
 from musicfs_test_utils.assertions import assert_logs
 
 
@@ -29,7 +29,7 @@ def warnings(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
 
 
-@pytest.mark.expected_log(r"musicfs.damage: .*daemon\.json is a folder, not a file: moved to .*daemon\.json\.damaged-")
+@pytest.mark.expected_log(r"musicfs.shared.damage: .*daemon\.json is a folder, not a file: moved to .*daemon\.json\.damaged-")
 def test_daemon_json_that_is_a_folder_is_moved_aside(tmp_path, caplog):
     (tmp_path / STATE_FILE).mkdir()
     (tmp_path / STATE_FILE / "inside").write_text("kept")
@@ -108,7 +108,7 @@ def test_clear_odd_leaves_the_right_kind_and_absent_paths_alone(tmp_path):
 def test_status_without_a_daemon_reports_a_folder_at_the_socket_as_a_problem(tmp_path):
     import io
 
-    from musicfs.status import EXIT_NOT_RUNNING, run_status
+    from musicfs.commands.status import EXIT_NOT_RUNNING, run_status
 
     (tmp_path / "index").mkdir()
     (tmp_path / SOCKET_NAME).mkdir()

@@ -1,4 +1,4 @@
-"""musicfs.statefiles: the one library finder, state file names, pid check, read-only SQLite, size formatter."""
+"""musicfs.shared.statefiles: the one library finder, state file names, pid check, read-only SQLite, size formatter."""
 
 from __future__ import annotations
 
@@ -11,14 +11,16 @@ from contextlib import closing
 
 import pytest
 
-from musicfs import control, damage, statefiles
-from musicfs.cas import CasStore, chunk_hash
-from musicfs.statefiles import (NoLibrary, SeveralLibraries, cache_dir_of, find_library, human_size, libraries,
+from musicfs.daemon import control
+
+from musicfs.shared import damage, statefiles
+from musicfs.cache.cas import CasStore, chunk_hash
+from musicfs.shared.statefiles import (NoLibrary, SeveralLibraries, cache_dir_of, find_library, human_size, libraries,
                                 pid_alive, read_daemon_info, ro_connect, ro_uri)
 
 
 def test_importing_it_does_not_import_trio():
-    code = "import sys, musicfs.statefiles; print('trio' in sys.modules)"
+    code = "import sys, musicfs.shared.statefiles; print('trio' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 

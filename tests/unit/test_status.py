@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from musicfs.cas import CasStore
-from musicfs.status import (EXIT_ERROR, EXIT_NOT_RUNNING, EXIT_RUNNING, DaemonUnresponsive, query_daemon,
+from musicfs.cache.cas import CasStore
+from musicfs.commands.status import (EXIT_ERROR, EXIT_NOT_RUNNING, EXIT_RUNNING, DaemonUnresponsive, query_daemon,
                             render_table, status_from_files)
 from musicfs_test_utils.fixtures import make_library
 
@@ -267,7 +267,9 @@ def test_files_that_say_little_still_render(tmp_path):
 
 
 def test_the_names_agree_with_the_daemon_side():
-    from musicfs import control, statefiles, status
+    from musicfs.daemon import control
+    from musicfs.shared import statefiles
+    from musicfs.commands import status
 
     assert (status.SOCKET_NAME, control.SOCKET_NAME, control.STATE_FILE) == \
         (statefiles.SOCKET_NAME, statefiles.SOCKET_NAME, statefiles.STATE_FILE)
@@ -289,7 +291,7 @@ def test_stopped_status_shows_what_quarantine_keeps(stopped_library):
 def test_process_figures_follow_descriptors_and_threads():
     import psutil
 
-    from musicfs.daemon import process_figures
+    from musicfs.daemon.main import process_figures
 
     before = process_figures()
     assert abs(before["rss_bytes"] - psutil.Process().memory_info().rss) < 16 << 20
@@ -329,13 +331,13 @@ def test_credentials_in_a_source_url_are_never_shown(tmp_path):
 async def test_the_daemon_snapshot_is_the_components_statistics_records(small_library, tmp_path):
     from dataclasses import fields
 
-    from musicfs.build import build
-    from musicfs.chunk_cache import CacheStatistics
-    from musicfs.config import Config
-    from musicfs.daemon import Daemon
-    from musicfs.fuse_ops import MusicOperations
-    from musicfs.library import Library
-    from musicfs.notify import Notifier
+    from musicfs.daemon.build import build
+    from musicfs.cache.chunk_cache import CacheStatistics
+    from musicfs.shared.config import Config
+    from musicfs.daemon.main import Daemon
+    from musicfs.daemon.fuse_ops import MusicOperations
+    from musicfs.library.storage import Library
+    from musicfs.daemon.notify import Notifier
 
     cfg = Config(sources=(str(small_library[0]),), state_dir=str(tmp_path / "state"),
                  cache_dir=str(tmp_path / "cache")).resolved()

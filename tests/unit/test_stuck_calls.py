@@ -12,7 +12,7 @@ import threading
 import pytest
 import trio
 
-from musicfs.errors import OriginOffline
+from musicfs.shared.errors import OriginOffline
 from musicfs.origins.memory import READ, MemoryOrigin, serve
 from musicfs.origins.registry import HEALTHY, STUCK_LIMIT, UNHEALTHY, OriginRegistry
 

@@ -6,7 +6,7 @@ import pytest
 import trio
 import trio.testing
 
-from musicfs.supervisor import TaskSupervisor
+from musicfs.daemon.supervisor import TaskSupervisor
 
 
 @pytest.mark.resilience("2.6")

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from musicfs.catalog import FileRow
-from musicfs.tree import FIRST_INO, clean_name, NAME_MAX, ROOT_INO, VirtualTree, build_tree, plan_paths
+from musicfs.library.catalog import FileRow
+from musicfs.library.tree import FIRST_INO, clean_name, NAME_MAX, ROOT_INO, VirtualTree, build_tree, plan_paths
 from musicfs_test_utils.fixtures import counting_assigner, make_audio_meta, make_file_meta, open_catalog, setup_test_tree
 
 

@@ -12,13 +12,13 @@ import sys
 
 import pytest
 
-from musicfs.catalog import FileRow
-from musicfs.damage import RunMarker
-from musicfs.library import Library
-from musicfs.tree import SNAPSHOT_NAME, VirtualTree
+from musicfs.library.catalog import FileRow
+from musicfs.shared.damage import RunMarker
+from musicfs.library.storage import Library
+from musicfs.library.tree import SNAPSHOT_NAME, VirtualTree
 from musicfs_test_utils.large import large_config, synthetic_rows
 
-DAMAGED = r"musicfs\.tree: tree snapshot .* is damaged \(.*\): ignored; building the tree from the catalog"
+DAMAGED = r"musicfs\.library\.tree: tree snapshot .* is damaged \(.*\): ignored; building the tree from the catalog"
 UNCLEAN = r"did not stop cleanly"
 
 
@@ -140,10 +140,10 @@ def test_a_damaged_snapshot_is_ignored_with_one_log_line_and_rebuilt(cfg, caplog
     open(path, "wb").write(raw)
 
     lib = Library.open(cfg)
-    with caplog.at_level(logging.INFO, logger="musicfs.tree"):
+    with caplog.at_level(logging.INFO, logger="musicfs.library.tree"):
         tree = lib.build_tree()
     assert not lib.tree_from_snapshot and shape(tree) == good
-    lines = [r for r in caplog.records if r.name == "musicfs.tree"]
+    lines = [r for r in caplog.records if r.name == "musicfs.library.tree"]
     assert len(lines) == 1 and lines[0].levelno == logging.WARNING, [r.getMessage() for r in lines]
     lib.close()
     lib = Library.open(cfg)
@@ -152,7 +152,7 @@ def test_a_damaged_snapshot_is_ignored_with_one_log_line_and_rebuilt(cfg, caplog
 
 
 def test_a_snapshot_of_other_tree_rules_is_not_used(cfg, monkeypatch):
-    from musicfs import tree as tree_mod
+    from musicfs.library import tree as tree_mod
     lib = Library.open(cfg)
     lib.build_tree()
     lib.close()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from musicfs.config import Config
+from musicfs.shared.config import Config
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "dist" / "musicfs.service"

@@ -1,0 +1,130 @@
+"""Mount table reading and stale FUSE mount cleanup (a killed daemon leaves ENOTCONN behind)."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import subprocess
+
+from ..shared import MusicFSError
+
+log = logging.getLogger(__name__)
+
+
+def _unescape(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def mount_entry(path: str, mountinfo: str = "/proc/self/mountinfo") -> dict | None:
+    """The mountinfo entry for `path` (last one wins: stacked mounts), or None."""
+    target = os.path.abspath(path)
+    found = None
+    with open(mountinfo, encoding="utf-8", errors="surrogateescape") as fh:
+        for line in fh:
+            left, _, right = line.partition(" - ")
+            fields = left.split()
+            if len(fields) >= 5 and _unescape(fields[4]) == target:
+                rfields = right.split()
+                found = {"fstype": rfields[0] if rfields else "", "source": rfields[1] if len(rfields) > 1 else ""}
+    return found
+
+
+def is_stale(path: str) -> bool:
+    """True when `path` is a FUSE mount whose daemon is gone (ENOTCONN)."""
+    try:
+        os.statvfs(path)
+        return False
+    except OSError as exc:
+        return exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)
+
+
+def unmount(path: str, lazy: bool = False) -> bool:
+    args = ["fusermount3", "-u"] + (["-z"] if lazy else []) + ["-q", path]
+    try:
+        return subprocess.run(args, capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+class MountpointBusy(MusicFSError):
+    """Something alive is already mounted there."""
+
+
+def check_mountpoint(mountpoint: str, sources, allow_non_empty: bool = False) -> None:
+    """Refuse, before anything is written, a MOUNTPOINT that is a local SOURCE, inside one (a rescan would walk
+    the mount itself) or holds one (the tree would list its own origin), and a folder that already holds files
+    (mounting over it hides them) unless `allow_non_empty`. Paths are compared as realpaths. BadArgument (exit 2).
+    """
+    from ..shared import BadArgument
+
+    mnt = os.path.realpath(mountpoint)
+    for source in sources:
+        if "://" in source:
+            continue
+        src = os.path.realpath(source)
+        if mnt == src:
+            raise BadArgument("MOUNTPOINT", f"{mountpoint} is the source {source}: mount the library somewhere else")
+        if _inside(mnt, src):
+            raise BadArgument("MOUNTPOINT", f"{mountpoint} is inside the source {source}: the library would "
+                                            "contain its own mount; mount it outside the source")
+        if _inside(src, mnt):
+            raise BadArgument("MOUNTPOINT", f"the source {source} is inside {mountpoint}: the mount would hide "
+                                            "its own origin; mount it somewhere else")
+    if os.path.exists(mountpoint) and not os.path.isdir(mountpoint):
+        raise BadArgument("MOUNTPOINT", f"{mountpoint} is not a folder")
+    if allow_non_empty or mount_entry(mountpoint) is not None:
+        return  # a mount there (live or stale) is for prepare_mountpoint: refused or cleaned
+    try:
+        with os.scandir(mountpoint) as entries:
+            first = next(entries, None)
+    except FileNotFoundError:
+        return  # created at start
+    except OSError as exc:
+        raise BadArgument("MOUNTPOINT", f"cannot list {mountpoint}: {exc.strerror or exc}") from exc
+    if first is not None:
+        raise BadArgument("MOUNTPOINT", f"{mountpoint} is not empty (it holds {first.name!r}, which the mount "
+                                        "would hide); empty it, pick another folder or pass --allow-non-empty")
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path != folder and path.startswith(folder.rstrip("/") + "/")
+
+
+def prepare_mountpoint(path: str) -> list[str]:
+    """Clean a stale FUSE mount; refuse a live one; create the mountpoint (and missing parents) when missing.
+
+    Returns the folders it created, deepest first, for `remove_created` at stop (empty when it existed)."""
+    entry = mount_entry(path)
+    if entry is not None:
+        if not is_stale(path):
+            raise MountpointBusy(f"{path} is already mounted ({entry['fstype']} from {entry['source']}); "
+                                 "unmount it first or pick another mountpoint")
+        log.warning("cleaning a stale mount left on %s by a daemon that died", path)
+        if not unmount(path) and not unmount(path, lazy=True):
+            raise MountpointBusy(f"{path} holds a stale mount that fusermount3 could not remove")
+    created = []
+    folder = os.path.abspath(path)
+    while not os.path.lexists(folder):
+        created.append(folder)
+        folder = os.path.dirname(folder)
+    if created:
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as exc:
+            raise MountpointBusy(f"cannot create the mountpoint {path}: {exc.strerror or exc}") from exc
+        log.info("created the mountpoint %s (it is removed again at stop)", path)
+    return created
+
+
+def remove_created(created: list[str]) -> None:
+    """Remove the folders prepare_mountpoint created (deepest first), each only while it is empty."""
+    for folder in created:
+        try:
+            os.rmdir(folder)
+        except OSError as exc:
+            log.info("left the mountpoint folder %s in place: %s", folder, exc.strerror or exc)
+            return
+    if created:
+        log.info("removed the mountpoint %s, which musicfs had created", created[0])

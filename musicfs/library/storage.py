@@ -1,0 +1,158 @@
+"""Library: the storage pieces of one library (origins, catalog, cache, index) opened together.
+
+Opening checks them (row 2.4). `<state>/running.json` is written at open and removed by a clean close;
+found at open with a dead owner, the last run stopped uncleanly and the checks are full ones:
+
+- catalog: quick_check (integrity_check after an unclean stop); damaged -> moved aside, a new one is
+  filled by rescanning the origins (the daemon scans before mounting when the catalog was never scanned);
+- search index: every segment file checked against its checksum; damaged or without meta.json -> moved
+  aside, a new one is rebuilt from the catalog (the daemon reindexes when the counts differ);
+- cache index: quick_check (integrity_check after an unclean stop); damaged or lost -> moved aside and
+  rebuilt from the chunk files, each verified (see cas.py).
+Each of these says in the log exactly what it found and where the damaged file went.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from dataclasses import dataclass, field
+
+from ..cache import CasStore
+from ..origins import OriginRegistry, open_origins
+from ..shared import Config, MusicFSError, RunMarker, SearchIndexCorrupt
+from . import blocks
+from .catalog import Catalog, FileRow, make_state_dir, open_checked
+from .scanner import Scanner, ScanResult, restore_identities
+from .search import IndexDoc, SearchIndex
+from .tree import FIRST_INO, SNAPSHOT_NAME, VirtualTree, build_tree, load_snapshot, save_snapshot
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Library:
+    cfg: Config
+    catalog: Catalog
+    registry: OriginRegistry
+    index: SearchIndex
+    cas: CasStore | None = None
+    marker: RunMarker | None = None
+    repairs: list[str] = field(default_factory=list)  # what opening had to repair, for status and tests
+    unclean: bool = False  # the previous run did not stop cleanly: full checks, no tree snapshot
+    tree_from_snapshot: bool = False  # how the last build_tree got its tree (for tests)
+    trees_built: int = 0
+
+    @classmethod
+    def open(cls, cfg: Config, with_cache: bool = True) -> "Library":
+        make_state_dir(cfg.state_dir)
+        marker = RunMarker(cfg.state_dir)
+        previous = marker.begin()
+        unclean = previous is not None
+        if unclean:
+            log.warning("the previous run (pid %s) did not stop cleanly: running full integrity checks of the "
+                        "catalog and the cache index", previous.get("pid"))
+        repairs = []
+        origins = open_origins(cfg.sources, cfg.origin_options)
+        catalog, damage = open_checked(cfg.state_dir, full=unclean)
+        if damage:
+            repairs.append(f"catalog: {damage}")
+        if catalog.set_chunk_size(cfg.chunk_size):
+            log.info("chunk size is now %d bytes: cached manifests dropped; chunks are fetched again", cfg.chunk_size)
+        index = SearchIndex.open_with_recovery(os.path.join(cfg.state_dir, "index"))
+        if index.recovered:
+            repairs.append(f"search index: {index.recovered}")
+        cas = None
+        if with_cache:
+            # a clean start leaves comparing the index with the chunk files to the cache task (after READY);
+            # after an unclean stop it is done here, sizes included
+            cas = CasStore(cfg.cache_dir, cfg.cache_size, full_check=unclean, reconcile_later=not unclean)
+            if cas.last_rebuild is not None:
+                repairs.append(f"cache index: {cas.last_rebuild.summary()}")
+        registry = OriginRegistry(origins, grace=cfg.failover_grace)
+        restore_identities(catalog, registry)
+        return cls(cfg, catalog, registry, index, cas, marker, repairs, unclean=unclean)
+
+    @property
+    def ever_scanned(self) -> bool:
+        return "completed_at" in self.catalog.scan_state()
+
+    def scan(self, on_progress=None, should_stop=lambda: False) -> ScanResult:
+        # What the scan read for tags is kept as blocks, for small reads; with chunks no bigger than a block,
+        # small reads fetch whole chunks and blocks would never be read.
+        begun = self.registry.wall_clock()  # no tag read of this scan started earlier (racy versions)
+        keep = (functools.partial(self.keep_scan_blocks, begun)
+                if self.cas is not None and blocks.BLOCK_SIZE < self.cfg.chunk_size else None)
+        result = Scanner(self.catalog, self.registry, on_progress=on_progress, should_stop=should_stop,
+                         include_hidden=self.cfg.include_hidden, on_fetched=keep).scan()
+        log.info("scan of %s: %s", ", ".join(self.cfg.sources), result.summary())
+        return result
+
+    @property
+    def snapshot_path(self) -> str:
+        return os.path.join(self.cfg.state_dir, SNAPSHOT_NAME)
+
+    def keep_scan_blocks(self, begun: float, pairs: list[tuple[FileRow, list[tuple[int, bytes]]]]) -> None:
+        """Keep what a scan read for tags as blocks (blocks.py): into the CAS by hash, recorded in the catalog
+        for the version of the file that was read (ignored if it changed since), unless that version was racy
+        when the scan `begun` (it was seen only by this scan: only an origin whose clock is ours can say it is
+        settled). Runs in the scan's thread; a cache that cannot take them (unavailable, full, failing) is
+        skipped: later reads fetch them again."""
+        if self.cas is None or not self.cas.available:
+            return
+        for row, fetched in pairs:
+            if not self.registry.settled(row.identity, seen=self.registry.wall_clock(), started=begun):
+                continue
+            try:
+                kept = [(off, len(data), self.cas.put(data)) for off, data in blocks.cut(fetched)]
+                self.catalog.add_blocks_by_path(row.path, row.ident, kept)
+            except (MusicFSError, OSError) as exc:
+                log.info("scan: not keeping the blocks read for %s's tags: %s", row.path, exc)
+                return
+
+    def build_tree(self) -> VirtualTree:
+        """The tree of the catalog as it is now: loaded from the snapshot saved for exactly this catalog
+        generation (tree.py), else built from the catalog and saved as the new snapshot. After an unclean
+        stop the tree is always built from the catalog."""
+        generation = self.catalog.generation()
+        if not self.unclean and generation:
+            tree = load_snapshot(self.snapshot_path, generation, freeze=not self.trees_built)
+            self.trees_built += 1
+            if tree is not None:
+                self.tree_from_snapshot = True
+                return tree
+        self.tree_from_snapshot = False
+        self.trees_built += 1
+        generation, files, inodes = self.catalog.tree_inputs()
+        seen: list[str] = []  # the generation before and after assigning new inode numbers
+        tree = build_tree(files, inodes, lambda keys: self.catalog.add_inodes(keys, FIRST_INO, seen))
+        if seen:  # our own write changed the generation; anyone else's in between means: do not save
+            generation = seen[1] if seen[0] == generation else ""
+        if generation:
+            save_snapshot(self.snapshot_path, tree, generation)
+        return tree
+
+    def reindex(self, tree: VirtualTree) -> int:
+        """Rebuild the search index from the tree. A damaged index (a tantivy panic, a bad file) is moved
+        aside and rebuilt once more from scratch."""
+        try:
+            return self.index.rebuild(index_docs(tree))
+        except SearchIndexCorrupt as exc:
+            self.index = SearchIndex.recreate(self.index.path, str(exc))
+            return self.index.rebuild(index_docs(tree))
+
+    def close(self) -> None:
+        if self.cas is not None:
+            self.cas.close()
+        self.catalog.close()
+        self.registry.close()
+        if self.marker is not None:
+            self.marker.end()  # a clean stop: the next start runs the quick checks only
+
+
+def index_docs(tree: VirtualTree):
+    return (IndexDoc(n.ino, tree.path(n.ino), n.file.artist or "", n.file.album or "", n.file.title or "",
+                     n.file.genre or "", n.file.duration)
+            for n in tree.walk_files() if n.file and n.file.kind == "track")
+

@@ -1,0 +1,59 @@
+"""docs/architecture.md's layout holds: packages with public faces, directions kept (the import-linter contracts
+in pyproject.toml), no import cycle anywhere (imports inside functions included), a short top level."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import grimp
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "musicfs"
+
+
+def test_the_import_contracts_are_kept():
+    lint = shutil.which("lint-imports") or str(Path(sys.executable).with_name("lint-imports"))
+    done = subprocess.run([lint], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_no_module_imports_itself_back_through_others():
+    graph = grimp.build_graph("musicfs")
+    modules = sorted(graph.modules)
+    state: dict[str, int] = {}
+    cycles: list[list[str]] = []
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        path.append(module)
+        for imported in sorted(graph.find_modules_directly_imported_by(module)):
+            if state.get(imported) == 1:
+                cycles.append(path[path.index(imported):] + [imported])
+            elif imported not in state:
+                visit(imported, path)
+        path.pop()
+        state[module] = 2
+
+    for module in modules:
+        if module not in state:
+            visit(module, [])
+    assert not cycles, "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_the_top_level_is_packages_and_at_most_ten_entries():
+    entries = sorted(p.name for p in PACKAGE.iterdir() if p.name != "__pycache__")
+    assert len(entries) <= 10, entries
+    for package in (p for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"):
+        doc = (package / "__init__.py").read_text().split('"""')[1]
+        assert doc.strip(), f"{package.name}/__init__.py says in a line what the package is"
+
+
+@pytest.mark.parametrize("package", ["shared", "origins", "cache", "library", "read", "daemon", "commands"])
+def test_every_name_a_face_exports_is_defined_where_it_says(package):
+    face = __import__(f"musicfs.{package}", fromlist=["_EXPORTS"])
+    for name in face.__all__:
+        assert getattr(face, name) is not None
