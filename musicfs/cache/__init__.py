@@ -1,28 +1,9 @@
-"""The verified chunk store on local disk: files named by hash, index, quota and eviction, health, and the reader's facade.
+"""The verified chunk store on local disk: files named by hash, index, quota and eviction, health, and the reader's facade."""
 
-Its public face: what other packages may import from it (`from musicfs.<package> import Name`); its
-modules are loaded when a name is first used (PEP 562), so importing one module of the package costs
-only that module."""
+from .. import public_face
 
-from __future__ import annotations
-
-import importlib
-from typing import TYPE_CHECKING
-
-_EXPORTS = {  # name -> the module of this package that defines it
-    "CasStore": "cas", "INDEX_NAME": "cas",
-    "CacheStatistics": "chunk_cache", "ChunkCache": "chunk_cache",
-}
-__all__ = sorted(_EXPORTS)
-
-if TYPE_CHECKING:
-    from .cas import INDEX_NAME, CasStore
-    from .chunk_cache import CacheStatistics, ChunkCache
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
+# what other packages may import, by the module of this package that defines it
+__getattr__, __all__ = public_face(__name__, {
+    "cas": ["CasStore", "INDEX_NAME"],
+    "chunk_cache": ["CacheStatistics", "ChunkCache"],
+})

@@ -1,26 +1,8 @@
-"""The command line: mount, scan, search, status, fsck, pin/unpin/pins, demo.
+"""The command line: mount, scan, search, status, fsck, pin/unpin/pins, demo."""
 
-Its public face: what other packages may import from it (`from musicfs.<package> import Name`); its
-modules are loaded when a name is first used (PEP 562), so importing one module of the package costs
-only that module."""
+from .. import public_face
 
-from __future__ import annotations
-
-import importlib
-from typing import TYPE_CHECKING
-
-_EXPORTS = {  # name -> the module of this package that defines it
-    "main": "cli",
-}
-__all__ = sorted(_EXPORTS)
-
-if TYPE_CHECKING:
-    from .cli import main
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
+# what other packages may import, by the module of this package that defines it
+__getattr__, __all__ = public_face(__name__, {
+    "cli": ["main"],
+})

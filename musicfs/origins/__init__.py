@@ -1,32 +1,11 @@
-"""Origins: where the library's files really live.
+"""Origins: where the library's files really live."""
 
-Its public face: what other packages may import from it (`from musicfs.<package> import Name`); its
-modules are loaded when a name is first used (PEP 562), so importing one module of the package costs
-only that module."""
+from .. import public_face
 
-from __future__ import annotations
-
-import importlib
-from typing import TYPE_CHECKING
-
-_EXPORTS = {  # name -> the module of this package that defines it
-    "FileStat": "base", "Identity": "base", "Origin": "base", "unescape_name": "base",
-    "check_options": "factory", "open_origins": "factory",
-    "HealthMonitor": "health",
-    "OriginRegistry": "registry", "OriginStatistics": "registry", "RegistryStream": "registry",
-}
-__all__ = sorted(_EXPORTS)
-
-if TYPE_CHECKING:
-    from .base import FileStat, Identity, Origin, unescape_name
-    from .factory import check_options, open_origins
-    from .health import HealthMonitor
-    from .registry import OriginRegistry, OriginStatistics, RegistryStream
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
+# what other packages may import, by the module of this package that defines it
+__getattr__, __all__ = public_face(__name__, {
+    "base": ["FileStat", "Identity", "Origin", "unescape_name"],
+    "factory": ["check_options", "open_origins"],
+    "health": ["HealthMonitor"],
+    "registry": ["OriginRegistry", "OriginStatistics", "RegistryStream"],
+})
