@@ -4,6 +4,9 @@ from .. import public_face
 
 # what other packages may import, by the module of this package that defines it
 __getattr__, __all__ = public_face(__name__, {
-    "cas": ["CasStore", "INDEX_NAME"],
+    "cas": ["CasStore"],
+    "index": ["INDEX_NAME"],
+    "outside": ["CacheUsage", "cache_usage", "index_file", "indexed_chunks", "quarantine_stray", "quarantine_usage",
+                "temp_leftovers"],
     "chunk_cache": ["CacheStatistics", "ChunkCache"],
 })

@@ -21,14 +21,14 @@ still wrong. Exit status, as e2fsck: 0 clean, 1 problems found and all repaired,
 from __future__ import annotations
 
 import os
-import sqlite3
 import sys
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from ..cache import INDEX_NAME, CasStore
+from ..cache import CasStore, index_file, indexed_chunks, quarantine_stray, quarantine_usage, temp_leftovers
 from ..library import CATALOG_NAME, FIRST_INO, Catalog, SearchIndex, build_tree, check_files, open_checked
 from ..shared import (
+    CasIndexError,
     CatalogCorrupt,
     CatalogError,
     LibraryNotFound,
@@ -39,9 +39,6 @@ from ..shared import (
     cache_dir_of,
     find_library,
     human_size,
-    ro_connect,
-    sqlite_corruption,
-    stamp,
 )
 
 EXIT_CLEAN, EXIT_REPAIRED, EXIT_LEFT, EXIT_ERROR = 0, 1, 4, 8
@@ -179,8 +176,8 @@ class Fsck:
         if not os.path.isdir(root):
             report.notes["cache"] = "none yet"
             return {}
-        index = os.path.join(root, INDEX_NAME)
-        rows = self._read_cache_index(report, index) if os.path.exists(index) else {}
+        index = index_file(root)
+        rows = self._read_cache_index(report, root)
         good = self._verify_chunk_files(report)
         if not os.path.exists(index) and good:
             report.cache_index_damaged = True
@@ -192,31 +189,22 @@ class Fsck:
             report.add("cache", "chunk-stray", f"{path} is not a chunk file (bad name or folder)")
         if not report.cache_index_damaged:
             _compare_index_with_files(report, rows, good)
-        tmp = os.path.join(root, "tmp")
-        leftovers = os.listdir(tmp) if os.path.isdir(tmp) else []
+        leftovers = temp_leftovers(root)
         if leftovers:
-            report.add("cache", "temp-leftover", f"{len(leftovers)} half-written temp files in {tmp}")
+            report.add("cache", "temp-leftover", f"{len(leftovers)} half-written temp files in "
+                                                 f"{os.path.dirname(leftovers[0])}")
         report.notes["cache"] = _cache_note(root, good)
         return good
 
-    def _read_cache_index(self, report: Report, index: str) -> dict[str, int]:
+    def _read_cache_index(self, report: Report, root: str) -> dict[str, int]:
         """hash -> size as the cache index records it; {} (and a problem) when the index is damaged."""
-        rows: dict[str, int] = {}
         try:
-            db = ro_connect(index)
-            try:
-                problems = [r[0] for r in db.execute("PRAGMA integrity_check") if r[0] != "ok"]
-                if not problems:
-                    rows = dict(db.execute("SELECT hash, size FROM chunks"))
-            finally:
-                db.close()
-        except sqlite3.DatabaseError as exc:
-            if not sqlite_corruption(exc) and "no such table" not in str(exc):
-                raise FsckError(f"cannot check the cache index {index}: {exc}") from exc
-            problems = [str(exc)]
+            rows, problems = indexed_chunks(root)
+        except CasIndexError as exc:
+            raise FsckError(str(exc)) from exc
         if problems:
             report.cache_index_damaged = True
-            report.add("cache", "cache-index-damaged", f"{index} is damaged: " + "; ".join(problems[:3]))
+            report.add("cache", "cache-index-damaged", f"{index_file(root)} is damaged: " + "; ".join(problems[:3]))
         return rows
 
     def _verify_chunk_files(self, report: Report) -> dict[str, int]:
@@ -343,11 +331,8 @@ class Fsck:
 
     def _repair_cache(self, report: Report) -> list[str]:
         done = []
-        quarantine = os.path.join(self.cache_dir, "quarantine")
         for path in report.strays:
-            os.makedirs(quarantine, exist_ok=True)
-            dest = os.path.join(quarantine, f"{os.path.basename(path)}.stray-{stamp()}")
-            os.rename(path, dest)
+            dest = quarantine_stray(self.cache_dir, path)
             done.append(f"cache: moved {path} (not a chunk file) to {dest}")
         # opening with full checks moves a damaged index aside and rebuilds it from the (verified) chunk
         # files, adopts verified orphans, drops rows without a file, fixes sizes, removes temp leftovers
@@ -361,7 +346,7 @@ class Fsck:
                 if os.path.exists(store.chunk_path(digest)):
                     store.quarantine(digest)
                 if not os.path.exists(store.chunk_path(digest)):
-                    done.append(f"cache: chunk {digest[:16]}… failed verification; moved to {quarantine} "
+                    done.append(f"cache: chunk {digest[:16]}… failed verification; moved to quarantine "
                                 f"(fetched again from the origin when next read)")
             if {"chunk-unindexed", "index-dangling", "index-wrong-size"} & report.kinds():
                 done.append("cache: index reconciled with the chunk files (orphans verified and adopted, rows "
@@ -405,12 +390,10 @@ def _compare_index_with_files(report: Report, rows: dict[str, int], good: dict[s
 
 def _cache_note(root: str, good: dict[str, int]) -> str:
     """The cache line of the report: what was verified, and what quarantine keeps."""
-    quarantine = os.path.join(root, "quarantine")
-    kept = os.listdir(quarantine) if os.path.isdir(quarantine) else []
+    kept, files = quarantine_usage(root)
     note = f"{len(good)} chunks ({human_size(sum(good.values()))}), every one verified against its hash"
-    if kept:
-        size = sum(os.path.getsize(os.path.join(quarantine, k)) for k in kept)
-        note += f"; quarantine keeps {len(kept)} damaged files ({human_size(size)}) for inspection"
+    if files:
+        note += f"; quarantine keeps {files} damaged files ({human_size(kept)}) for inspection"
     return note
 
 

@@ -22,8 +22,10 @@ from contextlib import closing
 from pathlib import Path
 
 from .. import __version__
+from ..cache import cache_usage
 from ..shared import (
     SOCKET_NAME,
+    CasIndexError,
     MusicFSError,
     human_size,
     libraries,
@@ -211,33 +213,14 @@ def _add_cache_usage(doc: dict) -> None:
     cache_dir = doc["cache"]["dir"]
     if not (isinstance(cache_dir, str) and cache_dir):
         return
-    index = os.path.join(cache_dir, "index.db")
     try:
-        with closing(ro_connect(index)) as db:
-            used, chunks = db.execute("SELECT coalesce(sum(size), 0), count(*) FROM chunks").fetchone()
-        doc["cache"]["used_bytes"], doc["cache"]["chunks"] = int(used), int(chunks)
-        doc["cache"]["quarantine_bytes"], doc["cache"]["quarantine_files"] = _folder_usage(
-            os.path.join(cache_dir, "quarantine"))
-    except FileNotFoundError:
-        doc["cache"]["used_bytes"], doc["cache"]["chunks"] = 0, 0  # nothing cached yet
-    except sqlite3.Error as exc:
-        doc["problems"].append(f"cache index {index}: {exc}")
-
-
-def _folder_usage(folder: str) -> tuple[int, int]:
-    """(bytes, files) of the regular files in `folder`; (0, 0) when it cannot be listed."""
-    size = files = 0
-    try:
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                try:
-                    if entry.is_file(follow_symlinks=False):
-                        size, files = size + entry.stat(follow_symlinks=False).st_size, files + 1
-                except OSError:
-                    continue
-    except OSError:
-        pass
-    return size, files
+        held = cache_usage(cache_dir)
+    except CasIndexError as exc:
+        doc["problems"].append(str(exc))
+        return
+    doc["cache"].update(used_bytes=held.used_bytes, chunks=held.chunks)
+    if held.indexed:
+        doc["cache"].update(quarantine_bytes=held.quarantine_bytes, quarantine_files=held.quarantine_files)
 
 
 def _add_process_state(doc: dict, pid) -> None:

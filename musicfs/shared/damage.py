@@ -13,8 +13,8 @@ import stat
 import struct
 import time
 
-from .statefiles import RUNNING_FILE, ro_uri
-from .statefiles import pid_alive as pid_is_musicfs  # noqa: F401 - ro_uri: storage modules read it from here
+from .statefiles import RUNNING_FILE, ro_uri  # noqa: F401 - ro_uri: storage modules read it from here
+from .statefiles import pid_alive as pid_is_musicfs
 
 log = logging.getLogger(__name__)
 

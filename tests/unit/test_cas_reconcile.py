@@ -19,6 +19,7 @@ import pytest
 import trio
 
 from musicfs.cache import cas as cas_module
+from musicfs.cache import repair as repair_module
 from musicfs.cache.cas import CasStore, chunk_hash
 from musicfs.cache.chunk_cache import ChunkCache
 from musicfs.shared.config import Config
@@ -195,13 +196,13 @@ def test_a_put_racing_the_reconciliation_is_never_taken_for_an_orphan(tmp_path, 
         real_index(digest, size)
 
     monkeypatch.setattr(store, "_index_new_chunk", index_new_chunk)
-    real_scan = cas_module.scan_chunk_sizes
+    real_scan = repair_module.scan_chunk_sizes
 
     def scan(root):  # the reconciler: index snapshot taken; list the disk once both files are there
         written.wait()
         return list(real_scan(root))
 
-    monkeypatch.setattr(cas_module, "scan_chunk_sizes", scan)
+    monkeypatch.setattr(repair_module, "scan_chunk_sizes", scan)
     errors = []
 
     def put(data):
