@@ -193,7 +193,7 @@ class ReaderRig:
 
     def manifest(self, row: FileRow | str) -> dict[int, str]:
         row = self.rows[row] if isinstance(row, str) else row
-        return self.catalog.manifest(row.id, row.ident)
+        return self.catalog.manifest(row.version)
 
     def chunks(self, path: str) -> list[str]:
         """The digests of files[path], chunk by chunk."""

@@ -71,6 +71,15 @@ INSERT OR IGNORE INTO meta VALUES('generation', lower(hex(randomblob(8))));
 VERSION_SEP = "\0"  # never in a path: ends a file's inode key, before the content identity it stands for
 
 
+@dataclass(frozen=True, slots=True)
+class FileVersion:
+    """One version of one catalog file: its row id and its identity key (`Identity.key`). It keys manifests,
+    blocks, open files, loads in flight and protection: a changed file is another version, never mixed."""
+
+    file_id: int
+    ident: str
+
+
 @dataclass(frozen=True)
 class FileRow:
     """One origin file as the catalog knows it. kind: track | cover | junk (unreadable)."""
@@ -100,6 +109,10 @@ class FileRow:
         """The origin identity that keys this file's manifest (`Identity.key`, spelled out: the tree
         computes it for every file at start)."""
         return f"{self.size}:{self.mtime_ns}:{self.etag}"
+
+    @property
+    def version(self) -> FileVersion:
+        return FileVersion(self.id, self.ident)
 
     def stat(self) -> FileStat:
         """The catalog's identity of this file, as the `expect` of an origin read."""
@@ -306,23 +319,25 @@ class Catalog:
 
         self._transaction(work)
 
-    def version_seen(self, file_id: int, ident: str) -> float:
-        """When the catalog first recorded version `ident` of the file (wall time); now if it holds another."""
-        rows = self._run("SELECT seen FROM files f WHERE id = ? AND " + _FILE_KEY_SQL + " = ?", (file_id, ident))
+    def version_seen(self, version: FileVersion) -> float:
+        """When the catalog first recorded `version` of its file (wall time); now if it holds another."""
+        rows = self._run("SELECT seen FROM files f WHERE id = ? AND " + _FILE_KEY_SQL + " = ?",
+                         (version.file_id, version.ident))
         return rows[0][0] if rows else time.time()
 
     # -- manifests --------------------------------------------------------------
-    def manifest(self, file_id: int, ident: str) -> dict[int, str]:
-        rows = self._run("SELECT chunk, hash FROM manifests WHERE file_id = ? AND ident = ?", (file_id, ident))
-        return dict(rows)
+    def manifest(self, version: FileVersion) -> dict[int, str]:
+        """chunk index -> hash of the chunks recorded for `version`."""
+        return dict(self._run("SELECT chunk, hash FROM manifests WHERE file_id = ? AND ident = ?",
+                              (version.file_id, version.ident)))
 
-    def set_manifest_chunk(self, file_id: int, ident: str, chunk: int, digest: str) -> None:
+    def set_manifest_chunk(self, version: FileVersion, chunk: int, digest: str) -> None:
         """Record one chunk; ignored if the file's identity moved on meanwhile."""
         points.hit(points.MANIFEST_WRITE, CatalogError)
         self._run(
             "INSERT OR REPLACE INTO manifests SELECT id, ?, ?, ? FROM files "
             "WHERE id = ? AND size || ':' || mtime_ns || ':' || etag = ?",
-            (ident, chunk, digest, file_id, ident),
+            (version.ident, chunk, digest, version.file_id, version.ident),
         )
 
     def manifest_hashes(self) -> set[str]:
@@ -359,17 +374,17 @@ class Catalog:
         """Whether the catalog has a blocks table (a read-only open of an older catalog has none)."""
         return bool(self._run("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'blocks'"))
 
-    def blocks(self, file_id: int, ident: str) -> list[tuple[int, int, str]]:
-        """(offset, length, hash) of the blocks recorded for this version of the file, by offset."""
+    def blocks(self, version: FileVersion) -> list[tuple[int, int, str]]:
+        """(offset, length, hash) of the blocks recorded for `version`, by offset."""
         return self._run("SELECT offset, length, hash FROM blocks WHERE file_id = ? AND ident = ? ORDER BY offset",
-                         (file_id, ident))
+                         (version.file_id, version.ident))
 
-    def add_blocks(self, file_id: int, ident: str, blocks: list[tuple[int, int, str]]) -> None:
-        """Record blocks (offset, length, hash) of one version; ignored if the file's identity moved on."""
+    def add_blocks(self, version: FileVersion, blocks: list[tuple[int, int, str]]) -> None:
+        """Record blocks (offset, length, hash) of `version`; ignored if the file's identity moved on."""
         self._transaction(lambda cur: cur.executemany(
             "INSERT OR REPLACE INTO blocks SELECT id, ?, ?, ?, ? FROM files "
             "WHERE id = ? AND size || ':' || mtime_ns || ':' || etag = ?",
-            [(ident, off, n, digest, file_id, ident) for off, n, digest in blocks]))
+            [(version.ident, off, n, digest, version.file_id, version.ident) for off, n, digest in blocks]))
 
     def add_blocks_by_path(self, path: str, ident: str, blocks: list[tuple[int, int, str]]) -> None:
         """add_blocks for the file at `path` (what the scan knows of a file it just committed)."""

@@ -23,7 +23,7 @@ from typing import Callable
 import trio
 
 from ..shared import MusicFSError, OriginError, human_size, points
-from .catalog import Catalog, FileRow
+from .catalog import Catalog, FileRow, FileVersion
 from .tree import ROOT_INO, Node, VirtualTree
 
 log = logging.getLogger(__name__)
@@ -113,8 +113,6 @@ def resolve(tree: VirtualTree, paths: list[str]) -> dict[str, list[FileRow]]:
     return out
 
 
-def _key(row: FileRow) -> tuple[int, str]:
-    return row.id, row.ident
 
 
 class _NotKept(MusicFSError):
@@ -142,10 +140,10 @@ class PinSet:
         self._paths: list[str] = []
         self._files: dict[str, list[FileRow]] = {}
         self._left_out: dict[str, list[FileRow]] = {}  # files of each pin that do not fit (_fit)
-        self._manifests: dict[tuple[int, str], dict[int, str]] = {}
+        self._manifests: dict[FileVersion, dict[int, str]] = {}
         self._pinned: set[str] = set()  # digests pinned in the CAS (once each)
-        self._current: tuple[int, str] | None = None  # the file the worker is loading
-        self._fh: tuple[tuple[int, str], int] | None = None  # the worker's open reader handle
+        self._current: FileVersion | None = None  # the file the worker is loading
+        self._fh: tuple[FileVersion, int] | None = None  # the worker's open reader handle
         self._worker = "idle"
         self._reason = ""
         self._last_error = ""
@@ -175,19 +173,19 @@ class PinSet:
         """Resolve every pin against `tree` (default: the one served now) and re-pin: after each rescan."""
         tree = self._tree() if tree is None else tree
         files = resolve(tree, self._paths)
-        rows = {_key(r): r for fs in files.values() for r in fs}
+        rows = {r.version: r for fs in files.values() for r in fs}
         manifests = await self._thread(self._read_manifests, list(rows.values()))
         self._apply(files, manifests)
 
-    def _read_manifests(self, rows: list[FileRow]) -> dict[tuple[int, str], dict[int, str]]:
-        return {_key(r): self.catalog.manifest(r.id, r.ident) for r in rows}
+    def _read_manifests(self, rows: list[FileRow]) -> dict[FileVersion, dict[int, str]]:
+        return {r.version: self.catalog.manifest(r.version) for r in rows}
 
-    def _apply(self, files: dict[str, list[FileRow]], manifests: dict[tuple[int, str], dict[int, str]]) -> None:
+    def _apply(self, files: dict[str, list[FileRow]], manifests: dict[FileVersion, dict[int, str]]) -> None:
         """Swap in new files and manifests (those that fit in SHARE of the quota: `_fit`); pin the digests they
         name, unpin the ones no pin names any more."""
         before = {r.id for fs in self._left_out.values() for r in fs}
         self._files, self._left_out = self._fit(files)
-        kept = {_key(r) for fs in self._files.values() for r in fs}
+        kept = {r.version for fs in self._files.values() for r in fs}
         self._manifests = {key: m for key, m in manifests.items() if key in kept}
         self._repin()
         self._wake.set()
@@ -268,7 +266,7 @@ class PinSet:
 
     def _missing(self, row: FileRow) -> list[int]:
         """Chunk numbers of `row` not (or no longer) in the cache."""
-        manifest = self._manifests.get(_key(row), {})
+        manifest = self._manifests.get(row.version, {})
         count = -(-row.size // self.chunk_size)
         return [i for i in range(count) if not ((d := manifest.get(i)) and self.cache.has(d))]
 
@@ -290,7 +288,7 @@ class PinSet:
             return COMPLETE
         if self._worker == "waiting":
             return WAITING
-        if self._current is not None and any(_key(r) == self._current for r in rows):
+        if self._current is not None and any(r.version == self._current for r in rows):
             return FETCHING
         return QUEUED
 
@@ -360,7 +358,7 @@ class PinSet:
                     await self._idle(self.retry)
                     continue
                 row, missing = work
-                self._worker, self._reason, self._current = "fetching", "", _key(row)
+                self._worker, self._reason, self._current = "fetching", "", row.version
                 try:
                     await self._load_file(row, missing)
                 except _Settling as exc:  # written moments ago: fetched once it settles, in a moment
@@ -381,7 +379,7 @@ class PinSet:
             self._worker, self._current = "idle", None
 
     async def _load_file(self, row: FileRow, missing: list[int]) -> None:
-        key = _key(row)
+        key = row.version
         if self._fh is None or self._fh[0] != key:
             self._release()
             self._fh = (key, await self.reader.open(row))
@@ -394,10 +392,10 @@ class PinSet:
 
     async def _load_chunk(self, row: FileRow, idx: int) -> None:
         """Read one chunk through the reader (verified, cached, named in the manifest), then CAS-pin it."""
-        key = _key(row)
+        key = row.version
         await points.hit_async(points.PIN_FETCH)
         data = await self.reader.read(self._fh[1], idx * self.chunk_size, self._chunk_len(row, idx))
-        manifest = await self._thread(self.catalog.manifest, row.id, row.ident)
+        manifest = await self._thread(self.catalog.manifest, row.version)
         digest = manifest.get(idx)
         if digest is None:
             raise _NotKept("the chunk was not recorded in the catalog's manifest")

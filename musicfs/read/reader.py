@@ -31,7 +31,7 @@ from typing import Callable
 import trio
 
 from ..cache import ChunkCache
-from ..library import BLOCK_SIZE, Block, Catalog, FileRow, aligned, cover, cut, merge
+from ..library import BLOCK_SIZE, Block, Catalog, FileRow, FileVersion, aligned, cover, cut, merge
 from ..origins import OriginRegistry, RegistryStream
 from ..shared import (
     CatalogError,
@@ -50,6 +50,13 @@ log = logging.getLogger(__name__)
 # A sequential run this long (a few FUSE reads) is no tag reader's: its next uncached small read fetches the rest
 # of its chunk at once (mediainfo, ffprobe, beets and mpd read less than this of a file's head in a row).
 STREAMING_SOON = 512 << 10
+
+
+@dataclass(frozen=True)
+class NextHead:
+    """A read-ahead job's file: the head of the track after the one being read (not open, or open elsewhere)."""
+
+    row: FileRow
 
 
 class BadHandle(MusicFSError):
@@ -105,11 +112,11 @@ class Protection:
     def __init__(self, cache: ChunkCache, heads: int = NEXT_HEADS):
         self.cache = cache
         self.heads = heads
-        self._digests: dict[tuple[int, str], set[str]] = {}  # file key -> the digests protected for it
+        self._digests: dict[FileVersion, set[str]] = {}  # file key -> the digests protected for it
         # heads of tracks not open, oldest first
-        self._waiting: collections.OrderedDict[tuple[int, str], None] = collections.OrderedDict()
+        self._waiting: collections.OrderedDict[FileVersion, None] = collections.OrderedDict()
 
-    def add(self, key: tuple[int, str], digests) -> None:
+    def add(self, key: FileVersion, digests) -> None:
         """Protect `digests` for the open file `key` (each once per file) until `drop(key)`."""
         digests = list(digests)
         if not digests:
@@ -120,7 +127,7 @@ class Protection:
                 held.add(digest)
                 self.cache.protect(digest)
 
-    def add_head(self, key: tuple[int, str], digests) -> None:
+    def add_head(self, key: FileVersion, digests) -> None:
         """The head of a next track that is not open: protected until it is opened and released, or until
         `heads` newer heads wait."""
         self.add(key, digests)
@@ -129,11 +136,11 @@ class Protection:
         while len(self._waiting) > self.heads:
             self.drop(next(iter(self._waiting)))
 
-    def opened(self, key: tuple[int, str]) -> None:
+    def opened(self, key: FileVersion) -> None:
         """The file was opened: its head (if one waits) is the file's now, dropped at its release."""
         self._waiting.pop(key, None)
 
-    def drop(self, key: tuple[int, str]) -> None:
+    def drop(self, key: FileVersion) -> None:
         """Everything protected for `key` is ordinary again."""
         self._waiting.pop(key, None)
         for digest in self._digests.pop(key, ()):
@@ -192,12 +199,12 @@ class FileReader:
         self.limiter = trio.CapacityLimiter(threads)
         self._open: dict[int, OpenFile] = {}
         self._handles = itertools.count(1)
-        self._fh: dict[int, tuple[int, str]] = {}
-        self._inflight: dict[tuple[int, str, int], trio.Event] = {}
+        self._fh: dict[int, FileVersion] = {}
+        self._inflight: dict[tuple[FileVersion, int], trio.Event] = {}
         # chunks of a run fetched in one request, from their arrival until each is stored (readers need not wait)
-        self._fresh: dict[tuple[int, str, int], bytes] = {}
+        self._fresh: dict[tuple[FileVersion, int], bytes] = {}
         self.block_size = block_size if 0 < block_size < chunk_size else 0
-        self._block_inflight: dict[tuple[int, str, int], trio.Event] = {}  # (id, ident, block offset) being fetched
+        self._block_inflight: dict[tuple[FileVersion, int], trio.Event] = {}  # (version, block offset) being fetched
         self._streams: dict[int, Stream] = {}  # fh -> where that handle reads (read-ahead)
         self._closing: list[RegistryStream] = []  # origin streams of released files, closed by after_release
         self.protection = Protection(cache)  # chunks playback still wants: evicted last
@@ -221,7 +228,7 @@ class FileReader:
         reading the old content's chunks, one opened after reads the new. `next_track` names the track
         that follows in its album folder (read-ahead fetches its head when this one is read to its end).
         """
-        key = (row.id, row.ident)
+        key = row.version
         if key not in self._open:
             with trio.fail_after(self.read_timeout):  # a locked catalog must not hang open()
                 manifest, seen = await self._thread(self._version, row)
@@ -237,7 +244,7 @@ class FileReader:
 
     def _version(self, row: FileRow) -> tuple[dict[int, str], float]:
         """(In a thread.) The catalog's manifest of the file's version, and when it first recorded that version."""
-        return self.catalog.manifest(row.id, row.ident), self.catalog.version_seen(row.id, row.ident)
+        return self.catalog.manifest(row.version), self.catalog.version_seen(row.version)
 
     def settled(self, fh: int) -> bool:
         """Whether the handle's version is settled now (origins/base.py): every fetch of it from now on may be
@@ -309,7 +316,7 @@ class FileReader:
             if last == (of.row.size - 1) // self.chunk_size and of.next_track is not None:
                 row = of.next_track()
                 if row is not None and row.size:
-                    following = (("next", row), -(-row.size // self.chunk_size))
+                    following = (NextHead(row), -(-row.size // self.chunk_size))
             self.readahead.observe(stream, offset, end - offset, next_track=following)
         return b"".join(parts)
 
@@ -329,7 +336,7 @@ class FileReader:
             return False
         for idx in indexes:
             digest = of.manifest.get(idx)
-            if (row.id, row.ident, idx) in self._inflight:
+            if (row.version, idx) in self._inflight:
                 continue
             if digest is None or not (self.memory.has(digest) or self.cache.may_have(digest)):
                 return True
@@ -347,7 +354,7 @@ class FileReader:
         same request, so a reader about to stream needs one request for the rest of the chunk, not one a read."""
         row = of.row
         if of.blocks is None:
-            rows = await self._thread(self.catalog.blocks, row.id, row.ident)
+            rows = await self._thread(self.catalog.blocks, row.version)
             if of.blocks is None:  # another read may have loaded them meanwhile
                 of.blocks = [Block(*r) for r in rows]
         got: dict[Block, bytes] = {}  # bytes in hand for this read: verified from the cache, or just fetched
@@ -376,7 +383,7 @@ class FileReader:
                 stop = min([b.offset for b in usable if b.offset >= start + n]
                            + [(start // self.chunk_size + 1) * self.chunk_size, row.size])
                 wanted[-1] = (start, max(n, stop - start))
-            keys = [(row.id, row.ident, off) for start, n in wanted
+            keys = [(row.version, off) for start, n in wanted
                     for off in range(start, start + n, self.block_size)]
             busy = next((self._block_inflight[k] for k in keys if k in self._block_inflight), None)
             if busy is not None:  # another read is fetching (some of) these blocks: wait, then look again
@@ -392,7 +399,7 @@ class FileReader:
         return bytes(out)
 
     async def _fetch_blocks(self, of: OpenFile, wanted: list[tuple[int, int]],
-                            keys: list[tuple[int, str, int]]) -> dict[Block, bytes]:
+                            keys: list[tuple[FileVersion, int]]) -> dict[Block, bytes]:
         """Fetch the aligned ranges (one origin request each, identity-checked), cache them cut into blocks and
         record those in the catalog; the blocks' bytes (digest '' for those the cache did not take)."""
         row = of.row
@@ -412,7 +419,7 @@ class FileReader:
                     stored.append(block)
             if stored:
                 try:
-                    await self._thread(self.catalog.add_blocks, row.id, row.ident,
+                    await self._thread(self.catalog.add_blocks, row.version,
                                        [(b.offset, b.length, b.digest) for b in stored])
                 except CatalogError as exc:
                     self._counts["manifest_failures"] += 1
@@ -431,8 +438,8 @@ class FileReader:
         like a read. Chunks the cache has (or that are on their way) are loaded in parallel; a run of chunks
         nobody has is fetched from the origins in one request, then each chunk is stored and named at once.
         `fetched()` is called as soon as no origin request of this batch is left."""
-        if key[0] == "next":  # the head of the next track: loaded and cached, protected (pinned by no one yet)
-            await self._prefetch_head(key[1], indexes, fetched)
+        if isinstance(key, NextHead):  # the head of the next track: loaded and cached, protected (pinned by no one yet)
+            await self._prefetch_head(key.row, indexes, fetched)
             return
         of = self._open.get(key)
         if of is None:
@@ -445,7 +452,7 @@ class FileReader:
     async def _prefetch_head(self, row: FileRow, indexes: list[int], fetched: Callable[[], None]) -> None:
         """Load the head of the next track and protect it: until that track is opened and released, or newer
         heads push it out (Protection); if it is open already, until its release."""
-        key = (row.id, row.ident)
+        key = row.version
         of = self._open.get(key)
         if of is None:
             manifest, seen = await self._thread(self._version, row)
@@ -468,7 +475,7 @@ class FileReader:
         for idx in indexes:
             if idx * self.chunk_size >= of.row.size:
                 break
-            if of.manifest.get(idx) is not None or (of.row.id, of.row.ident, idx) in self._inflight:
+            if of.manifest.get(idx) is not None or (of.row.version, idx) in self._inflight:
                 here.append(idx)  # cached (load and verify it) or on its way already
             elif not racy:
                 missing.append(idx)
@@ -490,7 +497,7 @@ class FileReader:
         """Uncached chunks: consecutive ones nobody loads yet in one origin request (reads of any of them wait
         for it, as _chunk, each until its own chunk is stored), else chunk by chunk. `fetched()` once no origin
         request is left."""
-        keys = [(of.row.id, of.row.ident, idx) for idx in missing]
+        keys = [(of.row.version, idx) for idx in missing]
         if (len(missing) < 2 or missing != list(range(missing[0], missing[-1] + 1))
                 or any(k in self._inflight for k in keys)):  # (someone started one meanwhile)
             try:
@@ -540,13 +547,13 @@ class FileReader:
         of.played = played
         behind = [digest for digest, i in of.pinned.items() if i < idx]
         if played:
-            self.protection.add((of.row.id, of.row.ident), behind)
+            self.protection.add(of.row.version, behind)
         for digest in behind:
             del of.pinned[digest]
             self.cache.unpin(digest)
 
     async def _chunk(self, of: OpenFile, idx: int) -> bytes:
-        key = (of.row.id, of.row.ident, idx)
+        key = (of.row.version, idx)
         while key in self._inflight:  # someone is loading this chunk: wait, then use it
             fresh = self._fresh.get(key)
             if fresh is not None:  # fetched (identity-checked) and being stored: served as a fetch serves it
@@ -633,7 +640,7 @@ class FileReader:
         if digest is None:
             return data
         try:
-            await self._thread(self.catalog.set_manifest_chunk, row.id, row.ident, idx, digest)
+            await self._thread(self.catalog.set_manifest_chunk, row.version, idx, digest)
         except CatalogError as exc:
             self._counts["manifest_failures"] += 1
             log.warning("catalog: cannot record a chunk of %s (%s); serving it uncached", row.path, exc)
@@ -651,6 +658,6 @@ class FileReader:
                 of.pinned[digest] = idx
                 self.cache.pin(digest)
             elif of.played:
-                self.protection.add((of.row.id, of.row.ident), [digest])
+                self.protection.add(of.row.version, [digest])
 
 

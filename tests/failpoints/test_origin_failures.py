@@ -46,7 +46,7 @@ def env(tmp_path):
 def assert_nothing_cached(env: ReaderRig, path: str) -> None:
     row = env.rows[path]
     assert env.cas.usage() == (0, 0)
-    assert env.catalog.manifest(row.id, row.ident) == {}
+    assert env.catalog.manifest(row.version) == {}
 
 
 # -- reader-manifest-fetch ----------------------------------------------------------------------
@@ -64,7 +64,7 @@ async def test_panic_before_fetch_fails_the_read_and_caches_nothing(env):
     assert await env.read(path) == env.files[path]
     assert await env.read(path, 2 * CHUNK + 5, 10) == env.files[path][2 * CHUNK + 5: 2 * CHUNK + 15]
     row = env.rows[path]
-    assert sorted(env.catalog.manifest(row.id, row.ident)) == list(range(6))
+    assert sorted(env.catalog.manifest(row.version)) == list(range(6))
     assert env.reader.statistics().origin_fetches == 6
 
 
@@ -74,7 +74,7 @@ async def test_panic_after_some_chunks_never_serves_partial_bytes(env):
     with pytest.raises(FailPointPanic):
         await env.read(path)  # a read spanning all chunks: an error, not the first two chunks alone
     row = env.rows[path]
-    assert sorted(env.catalog.manifest(row.id, row.ident)) == [0, 1]  # what was fetched is cached, verified
+    assert sorted(env.catalog.manifest(row.version)) == [0, 1]  # what was fetched is cached, verified
     failpoints.remove(FETCH)
     assert await env.read(path) == env.files[path]
     assert env.reader.statistics().origin_fetches == 2 + 4

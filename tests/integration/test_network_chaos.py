@@ -83,7 +83,7 @@ class Rig:
 
     def manifest(self, path: str) -> dict[int, str]:
         row = self.row(path)
-        return self.cat.manifest(row.id, row.ident)
+        return self.cat.manifest(row.version)
 
     def assert_cache_holds_only_good_chunks(self, path: str) -> None:
         """Every chunk recorded for the file is whole and right: never a short or wrong one."""

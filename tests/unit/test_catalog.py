@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from musicfs.library.catalog import Catalog, FileRow
+from musicfs.library.catalog import Catalog, FileRow, FileVersion
 from musicfs.shared.errors import CatalogCorrupt, CatalogError
 from musicfs.library.tree import FIRST_INO
 from musicfs_test_utils.fixtures import make_audio_meta, make_file_meta, open_catalog
@@ -67,7 +67,7 @@ def test_delete_paths(cat):
     rows = _rows(3)
     cat.upsert_files(rows)
     fid = {r.path: r.id for r in cat.files()}[rows[0].path]
-    cat.set_manifest_chunk(fid, rows[0].ident, 0, "a" * 64)
+    cat.set_manifest_chunk(FileVersion(fid, rows[0].ident), 0, "a" * 64)
     cat.add_inodes([f"f:{rows[0].path}", f"f:{rows[1].path}"], FIRST_INO)
     cat.delete_paths([rows[0].path, "never/was/there.flac"])
     assert set(cat.identities()) == {rows[1].path, rows[2].path}
@@ -81,33 +81,33 @@ def test_manifest_round_trip(cat):
     cat.upsert_files([row])
     fid = cat.files()[0].id
     for i in range(3):
-        cat.set_manifest_chunk(fid, row.ident, i, f"{i:064x}")
-    assert cat.manifest(fid, row.ident) == {i: f"{i:064x}" for i in range(3)}
+        cat.set_manifest_chunk(FileVersion(fid, row.ident), i, f"{i:064x}")
+    assert cat.manifest(FileVersion(fid, row.ident)) == {i: f"{i:064x}" for i in range(3)}
     assert cat.manifest_hashes() == {f"{i:064x}" for i in range(3)}
     assert sorted(cat.manifest_rows()) == [(fid, row.ident, i, f"{i:064x}") for i in range(3)]
     cat.drop_manifest_chunk(f"{1:064x}")
-    assert cat.manifest(fid, row.ident) == {0: f"{0:064x}", 2: f"{2:064x}"}
+    assert cat.manifest(FileVersion(fid, row.ident)) == {0: f"{0:064x}", 2: f"{2:064x}"}
 
 
 def test_identity_change_drops_the_old_manifest(cat):
     row, other = _rows(2)
     cat.upsert_files([row, other])
     ids = {r.path: r.id for r in cat.files()}
-    cat.set_manifest_chunk(ids[row.path], row.ident, 0, "a" * 64)
-    cat.set_manifest_chunk(ids[other.path], other.ident, 0, "b" * 64)
+    cat.set_manifest_chunk(FileVersion(ids[row.path], row.ident), 0, "a" * 64)
+    cat.set_manifest_chunk(FileVersion(ids[other.path], other.ident), 0, "b" * 64)
     # same identity again (e.g. a retag that kept size+mtime): the manifest stays
     cat.upsert_files([dataclasses.replace(row, title="x")])
-    assert cat.manifest(ids[row.path], row.ident) == {0: "a" * 64}
+    assert cat.manifest(FileVersion(ids[row.path], row.ident)) == {0: "a" * 64}
     # new mtime: the old manifest is gone, in the same upsert
     newer = dataclasses.replace(row, mtime_ns=row.mtime_ns + 1)
     assert newer.ident != row.ident
     cat.upsert_files([newer])
-    assert cat.manifest(ids[row.path], row.ident) == {}
-    assert cat.manifest(ids[row.path], newer.ident) == {}
+    assert cat.manifest(FileVersion(ids[row.path], row.ident)) == {}
+    assert cat.manifest(FileVersion(ids[row.path], newer.ident)) == {}
     assert [r for r in cat.manifest_rows() if r[0] == ids[row.path]] == []
-    assert cat.manifest(ids[other.path], other.ident) == {0: "b" * 64}  # neighbours untouched
+    assert cat.manifest(FileVersion(ids[other.path], other.ident)) == {0: "b" * 64}  # neighbours untouched
     # an etag change counts too
-    cat.set_manifest_chunk(ids[other.path], other.ident, 1, "c" * 64)
+    cat.set_manifest_chunk(FileVersion(ids[other.path], other.ident), 1, "c" * 64)
     cat.upsert_files([dataclasses.replace(other, etag="v2")])
     assert cat.manifest_hashes() == set()
 
@@ -120,12 +120,12 @@ def test_stale_manifest_chunk_is_ignored(cat):
     newer = dataclasses.replace(row, size=row.size + 1)
     cat.upsert_files([newer])
     # a reader that started before the rescan finishes its fetch and records the chunk late
-    cat.set_manifest_chunk(fid, old_ident, 0, "d" * 64)
-    assert cat.manifest(fid, old_ident) == {}
+    cat.set_manifest_chunk(FileVersion(fid, old_ident), 0, "d" * 64)
+    assert cat.manifest(FileVersion(fid, old_ident)) == {}
     assert cat.manifest_hashes() == set()
-    cat.set_manifest_chunk(fid, newer.ident, 0, "e" * 64)
-    assert cat.manifest(fid, newer.ident) == {0: "e" * 64}
-    cat.set_manifest_chunk(fid + 99, newer.ident, 0, "f" * 64)  # unknown file: ignored too
+    cat.set_manifest_chunk(FileVersion(fid, newer.ident), 0, "e" * 64)
+    assert cat.manifest(FileVersion(fid, newer.ident)) == {0: "e" * 64}
+    cat.set_manifest_chunk(FileVersion(fid + 99, newer.ident), 0, "f" * 64)  # unknown file: ignored too
     assert cat.manifest_hashes() == {"e" * 64}
 
 
@@ -134,7 +134,7 @@ def test_failed_batch_leaves_nothing_behind_and_releases_the_lock(cat, monkeypat
     first = _rows(3, "Old")
     cat.upsert_files(first, checkpoint={"last_path": first[-1].path})
     fid = {r.path: r.id for r in cat.files()}[first[0].path]
-    cat.set_manifest_chunk(fid, first[0].ident, 0, "a" * 64)
+    cat.set_manifest_chunk(FileVersion(fid, first[0].ident), 0, "a" * 64)
     before = (sorted(cat.files(), key=lambda r: r.path), cat.scan_state(), cat.manifest_hashes())
 
     calls = {"n": 0}
@@ -211,7 +211,7 @@ def test_corruption_on_disk_is_detected(tmp_path):
     rows = [dataclasses.replace(r, **long_tags) for r in _rows(600)]
     cat.upsert_files(rows)
     for i, r in enumerate(cat.files()[:50]):
-        cat.set_manifest_chunk(r.id, r.ident, 0, f"{i:064x}")
+        cat.set_manifest_chunk(r.version, 0, f"{i:064x}")
     assert cat.quick_check() == []
     cat.close()
     assert not os.path.exists(path + "-wal") or os.path.getsize(path + "-wal") == 0

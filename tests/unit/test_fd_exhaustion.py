@@ -89,7 +89,7 @@ CHILD = textwrap.dedent(r"""
         del records[:]
         out["recovered"] = {name: await read(o, name) for name in data}
         out["recovered_log"] = list(records)
-        manifest = catalog.manifest(rows["fresh.flac"].id, rows["fresh.flac"].ident)
+        manifest = catalog.manifest(rows["fresh.flac"].version)
         out["fresh_cached_after"] = bool(manifest) and all(cas.has(d) for d in manifest.values())
         out["cache_state_after"] = o.reader.cache.statistics().state
         print(json.dumps(out))

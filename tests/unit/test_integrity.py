@@ -118,7 +118,7 @@ def test_after_an_unclean_stop_the_full_integrity_check_runs(tmp_path):
     cat, _ = open_checked(str(state))
     cat.upsert_files([FileRow(path=f"t{i}.flac", kind="track", size=100 + i, mtime_ns=1) for i in range(5)])
     for row in cat.files():
-        cat.set_manifest_chunk(row.id, row.ident, 0, chunk_hash(row.path.encode()))
+        cat.set_manifest_chunk(row.version, 0, chunk_hash(row.path.encode()))
     cat.close()
     db = state / "catalog.db"
     _index_only_damage(db)
@@ -166,10 +166,10 @@ def test_a_new_chunk_size_drops_the_manifests(tmp_path):
     cat.upsert_files([FileRow(path="a.flac", kind="track", size=10, mtime_ns=1)])
     row = cat.files()[0]
     assert cat.set_chunk_size(1 << 20) is False
-    cat.set_manifest_chunk(row.id, row.ident, 0, "0" * 64)
-    assert cat.set_chunk_size(1 << 20) is False and cat.manifest(row.id, row.ident) == {0: "0" * 64}
+    cat.set_manifest_chunk(row.version, 0, "0" * 64)
+    assert cat.set_chunk_size(1 << 20) is False and cat.manifest(row.version) == {0: "0" * 64}
     assert cat.set_chunk_size(1 << 16) is True  # chunk 0 means other bytes now
-    assert cat.manifest(row.id, row.ident) == {} and cat.meta("chunk_size") == str(1 << 16)
+    assert cat.manifest(row.version) == {} and cat.meta("chunk_size") == str(1 << 16)
     cat.close()
 
 

@@ -171,7 +171,7 @@ async def test_a_changed_file_never_gets_the_old_blocks(rig):
     row, files = rig.row(BIG), rig.recording.files
     old = files[BIG]
     assert await read(rig.reader, row, 100, 4096) == old[100:4196]
-    assert rig.catalog.blocks(row.id, row.ident)
+    assert rig.catalog.blocks(row.version)
     new = random.Random(8).randbytes(len(old))
     files[BIG] = new
     rig.recording.mtime_ns = 2
@@ -180,7 +180,7 @@ async def test_a_changed_file_never_gets_the_old_blocks(rig):
         await read(rig.new_reader(), row, 2 * CHUNK, 4096)
     # the rescan commits the new identity: the old version's blocks are dropped with it
     rig.catalog.upsert_files([FileRow(path=BIG, kind="track", size=len(new), mtime_ns=2)])
-    assert rig.catalog.blocks(row.id, row.ident) == []
+    assert rig.catalog.blocks(row.version) == []
     fresh = rig.row(BIG)
     rig.recording.reads.clear()
     assert await read(rig.new_reader(), fresh, 100, 4096) == new[100:4196]
@@ -192,7 +192,7 @@ async def test_a_changed_file_never_gets_the_old_blocks(rig):
 async def test_a_corrupt_block_is_quarantined_and_fetched_again(rig):
     row, data = rig.row(BIG), rig.recording.files[BIG]
     assert await read(rig.reader, row, 2 * CHUNK + 10, 100) == data[2 * CHUNK + 10:2 * CHUNK + 110]
-    [(offset, length, digest)] = rig.catalog.blocks(row.id, row.ident)
+    [(offset, length, digest)] = rig.catalog.blocks(row.version)
     assert (offset, length) == (2 * CHUNK, BLOCK_SIZE)
     path = rig.chunk_file(digest)
     path.write_bytes(b"\0" * length)
@@ -245,7 +245,7 @@ async def test_a_scanned_files_head_and_tail_cost_the_origin_nothing(tmp_path, a
     Scanner(catalog, registry,
             on_fetched=lambda pairs: Library.keep_scan_blocks(keeper, registry.wall_clock(), pairs)).scan()
     tracks = [r for r in catalog.files() if r.kind == "track"]
-    assert tracks and all(catalog.blocks(r.id, r.ident) for r in tracks)
+    assert tracks and all(catalog.blocks(r.version) for r in tracks)
     cas.close()
     catalog.close()
     rig = ReaderRig.build(tmp_path, root=tmp_path / "unused", inner=MemoryOrigin(recording), chunk_size=CHUNK,
@@ -272,6 +272,6 @@ async def test_a_scan_without_a_cache_keeps_nothing_and_still_scans(tmp_path, au
                          on_fetched=lambda pairs: Library.keep_scan_blocks(keeper, registry.wall_clock(), pairs)).scan()
         assert result.added == len(audio)
         tracks = [r for r in catalog.files() if r.kind == "track"]
-        assert len(tracks) == 3 and all(catalog.blocks(r.id, r.ident) == [] for r in tracks)
+        assert len(tracks) == 3 and all(catalog.blocks(r.version) == [] for r in tracks)
     finally:
         catalog.close()

@@ -18,7 +18,7 @@ import pytest
 import trio
 import trio.testing
 
-from musicfs.library.catalog import FileRow
+from musicfs.library.catalog import FileRow, FileVersion
 from musicfs.shared.errors import OriginFileChanged, OriginOffline
 from musicfs.daemon.fuse_ops import MusicOperations
 from musicfs.origins.base import FileStat, Origin
@@ -110,7 +110,7 @@ async def test_a_read_blocked_on_a_hanging_origin_answers_eio_at_read_timeout(cl
     assert err.value.errno == errno.EIO
     assert trio.current_time() - started == pytest.approx(READ_TIMEOUT, abs=0.01)
     assert rig.origin.calls["read"] == 1  # it really was stuck in the origin, in a thread now abandoned
-    assert rig.cas.usage() == (0, 0) and rig.catalog.manifest(rig.row(A).id, rig.row(A).ident) == {}
+    assert rig.cas.usage() == (0, 0) and rig.catalog.manifest(FileVersion(rig.row(A).id, rig.row(A).ident)) == {}
 
     rig.origin.set_mode(Healthy())  # the origin answers again: the same read now works
     assert await fuse_read(ops, A, 0, 128 * 1024) == FILES[A][:128 * 1024]
@@ -254,7 +254,7 @@ async def test_a_changed_origin_file_never_mixes_old_and_new_bytes(tmp_path, cha
             await rig.reader.read(fh, 2 * CHUNK, 100)
         assert await rig.reader.read(fh, 0, CHUNK) == FILES[A][:CHUNK]  # what is served is all old
         assert changed == [A, A] and rig.reader.statistics().changed_files == 2
-        assert set(rig.catalog.manifest(row.id, row.ident)) == {0}  # nothing of the changed file was cached
+        assert set(rig.catalog.manifest(row.version)) == {0}  # nothing of the changed file was cached
         rig.reader.release(fh)
 
         # A rescan records the new identity (the scanner's upsert: tags are not the point here, so the rows
@@ -264,7 +264,7 @@ async def test_a_changed_origin_file_never_mixes_old_and_new_bytes(tmp_path, cha
                                              "etag": st.etag, "id": 0})])
         fresh = rig.row(A)
         assert (fresh.size, fresh.mtime_ns, fresh.etag) != (row.size, row.mtime_ns, row.etag)
-        assert rig.catalog.manifest(fresh.id, row.ident) == {}
+        assert rig.catalog.manifest(FileVersion(fresh.id, row.ident)) == {}
         cat = rig.catalog
         tree = build_tree(cat.files(), cat.inode_map(), lambda keys: cat.add_inodes(keys, FIRST_INO))
         node = next(n for n in tree.walk_files() if n.file.path == A)

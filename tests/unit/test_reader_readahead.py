@@ -143,7 +143,7 @@ async def test_an_open_file_pins_only_the_chunks_around_where_it_reads(rig):
     fh = await rig.reader.open(row)
     await read_sequentially(rig.reader, fh, 0, 20 * CHUNK)
     await settle(rig.reader)
-    of = rig.reader._open[(row.id, row.ident)]
+    of = rig.reader._open[row.version]
     assert min(of.pinned.values()) >= 18, sorted(of.pinned.values())  # behind the reader: unpinned
     assert rig.cas.pinned == len(of.pinned)
     rig.reader.release(fh)
@@ -242,16 +242,16 @@ async def test_only_the_heads_of_the_most_recent_next_tracks_stay_protected(play
     rows = [rig.row(f"scan/{n:02d}.flac") for n in range(NEXT_HEADS + 2)]
     heads = {row.path: rig.cas.put(PLAYBACK[row.path][:CHUNK]) for row in rows}
     for row in rows[:NEXT_HEADS]:
-        protection.add_head((row.id, row.ident), [heads[row.path]])
+        protection.add_head(row.version, [heads[row.path]])
     assert rig.cas.protected == NEXT_HEADS
-    protection.opened((rows[0].id, rows[0].ident))  # the oldest head's track is opened: it owns its head now
-    protection.add_head((rows[NEXT_HEADS].id, rows[NEXT_HEADS].ident), [heads[rows[NEXT_HEADS].path]])
-    protection.add_head((rows[NEXT_HEADS + 1].id, rows[NEXT_HEADS + 1].ident), [heads[rows[NEXT_HEADS + 1].path]])
+    protection.opened(rows[0].version)  # the oldest head's track is opened: it owns its head now
+    protection.add_head(rows[NEXT_HEADS].version, [heads[rows[NEXT_HEADS].path]])
+    protection.add_head(rows[NEXT_HEADS + 1].version, [heads[rows[NEXT_HEADS + 1].path]])
     # NEXT_HEADS heads wait (the two newest and two before them), the opened track keeps its own; one went
     assert rig.cas.protected == NEXT_HEADS + 1
     rig.cas.evict_to(CHUNK * (NEXT_HEADS + 1))
     assert not rig.cas.has(heads[rows[1].path]) and rig.cas.has(heads[rows[0].path])
-    protection.drop((rows[0].id, rows[0].ident))  # released
+    protection.drop(rows[0].version)  # released
     assert rig.cas.protected == NEXT_HEADS
 
 

@@ -75,7 +75,7 @@ def racy(tmp_path):
     catalog = Catalog(str(tmp_path / "catalog.db"))
     catalog.upsert_files([FileRow(path="a.flac", kind="track", size=len(files["a.flac"]), mtime_ns=10**9)])
     [row] = catalog.files()
-    clock.now = catalog.version_seen(row.id, row.ident)
+    clock.now = catalog.version_seen(row.version)
     cas = CasStore(str(tmp_path / "cache"), 1 << 30)
     reader = FileReader(catalog, ChunkCache(cas), registry, chunk_size=CHUNK, memory_cache=1 << 20,
                         read_timeout=10.0)
@@ -89,7 +89,7 @@ async def test_bytes_of_a_racy_version_are_served_never_kept_and_a_same_identity
     reader, files, row, clock = racy
     clock.now += 0.5  # within a second of the version being seen: another write could keep its identity
     assert await read_range(reader, row) == files["a.flac"]
-    assert reader.catalog.manifest(row.id, row.ident) == {}
+    assert reader.catalog.manifest(row.version) == {}
     assert reader.statistics().racy_fetches == 3  # one fetch a chunk
 
     files["a.flac"] = bytes(reversed(range(256))) * 48  # same size, same mtime: the same identity
@@ -101,5 +101,5 @@ async def test_bytes_of_a_racy_version_are_served_never_kept_and_a_same_identity
     assert reader.settled(fh)
     reader.release(fh)
     assert await read_range(reader, row) == files["a.flac"]
-    assert sorted(reader.catalog.manifest(row.id, row.ident)) == [0, 1, 2]
+    assert sorted(reader.catalog.manifest(row.version)) == [0, 1, 2]
     assert reader.statistics().racy_fetches == 6  # the settled read was kept

@@ -354,8 +354,8 @@ async def test_the_daemon_snapshot_is_the_components_statistics_records(small_li
         doc = json.loads(json.dumps(daemon.snapshot()))  # what the socket sends
         daemon.services.reader.release(fh)
         # the cache holds the chunk read and the blocks the scan kept of every track's tags (blocks.py)
-        held = {d: n for r in lib.catalog.files("track") for _, n, d in lib.catalog.blocks(r.id, r.ident)}
-        held.update({d: row.size for d in lib.catalog.manifest(row.id, row.ident).values()})
+        held = {d: n for r in lib.catalog.files("track") for _, n, d in lib.catalog.blocks(r.version)}
+        held.update({d: row.size for d in lib.catalog.manifest(row.version).values()})
     finally:
         lib.close()
     assert set(doc["cache"]) == {f.name for f in fields(CacheStatistics)}

@@ -112,7 +112,7 @@ def test_manifest_and_scan_state_writes_keep_the_snapshot(cfg):
     lib = Library.open(cfg)
     lib.build_tree()
     row = lib.catalog.files()[0]
-    lib.catalog.set_manifest_chunk(row.id, row.ident, 0, "ab" * 32)
+    lib.catalog.set_manifest_chunk(row.version, 0, "ab" * 32)
     lib.catalog.set_scan_state(completed_at="2")
     lib.close()
     lib = Library.open(cfg)
