@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 from urllib.parse import SplitResult, urlsplit
 
-from ..shared import LocalExhaustion, OriginError, OriginFatal
+from ..shared import LocalExhaustion, OriginError, OriginFatal, OriginFileChanged
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,17 @@ class Identity:
         if self.mtime_ns and other.mtime_ns:
             return self.mtime_ns == other.mtime_ns
         return True
+
+    def require(self, expected: "Identity", *, origin: str, path: str, when: str = "since it was scanned",
+                strict: bool = True) -> None:
+        """OriginFileChanged, naming what differs, unless this (what the origin says now) `matches` `expected`:
+        every origin checks a file's version this one way."""
+        if self.matches(expected, strict=strict):
+            return
+        changed = ", ".join(f"{name} {a!r} -> {b!r}" for name, a, b in (
+            ("size", expected.size, self.size), ("mtime_ns", expected.mtime_ns, self.mtime_ns),
+            ("etag", expected.etag, self.etag)) if a != b)
+        raise OriginFileChanged(f"{origin}: {path} changed {when} ({changed})", origin=origin, path=path)
 
 
 @dataclass(frozen=True)

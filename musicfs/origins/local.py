@@ -22,11 +22,6 @@ from ..shared import (
 from .base import SETTLE_MARGIN, FileStat, Identity, Origin, escape_name, unescape_name
 
 
-def _version(st: os.stat_result) -> tuple[int, int, int, int]:
-    """What changes whenever a file's bytes do: a write moves mtime and ctime (even when mtime is put back)."""
-    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
-
-
 def local_etag(st: os.stat_result) -> str:
     """A local file's ETag, as a web server makes one from its inode: the inode and the ctime (hex). A write
     moves the ctime even when the mtime is put back (`touch -r`, restores, sync tools), and a file renamed over
@@ -221,9 +216,8 @@ class LocalOrigin(Origin):
         try:
             before = os.fstat(fd)
             found = self._stat_result(path, before)  # OriginFileChanged unless regular
-            if expect is not None and not found.identity.matches(expect.identity):
-                raise OriginFileChanged(f"{self.name}: {path} changed since it was scanned", origin=self.name,
-                                        path=path)
+            if expect is not None:
+                found.identity.require(expect.identity, origin=self.name, path=path)
             points.hit(points.ORIGIN_READ_CHECKED, OriginTransient)
             parts = []
             while length > 0:
@@ -233,11 +227,9 @@ class LocalOrigin(Origin):
                 parts.append(data)
                 offset += len(data)
                 length -= len(data)
-            if expect is not None:
-                after = os.fstat(fd)
-                if _version(after) != _version(before):
-                    raise OriginFileChanged(f"{self.name}: {path} changed while it was read", origin=self.name,
-                                            path=path)
+            if expect is not None:  # size, mtime, inode and ctime: a write during the read moves the ctime
+                self._stat_result(path, os.fstat(fd)).identity.require(found.identity, origin=self.name, path=path,
+                                                                        when="while it was read")
             return b"".join(parts)
         except OSError as exc:
             raise map_os_error(exc, self.name, path) from exc

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Iterator, Mapping
 
-from ..shared import OriginFileChanged, OriginNotFound
+from ..shared import OriginNotFound
 from .base import FileStat, Identity, Origin
 
 WALK, STAT, READ, PROBE = "walk", "stat", "read", "probe"
@@ -76,8 +76,8 @@ def serve(files: Mapping[str, bytes], *, mtime_ns: int = 1, etag: str = "", name
             return stat(request.path)
         if request.op == READ:
             now = stat(request.path)
-            if request.expect is not None and not request.expect.identity.matches(now.identity):
-                raise OriginFileChanged(f"{name}: {request.path} changed", origin=name, path=request.path)
+            if request.expect is not None:
+                now.identity.require(request.expect.identity, origin=name, path=request.path)
             return files[request.path][request.offset:request.offset + request.length]
         return None  # probe: healthy
 

@@ -387,9 +387,8 @@ class OriginRegistry:
             # A replica's mtime and ETag are its own: its copy must have the catalog's size, and
             # is then read against its own identity, so it cannot change under the read either.
             st = origin.stat(path)
-            if not Identity(expect.size).matches(st.identity, strict=False):
-                raise OriginFileChanged(f"{origin.name}: {path} has {st.size} bytes here, {expect.size} in the "
-                                        f"catalog", origin=origin.name, path=path)
+            Identity(st.size).require(Identity(expect.size), origin=origin.name, path=path,
+                                      when="here: its copy differs from the catalog's copy")
             return st
 
         def op(origin: Origin) -> list[bytes]:

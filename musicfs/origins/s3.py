@@ -13,6 +13,7 @@ retries (total_max_attempts=1; its max_attempts=1 would mean one retry): retry p
 from __future__ import annotations
 
 import calendar
+import contextlib
 import datetime as _dt
 import functools
 import re
@@ -446,6 +447,17 @@ class S3Origin(Origin):
                 err = OriginFatal(f"{self.name}: cannot set up the S3 client: {exc}", origin=self.name)
             raise err from exc
 
+    @contextlib.contextmanager
+    def _mapped(self, where: str, *, bucket_level: bool = False) -> Iterator[None]:
+        """The S3 client's exceptions inside as OriginErrors naming the key (classify_s3_error): every call maps its
+        errors this one way."""
+        try:
+            yield
+        except OriginError:
+            raise
+        except Exception as exc:
+            raise classify_s3_error(exc, self.name, where, bucket_level=bucket_level) from exc
+
     # -- paths -------------------------------------------------------------
     def _key(self, path: str) -> str:
         if not _safe_rel(path):
@@ -455,7 +467,7 @@ class S3Origin(Origin):
     # -- Origin ------------------------------------------------------------
     def walk(self) -> Iterator[FileStat]:
         client = self._get_client()
-        try:
+        with self._mapped(self.prefix, bucket_level=True):
             paginator = client.get_paginator("list_objects_v2")
             pages = paginator.paginate(Bucket=self.bucket, Prefix=self.prefix)
             for page in pages:
@@ -472,19 +484,11 @@ class S3Origin(Origin):
                         mtime_ns=_mtime_ns(obj.get("LastModified")),
                         etag=_etag(obj.get("ETag")),
                     )
-        except OriginError:
-            raise
-        except Exception as exc:
-            raise classify_s3_error(exc, self.name, self.prefix, bucket_level=True) from exc
 
     def stat(self, path: str) -> FileStat:
         key = self._key(path)
-        try:
+        with self._mapped(key):
             head = self._get_client().head_object(Bucket=self.bucket, Key=key)
-        except OriginError:
-            raise
-        except Exception as exc:
-            raise classify_s3_error(exc, self.name, key) from exc
         return FileStat(
             path=path,
             size=int(head.get("ContentLength") or 0),
@@ -559,22 +563,16 @@ class S3Origin(Origin):
         """
         body = response["Body"]
         try:
-            total = self._total_size(response, offset)
-            if expect is not None:
-                self._check_identity(path, _response_stat(path, response, total), expect)
-            points.hit(points.ORIGIN_READ_CHECKED, OriginTransient)
-            data, want = _requested_bytes(body, response, offset, length, total)
-            if len(data) != want:
-                raise ShortRead(
-                    f"{self.name}: {key}: got {len(data)} bytes at offset {offset}, expected {want}",
-                    origin=self.name,
-                    path=key,
-                )
-            return data
-        except OriginError:
-            raise
-        except Exception as exc:
-            raise classify_s3_error(exc, self.name, key) from exc
+            with self._mapped(key):
+                total = self._total_size(response, offset)
+                if expect is not None:
+                    self._check_identity(path, _response_stat(path, response, total), expect)
+                points.hit(points.ORIGIN_READ_CHECKED, OriginTransient)
+                data, want = _requested_bytes(body, response, offset, length, total)
+                if len(data) != want:
+                    raise ShortRead(f"{self.name}: {key}: got {len(data)} bytes at offset {offset}, expected {want}",
+                                    origin=self.name, path=key)
+                return data
         finally:
             try:
                 body.close()
@@ -594,21 +592,11 @@ class S3Origin(Origin):
 
     def _check_identity(self, path: str, now: FileStat, expect: FileStat) -> None:
         # A GET may not say the size (-1), and a replica's expect may lack the ETag: what both know.
-        if not now.identity.matches(expect.identity, strict=False):
-            raise OriginFileChanged(
-                f"{self.name}: {self.prefix + path} changed since it was scanned "
-                f"(size {expect.size} -> {now.size}, etag {expect.etag!r} -> {now.etag!r})",
-                origin=self.name,
-                path=path,
-            )
+        now.identity.require(expect.identity, origin=self.name, path=self.prefix + path, strict=False)
 
     def probe(self) -> None:
-        try:
+        with self._mapped("", bucket_level=True):
             self._get_client().head_bucket(Bucket=self.bucket)
-        except OriginError:
-            raise
-        except Exception as exc:
-            raise classify_s3_error(exc, self.name, "", bucket_level=True) from exc
 
     def close(self) -> None:
         with self._lock:

@@ -54,7 +54,6 @@ from paramiko.ssh_exception import (
 from ..shared import (
     OriginError,
     OriginFatal,
-    OriginFileChanged,
     OriginNotFound,
     OriginPermission,
     OriginTimeout,
@@ -869,13 +868,7 @@ class SftpOrigin(Origin):
 
     def _check(self, path: str, now: FileStat, expect: FileStat, when: str) -> None:
         # Both sides are this origin's answers (etag ""; mtime to SFTP's whole seconds): all must match.
-        if not now.identity.matches(expect.identity):
-            raise OriginFileChanged(
-                f"{self.name}: {path} changed {when} "
-                f"(size {expect.size} -> {now.size}, mtime_ns {expect.mtime_ns} -> {now.mtime_ns})",
-                origin=self.name,
-                path=path,
-            )
+        now.identity.require(expect.identity, origin=self.name, path=path, when=when)
 
     def probe(self) -> None:
         remote = self._remote("")
