@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 from benchlib import ratio, write_section  # noqa: E402
+
 from musicfs_test_utils.daemon import MusicfsDaemon  # noqa: E402
 from musicfs_test_utils.large import large_config, seed_library, synthetic_rows  # noqa: E402
 

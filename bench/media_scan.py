@@ -66,7 +66,17 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(BENCH))
 
 from benchlib import (  # noqa: E402
-    BenchError, Proxy, Watchdog, drop_caches, log, machine, out, proxy_child_main, ratio, run_lines, write_section,
+    BenchError,
+    Proxy,
+    Watchdog,
+    drop_caches,
+    log,
+    machine,
+    out,
+    proxy_child_main,
+    ratio,
+    run_lines,
+    write_section,
 )
 
 START, END = "<!-- media-scan:start -->", "<!-- media-scan:end -->"

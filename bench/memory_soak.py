@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import log, machine, run_lines, write_section  # noqa: E402
+
 from musicfs_test_utils.daemon import MusicfsDaemon, write_config  # noqa: E402
 
 MB = 1 << 20

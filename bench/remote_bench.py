@@ -68,7 +68,17 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(BENCH))
 
 from benchlib import (  # noqa: E402
-    NOTES, BenchError, Proxy, Watchdog, drop_caches, log, machine, out, proxy_child_main, ratio, run_lines,
+    NOTES,
+    BenchError,
+    Proxy,
+    Watchdog,
+    drop_caches,
+    log,
+    machine,
+    out,
+    proxy_child_main,
+    ratio,
+    run_lines,
     write_section,
 )
 

@@ -57,8 +57,18 @@ finally:
     sys.path.pop(0)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import (  # noqa: E402
-    NOTES, BenchError, Watchdog, drop_caches, drop_failed, log, machine, note, out, ratio,
+    NOTES,
+    BenchError,
+    Watchdog,
+    drop_caches,
+    drop_failed,
+    log,
+    machine,
+    note,
+    out,
+    ratio,
 )
+
 MB = 1_000_000
 READ_BLOCK = 1 << 20
 FIRST_BYTES = 4096

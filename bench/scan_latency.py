@@ -34,8 +34,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from musicfs.origins.registry import OriginRegistry  # noqa: E402
 from musicfs.library.scanner import Scanner  # noqa: E402
+from musicfs.origins.registry import OriginRegistry  # noqa: E402
 from musicfs_test_utils.fixtures import make_library, open_catalog  # noqa: E402
 from musicfs_test_utils.servers import MotoServer, SshServer  # noqa: E402
 

@@ -7,27 +7,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from musicfs.daemon.mounts import is_stale, mount_entry, unmount
 from musicfs.commands.status import query_daemon
+from musicfs.daemon.mounts import is_stale, mount_entry, unmount
 
+from .eventually import eventually
 from .notify_socket import NotifySocket
 
-__all__ = ["MusicfsDaemon", "is_mounted", "is_stale", "sweep_stale_mounts", "toml_value", "wait_until", "write_config"]
-
-
-def wait_until(predicate, timeout: float, what: str, step: float = 0.02):
-    """Poll `predicate` until truthy or the deadline; for state that has no event to wait on."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"{what}: not within {timeout}s")
-        time.sleep(step)
+__all__ = ["MusicfsDaemon", "is_mounted", "is_stale", "sweep_stale_mounts", "toml_value", "write_config"]
 
 
 def toml_value(value) -> str:
@@ -109,7 +97,7 @@ class MusicfsDaemon:
                 return bool(self.notify.find("READY", "1"))
             return is_mounted(self.mountpoint) and not is_stale(self.mountpoint)
 
-        wait_until(ready, timeout, f"mount of {self.mountpoint}")
+        eventually(ready, timeout, f"mount of {self.mountpoint}")
 
     def wait_for_log(self, text: str, timeout: float = 30.0) -> None:
         """Until the child's log contains `text` (e.g. 'failpoint X paused'); fails fast if it dies."""
@@ -120,7 +108,7 @@ class MusicfsDaemon:
                 raise RuntimeError(f"musicfs exited with {self.proc.returncode}, never logged {text!r}:\n{self.log_text()}")
             return False
 
-        wait_until(seen, timeout, f"log line {text!r}")
+        eventually(seen, timeout, f"log line {text!r}")
 
     def signal(self, signum: int) -> None:
         os.kill(self.proc.pid, signum)

@@ -7,8 +7,14 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Iterator
 
-from musicfs.shared.errors import OriginFatal, OriginNotFound, OriginPermission, OriginTimeout, OriginTransient
 from musicfs.origins.base import FileStat, Origin
+from musicfs.shared.errors import (
+    OriginFatal,
+    OriginNotFound,
+    OriginPermission,
+    OriginTimeout,
+    OriginTransient,
+)
 
 
 @dataclass(frozen=True)

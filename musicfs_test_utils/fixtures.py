@@ -6,9 +6,9 @@ import os
 from pathlib import Path
 
 from musicfs.cache.cas import CasStore
-from musicfs.library.catalog import Catalog, FileRow
 from musicfs.commands.demo import JUNK_FILES, GeneratedTrack
 from musicfs.commands.demo import make_library as _make_library
+from musicfs.library.catalog import Catalog, FileRow
 from musicfs.library.tree import FIRST_INO, VirtualTree, build_tree
 
 __all__ = ["make_library", "open_catalog", "make_file_meta", "make_audio_meta", "setup_test_cas", "setup_test_tree",
@@ -28,10 +28,10 @@ def wait_settled(root: str | os.PathLike, timeout: float = 10.0) -> None:
 
     from musicfs.origins.local import LocalOrigin
 
-    from .daemon import wait_until
+    from .daemon import eventually
 
     origin = LocalOrigin(root)
-    wait_until(lambda: all(origin.changed_before(st.identity, time.time()) for st in origin.walk()), timeout,
+    eventually(lambda: all(origin.changed_before(st.identity, time.time()) for st in origin.walk()), timeout,
                f"the files under {root} settled")
 
 

@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 from musicfs.library.catalog import FileRow
-from musicfs.shared.config import Config
-from musicfs.library.storage import Library
 from musicfs.library.scanner import TAGS_VERSION
+from musicfs.library.storage import Library
+from musicfs.shared.config import Config
 
 
 def synthetic_rows(tracks: int, per_album: int = 10, albums_per_artist: int = 10, root: Path | None = None) -> list[FileRow]:

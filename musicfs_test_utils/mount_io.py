@@ -48,14 +48,14 @@ def read_digest(path: Path | str, timeout: float = 60.0) -> str:
 def read_until_cached(daemon, path: Path | str, timeout: float = 15.0) -> str:
     """Read `path` whole until a read fetches nothing of a racy version (origins/base.py, settled): from then on
     the daemon keeps what it fetches, so the file is cached after that read. Its SHA-256."""
-    from .daemon import wait_until
+    from .daemon import eventually
 
     def settled_read() -> str | None:
         racy = daemon.status()["reader"]["racy_fetches"]
         digest = read_digest(path)
         return digest if daemon.status()["reader"]["racy_fetches"] == racy else None
 
-    return wait_until(settled_read, timeout, f"a read of {path} past its racy moment", step=0.2)
+    return eventually(settled_read, timeout, f"a read of {path} past its racy moment", step=0.2)
 
 
 def mount_files_by_size(mountpoint: str, origin_files: list[Path]) -> dict[Path, Path]:

@@ -19,15 +19,15 @@ from pathlib import Path
 import trio
 import trio.testing
 
-from musicfs.cache.health import CacheHealth
-from musicfs.cache.chunk_cache import ChunkCache
 from musicfs.cache.cas import CasStore, chunk_hash
+from musicfs.cache.chunk_cache import ChunkCache
+from musicfs.cache.health import CacheHealth
 from musicfs.library.catalog import Catalog, FileRow
-from musicfs.shared.errors import MusicFSError, OriginError
 from musicfs.origins.base import Origin
 from musicfs.origins.local import LocalOrigin
 from musicfs.origins.registry import OriginRegistry
 from musicfs.read.reader import FileReader
+from musicfs.shared.errors import MusicFSError, OriginError
 from musicfs_test_utils.faulty_cas import FaultyCasStore
 from musicfs_test_utils.faulty_origin import FailMode, FaultyOrigin, Healthy
 

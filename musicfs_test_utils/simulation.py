@@ -17,18 +17,25 @@ from pathlib import Path
 import trio
 import trio.testing
 
-from musicfs.cache.chunk_cache import ChunkCache
 from musicfs.cache.cas import CasStore
+from musicfs.cache.chunk_cache import ChunkCache
+from musicfs.daemon.supervisor import TaskSupervisor
 from musicfs.library.catalog import Catalog
-from musicfs.shared.errors import (CacheFull, CasError, MusicFSError, OriginNotFound, OriginTimeout, OriginTransient)
+from musicfs.library.scanner import Scanner
 from musicfs.origins.base import Origin
 from musicfs.origins.health import HealthMonitor
 from musicfs.origins.local import LocalOrigin
 from musicfs.origins.memory import MemoryOrigin, Request
 from musicfs.origins.registry import OriginRegistry
 from musicfs.read.reader import FileReader
-from musicfs.daemon.supervisor import TaskSupervisor
-from musicfs.library.scanner import Scanner
+from musicfs.shared.errors import (
+    CacheFull,
+    CasError,
+    MusicFSError,
+    OriginNotFound,
+    OriginTimeout,
+    OriginTransient,
+)
 
 from .fixtures import open_catalog
 

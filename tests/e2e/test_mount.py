@@ -13,7 +13,11 @@ import sys
 import pytest
 
 from musicfs.commands.demo import JUNK_FILES
-from musicfs_test_utils.assertions import assert_mount_matches_origin, file_digest, tree_files
+from musicfs_test_utils.assertions import (
+    assert_mount_matches_origin,
+    file_digest,
+    tree_files,
+)
 from musicfs_test_utils.daemon import MusicfsDaemon, is_mounted
 from musicfs_test_utils.fixtures import make_library
 

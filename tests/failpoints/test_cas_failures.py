@@ -18,19 +18,18 @@ from pathlib import Path
 import pytest
 
 from musicfs import failpoints
-
-from musicfs.shared import points
 from musicfs.cache.cas import CasStore, chunk_hash
-from musicfs.shared.config import Config
-from musicfs.daemon.main import Daemon
-from musicfs.shared.errors import ChunkMissing
-from musicfs.failpoints import FailPointPanic
+from musicfs.cache.chunk_cache import ChunkCache
 from musicfs.daemon.fuse_ops import MusicOperations
+from musicfs.daemon.main import Daemon
+from musicfs.daemon.notify import Notifier
+from musicfs.failpoints import FailPointPanic
 from musicfs.library.search import IndexDoc, SearchIndex
 from musicfs.library.storage import Library
-from musicfs.daemon.notify import Notifier
-from musicfs.cache.chunk_cache import ChunkCache
 from musicfs.read.reader import FileReader
+from musicfs.shared import points
+from musicfs.shared.config import Config
+from musicfs.shared.errors import ChunkMissing
 from musicfs_test_utils.fixtures import make_library
 from musicfs_test_utils.reader_rig import ReaderRig
 from musicfs_test_utils.reader_rig import pattern_bytes as shared_pattern_bytes

@@ -12,12 +12,11 @@ import trio
 import trio.testing
 
 from musicfs import failpoints
-
-from musicfs.shared import points
 from musicfs.origins.health import HealthMonitor
 from musicfs.origins.local import LocalOrigin
 from musicfs.origins.registry import HEALTHY, UNHEALTHY, OriginRegistry
-from musicfs_test_utils.daemon import wait_until
+from musicfs.shared import points
+from musicfs_test_utils.eventually import eventually
 
 HANG = points.HEALTH_CHECK_HANG
 TIMEOUT = 3.0
@@ -54,7 +53,7 @@ async def test_a_probe_paused_at_health_check_hang_times_out_alone(clock, tmp_pa
     assert "timed out after 3s" in registry.health_of(hung).last_error
 
     failpoints.remove(HANG)  # the probe thread wakes up and ends; the next round finds every origin well
-    await trio.to_thread.run_sync(wait_until, lambda: not monitor._inflight, 10.0, "the paused probe ending")
+    await trio.to_thread.run_sync(eventually, lambda: not monitor._inflight, 10.0, "the paused probe ending")
     await monitor.probe_all()
     assert [h.state for h in registry.health] == [HEALTHY] * 4
 

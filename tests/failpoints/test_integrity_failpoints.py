@@ -13,12 +13,11 @@ import pytest
 import trio
 
 from musicfs import failpoints
-
-from musicfs.shared import points
-from musicfs.cache.health import DOWN, NORMAL, UNSTABLE
 from musicfs.cache.cas import chunk_hash
-from musicfs.shared.config import Config
+from musicfs.cache.health import DOWN, NORMAL, UNSTABLE
 from musicfs.library.storage import Library
+from musicfs.shared import points
+from musicfs.shared.config import Config
 from musicfs_test_utils.reader_rig import ReaderRig, pattern_bytes
 
 CHUNK = 8 * 1024

@@ -20,11 +20,10 @@ from pathlib import Path
 import pytest
 
 from musicfs import failpoints
-
-from musicfs.shared import points
-from musicfs.shared.errors import OriginFileChanged
 from musicfs.origins.s3 import S3Origin
 from musicfs.origins.sftp import SftpOrigin
+from musicfs.shared import points
+from musicfs.shared.errors import OriginFileChanged
 from musicfs_test_utils.servers import MotoServer, SshServer
 
 pytestmark = pytest.mark.l3

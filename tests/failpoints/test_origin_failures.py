@@ -16,14 +16,12 @@ import pytest
 import trio
 
 from musicfs import failpoints
-
-from musicfs.shared import points
 from musicfs.failpoints import FailPointPanic
 from musicfs.origins.local import LocalOrigin
 from musicfs.origins.registry import OriginRegistry
-from musicfs_test_utils.reader_rig import READ_ERRORS
+from musicfs.shared import points
 from musicfs_test_utils.faulty_origin import FaultyOrigin
-from musicfs_test_utils.reader_rig import ReaderRig
+from musicfs_test_utils.reader_rig import READ_ERRORS, ReaderRig
 from musicfs_test_utils.reader_rig import pattern_bytes as shared_pattern_bytes
 
 CHUNK = 4096

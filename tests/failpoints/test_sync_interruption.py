@@ -15,16 +15,14 @@ from pathlib import Path
 import pytest
 
 from musicfs import failpoints
-
-from musicfs.shared import points
-
+from musicfs.failpoints import FailPointPanic
 from musicfs.library import tags
 from musicfs.library.catalog import Catalog
-from musicfs.failpoints import FailPointPanic
+from musicfs.library.scanner import Scanner
 from musicfs.origins.base import FileStat
 from musicfs.origins.local import LocalOrigin
 from musicfs.origins.registry import OriginRegistry
-from musicfs.library.scanner import Scanner
+from musicfs.shared import points
 from musicfs_test_utils.faulty_origin import FaultyOrigin
 from musicfs_test_utils.fixtures import make_library
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from musicfs_test_utils.assertions import file_digest, tree_files
-from musicfs_test_utils.daemon import wait_until, write_config
+from musicfs_test_utils.daemon import write_config
+from musicfs_test_utils.eventually import eventually
 from musicfs_test_utils.mount_io import mount_file_for, read_in_child, read_until_cached
 
 pytestmark = [pytest.mark.l2, pytest.mark.l3]
@@ -53,13 +54,13 @@ def test_n3_blackholed_origin_on_a_mount_gives_eio_in_time_then_recovers(kind, v
     assert (outcome, code) == ("ERR", "5"), f"expected EIO, got {outcome} {code}"
     # One FUSE read is bounded by read_timeout; the kernel may retry a failed readahead once.
     assert seconds < 2 * READ_TIMEOUT + 1.0, f"the reading process waited {seconds:.1f}s"
-    wait_until(lambda: daemon.status()["origins"][0]["state"] == "unhealthy", 15, "origin marked unhealthy")
+    eventually(lambda: daemon.status()["origins"][0]["state"] == "unhealthy", 15, "origin marked unhealthy")
     doc = daemon.status()
     assert doc["offline"] is True and doc["origins"][0]["last_error"]
     assert read_in_child(m_cached)[:2] == ("OK", file_digest(cached))  # cached bytes still served
 
     proxy.remove_toxic("hole")
-    wait_until(lambda: not daemon.status()["offline"], 15, "back online")
+    eventually(lambda: not daemon.status()["offline"], 15, "back online")
     assert daemon.status()["origins"][0]["state"] == "healthy"
     assert read_in_child(m_uncached)[:2] == ("OK", file_digest(uncached))
     assert daemon.stop() == 0
@@ -74,7 +75,7 @@ def test_n7_proxy_down_then_up_on_a_mount_goes_offline_and_recovers(kind, via_pr
     assert read_until_cached(daemon, m_cached) == file_digest(cached)  # cached (once its version settled)
 
     proxy.disable()
-    wait_until(lambda: daemon.status()["offline"], 15, "offline")
+    eventually(lambda: daemon.status()["offline"], 15, "offline")
     assert all(o["state"] == "unhealthy" for o in daemon.status()["origins"])
     assert read_in_child(m_cached)[:2] == ("OK", file_digest(cached))
     outcome, code, seconds = read_in_child(m_uncached)
@@ -82,7 +83,7 @@ def test_n7_proxy_down_then_up_on_a_mount_goes_offline_and_recovers(kind, via_pr
     assert seconds < 1.0, f"offline reads must fail fast, took {seconds:.2f}s"
 
     proxy.enable()
-    wait_until(lambda: not daemon.status()["offline"], 15, "back online")
+    eventually(lambda: not daemon.status()["offline"], 15, "back online")
     assert read_in_child(m_uncached)[:2] == ("OK", file_digest(uncached))
     assert daemon.stop() == 0
     assert "OFFLINE" in daemon.log_text() or "every origin is down" in daemon.log_text()
@@ -102,13 +103,13 @@ def test_a_remote_mount_starts_with_its_server_unreachable_and_serves_its_cache(
     proxy.disable()  # the server is unreachable when the daemon starts again (same state and cache)
     daemon.start()
     daemon.wait_for_mount()
-    wait_until(lambda: daemon.status()["offline"], 15, "offline")
+    eventually(lambda: daemon.status()["offline"], 15, "offline")
     assert sorted(str(p.relative_to(daemon.mountpoint)) for p in tree_files(daemon.mountpoint)) == listing
     assert read_in_child(m_cached)[:2] == ("OK", file_digest(cached))
     outcome, code, seconds = read_in_child(m_uncached)
     assert (outcome, code) == ("ERR", "5") and seconds < 1.0
 
     proxy.enable()
-    wait_until(lambda: not daemon.status()["offline"], 15, "back online")
+    eventually(lambda: not daemon.status()["offline"], 15, "back online")
     assert read_in_child(m_uncached)[:2] == ("OK", file_digest(uncached))
     assert daemon.stop() == 0

@@ -19,14 +19,15 @@ import pytest
 import trio
 
 from musicfs.cache.cas import CasStore, chunk_hash
+from musicfs.cache.chunk_cache import ChunkCache
 from musicfs.library.catalog import Catalog, FileRow
-from musicfs.shared.errors import OriginOffline
 from musicfs.origins.base import Origin
 from musicfs.origins.factory import open_origin
 from musicfs.origins.health import HealthMonitor
 from musicfs.origins.registry import HEALTHY, UNHEALTHY, OriginRegistry
-from musicfs.cache.chunk_cache import ChunkCache
 from musicfs.read.reader import FileReader
+from musicfs.shared.errors import OriginOffline
+from musicfs_test_utils.eventually import eventually_async
 from musicfs_test_utils.fixtures import open_catalog, setup_test_cas
 from musicfs_test_utils.reader_rig import READ_ERRORS, current_row, read_range
 
@@ -96,13 +97,8 @@ class Rig:
     def state(self, origin: Origin | None = None) -> str:
         return self.registry.health_of(origin or self.origin).state
 
-    async def wait_for(self, predicate: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-        with trio.fail_after(timeout):
-            while not predicate():
-                await trio.sleep(0.05)
-
     async def recovered(self) -> None:
-        await self.wait_for(lambda: self.state() == HEALTHY and not self.registry.offline, "recovery")
+        await eventually_async(lambda: self.state() == HEALTHY and not self.registry.offline, 15, "recovery")
 
 
 @asynccontextmanager
@@ -203,7 +199,7 @@ async def test_n3_blackhole_gives_an_error_within_read_timeout_and_marks_the_ori
         elapsed, got = await timed(rig.read(BIG, 0, CHUNK))
         assert isinstance(got, READ_ERRORS), got
         assert elapsed < READ_TIMEOUT + SLACK, f"answered after {elapsed:.2f}s; read_timeout is {READ_TIMEOUT}s"
-        await rig.wait_for(lambda: rig.state() == UNHEALTHY, "origin marked unhealthy")
+        await eventually_async(lambda: rig.state() == UNHEALTHY, 15, "origin marked unhealthy")
         assert rig.registry.offline  # its only origin: offline
         assert await rig.read(SMALL) == rig.want(SMALL)  # cached bytes still served
         assert rig.manifest(BIG) == {}
@@ -226,7 +222,7 @@ async def test_n3_blackholed_primary_fails_over_to_the_other_server_and_is_prefe
         replica = open_origin(request.getfixturevalue("sftp_library"),
                               request.getfixturevalue("ssh_server").origin_options(**ORIGIN_TIMEOUTS))
     async with chaos_rig(kind, via_proxy, library, tmp_path, replica=replica, grace=1.0) as rig:
-        await rig.wait_for(lambda: rig.state(replica) == HEALTHY, "replica probed")
+        await eventually_async(lambda: rig.state(replica) == HEALTHY, 15, "replica probed")
         assert rig.registry.active is rig.origin
         assert await rig.read(BIG, 0, CHUNK) == rig.want(BIG, 0, CHUNK)  # from the primary
 
@@ -234,16 +230,16 @@ async def test_n3_blackholed_primary_fails_over_to_the_other_server_and_is_prefe
         elapsed, got = await timed(rig.read(BIG, CHUNK, CHUNK))
         assert got == rig.want(BIG, CHUNK, CHUNK), got  # failed over: right bytes ...
         assert elapsed < READ_TIMEOUT + SLACK  # ... within the read timeout
-        await rig.wait_for(lambda: rig.state() == UNHEALTHY, "primary marked unhealthy")
+        await eventually_async(lambda: rig.state() == UNHEALTHY, 15, "primary marked unhealthy")
         assert rig.registry.active is replica and not rig.registry.offline
         elapsed, got = await timed(rig.read(BIG, 2 * CHUNK, CHUNK))
         assert got == rig.want(BIG, 2 * CHUNK, CHUNK) and elapsed < 1.0  # the dead primary is not even tried
 
         await rig.proxy.remove_toxic("hole")
-        await rig.wait_for(lambda: rig.state() == HEALTHY, "primary healthy again")
+        await eventually_async(lambda: rig.state() == HEALTHY, 15, "primary healthy again")
         recovered_at = time.monotonic()
         assert rig.registry.active is replica  # healthy, but not yet for the grace period
-        await rig.wait_for(lambda: rig.registry.active is rig.origin, "primary preferred again")
+        await eventually_async(lambda: rig.registry.active is rig.origin, 15, "primary preferred again")
         assert time.monotonic() - recovered_at >= 0.9
         assert await rig.read(BIG, 3 * CHUNK, CHUNK) == rig.want(BIG, 3 * CHUNK, CHUNK)
         rig.assert_cache_holds_only_good_chunks(BIG)
@@ -312,7 +308,7 @@ async def test_n7_proxy_down_goes_offline_then_recovers_without_restart(kind, vi
     async with chaos_rig(kind, via_proxy, library, tmp_path) as rig:
         assert await rig.read(SMALL) == rig.want(SMALL)
         await rig.proxy.disable()
-        await rig.wait_for(lambda: rig.registry.offline, "offline")
+        await eventually_async(lambda: rig.registry.offline, 15, "offline")
         assert await rig.read(SMALL) == rig.want(SMALL)  # cached: served
         elapsed, got = await timed(rig.read(BIG, 0, CHUNK))
         assert isinstance(got, OriginOffline), got

@@ -18,6 +18,10 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from musicfs.origins.base import FileStat, Origin
+from musicfs.origins.factory import open_origin
+from musicfs.origins.s3 import S3Origin
+from musicfs.origins.sftp import SftpOrigin
 from musicfs.shared.errors import (
     OriginFatal,
     OriginFileChanged,
@@ -27,10 +31,6 @@ from musicfs.shared.errors import (
     PathEscape,
     ShortRead,
 )
-from musicfs.origins.base import FileStat, Origin
-from musicfs.origins.factory import open_origin
-from musicfs.origins.s3 import S3Origin
-from musicfs.origins.sftp import SftpOrigin
 from musicfs_test_utils.servers import MotoServer, SshServer, ed25519_keypair, free_port
 
 pytestmark = pytest.mark.l3

@@ -9,9 +9,9 @@ import logging
 
 import pytest
 
-from musicfs.shared.logsetup import setup_logging, teardown_logging
 from musicfs.origins.s3 import S3Origin
 from musicfs.origins.sftp import SftpOrigin
+from musicfs.shared.logsetup import setup_logging, teardown_logging
 
 pytestmark = pytest.mark.l3
 

@@ -13,14 +13,14 @@
 from __future__ import annotations
 
 import hashlib
-
 from pathlib import Path
 
 import pytest
 
 from musicfs_test_utils import disks
 from musicfs_test_utils.assertions import assert_mount_matches_origin, tree_files
-from musicfs_test_utils.daemon import wait_until, write_config
+from musicfs_test_utils.daemon import write_config
+from musicfs_test_utils.eventually import eventually
 from musicfs_test_utils.fixtures import make_library
 from musicfs_test_utils.mount_io import read_digest
 
@@ -94,9 +94,9 @@ def test_a_cache_folder_turned_read_only_means_passthrough_until_a_probe_sees_it
             assert "Read-only file system" in state["reason"] or "probe" in state["reason"]
             assert read_digests(third) == [sha(small[-2])]
             assert daemon.status()["cache"]["chunks"] == chunks_before  # passthrough: nothing stored
-            wait_until(lambda: daemon.status()["cache"]["state"] == "down", 30, "the cache marked down")
+            eventually(lambda: daemon.status()["cache"]["state"] == "down", 30, "the cache marked down")
             writable_again()
-            wait_until(lambda: daemon.status()["cache"]["state"] == "normal", 30, "a probe re-enabling the cache")
+            eventually(lambda: daemon.status()["cache"]["state"] == "normal", 30, "a probe re-enabling the cache")
         assert read_digests(third) == [sha(small[-2])]
         assert daemon.status()["cache"]["chunks"] > chunks_before  # caching again
         assert "a probe passed: the cache is used again" in daemon.log_text()
@@ -116,7 +116,7 @@ def test_a_daemon_started_on_a_read_only_cache_serves_and_takes_the_cache_back_w
         assert_mount_matches_origin(daemon.mountpoint, files)  # straight from the origin
         assert "cache: cannot open" in daemon.log_text()
         disks.remount(daemon.cache_dir, "rw")
-        wait_until(lambda: daemon.status()["cache"]["state"] == "normal", 30, "a probe opening the cache")
+        eventually(lambda: daemon.status()["cache"]["state"] == "normal", 30, "a probe opening the cache")
         assert read_digests(*tree_files(daemon.mountpoint))
         assert daemon.status()["cache"]["chunks"] > 0
         assert daemon.stop() == 0

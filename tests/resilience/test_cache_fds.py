@@ -13,7 +13,8 @@ import sys
 import pytest
 
 from musicfs_test_utils.assertions import tree_files
-from musicfs_test_utils.daemon import wait_until, write_config
+from musicfs_test_utils.daemon import write_config
+from musicfs_test_utils.eventually import eventually
 
 pytestmark = pytest.mark.l2
 
@@ -59,7 +60,7 @@ def test_a_daemon_out_of_descriptors_answers_eio_and_recovers_when_they_free_up(
         starved = read_all(cached[:2] + fresh[:2])
         assert starved == [("ERR", str(errno.EIO))] * 4, starved
         assert daemon.alive()
-        wait_until(lambda: daemon.log_text()[log_before:].count("fuse read: ") >= 4, 10, "the EIO log lines")
+        eventually(lambda: daemon.log_text()[log_before:].count("fuse read: ") >= 4, 10, "the EIO log lines")
         log = daemon.log_text()[log_before:]
         assert "too many open files (EMFILE)" in log or "Too many open files" in log
     finally:
@@ -67,5 +68,5 @@ def test_a_daemon_out_of_descriptors_answers_eio_and_recovers_when_they_free_up(
     assert read_all(cached) == good  # the same daemon, no restart: cached chunks read again
     # fresh ones come from the origin again once its health probe passes: the registry counts EMFILE
     # against the origin (offline meanwhile), so this waits for one probe interval at most
-    wait_until(lambda: all(status == "OK" for status, _ in read_all(fresh)), 30, "uncached reads to succeed")
+    eventually(lambda: all(status == "OK" for status, _ in read_all(fresh)), 30, "uncached reads to succeed")
     assert daemon.stop() == 0

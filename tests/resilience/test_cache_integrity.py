@@ -16,11 +16,16 @@ from pathlib import Path
 
 import pytest
 
+from musicfs.commands.demo import JUNK_FILES
 from musicfs.shared import points
 from musicfs.shared.damage import RunMarker
-from musicfs.commands.demo import JUNK_FILES
-from musicfs_test_utils.assertions import assert_mount_matches_origin, file_digest, tree_files
-from musicfs_test_utils.daemon import is_mounted, wait_until, write_config
+from musicfs_test_utils.assertions import (
+    assert_mount_matches_origin,
+    file_digest,
+    tree_files,
+)
+from musicfs_test_utils.daemon import is_mounted, write_config
+from musicfs_test_utils.eventually import eventually
 from musicfs_test_utils.fixtures import make_library
 from musicfs_test_utils.mount_io import mount_file_for, read_digest
 
@@ -99,7 +104,7 @@ def test_kill_9_during_reads_and_cache_writes_then_restart_and_fsck_is_clean(tmp
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(3)]
     try:
         chunks = daemon.cache_dir / "chunks"
-        wait_until(lambda: sum(1 for _ in chunks.rglob("*")) > 40, 60, "chunks written to the cache")
+        eventually(lambda: sum(1 for _ in chunks.rglob("*")) > 40, 60, "chunks written to the cache")
         daemon.kill9()  # in the middle of reads and cache writes
     finally:
         for reader in readers:

@@ -12,7 +12,6 @@ import hashlib
 import subprocess
 import sys
 
-
 import psutil
 import pytest
 

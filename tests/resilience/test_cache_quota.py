@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from musicfs.commands.demo import BIG_FILE_PATH
-from musicfs_test_utils.assertions import file_digest
-from musicfs_test_utils.daemon import wait_until, write_config
+from musicfs_test_utils.assertions import file_digest, tree_files
+from musicfs_test_utils.daemon import write_config
+from musicfs_test_utils.eventually import eventually
 from musicfs_test_utils.fixtures import make_library
-from musicfs_test_utils.assertions import tree_files
 from musicfs_test_utils.mount_io import mount_file_for, read_digest
 
 pytestmark = pytest.mark.l2
@@ -42,7 +42,7 @@ def test_a_file_larger_than_the_quota_read_and_closed_leaves_the_cache_within_it
 
     assert read_digest(mounted) == file_digest(track)  # read whole in a child process, then closed
 
-    wait_until(lambda: daemon.status()["cache"]["used_bytes"] <= QUOTA, 10,
+    eventually(lambda: daemon.status()["cache"]["used_bytes"] <= QUOTA, 10,
                "the cache back within its quota after the close")
     assert daemon.status()["cache"]["pinned"] == 0
     assert read_digest(mounted) == file_digest(track)  # and it reads right again
@@ -96,7 +96,7 @@ def test_a_played_track_keeps_its_chunks_while_other_reads_evict_until_it_is_clo
         player.communicate("close\n", timeout=30)
     # closed: its chunks are ordinary again (what stays protected is the heads of the last next tracks fetched
     # ahead of the small tracks read to their end: 4 of them, 2 chunks each at most)
-    wait_until(lambda: daemon.status()["cache"]["protected"] <= 4 * 2 and daemon.status()["cache"]["pinned"] == 0,
+    eventually(lambda: daemon.status()["cache"]["protected"] <= 4 * 2 and daemon.status()["cache"]["pinned"] == 0,
                10, "the closed track's chunks ordinary again")
     assert daemon.status()["cache"]["used_bytes"] <= quota
     assert daemon.stop() == 0

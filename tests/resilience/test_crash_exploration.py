@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from musicfs.shared import points
 from musicfs.commands.demo import JUNK_FILES
 from musicfs.failpoints import declared
+from musicfs.shared import points
 from musicfs_test_utils.assertions import assert_mount_matches_origin, tree_files
 from musicfs_test_utils.daemon import write_config
 from musicfs_test_utils.fixtures import wait_settled

@@ -22,12 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from musicfs.shared import points
-
-from musicfs.library import tags
 from musicfs.commands.demo import BIG_FILE_PATH, JUNK_FILES
 from musicfs.daemon.mounts import unmount
+from musicfs.library import tags
 from musicfs.origins.local import LocalOrigin
+from musicfs.shared import points
 from musicfs_test_utils.assertions import assert_same_bytes, file_digest, tree_files
 from musicfs_test_utils.daemon import is_mounted, is_stale
 from musicfs_test_utils.fixtures import make_library

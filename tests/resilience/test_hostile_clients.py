@@ -23,7 +23,8 @@ import pytest
 
 from musicfs.shared.statefiles import SOCKET_NAME
 from musicfs_test_utils.assertions import file_digest
-from musicfs_test_utils.daemon import wait_until, write_config
+from musicfs_test_utils.daemon import write_config
+from musicfs_test_utils.eventually import eventually
 from musicfs_test_utils.mount_io import mount_files_by_size, read_in_child
 
 pytestmark = pytest.mark.l2
@@ -99,7 +100,7 @@ def test_1500_idle_metrics_connections_under_1024_descriptors_leave_the_mount_an
     finally:
         for client in clients:
             client.close()
-    wait_until(lambda: scrape(address), 30, "a scrape answered once the idle clients are gone")
+    eventually(lambda: scrape(address), 30, "a scrape answered once the idle clients are gone")
     assert daemon.stop() == 0
 
 

@@ -11,8 +11,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from musicfs.commands.demo import BIG_FILE_PATH
-from musicfs_test_utils.fixtures import make_library
 from musicfs_test_utils.daemon import is_mounted
+from musicfs_test_utils.fixtures import make_library
 
 pytestmark = pytest.mark.l2
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from musicfs_test_utils.assertions import file_digest, tree_files
-from musicfs_test_utils.daemon import wait_until, write_config
+from musicfs_test_utils.daemon import write_config
+from musicfs_test_utils.eventually import eventually
 from musicfs_test_utils.mount_io import mount_files_by_size, read_in_child
 
 pytestmark = pytest.mark.l2
@@ -44,7 +45,7 @@ def test_with_every_origin_down_cached_files_play_uncached_fail_fast_and_it_reco
     assert daemon.status()["offline"] is False
 
     os.rename(root, root.with_name("library-away"))  # every origin gone
-    wait_until(lambda: daemon.status()["offline"], 15, "offline")
+    eventually(lambda: daemon.status()["offline"], 15, "offline")
     doc = daemon.status()
     assert doc["origins"][0]["state"] == "unhealthy" and "not a directory" in doc["origins"][0]["last_error"]
     for f in cached:
@@ -55,7 +56,7 @@ def test_with_every_origin_down_cached_files_play_uncached_fail_fast_and_it_reco
         assert seconds < 1.0, f"{f.name}: an offline read must fail fast, took {seconds:.2f}s"
 
     os.rename(root.with_name("library-away"), root)  # back, and nothing is restarted
-    wait_until(lambda: not daemon.status()["offline"], 15, "back online")
+    eventually(lambda: not daemon.status()["offline"], 15, "back online")
     assert daemon.status()["origins"][0]["state"] == "healthy"
     for f in uncached:
         assert read_in_child(pairs[f])[:2] == ("OK", digests[f])
@@ -82,7 +83,7 @@ def test_a_mount_starts_with_every_origin_unreachable_and_serves_its_cache(libra
     os.rename(root, root.with_name("library-away"))
     daemon.start()  # same state and cache, every origin unreachable
     daemon.wait_for_mount()
-    wait_until(lambda: daemon.status()["offline"], 15, "offline")
+    eventually(lambda: daemon.status()["offline"], 15, "offline")
     assert sorted(str(p.relative_to(daemon.mountpoint)) for p in tree_files(daemon.mountpoint)) == names
     for f in cached:
         assert read_in_child(pairs[f])[:2] == ("OK", digests[f])
@@ -90,6 +91,6 @@ def test_a_mount_starts_with_every_origin_unreachable_and_serves_its_cache(libra
     assert (outcome, code) == ("ERR", "5") and seconds < 1.0
 
     os.rename(root.with_name("library-away"), root)
-    wait_until(lambda: not daemon.status()["offline"], 15, "back online")
+    eventually(lambda: not daemon.status()["offline"], 15, "back online")
     assert read_in_child(pairs[uncached[0]])[:2] == ("OK", digests[uncached[0]])
     assert daemon.stop() == 0

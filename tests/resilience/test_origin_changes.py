@@ -20,9 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from musicfs.shared import points
 from musicfs.commands.demo import BIG_FILE_PATH
-from musicfs_test_utils.daemon import wait_until, write_config
+from musicfs.shared import points
+from musicfs_test_utils.daemon import write_config
+from musicfs_test_utils.eventually import eventually
 from musicfs_test_utils.fixtures import flac_audio_start, make_library
 from musicfs_test_utils.mount_io import mount_file_for
 
@@ -107,7 +108,7 @@ def test_a_handle_from_before_a_same_size_replace_never_leaves_old_pages_for_a_f
         staged.write_bytes(new)
         os.replace(staged, track)
         daemon.signal(signal.SIGHUP)
-        wait_until(lambda: shows_version(mounted, track), 30, "the rescan showing the new version")
+        eventually(lambda: shows_version(mounted, track), 30, "the rescan showing the new version")
 
         again = read_fd(fd, 0, 4 << 20)  # the old handle reads its version again (refilling its pages)
         assert again == old[:4 << 20]
@@ -149,7 +150,7 @@ def test_an_in_place_edit_during_a_fetch_is_never_cached_mixed_and_starts_a_resc
         reader = threading.Thread(target=read_next_chunk)
         reader.start()
         try:  # the daemon has checked the identity and not read yet: edit in place, chunk c0 then c0 + 1
-            wait_until(lambda: daemon.log_text().count(sleeping) > seen, 30, "the fetch of the next chunk")
+            eventually(lambda: daemon.log_text().count(sleeping) > seen, 30, "the fetch of the next chunk")
             new = bytearray(old)
             with open(track, "r+b") as fh:
                 for at in (at1 - 4096, end - 4096):
@@ -176,7 +177,7 @@ def test_an_in_place_edit_during_a_fetch_is_never_cached_mixed_and_starts_a_resc
                 f"chunk {c0 + 1} {'old' if both[CHUNK:] == old[at1:end] else 'new'}: a mix the origin never had")
 
         # The refused fetch started a rescan by itself (no SIGHUP): the mount shows the new version.
-        wait_until(lambda: shows_version(mounted, track), 60, "the rescan started by the changed file")
+        eventually(lambda: shows_version(mounted, track), 60, "the rescan started by the changed file")
         assert read_range(mounted, at0, CHUNK) == new[at0:at1]
     assert "changed under a read: rescanning" in daemon.log_text()
     assert daemon.stop() == 0

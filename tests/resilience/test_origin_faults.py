@@ -24,9 +24,15 @@ import pytest
 
 from musicfs.shared import points
 from musicfs_test_utils.assertions import file_digest
-from musicfs_test_utils.daemon import wait_until, write_config
+from musicfs_test_utils.daemon import write_config
+from musicfs_test_utils.eventually import eventually
 from musicfs_test_utils.fixtures import flac_audio_start
-from musicfs_test_utils.mount_io import mount_files_by_size, read_in_child, reader_process, reader_result
+from musicfs_test_utils.mount_io import (
+    mount_files_by_size,
+    read_in_child,
+    reader_process,
+    reader_result,
+)
 
 pytestmark = pytest.mark.l2
 
@@ -92,7 +98,7 @@ def test_a_read_stuck_at_the_origin_answers_eio_at_read_timeout_and_the_origin_s
     [origin] = daemon.status()["origins"]
     assert origin["state"] == "unhealthy" and "stuck past the read deadline" in origin["last_error"]
     # the hung call returns at last: the next probe brings the origin back, and every file reads right
-    wait_until(lambda: daemon.status()["origins"][0]["state"] == "healthy", 15, "the origin healthy again")
+    eventually(lambda: daemon.status()["origins"][0]["state"] == "healthy", 15, "the origin healthy again")
     assert read_in_child(pairs[other])[:2] == ("OK", file_digest(other))
     assert read_in_child(pairs[stuck])[:2] == ("OK", file_digest(stuck))
     assert daemon.stop() == 0
@@ -114,7 +120,7 @@ def test_100_concurrent_reads_finish_and_a_stuck_file_does_not_stall_cached_read
         return hashlib.sha256(read_uncached(pairs[f])).hexdigest()
 
     blocked = reader_process(pairs[stuck])  # the first origin read: it hangs in its worker thread
-    wait_until(lambda: HANGING in daemon.log_text(), 10, "the daemon's origin read hanging")
+    eventually(lambda: HANGING in daemon.log_text(), 10, "the daemon's origin read hanging")
     # 100 concurrent cold reads of every file but the stuck one: all finish, all right.
     jobs = [others[i % len(others)] for i in range(100)]
     started = time.monotonic()
@@ -151,7 +157,7 @@ def test_a_fifo_swapped_in_for_a_track_is_eio_at_once_and_every_other_file_still
     assert origin["state"] == "healthy" and origin["stuck"] == 0
     assert not [t for t in os.listdir(f"/proc/{daemon.pid}/task") if wchan(daemon.pid, t) == "wait_for_partner"]
     # the rescan the first read started drops it from the tree: it is no music
-    wait_until(lambda: not pairs[fifo].exists(), 15, "the FIFO gone from the tree")
+    eventually(lambda: not pairs[fifo].exists(), 15, "the FIFO gone from the tree")
     assert daemon.stop() == 0
 
 
@@ -192,7 +198,7 @@ def test_a_file_changed_at_the_origin_is_never_mixed_and_shows_new_after_a_resca
 
     daemon.signal(signal.SIGHUP)
     try:
-        wait_until(lambda: mounted.exists() and mounted.stat().st_size == len(new), 30, "the tree showing the new file")
+        eventually(lambda: mounted.exists() and mounted.stat().st_size == len(new), 30, "the tree showing the new file")
     except TimeoutError as exc:
         raise AssertionError(f"{exc}\n{daemon.log_text()}") from None
     assert read_in_child(mounted)[:2] == ("OK", hashlib.sha256(new).hexdigest())
@@ -215,5 +221,5 @@ def test_a_read_of_a_file_deleted_at_the_origin_answers_eio_and_the_rescan_drops
         assert err.value.errno == errno.EIO  # read(2) never answers ENOENT
     finally:
         os.close(fd)
-    wait_until(lambda: not pairs[gone].exists(), 15, "the rescan the read started dropping the file")
+    eventually(lambda: not pairs[gone].exists(), 15, "the rescan the read started dropping the file")
     assert daemon.stop() == 0

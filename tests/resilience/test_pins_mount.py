@@ -23,10 +23,11 @@ from pathlib import Path
 
 import pytest
 
-from musicfs.shared import points
 from musicfs.commands.demo import BIG_FILE_PATH
+from musicfs.shared import points
 from musicfs_test_utils.assertions import file_digest
-from musicfs_test_utils.daemon import wait_until, write_config
+from musicfs_test_utils.daemon import write_config
+from musicfs_test_utils.eventually import eventually
 from musicfs_test_utils.fixtures import make_library, retagged_copy, wait_settled
 from musicfs_test_utils.mount_io import mount_file_for, read_in_child
 
@@ -82,7 +83,7 @@ def test_a_pinned_album_is_fetched_kept_past_the_quota_and_plays_offline_after_a
     assert done.returncode == 0, done.stderr
     rel = str(folder.relative_to(daemon.mountpoint))
     assert f"pinned {rel} (" in done.stdout
-    wait_until(lambda: pins(tmp_path, daemon.mountpoint)[0]["state"] == "complete", 30, "the pin complete")
+    eventually(lambda: pins(tmp_path, daemon.mountpoint)[0]["state"] == "complete", 30, "the pin complete")
     [pin] = pins(tmp_path, daemon.mountpoint)
     assert pin["path"] == rel and pin["cached_bytes"] == pin["bytes"] == sum(f.stat().st_size for f in pinned)
     assert pin["tracks"] == 3
@@ -102,7 +103,7 @@ def test_a_pinned_album_is_fetched_kept_past_the_quota_and_plays_offline_after_a
     os.rename(root, root.with_name("library-away"))  # every origin down, then a restart
     daemon.start()
     daemon.wait_for_mount()
-    wait_until(lambda: daemon.status()["offline"], 15, "offline")
+    eventually(lambda: daemon.status()["offline"], 15, "offline")
     assert pins(tmp_path, daemon.mountpoint)[0]["state"] == "complete"
     for f, digest in digests.items():
         assert read_in_child(folder / names[f])[:2] == ("OK", digest), f"{f.name}: pinned, must play offline"
@@ -128,14 +129,14 @@ def test_a_pin_fetch_killed_with_sigkill_completes_after_a_restart_with_the_righ
         pin = pins(tmp_path, daemon.mountpoint)[0]
         return pin["state"] == "fetching" and 0 < pin["cached_bytes"] < pin["bytes"]
 
-    wait_until(midway, 30, "the pin half fetched")
+    eventually(midway, 30, "the pin half fetched")
     daemon.kill9()
     daemon.env = {}
     daemon.start()
     daemon.wait_for_mount()
-    wait_until(lambda: pins(tmp_path, daemon.mountpoint)[0]["state"] == "complete", 30, "the pin complete")
+    eventually(lambda: pins(tmp_path, daemon.mountpoint)[0]["state"] == "complete", 30, "the pin complete")
     os.rename(root, root.with_name("library-away"))  # the bytes must come from the cache
-    wait_until(lambda: daemon.status()["offline"], 15, "offline")
+    eventually(lambda: daemon.status()["offline"], 15, "offline")
     for p in folder.iterdir():
         origin = sizes[p.stat().st_size]
         assert read_in_child(p)[:2] == ("OK", digests[origin]), f"{p.name}: wrong or missing bytes"
@@ -157,12 +158,12 @@ def test_a_pinned_album_that_grows_keeps_the_quota_and_a_start_with_a_smaller_qu
     daemon = start(daemons, root, tmp_path, extra_args=["--config", config_file(tmp_path), "--cache-size", "10M"])
     folder = Path(daemon.mountpoint) / "Grow" / "Pinned"
     assert musicfs(tmp_path, "pin", str(folder)).returncode == 0
-    wait_until(lambda: pins(tmp_path, daemon.mountpoint)[0]["state"] == "complete", 30, "the pin complete")
+    eventually(lambda: pins(tmp_path, daemon.mountpoint)[0]["state"] == "complete", 30, "the pin complete")
 
     for n in (3, 4, 5):  # the album grows at the origin: 15 MB, more than 80% of the quota
         retagged_copy(big, album / f"{n}.flac", artist="Grow", album="Pinned", title=f"T{n}", tracknumber=str(n))
     daemon.signal(signal.SIGHUP)
-    wait_until(lambda: pins(tmp_path, daemon.mountpoint)[0]["state"] == "over_quota", 30, "the pin over its share")
+    eventually(lambda: pins(tmp_path, daemon.mountpoint)[0]["state"] == "over_quota", 30, "the pin over its share")
     [pin] = pins(tmp_path, daemon.mountpoint)
     assert pin["tracks"] == 5 and pin["left_out"] >= 1 and pin["cached_bytes"] <= 0.8 * quota
     status = daemon.status()
@@ -176,6 +177,6 @@ def test_a_pinned_album_that_grows_keeps_the_quota_and_a_start_with_a_smaller_qu
     daemon.extra_args = ["--config", config_file(tmp_path), "--cache-size", "4M"]
     daemon.start()
     daemon.wait_for_mount()
-    wait_until(lambda: daemon.status()["cache"]["used_bytes"] <= 4 << 20, 30, "the cache trimmed to 4M")
+    eventually(lambda: daemon.status()["cache"]["used_bytes"] <= 4 << 20, 30, "the cache trimmed to 4M")
     assert daemon.status()["pins"]["cached_bytes"] <= 0.8 * (4 << 20)
     assert daemon.stop() == 0

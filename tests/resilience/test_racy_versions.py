@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from musicfs.commands.demo import BIG_FILE_PATH
-from musicfs_test_utils.daemon import wait_until, write_config
+from musicfs_test_utils.daemon import write_config
 from musicfs_test_utils.disks import can_mount, ext4_image
+from musicfs_test_utils.eventually import eventually
 from musicfs_test_utils.fixtures import flac_audio_start, make_library
 from musicfs_test_utils.mount_io import mount_file_for
 
@@ -85,7 +86,7 @@ def test_two_same_size_writes_within_one_second_on_a_whole_second_disk_never_lea
             ino = inode_of(mounted)
             first = write_in_place(track, first_version)
             daemon.signal(signal.SIGHUP)
-            wait_until(lambda: inode_of(mounted) not in (ino, None), 10, "the rescan showing the first write")
+            eventually(lambda: inode_of(mounted) not in (ino, None), 10, "the rescan showing the first write")
             with open(mounted, "rb") as fh:  # read while it is the origin's: the mount fetches its first chunks
                 assert fh.read(256 << 10) == first_version[:256 << 10]
             second = write_in_place(track, second_version)
@@ -98,7 +99,7 @@ def test_two_same_size_writes_within_one_second_on_a_whole_second_disk_never_lea
         for _ in range(2):  # after any rescan the mount equals the origin
             scans = daemon.log_text().count("scan of ")
             daemon.signal(signal.SIGHUP)
-            wait_until(lambda: daemon.log_text().count("scan of ") > scans, 10, "a rescan")
+            eventually(lambda: daemon.log_text().count("scan of ") > scans, 10, "a rescan")
             got = read_all(mounted)
             assert got == second_version, (f"{sum(got[i] != second_version[i] for i in range(len(got)))} bytes "
                                            "differ from the origin's version")
@@ -122,6 +123,6 @@ def test_a_same_size_rewrite_with_its_mtime_put_back_is_read_whole_as_the_new_ve
     assert (track.stat().st_size, track.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
     ino = inode_of(mounted)
     daemon.signal(signal.SIGHUP)
-    wait_until(lambda: inode_of(mounted) not in (ino, None), 30, "the rescan showing the rewrite as a new version")
+    eventually(lambda: inode_of(mounted) not in (ino, None), 30, "the rescan showing the rewrite as a new version")
     assert read_all(mounted) == new
     assert daemon.stop() == 0

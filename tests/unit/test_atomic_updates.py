@@ -6,13 +6,13 @@ import os
 
 import pytest
 
-from musicfs.library.catalog import FileRow
-from musicfs.shared.config import Config
-from musicfs.daemon.main import Daemon
-from musicfs.shared.errors import CatalogError
 from musicfs.daemon.fuse_ops import MusicOperations
-from musicfs.library.storage import Library
+from musicfs.daemon.main import Daemon
 from musicfs.daemon.notify import Notifier
+from musicfs.library.catalog import FileRow
+from musicfs.library.storage import Library
+from musicfs.shared.config import Config
+from musicfs.shared.errors import CatalogError
 
 
 @pytest.fixture

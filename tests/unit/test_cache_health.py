@@ -16,12 +16,13 @@ from pathlib import Path
 import pytest
 import trio
 
-from musicfs.cache.health import DOWN, NORMAL, UNSTABLE, CacheHealth
 from musicfs.cache.cas import CasStore
+from musicfs.cache.health import DOWN, NORMAL, UNSTABLE, CacheHealth
 from musicfs.library.catalog import FileRow
 from musicfs.origins.local import LocalOrigin
 from musicfs.read.reader import FileReader
 from musicfs_test_utils import disks
+from musicfs_test_utils.eventually import eventually_async
 from musicfs_test_utils.reader_rig import ReaderRig, pattern_bytes, read_range
 
 CHUNK = 16 * 1024
@@ -50,13 +51,6 @@ def rig(tmp_path):
     made = make_rig(tmp_path, tmp_path / "cache")
     yield made
     made.close()
-
-
-async def until(predicate, timeout: float = 10.0, what: str = "condition") -> None:
-    """Poll a condition that has no event of its own, within a deadline."""
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.01)
 
 
 # -- a failing cache disk: passthrough, probes, recovery (6.6) ---------------------------------------------
@@ -103,7 +97,7 @@ async def test_a_read_only_cache_disk_is_bypassed_until_the_health_task_sees_it_
     assert rig.store.usage() == (0, 0)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(reader.cache.run)  # what the daemon runs: probes every retry_interval
-        await until(lambda: reader.cache.health.probes >= 3, what="three probes")
+        await eventually_async(lambda: reader.cache.health.probes >= 3, 10, "three probes")
         assert reader.cache.health.state != NORMAL  # still read-only: never re-enabled
         rig.cas.inject_readonly = False
         with trio.fail_after(5):
@@ -135,7 +129,7 @@ async def test_a_hung_cache_disk_costs_one_timeout_then_reads_bypass_it(rig):
     finally:
         gate.set()
     rig.cas.hang = None
-    await until(lambda: not reader.cache.health._probe_busy, what="the hung probe to return")
+    await eventually_async(lambda: not reader.cache.health._probe_busy, 10, "the hung probe to return")
     assert await reader.cache.health.probe_once() and reader.cache.health.state == NORMAL
 
 

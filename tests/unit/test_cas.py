@@ -13,9 +13,17 @@ import pytest
 
 from musicfs.cache.cas import CasStore, chunk_hash
 from musicfs.shared.errors import CacheFull, ChunkCorrupt, ChunkMissing
+from musicfs_test_utils.cas_damage import (
+    SIZE,
+    blob,
+    chunk_file,
+    damage_orphan_and_stray,
+    drop_index_row,
+    quarantined,
+)
 from musicfs_test_utils.faulty_cas import FaultyCasStore
 from musicfs_test_utils.fixtures import setup_test_cas
-from musicfs_test_utils.cas_damage import SIZE, blob, chunk_file, damage_orphan_and_stray, drop_index_row, quarantined
+
 
 def test_put_get_round_trip(tmp_path):
     cas = setup_test_cas(tmp_path)

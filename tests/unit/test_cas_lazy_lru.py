@@ -19,10 +19,10 @@ import trio.testing
 
 from musicfs.cache.cas import CasStore, chunk_hash
 from musicfs.cache.chunk_cache import ChunkCache
-from musicfs.shared.config import Config
+from musicfs.library.pins import PinSet
 from musicfs.library.storage import Library
 from musicfs.origins.memory import READ, MemoryOrigin, serve
-from musicfs.library.pins import PinSet
+from musicfs.shared.config import Config
 from musicfs_test_utils.cas_damage import SIZE, blob, chunk_file
 from musicfs_test_utils.fixtures import setup_test_cas
 from musicfs_test_utils.reader_rig import ReaderRig

@@ -22,10 +22,17 @@ from musicfs.cache import cas as cas_module
 from musicfs.cache import repair as repair_module
 from musicfs.cache.cas import CasStore, chunk_hash
 from musicfs.cache.chunk_cache import ChunkCache
+from musicfs.library.storage import Library
 from musicfs.shared.config import Config
 from musicfs.shared.damage import RunMarker
-from musicfs.library.storage import Library
-from musicfs_test_utils.cas_damage import SIZE, blob, chunk_file, damage_orphan_and_stray, drop_index_row, quarantined
+from musicfs_test_utils.cas_damage import (
+    SIZE,
+    blob,
+    chunk_file,
+    damage_orphan_and_stray,
+    drop_index_row,
+    quarantined,
+)
 from musicfs_test_utils.fixtures import setup_test_cas
 
 WAIT = 10.0  # a deadline for thread hand-offs, never a timing assertion

@@ -9,8 +9,8 @@ import shutil
 import pytest
 
 from musicfs.library.catalog import Catalog, FileRow, FileVersion
-from musicfs.shared.errors import CatalogCorrupt, CatalogError
 from musicfs.library.tree import FIRST_INO
+from musicfs.shared.errors import CatalogCorrupt, CatalogError
 from musicfs_test_utils.fixtures import make_audio_meta, make_file_meta, open_catalog
 
 

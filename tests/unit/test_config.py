@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from musicfs.shared import config
-from musicfs.shared.config import SECONDS_RANGES, SIZE_RANGES, Config, format_size, library_id, load, parse_size
+from musicfs.shared.config import (
+    SECONDS_RANGES,
+    SIZE_RANGES,
+    Config,
+    format_size,
+    library_id,
+    load,
+    parse_size,
+)
 from musicfs.shared.errors import BadArgument, ConfigError
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from musicfs.daemon.mounts import unmount
 from musicfs.shared.config import load
 from musicfs.shared.errors import BadArgument, ConfigError
-from musicfs.daemon.mounts import unmount
 from musicfs_test_utils.daemon import is_mounted
 
 EX_USAGE, EX_CONFIG = 2, 78

@@ -19,16 +19,22 @@ from pathlib import Path
 import pytest
 import trio
 
-from musicfs.commands import cli
 from musicfs.cache.cas import chunk_hash
-from musicfs.shared.config import Config
-from musicfs.shared.damage import RunMarker, pid_is_musicfs
-from musicfs.commands.fsck import EXIT_CLEAN, EXIT_ERROR, EXIT_LEFT, EXIT_REPAIRED, run_fsck
+from musicfs.cache.chunk_cache import ChunkCache
+from musicfs.commands import cli
+from musicfs.commands.fsck import (
+    EXIT_CLEAN,
+    EXIT_ERROR,
+    EXIT_LEFT,
+    EXIT_REPAIRED,
+    run_fsck,
+)
 from musicfs.library.search import SearchIndex
 from musicfs.library.storage import Library
-from musicfs.cache.chunk_cache import ChunkCache
 from musicfs.read.reader import FileReader
-from musicfs_test_utils.daemon import wait_until
+from musicfs.shared.config import Config
+from musicfs.shared.damage import RunMarker, pid_is_musicfs
+from musicfs_test_utils.eventually import eventually
 
 CHUNK = 64 * 1024
 # what the storage modules log while --repair moves damaged files aside and rebuilds
@@ -192,7 +198,7 @@ def test_repair_is_refused_while_the_daemon_uses_the_library(lib_dirs):
     daemon = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()", "musicfs", "mount"],
                               stdin=subprocess.PIPE)
     try:
-        wait_until(lambda: pid_is_musicfs(daemon.pid), 10, "the stand-in daemon to exec")
+        eventually(lambda: pid_is_musicfs(daemon.pid), 10, "the stand-in daemon to exec")
         (state / RunMarker.NAME).write_text(json.dumps({"pid": daemon.pid}))
         code, out = fsck(state, cache, repair=True)
         assert code == EXIT_ERROR and f"the daemon (pid {daemon.pid}) is using this library" in out

@@ -13,12 +13,17 @@ import pytest
 import trio
 import trio.testing
 
-from musicfs.shared.errors import OriginTransient
 from musicfs.origins.health import HealthMonitor
 from musicfs.origins.local import LocalOrigin
 from musicfs.origins.registry import HEALTHY, UNHEALTHY, UNKNOWN, OriginRegistry
-from musicfs_test_utils.daemon import wait_until
-from musicfs_test_utils.faulty_origin import FaultyOrigin, Healthy, ReturnError, TimeoutMs
+from musicfs.shared.errors import OriginTransient
+from musicfs_test_utils.eventually import eventually
+from musicfs_test_utils.faulty_origin import (
+    FaultyOrigin,
+    Healthy,
+    ReturnError,
+    TimeoutMs,
+)
 
 AUTOJUMP = 0.25
 TIMEOUT = 5.0
@@ -52,7 +57,7 @@ def states(reg: OriginRegistry) -> list[str]:
 
 
 async def wait_probe_threads_done(monitor: HealthMonitor) -> None:
-    await trio.to_thread.run_sync(wait_until, lambda: not monitor._inflight, 10.0, "abandoned probe threads ending")
+    await trio.to_thread.run_sync(eventually, lambda: not monitor._inflight, 10.0, "abandoned probe threads ending")
 
 
 @pytest.mark.resilience("4.2.1")

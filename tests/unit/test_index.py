@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from musicfs.shared.errors import SearchIndexError
 from musicfs.library.search import IndexDoc, SearchIndex
+from musicfs.shared.errors import SearchIndexError
 
 DOCS = [
     IndexDoc(10, "Aurora Quartet/Northern Lights/01 - Polar Dawn.flac", "Aurora Quartet", "Northern Lights",

@@ -19,14 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from musicfs.shared import points
 from musicfs.cache.cas import CasStore, chunk_hash
 from musicfs.library.catalog import Catalog, FileRow, open_checked
+from musicfs.library.search import IndexDoc, SearchIndex, check_files
+from musicfs.library.storage import Library
+from musicfs.shared import points
 from musicfs.shared.config import Config
 from musicfs.shared.damage import RunMarker
 from musicfs.shared.errors import SearchIndexCorrupt
-from musicfs.library.search import IndexDoc, SearchIndex, check_files
-from musicfs.library.storage import Library
 
 KB = 1024
 MOVED_CATALOG = r"musicfs\.library\.catalog: catalog .*catalog\.db is damaged \(.*\): moved to .*catalog\.db\.damaged-\d{8}T\d{6}"

@@ -10,9 +10,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from musicfs.shared.errors import OriginFileChanged, OriginNotFound, OriginPermission, OriginTransient, PathEscape
 from musicfs.origins.base import NAME_ESCAPE, FileStat, escape_name, unescape_name
 from musicfs.origins.local import LocalOrigin
+from musicfs.shared.errors import (
+    OriginFileChanged,
+    OriginNotFound,
+    OriginPermission,
+    OriginTransient,
+    PathEscape,
+)
 from musicfs_test_utils.assertions import assert_logs
 
 CONTENT = bytes(range(256)) * 40  # 10240 bytes, every offset distinguishable

@@ -11,8 +11,14 @@ import threading
 import pytest
 
 from musicfs.shared import logsetup
-from musicfs.shared.logsetup import (SUMMARY_ATTR, RateLimitFilter, install_exception_hooks, setup_logging,
-                              teardown_logging, uninstall_exception_hooks)
+from musicfs.shared.logsetup import (
+    SUMMARY_ATTR,
+    RateLimitFilter,
+    install_exception_hooks,
+    setup_logging,
+    teardown_logging,
+    uninstall_exception_hooks,
+)
 
 
 class FakeClock:

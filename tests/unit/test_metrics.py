@@ -12,15 +12,21 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from musicfs.cache.chunk_cache import CacheStatistics
-from musicfs.shared.config import load
-from musicfs.shared.errors import BadArgument, ConfigError
 from musicfs.daemon.fuse_ops import OperationsStatistics
-from musicfs.shared.latency import LatencyHistogram
-from musicfs.daemon.metrics import MetricsRecords, MetricsServer, MetricsUnavailable, MusicFSCollector, on_loop
-from musicfs.origins.registry import OriginStatistics
+from musicfs.daemon.metrics import (
+    MetricsRecords,
+    MetricsServer,
+    MetricsUnavailable,
+    MusicFSCollector,
+    on_loop,
+)
 from musicfs.library.pins import PinInfo, PinsStatistics
+from musicfs.origins.registry import OriginStatistics
 from musicfs.read.readahead import ReadAheadStatistics
 from musicfs.read.reader import ReaderStatistics
+from musicfs.shared.config import load
+from musicfs.shared.errors import BadArgument, ConfigError
+from musicfs.shared.latency import LatencyHistogram
 
 SECRET_SOURCE = "s3://AKIAKEY:s3cr3t/x+y@bucket/music"
 

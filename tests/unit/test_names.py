@@ -11,15 +11,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from musicfs.library import scanner as sync
-from musicfs_test_utils.fixtures import open_catalog
-from musicfs.shared.config import ConfigError, load
-from musicfs.origins.local import LocalOrigin
-from musicfs.origins.registry import OriginRegistry
 from musicfs.library.scanner import Scanner, is_hidden
 from musicfs.library.tags import Tags, catalog_fields
+from musicfs.library.tree import FIRST_INO, NAME_MAX, ROOT_INO, build_tree
+from musicfs.origins.local import LocalOrigin
+from musicfs.origins.registry import OriginRegistry
+from musicfs.shared.config import ConfigError, load
 from musicfs.shared.text import normalise
-from musicfs.library.tree import NAME_MAX, ROOT_INO, FIRST_INO, build_tree
-from musicfs_test_utils.fixtures import HIDDEN_FILES, make_file_meta, make_library, make_names_library, setup_test_tree
+from musicfs_test_utils.fixtures import (
+    HIDDEN_FILES,
+    make_file_meta,
+    make_library,
+    make_names_library,
+    open_catalog,
+    setup_test_tree,
+)
 
 
 def is_control(ch: str) -> bool:

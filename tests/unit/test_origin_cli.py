@@ -7,12 +7,12 @@ import time
 import pytest
 
 from musicfs.commands import cli
-from musicfs.shared.config import load
-from musicfs.shared.errors import ConfigError
 from musicfs.origins import factory
 from musicfs.origins.factory import open_origin
 from musicfs.origins.s3 import S3Origin
 from musicfs.origins.sftp import SftpOrigin
+from musicfs.shared.config import load
+from musicfs.shared.errors import ConfigError
 
 
 def run(capsys, *argv: str) -> tuple[int, str]:

@@ -15,10 +15,10 @@ from typing import Callable
 
 import pytest
 
-from musicfs.shared.errors import OriginFileChanged, OriginNotFound
 from musicfs.origins.base import FileStat, Origin, escape_name
 from musicfs.origins.local import LocalOrigin
 from musicfs.origins.memory import MemoryOrigin, serve
+from musicfs.shared.errors import OriginFileChanged, OriginNotFound
 from musicfs_test_utils.faulty_origin import FaultyOrigin, Healthy
 
 # Every offset distinguishable; larger than one 64 KiB tag block and not a multiple of anything round.

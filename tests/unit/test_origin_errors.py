@@ -17,6 +17,13 @@ from paramiko.ssh_exception import (
     SSHException,
 )
 
+from musicfs.origins.s3 import S3Origin, classify_s3_error
+from musicfs.origins.sftp import (
+    SftpOrigin,
+    UnknownHostKey,
+    _keeps_connection_usable,
+    classify_sftp_error,
+)
 from musicfs.shared.errors import (
     OriginError,
     OriginFatal,
@@ -28,8 +35,6 @@ from musicfs.shared.errors import (
     PathEscape,
     ShortRead,
 )
-from musicfs.origins.s3 import S3Origin, classify_s3_error
-from musicfs.origins.sftp import SftpOrigin, UnknownHostKey, _keeps_connection_usable, classify_sftp_error
 
 ORIGIN = "s3://bucket/music"
 KEY = "music/Artist/song.flac"

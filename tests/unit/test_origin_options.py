@@ -10,10 +10,10 @@ import sys
 import pytest
 
 from musicfs.commands import cli
-from musicfs.shared.errors import BadArgument, ConfigError
 from musicfs.origins import options
 from musicfs.origins.factory import check_options, open_origin, open_origins
 from musicfs.origins.local import LocalOrigin
+from musicfs.shared.errors import BadArgument, ConfigError
 
 
 def run(capsys, *argv: str) -> tuple[int, str]:
@@ -123,9 +123,9 @@ def test_an_sftp_flag_for_an_s3_library_exits_2_naming_the_flag(tmp_path, capsys
 
 
 def test_a_bad_option_is_also_an_origin_fatal_to_code_that_builds_origins_directly():
-    from musicfs.shared.errors import OriginFatal
     from musicfs.origins.s3 import S3Origin
     from musicfs.origins.sftp import SftpOrigin
+    from musicfs.shared.errors import OriginFatal
 
     with pytest.raises(OriginFatal) as info:
         SftpOrigin.from_url("sftp://nas/x", {"pool_size": "abc"})

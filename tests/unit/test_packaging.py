@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 import sys
+from pathlib import Path
 
 # numpy and soundfile made unimportable, as on a machine that installed `musicfs` without `[demo]`
 _WITHOUT_DEMO_EXTRA = "import sys; sys.modules['numpy'] = sys.modules['soundfile'] = None\n"

@@ -9,10 +9,19 @@ import pytest
 import trio
 
 from musicfs.cache.cas import chunk_hash
-from musicfs.shared.errors import CasError
 from musicfs.library.catalog import FileRow
-from musicfs.library.pins import COMPLETE, QUEUED, WAITING, PinError, PinSet, normalise_path, resolve
+from musicfs.library.pins import (
+    COMPLETE,
+    QUEUED,
+    WAITING,
+    PinError,
+    PinSet,
+    normalise_path,
+    resolve,
+)
 from musicfs.library.tree import FIRST_INO, build_tree
+from musicfs.shared.errors import CasError
+from musicfs_test_utils.eventually import eventually_async
 from musicfs_test_utils.reader_rig import ReaderRig, pattern_bytes
 
 CHUNK = 4096
@@ -61,9 +70,7 @@ async def run_until(pins: PinSet, done, what: str, timeout: float = 10.0) -> Non
     """Run the worker until `done()`; fail after `timeout` seconds."""
     async with trio.open_nursery() as nursery:
         nursery.start_soon(pins.run)
-        with trio.fail_after(timeout):
-            while not done():
-                await trio.sleep(0.01)
+        await eventually_async(done, timeout, what)
         nursery.cancel_scope.cancel()
     assert done(), what
 
@@ -193,16 +200,12 @@ async def test_with_the_cache_in_passthrough_pins_wait_and_resume_when_it_is_bac
     rig.health.failed(CasError("injected: the cache disk failed"))
     async with trio.open_nursery() as nursery:
         nursery.start_soon(pins.run)
-        with trio.fail_after(10):
-            while pins.listing()[0]["state"] != WAITING:
-                await trio.sleep(0.01)
+        await eventually_async(lambda: pins.listing()[0]["state"] == WAITING, 10, "the pin waiting")
         assert "passthrough" in pins.statistics().reason
         assert rig.registry.statistics()[0].requests == 0  # no origin bytes fetched only to be thrown away
         assert pins.listing()[0]["cached_bytes"] == 0
         assert await rig.health.probe_once()  # the disk answers again: normal
-        with trio.fail_after(10):
-            while pins.listing()[0]["state"] != COMPLETE:
-                await trio.sleep(0.01)
+        await eventually_async(lambda: pins.listing()[0]["state"] == COMPLETE, 10, "the pin complete")
         nursery.cancel_scope.cancel()
     assert pins.listing()[0]["cached_bytes"] == size("b/z/1.flac")
 
@@ -219,8 +222,8 @@ async def test_requests_over_the_control_handler(rig):
 
 
 async def test_the_control_socket_answers_requests_and_still_the_status_without_one(tmp_path):
-    from musicfs.daemon.control import serve_status
     from musicfs.commands.status import query_daemon
+    from musicfs.daemon.control import serve_status
 
     seen = []
 

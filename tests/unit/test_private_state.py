@@ -13,11 +13,11 @@ import stat
 
 import pytest
 
-from musicfs.commands import cli
 from musicfs.cache.cas import CasStore
+from musicfs.commands import cli
 from musicfs.library.catalog import open_checked
-from musicfs.shared.damage import PRIVATE_UMASK, private_state
 from musicfs.library.search import SearchIndex
+from musicfs.shared.damage import PRIVATE_UMASK, private_state
 
 
 def mode(path) -> int:

@@ -12,9 +12,9 @@ import trio
 
 from musicfs.cache.cas import chunk_hash
 from musicfs.library.catalog import FileRow
-from musicfs.shared.errors import OriginError, OriginFileChanged, ShortRead
 from musicfs.origins.local import LocalOrigin
 from musicfs.read.reader import FileReader
+from musicfs.shared.errors import OriginError, OriginFileChanged, ShortRead
 from musicfs_test_utils.faulty_cas import FaultyCasStore
 from musicfs_test_utils.faulty_origin import Healthy, PartialRead
 from musicfs_test_utils.fixtures import make_library

@@ -12,16 +12,16 @@ from pathlib import Path
 import pytest
 import trio
 
+from musicfs.cache.cas import CasStore
+from musicfs.commands.fsck import Fsck
 from musicfs.library.blocks import BLOCK_SIZE, Block, aligned, cover, cut, merge
 from musicfs.library.catalog import Catalog, FileRow
-from musicfs.shared.errors import OriginFileChanged
-from musicfs.commands.fsck import Fsck
-from musicfs.cache.cas import CasStore
+from musicfs.library.scanner import Scanner
 from musicfs.library.storage import Library
 from musicfs.origins.memory import READ, MemoryOrigin, serve
 from musicfs.origins.registry import OriginRegistry
 from musicfs.read.reader import STREAMING_SOON
-from musicfs.library.scanner import Scanner
+from musicfs.shared.errors import OriginFileChanged
 from musicfs_test_utils.fixtures import make_library
 from musicfs_test_utils.reader_rig import ReaderRig, settle_readahead
 

@@ -18,15 +18,15 @@ import pytest
 import trio
 import trio.testing
 
-from musicfs.library.catalog import FileRow, FileVersion
-from musicfs.shared.errors import OriginFileChanged, OriginOffline
 from musicfs.daemon.fuse_ops import MusicOperations
+from musicfs.library.catalog import FileRow, FileVersion
+from musicfs.library.tree import FIRST_INO, build_tree
 from musicfs.origins.base import FileStat, Origin
 from musicfs.origins.health import HealthMonitor
 from musicfs.origins.local import LocalOrigin
 from musicfs.origins.registry import HEALTHY
-from musicfs.library.tree import FIRST_INO, build_tree
-from musicfs_test_utils.daemon import wait_until
+from musicfs.shared.errors import OriginFileChanged, OriginOffline
+from musicfs_test_utils.eventually import eventually
 from musicfs_test_utils.faulty_origin import Healthy, TimeoutMs
 from musicfs_test_utils.reader_rig import ReaderRig, pattern_bytes
 
@@ -55,7 +55,7 @@ class Rig(ReaderRig):
     monitor: HealthMonitor | None = None
 
     async def settle_probes(self) -> None:
-        await trio.to_thread.run_sync(wait_until, lambda: not self.monitor._inflight, 10.0, "probe threads ending")
+        await trio.to_thread.run_sync(eventually, lambda: not self.monitor._inflight, 10.0, "probe threads ending")
 
 
 def make_rig(base: Path, origin: Origin | None = None, *, memory_cache: int = 8 << 20, populate: bool = True) -> Rig:

@@ -9,7 +9,8 @@ import trio
 import trio.testing
 
 from musicfs.origins.memory import READ, MemoryOrigin, serve
-from musicfs_test_utils.reader_rig import ReaderRig, pattern_bytes, read_range, settle_readahead as settle
+from musicfs_test_utils.reader_rig import ReaderRig, pattern_bytes, read_range
+from musicfs_test_utils.reader_rig import settle_readahead as settle
 
 CHUNK = 64 << 10
 READ_SIZE = 16 << 10  # what FUSE sends, scaled down with the chunk

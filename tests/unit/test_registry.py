@@ -10,6 +10,11 @@ import threading
 
 import pytest
 
+from musicfs.origins.base import Origin
+from musicfs.origins.memory import PROBE, READ, MemoryOrigin, Request, serve
+from musicfs.origins.registry import HEALTHY, UNHEALTHY, UNKNOWN, OriginRegistry
+from musicfs.origins.s3 import classify_s3_error
+from musicfs.origins.sftp import classify_sftp_error
 from musicfs.shared.errors import (
     OriginError,
     OriginFatal,
@@ -21,11 +26,6 @@ from musicfs.shared.errors import (
     PathEscape,
     ShortRead,
 )
-from musicfs.origins.base import Origin
-from musicfs.origins.memory import PROBE, READ, MemoryOrigin, Request, serve
-from musicfs.origins.registry import HEALTHY, UNHEALTHY, UNKNOWN, OriginRegistry
-from musicfs.origins.s3 import classify_s3_error
-from musicfs.origins.sftp import classify_sftp_error
 
 
 class Flaky:

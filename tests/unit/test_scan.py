@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from musicfs.library import scanner as sync
-from musicfs.commands.demo import COVER_FILES, JUNK_FILES
 from musicfs.cache.cas import CasStore
+from musicfs.cache.chunk_cache import ChunkCache
+from musicfs.commands.demo import COVER_FILES, JUNK_FILES
+from musicfs.library import scanner as sync
+from musicfs.library.scanner import Scanner
+from musicfs.library.tree import FIRST_INO, build_tree
 from musicfs.origins.base import unescape_name
 from musicfs.origins.local import LocalOrigin
 from musicfs.origins.registry import OriginRegistry
-from musicfs.library.scanner import Scanner
-from musicfs.cache.chunk_cache import ChunkCache
 from musicfs.read.reader import FileReader
-from musicfs.library.tree import FIRST_INO, build_tree
 from musicfs_test_utils.faulty_origin import FaultyOrigin
 from musicfs_test_utils.fixtures import make_library, open_catalog
 from musicfs_test_utils.reader_rig import current_row, read_range

@@ -11,10 +11,10 @@ import mutagen.id3
 import pytest
 
 from musicfs.library import tags
-from musicfs.shared.errors import OriginFileChanged
+from musicfs.library.scanner import Scanner
 from musicfs.origins.local import LocalOrigin
 from musicfs.origins.registry import OriginRegistry
-from musicfs.library.scanner import Scanner
+from musicfs.shared.errors import OriginFileChanged
 from musicfs_test_utils.fixtures import make_library, open_catalog
 
 

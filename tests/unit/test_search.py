@@ -12,11 +12,17 @@ import pytest
 import tantivy
 
 from musicfs.commands import cli
-from musicfs.shared.config import Config
-from musicfs.shared.errors import SearchIndexError
-from musicfs.library.search import SCHEMA_VERSION, VERSION_FILE, IndexDoc, SearchIndex, schema_version
+from musicfs.library.search import (
+    SCHEMA_VERSION,
+    VERSION_FILE,
+    IndexDoc,
+    SearchIndex,
+    schema_version,
+)
 from musicfs.library.storage import Library
 from musicfs.library.tags import Tags, catalog_fields
+from musicfs.shared.config import Config
+from musicfs.shared.errors import SearchIndexError
 from musicfs_test_utils.fixtures import make_file_meta, make_library, setup_test_tree
 
 

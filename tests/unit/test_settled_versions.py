@@ -12,8 +12,8 @@ import os
 import pytest
 
 from musicfs.cache.cas import CasStore
-from musicfs.library.catalog import Catalog, FileRow
 from musicfs.cache.chunk_cache import ChunkCache
+from musicfs.library.catalog import Catalog, FileRow
 from musicfs.origins.base import SETTLE_MARGIN, Identity, settled
 from musicfs.origins.local import LocalOrigin
 from musicfs.origins.memory import MemoryOrigin, serve

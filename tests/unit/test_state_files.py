@@ -14,10 +14,15 @@ import stat
 import pytest
 import trio
 
-from musicfs.daemon.control import SOCKET_NAME, STATE_FILE, serve_status, write_state_file
+from musicfs.commands.status import query_daemon
+from musicfs.daemon.control import (
+    SOCKET_NAME,
+    STATE_FILE,
+    serve_status,
+    write_state_file,
+)
 from musicfs.shared.damage import RunMarker, clear_odd
 from musicfs.shared.errors import StateError
-from musicfs.commands.status import query_daemon
 from musicfs_test_utils.assertions import assert_logs
 
 

@@ -11,12 +11,21 @@ from contextlib import closing
 
 import pytest
 
-from musicfs.daemon import control
-
-from musicfs.shared import damage, statefiles
 from musicfs.cache.cas import CasStore, chunk_hash
-from musicfs.shared.statefiles import (NoLibrary, SeveralLibraries, cache_dir_of, find_library, human_size, libraries,
-                                pid_alive, read_daemon_info, ro_connect, ro_uri)
+from musicfs.daemon import control
+from musicfs.shared import damage, statefiles
+from musicfs.shared.statefiles import (
+    NoLibrary,
+    SeveralLibraries,
+    cache_dir_of,
+    find_library,
+    human_size,
+    libraries,
+    pid_alive,
+    read_daemon_info,
+    ro_connect,
+    ro_uri,
+)
 
 
 def test_importing_it_does_not_import_trio():

@@ -16,8 +16,15 @@ from pathlib import Path
 import pytest
 
 from musicfs.cache.cas import CasStore
-from musicfs.commands.status import (EXIT_ERROR, EXIT_NOT_RUNNING, EXIT_RUNNING, DaemonUnresponsive, query_daemon,
-                            render_table, status_from_files)
+from musicfs.commands.status import (
+    EXIT_ERROR,
+    EXIT_NOT_RUNNING,
+    EXIT_RUNNING,
+    DaemonUnresponsive,
+    query_daemon,
+    render_table,
+    status_from_files,
+)
 from musicfs_test_utils.fixtures import make_library
 
 DOC = {
@@ -267,9 +274,9 @@ def test_files_that_say_little_still_render(tmp_path):
 
 
 def test_the_names_agree_with_the_daemon_side():
+    from musicfs.commands import status
     from musicfs.daemon import control
     from musicfs.shared import statefiles
-    from musicfs.commands import status
 
     assert (status.SOCKET_NAME, control.SOCKET_NAME, control.STATE_FILE) == \
         (statefiles.SOCKET_NAME, statefiles.SOCKET_NAME, statefiles.STATE_FILE)
@@ -331,13 +338,13 @@ def test_credentials_in_a_source_url_are_never_shown(tmp_path):
 async def test_the_daemon_snapshot_is_the_components_statistics_records(small_library, tmp_path):
     from dataclasses import fields
 
-    from musicfs.daemon.build import build
     from musicfs.cache.chunk_cache import CacheStatistics
-    from musicfs.shared.config import Config
-    from musicfs.daemon.main import Daemon
+    from musicfs.daemon.build import build
     from musicfs.daemon.fuse_ops import MusicOperations
-    from musicfs.library.storage import Library
+    from musicfs.daemon.main import Daemon
     from musicfs.daemon.notify import Notifier
+    from musicfs.library.storage import Library
+    from musicfs.shared.config import Config
 
     cfg = Config(sources=(str(small_library[0]),), state_dir=str(tmp_path / "state"),
                  cache_dir=str(tmp_path / "cache")).resolved()

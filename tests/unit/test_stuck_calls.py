@@ -12,9 +12,9 @@ import threading
 import pytest
 import trio
 
-from musicfs.shared.errors import OriginOffline
 from musicfs.origins.memory import READ, MemoryOrigin, serve
 from musicfs.origins.registry import HEALTHY, STUCK_LIMIT, UNHEALTHY, OriginRegistry
+from musicfs.shared.errors import OriginOffline
 
 FILES = {"hung.flac": b"h" * 1000, "ok.flac": b"o" * 1000}
 DEADLINE = 0.3

@@ -10,8 +10,8 @@ from pathlib import Path
 import mutagen.flac
 import pytest
 
-from musicfs.library import tags
 from musicfs.commands.demo import BIG_FILE_PATH, FULL_COVERAGE_TRACKS, JUNK_FILES
+from musicfs.library import tags
 from musicfs.library.scanner import MIN_BYTES_PER_SECOND
 from musicfs.library.tags import BLOCK, RangeFile, Tags
 from musicfs_test_utils.fixtures import make_library

@@ -11,8 +11,22 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from musicfs.library.catalog import FileRow
-from musicfs.library.tree import FIRST_INO, clean_name, NAME_MAX, ROOT_INO, VirtualTree, build_tree, plan_paths
-from musicfs_test_utils.fixtures import counting_assigner, make_audio_meta, make_file_meta, open_catalog, setup_test_tree
+from musicfs.library.tree import (
+    FIRST_INO,
+    NAME_MAX,
+    ROOT_INO,
+    VirtualTree,
+    build_tree,
+    clean_name,
+    plan_paths,
+)
+from musicfs_test_utils.fixtures import (
+    counting_assigner,
+    make_audio_meta,
+    make_file_meta,
+    open_catalog,
+    setup_test_tree,
+)
 
 
 def track(i: int, path: str, artist=None, album=None, title=None, *, track_no=None, disc_no=None,

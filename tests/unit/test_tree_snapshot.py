@@ -13,9 +13,9 @@ import sys
 import pytest
 
 from musicfs.library.catalog import FileRow
-from musicfs.shared.damage import RunMarker
 from musicfs.library.storage import Library
 from musicfs.library.tree import SNAPSHOT_NAME, VirtualTree
+from musicfs.shared.damage import RunMarker
 from musicfs_test_utils.large import large_config, synthetic_rows
 
 DAMAGED = r"musicfs\.library\.tree: tree snapshot .* is damaged \(.*\): ignored; building the tree from the catalog"
