@@ -153,7 +153,6 @@ class CasStore(ChunkFiles, ChunkIndex, Repair, Eviction):
             self._loaded = False
             self._dropped.clear()
 
-
     def lookup(self, digest: str) -> bytes | None:
         """The verified chunk, or None when the cache does not hold it (blocking). Unlike has(), it also
         answers before the LRU is loaded: then the chunk file itself decides (its bytes are verified against
@@ -161,18 +160,9 @@ class CasStore(ChunkFiles, ChunkIndex, Repair, Eviction):
         ChunkCorrupt (after quarantine) like get(); ChunkMissing when a chunk known to memory lost its file."""
         if self._loaded or self.has(digest):
             return self.get(digest) if self.has(digest) else None
-        self._require()
-        try:
-            with open(self._path(digest), "rb") as fh:
-                data = fh.read()
-        except FileNotFoundError:
+        data = self._read_verified(digest)
+        if data is None:
             return None  # not cached (a row without a file is the reconciliation's business)
-        except OSError as exc:
-            raise_if_fd_exhausted(exc, f"reading chunk {digest[:12]} from the cache")
-            raise CasError(f"cache: cannot read chunk {digest[:12]}: {exc.strerror}") from exc
-        if chunk_hash(data) != digest:
-            self.quarantine(digest)
-            raise ChunkCorrupt(f"chunk {digest} failed verification and was quarantined")
         with self._lock:
             if digest in self._lru:
                 self._lru.move_to_end(digest)
@@ -185,12 +175,10 @@ class CasStore(ChunkFiles, ChunkIndex, Repair, Eviction):
                 self._touched[digest] = time.time()
         return data
 
-
     # -- the index store ------------------------------------------------------------
     def _require(self) -> None:
         if not self.available:
             raise CacheUnavailable(f"cache: {self.root} is unavailable ({self.open_error or 'closed'})")
-
 
     # -- public -------------------------------------------------------------
     def has(self, digest: str) -> bool:
@@ -202,28 +190,36 @@ class CasStore(ChunkFiles, ChunkIndex, Repair, Eviction):
         with self._lock:
             return self._used, len(self._lru)
 
-
     def get(self, digest: str) -> bytes:
         """The chunk's bytes, verified. ChunkMissing / ChunkCorrupt (after quarantine) otherwise."""
+        data = self._read_verified(digest, injectable=True)
+        if data is None:
+            self._forget(digest)
+            raise ChunkMissing(f"chunk {digest} is not in the cache")
+        with self._lock:
+            if digest in self._lru:
+                self._lru.move_to_end(digest)
+                self._touched[digest] = time.time()
+        return data
+
+    def _read_verified(self, digest: str, injectable: bool = False) -> bytes | None:
+        """The chunk file's bytes, verified against its name; None when there is no file. A bad one is
+        quarantined (ChunkCorrupt); a disk error is CasError (TooManyOpenFiles for EMFILE). `injectable`: the
+        `cas-get` failpoint may fail it as a failing disk would."""
         self._require()
         try:
-            if fail_point(points.CAS_GET) is not None:
+            if injectable and fail_point(points.CAS_GET) is not None:
                 raise OSError(errno.EIO, "Input/output error (injected by failpoint)")
             with open(self._path(digest), "rb") as fh:
                 data = fh.read()
         except FileNotFoundError:
-            self._forget(digest)
-            raise ChunkMissing(f"chunk {digest} is not in the cache") from None
+            return None
         except OSError as exc:
             raise_if_fd_exhausted(exc, f"reading chunk {digest[:12]} from the cache")
             raise CasError(f"cache: cannot read chunk {digest[:12]}: {exc.strerror}") from exc
         if chunk_hash(data) != digest:
             self.quarantine(digest)
             raise ChunkCorrupt(f"chunk {digest} failed verification and was quarantined")
-        with self._lock:
-            if digest in self._lru:
-                self._lru.move_to_end(digest)
-                self._touched[digest] = time.time()
         return data
 
     def put(self, data: bytes) -> str:

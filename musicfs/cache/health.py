@@ -183,6 +183,24 @@ class CacheHealth:
         self._set(NORMAL, f"index rebuilt: {report.summary()}")
         return True
 
+    async def _deferred(self, what: str, fn: Callable[..., T], *args) -> tuple[bool, T | None]:
+        """Start-up work the cache task does after READY: fn(*args) in a cache thread within `rebuild_timeout`.
+        (True, its result), or (False, None) after a timeout, EMFILE or an unavailable cache (tried again later)
+        or a failure (logged; it moves the state like any cache failure)."""
+        try:
+            with trio.fail_after(self.rebuild_timeout):
+                return True, await trio.to_thread.run_sync(fn, *args, limiter=self.limiter, abandon_on_cancel=True)
+        except trio.TooSlowError:
+            log.warning("cache: %s took longer than %gs; trying again later", what, self.rebuild_timeout)
+        except TooManyOpenFiles as exc:
+            log.warning("cache: %s postponed: %s", what, exc)
+        except CacheUnavailable:
+            pass
+        except CasError as exc:
+            log.warning("cache: %s failed: %s", what, exc)
+            self.failed(exc)  # a failed index: down and rebuilt (which loads and reconciles); else unstable, probed
+        return False, None
+
     async def load(self) -> bool:
         """Load the store's LRU when a clean start left it out of the way to READY (CasStore.load_lru): in a
         cache thread, within `rebuild_timeout`, while reads go on (they find cached chunks by their files
@@ -193,20 +211,8 @@ class CacheHealth:
             return True
         if not self.usable:
             return False
-        try:
-            with trio.fail_after(self.rebuild_timeout):
-                await trio.to_thread.run_sync(self.cas.load_lru, limiter=self.limiter, abandon_on_cancel=True)
-        except trio.TooSlowError:
-            log.warning("cache: loading the index took longer than %gs; trying again later", self.rebuild_timeout)
-            return False
-        except TooManyOpenFiles as exc:
-            log.warning("cache: loading the index postponed: %s", exc)
-            return False
-        except CacheUnavailable:
-            return False
-        except CasError as exc:
-            log.warning("cache: loading the index failed: %s", exc)
-            self.failed(exc)
+        done, _ = await self._deferred("loading the index", self.cas.load_lru)
+        if not done:
             return False
         self.loaded.set()
         return True
@@ -222,23 +228,11 @@ class CacheHealth:
             return False
         stop = threading.Event()
         try:
-            with trio.fail_after(self.rebuild_timeout):
-                report = await trio.to_thread.run_sync(self.cas.reconcile, stop.is_set, limiter=self.limiter,
-                                                       abandon_on_cancel=True)
-        except trio.TooSlowError:
-            log.warning("cache: the index reconciliation took longer than %gs; trying again later", self.rebuild_timeout)
-            return False
-        except TooManyOpenFiles as exc:
-            log.warning("cache: index reconciliation postponed: %s", exc)
-            return False
-        except CacheUnavailable:
-            return False
-        except CasError as exc:
-            log.warning("cache: the index reconciliation failed: %s", exc)
-            self.failed(exc)  # a failed index: down and rebuilt (which reconciles); else unstable, probed
-            return False
+            done, report = await self._deferred("the index reconciliation", self.cas.reconcile, stop.is_set)
         finally:
             stop.set()
+        if not done:
+            return False
         self.last_reconcile = report
         log.info("cache: index reconciled with the chunk files: %s", report.summary())
         self.reconciled.set()
