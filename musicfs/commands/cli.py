@@ -129,6 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_library_args(p, "default: every library under XDG state, one line each")
     p.add_argument("--json", action="store_true", help="print the status document as JSON")
 
+    _add_pin_parsers(sub)
+    _add_maintenance_parsers(sub)
+    return parser
+
+
+def _add_pin_parsers(sub) -> None:
+    """pin, unpin, pins."""
     p = sub.add_parser("pin", help="keep folders or tracks of a mount whole in its cache, for offline listening "
                                    "(exit 1 refused, 2 not inside a mount, 3 its daemon is not running)")
     p.add_argument("paths", nargs="+", metavar="PATH", help="an artist or album folder, or a track, inside the mount")
@@ -139,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_library_args(p, "default: the only library under XDG state")
     p.add_argument("--json", action="store_true", help="print the pins as JSON")
 
+
+def _add_maintenance_parsers(sub) -> None:
+    """fsck, demo, failpoints."""
     p = sub.add_parser("fsck", help="verify chunks, manifests, catalog and search index (exit 0 clean, 1 repaired, "
                                     "4 problems left, 8 could not run)")
     p.add_argument("--repair", action="store_true", help="fix what can be fixed (damaged files are moved aside)")
@@ -152,7 +162,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("failpoints", help="failpoint tools")
     p.add_argument("action", choices=["list"])
-    return parser
 
 
 def _config(args, sources: list[str], mountpoint: str = "") -> Config:

@@ -164,11 +164,22 @@ class Scanner:
         for st in unnamed:
             log.warning("scan: skipping %r: its name is not valid UTF-8", st.path)
         self.catalog.set_scan_state(in_progress="1", total=str(len(todo)))
+        self._read_and_commit(origin, todo, known, result)
+        result.removed = self._remove_gone(origin, known, listing)
+        points.hit(points.SCAN_CHECKPOINT)
+        self.catalog.set_scan_state(in_progress="0", last_path="", completed_at=str(time.time()), rekeying="0",
+                                    tags_version=TAGS_VERSION)  # only now: a re-read cut short starts over
+        if self.registry.identity_origin is not origin:
+            self.registry.adopt_identities(origin)  # committed: the catalog holds this origin's identities
+        result.seconds = time.monotonic() - started
+        return result
+
+    def _read_and_commit(self, origin: Origin, todo: list[FileStat], known: dict, result: ScanResult) -> None:
+        """Read the tags of `todo` in parallel (as many files as the origin needs to hide its round trip,
+        origin.scan_parallelism) and commit them in checkpointed batches, in order. The next batch's files are
+        read while one batch waits for its last files and commits: no barrier between batches."""
         progress = Progress("scanning", len(todo), on_update=self.on_progress)
-        # Files in parallel, as many as the origin needs to hide its round trip (origin.scan_parallelism).
         workers = self.workers or max(1, getattr(origin, "scan_parallelism", 4))
-        # The next batch's files are read while one batch waits for its last files and commits: no barrier
-        # between batches; batches still commit in order, each with its checkpoint.
         batches = [todo[i : i + self.batch] for i in range(0, len(todo), self.batch)]
         def read(st: FileStat) -> tuple[FileRow | None, list | None]:
             if self.on_fetched is None:
@@ -193,6 +204,9 @@ class Scanner:
                 for f in current + ahead:
                     f.cancel()  # stopped or failed: files not started yet are not read
         progress.finish()
+
+    def _remove_gone(self, origin: Origin, known: dict, listing: list[FileStat]) -> int:
+        """Drop the catalog's files the listing no longer has; how many."""
         gone = sorted(set(known) - {st.path for st in listing})
         if gone and not listing:
             # An empty listing of a known library is far likelier an unmounted NAS than a wiped one.
@@ -200,14 +214,7 @@ class Scanner:
             gone = []
         if gone:
             self.catalog.delete_paths(gone)
-        result.removed = len(gone)
-        points.hit(points.SCAN_CHECKPOINT)
-        self.catalog.set_scan_state(in_progress="0", last_path="", completed_at=str(time.time()), rekeying="0",
-                                    tags_version=TAGS_VERSION)  # only now: a re-read cut short starts over
-        if self.registry.identity_origin is not origin:
-            self.registry.adopt_identities(origin)  # committed: the catalog holds this origin's identities
-        result.seconds = time.monotonic() - started
-        return result
+        return len(gone)
 
     def _pick_origin(self) -> Origin:
         """The origin to walk: the one that scanned this library before, when it is still a source.

@@ -404,6 +404,12 @@ class OriginRegistry:
                                     origin=origin.name, path=path)
             return data
 
+        return self._failover(path, op, identity_origin, deadline, stream)
+
+    def _failover(self, path: str, op: Callable[[Origin], list[bytes]], identity_origin: Origin | None,
+                  deadline: float | None, stream: "RegistryStream | None") -> list[bytes]:
+        """op on the origins in `order()` until one delivers (each with `call`'s retries); a change of the file
+        at the identity origin ends it at once (a rescan sorts it out)."""
         order = self.order()
         if not order:
             raise OriginOffline(f"every origin is down (offline): {path} cannot be fetched", path=path)
