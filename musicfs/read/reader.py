@@ -22,16 +22,15 @@ from __future__ import annotations
 
 import collections
 import errno
-import functools
 import itertools
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import trio
 
 from ..cache import ChunkCache
-from ..library import BLOCK_SIZE, Block, Catalog, FileRow, FileVersion, aligned, cover, cut, merge
+from ..library import BLOCK_SIZE, Catalog, FileRow, FileVersion
 from ..origins import OriginRegistry, RegistryStream
 from ..shared import (
     CatalogError,
@@ -40,125 +39,18 @@ from ..shared import (
     OriginNotFound,
     OriginTransient,
     points,
-    run_all,
 )
+from .keeping import ChunkLRU, Protection
+from .loads_ahead import LoadsAhead
+from .open_files import NextHead, OpenFile
 from .readahead import ReadAhead, ReadAheadStatistics, Stream
+from .small_reads import SmallReads
 
 log = logging.getLogger(__name__)
 
 
-# A sequential run this long (a few FUSE reads) is no tag reader's: its next uncached small read fetches the rest
-# of its chunk at once (mediainfo, ffprobe, beets and mpd read less than this of a file's head in a row).
-STREAMING_SOON = 512 << 10
-
-
-@dataclass(frozen=True)
-class NextHead:
-    """A read-ahead job's file: the head of the track after the one being read (not open, or open elsewhere)."""
-
-    row: FileRow
-
-
 class BadHandle(MusicFSError):
     errno = errno.EBADF
-
-
-class ChunkLRU:
-    """Verified chunks in memory, bounded by bytes; FUSE's 128 KiB reads hit this."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self._data: collections.OrderedDict[str, bytes] = collections.OrderedDict()
-        self._bytes = 0
-
-    def get(self, digest: str) -> bytes | None:
-        data = self._data.get(digest)
-        if data is not None:
-            self._data.move_to_end(digest)
-        return data
-
-    def put(self, digest: str, data: bytes) -> None:
-        if digest in self._data or len(data) > self.limit:
-            return
-        self._data[digest] = data
-        self._bytes += len(data)
-        while self._bytes > self.limit:
-            _, old = self._data.popitem(last=False)
-            self._bytes -= len(old)
-
-    def has(self, digest: str) -> bool:
-        return digest in self._data
-
-    def discard(self, digest: str) -> None:
-        data = self._data.pop(digest, None)
-        if data is not None:
-            self._bytes -= len(data)
-
-    @property
-    def nbytes(self) -> int:
-        return self._bytes
-
-
-NEXT_HEADS = 4  # next tracks whose heads (loaded by read-ahead, not open yet) stay protected
-
-
-class Protection:
-    """The one record of what the reader keeps last to go in the cache (ChunkCache.protect), per file key
-    ((id, identity)): the chunks an open file's reader has passed (unpinned behind it), and the head of a next
-    track read-ahead loaded. A file's protections end when it is released (`drop`); a head waits for its track
-    to be opened (`opened`: the file owns it from then on, until its release), but only the `heads` most recent
-    heads not open are kept: an older one is unprotected. Bounded by the open files' chunks and `heads` heads."""
-
-    def __init__(self, cache: ChunkCache, heads: int = NEXT_HEADS):
-        self.cache = cache
-        self.heads = heads
-        self._digests: dict[FileVersion, set[str]] = {}  # file key -> the digests protected for it
-        # heads of tracks not open, oldest first
-        self._waiting: collections.OrderedDict[FileVersion, None] = collections.OrderedDict()
-
-    def add(self, key: FileVersion, digests) -> None:
-        """Protect `digests` for the open file `key` (each once per file) until `drop(key)`."""
-        digests = list(digests)
-        if not digests:
-            return
-        held = self._digests.setdefault(key, set())
-        for digest in digests:
-            if digest not in held:
-                held.add(digest)
-                self.cache.protect(digest)
-
-    def add_head(self, key: FileVersion, digests) -> None:
-        """The head of a next track that is not open: protected until it is opened and released, or until
-        `heads` newer heads wait."""
-        self.add(key, digests)
-        self._waiting[key] = None
-        self._waiting.move_to_end(key)
-        while len(self._waiting) > self.heads:
-            self.drop(next(iter(self._waiting)))
-
-    def opened(self, key: FileVersion) -> None:
-        """The file was opened: its head (if one waits) is the file's now, dropped at its release."""
-        self._waiting.pop(key, None)
-
-    def drop(self, key: FileVersion) -> None:
-        """Everything protected for `key` is ordinary again."""
-        self._waiting.pop(key, None)
-        for digest in self._digests.pop(key, ()):
-            self.cache.unprotect(digest)
-
-
-@dataclass
-class OpenFile:
-    row: FileRow
-    manifest: dict[int, str]
-    seen: float  # when the catalog first recorded this version (racy versions: origins/base.py, settled)
-    pinned: dict[str, int] = field(default_factory=dict)  # digest -> chunk index, pinned against eviction
-    refs: int = 1
-    next_track: Callable[[], FileRow | None] | None = None  # the track after this one in its album folder
-    origin: RegistryStream | None = None  # while streamed: the origins' open streams of the file (SFTP: kept open)
-    blocks: list[Block] | None = None  # this version's recorded blocks (blocks.py), loaded at the first small read
-    unpinned_below: int = 0  # its one reader has passed the chunks below this index (see _unpin_before)
-    played: bool = False  # its one reader streams (see _unpin_before)
 
 
 @dataclass(frozen=True)
@@ -179,7 +71,7 @@ class ReaderStatistics:
     readahead: ReadAheadStatistics | None = None  # chunks loaded ahead of sequential readers
 
 
-class FileReader:
+class FileReader(SmallReads, LoadsAhead):
     def __init__(self, catalog: Catalog, cache: ChunkCache, origins: OriginRegistry, *, chunk_size: int,
                  memory_cache: int, read_timeout: float, threads: int = 8,
                  on_file_changed: Callable[[str], None] | None = None, readahead: int = 32 << 20,
@@ -321,170 +213,7 @@ class FileReader:
         return b"".join(parts)
 
     # -- small reads: blocks (blocks.py) --------------------------------------------------------------
-    def _small_read(self, fh: int, of: OpenFile, offset: int, end: int) -> bool:
-        """Whether [offset, end) is read from blocks: blocks are on, the handle is not streaming (no read-ahead
-        window, and not a long sequential run entering a new chunk: that chunk is loaded whole, as read-ahead is
-        about to), the read covers no whole chunk, and some chunk it touches is neither cached nor being loaded."""
-        if not self.block_size:
-            return False
-        stream = self._streams.get(fh)
-        cs, row = self.chunk_size, of.row
-        if stream is None or stream.window or (offset % cs == 0 and self._streaming_soon(stream, offset)):
-            return False
-        indexes = range(offset // cs, (end - 1) // cs + 1)
-        if any(offset <= i * cs and end >= min((i + 1) * cs, row.size) for i in indexes):
-            return False
-        for idx in indexes:
-            digest = of.manifest.get(idx)
-            if (row.version, idx) in self._inflight:
-                continue
-            if digest is None or not (self.memory.has(digest) or self.cache.may_have(digest)):
-                return True
-        return False
 
-    def _streaming_soon(self, stream: Stream | None, offset: int) -> bool:
-        """Whether this read continues a sequential run of STREAMING_SOON bytes or more: longer than tag readers
-        read, so a player or a copy on its way to read-ahead (which starts at a chunk)."""
-        return (stream is not None and stream.run >= STREAMING_SOON
-                and abs(offset - stream.next_offset) <= self.readahead.tolerance)
-
-    async def _read_blocks(self, of: OpenFile, offset: int, end: int, to_chunk_end: bool = False) -> bytes:
-        """[offset, end) from the file's blocks (each verified), fetching the aligned blocks none covers;
-        `to_chunk_end`: the last gap is fetched on to the end of its chunk (or the next block in hand), in the
-        same request, so a reader about to stream needs one request for the rest of the chunk, not one a read."""
-        row = of.row
-        if of.blocks is None:
-            rows = await self._thread(self.catalog.blocks, row.version)
-            if of.blocks is None:  # another read may have loaded them meanwhile
-                of.blocks = [Block(*r) for r in rows]
-        got: dict[Block, bytes] = {}  # bytes in hand for this read: verified from the cache, or just fetched
-        while True:
-            usable = set(got) | {b for b in of.blocks if self.memory.has(b.digest) or self.cache.may_have(b.digest)}
-            used, gaps = cover(offset, end, usable)
-            missing = [b for b in used if b not in got]
-            if missing:
-                for b in missing:
-                    data = self.memory.get(b.digest)
-                    if data is None:
-                        data = await self.cache.get(b.digest)  # verified; None: bad (quarantined), gone, bypassed
-                    if data is None or len(data) != b.length:
-                        if b in of.blocks:
-                            of.blocks.remove(b)  # fetched again below, as a gap
-                        break
-                    self.memory.put(b.digest, data)
-                    self._counts["block_hits"] += 1
-                    got[b] = data
-                continue
-            if not gaps:
-                break
-            wanted = merge(aligned(s, e, row.size, self.block_size) for s, e in gaps)
-            if to_chunk_end:
-                start, n = wanted[-1]
-                stop = min([b.offset for b in usable if b.offset >= start + n]
-                           + [(start // self.chunk_size + 1) * self.chunk_size, row.size])
-                wanted[-1] = (start, max(n, stop - start))
-            keys = [(row.version, off) for start, n in wanted
-                    for off in range(start, start + n, self.block_size)]
-            busy = next((self._block_inflight[k] for k in keys if k in self._block_inflight), None)
-            if busy is not None:  # another read is fetching (some of) these blocks: wait, then look again
-                await busy.wait()
-                continue
-            got.update(await self._fetch_blocks(of, wanted, keys))
-        out = bytearray()
-        pos = offset
-        while pos < end:
-            b = max((b for b in got if b.offset <= pos < b.end), key=lambda b: b.end)
-            out += got[b][pos - b.offset : min(end, b.end) - b.offset]
-            pos = min(end, b.end)
-        return bytes(out)
-
-    async def _fetch_blocks(self, of: OpenFile, wanted: list[tuple[int, int]],
-                            keys: list[tuple[FileVersion, int]]) -> dict[Block, bytes]:
-        """Fetch the aligned ranges (one origin request each, identity-checked), cache them cut into blocks and
-        record those in the catalog; the blocks' bytes (digest '' for those the cache did not take)."""
-        row = of.row
-        events = {key: trio.Event() for key in keys}
-        self._block_inflight.update(events)
-        try:
-            datas, keep = await self._from_origin(of, wanted)
-            self._counts["block_fetches"] += len(wanted)
-            out: dict[Block, bytes] = {}
-            stored: list[Block] = []
-            for off, data in cut(zip((start for start, _ in wanted), datas), self.block_size):
-                digest = await self.cache.store(data, f"a block of {row.path}") if keep else None
-                block = Block(off, len(data), digest or "")
-                out[block] = data
-                if digest is not None:
-                    self.memory.put(digest, data)
-                    stored.append(block)
-            if stored:
-                try:
-                    await self._thread(self.catalog.add_blocks, row.version,
-                                       [(b.offset, b.length, b.digest) for b in stored])
-                except CatalogError as exc:
-                    self._counts["manifest_failures"] += 1
-                    log.warning("catalog: cannot record blocks of %s (%s); serving them uncached", row.path, exc)
-                else:
-                    offsets = {b.offset for b in stored}
-                    of.blocks = [b for b in of.blocks if b.offset not in offsets] + stored
-            return out
-        finally:
-            for key, event in events.items():
-                del self._block_inflight[key]
-                event.set()
-
-    async def _prefetch(self, key, indexes: list[int], fetched: Callable[[], None]) -> None:
-        """Load chunks ahead of a reader (ReadAhead's fetch; consecutive indexes): into the caches, verified,
-        like a read. Chunks the cache has (or that are on their way) are loaded in parallel; a run of chunks
-        nobody has is fetched from the origins in one request, then each chunk is stored and named at once.
-        `fetched()` is called as soon as no origin request of this batch is left."""
-        if isinstance(key, NextHead):  # the head of the next track: loaded and cached, protected (pinned by no one yet)
-            await self._prefetch_head(key.row, indexes, fetched)
-            return
-        of = self._open.get(key)
-        if of is None:
-            return  # closed meanwhile
-        self._stream_origin(of)
-        if not of.origin.ordered:  # (SFTP) the file's next batch may go to the origin beside this one
-            fetched()
-        await self._load_ahead(of, indexes, fetched)
-
-    async def _prefetch_head(self, row: FileRow, indexes: list[int], fetched: Callable[[], None]) -> None:
-        """Load the head of the next track and protect it: until that track is opened and released, or newer
-        heads push it out (Protection); if it is open already, until its release."""
-        key = row.version
-        of = self._open.get(key)
-        if of is None:
-            manifest, seen = await self._thread(self._version, row)
-            of = OpenFile(row, manifest, seen, refs=0)
-        try:
-            await self._load_ahead(of, indexes, fetched)
-        finally:  # what was loaded, also when the job failed or timed out
-            head = [d for d in map(of.manifest.get, indexes) if d is not None]
-            if key in self._open:  # (opened meanwhile)
-                self.protection.add(key, head)
-            elif head:
-                self.protection.add_head(key, head)
-
-    async def _load_ahead(self, of: OpenFile, indexes: list[int], fetched: Callable[[], None]) -> None:
-        """_prefetch's loads: cached chunks (or chunks on their way) in parallel, a run of missing ones in one
-        origin request; `fetched()` once no origin request is left."""
-        here, missing = [], []
-        # a racy version is not fetched ahead: nobody could keep what read-ahead fetched
-        racy = not self.origins.settled(of.row.identity, of.seen, self.origins.wall_clock())
-        for idx in indexes:
-            if idx * self.chunk_size >= of.row.size:
-                break
-            if of.manifest.get(idx) is not None or (of.row.version, idx) in self._inflight:
-                here.append(idx)  # cached (load and verify it) or on its way already
-            elif not racy:
-                missing.append(idx)
-        loads = [(f"load-{idx}", functools.partial(self._chunk, of, idx)) for idx in here]
-        if missing:
-            loads.append(("fetch", functools.partial(self._fetch_missing, of, missing, fetched)))
-        else:
-            fetched()
-        await run_all(loads)
 
     def _stream_origin(self, of: OpenFile) -> None:
         """A file read as a stream reads its origins through one open stream (S3: one GET read on; SFTP: the
@@ -493,51 +222,6 @@ class FileReader:
         if of.origin is None:
             of.origin = self.origins.open_stream(of.row.path, of.row.stat())
 
-    async def _fetch_missing(self, of: OpenFile, missing: list[int], fetched: Callable[[], None]) -> None:
-        """Uncached chunks: consecutive ones nobody loads yet in one origin request (reads of any of them wait
-        for it, as _chunk, each until its own chunk is stored), else chunk by chunk. `fetched()` once no origin
-        request is left."""
-        keys = [(of.row.version, idx) for idx in missing]
-        if (len(missing) < 2 or missing != list(range(missing[0], missing[-1] + 1))
-                or any(k in self._inflight for k in keys)):  # (someone started one meanwhile)
-            try:
-                for idx in missing:
-                    await self._chunk(of, idx)
-            finally:
-                fetched()
-            return
-        events = {key: trio.Event() for key in keys}
-        self._inflight.update(events)
-
-        def done(key) -> None:
-            self._fresh.pop(key, None)
-            if self._inflight.get(key) is events[key]:
-                del self._inflight[key]
-            events[key].set()
-
-        try:
-            try:
-                data, keep = await self._fetch_span(of, missing[0], missing[-1])
-            finally:
-                fetched()
-            if not keep:  # racy: nobody else takes these bytes; each read fetches its own
-                return
-            cs = self.chunk_size
-            for n, key in enumerate(keys):  # readers take them now, while they are stored
-                self._fresh[key] = data[n * cs:(n + 1) * cs]
-            del data  # the pieces are the only copy
-
-            async def store(n: int, idx: int) -> None:
-                try:
-                    await self._store_fetched(of, idx, self._fresh[keys[n]], True)
-                finally:
-                    done(keys[n])
-
-            # The chunks are hashed, written and named at once, on the cache's and the catalog's threads.
-            await run_all([(f"store-{idx}", functools.partial(store, n, idx)) for n, idx in enumerate(missing)])
-        finally:
-            for key in keys:
-                done(key)
 
     def _unpin_before(self, of: OpenFile, idx: int, played: bool) -> None:
         """Unpin the chunks behind the reader: the quota may take them again; those of a file being `played`

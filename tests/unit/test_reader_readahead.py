@@ -236,7 +236,7 @@ async def test_the_played_track_and_the_next_tracks_head_go_last_and_are_ordinar
 
 
 async def test_only_the_heads_of_the_most_recent_next_tracks_stay_protected(playback):
-    from musicfs.read.reader import NEXT_HEADS, Protection
+    from musicfs.read.keeping import NEXT_HEADS, Protection
 
     rig = playback
     protection = Protection(rig.reader.cache)
