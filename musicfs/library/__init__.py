@@ -5,7 +5,8 @@ from .. import public_face
 # what other packages may import, by the module of this package that defines it
 __getattr__, __all__ = public_face(__name__, {
     "blocks": ["aligned", "Block", "BLOCK_SIZE", "cover", "cut", "merge"],
-    "catalog": ["Catalog", "CATALOG_NAME", "FileRow", "FileVersion", "open_checked"],
+    "catalog": ["Catalog", "FileRow", "FileVersion"],
+    "catalog_files": ["CATALOG_NAME", "open_checked"],
     "pins": ["PinSet", "PinsStatistics"],
     "scanner": ["ScanCancelled"],
     "search": ["check_files", "SearchIndex"],

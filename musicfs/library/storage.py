@@ -23,7 +23,8 @@ from ..cache import CasStore
 from ..origins import OriginRegistry, open_origins
 from ..shared import Config, MusicFSError, RunMarker, SearchIndexCorrupt
 from . import blocks
-from .catalog import Catalog, FileRow, make_state_dir, open_checked
+from .catalog import Catalog, FileRow
+from .catalog_files import make_state_dir, open_checked
 from .scanner import Scanner, ScanResult, restore_identities
 from .search import IndexDoc, SearchIndex
 from .tree import FIRST_INO, SNAPSHOT_NAME, VirtualTree, build_tree, load_snapshot, save_snapshot

@@ -37,97 +37,43 @@ threads; `fetch` is the async entry used by the FileReader.
 
 from __future__ import annotations
 
-import collections
 import functools
 import logging
 import math
 import random
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from ..shared import (
     LocalExhaustion,
     OriginError,
     OriginFileChanged,
-    OriginNotFound,
     OriginOffline,
-    OriginPermission,
     OriginTimeout,
     OriginTransient,
     ShortRead,
     points,
 )
 from .base import FileStat, Identity, Origin, OriginStream, exhaustion, settled
+from .health_records import (
+    HEALTHY,
+    UNHEALTHY,
+    OriginHealth,
+    OriginStatistics,
+    _counts_against_health,
+    result_of,
+)
 
 log = logging.getLogger(__name__)
 
 STUCK_LIMIT = 4  # stuck calls of one origin that keep it unhealthy whatever its probes say
-
-UNKNOWN = "unknown"
-HEALTHY = "healthy"
-UNHEALTHY = "unhealthy"
 
 
 def probe(origin: Origin) -> None:
     """One health probe (the failpoint lets tests make it hang)."""
     points.hit(points.HEALTH_CHECK_HANG, OriginTimeout)
     origin.probe()
-
-
-@dataclass
-class OriginHealth:
-    """What the registry knows about one origin; shown by `musicfs status`."""
-
-    name: str
-    state: str = UNKNOWN
-    last_error: str = ""
-    last_ok: float | None = None  # wall-clock time of the last success (probe or read)
-    last_check: float | None = None  # wall-clock time of the last probe
-    failures: int = 0  # consecutive failures
-    recovered_at: float | None = None  # registry clock: when it last went unhealthy -> healthy
-    retries: int = 0
-    failovers: int = 0  # reads that gave up on this origin and went to the next one
-    bytes_fetched: int = 0
-    results: collections.Counter = field(default_factory=collections.Counter)  # read requests by result
-    stuck: int = 0  # calls still running past their deadline (found when their read gave up)
-
-
-@dataclass(frozen=True)
-class OriginStatistics:
-    """`OriginRegistry.statistics()`: one record per origin, in priority order (shown by `musicfs status`)."""
-
-    name: str
-    state: str = UNKNOWN  # unknown | healthy | unhealthy
-    active: bool = False  # reads go here first right now
-    last_error: str = ""
-    last_ok: float | None = None  # wall-clock time of the last success (probe or read)
-    last_check: float | None = None  # wall-clock time of the last probe
-    failures: int = 0  # consecutive failures
-    requests: int = 0  # read requests sent to this origin (each with its retries)
-    results: dict[str, int] = field(default_factory=dict)  # requests by result: ok, not_found, timeout, ...
-    bytes_fetched: int = 0
-    retries: int = 0
-    failovers: int = 0
-    stuck: int = 0  # calls still running past their read's deadline: their threads, left to finish
-
-
-def result_of(exc: BaseException | None) -> str:
-    """A read request's result, as counted per origin."""
-    if exc is None:
-        return "ok"
-    for kind, name in ((OriginNotFound, "not_found"), (OriginPermission, "permission"),
-                       (OriginFileChanged, "changed"), (OriginTimeout, "timeout"), (ShortRead, "short_read"),
-                       (LocalExhaustion, "exhausted"), (OriginTransient, "transient")):
-        if isinstance(exc, kind):
-            return name
-    return "fatal"
-
-
-def _counts_against_health(exc: OriginError) -> bool:
-    """A missing or forbidden file is the file's problem, and fd exhaustion ours, not the origin's."""
-    return not isinstance(exc, (OriginNotFound, OriginPermission, OriginFileChanged, LocalExhaustion))
 
 
 class OriginRegistry:

@@ -12,50 +12,30 @@ and a fresh one is made on next use. Nothing here retries: the caller does.
 from __future__ import annotations
 
 import collections
-import contextlib
-import errno
 import getpass
 import itertools
 import logging
 import os
 import posixpath
-import socket
 import stat as stat_mod
-import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 from urllib.parse import unquote
 
 import paramiko
 from paramiko.sftp import (
-    CMD_ATTRS,
-    CMD_CLOSE,
-    CMD_DATA,
     CMD_FSTAT,
-    CMD_HANDLE,
-    CMD_NAME,
-    CMD_OPENDIR,
     CMD_READ,
-    CMD_READDIR,
-    CMD_STATUS,
-    SFTPError,
     int64,
 )
-from paramiko.sftp_attr import SFTPAttributes
 from paramiko.ssh_exception import (
     AuthenticationException,
-    BadHostKeyException,
-    IncompatiblePeer,
-    NoValidConnectionsError,
-    SSHException,
 )
 
 from ..shared import (
     OriginError,
     OriginFatal,
     OriginNotFound,
-    OriginPermission,
     OriginTimeout,
     OriginTransient,
     PathEscape,
@@ -68,14 +48,17 @@ from .base import (
     Identity,
     Origin,
     OriginStream,
-    Verdict,
-    classify_error,
-    escape_name,
     split_url,
     unescape_name,
 )
 from .options import option_keys
 from .options import parse as parse_options
+from .sftp_connections import _Answers, _Conn, _listdir_attr, _Pool, _SetupWatchdog
+from .sftp_errors import (
+    UnknownHostKey,
+    _keeps_connection_usable,
+    classify_sftp_error,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,31 +71,8 @@ DEFAULT_POOL_TIMEOUT = 30.0
 PIPELINE_REQUESTS = 64
 #: paramiko's read request size (SFTPFile.MAX_REQUEST_SIZE), which every server accepts.
 READ_REQUEST = 32 << 10
-#: Stream handles a connection keeps open at most; the oldest is closed to open another.
-STREAM_HANDLES_PER_CONN = 16
 
 T = TypeVar("T")
-
-# errno values that mean "the connection/network is the problem"
-_NET_ERRNOS = {
-    errno.ECONNRESET,
-    errno.ECONNREFUSED,
-    errno.ECONNABORTED,
-    errno.EPIPE,
-    errno.EHOSTUNREACH,
-    errno.EHOSTDOWN,
-    errno.ENETUNREACH,
-    errno.ENETDOWN,
-    errno.ENETRESET,
-    errno.ENOTCONN,
-    errno.ESHUTDOWN,
-    errno.EIO,
-    errno.EAGAIN,
-    errno.EINTR,
-    errno.EMFILE,
-    errno.ENFILE,
-    errno.ESTALE,
-}
 
 
 PARAMIKO_LOG_CHANNEL = "musicfs.origins.sftp.paramiko"
@@ -136,10 +96,6 @@ for _name in (PARAMIKO_LOG_CHANNEL, PARAMIKO_LOG_CHANNEL + ".sftp"):
     logging.getLogger(_name).addFilter(_DemoteToDebug())
 
 
-class UnknownHostKey(SSHException):
-    """The server's host key is not in the known_hosts file: refused."""
-
-
 class _RejectUnknownHost(paramiko.MissingHostKeyPolicy):
     def __init__(self, known_hosts: str, exists: bool):
         self.known_hosts = known_hosts
@@ -155,270 +111,6 @@ class _RejectUnknownHost(paramiko.MissingHostKeyPolicy):
         )
 
 
-def _timeout_in_chain(exc: BaseException) -> bool:
-    seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, TimeoutError):
-            return True
-        e = e.__cause__ or e.__context__
-    text = str(exc).lower()
-    return "timed out" in text or "timeout" in text
-
-
-def classify_sftp_error(exc: BaseException, origin: str, path: str = "") -> OriginError:
-    """Map a paramiko / socket / SFTP-status exception into the origin error tree."""
-    return classify_error(exc, origin, path, _classify)
-
-
-def _prefixed(cls: type[OriginError], prefix: str) -> Callable[[Any], Verdict]:
-    return lambda exc: (cls, f"{prefix}: {exc}")
-
-
-def _bad_host_key(exc: BadHostKeyException) -> Verdict:
-    return OriginFatal, (
-        f"host key for {exc.hostname} does not match known_hosts "
-        f"(got {exc.key.get_name()}, expected {exc.expected_key.get_name()}): refusing to connect"
-    )
-
-
-def _classify_ssh_exception(exc: SSHException) -> Verdict:
-    """paramiko raises bare SSHException for many things: tell them apart by the message."""
-    text = str(exc)
-    if "No existing session" in text:
-        # SSHClient.connect: start_client() gave up waiting for the key exchange
-        return OriginTimeout, f"SSH handshake did not complete in time: {text}"
-    if "No authentication methods available" in text:
-        return OriginFatal, f"no SSH credentials (set identity_file or password): {text}"
-    if _timeout_in_chain(exc):
-        return OriginTimeout, f"SSH timed out: {text}"
-    return OriginTransient, f"SSH connection problem: {text}"
-
-
-def _classify_os_error(exc: OSError) -> Verdict:
-    """Socket errors, and SFTP status replies (paramiko raises those as IOError with an errno)."""
-    code = exc.errno
-    if code in (errno.ENOENT, errno.ENOTDIR):
-        return OriginNotFound, f"no such file: {exc.strerror or exc}"
-    if code in (errno.EACCES, errno.EPERM):
-        return OriginPermission, f"permission denied: {exc.strerror or exc}"
-    if code == errno.ETIMEDOUT:
-        return OriginTimeout, f"timed out: {exc}"
-    if isinstance(exc, ConnectionError) or code in _NET_ERRNOS:
-        return OriginTransient, f"connection problem: {exc}"
-    if code is None:
-        # paramiko's "Socket is closed", or an SFTP status of plain FAILURE
-        # (the server hit an error it did not name, e.g. an I/O error).
-        return OriginTransient, f"SFTP failure: {exc}"
-    return OriginFatal, f"{exc.strerror or exc}"
-
-
-# (exception type, how to classify it); first match wins, so order matters: most
-# paramiko errors derive from SSHException, and socket errors from OSError.
-_ERROR_RULES: tuple[tuple[type[BaseException], Callable[[Any], Verdict]], ...] = (
-    # --- never worth retrying: trust and credentials -----------------------
-    (UnknownHostKey, lambda exc: (OriginFatal, str(exc))),
-    (BadHostKeyException, _bad_host_key),
-    (AuthenticationException, _prefixed(OriginFatal, "SSH authentication failed")),
-    (IncompatiblePeer, _prefixed(OriginFatal, "no SSH algorithms in common with the server")),
-    # --- the network ------------------------------------------------------
-    (TimeoutError, lambda exc: (OriginTimeout, f"timed out: {exc or 'no answer'}")),  # socket.timeout is one
-    (NoValidConnectionsError, _prefixed(OriginTransient, "cannot connect")),
-    (socket.gaierror, _prefixed(OriginTransient, "cannot resolve host")),
-    (SSHException, _classify_ssh_exception),
-    (EOFError, _prefixed(OriginTransient, "connection closed by the server")),
-    (OSError, _classify_os_error),
-)
-
-
-def _classify(exc: BaseException) -> Verdict:
-    for exc_type, classify in _ERROR_RULES:
-        if isinstance(exc, exc_type):
-            return classify(exc)
-    return OriginFatal, f"{type(exc).__name__}: {exc}"
-
-
-@dataclass
-class _Conn:
-    client: paramiko.SSHClient
-    sftp: paramiko.SFTPClient
-    generation: int
-    #: Remote files kept open by streams (see _SftpStream), touched only by the thread that leases the
-    #: connection; a connection that is dropped takes them with it.
-    handles: dict = field(default_factory=dict)
-
-    def handle_for(self, stream: "_SftpStream") -> Any:
-        """The open remote file of `stream` on this connection (opened now if need be); closed streams'
-        handles are closed first (a stream's close cannot lease the connections its handles live on)."""
-        for other in [s for s in self.handles if s.closed]:
-            self._close_handle(other)
-        handle = self.handles.get(stream)
-        if handle is None:
-            while len(self.handles) >= STREAM_HANDLES_PER_CONN:
-                self._close_handle(next(iter(self.handles)))
-            handle = self.sftp.open(stream.remote, "rb")
-            self.handles[stream] = handle
-        return handle
-
-    def _close_handle(self, stream: "_SftpStream") -> None:
-        self.handles.pop(stream).close()
-
-    def drop_handle(self, stream: "_SftpStream", exc: BaseException) -> None:
-        """After an error on the handle: not reused (its prefetch state is unknown). Closed only while the
-        connection is usable; after a transport error the connection is discarded, handle and all."""
-        handle = self.handles.pop(stream, None)
-        if handle is not None and _keeps_connection_usable(exc):
-            try:
-                handle.close()
-            except Exception:
-                pass
-
-    def alive(self) -> bool:
-        transport = self.client.get_transport()
-        return bool(transport is not None and transport.is_active() and not self.sftp.sock.closed)
-
-    def close(self) -> None:
-        for thing in (self.sftp, self.client):
-            try:
-                thing.close()
-            except Exception:
-                pass
-
-
-class _SetupWatchdog:
-    """Closes `client` if SSH/SFTP setup is still running after `budget` seconds.
-
-    `finish()` and the timer agree under a lock, so exactly one of them wins:
-    either setup ended first, or the watchdog fired (and setup must fail).
-    """
-
-    def __init__(self, client: paramiko.SSHClient, budget: float):
-        self._client = client
-        self._lock = threading.Lock()
-        self._done = False
-        self._fired = False
-        self._timer = threading.Timer(budget, self._fire)
-        self._timer.daemon = True
-
-    def start(self) -> None:
-        self._timer.start()
-
-    def cancel(self) -> None:
-        self._timer.cancel()
-
-    def finish(self) -> bool:
-        """Setup is over, one way or the other: did the watchdog close the client first?"""
-        with self._lock:
-            self._done = True
-            return self._fired
-
-    def _fire(self) -> None:
-        with self._lock:
-            if self._done:
-                return
-            self._fired = True
-        self._client.close()
-
-
-def _keeps_connection_usable(exc: BaseException) -> bool:
-    """After this exception, is the SFTP session still in a known state?
-
-    Status replies from the server (no such file, permission denied, plain
-    failure) and our own logical errors leave it fine; timeouts, EOF and any
-    transport error leave it unusable (a late reply could be read as the
-    answer to the next request).
-    """
-    if isinstance(exc, OriginError):
-        return True
-    if isinstance(exc, (TimeoutError, ConnectionError, socket.gaierror, SSHException, EOFError)):
-        return False
-    if isinstance(exc, OSError):
-        return exc.errno in (None, errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.EPERM)
-    return False
-
-
-class _Pool:
-    """At most `size` connections; idle ones are reused, broken ones dropped."""
-
-    def __init__(self, factory: Callable[[int], _Conn], size: int, wait_timeout: float, name: str):
-        self._factory = factory
-        self._slots = threading.BoundedSemaphore(size)
-        self._idle: list[_Conn] = []
-        self._lock = threading.Lock()
-        self._generation = 0
-        self._wait_timeout = wait_timeout
-        self._name = name
-
-    @contextlib.contextmanager
-    def lease(self) -> Iterator[_Conn]:
-        if not self._slots.acquire(timeout=self._wait_timeout):
-            raise OriginTimeout(
-                f"{self._name}: no SFTP connection free after {self._wait_timeout:g}s", origin=self._name
-            )
-        try:
-            conn = None
-            with self._lock:
-                generation = self._generation
-                while self._idle and conn is None:
-                    candidate = self._idle.pop()
-                    if candidate.alive():
-                        conn = candidate
-                    else:
-                        candidate.close()
-            if conn is None:
-                conn = self._factory(generation)
-            try:
-                yield conn
-            except BaseException as exc:
-                if not (_keeps_connection_usable(exc) and conn.alive()):
-                    conn.close()
-                    conn = None
-                raise
-            finally:
-                if conn is not None:
-                    with self._lock:
-                        if conn.generation == self._generation and conn.alive():
-                            self._idle.append(conn)
-                            conn = None
-                    if conn is not None:
-                        conn.close()
-        finally:
-            self._slots.release()
-
-    def close(self) -> None:
-        with self._lock:
-            self._generation += 1
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
-
-
-def _listdir_attr(sftp: Any, path: str | bytes) -> list[Any]:
-    """SFTPClient.listdir_attr, except that a name that is not UTF-8 does not fail the whole listing
-    (paramiko decodes names strictly): each name is decoded with surrogate escapes, then escape_name."""
-    t, msg = sftp._request(CMD_OPENDIR, sftp._adjust_cwd(path))
-    if t != CMD_HANDLE:
-        raise SFTPError("Expected handle")
-    handle = msg.get_binary()
-    found = []
-    while True:
-        try:
-            t, msg = sftp._request(CMD_READDIR, handle)
-        except EOFError:  # the end of the listing
-            break
-        if t != CMD_NAME:
-            raise SFTPError("Expected name response")
-        for _ in range(msg.get_int()):
-            name = escape_name(msg.get_string().decode("utf-8", "surrogateescape"))
-            longname = msg.get_string().decode("utf-8", "replace")
-            attr = SFTPAttributes._from_msg(msg, name, longname)
-            if name not in (".", ".."):
-                found.append(attr)
-    # as paramiko: not after a transport error (the connection is dropped). Not waited for: the answer is read
-    # (and ignored) by the connection's next request, which saves a round trip per folder.
-    sftp._async_request(type(None), CMD_CLOSE, handle)
-    return found
 
 
 def _checked_ranges(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -427,42 +119,6 @@ def _checked_ranges(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
         if offset < 0 or length < 0:
             raise ValueError(f"bad range offset={offset} length={length}")
     return out
-
-
-class _Answers:
-    """Answers to requests sent without waiting for each (paramiko routes each one here by request number
-    while it reads the channel): FSTAT gives attributes, READ data (b"" at end of file)."""
-
-    def __init__(self, sftp: Any) -> None:
-        self.sftp = sftp
-        self.got: dict[int, Any] = {}
-
-    def _async_response(self, t: int, msg: Any, num: int) -> None:
-        try:
-            if t == CMD_ATTRS:
-                self.got[num] = SFTPAttributes._from_msg(msg)
-            elif t == CMD_DATA:
-                self.got[num] = msg.get_string()
-            elif t == CMD_STATUS:
-                self.sftp._convert_status(msg)  # raises for anything but OK
-                self.got[num] = SFTPError("unexpected OK status")
-            else:
-                self.got[num] = SFTPError(f"unexpected SFTP answer type {t}")
-        except EOFError:
-            self.got[num] = b""  # a read at or past the end of the file
-        except BaseException as exc:
-            self.got[num] = exc
-
-    def send(self, t: int, *args: Any) -> int:
-        return self.sftp._async_request(self, t, *args)
-
-    def wait(self, num: int) -> Any:
-        while num not in self.got:
-            self.sftp._read_response()  # one answer, routed to _async_response
-        answer = self.got.pop(num)
-        if isinstance(answer, BaseException):
-            raise answer
-        return answer
 
 
 class _SftpStream(OriginStream):

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from musicfs.library.catalog import CATALOG_NAME, Catalog, open_checked
+from musicfs.library.catalog import Catalog
+from musicfs.library.catalog_files import CATALOG_NAME, open_checked
 from musicfs.shared.damage import wal_before_open
 from musicfs.shared.errors import CatalogError
 from musicfs_test_utils import disks

@@ -15,7 +15,8 @@ import trio.testing
 
 from musicfs.origins.health import HealthMonitor
 from musicfs.origins.local import LocalOrigin
-from musicfs.origins.registry import HEALTHY, UNHEALTHY, UNKNOWN, OriginRegistry
+from musicfs.origins.registry import OriginRegistry
+from musicfs.origins.health_records import HEALTHY, UNHEALTHY, UNKNOWN
 from musicfs.shared.errors import OriginTransient
 from musicfs_test_utils.eventually import eventually
 from musicfs_test_utils.faulty_origin import (

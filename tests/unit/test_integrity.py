@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from musicfs.cache.cas import CasStore, chunk_hash
-from musicfs.library.catalog import Catalog, FileRow, open_checked
+from musicfs.library.catalog import Catalog, FileRow
+from musicfs.library.catalog_files import open_checked
 from musicfs.library.search import IndexDoc, SearchIndex, check_files
 from musicfs.library.storage import Library
 from musicfs.shared import points

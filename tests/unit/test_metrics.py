@@ -21,7 +21,7 @@ from musicfs.daemon.metrics import (
     on_loop,
 )
 from musicfs.library.pins import PinInfo, PinsStatistics
-from musicfs.origins.registry import OriginStatistics
+from musicfs.origins.health_records import OriginStatistics
 from musicfs.read.readahead import ReadAheadStatistics
 from musicfs.read.reader import ReaderStatistics
 from musicfs.shared.config import load

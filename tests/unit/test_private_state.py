@@ -15,7 +15,7 @@ import pytest
 
 from musicfs.cache.cas import CasStore
 from musicfs.commands import cli
-from musicfs.library.catalog import open_checked
+from musicfs.library.catalog_files import open_checked
 from musicfs.library.search import SearchIndex
 from musicfs.shared.damage import PRIVATE_UMASK, private_state
 

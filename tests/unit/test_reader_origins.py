@@ -24,7 +24,7 @@ from musicfs.library.tree import FIRST_INO, build_tree
 from musicfs.origins.base import FileStat, Origin
 from musicfs.origins.health import HealthMonitor
 from musicfs.origins.local import LocalOrigin
-from musicfs.origins.registry import HEALTHY
+from musicfs.origins.health_records import HEALTHY
 from musicfs.shared.errors import OriginFileChanged, OriginOffline
 from musicfs_test_utils.eventually import eventually
 from musicfs_test_utils.faulty_origin import Healthy, TimeoutMs

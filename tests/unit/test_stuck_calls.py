@@ -13,7 +13,8 @@ import pytest
 import trio
 
 from musicfs.origins.memory import READ, MemoryOrigin, serve
-from musicfs.origins.registry import HEALTHY, STUCK_LIMIT, UNHEALTHY, OriginRegistry
+from musicfs.origins.registry import STUCK_LIMIT, OriginRegistry
+from musicfs.origins.health_records import HEALTHY, UNHEALTHY
 from musicfs.shared.errors import OriginOffline
 
 FILES = {"hung.flac": b"h" * 1000, "ok.flac": b"o" * 1000}
