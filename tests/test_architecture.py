@@ -57,3 +57,22 @@ def test_every_name_a_face_exports_is_defined_where_it_says(package):
     face = __import__(f"musicfs.{package}", fromlist=["_EXPORTS"])
     for name in face.__all__:
         assert getattr(face, name) is not None
+
+
+def test_no_module_over_500_lines_no_class_over_400_no_function_over_50():
+    """`demo.py` aside (sample data, not the product's logic)."""
+    import ast
+
+    too_big = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        text = path.read_text()
+        if rel != "musicfs/commands/demo.py" and text.count("\n") > 500:
+            too_big.append(f"{rel}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text)):
+            span = getattr(node, "end_lineno", 0) - getattr(node, "lineno", 0) + 1
+            if isinstance(node, ast.ClassDef) and span > 400:
+                too_big.append(f"{rel}: class {node.name}, {span} lines")
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and span > 50:
+                too_big.append(f"{rel}: {node.name}(), {span} lines")
+    assert not too_big, "\n".join(too_big)

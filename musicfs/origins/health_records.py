@@ -40,7 +40,6 @@ class OriginHealth:
     failovers: int = 0  # reads that gave up on this origin and went to the next one
     bytes_fetched: int = 0
     results: collections.Counter = field(default_factory=collections.Counter)  # read requests by result
-    stuck: int = 0  # calls still running past their deadline (found when their read gave up)
 
 
 @dataclass(frozen=True)

@@ -24,12 +24,7 @@ Policy (rows 4.1, 4.2.3, 4.3 of the resilience catalogue):
   Failing over never changes it: `first_healthy` is a pure query.
 * Offline: while monitored and every origin is unhealthy, reads fail at once with OriginOffline
   (EIO): no thread, no timeout. The monitor's next good probe ends it.
-* Stuck calls (row 4.7): an origin call that never returns (a hung NFS share) costs only itself. A read's
-  thread counts against the fetch limit only until the read gives up at its deadline; the thread itself is
-  left to finish, counted as stuck, and its origin is marked unhealthy at once ("N calls stuck ..."), so the
-  kernel's retry of that read and the reads after it fail over or fail fast instead of waiting again. While
-  STUCK_LIMIT calls of an origin are stuck, no probe makes it healthy again; stuck threads are bounded by
-  that limit per origin.
+* Stuck calls (row 4.7, stuck.py): a call past its read's deadline costs only itself.
 
 The registry itself is blocking, like the origins: `read`, `call` and `first_healthy` run in worker
 threads; `fetch` is the async entry used by the FileReader.
@@ -64,10 +59,10 @@ from .health_records import (
     _counts_against_health,
     result_of,
 )
+from .stuck import STUCK_LIMIT, CallTracker
 
 log = logging.getLogger(__name__)
 
-STUCK_LIMIT = 4  # stuck calls of one origin that keep it unhealthy whatever its probes say
 
 
 def probe(origin: Origin) -> None:
@@ -104,8 +99,7 @@ class OriginRegistry:
         self._listeners: list[Callable[[Origin, str], None]] = []
         self._fetch_limiter = None  # a trio.CapacityLimiter, made on first use inside trio: reads in progress
         self._thread_limiter = None  # ... and the threads they run in, stuck ones included (STUCK_LIMIT each)
-        self._running: dict[object, tuple[Origin, float | None]] = {}  # calls in progress: origin, deadline
-        self._stuck: set[object] = set()  # calls found running past their deadline
+        self._calls = CallTracker(clock)  # calls in progress, and those stuck past their deadline
         #: The origin whose identities (size, mtime, etag) the catalog holds: the one whose scan last
         #: committed, the primary until one did; None while no origin's are sure (a scan of another
         #: origin is re-keying the catalog). Other replicas have identities of their own.
@@ -165,7 +159,7 @@ class OriginRegistry:
         if h.state == HEALTHY and not probe:
             h.last_ok = now  # the common case of a read: no lock, no log
             return
-        if h.stuck >= STUCK_LIMIT:  # a probe may pass while reads hang (a stuck file, a half-dead share)
+        if self._calls.stuck(origin) >= STUCK_LIMIT:  # a probe may pass while reads hang (a stuck file, a half-dead share)
             return
         with self._lock:
             was_down = self._all_down()
@@ -236,7 +230,7 @@ class OriginRegistry:
                 name=h.name, state=h.state, active=o is active, last_error=h.last_error, last_ok=h.last_ok,
                 last_check=h.last_check, failures=h.failures, requests=sum(h.results.values()),
                 results=dict(h.results), bytes_fetched=h.bytes_fetched, retries=h.retries, failovers=h.failovers,
-                stuck=h.stuck)
+                stuck=self._calls.stuck(o))
                 for o, h in zip(self.origins, self.health))
 
     def counted(self, origin: Origin, data):
@@ -256,16 +250,8 @@ class OriginRegistry:
         """After a read gave up at its deadline: calls still running past theirs are stuck. Each is counted
         once against its origin, which is marked unhealthy with the reason (the monitor's probes bring it back
         unless STUCK_LIMIT of its calls are stuck)."""
-        now = self._clock()
-        found: dict[int, Origin] = {}
-        with self._lock:
-            for token, (origin, deadline) in self._running.items():
-                if deadline is not None and now >= deadline - 0.05 and token not in self._stuck:
-                    self._stuck.add(token)
-                    self.health_of(origin).stuck += 1
-                    found[id(origin)] = origin
-        for origin in found.values():
-            n = self.health_of(origin).stuck
+        for origin in self._calls.find_stuck():
+            n = self._calls.stuck(origin)
             self.record_failure(origin, OriginTimeout(
                 f"{origin.name}: {n} call{'s' if n > 1 else ''} stuck past the read deadline (a hung file or share)",
                 origin=origin.name))
@@ -279,17 +265,8 @@ class OriginRegistry:
     def call(self, origin: Origin, op: Callable[[Origin], object], *, deadline: float | None = None,
              retry_timeouts: bool = True):
         """Run op against one origin, retrying transient errors only (never past `deadline`, registry clock)."""
-        token = object()
-        with self._lock:
-            self._running[token] = (origin, deadline)
-        try:
+        with self._calls.running(origin, deadline):
             return self._call(origin, op, deadline, retry_timeouts)
-        finally:
-            with self._lock:
-                del self._running[token]
-                if token in self._stuck:
-                    self._stuck.discard(token)
-                    self.health_of(origin).stuck -= 1
 
     def _call(self, origin: Origin, op: Callable[[Origin], object], deadline: float | None,
               retry_timeouts: bool):

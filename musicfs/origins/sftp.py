@@ -53,12 +53,12 @@ from .base import (
 )
 from .options import option_keys
 from .options import parse as parse_options
-from .sftp_connections import _Answers, _Conn, _listdir_attr, _Pool, _SetupWatchdog
+from .sftp_connections import _Answers, _checked_ranges, _Conn, _listdir_attr, _Pool, _SetupWatchdog
 from .sftp_errors import (
-    UnknownHostKey,
     _keeps_connection_usable,
     classify_sftp_error,
 )
+from .sftp_hosts import PARAMIKO_LOG_CHANNEL, _DemoteToDebug, _RejectUnknownHost
 
 log = logging.getLogger(__name__)
 
@@ -75,50 +75,8 @@ READ_REQUEST = 32 << 10
 T = TypeVar("T")
 
 
-PARAMIKO_LOG_CHANNEL = "musicfs.origins.sftp.paramiko"
-
-
-class _DemoteToDebug(logging.Filter):
-    """paramiko's transport thread logs every connection failure at ERROR, with a
-    traceback. The same failure reaches the caller as a classified OriginError
-    (and retry policy decides whether it matters), so those records are kept
-    at DEBUG only, on PARAMIKO_LOG_CHANNEL."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno > logging.DEBUG:
-            record.msg = f"(paramiko {record.levelname}) {record.msg}"
-            record.levelno = logging.DEBUG
-            record.levelname = "DEBUG"
-        return True
-
-
 for _name in (PARAMIKO_LOG_CHANNEL, PARAMIKO_LOG_CHANNEL + ".sftp"):
     logging.getLogger(_name).addFilter(_DemoteToDebug())
-
-
-class _RejectUnknownHost(paramiko.MissingHostKeyPolicy):
-    def __init__(self, known_hosts: str, exists: bool):
-        self.known_hosts = known_hosts
-        self.exists = exists
-
-    def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
-        fingerprint = key.fingerprint if hasattr(key, "fingerprint") else key.get_name()
-        where = self.known_hosts + ("" if self.exists else " (file does not exist)")
-        raise UnknownHostKey(
-            f"host {hostname} is not in known_hosts file {where}; refusing its "
-            f"{key.get_name()} key {fingerprint}. Verify it and add it, e.g. "
-            f"ssh-keyscan -t ed25519 ... >> {self.known_hosts}"
-        )
-
-
-
-
-def _checked_ranges(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
-    out = [(int(offset), int(length)) for offset, length in ranges]
-    for offset, length in out:
-        if offset < 0 or length < 0:
-            raise ValueError(f"bad range offset={offset} length={length}")
-    return out
 
 
 class _SftpStream(OriginStream):

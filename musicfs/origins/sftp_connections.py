@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import paramiko
 from paramiko.sftp import (
@@ -233,3 +233,12 @@ class _Answers:
         if isinstance(answer, BaseException):
             raise answer
         return answer
+
+
+def _checked_ranges(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    out = [(int(offset), int(length)) for offset, length in ranges]
+    for offset, length in out:
+        if offset < 0 or length < 0:
+            raise ValueError(f"bad range offset={offset} length={length}")
+    return out
+

@@ -18,12 +18,8 @@ from paramiko.ssh_exception import (
 )
 
 from musicfs.origins.s3 import S3Origin, classify_s3_error
-from musicfs.origins.sftp import (
-    SftpOrigin,
-    UnknownHostKey,
-    _keeps_connection_usable,
-    classify_sftp_error,
-)
+from musicfs.origins.sftp import SftpOrigin
+from musicfs.origins.sftp_errors import UnknownHostKey, _keeps_connection_usable, classify_sftp_error
 from musicfs.shared.errors import (
     OriginError,
     OriginFatal,
@@ -235,7 +231,7 @@ def test_sftp_bad_host_key_is_fatal_and_names_the_host() -> None:
 
 
 def test_sftp_unknown_host_policy_refuses_and_names_host_and_file(tmp_path) -> None:
-    from musicfs.origins.sftp import _RejectUnknownHost
+    from musicfs.origins.sftp_hosts import _RejectUnknownHost
 
     class Key(_FakeKey):
         fingerprint = "SHA256:abc"

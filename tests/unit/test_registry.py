@@ -15,7 +15,7 @@ from musicfs.origins.memory import PROBE, READ, MemoryOrigin, Request, serve
 from musicfs.origins.registry import OriginRegistry
 from musicfs.origins.health_records import HEALTHY, UNHEALTHY, UNKNOWN
 from musicfs.origins.s3 import classify_s3_error
-from musicfs.origins.sftp import classify_sftp_error
+from musicfs.origins.sftp_errors import classify_sftp_error
 from musicfs.shared.errors import (
     OriginError,
     OriginFatal,
