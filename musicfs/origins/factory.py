@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 from . import options as _options
 from .base import Origin
 
@@ -19,8 +21,8 @@ def check_options(sources, options: dict, flags: dict[str, str] | None = None) -
 
 def open_origins(sources, options: dict | None = None) -> list[Origin]:
     """Every SOURCE of a library, each given the options its kind knows (checked together first)."""
-    check_options(sources, options or {})
-    return [_open(source, _options.for_kind(_options.kind_of(source), options)) for source in sources]
+    checked = check_options(sources, options or {})  # parsed once, for every kind of the library
+    return [_open(source, _options.for_kind(_options.kind_of(source), checked)) for source in sources]
 
 
 def open_origin(source: str, options: dict | None = None) -> Origin:
@@ -33,15 +35,6 @@ def open_origin(source: str, options: dict | None = None) -> Origin:
 
 
 def _open(source: str, options: dict) -> Origin:
-    kind = _options.kind_of(source)
-    if kind == "s3":
-        from .s3 import S3Origin
-
-        return S3Origin.from_url(source, options)
-    if kind == "sftp":
-        from .sftp import SftpOrigin
-
-        return SftpOrigin.from_url(source, options)
-    from .local import LocalOrigin
-
-    return LocalOrigin(source)
+    module, _, name = _options.KINDS[_options.kind_of(source)].cls.partition(":")
+    cls = getattr(importlib.import_module(f".{module}", __package__), name)
+    return cls(source) if not hasattr(cls, "from_url") else cls.from_url(source, options)

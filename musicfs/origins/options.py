@@ -1,4 +1,5 @@
-"""The options each origin kind knows (config table `origin_options`), their types, and the checks.
+"""Every origin kind, declared once (`KINDS`: its scheme, display name, options and class), and the checks of
+the options (config table `origin_options`).
 
 Imports neither boto3 nor paramiko: a library is checked before any origin is built, and a local-only one never
 loads the remote libraries. An option that no source kind of the library knows, or a value of the wrong type,
@@ -35,36 +36,50 @@ def _seconds(*keys: str) -> tuple[Option, ...]:
     return tuple(Option(k, "seconds") for k in keys)
 
 
-# The one declaration of every kind's options (README "Origin options" lists them).
-OPTIONS: dict[str, tuple[Option, ...]] = {
-    "local": (),
-    "s3": _text("endpoint_url", "profile", "region", "access_key_id", "secret_access_key", "session_token")
-    + _seconds("connect_timeout", "read_timeout")
-    + (Option("addressing_style", "choice", ("auto", "virtual", "path")), Option("max_pool_connections", "count")),
-    "sftp": _text("identity_file", "known_hosts", "password", "passphrase")
-    + _seconds("connect_timeout", "read_timeout", "pool_timeout") + (Option("pool_size", "count"),),
+@dataclass(frozen=True)
+class Kind:
+    """One kind of origin: the scheme of its SOURCEs ("" for a directory), its name in messages, the options it
+    knows (README "Origin options" lists them), and its class ("module:Class", imported only when one is built:
+    a local-only library never loads boto3 or paramiko)."""
+
+    scheme: str
+    name: str
+    options: tuple[Option, ...]
+    cls: str
+
+
+# The one declaration of every kind.
+KINDS: dict[str, Kind] = {
+    "local": Kind("", "local", (), "local:LocalOrigin"),
+    "s3": Kind("s3", "S3", _text("endpoint_url", "profile", "region", "access_key_id", "secret_access_key",
+                                  "session_token") + _seconds("connect_timeout", "read_timeout")
+               + (Option("addressing_style", "choice", ("auto", "virtual", "path")), Option("max_pool_connections",
+                                                                                             "count")),
+               "s3:S3Origin"),
+    "sftp": Kind("sftp", "SFTP", _text("identity_file", "known_hosts", "password", "passphrase")
+                 + _seconds("connect_timeout", "read_timeout", "pool_timeout") + (Option("pool_size", "count"),),
+                 "sftp:SftpOrigin"),
 }
-KIND_NAMES = {"local": "local", "s3": "S3", "sftp": "SFTP"}
 
 
 def option_keys(kind: str) -> tuple[str, ...]:
-    return tuple(o.key for o in OPTIONS[kind])
+    return tuple(o.key for o in KINDS[kind].options)
 
 
 def kind_of(source: str) -> str:
-    """'s3', 'sftp' or 'local' (any SOURCE without a scheme); ConfigError for another scheme."""
-    if source.startswith("s3://"):
-        return "s3"
-    if source.startswith("sftp://"):
-        return "sftp"
+    """The kind of a SOURCE: by its scheme, 'local' for one without; ConfigError for another scheme."""
+    for key, kind in KINDS.items():
+        if kind.scheme and source.startswith(f"{kind.scheme}://"):
+            return key
     if "://" in source:
-        raise ConfigError("SOURCE", f"unsupported scheme in {source!r} (use a directory, s3:// or sftp://)")
+        schemes = ", ".join(f"{k.scheme}://" for k in KINDS.values() if k.scheme)
+        raise ConfigError("SOURCE", f"unsupported scheme in {source!r} (use a directory, {schemes})")
     return "local"
 
 
 def _takes(kind: str) -> str:
     keys = option_keys(kind)
-    return f"{KIND_NAMES[kind]} takes " + (", ".join(keys) if keys else "no options")
+    return f"{KINDS[kind].name} takes " + (", ".join(keys) if keys else "no options")
 
 
 def check(sources: Iterable[str], options: dict | None, flags: dict[str, str] | None = None) -> dict[str, Any]:
@@ -75,12 +90,12 @@ def check(sources: Iterable[str], options: dict | None, flags: dict[str, str] | 
     `flags` maps an option key to the flag that set it: a problem with that key is a BadArgument naming it."""
     kinds = sorted({kind_of(s) for s in sources}) or ["local"]
     flags = flags or {}
-    known = {o.key: o for kind in kinds for o in OPTIONS[kind]}
+    known = {o.key: o for kind in kinds for o in KINDS[kind].options}
     result = {}
     for key, value in (options or {}).items():
         try:
             if key not in known:
-                where = " or ".join(KIND_NAMES[k] for k in kinds)
+                where = " or ".join(KINDS[k].name for k in kinds)
                 raise OptionError(f"origin_options.{key}", f"unknown origin option for {where} sources; "
                                   + "; ".join(_takes(k) for k in kinds))
             if value is not None:  # None (from Python callers; TOML has none) means not given
@@ -92,17 +107,15 @@ def check(sources: Iterable[str], options: dict | None, flags: dict[str, str] | 
     return result
 
 
-def for_kind(kind: str, options: dict | None) -> dict[str, Any]:
-    """The options of `options` that `kind` knows, converted (the rest belong to the library's other kinds)."""
-    known = {o.key: o for o in OPTIONS[kind]}
-    return {k: convert(known[k], v, f"origin_options.{k}") for k, v in (options or {}).items()
-            if k in known and v is not None}
+def for_kind(kind: str, checked: dict[str, Any]) -> dict[str, Any]:
+    """The options `kind` knows, of a library's options `check` returned (the rest are its other kinds')."""
+    known = set(option_keys(kind))
+    return {k: v for k, v in checked.items() if k in known}
 
 
 def parse(kind: str, options: dict | None) -> dict[str, Any]:
     """One origin's own options: checked as for a library of that kind alone (unknown keys refused)."""
-    prefix = {"local": "/", "s3": "s3://", "sftp": "sftp://"}[kind]
-    return check([prefix], options)
+    return check([f"{KINDS[kind].scheme}://" if KINDS[kind].scheme else "/"], options)
 
 
 def convert(option: Option, value: Any, name: str) -> Any:

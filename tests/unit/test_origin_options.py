@@ -55,8 +55,9 @@ def test_a_table_shared_by_s3_and_sftp_replicas_may_hold_both_kinds_options(tmp_
     table = {"region": "eu-west-1", "pool_size": 2, "connect_timeout": 3}
     assert check_options(["s3://b/m", "sftp://me@192.0.2.1/m"], table) == {"region": "eu-west-1", "pool_size": 2,
                                                                              "connect_timeout": 3.0}
-    assert options.for_kind("s3", table) == {"region": "eu-west-1", "connect_timeout": 3.0}
-    assert options.for_kind("sftp", table) == {"pool_size": 2, "connect_timeout": 3.0}
+    checked = options.check(["s3://b/p", "sftp://h/p"], table)
+    assert options.for_kind("s3", checked) == {"region": "eu-west-1", "connect_timeout": 3.0}
+    assert options.for_kind("sftp", checked) == {"pool_size": 2, "connect_timeout": 3.0}
     with pytest.raises(ConfigError, match="origin_options.identiy_file: unknown origin option for S3 or SFTP"):
         check_options(["s3://b/m", "sftp://me@h/m"], {"identiy_file": "/k"})
     built = open_origins([str(tmp_path)], {})
