@@ -202,12 +202,10 @@ class Daemon:
             tree = await self.prepare()
             if self.stopping.is_set():
                 return
-            self.services = build(self.cfg, self.lib, on_file_changed=self._file_changed,
+            self.services = build(self.cfg, self.lib, tree=lambda: self.ops.tree, on_file_changed=self._file_changed,
                                   on_origin_change=lambda: self.notifier.status(self.status_line()))
             self.ops = MusicOperations(tree, self.services.reader)
-            self.pins = PinSet(self.lib.catalog, self.services.cache, chunk_size=self.cfg.chunk_size,
-                               quota=self.cfg.cache_size, tree=lambda: self.ops.tree, reader=self.services.reader,
-                               origins=self.lib.registry)
+            self.pins = self.services.pins
             await self.pins.load()  # pinned chunks are pinned again before any read can evict them
             self.created_mountpoint = prepare_mountpoint(self.cfg.mountpoint)
             write_state_file(self.cfg.state_dir, {"mountpoint": self.cfg.mountpoint,

@@ -353,7 +353,7 @@ async def test_the_daemon_snapshot_is_the_components_statistics_records(small_li
         lib.scan()
         [scanned] = lib.registry.statistics()  # the scan's tag reads count as fetched bytes too
         daemon = Daemon(cfg, Notifier(""))
-        daemon.lib, daemon.services = lib, build(cfg, lib)
+        daemon.lib, daemon.services = lib, build(cfg, lib, tree=lambda: daemon.ops.tree)
         daemon.ops = MusicOperations(lib.build_tree(), daemon.services.reader)
         row = lib.catalog.files("track")[0]
         fh = await daemon.services.reader.open(row)
