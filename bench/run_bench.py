@@ -87,7 +87,8 @@ the same files: straight from the source folder, through `musicfs mount`, and th
 `rclone mount --vfs-cache-mode full` of the same folder.  Cold figures are taken with the
 kernel page cache dropped and a fresh, empty cache for the FUSE daemons.
 The *Large library*, *Remote origins* and *Media-server scans* sections at the end are written by
-`bench/large_library.py`, `bench/remote_bench.py` and `bench/media_scan.py` (this script keeps them).
+`bench/large_library.py`, `bench/remote_bench.py`, `bench/media_scan.py` and `bench/memory_soak.py` (this script
+keeps them).
 """
 
 
@@ -982,7 +983,8 @@ def reading(d: dict, m: dict, rc: dict, disk: str, big_mb: float, repeat: int) -
 
 KEPT_SECTIONS = (("<!-- large-library:start -->", "<!-- large-library:end -->"),  # bench/large_library.py
                  ("<!-- remote-origins:start -->", "<!-- remote-origins:end -->"),  # bench/remote_bench.py
-                 ("<!-- media-scan:start -->", "<!-- media-scan:end -->"))  # bench/media_scan.py
+                 ("<!-- media-scan:start -->", "<!-- media-scan:end -->"),  # bench/media_scan.py
+                 ("<!-- memory:start -->", "<!-- memory:end -->"))  # bench/memory_soak.py
 
 
 def kept_sections(path: str) -> str:

@@ -60,6 +60,22 @@ class MemoryOrigin(Origin):
         self.handler(Request(PROBE))
 
 
+def forward(origin: Origin) -> Handler:
+    """The handler of an origin that is `origin` itself: a real origin behind a fake, for handlers that wrap it
+    (musicfs_test_utils.faulty_origin's faults)."""
+
+    def handler(request: Request):
+        if request.op == WALK:
+            return origin.walk()
+        if request.op == STAT:
+            return origin.stat(request.path)
+        if request.op == READ:
+            return origin.read(request.path, request.offset, request.length, request.expect)
+        return origin.probe()
+
+    return handler
+
+
 def serve(files: Mapping[str, bytes], *, mtime_ns: int = 1, etag: str = "", name: str = "memory") -> Handler:
     """The handler of an origin holding `files` (every file with this mtime and ETag); reads check `expect`
     strictly, as the local origin does. `files` is read at each request: a test may change it."""

@@ -19,7 +19,6 @@ from musicfs.failpoints import FailPointPanic
 from musicfs.library import tags
 from musicfs.library.catalog import Catalog
 from musicfs.library.scanner import Scanner
-from musicfs.origins.base import FileStat
 from musicfs.origins.local import LocalOrigin
 from musicfs.origins.registry import OriginRegistry
 from musicfs.shared import points
@@ -34,22 +33,17 @@ TRACKS = 40
 
 
 class RecordingOrigin(FaultyOrigin):
-    """A healthy FaultyOrigin that also remembers which paths were read (tag reads during a scan)."""
+    """A healthy FaultyOrigin over the library's folder; `read_paths`: the paths read (a scan's tag reads)."""
 
     def __init__(self, root: Path):
         super().__init__(LocalOrigin(root))
-        self.read_paths: set[str] = set()
-        self._paths_lock = threading.Lock()
 
-    def read(self, path: str, offset: int, length: int, expect: FileStat | None = None) -> bytes:
-        with self._paths_lock:
-            self.read_paths.add(path)
-        return super().read(path, offset, length, expect)
+    @property
+    def read_paths(self) -> set[str]:
+        return self.faults.paths.get("read", set())
 
     def reset(self) -> None:
-        with self._paths_lock:
-            self.read_paths.clear()
-        self.calls.clear()
+        self.faults.reset()
 
 
 @pytest.fixture(scope="module")
