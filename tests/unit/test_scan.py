@@ -226,18 +226,21 @@ def test_the_default_scan_parallelism_follows_the_origin(lib, cat):
     assert LocalOrigin(root).scan_parallelism == 4
     assert S3Origin("s3://b/p", "b").scan_parallelism == 32
     assert SftpOrigin("sftp://h/p", "h", "/p", pool_size=8).scan_parallelism == 16
+    import threading
+
+    from musicfs.origins.memory import READ, MemoryOrigin, forward
+
     seen = []
+    local = forward(LocalOrigin(root))
 
-    class Counting(LocalOrigin):
-        scan_parallelism = 3
-
-        def read(self, *args, **kwargs):
-            import threading
-
+    def counting(request):
+        if request.op == READ:
             seen.append(threading.current_thread().name)
-            return super().read(*args, **kwargs)
+        return local(request)
 
-    Scanner(cat, OriginRegistry([Counting(root)])).scan()
+    origin = MemoryOrigin(counting, name="counting")
+    origin.scan_parallelism = 3
+    Scanner(cat, OriginRegistry([origin])).scan()
     assert seen and len(set(seen)) <= 3
 
 @pytest.mark.resilience("5.6")
