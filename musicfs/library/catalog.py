@@ -274,25 +274,28 @@ class Catalog:
     def count(self, kind: str = "track") -> int:
         return self._run("SELECT count(*) FROM files WHERE kind = ?", (kind,))[0][0]
 
-    def upsert_files(self, rows: list[FileRow], checkpoint: dict[str, str] | None = None) -> None:
+    def upsert_files(self, rows: list[FileRow], checkpoint: dict[str, str] | None = None,
+                     seen: float | None = None) -> None:
         """Insert or update files (and the scan checkpoint) in one transaction.
 
         A file whose identity changed loses its manifest in the same transaction,
-        so chunks of the old content can never be served for the new one; its version is recorded as seen
-        now (`version_seen`: a version seen earlier is seen no later than now).
+        so chunks of the old content can never be served for the new one; its version is recorded as seen at
+        `seen` (when the scan's listing had seen them all; now by default), kept for an unchanged version
+        (`version_seen`).
         """
         placeholders = ", ".join("?" for _ in _COLS)
         updates = ", ".join(f"{c} = excluded.{c}" for c in _COLS if c != "path")
         same = " AND ".join(f"files.{c} = excluded.{c}" for c in ("size", "mtime_ns", "etag"))
 
+        when = time.time() if seen is None else seen
+
         def work(cur):
-            seen = time.time()
             for row in rows:
                 cur.execute(
                     f"INSERT INTO files({', '.join(_COLS)}, seen) VALUES({placeholders}, ?) "
                     f"ON CONFLICT(path) DO UPDATE SET {updates}, "
                     f"seen = CASE WHEN {same} THEN files.seen ELSE excluded.seen END",
-                    [*(getattr(row, c) for c in _COLS), seen],
+                    [*(getattr(row, c) for c in _COLS), when],
                 )
                 cur.execute(
                     "DELETE FROM manifests WHERE file_id = (SELECT id FROM files WHERE path = ?) AND ident != ?",

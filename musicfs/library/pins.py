@@ -202,12 +202,15 @@ class PinSet:
         limit, held = int(self.quota * self.share), {r.id for fs in self._files.values() for r in fs}
         kept: dict[str, list[FileRow]] = {}
         left: dict[str, list[FileRow]] = {}
-        sizes: dict[int, int] = {}
+        taken: set[int] = set()
+        total = 0
         for path, rows in files.items():
             kept[path], left[path] = [], []
             for row in sorted(rows, key=lambda r: (r.id not in held, r.path)):
-                if row.id in sizes or sum(sizes.values()) + row.size <= limit:
-                    sizes[row.id] = row.size
+                if row.id in taken or total + row.size <= limit:
+                    if row.id not in taken:
+                        taken.add(row.id)
+                        total += row.size
                     kept[path].append(row)
                 else:
                     left[path].append(row)

@@ -149,6 +149,7 @@ class Scanner:
         origin = self._pick_origin()
         listing = sorted((st for st in origin.walk() if tags.classify(st.path)
                           and not is_hidden(st.path, self.include_hidden)), key=lambda st: st.path)
+        walked = self.registry.wall_clock()  # every listed version existed by now (racy versions: its `seen`)
         # Origins escape names that are not UTF-8 (origins/base.py escape_name); one that does not
         # cannot have them stored (SQLite TEXT refuses lone surrogates): skipped with one line each.
         unnamed = [st for st in listing if not _utf8_name(st.path)]
@@ -164,7 +165,7 @@ class Scanner:
         for st in unnamed:
             log.warning("scan: skipping %r: its name is not valid UTF-8", st.path)
         self.catalog.set_scan_state(in_progress="1", total=str(len(todo)))
-        self._read_and_commit(origin, todo, known, result)
+        self._read_and_commit(origin, todo, known, result, walked)
         result.removed = self._remove_gone(origin, known, listing)
         points.hit(points.SCAN_CHECKPOINT)
         self.catalog.set_scan_state(in_progress="0", last_path="", completed_at=str(time.time()), rekeying="0",
@@ -174,18 +175,24 @@ class Scanner:
         result.seconds = time.monotonic() - started
         return result
 
-    def _read_and_commit(self, origin: Origin, todo: list[FileStat], known: dict, result: ScanResult) -> None:
+    def _read_and_commit(self, origin: Origin, todo: list[FileStat], known: dict, result: ScanResult,
+                         walked: float) -> None:
         """Read the tags of `todo` in parallel (as many files as the origin needs to hide its round trip,
         origin.scan_parallelism) and commit them in checkpointed batches, in order. The next batch's files are
-        read while one batch waits for its last files and commits: no barrier between batches."""
+        read while one batch waits for its last files and commits: no barrier between batches. `walked`: when
+        the listing had seen every version (the catalog's `seen` of each, and the racy rule of its reads)."""
         progress = Progress("scanning", len(todo), on_update=self.on_progress)
         workers = self.workers or max(1, getattr(origin, "scan_parallelism", 4))
         batches = [todo[i : i + self.batch] for i in range(0, len(todo), self.batch)]
         def read(st: FileStat) -> tuple[FileRow | None, list | None]:
             if self.on_fetched is None:
                 return read_file_row(origin, self.registry, st, tags.classify(st.path)), None
+            started = self.registry.wall_clock()
             fetched: list[tuple[int, bytes]] = []  # what was read for its tags, kept as blocks after the commit
-            return read_file_row(origin, self.registry, st, tags.classify(st.path), fetched=fetched), fetched
+            row = read_file_row(origin, self.registry, st, tags.classify(st.path), fetched=fetched)
+            # bytes of a racy version (origins/base.py, settled) are never kept
+            keep = row is not None and self.registry.settled(row.identity, seen=walked, started=started)
+            return row, (fetched if keep else None)
 
         with ThreadPoolExecutor(workers, thread_name_prefix="scan") as pool:
             current: list = []
@@ -198,7 +205,7 @@ class Scanner:
                                             "the next one resumes")
                     current = ahead
                     ahead = [pool.submit(read, st) for st in batches[n + 1]] if n + 1 < len(batches) else []
-                    self._commit(batch, [f.result() for f in current], known, result)
+                    self._commit(batch, [f.result() for f in current], known, result, walked)
                     progress.advance(len(batch))
             finally:
                 for f in current + ahead:
@@ -243,7 +250,7 @@ class Scanner:
         return origin
 
     def _commit(self, batch: list[FileStat], pairs: list[tuple[FileRow | None, list | None]], known: dict,
-                result: ScanResult) -> None:
+                result: ScanResult, walked: float) -> None:
         """Commit one batch's rows with its checkpoint; then hand what was read for their tags to on_fetched."""
         rows = [row for row, _ in pairs]
         good = [r for r in rows if r is not None]
@@ -254,7 +261,7 @@ class Scanner:
                 result.added += 1
             if row.kind == "junk":
                 result.skipped += 1
-        self.catalog.upsert_files(good, checkpoint={"last_path": batch[-1].path})
+        self.catalog.upsert_files(good, checkpoint={"last_path": batch[-1].path}, seen=walked)
         if self.on_fetched is not None:
             self._keep_fetched([(r, f) for r, f in pairs if r is not None and r.kind == "track" and f])
         points.hit(points.DELTA_SYNC_AFTER_BATCH)

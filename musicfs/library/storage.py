@@ -14,7 +14,6 @@ Each of these says in the log exactly what it found and where the damaged file w
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 from dataclasses import dataclass, field
@@ -82,9 +81,7 @@ class Library:
     def scan(self, on_progress=None, should_stop=lambda: False) -> ScanResult:
         # What the scan read for tags is kept as blocks, for small reads; with chunks no bigger than a block,
         # small reads fetch whole chunks and blocks would never be read.
-        begun = self.registry.wall_clock()  # no tag read of this scan started earlier (racy versions)
-        keep = (functools.partial(self.keep_scan_blocks, begun)
-                if self.cas is not None and blocks.BLOCK_SIZE < self.cfg.chunk_size else None)
+        keep = self.keep_scan_blocks if self.cas is not None and blocks.BLOCK_SIZE < self.cfg.chunk_size else None
         result = Scanner(self.catalog, self.registry, on_progress=on_progress, should_stop=should_stop,
                          include_hidden=self.cfg.include_hidden, on_fetched=keep).scan()
         log.info("scan of %s: %s", ", ".join(self.cfg.sources), result.summary())
@@ -94,17 +91,14 @@ class Library:
     def snapshot_path(self) -> str:
         return os.path.join(self.cfg.state_dir, SNAPSHOT_NAME)
 
-    def keep_scan_blocks(self, begun: float, pairs: list[tuple[FileRow, list[tuple[int, bytes]]]]) -> None:
-        """Keep what a scan read for tags as blocks (blocks.py): into the CAS by hash, recorded in the catalog
-        for the version of the file that was read (ignored if it changed since), unless that version was racy
-        when the scan `begun` (it was seen only by this scan: only an origin whose clock is ours can say it is
-        settled). Runs in the scan's thread; a cache that cannot take them (unavailable, full, failing) is
+    def keep_scan_blocks(self, pairs: list[tuple[FileRow, list[tuple[int, bytes]]]]) -> None:
+        """Keep what a scan read for tags (of versions no longer racy: the scanner decides) as blocks (blocks.py):
+        into the CAS by hash, recorded in the catalog for the version of the file that was read (ignored if it
+        changed since). Runs in the scan's thread; a cache that cannot take them (unavailable, full, failing) is
         skipped: later reads fetch them again."""
         if self.cas is None or not self.cas.available:
             return
         for row, fetched in pairs:
-            if not self.registry.settled(row.identity, seen=self.registry.wall_clock(), started=begun):
-                continue
             try:
                 kept = [(off, len(data), self.cas.put(data)) for off, data in blocks.cut(fetched)]
                 self.catalog.add_blocks_by_path(row.path, row.ident, kept)

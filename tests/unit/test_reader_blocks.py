@@ -241,9 +241,9 @@ async def test_a_scanned_files_head_and_tail_cost_the_origin_nothing(tmp_path, a
     catalog = Catalog(str(tmp_path / "catalog.db"))
     cas = CasStore(str(tmp_path / "cache"), 1 << 30)
     registry = OriginRegistry([MemoryOrigin(recording)], backoff=0.0)
-    keeper = types.SimpleNamespace(cas=cas, catalog=catalog, registry=registry)
+    keeper = types.SimpleNamespace(cas=cas, catalog=catalog)
     Scanner(catalog, registry,
-            on_fetched=lambda pairs: Library.keep_scan_blocks(keeper, registry.wall_clock(), pairs)).scan()
+            on_fetched=lambda pairs: Library.keep_scan_blocks(keeper, pairs)).scan()
     tracks = [r for r in catalog.files() if r.kind == "track"]
     assert tracks and all(catalog.blocks(r.version) for r in tracks)
     cas.close()
@@ -267,9 +267,9 @@ async def test_a_scan_without_a_cache_keeps_nothing_and_still_scans(tmp_path, au
     catalog = Catalog(str(tmp_path / "catalog.db"))
     try:
         registry = OriginRegistry([MemoryOrigin(recording)], backoff=0.0)
-        keeper = types.SimpleNamespace(cas=None, catalog=catalog, registry=registry)
+        keeper = types.SimpleNamespace(cas=None, catalog=catalog)
         result = Scanner(catalog, registry,
-                         on_fetched=lambda pairs: Library.keep_scan_blocks(keeper, registry.wall_clock(), pairs)).scan()
+                         on_fetched=lambda pairs: Library.keep_scan_blocks(keeper, pairs)).scan()
         assert result.added == len(audio)
         tracks = [r for r in catalog.files() if r.kind == "track"]
         assert len(tracks) == 3 and all(catalog.blocks(r.version) == [] for r in tracks)

@@ -103,3 +103,35 @@ async def test_bytes_of_a_racy_version_are_served_never_kept_and_a_same_identity
     assert await read_range(reader, row) == files["a.flac"]
     assert sorted(reader.catalog.manifest(row.version)) == [0, 1, 2]
     assert reader.statistics().racy_fetches == 6  # the settled read was kept
+
+
+class Ticking:
+    """A wall clock that moves `step` seconds each time it is read."""
+
+    def __init__(self, now: float, step: float):
+        self.now, self.step = now, step
+
+    def __call__(self) -> float:
+        now = self.now
+        self.now += self.step
+        return now
+
+
+@pytest.mark.resilience("4.6")
+def test_the_scan_keeps_tag_blocks_only_of_versions_settled_when_it_read_them(tmp_path):
+    from musicfs.library.scanner import Scanner
+    from musicfs_test_utils.fixtures import make_library
+
+    root = tmp_path / "lib"
+    make_library(root, 3, hostile=False)
+    files = {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    for step, kept in ((0.0, False), (1.0 + SETTLE_MARGIN, True)):
+        registry = OriginRegistry([MemoryOrigin(serve(files, mtime_ns=10**9), resolution=1.0)], backoff=0.0)
+        registry.wall_clock = Ticking(1000.0, step)  # read once when the listing is done, then per file read
+        got: list = []
+        catalog = Catalog(str(tmp_path / f"catalog-{step}.db"))
+        Scanner(catalog, registry, on_fetched=got.extend, workers=1).scan()
+        assert bool(got) is kept, f"reads {step}s after the listing: blocks kept {bool(got)}"
+        row = next(r for r in catalog.files() if r.kind == "track")
+        assert catalog.version_seen(row.version) == 1000.0  # seen when the listing had seen every version
+        catalog.close()
