@@ -4,8 +4,9 @@ from .. import public_face
 
 # what other packages may import, by the module of this package that defines it
 __getattr__, __all__ = public_face(__name__, {
-    "base": ["FileStat", "Identity", "Origin", "unescape_name"],
+    "base": ["FileStat", "Identity", "Origin", "SETTLE_MARGIN", "settled", "unescape_name"],
     "factory": ["check_options", "open_origins"],
     "health": ["HealthMonitor"],
-    "registry": ["OriginRegistry", "OriginStatistics", "RegistryStream"],
+    "health_records": ["OriginStatistics"],
+    "registry": ["OriginRegistry", "RegistryStream"],
 })
