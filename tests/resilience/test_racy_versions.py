@@ -92,8 +92,10 @@ def test_two_same_size_writes_within_one_second_on_a_whole_second_disk_never_lea
                 # The rescan waited for the version to settle before recording it (a scan does, on a source of
                 # whole seconds): no read can come between two writes of one second. The bytes must still be
                 # right after the next write, whatever its second.
-                second_version = variant(base, 2 * attempt + 2)
-                write_in_place(track, second_version)
+                ino = inode_of(mounted)
+                write_in_place(track, second_version)  # a second later: a new version, shown after a rescan
+                daemon.signal(signal.SIGHUP)
+                eventually(lambda: inode_of(mounted) not in (ino, None), 10, "the rescan showing the second write")
                 break
             with open(mounted, "rb") as fh:  # read while it is the origin's: the mount fetches its first chunks
                 assert fh.read(256 << 10) == first_version[:256 << 10]
