@@ -136,6 +136,26 @@ class ChunkCache:
     def unprotect(self, digest: str) -> None:
         self._cas.unprotect(digest)
 
+    async def trim_over_quota(self) -> None:
+        """At start (after READY): a cache that holds more than its quota (a restart with a smaller one) is
+        brought back under it at once; one within its quota is left as it is (the next store evicts, as always)."""
+        if not self.health.usable:
+            return
+
+        def over_quota() -> None:
+            self._cas.load_lru()  # usage is exact once loaded
+            used, _ = self._cas.usage()
+            kept, _ = self._cas.quarantine_usage()
+            if used + kept > self._cas.quota:
+                self._cas.evict_to(int(self._cas.quota * self._cas.low) - kept)
+
+        try:
+            await self.health.run_io(over_quota)
+        except CacheUnavailable:
+            pass
+        except CasError as exc:
+            self.health.failed(exc)
+
     async def trim(self) -> None:
         """Back under the quota's low watermark when unpinned chunks hold it above the high one (after a file
         larger than the cache was read and closed, its chunks are no longer pinned: evict them now, not at
@@ -156,7 +176,7 @@ class ChunkCache:
     async def run(self, after: trio.Event | None = None) -> None:
         """The cache task (a critical task of the supervisor): the deferred start-up work (LRU load, index
         reconciliation; once `after` is set: READY), probes, index rebuild, access times."""
-        await self.health.run(after, started=self.trim)  # a start with a smaller quota trims at once
+        await self.health.run(after, started=self.trim_over_quota)  # a start with a smaller quota trims at once
 
     def statistics(self) -> CacheStatistics:
         h = self.health
