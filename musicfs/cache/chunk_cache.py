@@ -139,35 +139,23 @@ class ChunkCache:
     async def trim_over_quota(self) -> None:
         """At start (after READY): a cache that holds more than its quota (a restart with a smaller one) is
         brought back under it at once; one within its quota is left as it is (the next store evicts, as always)."""
-        if not self.health.usable:
-            return
-
-        def over_quota() -> None:
-            self._cas.load_lru()  # usage is exact once loaded
-            used, _ = self._cas.usage()
-            kept, _ = self._cas.quarantine_usage()
-            if used + kept > self._cas.quota:
-                self._cas.evict_to(int(self._cas.quota * self._cas.low) - kept)
-
-        try:
-            await self.health.run_io(over_quota)
-        except CacheUnavailable:
-            pass
-        except CasError as exc:
-            self.health.failed(exc)
+        await self._evict(self._cas.trim_over_quota)
 
     async def trim(self) -> None:
         """Back under the quota's low watermark when unpinned chunks hold it above the high one (after a file
         larger than the cache was read and closed, its chunks are no longer pinned: evict them now, not at
         the next store)."""
-        if not self.health.usable:
-            return
         used, _ = self._cas.usage()
         kept, _ = self._cas.quarantine_usage()
-        if used + kept <= self._cas.quota * self._cas.high:
+        if used + kept > self._cas.quota * self._cas.high:
+            await self._evict(self._cas.evict_to, int(self._cas.quota * self._cas.low) - kept)
+
+    async def _evict(self, fn, *args) -> None:
+        """An eviction in a cache thread, skipped while the cache is bypassed; a failure moves its state."""
+        if not self.health.usable:
             return
         try:
-            await self.health.run_io(self._cas.evict_to, int(self._cas.quota * self._cas.low) - kept)
+            await self.health.run_io(fn, *args)
         except CacheUnavailable:
             pass
         except CasError as exc:

@@ -146,6 +146,16 @@ class Eviction:
         log.debug("cache: evicted %d chunks (%d bytes)", len(victims), freed)
         return freed
 
+    def trim_over_quota(self) -> int:
+        """Down to the low watermark if the cache holds more than its quota (a restart with a smaller one); bytes
+        freed. Loads the LRU first: usage is exact only then."""
+        self.load_lru()
+        used, _ = self.usage()
+        kept, _ = self.quarantine_usage()
+        if used + kept <= self.quota:
+            return 0
+        return self.evict_to(int(self.quota * self.low) - kept)
+
     def pin(self, digest: str) -> None:
         """Never evict the chunk, until as many unpins (an open file's chunks, a pinned album's)."""
         self._pins.hold(digest)

@@ -89,7 +89,7 @@ class FileReader(SmallReads, LoadsAhead):
         self.memory = ChunkLRU(memory_cache)
         self._counts: collections.Counter[str] = collections.Counter()  # ReaderStatistics' counters
         self.limiter = trio.CapacityLimiter(threads)
-        self._open: dict[int, OpenFile] = {}
+        self._open: dict[FileVersion, OpenFile] = {}
         self._handles = itertools.count(1)
         self._fh: dict[int, FileVersion] = {}
         self._inflight: dict[tuple[FileVersion, int], trio.Event] = {}
