@@ -5,29 +5,20 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import re
 import subprocess
 
-from ..shared import MusicFSError
+from ..shared import MusicFSError, mount_entries
 
 log = logging.getLogger(__name__)
-
-
-def _unescape(field: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
 def mount_entry(path: str, mountinfo: str = "/proc/self/mountinfo") -> dict | None:
     """The mountinfo entry for `path` (last one wins: stacked mounts), or None."""
     target = os.path.abspath(path)
     found = None
-    with open(mountinfo, encoding="utf-8", errors="surrogateescape") as fh:
-        for line in fh:
-            left, _, right = line.partition(" - ")
-            fields = left.split()
-            if len(fields) >= 5 and _unescape(fields[4]) == target:
-                rfields = right.split()
-                found = {"fstype": rfields[0] if rfields else "", "source": rfields[1] if len(rfields) > 1 else ""}
+    for entry in mount_entries(mountinfo):
+        if entry.mountpoint == target:
+            found = {"fstype": entry.fstype, "source": entry.source}
     return found
 
 

@@ -17,6 +17,7 @@ from ..shared import (
     OriginPermission,
     OriginTransient,
     PathEscape,
+    mount_entries,
     points,
 )
 from .base import SETTLE_MARGIN, FileStat, Identity, Origin, escape_name, unescape_name
@@ -43,20 +44,13 @@ _NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs"
 
 
 def filesystem_type(path: str) -> str:
-    """The type of the filesystem holding `path` (/proc/self/mountinfo, matched by device); "" if unknown."""
+    """The type of the filesystem holding `path` (the mount table's last mount of its device); "" if unknown."""
     try:
         dev = os.stat(path).st_dev
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as fh:
-            lines = fh.read().splitlines()
+        want = f"{os.major(dev)}:{os.minor(dev)}"
+        return next((e.fstype for e in reversed(list(mount_entries())) if e.device == want), "")
     except OSError:
         return ""
-    want = f"{os.major(dev)}:{os.minor(dev)}"
-    found = ""
-    for line in lines:
-        fields = line.split()
-        if len(fields) > 2 and fields[2] == want and " - " in line:
-            found = line.split(" - ", 1)[1].split()[0]  # the last mount of that device wins
-    return found
 
 
 _TRANSIENT = {errno.EIO, errno.EAGAIN, errno.ETIMEDOUT, errno.ESTALE, errno.EINTR}

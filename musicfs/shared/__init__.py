@@ -15,6 +15,7 @@ __getattr__, __all__ = public_face(__name__, {
         "StateError", "TooManyOpenFiles"],
     "latency": ["HistogramStatistics", "LatencyHistogram"],
     "logsetup": ["flush_summaries", "setup_logging"],
+    "mountinfo": ["mount_entries", "MountEntry"],
     "memory": ["cap_arenas", "trim_heap"],
     "progress": ["Progress"],
     "redaction": ["add_secrets", "redact", "redact_all"],
