@@ -131,12 +131,10 @@ class LocalOrigin(Origin):
 
     def changed_before(self, identity: Identity, when: float) -> bool:
         """The ctime is stamped by this machine's kernel unless the root is on a network filesystem (or any FUSE
-        one): then the origin's clock is another machine's, and only the time the version was seen counts."""
-        if self._same_clock is None:
-            fstype = filesystem_type(self.root)
-            self._same_clock = bool(fstype) and fstype not in _NETWORK_FS and not fstype.startswith("fuse")
+        one): then the origin's clock is another machine's, and only the time the version was seen counts.
+        Called on the trio loop (a FUSE open): it never touches the disk itself."""
         ctime = _ctime_ns(identity)
-        if not self._same_clock or ctime is None:
+        if not self._same_clock or ctime is None:  # None: not known yet (learnt by a walk or read, in a thread)
             return False
         return ctime / 1e9 + self.timestamp_resolution(identity) + SETTLE_MARGIN <= when
 
@@ -156,7 +154,15 @@ class LocalOrigin(Origin):
         return FileStat(path=path, size=st.st_size, mtime_ns=st.st_mtime_ns, etag=local_etag(st))
 
     # -- Origin ------------------------------------------------------------
+    def _learn_clock(self) -> None:
+        """Whether the root's timestamps come from this machine's clock (in a worker thread: a stat of the root and
+        the mount table, which a hung share could block)."""
+        if self._same_clock is None:
+            fstype = filesystem_type(self.root)
+            self._same_clock = bool(fstype) and fstype not in _NETWORK_FS and not fstype.startswith("fuse")
+
     def walk(self) -> Iterator[FileStat]:
+        self._learn_clock()
         skipped = _Skipped(self.name, self.root)
         stack = [""]
         while stack:
@@ -190,6 +196,7 @@ class LocalOrigin(Origin):
         skipped.summary()
 
     def stat(self, path: str) -> FileStat:
+        self._learn_clock()
         full = self._resolve(path)
         try:
             st = os.stat(full)
@@ -202,6 +209,7 @@ class LocalOrigin(Origin):
         wait for a writer for ever) and refused unless fstat says it is regular. With `expect`, the file's
         identity (size, mtime, inode and ctime) is checked before and after the bytes are read, so an in-place
         edit during the read is caught."""
+        self._learn_clock()
         full = self._resolve(path)
         try:
             fd = os.open(full, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)

@@ -12,10 +12,11 @@ import threading
 import pytest
 import trio
 
+from musicfs.origins.health_records import HEALTHY, UNHEALTHY
 from musicfs.origins.memory import READ, MemoryOrigin, serve
 from musicfs.origins.registry import STUCK_LIMIT, OriginRegistry
-from musicfs.origins.health_records import HEALTHY, UNHEALTHY
 from musicfs.shared.errors import OriginOffline
+from musicfs_test_utils.eventually import eventually_async
 
 FILES = {"hung.flac": b"h" * 1000, "ok.flac": b"o" * 1000}
 DEADLINE = 0.3
@@ -57,9 +58,7 @@ async def test_more_hung_calls_than_fetch_threads_leave_the_other_files_readable
         assert stats.stuck == n and stats.state == UNHEALTHY and "stuck past the read deadline" in stats.last_error
         assert await fetch(registry, "ok.flac") == FILES["ok.flac"]  # the fetch limit was handed back
     release.set()
-    with trio.fail_after(5):
-        while registry.statistics()[0].stuck:  # the threads return: nothing stays counted
-            await trio.sleep(0.01)
+    await eventually_async(lambda: registry.statistics()[0].stuck == 0, 5, "the hung calls returned, uncounted")
 
 
 @pytest.mark.resilience("4.7")
@@ -89,9 +88,7 @@ async def test_the_only_origin_hung_is_offline_and_probes_cannot_revive_it_while
         await registry.fetch("ok.flac", 0, 1000)
 
     release.set()
-    with trio.fail_after(5):
-        while registry.statistics()[0].stuck:
-            await trio.sleep(0.01)
+    await eventually_async(lambda: registry.statistics()[0].stuck == 0, 5, "the hung calls returned, uncounted")
     registry.record_ok(origin, probe=True)  # the calls returned: the next good probe brings it back
     assert registry.statistics()[0].state == HEALTHY
     assert await fetch(registry, "ok.flac") == FILES["ok.flac"]
