@@ -51,21 +51,30 @@ def assert_mount_matches_origin(mountpoint: str | os.PathLike, origin_files: lis
     return pairs
 
 
+class LogLines(list):
+    """The matching lines ("logger: message"); `records` holds their LogRecords (for exc_info, levels)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+
 class _Matcher(logging.Handler):
     def __init__(self, pattern: re.Pattern, level: int):
         super().__init__(level=level)
         self.pattern = pattern
-        self.lines: list[str] = []
+        self.lines = LogLines()
 
     def emit(self, record: logging.LogRecord) -> None:
         line = f"{record.name}: {record.getMessage()}"
         if self.pattern.search(line):
             setattr(record, ASSERTED, True)
             self.lines.append(line)
+            self.lines.records.append(record)
 
 
 @contextlib.contextmanager
-def assert_logs(pattern: str, count: int | None = None, level: int = logging.WARNING) -> Iterator[list[str]]:
+def assert_logs(pattern: str, count: int | None = None, level: int = logging.WARNING) -> Iterator[LogLines]:
     """The block must log a line matching `pattern` (searched in "logger: message", at `level` or above):
     exactly `count` of them, or at least one when count is None. Fails when they do not appear.
 

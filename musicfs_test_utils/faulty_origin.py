@@ -8,7 +8,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from musicfs.origins.base import Identity, Origin
-from musicfs.origins.memory import READ, Handler, MemoryOrigin, Request, forward
+from musicfs.origins.memory import READ, READ_RANGES, Handler, MemoryOrigin, Request, each_range, forward
 from musicfs.shared.errors import (
     OriginFatal,
     OriginNotFound,
@@ -86,6 +86,8 @@ class Faults:
             self.paths.clear()
 
     def __call__(self, request: Request):
+        if request.op == READ_RANGES:  # counted and failed range by range, as the reads they stand for
+            return each_range(self, request)
         with self._lock:
             self.calls[request.op] += 1
             if request.path:
@@ -108,7 +110,7 @@ class Faults:
 
 class FaultyOrigin(MemoryOrigin):
     """A MemoryOrigin whose handler is Faults over a real origin (`inner`): the real origin's files, versions and
-    timestamp rules, with faults on demand. `calls`, `mode` and `set_mode` are the Faults'."""
+    timestamp rules, with faults on demand. `calls`, `mode`, `set_mode`, `paths_of` and `reset` are the Faults'."""
 
     def __init__(self, inner: Origin, mode: FailMode = Healthy()):
         self.inner = inner
@@ -126,6 +128,13 @@ class FaultyOrigin(MemoryOrigin):
 
     def set_mode(self, mode: FailMode) -> None:
         self.faults.set_mode(mode)
+
+    def paths_of(self, op: str) -> set[str]:
+        """The paths requests of `op` named since the last reset (READ: a scan's tag reads)."""
+        return set(self.faults.paths.get(op, ()))
+
+    def reset(self) -> None:
+        self.faults.reset()
 
     def timestamp_resolution(self, identity: Identity) -> float:
         return self.inner.timestamp_resolution(identity)

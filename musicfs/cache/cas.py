@@ -53,7 +53,14 @@ from ..shared import (
     points,
 )
 from .eviction import Eviction, RefCounts
-from .files import QUARANTINE_FILES, QUARANTINE_SHARE, ChunkFiles, chunk_hash, raise_if_fd_exhausted, unlink_quietly
+from .files import (
+    QUARANTINE_FILES,
+    QUARANTINE_SHARE,
+    ChunkFiles,
+    chunk_hash,
+    raise_if_fd_exhausted,
+    unlink_quietly,
+)
 from .index import ChunkIndex, describe_error
 from .repair import CLAIM_WAIT, RebuildReport, Repair
 
@@ -93,8 +100,8 @@ class CasStore(ChunkFiles, ChunkIndex, Repair, Eviction):
         self._dropped: set[str] = set()
         self._load_lock = threading.Lock()  # one loader; the others wait for it
         self.lru_loads = 0  # completed LRU loads (tests)
-        self._pins = RefCounts()  # never evicted
-        self._protected = RefCounts()  # evicted only after the others
+        self.pins = RefCounts()  #: held chunks are never evicted (open files' chunks, pinned albums)
+        self.protection = RefCounts()  #: held chunks are evicted only after all others (the track playing, the next head)
         self._used = 0
         self._touched: dict[str, float] = {}
         # digests being put (count) and digests claimed by the background reconciliation: a put waits while

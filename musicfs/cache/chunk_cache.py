@@ -24,8 +24,16 @@ from dataclasses import dataclass
 
 import trio
 
-from ..shared import CacheFull, CacheUnavailable, CasError, ChunkCorrupt, ChunkMissing, TooManyOpenFiles
+from ..shared import (
+    CacheFull,
+    CacheUnavailable,
+    CasError,
+    ChunkCorrupt,
+    ChunkMissing,
+    TooManyOpenFiles,
+)
 from .cas import CasStore
+from .eviction import RefCounts
 from .health import CacheHealth
 
 log = logging.getLogger(__name__)
@@ -121,20 +129,16 @@ class ChunkCache:
         cache (also offline) while the LRU loads, not fetched again."""
         return self._cas.has(digest) or not self._cas.loaded
 
-    def pin(self, digest: str) -> None:
-        """Keep the chunk from eviction (chunks of open files) until as many unpins."""
-        self._cas.pin(digest)
+    @property
+    def pins(self) -> RefCounts:
+        """Chunks kept from eviction (chunks of open files, pinned albums) until as many releases as holds."""
+        return self._cas.pins
 
-    def unpin(self, digest: str) -> None:
-        self._cas.unpin(digest)
-
-    def protect(self, digest: str) -> None:
-        """Evict the chunk only after every unprotected one (chunks of the track being played and of the next
-        track's head) until as many unprotects; unlike a pin, the quota may still take it, last."""
-        self._cas.protect(digest)
-
-    def unprotect(self, digest: str) -> None:
-        self._cas.unprotect(digest)
+    @property
+    def protection(self) -> RefCounts:
+        """Chunks evicted only after every other (the track being played, the next track's head) until as many
+        releases as holds; unlike a pin, the quota may still take them, last."""
+        return self._cas.protection
 
     async def trim_over_quota(self) -> None:
         """At start (after READY): a cache that holds more than its quota (a restart with a smaller one) is

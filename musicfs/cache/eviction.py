@@ -133,7 +133,7 @@ class Eviction:
                 for digest, size in self._lru.items():
                     if used <= target:
                         break
-                    if digest in self._pins or (digest in self._protected) != protected:
+                    if digest in self.pins or (digest in self.protection) != protected:
                         continue
                     victims.append(digest)
                     used -= size
@@ -156,27 +156,13 @@ class Eviction:
             return 0
         return self.evict_to(int(self.quota * self.low) - kept)
 
-    def pin(self, digest: str) -> None:
-        """Never evict the chunk, until as many unpins (an open file's chunks, a pinned album's)."""
-        self._pins.hold(digest)
-
-    def unpin(self, digest: str) -> None:
-        self._pins.release(digest)
-
     @property
     def pinned(self) -> int:
-        return len(self._pins)
-
-    def protect(self, digest: str) -> None:
-        """Evict the chunk only after every unprotected one, until as many unprotects."""
-        self._protected.hold(digest)
-
-    def unprotect(self, digest: str) -> None:
-        self._protected.release(digest)
+        return len(self.pins)
 
     @property
     def protected(self) -> int:
         """Protected chunks in the cache (protection is no pin: one evicted as the last resort is not counted)."""
-        held = self._protected.held()
+        held = self.protection.held()
         with self._lock:
             return sum(1 for digest in held if digest in self._lru)

@@ -20,7 +20,13 @@ from ..shared import (
     move_aside,
     points,
 )
-from .files import TMP, chunk_hash, raise_if_fd_exhausted, scan_chunk_sizes, unlink_quietly
+from .files import (
+    TMP,
+    chunk_hash,
+    raise_if_fd_exhausted,
+    scan_chunk_sizes,
+    unlink_quietly,
+)
 from .index import describe_error
 
 log = logging.getLogger(__package__ + ".cas")  # one component, one logger: CasStore's

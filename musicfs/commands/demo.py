@@ -95,11 +95,11 @@ class GeneratedTrack:
 class _Spec:
     path: str
     fmt: str
+    title: str = ""
+    tracknumber: int | None = None
     artist: str = ""
     albumartist: str = ""
     album: str = ""
-    title: str = ""
-    tracknumber: int | None = None
     discnumber: int | None = None
     tracktotal: int | None = None
     disctotal: int | None = None
@@ -234,95 +234,39 @@ def _multidisc_specs() -> list[_Spec]:
     return multidisc
 
 
+def _track(path: str, artist: str, album: str, title: str, tracknumber: int | None = None, **more) -> _Spec:
+    """One hand-placed track: the format from its extension, its own artist as album artist."""
+    return _Spec(path=path, fmt=path.rsplit(".", 1)[1], artist=artist, albumartist=artist, album=album, title=title,
+                 tracknumber=tracknumber, **more)
+
+
 def _sessions_specs() -> list[_Spec]:
     return [
-        _Spec(
-            path="Street Busker/Sessions/Untitled Jam.ogg",
-            fmt="ogg",
-            artist="Street Busker",
-            albumartist="Street Busker",
-            album="Sessions",
-            title="Untitled Jam",
-            genre="Folk",
-        ),
+        _track("Street Busker/Sessions/Untitled Jam.ogg", "Street Busker", "Sessions", "Untitled Jam", genre="Folk"),
         # Same title, same format, no track number: the tree must disambiguate.
-        _Spec(
-            path="Street Busker/Sessions/Untitled Jam (take 2).ogg",
-            fmt="ogg",
-            artist="Street Busker",
-            albumartist="Street Busker",
-            album="Sessions",
-            title="Untitled Jam",
-            genre="Folk",
-            channels=1,
-        ),
+        _track("Street Busker/Sessions/Untitled Jam (take 2).ogg", "Street Busker", "Sessions", "Untitled Jam",
+               genre="Folk", channels=1),
     ]
 
 
 def _loose_specs() -> list[_Spec]:
     return [
-        _Spec(
-            path="Loose in the Root.mp3",
-            fmt="mp3",
-            artist="Lonely Artist",
-            albumartist="Lonely Artist",
-            album="Singles",
-            title="Loose in the Root",
-            date="2015",
-        ),
-        _Spec(
-            path="misc/random find.flac",
-            fmt="flac",
-            artist="Unknown Band",
-            albumartist="Unknown Band",
-            album="Bootlegs",
-            title="Random Find",
-            tracknumber=7,
-        ),
+        _track("Loose in the Root.mp3", "Lonely Artist", "Singles", "Loose in the Root", date="2015"),
+        _track("misc/random find.flac", "Unknown Band", "Bootlegs", "Random Find", 7),
     ]
 
 
 def _hostile_specs() -> list[_Spec]:
+    slash = "Slash & Friends"
     return [
         _Spec(path="misc/no_tags_at_all.mp3", fmt="mp3", title="no_tags_at_all", tagged=False),
-        _Spec(
-            path="Path Tricks/Slashes/01 AC_DC Tribute.ogg",
-            fmt="ogg",
-            artist="Slash & Friends",
-            albumartist="Slash & Friends",
-            album="Slashes",
-            title="AC/DC Tribute",
-            tracknumber=1,
-        ),
-        _Spec(
-            path="Path Tricks/Slashes/02 .._.._etc_passwd.flac",
-            fmt="flac",
-            artist="Slash & Friends",
-            albumartist="Slash & Friends",
-            album="Slashes",
-            title="../../etc/passwd",
-            tracknumber=2,
-        ),
-        _Spec(
-            path=f"Path Tricks/Slashes/03 {_file_stem(_LONG_TITLE)}.mp3",
-            fmt="mp3",
-            artist="Slash & Friends",
-            albumartist="Slash & Friends",
-            album="Slashes",
-            title=_LONG_TITLE,
-            tracknumber=3,
-        ),
+        _track("Path Tricks/Slashes/01 AC_DC Tribute.ogg", slash, "Slashes", "AC/DC Tribute", 1),
+        _track("Path Tricks/Slashes/02 .._.._etc_passwd.flac", slash, "Slashes", "../../etc/passwd", 2),
+        _track(f"Path Tricks/Slashes/03 {_file_stem(_LONG_TITLE)}.mp3", slash, "Slashes", _LONG_TITLE, 3),
         # The tag starts with a dot; the origin folder deliberately does not
         # (a scanner may legitimately skip hidden directories).
-        _Spec(
-            path="dotfile Collective/Hidden Things/01 Invisible.flac",
-            fmt="flac",
-            artist=".dotfile Collective",
-            albumartist=".dotfile Collective",
-            album="Hidden Things",
-            title="Invisible",
-            tracknumber=1,
-        ),
+        _track("dotfile Collective/Hidden Things/01 Invisible.flac", ".dotfile Collective", "Hidden Things",
+               "Invisible", 1),
     ]
 
 

@@ -25,8 +25,23 @@ import sys
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from ..cache import CasStore, index_file, indexed_chunks, quarantine_stray, quarantine_usage, temp_leftovers
-from ..library import CATALOG_NAME, FIRST_INO, Catalog, SearchIndex, build_tree, check_files, open_checked
+from ..cache import (
+    CasStore,
+    index_file,
+    indexed_chunks,
+    quarantine_stray,
+    quarantine_usage,
+    temp_leftovers,
+)
+from ..library import (
+    CATALOG_NAME,
+    FIRST_INO,
+    Catalog,
+    SearchIndex,
+    build_tree,
+    check_files,
+    open_checked,
+)
 from ..shared import (
     CasIndexError,
     CatalogCorrupt,

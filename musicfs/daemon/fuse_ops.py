@@ -266,16 +266,10 @@ class MusicOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EROFS)
         return True
 
-    # -- everything that writes answers EROFS ---------------------------------------------------
-    setattr = read_only("setattr")
-    mknod = read_only("mknod")
-    mkdir = read_only("mkdir")
-    unlink = read_only("unlink")
-    rmdir = read_only("rmdir")
-    symlink = read_only("symlink")
-    rename = read_only("rename")
-    link = read_only("link")
-    write = read_only("write")
-    create = read_only("create")
-    setxattr = read_only("setxattr")
-    removexattr = read_only("removexattr")
+
+#: every request that would write answers EROFS
+WRITE_REQUESTS = ("setattr", "mknod", "mkdir", "unlink", "rmdir", "symlink", "rename", "link", "write", "create",
+                  "setxattr", "removexattr")
+for _name in WRITE_REQUESTS:
+    setattr(MusicOperations, _name, read_only(_name))
+del _name

@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import time
+from typing import NamedTuple
 
 from . import _registry
 from ._parse import Action
@@ -20,48 +21,55 @@ class FailPointPanic(Exception):
 
 def fail_point(name: str) -> str | None:
     """Run the configured action of `name`; return the `return` value or None."""
+    step = _step(name)
+    if not isinstance(step, _Wait):
+        return step
+    if step.pause:
+        _registry.pause(name, step.point)
+    else:
+        time.sleep(step.seconds)
+    return None
+
+
+async def fail_point_async(name: str) -> str | None:
+    """Like fail_point, but sleeps, pauses and yields without blocking trio."""
+    step = _step(name)
+    if not isinstance(step, _Wait):
+        return step
+    import trio  # lazily: the sync API must work without trio installed
+
+    if step.pause:
+        await _pause_async(name, step.point)
+    else:
+        await trio.sleep(step.seconds)  # 0 for `yield`: a checkpoint
+    return None
+
+
+class _Wait(NamedTuple):
+    """A task that waits: for `seconds` (0 to yield), or paused at `point` until released."""
+
+    point: object
+    seconds: float = 0.0
+    pause: bool = False
+
+
+def _step(name: str) -> str | None | _Wait:
+    """The armed action of `name`, run up to its wait: its result, or how it waits."""
     if not points:  # the disarmed fast path: one global check
         return None
     picked = _registry.select(name)
     if picked is None:
         return None
     point, action = picked
-    task = action.task
-    if task in ("sleep", "delay"):
+    if action.task in ("sleep", "delay"):
         log.info("failpoint %s sleeping %s ms", name, action.arg)  # as for pause: another process may watch
-        time.sleep(int(action.arg) / 1000)
-    elif task == "yield":
-        time.sleep(0)
-    elif task == "pause":
+        return _Wait(point, seconds=int(action.arg) / 1000)
+    if action.task == "yield":
+        return _Wait(point)
+    if action.task == "pause":
         log.info("failpoint %s paused", name)  # tells a test watching another process's log
-        _registry.pause(name, point)
-    else:
-        return _run_common(name, action)
-    return None
-
-
-async def fail_point_async(name: str) -> str | None:
-    """Like fail_point, but sleeps, pauses and yields without blocking trio."""
-    if not points:
-        return None
-    picked = _registry.select(name)
-    if picked is None:
-        return None
-    import trio  # lazily: the sync API must work without trio installed
-
-    point, action = picked
-    task = action.task
-    if task in ("sleep", "delay"):
-        log.info("failpoint %s sleeping %s ms", name, action.arg)
-        await trio.sleep(int(action.arg) / 1000)
-    elif task == "yield":
-        await trio.lowlevel.checkpoint()
-    elif task == "pause":
-        log.info("failpoint %s paused", name)
-        await _pause_async(name, point)
-    else:
-        return _run_common(name, action)
-    return None
+        return _Wait(point, pause=True)
+    return _run_common(name, action)
 
 
 def _run_common(name: str, action: Action) -> str | None:

@@ -30,6 +30,7 @@ from ..shared import (
     wal_before_open,
     wal_dropped,
 )
+from .tags import TrackTags
 
 log = logging.getLogger(__name__)
 
@@ -79,23 +80,14 @@ class FileVersion:
 
 
 @dataclass(frozen=True)
-class FileRow:
-    """One origin file as the catalog knows it. kind: track | cover | junk (unreadable)."""
+class FileRow(TrackTags):
+    """One origin file as the catalog knows it, with its tags. kind: track | cover | junk (unreadable)."""
 
     path: str
     kind: str
     size: int
     mtime_ns: int
     etag: str = ""
-    artist: str | None = None
-    albumartist: str | None = None
-    album: str | None = None
-    title: str | None = None
-    track_no: int | None = None
-    disc_no: int | None = None
-    year: str | None = None
-    genre: str | None = None
-    duration: float | None = None
     id: int = 0
 
     @property
@@ -117,7 +109,8 @@ class FileRow:
         return FileStat.of(self.path, self.identity)
 
 
-_COLS = [f.name for f in fields(FileRow) if f.name != "id"]
+_COLS = ["path", "kind", "size", "mtime_ns", "etag", *(f.name for f in fields(TrackTags))]
+assert {*_COLS, "id"} == {f.name for f in fields(FileRow)}
 #: a FileRow as a tuple, in this order (SQL rows, the tree snapshot)
 ROW_FIELDS = (*_COLS, "id")
 
@@ -265,7 +258,7 @@ class Catalog:
 
     def file(self, file_id: int) -> FileRow | None:
         rows = self._run(f"SELECT {', '.join(_COLS)}, id FROM files WHERE id = ?", (file_id,))
-        return FileRow(*rows[0]) if rows else None
+        return rows_to_files(rows)[0] if rows else None
 
     def identities(self) -> dict[str, Identity]:
         """path -> Identity for every known file: what a rescan compares against."""

@@ -219,9 +219,9 @@ class PinSet:
     def _repin(self) -> None:
         wanted = {d for m in self._manifests.values() for d in m.values()}
         for digest in wanted - self._pinned:
-            self.cache.pin(digest)
+            self.cache.pins.hold(digest)
         for digest in self._pinned - wanted:
-            self.cache.unpin(digest)
+            self.cache.pins.release(digest)
         self._pinned = wanted
 
     def _size_of(self, files: dict[str, list[FileRow]]) -> int:
@@ -411,7 +411,7 @@ class PinSet:
             for d in manifest.values():
                 if d not in self._pinned:
                     self._pinned.add(d)
-                    self.cache.pin(d)
+                    self.cache.pins.hold(d)
         self._fetched += 1
 
     # -- the control socket's requests (musicfs.daemon.control) ----------------------------------------------------

@@ -134,14 +134,9 @@ class Scanner:
                  on_fetched: Callable[[list[tuple[FileRow, list[tuple[int, bytes]]]]], None] | None = None):
         """`on_fetched`: after each batch commits, called (in the scan's thread) with each committed row and the
         (offset, bytes) ranges read for its tags (the library keeps them as blocks, blocks.py)."""
-        self.on_fetched = on_fetched
-        self.should_stop = should_stop
+        self.catalog, self.registry, self.batch, self.workers = catalog, registry, batch, workers
+        self.on_progress, self.on_fetched, self.should_stop = on_progress, on_fetched, should_stop
         self.include_hidden = include_hidden
-        self.catalog = catalog
-        self.registry = registry
-        self.batch = batch
-        self.workers = workers
-        self.on_progress = on_progress
 
     def scan(self) -> ScanResult:
         """One full pass. Blocking: run it in a worker thread."""

@@ -26,7 +26,14 @@ from .catalog import Catalog, FileRow
 from .catalog_files import make_state_dir, open_checked
 from .scanner import Scanner, ScanResult, restore_identities
 from .search import IndexDoc, SearchIndex
-from .tree import FIRST_INO, SNAPSHOT_NAME, VirtualTree, build_tree, load_snapshot, save_snapshot
+from .tree import (
+    FIRST_INO,
+    SNAPSHOT_NAME,
+    VirtualTree,
+    build_tree,
+    load_snapshot,
+    save_snapshot,
+)
 
 log = logging.getLogger(__name__)
 

@@ -118,8 +118,10 @@ def first_ranges(name: str, size: int) -> list[tuple[int, int]]:
     return ranges
 
 
-@dataclass(frozen=True)
-class Tags:
+@dataclass(frozen=True, kw_only=True)
+class TrackTags:
+    """What the catalog keeps of a track's tags (FileRow carries them too)."""
+
     artist: str | None = None
     albumartist: str | None = None
     album: str | None = None
@@ -129,6 +131,12 @@ class Tags:
     year: str | None = None
     genre: str | None = None
     duration: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Tags(TrackTags):
+    """A file's tags as read, before the catalog files a compilation under Various Artists."""
+
     compilation: bool = False
 
 

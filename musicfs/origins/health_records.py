@@ -5,16 +5,7 @@ from __future__ import annotations
 import collections
 from dataclasses import dataclass, field
 
-from ..shared import (
-    LocalExhaustion,
-    OriginError,
-    OriginFileChanged,
-    OriginNotFound,
-    OriginPermission,
-    OriginTimeout,
-    OriginTransient,
-    ShortRead,
-)
+from .. import shared as errors  # the origin error tree, by name
 
 UNKNOWN = "unknown"
 
@@ -61,18 +52,22 @@ class OriginStatistics:
     stuck: int = 0  # calls still running past their read's deadline: their threads, left to finish
 
 
+_RESULTS = ((errors.OriginNotFound, "not_found"), (errors.OriginPermission, "permission"),
+            (errors.OriginFileChanged, "changed"), (errors.OriginTimeout, "timeout"), (errors.ShortRead, "short_read"),
+            (errors.LocalExhaustion, "exhausted"), (errors.OriginTransient, "transient"))
+
+
 def result_of(exc: BaseException | None) -> str:
     """A read request's result, as counted per origin."""
     if exc is None:
         return "ok"
-    for kind, name in ((OriginNotFound, "not_found"), (OriginPermission, "permission"),
-                       (OriginFileChanged, "changed"), (OriginTimeout, "timeout"), (ShortRead, "short_read"),
-                       (LocalExhaustion, "exhausted"), (OriginTransient, "transient")):
+    for kind, name in _RESULTS:
         if isinstance(exc, kind):
             return name
     return "fatal"
 
 
-def _counts_against_health(exc: OriginError) -> bool:
+def _counts_against_health(exc: errors.OriginError) -> bool:
     """A missing or forbidden file is the file's problem, and fd exhaustion ours, not the origin's."""
-    return not isinstance(exc, (OriginNotFound, OriginPermission, OriginFileChanged, LocalExhaustion))
+    return not isinstance(exc, (errors.OriginNotFound, errors.OriginPermission, errors.OriginFileChanged,
+                                errors.LocalExhaustion))

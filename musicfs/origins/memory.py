@@ -16,21 +16,22 @@ or raises the OriginError the method should raise. `serve(files)` is the handler
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator, Mapping
+from typing import Callable, Iterator, Mapping, Sequence
 
 from ..shared import OriginNotFound
 from .base import FileStat, Identity, Origin
 
-WALK, STAT, READ, PROBE = "walk", "stat", "read", "probe"
+WALK, STAT, READ, READ_RANGES, PROBE = "walk", "stat", "read", "read_ranges", "probe"
 
 
 @dataclass(frozen=True)
 class Request:
-    op: str  # walk | stat | read | probe
+    op: str  # walk | stat | read | read_ranges | probe
     path: str = ""
     offset: int = 0
     length: int = 0
     expect: FileStat | None = None
+    ranges: tuple[tuple[int, int], ...] = ()  # read_ranges: (offset, length) each
 
 
 Handler = Callable[[Request], object]
@@ -56,8 +57,19 @@ class MemoryOrigin(Origin):
     def read(self, path: str, offset: int, length: int, expect: FileStat | None = None) -> bytes:
         return self.handler(Request(READ, path, offset, length, expect))  # type: ignore[return-value]
 
+    def read_ranges(self, path: str, ranges: Sequence[tuple[int, int]],
+                    expect: FileStat | None = None) -> list[bytes]:
+        return self.handler(Request(READ_RANGES, path, expect=expect, ranges=tuple(ranges)))  # type: ignore
+
     def probe(self) -> None:
         self.handler(Request(PROBE))
+
+
+def each_range(handler: Handler, request: Request) -> list[bytes]:
+    """A read_ranges request as the reads it stands for, each through `handler` (one version: without an
+    expect, the first stat pins it, as Origin.read_ranges does)."""
+    expect = request.expect or handler(Request(STAT, request.path))
+    return [handler(Request(READ, request.path, offset, length, expect)) for offset, length in request.ranges]
 
 
 def forward(origin: Origin) -> Handler:
@@ -71,6 +83,8 @@ def forward(origin: Origin) -> Handler:
             return origin.stat(request.path)
         if request.op == READ:
             return origin.read(request.path, request.offset, request.length, request.expect)
+        if request.op == READ_RANGES:
+            return origin.read_ranges(request.path, request.ranges, request.expect)
         return origin.probe()
 
     return handler
@@ -95,6 +109,8 @@ def serve(files: Mapping[str, bytes], *, mtime_ns: int = 1, etag: str = "", name
             if request.expect is not None:
                 now.identity.require(request.expect.identity, origin=name, path=request.path)
             return files[request.path][request.offset:request.offset + request.length]
+        if request.op == READ_RANGES:
+            return each_range(handler, request)
         return None  # probe: healthy
 
     return handler

@@ -82,12 +82,8 @@ class OriginRegistry:
                  clock: Callable[[], float] = time.monotonic, fetch_threads: int = 8):
         if not origins:
             raise ValueError("at least one origin is needed")
-        self.origins = origins
-        self.retries = retries
-        self.backoff = backoff
-        self.max_backoff = max_backoff
-        self.grace = grace
-        self.fetch_threads = fetch_threads
+        self.origins, self.fetch_threads, self.grace = origins, fetch_threads, grace
+        self.retries, self.backoff, self.max_backoff = retries, backoff, max_backoff  # each read's retry schedule
         self._sleep = sleep
         self._clock = clock
         self._rng = random.Random(seed)

@@ -177,23 +177,11 @@ class S3Origin(Origin):
         """An ETag names the object's content: a version is never racy (without one, S3's whole seconds)."""
         return 0.0 if identity.etag else 1.0
 
-    def __init__(
-        self,
-        name: str,
-        bucket: str,
-        prefix: str = "",
-        *,
-        endpoint_url: str | None = None,
-        profile: str | None = None,
-        region: str | None = None,
-        access_key_id: str | None = None,
-        secret_access_key: str | None = None,
-        session_token: str | None = None,
-        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-        read_timeout: float = DEFAULT_READ_TIMEOUT,
-        addressing_style: str | None = None,
-        max_pool_connections: int = DEFAULT_MAX_POOL_CONNECTIONS,
-    ):
+    def __init__(self, name: str, bucket: str, prefix: str = "", *, endpoint_url: str | None = None,
+                 profile: str | None = None, region: str | None = None, access_key_id: str | None = None,
+                 secret_access_key: str | None = None, session_token: str | None = None,
+                 connect_timeout: float = DEFAULT_CONNECT_TIMEOUT, read_timeout: float = DEFAULT_READ_TIMEOUT,
+                 addressing_style: str | None = None, max_pool_connections: int = DEFAULT_MAX_POOL_CONNECTIONS):
         if not bucket:
             raise OriginFatal(f"{name}: no bucket in the S3 URL", origin=name)
         if (access_key_id is None) != (secret_access_key is None):
@@ -224,21 +212,7 @@ class S3Origin(Origin):
         bucket = parts.netloc
         if "@" in bucket or ":" in bucket:
             raise OriginFatal(f"{url}: put credentials and endpoints in options/environment, not in the URL", origin=url)
-        return cls(
-            url,
-            bucket,
-            parts.path,
-            endpoint_url=options.get("endpoint_url"),
-            profile=options.get("profile"),
-            region=options.get("region"),
-            access_key_id=options.get("access_key_id"),
-            secret_access_key=options.get("secret_access_key"),
-            session_token=options.get("session_token"),
-            connect_timeout=options.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT),
-            read_timeout=options.get("read_timeout", DEFAULT_READ_TIMEOUT),
-            addressing_style=options.get("addressing_style"),
-            max_pool_connections=options.get("max_pool_connections", DEFAULT_MAX_POOL_CONNECTIONS),
-        )
+        return cls(url, bucket, parts.path, **options)  # checked and typed by parse_options
 
     # -- client ------------------------------------------------------------
     def _get_client(self) -> Any:

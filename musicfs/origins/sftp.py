@@ -53,7 +53,14 @@ from .base import (
 )
 from .options import option_keys
 from .options import parse as parse_options
-from .sftp_connections import _Answers, _checked_ranges, _Conn, _listdir_attr, _Pool, _SetupWatchdog
+from .sftp_connections import (
+    _Answers,
+    _checked_ranges,
+    _Conn,
+    _listdir_attr,
+    _Pool,
+    _SetupWatchdog,
+)
 from .sftp_errors import (
     _keeps_connection_usable,
     classify_sftp_error,
@@ -177,21 +184,8 @@ class SftpOrigin(Origin):
             root = "/" + path.strip("/") if path.strip("/") else "/"
         else:
             root = ""
-        return cls(
-            url,
-            parts.hostname or "",
-            root,
-            port=port,
-            user=unquote(parts.username) if parts.username else None,
-            identity_file=options.get("identity_file"),
-            known_hosts=options.get("known_hosts"),
-            password=options.get("password"),
-            passphrase=options.get("passphrase"),
-            connect_timeout=options.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT),
-            read_timeout=options.get("read_timeout", DEFAULT_READ_TIMEOUT),
-            pool_size=options.get("pool_size", DEFAULT_POOL_SIZE),
-            pool_timeout=options.get("pool_timeout", DEFAULT_POOL_TIMEOUT),
-        )
+        user = unquote(parts.username) if parts.username else None
+        return cls(url, parts.hostname or "", root, port=port, user=user, **options)  # checked and typed by parse_options
 
     # -- connections -------------------------------------------------------
     def _check_identity_file(self) -> None:

@@ -73,7 +73,7 @@ class Protection:
         for digest in digests:
             if digest not in held:
                 held.add(digest)
-                self.cache.protect(digest)
+                self.cache.protection.hold(digest)
 
     def add_head(self, key: FileVersion, digests) -> None:
         """The head of a next track that is not open: protected until it is opened and released, or until
@@ -92,4 +92,4 @@ class Protection:
         """Everything protected for `key` is ordinary again."""
         self._waiting.pop(key, None)
         for digest in self._digests.pop(key, ()):
-            self.cache.unprotect(digest)
+            self.cache.protection.release(digest)

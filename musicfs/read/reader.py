@@ -156,7 +156,7 @@ class FileReader(SmallReads, LoadsAhead):
         of.refs -= 1
         if of.refs <= 0:
             for digest in of.pinned:
-                self.cache.unpin(digest)
+                self.cache.pins.release(digest)
             of.pinned.clear()
             self.protection.drop(key)  # what it passed (and its head) is ordinary again
             if of.origin is not None:
@@ -234,7 +234,7 @@ class FileReader(SmallReads, LoadsAhead):
             self.protection.add(of.row.version, behind)
         for digest in behind:
             del of.pinned[digest]
-            self.cache.unpin(digest)
+            self.cache.pins.release(digest)
 
     async def _chunk(self, of: OpenFile, idx: int) -> bytes:
         key = (of.row.version, idx)
@@ -340,7 +340,7 @@ class FileReader(SmallReads, LoadsAhead):
         if of.refs > 0 and digest not in of.pinned:
             if idx >= of.unpinned_below:
                 of.pinned[digest] = idx
-                self.cache.pin(digest)
+                self.cache.pins.hold(digest)
             elif of.played:
                 self.protection.add(of.row.version, [digest])
 

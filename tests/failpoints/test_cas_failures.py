@@ -30,6 +30,7 @@ from musicfs.read.reader import FileReader
 from musicfs.shared import points
 from musicfs.shared.config import Config
 from musicfs.shared.errors import ChunkMissing
+from musicfs_test_utils.assertions import assert_logs
 from musicfs_test_utils.fixtures import make_library
 from musicfs_test_utils.reader_rig import ReaderRig
 from musicfs_test_utils.reader_rig import pattern_bytes as shared_pattern_bytes
@@ -76,8 +77,7 @@ async def test_panic_before_chunk_write_leaves_nothing_behind(env):
 
 # -- cas-put-after-write-before-index (row 5.7, L1) --------------------------------------------------
 @pytest.mark.resilience("5.7")
-async def test_crash_between_chunk_write_and_index_insert_adopts_the_orphan(env, caplog):
-    caplog.set_level(logging.INFO, logger="musicfs.cache.cas")
+async def test_crash_between_chunk_write_and_index_insert_adopts_the_orphan(env):
     data = env.files["one.flac"]
     digest = chunk_hash(data)
     failpoints.cfg(AFTER_WRITE, "panic")
@@ -91,8 +91,8 @@ async def test_crash_between_chunk_write_and_index_insert_adopts_the_orphan(env,
     assert env.manifest("one.flac") == {}
     inode = os.stat(env.chunk_file(digest)).st_ino
 
-    env.restart_cache()
-    assert f"adopted chunk {digest[:12]}" in caplog.text
+    with assert_logs(f"adopted chunk {digest[:12]}", count=1, level=logging.INFO):
+        env.restart_cache()
     assert env.index_rows() == {digest} and env.cas.has(digest)  # verified and indexed
     assert env.cas.usage() == (len(data), 1)
     assert env.cas.get(digest) == data

@@ -13,9 +13,9 @@ import trio.testing
 
 from musicfs import failpoints
 from musicfs.origins.health import HealthMonitor
+from musicfs.origins.health_records import HEALTHY, UNHEALTHY
 from musicfs.origins.local import LocalOrigin
 from musicfs.origins.registry import OriginRegistry
-from musicfs.origins.health_records import HEALTHY, UNHEALTHY
 from musicfs.shared import points
 from musicfs_test_utils.eventually import eventually
 

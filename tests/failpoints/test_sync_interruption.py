@@ -31,19 +31,9 @@ BATCH = 8
 TRACKS = 40
 
 
-
-class RecordingOrigin(FaultyOrigin):
-    """A healthy FaultyOrigin over the library's folder; `read_paths`: the paths read (a scan's tag reads)."""
-
-    def __init__(self, root: Path):
-        super().__init__(LocalOrigin(root))
-
-    @property
-    def read_paths(self) -> set[str]:
-        return self.faults.paths.get("read", set())
-
-    def reset(self) -> None:
-        self.faults.reset()
+def recording(root: Path) -> FaultyOrigin:
+    """A healthy FaultyOrigin over the library's folder: it records the paths read (a scan's tag reads)."""
+    return FaultyOrigin(LocalOrigin(root))
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +48,7 @@ def listing(root: Path) -> list[str]:
     return sorted(st.path for st in LocalOrigin(root).walk() if tags.classify(st.path))
 
 
-def scanner(catalog: Catalog, origin: RecordingOrigin) -> Scanner:
+def scanner(catalog: Catalog, origin: FaultyOrigin) -> Scanner:
     return Scanner(catalog, OriginRegistry([origin], backoff=0.0), batch=BATCH, workers=4)
 
 
@@ -73,7 +63,7 @@ def rows_by_path(catalog: Catalog) -> dict[str, tuple]:
 def clean_scan(root: Path, where: Path) -> dict[str, tuple]:
     catalog = Catalog(str(where))
     try:
-        scanner(catalog, RecordingOrigin(root)).scan()
+        scanner(catalog, recording(root)).scan()
         return rows_by_path(catalog)
     finally:
         catalog.close()
@@ -96,7 +86,7 @@ def test_scan_interrupted_after_a_batch_resumes_from_its_checkpoint(library, ref
     todo = listing(library)
     assert len(todo) > committed_batches * BATCH, "the library must outlast the interruption"
     committed = todo[: committed_batches * BATCH]
-    origin = RecordingOrigin(library)
+    origin = recording(library)
     catalog = Catalog(str(tmp_path / "catalog.db"))
     try:
         # 1. the scan is interrupted right after batch `committed_batches` committed
@@ -111,15 +101,15 @@ def test_scan_interrupted_after_a_batch_resumes_from_its_checkpoint(library, ref
         # It stopped where it says: every committed file was read, and beyond them at most the next batch,
         # whose tag reads start while a batch commits (scans overlap round trips); none of it was kept.
         next_batch = todo[len(committed):len(committed) + BATCH]
-        assert {p for p in committed if tag_read(p)} <= origin.read_paths
-        assert origin.read_paths <= {p for p in committed + next_batch if tag_read(p)}
+        assert {p for p in committed if tag_read(p)} <= origin.paths_of("read")
+        assert origin.paths_of("read") <= {p for p in committed + next_batch if tag_read(p)}
 
         # 2. the next scan resumes: only files not committed before are read again
         origin.reset()
         result = scanner(catalog, origin).scan()
         remaining = todo[len(committed):]
-        assert origin.read_paths == {p for p in remaining if tag_read(p)}
-        assert not origin.read_paths & set(committed)
+        assert origin.paths_of("read") == {p for p in remaining if tag_read(p)}
+        assert not origin.paths_of("read") & set(committed)
         assert result.unchanged == len(committed)
         assert result.added + result.skipped == len(remaining)
         assert result.changed == 0 and result.removed == 0
@@ -135,7 +125,7 @@ def test_scan_interrupted_after_a_batch_resumes_from_its_checkpoint(library, ref
 def test_committed_batches_are_visible_while_the_scan_is_held(library, reference, tmp_path):
     """Paused right after batch 2: another connection sees exactly two batches and the checkpoint."""
     todo = listing(library)
-    origin = RecordingOrigin(library)
+    origin = recording(library)
     path = tmp_path / "catalog.db"
     catalog = Catalog(str(path))
     outcome: dict = {}
@@ -173,7 +163,7 @@ def test_scan_interrupted_before_its_final_checkpoint(library, tmp_path):
     """Everything committed, files deleted, checkpoint not written: the rescan reads nothing and finishes it."""
     root = tmp_path / "library"
     shutil.copytree(library, root)
-    origin = RecordingOrigin(root)
+    origin = recording(root)
     catalog = Catalog(str(tmp_path / "catalog.db"))
     try:
         scanner(catalog, origin).scan()
@@ -189,7 +179,7 @@ def test_scan_interrupted_before_its_final_checkpoint(library, tmp_path):
         with pytest.raises(FailPointPanic):
             scanner(catalog, origin).scan()
         failpoints.remove(CHECKPOINT)
-        assert origin.read_paths == {touched}
+        assert origin.paths_of("read") == {touched}
         files = {r.path: r for r in catalog.files()}
         assert gone not in files  # deletions landed before the checkpoint
         assert files[touched].mtime_ns == st.st_mtime_ns + 10**9
@@ -198,7 +188,7 @@ def test_scan_interrupted_before_its_final_checkpoint(library, tmp_path):
 
         origin.reset()
         result = scanner(catalog, origin).scan()
-        assert origin.read_paths == set()  # nothing left to re-read
+        assert origin.paths_of("read") == set()  # nothing left to re-read
         assert not result.touched and result.unchanged == len(listing(root))
         state = catalog.scan_state()
         assert state["in_progress"] == "0" and float(state["completed_at"]) > float(first_completed)
@@ -208,7 +198,7 @@ def test_scan_interrupted_before_its_final_checkpoint(library, tmp_path):
 
 
 def test_first_scan_interrupted_before_its_checkpoint_is_not_complete(library, tmp_path):
-    origin = RecordingOrigin(library)
+    origin = recording(library)
     catalog = Catalog(str(tmp_path / "catalog.db"))
     try:
         failpoints.cfg(CHECKPOINT, "panic")
@@ -219,7 +209,7 @@ def test_first_scan_interrupted_before_its_checkpoint_is_not_complete(library, t
         assert sorted(rows_by_path(catalog)) == listing(library)
         origin.reset()
         result = scanner(catalog, origin).scan()
-        assert origin.read_paths == set() and result.unchanged == len(listing(library))
+        assert origin.paths_of("read") == set() and result.unchanged == len(listing(library))
         assert "completed_at" in catalog.scan_state()
     finally:
         catalog.close()

@@ -24,8 +24,8 @@ from musicfs.library.catalog import Catalog, FileRow
 from musicfs.origins.base import Origin
 from musicfs.origins.factory import open_origin
 from musicfs.origins.health import HealthMonitor
-from musicfs.origins.registry import OriginRegistry
 from musicfs.origins.health_records import HEALTHY, UNHEALTHY
+from musicfs.origins.registry import OriginRegistry
 from musicfs.read.reader import FileReader
 from musicfs.shared.errors import OriginOffline
 from musicfs_test_utils.eventually import eventually_async

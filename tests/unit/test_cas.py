@@ -13,6 +13,7 @@ import pytest
 
 from musicfs.cache.cas import CasStore, chunk_hash
 from musicfs.shared.errors import CacheFull, ChunkCorrupt, ChunkMissing
+from musicfs_test_utils.assertions import assert_logs
 from musicfs_test_utils.cas_damage import (
     SIZE,
     blob,
@@ -129,8 +130,8 @@ def test_pinned_chunks_are_never_evicted(tmp_path):
     cas = setup_test_cas(tmp_path, quota=quota)
     pinned = [cas.put(blob(i)) for i in range(3)]  # the three oldest
     for d in pinned:
-        cas.pin(d)
-    cas.pin(pinned[0])  # pinned twice: one unpin is not enough
+        cas.pins.hold(d)
+    cas.pins.hold(pinned[0])  # pinned twice: one unpin is not enough
     for i in range(3, 16):  # more than the quota's worth of new chunks
         cas.put(blob(i))
     assert all(cas.has(d) for d in pinned)
@@ -138,8 +139,8 @@ def test_pinned_chunks_are_never_evicted(tmp_path):
     assert cas.evict_to(0) > 0
     assert {d for d in pinned if cas.has(d)} == set(pinned)
     assert cas.usage() == (3 * SIZE, 3)
-    cas.unpin(pinned[0])
-    cas.unpin(pinned[1])
+    cas.pins.release(pinned[0])
+    cas.pins.release(pinned[1])
     cas.evict_to(0)
     assert [cas.has(d) for d in pinned] == [True, False, True]
     cas.close()
@@ -150,10 +151,10 @@ def test_protected_chunks_go_after_every_unprotected_one_in_lru_order_and_pinned
     cas = setup_test_cas(tmp_path, quota=100 * SIZE)
     d = [cas.put(blob(i)) for i in range(8)]  # LRU order: d0 oldest .. d7 newest
     for i in (0, 2, 5):
-        cas.protect(d[i])
-    cas.protect(d[0])  # counted: one unprotect is not enough
-    cas.pin(d[1])
-    cas.protect(d[1])  # pinned and protected: pinned wins
+        cas.protection.hold(d[i])
+    cas.protection.hold(d[0])  # counted: one unprotect is not enough
+    cas.pins.hold(d[1])
+    cas.protection.hold(d[1])  # pinned and protected: pinned wins
     cas.get(d[0])  # read: now the most recently used protected chunk
     assert cas.protected == 4 and cas.pinned == 1
     # unprotected, unpinned: d3, d4, d6, d7 (LRU order) go before any protected one, however old
@@ -174,13 +175,13 @@ def test_a_put_past_the_high_watermark_keeps_protected_chunks_while_others_can_g
     quota = 10 * SIZE
     cas = setup_test_cas(tmp_path, quota=quota)
     d = [cas.put(blob(i)) for i in range(9)]
-    cas.protect(d[0])
-    cas.protect(d[1])  # the two oldest: plain LRU would evict them first
+    cas.protection.hold(d[0])
+    cas.protection.hold(d[1])  # the two oldest: plain LRU would evict them first
     cas.put(blob(100))  # past the high mark: down to the low one
     assert cas.has(d[0]) and cas.has(d[1])
     assert not cas.has(d[2]) and not cas.has(d[3])
-    cas.unprotect(d[0])
-    cas.unprotect(d[1])
+    cas.protection.release(d[0])
+    cas.protection.release(d[1])
     assert cas.protected == 0
     for i in range(101, 103):
         cas.put(blob(i))  # ordinary again: the oldest go first
@@ -191,7 +192,7 @@ def test_a_put_past_the_high_watermark_keeps_protected_chunks_while_others_can_g
 def test_nothing_fits_when_everything_is_pinned(tmp_path):
     cas = setup_test_cas(tmp_path, quota=4 * SIZE)
     for i in range(3):
-        cas.pin(cas.put(blob(i)))
+        cas.pins.hold(cas.put(blob(i)))
     digest = cas.put(blob(99))  # over the high mark, nothing evictable: still stored (quota is soft)
     assert cas.get(digest) == blob(99)
     cas.close()
@@ -342,36 +343,28 @@ def _corrupt_and_read(cas: CasStore, i: int) -> str:
     return digest
 
 
-@pytest.fixture
-def prune_log(caplog):
-    caplog.set_level(logging.INFO, logger="musicfs.cache.cas")
-    return caplog
-
-
-def _prune_lines(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if "oldest files" in r.getMessage()]
+PRUNED = r"musicfs.cache.cas: cache: quarantine .*: deleted the \d+ oldest files"
 
 
 @pytest.mark.expected_log(r"failed verification; moved to .*quarantine")
-def test_quarantine_keeps_only_the_newest_files(tmp_path, prune_log):
+def test_quarantine_keeps_only_the_newest_files(tmp_path):
     cas = setup_test_cas(tmp_path, quarantine_files=3)
-    digests = [_corrupt_and_read(cas, i) for i in range(7)]
+    with assert_logs(PRUNED, count=4, level=logging.INFO) as lines:  # one line per prune, each naming what went
+        digests = [_corrupt_and_read(cas, i) for i in range(7)]
     kept = sorted(name.split(".")[0] for name in quarantined(cas))
     assert kept == sorted(digests[-3:])
     assert cas.quarantine_usage() == (3 * SIZE, 3)
-    lines = _prune_lines(prune_log)
-    assert len(lines) == 4  # one line per prune, each naming what went
     assert all("deleted the 1 oldest files (1000 bytes); keeping the newest 3 (3000 bytes)" in line for line in lines)
     cas.close()
 
 
 @pytest.mark.expected_log(r"failed verification; moved to .*quarantine")
-def test_quarantine_keeps_at_most_a_tenth_of_the_quota(tmp_path, prune_log):
+def test_quarantine_keeps_at_most_a_tenth_of_the_quota(tmp_path):
     cas = setup_test_cas(tmp_path, quota=25 * SIZE)  # a tenth: 2500 bytes, room for two damaged chunks
-    digests = [_corrupt_and_read(cas, i) for i in range(5)]
+    with assert_logs(PRUNED, count=3, level=logging.INFO):
+        digests = [_corrupt_and_read(cas, i) for i in range(5)]
     assert sorted(name.split(".")[0] for name in quarantined(cas)) == sorted(digests[-2:])
     assert cas.quarantine_usage() == (2 * SIZE, 2)
-    assert len(_prune_lines(prune_log)) == 3
     cas.close()
 
 
@@ -391,7 +384,7 @@ def test_quarantined_bytes_count_against_the_quota(tmp_path):
     cas.close()
 
 
-def test_an_overgrown_quarantine_is_pruned_when_the_store_opens(tmp_path, prune_log):
+def test_an_overgrown_quarantine_is_pruned_when_the_store_opens(tmp_path):
     """What a soak left (far more than the bound) is cut back at the next start, newest kept, in one line."""
     root = tmp_path / "cache"
     (root / "quarantine").mkdir(parents=True)
@@ -399,13 +392,14 @@ def test_an_overgrown_quarantine_is_pruned_when_the_store_opens(tmp_path, prune_
         path = root / "quarantine" / f"{chunk_hash(blob(i))}.{1_700_000_000 + i}"
         path.write_bytes(blob(i))
         os.utime(path, ns=(i * 10**9, (1_700_000_000 + i) * 10**9))
-    cas = setup_test_cas(root, quota=1 << 20)
+    with assert_logs(PRUNED, count=1, level=logging.INFO) as lines:
+        cas = setup_test_cas(root, quota=1 << 20)
     left = sorted(quarantined(cas))
     assert len(left) == 64
     assert left == sorted(f"{chunk_hash(blob(i))}.{1_700_000_000 + i}" for i in range(36, 100))
     assert cas.quarantine_usage() == (64 * SIZE, 64)
-    assert _prune_lines(prune_log) == [
-        f"cache: quarantine {root / 'quarantine'}: deleted the 36 oldest files (36000 bytes); keeping the newest 64 "
+    assert lines == [
+        f"musicfs.cache.cas: cache: quarantine {root / 'quarantine'}: deleted the 36 oldest files (36000 bytes); keeping the newest 64 "
         f"(64000 bytes) for inspection (at most 64 files, {(1 << 20) // 10} bytes)"]
     cas.close()
 

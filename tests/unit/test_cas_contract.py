@@ -150,16 +150,16 @@ def test_evict_to_drops_least_recently_used_first(make_store):
 def test_pinned_chunks_survive_eviction(make_store):
     store = make_store()
     digests = [store.put(blob(i)) for i in range(4)]
-    store.pin(digests[0])
-    store.pin(digests[0])  # pins count
-    store.pin(digests[1])
+    store.pins.hold(digests[0])
+    store.pins.hold(digests[0])  # pins count
+    store.pins.hold(digests[1])
     store.evict_to(0)
     assert [store.has(d) for d in digests] == [True, True, False, False]
-    store.unpin(digests[0])
-    store.unpin(digests[1])
+    store.pins.release(digests[0])
+    store.pins.release(digests[1])
     store.evict_to(0)
     assert [store.has(d) for d in digests] == [True, False, False, False]  # one pin left on 0
-    store.unpin(digests[0])
+    store.pins.release(digests[0])
     store.evict_to(0)
     assert store.usage() == (0, 0)
 
@@ -167,17 +167,17 @@ def test_pinned_chunks_survive_eviction(make_store):
 def test_protected_chunks_go_after_the_unprotected_ones(make_store):
     store = make_store()
     digests = [store.put(blob(i)) for i in range(5)]
-    store.protect(digests[0])
-    store.protect(digests[1])
-    store.pin(digests[1])
+    store.protection.hold(digests[0])
+    store.protection.hold(digests[1])
+    store.pins.hold(digests[1])
     assert store.protected == 2
     store.evict_to(2 * 10 * KB)
     assert [store.has(d) for d in digests] == [True, True, False, False, False]
-    store.unprotect(digests[0])
+    store.protection.release(digests[0])
     store.put(blob(9))
     store.evict_to(2 * 10 * KB)
     assert [store.has(d) for d in digests] == [False, True, False, False, False]  # ordinary again: oldest goes
-    store.unpin(digests[1])
+    store.pins.release(digests[1])
     store.evict_to(0)
     assert store.usage() == (0, 0) and store.protected == 0  # protection is no pin
 

@@ -188,7 +188,7 @@ def test_eviction_before_the_load_never_takes_a_pinned_chunk(tmp_path):
     digests = _cached(tmp_path, 9, quota)
     store = _clean_start(tmp_path, quota)
     try:
-        store.pin(digests[0])  # as PinSet.load does before READY, the oldest chunk
+        store.pins.hold(digests[0])  # as PinSet.load does before READY, the oldest chunk
         store.evict_to(0)
         assert store.loaded and store.has(digests[0]) and os.path.exists(chunk_file(store, digests[0]))
         assert store.usage() == (SIZE, 1)

@@ -4,7 +4,6 @@ named as such (issue 9)."""
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import shutil
 import subprocess
@@ -18,13 +17,10 @@ from musicfs.library.catalog_files import CATALOG_NAME, open_checked
 from musicfs.shared.damage import wal_before_open
 from musicfs.shared.errors import CatalogError
 from musicfs_test_utils import disks
+from musicfs_test_utils.assertions import assert_logs
 
 PAGE = 4096
 DAMAGED = r"musicfs.library.catalog: catalog .*catalog\.db: its write-ahead log .*catalog\.db-wal was damaged"
-
-
-def warnings(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 def catalog_with_wal(tmp_path: Path, rows: int = 6, restart_after: int | None = None) -> Path:
@@ -64,55 +60,52 @@ def flip(path: Path, offset: int) -> None:
         fh.write(bytes([byte[0] ^ 0xFF]))
 
 
-def test_a_sound_wal_is_replayed_without_a_word(tmp_path, caplog):
+def test_a_sound_wal_is_replayed_without_a_word(tmp_path):
     path = catalog_with_wal(tmp_path)
-    frames, problem = wal_before_open(str(path))
-    assert frames >= 6 and problem == ""  # one commit frame per insert at least
-    assert rows_in(path) == 6
-    assert warnings(caplog) == []
+    with assert_logs("", count=0):
+        frames, problem = wal_before_open(str(path))
+        assert frames >= 6 and problem == ""  # one commit frame per insert at least
+        assert rows_in(path) == 6
 
 
-def test_old_frames_after_a_restarted_log_are_not_damage(tmp_path, caplog):
+def test_old_frames_after_a_restarted_log_are_not_damage(tmp_path):
     path = catalog_with_wal(tmp_path, rows=8, restart_after=5)  # 3 new frames, then 3+ of the old generation
-    frames, problem = wal_before_open(str(path))
-    assert problem == "" and 0 < frames < (os.path.getsize(str(path) + "-wal") - 32) // (24 + PAGE)
-    assert rows_in(path) == 8
-    assert warnings(caplog) == []
+    with assert_logs("", count=0):
+        frames, problem = wal_before_open(str(path))
+        assert problem == "" and 0 < frames < (os.path.getsize(str(path) + "-wal") - 32) // (24 + PAGE)
+        assert rows_in(path) == 8
 
 
-@pytest.mark.expected_log(DAMAGED + r" \(bad header checksum: SQLite ignored the whole log\)")
-def test_a_wal_with_a_damaged_header_is_logged_naming_it(tmp_path, caplog):
+def test_a_wal_with_a_damaged_header_is_logged_naming_it(tmp_path):
     path = catalog_with_wal(tmp_path)
     flip(Path(str(path) + "-wal"), 17)  # inside the salt: the header checksum no longer matches
-    assert rows_in(path) == 0  # SQLite drops the log: that cannot be undone, but it is said
-    [line] = warnings(caplog)
-    assert f"{path}-wal" in line and "rescan" in line
+    with assert_logs(DAMAGED + r" \(bad header checksum: SQLite ignored the whole log\)", count=1) as lines:
+        assert rows_in(path) == 0  # SQLite drops the log: that cannot be undone, but it is said
+    assert f"{path}-wal" in lines[0] and "rescan" in lines[0]
 
 
-@pytest.mark.expected_log(DAMAGED + r" \(a damaged frame: SQLite kept \d+ of its \d+ committed frames\)")
-def test_a_wal_with_a_damaged_frame_is_logged_naming_it(tmp_path, caplog):
+def test_a_wal_with_a_damaged_frame_is_logged_naming_it(tmp_path):
     path = catalog_with_wal(tmp_path)
     frames, _ = wal_before_open(str(path))
     flip(Path(str(path) + "-wal"), 32 + 2 * (24 + PAGE) + 24 + 100)  # the third frame's page
-    assert rows_in(path) < 6
-    [line] = warnings(caplog)
-    assert f"of its {frames} committed frames" in line
+    with assert_logs(DAMAGED + r" \(a damaged frame: SQLite kept \d+ of its \d+ committed frames\)", count=1) as lines:
+        assert rows_in(path) < 6
+    assert f"of its {frames} committed frames" in lines[0]
 
 
-@pytest.mark.expected_log(DAMAGED + r" \(bad magic number")
-def test_a_wal_of_garbage_is_logged(tmp_path, caplog):
+def test_a_wal_of_garbage_is_logged(tmp_path):
     path = catalog_with_wal(tmp_path)
     Path(str(path) + "-wal").write_bytes(os.urandom(3 * (24 + PAGE)))
-    assert rows_in(path) == 0
-    assert len(warnings(caplog)) == 1
+    with assert_logs(DAMAGED + r" \(bad magic number", count=1):
+        assert rows_in(path) == 0
 
 
-def test_an_empty_or_missing_wal_says_nothing(tmp_path, caplog):
+def test_an_empty_or_missing_wal_says_nothing(tmp_path):
     path = tmp_path / CATALOG_NAME
-    assert wal_before_open(str(path)) == (0, "")
-    Path(str(path) + "-wal").write_bytes(b"")
-    Catalog(str(path)).close()
-    assert warnings(caplog) == []
+    with assert_logs("", count=0):
+        assert wal_before_open(str(path)) == (0, "")
+        Path(str(path) + "-wal").write_bytes(b"")
+        Catalog(str(path)).close()
 
 
 # -- a state folder that cannot be written --------------------------------------------------------------

@@ -15,6 +15,7 @@ import trio
 
 from musicfs import failpoints as fp
 from musicfs.failpoints import FailPointPanic, _registry
+from musicfs_test_utils.assertions import assert_logs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -106,17 +107,14 @@ def test_panic_without_message():
         fp.fail_point("p")
 
 
-def test_print_logs_at_info(caplog):
+def test_print_logs_at_info():
     fp.cfg("with-msg", "print(hello there)")
     fp.cfg("no-msg", "print")
-    with caplog.at_level(logging.INFO, logger="musicfs.failpoints"):
+    with assert_logs("^musicfs.failpoints: ", count=2, level=logging.INFO) as lines:
         assert fp.fail_point("with-msg") is None
         assert fp.fail_point("no-msg") is None
-    records = [r for r in caplog.records if r.name == "musicfs.failpoints"]
-    assert [(r.levelno, r.getMessage()) for r in records] == [
-        (logging.INFO, "hello there"),
-        (logging.INFO, "failpoint no-msg executed."),
-    ]
+    assert lines == ["musicfs.failpoints: hello there", "musicfs.failpoints: failpoint no-msg executed."]
+    assert [r.levelno for r in lines.records] == [logging.INFO, logging.INFO]
 
 
 def test_yield_is_a_no_op():

@@ -14,9 +14,9 @@ import trio
 import trio.testing
 
 from musicfs.origins.health import HealthMonitor
+from musicfs.origins.health_records import HEALTHY, UNHEALTHY, UNKNOWN
 from musicfs.origins.local import LocalOrigin
 from musicfs.origins.registry import OriginRegistry
-from musicfs.origins.health_records import HEALTHY, UNHEALTHY, UNKNOWN
 from musicfs.shared.errors import OriginTransient
 from musicfs_test_utils.eventually import eventually
 from musicfs_test_utils.faulty_origin import (

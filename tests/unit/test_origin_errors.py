@@ -19,7 +19,11 @@ from paramiko.ssh_exception import (
 
 from musicfs.origins.s3 import S3Origin, classify_s3_error
 from musicfs.origins.sftp import SftpOrigin
-from musicfs.origins.sftp_errors import UnknownHostKey, _keeps_connection_usable, classify_sftp_error
+from musicfs.origins.sftp_errors import (
+    UnknownHostKey,
+    _keeps_connection_usable,
+    classify_sftp_error,
+)
 from musicfs.shared.errors import (
     OriginError,
     OriginFatal,

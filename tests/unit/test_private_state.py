@@ -7,17 +7,15 @@ permissions away from what an older version left open, with one log line. The da
 
 from __future__ import annotations
 
-import logging
 import os
 import stat
-
-import pytest
 
 from musicfs.cache.cas import CasStore
 from musicfs.commands import cli
 from musicfs.library.catalog_files import open_checked
 from musicfs.library.search import SearchIndex
 from musicfs.shared.damage import PRIVATE_UMASK, private_state
+from musicfs_test_utils.assertions import assert_logs
 
 
 def mode(path) -> int:
@@ -34,12 +32,7 @@ def open_to_others(*folders) -> list[str]:
     return found
 
 
-def warnings(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-
-
-@pytest.mark.expected_log(r"musicfs.shared.damage: private state .*state, .*cache: 3 folders and 3 files were open to other users")
-def test_open_state_and_cache_are_tightened_with_one_log_line(tmp_path, caplog):
+def test_open_state_and_cache_are_tightened_with_one_log_line(tmp_path):
     state, cache, outside = tmp_path / "state", tmp_path / "cache", tmp_path / "outside.txt"
     (state / "index").mkdir(parents=True)
     (cache / "ab").mkdir(parents=True)
@@ -54,20 +47,23 @@ def test_open_state_and_cache_are_tightened_with_one_log_line(tmp_path, caplog):
     outside.chmod(0o644)
     (state / "link").symlink_to(outside)  # symlinks are neither followed nor changed
 
-    line = private_state(str(state), str(cache))
+    with assert_logs(r"musicfs.shared.damage: private state .*state, .*cache: 3 folders and 3 files were open to "
+                     "other users", count=1) as lines:
+        line = private_state(str(state), str(cache))
 
     assert open_to_others(state, cache) == []
     assert mode(state) == mode(cache) == 0o700 and mode(state / "index" / "meta.json") == 0o600
     assert mode(cache / "ab" / "abcd") == 0o600 and mode(outside) == 0o644
-    assert warnings(caplog) == [line] and str(state) in line and str(cache) in line
+    assert lines == [f"musicfs.shared.damage: {line}"] and str(state) in line and str(cache) in line
     assert os.umask(0o022) == PRIVATE_UMASK
-    caplog.clear()
-    assert private_state(str(state), str(cache)) is None and warnings(caplog) == []  # once only
+    with assert_logs("", count=0):
+        assert private_state(str(state), str(cache)) is None  # once only
 
 
-def test_private_state_of_missing_folders_says_nothing(tmp_path, caplog):
-    assert private_state(str(tmp_path / "no-state"), str(tmp_path / "no-cache")) is None
-    assert warnings(caplog) == [] and not (tmp_path / "no-state").exists()
+def test_private_state_of_missing_folders_says_nothing(tmp_path):
+    with assert_logs("", count=0):
+        assert private_state(str(tmp_path / "no-state"), str(tmp_path / "no-cache")) is None
+    assert not (tmp_path / "no-state").exists()
 
 
 def test_what_the_library_creates_afterwards_is_private(tmp_path):

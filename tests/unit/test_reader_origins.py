@@ -22,8 +22,8 @@ from musicfs.library.catalog import FileRow, FileVersion
 from musicfs.library.tree import FIRST_INO, build_tree
 from musicfs.origins.base import Origin
 from musicfs.origins.health import HealthMonitor
-from musicfs.origins.local import LocalOrigin
 from musicfs.origins.health_records import HEALTHY
+from musicfs.origins.local import LocalOrigin
 from musicfs.shared.errors import OriginFileChanged, OriginOffline
 from musicfs_test_utils.eventually import eventually
 from musicfs_test_utils.faulty_origin import Healthy, TimeoutMs

@@ -11,9 +11,9 @@ import threading
 import pytest
 
 from musicfs.origins.base import Origin
+from musicfs.origins.health_records import HEALTHY, UNHEALTHY, UNKNOWN
 from musicfs.origins.memory import PROBE, READ, MemoryOrigin, Request, serve
 from musicfs.origins.registry import OriginRegistry
-from musicfs.origins.health_records import HEALTHY, UNHEALTHY, UNKNOWN
 from musicfs.origins.s3 import classify_s3_error
 from musicfs.origins.sftp_errors import classify_sftp_error
 from musicfs.shared.errors import (

@@ -13,53 +13,37 @@ import pytest
 from musicfs.library import tags
 from musicfs.library.scanner import Scanner
 from musicfs.origins.local import LocalOrigin
+from musicfs.origins.memory import READ, READ_RANGES, WALK, MemoryOrigin, Request, forward
 from musicfs.origins.registry import OriginRegistry
 from musicfs.shared.errors import OriginFileChanged
 from musicfs_test_utils.fixtures import make_library, open_catalog
 
 
-class CountingOrigin:
-    """Wraps an origin; counts calls per file and checks each read passes the listing's identity."""
+class Counting:
+    """A MemoryOrigin handler over a real origin: counts requests per file and op, checks each read passes the
+    listing's identity, and answers OriginFileChanged for the paths in `change` (as if edited mid-scan)."""
 
     def __init__(self, origin, change: set[str] = frozenset()):
-        self._origin = origin
+        self.inner = forward(origin)
         self.calls: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
         self.listed: dict[str, object] = {}
         self.bad_expect: list[str] = []
-        self.change = change  # paths whose reads find another version (as if edited mid-scan)
+        self.change = change
         self._lock = threading.Lock()
 
-    def __getattr__(self, name):
-        return getattr(self._origin, name)
-
-    def _count(self, path, op):
+    def __call__(self, request: Request):
+        if request.op == WALK:
+            listing = list(self.inner(request))
+            self.listed.update((st.path, st) for st in listing)
+            return listing
         with self._lock:
-            self.calls[path][op] += 1
-
-    def walk(self):
-        for st in self._origin.walk():
-            self.listed[st.path] = st
-            yield st
-
-    def stat(self, path):
-        self._count(path, "stat")
-        return self._origin.stat(path)
-
-    def _check(self, path, expect):
-        if expect is None or expect != self.listed.get(path):
-            self.bad_expect.append(path)
-        if path in self.change:
-            raise OriginFileChanged(f"{path} changed", origin="counting", path=path)
-
-    def read(self, path, offset, length, expect=None):
-        self._count(path, "read")
-        self._check(path, expect)
-        return self._origin.read(path, offset, length, expect)
-
-    def read_ranges(self, path, ranges, expect=None):
-        self._count(path, "read_ranges")
-        self._check(path, expect)
-        return self._origin.read_ranges(path, ranges, expect)
+            self.calls[request.path][request.op] += 1
+        if request.op in (READ, READ_RANGES):
+            if request.expect is None or request.expect != self.listed.get(request.path):
+                self.bad_expect.append(request.path)
+            if request.path in self.change:
+                raise OriginFileChanged(f"{request.path} changed", origin="counting", path=request.path)
+        return self.inner(request)
 
 
 def _big_mp3(src, dest, size):
@@ -85,9 +69,10 @@ def library(tmp_path_factory):
 
 def _scan(root, tmp_path, name, **kwargs):
     cat = open_catalog(str(tmp_path / name))
-    origin = CountingOrigin(LocalOrigin(root), **{k: v for k, v in kwargs.items() if k == "change"})
+    counting = Counting(LocalOrigin(root), **{k: v for k, v in kwargs.items() if k == "change"})
+    origin = MemoryOrigin(counting, name="counting")
     Scanner(cat, OriginRegistry([origin]), **{k: v for k, v in kwargs.items() if k != "change"}).scan()
-    return cat, origin
+    return cat, counting
 
 
 def _rows(cat):

@@ -23,6 +23,7 @@ from musicfs.library.storage import Library
 from musicfs.library.tags import Tags, catalog_fields
 from musicfs.shared.config import Config
 from musicfs.shared.errors import SearchIndexError
+from musicfs_test_utils.assertions import assert_logs
 from musicfs_test_utils.fixtures import make_file_meta, make_library, setup_test_tree
 
 
@@ -231,7 +232,7 @@ def test_an_older_index_is_never_searched(tmp_path, capsys):
     assert "older musicfs" in capsys.readouterr().err
 
 
-def test_an_older_index_is_rebuilt_from_the_catalog_at_start_with_one_log_line(tmp_path, caplog):
+def test_an_older_index_is_rebuilt_from_the_catalog_at_start_with_one_log_line(tmp_path):
     make_library(tmp_path / "lib", 12)
     cfg = Config(sources=(str(tmp_path / "lib"),), state_dir=str(tmp_path / "state")).resolved()
     lib = Library.open(cfg, with_cache=False)
@@ -239,11 +240,10 @@ def test_an_older_index_is_rebuilt_from_the_catalog_at_start_with_one_log_line(t
     lib.close()
     os.rename(tmp_path / "state" / "index", tmp_path / "new-index")
     old_index(tmp_path / "state" / "index")
-    caplog.set_level(logging.INFO, logger="musicfs.library.search")
-    lib = Library.open(cfg, with_cache=False)
+    with assert_logs("^musicfs.library.search: ", count=1, level=logging.INFO) as lines:
+        lib = Library.open(cfg, with_cache=False)
     try:
-        lines = [r.getMessage() for r in caplog.records if r.name == "musicfs.library.search"]
-        assert len(lines) == 1 and "has schema 1, this version uses 2: rebuilding it from the catalog" in lines[0]
+        assert "has schema 1, this version uses 2: rebuilding it from the catalog" in lines[0]
         assert not lib.index.outdated and lib.repairs == []  # not damage: nothing moved aside
         assert not [p for p in os.listdir(tmp_path / "state") if "damaged" in p]
         tree = lib.build_tree()

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import stat
 
@@ -30,19 +29,15 @@ def moved(folder, name: str) -> list[str]:
     return sorted(p for p in os.listdir(folder) if p.startswith(name + ".damaged-"))
 
 
-def warnings(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-
-
-@pytest.mark.expected_log(r"musicfs.shared.damage: .*daemon\.json is a folder, not a file: moved to .*daemon\.json\.damaged-")
-def test_daemon_json_that_is_a_folder_is_moved_aside(tmp_path, caplog):
+def test_daemon_json_that_is_a_folder_is_moved_aside(tmp_path):
     (tmp_path / STATE_FILE).mkdir()
     (tmp_path / STATE_FILE / "inside").write_text("kept")
-    write_state_file(str(tmp_path), {"mountpoint": "/mnt"})
+    with assert_logs(r"musicfs.shared.damage: .*daemon\.json is a folder, not a file: moved to .*daemon\.json\.damaged-",
+                     count=1):
+        write_state_file(str(tmp_path), {"mountpoint": "/mnt"})
     assert json.loads((tmp_path / STATE_FILE).read_text())["mountpoint"] == "/mnt"
     [aside] = moved(tmp_path, STATE_FILE)
     assert (tmp_path / aside / "inside").read_text() == "kept"  # moved, never deleted
-    assert len(warnings(caplog)) == 1
 
 
 def test_a_folder_at_the_temp_name_is_moved_aside_too(tmp_path):
@@ -59,48 +54,48 @@ def test_a_state_file_that_cannot_be_written_is_a_state_error_naming_it(tmp_path
         write_state_file(str(missing), {})
 
 
-@pytest.mark.expected_log(r"running\.json is a folder, not a file: moved to .*running\.json\.damaged-")
-def test_running_json_that_is_a_folder_is_moved_aside_and_taken(tmp_path, caplog):
+def test_running_json_that_is_a_folder_is_moved_aside_and_taken(tmp_path):
     (tmp_path / RunMarker.NAME).mkdir()
     marker = RunMarker(str(tmp_path))
-    assert marker.begin() == {"pid": None}  # it was there and unreadable: the last run did not stop cleanly
+    with assert_logs(r"running\.json is a folder, not a file: moved to .*running\.json\.damaged-", count=1):
+        assert marker.begin() == {"pid": None}  # it was there and unreadable: the last run did not stop cleanly
     assert marker.owned and json.loads((tmp_path / RunMarker.NAME).read_text())["pid"] == os.getpid()
     assert len(moved(tmp_path, RunMarker.NAME)) == 1
     marker.end()
     assert not (tmp_path / RunMarker.NAME).exists()
-    assert RunMarker(str(tmp_path)).begin() is None  # and the next start is a clean one
-    assert len(warnings(caplog)) == 1
+    with assert_logs("", count=0):
+        assert RunMarker(str(tmp_path)).begin() is None  # and the next start is a clean one
 
 
-@pytest.mark.expected_log(r"daemon\.sock is a (folder|file), not a socket: moved to")
 @pytest.mark.parametrize("what", ["folder", "file"])
-async def test_daemon_sock_that_is_not_a_socket_is_moved_aside_and_served(tmp_path, caplog, what):
+async def test_daemon_sock_that_is_not_a_socket_is_moved_aside_and_served(tmp_path, what):
     path = tmp_path / SOCKET_NAME
     path.mkdir() if what == "folder" else path.write_text("not a socket")
     async with trio.open_nursery() as nursery:
-        served = await nursery.start(serve_status, str(tmp_path), lambda: {"state": "running"})
+        with assert_logs(r"daemon\.sock is a (folder|file), not a socket: moved to", count=1) as lines:
+            served = await nursery.start(serve_status, str(tmp_path), lambda: {"state": "running"})
         assert stat.S_ISSOCK(os.lstat(served).st_mode)
         assert stat.S_IMODE(os.lstat(served).st_mode) == 0o600
         doc = await trio.to_thread.run_sync(query_daemon, str(tmp_path))
         nursery.cancel_scope.cancel()
     assert doc == {"state": "running"}
     assert len(moved(tmp_path, SOCKET_NAME)) == 1
-    [line] = warnings(caplog)
-    assert f"{path} is a {what}, not a socket: moved to {path}.damaged-" in line
+    assert f"{path} is a {what}, not a socket: moved to {path}.damaged-" in lines[0]
 
 
-async def test_a_stale_socket_is_replaced_without_a_word(tmp_path, caplog):
+async def test_a_stale_socket_is_replaced_without_a_word(tmp_path):
     async with trio.open_nursery() as nursery:
         await nursery.start(serve_status, str(tmp_path), lambda: {"n": 1})
         nursery.cancel_scope.cancel()
     stale = trio.socket.socket(trio.socket.AF_UNIX)  # a socket file left by a daemon that died
     await stale.bind(str(tmp_path / SOCKET_NAME))
     stale.close()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(serve_status, str(tmp_path), lambda: {"n": 2})
-        assert await trio.to_thread.run_sync(query_daemon, str(tmp_path)) == {"n": 2}
-        nursery.cancel_scope.cancel()
-    assert moved(tmp_path, SOCKET_NAME) == [] and warnings(caplog) == []
+    with assert_logs("", count=0):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve_status, str(tmp_path), lambda: {"n": 2})
+            assert await trio.to_thread.run_sync(query_daemon, str(tmp_path)) == {"n": 2}
+            nursery.cancel_scope.cancel()
+    assert moved(tmp_path, SOCKET_NAME) == []
 
 
 def test_clear_odd_leaves_the_right_kind_and_absent_paths_alone(tmp_path):
