@@ -26,7 +26,7 @@ from musicfs.library.catalog import Catalog, FileRow
 from musicfs.origins.base import Origin
 from musicfs.origins.local import LocalOrigin
 from musicfs.origins.registry import OriginRegistry
-from musicfs.read.reader import FileReader
+from musicfs.read import FileReader, build_reader
 from musicfs.shared.errors import MusicFSError, OriginError
 from musicfs_test_utils.faulty_cas import FaultyCasStore
 from musicfs_test_utils.faulty_origin import FailMode, FaultyOrigin, Healthy
@@ -159,7 +159,7 @@ class ReaderRig:
             else:
                 options = self.health_options or {"op_timeout": min(5.0, read_timeout / 3)}
                 cache = ChunkCache(self.cas if cas is None else cas, **options)
-        return FileReader(self.catalog, cache, registry, chunk_size=self.chunk_size,
+        return build_reader(self.catalog, cache, registry, chunk_size=self.chunk_size,
                           memory_cache=self.memory_cache if memory_cache is None else memory_cache,
                           read_timeout=read_timeout)
 

@@ -27,7 +27,7 @@ from musicfs.origins.health import HealthMonitor
 from musicfs.origins.local import LocalOrigin
 from musicfs.origins.memory import MemoryOrigin, Request
 from musicfs.origins.registry import OriginRegistry
-from musicfs.read.reader import FileReader
+from musicfs.read import FileReader, build_reader
 from musicfs.shared.errors import (
     CacheFull,
     CasError,
@@ -176,7 +176,7 @@ def simulate(seed: int, library: Path, workdir: Path, reads: int = 80) -> SimRes
 async def _run(catalog: Catalog, cas, registry, library, faults, workload, reads, result) -> None:
     faults.enabled = True
     cache = ChunkCache(cas, op_timeout=2.0, probe_timeout=2.0, probe_interval=20.0, retry_interval=1.0)
-    reader = FileReader(catalog, cache, registry, chunk_size=CHUNK, memory_cache=128 << 10, read_timeout=10.0)
+    reader = build_reader(catalog, cache, registry, chunk_size=CHUNK, memory_cache=128 << 10, read_timeout=10.0)
     monitor = HealthMonitor(registry, interval=5.0, timeout=2.0)
     tracks = sorted(catalog.files("track"), key=lambda r: r.path)
     async with TaskSupervisor(clock=trio.current_time) as sup:

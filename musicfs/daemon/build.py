@@ -11,10 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import pyfuse3
+
 from ..cache import ChunkCache
 from ..library import Library, PinSet, VirtualTree
 from ..origins import HealthMonitor
-from ..read import FileReader
+from ..read import FileReader, PagePusher, build_reader
 from ..shared import Config
 
 
@@ -36,8 +38,10 @@ def build(cfg: Config, lib: Library, *, tree: Callable[[], VirtualTree],
           on_origin_change: Callable[[], None] | None = None) -> Services:
     """`tree`: the tree served now (pins resolve their paths in it)."""
     cache = ChunkCache(lib.cas, op_timeout=cache_op_timeout(cfg.read_timeout))
-    reader = FileReader(lib.catalog, cache, lib.registry, chunk_size=cfg.chunk_size, memory_cache=cfg.memory_cache,
-                        read_timeout=cfg.read_timeout, on_file_changed=on_file_changed, readahead=cfg.readahead)
+    pages = PagePusher(pyfuse3.notify_store, pyfuse3.invalidate_inode) if cfg.page_push else None
+    reader = build_reader(lib.catalog, cache, lib.registry, chunk_size=cfg.chunk_size, memory_cache=cfg.memory_cache,
+                          read_timeout=cfg.read_timeout, on_file_changed=on_file_changed, readahead=cfg.readahead,
+                          pages=pages)
     health = HealthMonitor(lib.registry, interval=cfg.health_interval, timeout=cfg.health_timeout,
                            on_change=on_origin_change)
     pins = PinSet(lib.catalog, cache, chunk_size=cfg.chunk_size, quota=cfg.cache_size, tree=tree, reader=reader,

@@ -104,23 +104,26 @@ class MusicOperations(pyfuse3.Operations):
         self.read_latency = LatencyHistogram()
 
     # -- tree swap ----------------------------------------------------------------
-    def swap_tree(self, new: VirtualTree) -> list[tuple[int, bytes]]:
-        """Serve `new` from now on. Returns (parent, name) entries the kernel should forget.
+    def swap_tree(self, new: VirtualTree) -> tuple[list[tuple[int, bytes]], list[int]]:
+        """Serve `new` from now on. Returns the (parent, name) entries the kernel should forget, and the file
+        inodes `new` no longer has (their pages are the old version's: retired from the page cache).
 
         A file whose content changed has a new inode number in `new` (tree.file_key), so its old inode is
         retired like a removed one: the kernel's page cache of the old version stays with the old inode,
         which only handles opened before the change still reach.
         """
         old, self.tree = self.tree, new
-        stale = []
+        stale, gone = [], []
         for ino, node in old.nodes.items():
             fresh = new.get(ino)
             moved = fresh is None or fresh.name != node.name or fresh.parent != node.parent
             if moved and ino != ROOT_INO:
                 stale.append((node.parent, node.name))
+                if fresh is None and not node.is_dir:
+                    gone.append(ino)
                 if fresh is None and self.lookups[ino] > 0:
                     self.retired[ino] = node  # the kernel still holds it: answer until forget
-        return stale
+        return stale, gone
 
     def _node(self, ino: int) -> Node:
         node = self.tree.get(ino) or self.retired.get(ino)
@@ -208,7 +211,7 @@ class MusicOperations(pyfuse3.Operations):
         node = self._node(inode)
         if node.is_dir or node.file is None:
             raise pyfuse3.FUSEError(errno.EISDIR)
-        fh = await self.reader.open(node.file, functools.partial(self._next_track, node))
+        fh = await self.reader.open(node.file, functools.partial(self._next_track, node), inode=inode)
         self._open_files += 1
         # A version that may still change unseen (racy, origins/base.py) is read past the page cache: its bytes
         # serve this handle only, and the kernel never keeps them for a later open.
@@ -232,7 +235,7 @@ class MusicOperations(pyfuse3.Operations):
         started = time.perf_counter()
         try:
             await points.hit_async(points.FUSE_READ)
-            return await self.reader.read(fh, off, size)
+            return await self.reader.read_buffer(fh, off, size)
         finally:
             self.read_latency.observe(time.perf_counter() - started)
 

@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 READY_TIMEOUT = 30.0
 SCAN_EXTEND = 60.0  # seconds of start timeout asked of systemd at each progress step of a first scan
 CLOSE_BOUND = 10.0  # beyond the drain, the rest of shutdown gets this long before a forced exit
-BACKGROUND = ("ready", "rescan", "watchdog", "status", "health", "cache", "readahead", "pins", "memory")
+BACKGROUND = ("ready", "rescan", "watchdog", "status", "health", "cache", "readahead", "pages", "pins", "memory")
 MEMORY_CHECK = 2.0  # seconds between looks at whether reads went quiet (then freed memory goes back: memory.py)
 
 
@@ -148,6 +148,7 @@ class Daemon:
             reader=reader,
             fuse=self.ops.statistics() if self.ops else None,
             readahead=reader.readahead if reader is not None else None,
+            pages=reader.pages if reader is not None else None,
             pins=self.pins.statistics() if self.pins else None)
 
     # -- signals ---------------------------------------------------------------------
@@ -252,6 +253,8 @@ class Daemon:
         self.sup.spawn_essential("cache", lambda: self.services.cache.run(after=self.ready_sent))
         if self.services.reader.readahead is not None:
             self.sup.spawn_critical("readahead", self.services.reader.readahead.run)  # chunks ahead of readers
+        if self.services.reader.pages is not None:
+            self.sup.spawn_critical("pages", self.services.reader.pages.run)  # verified chunks into the page cache
         self.sup.spawn_supervised("ready", self._announce_ready)
         self.sup.spawn_critical("rescan", self._rescan_loop)
         self.sup.spawn_essential("status", lambda: serve_status(self.cfg.state_dir, self.snapshot, self.pins.handle))
@@ -338,8 +341,12 @@ class Daemon:
             return
         tree = await trio.to_thread.run_sync(self.lib.build_tree)
         points.hit(points.TREE_SWAP)
-        for parent, name in self.ops.swap_tree(tree):  # a changed file is a new inode: its name is stale
+        stale, gone = self.ops.swap_tree(tree)
+        for parent, name in stale:  # a changed file is a new inode: its name is stale
             pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
+        pages = self.ops.reader.pages
+        if pages is not None:
+            await pages.retire(gone)  # no page of an old version is pushed from now on
         if self.pins is not None:
             await self.pins.refresh(tree)  # a track added to a pinned album is pinned too
         await trio.to_thread.run_sync(self.lib.reindex, tree)

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from ..cache import CacheStatistics
     from ..library import PinsStatistics
     from ..origins import OriginStatistics
-    from ..read import ReadAheadStatistics, ReaderStatistics
+    from ..read import PagePushStatistics, ReadAheadStatistics, ReaderStatistics
     from .fuse_ops import OperationsStatistics
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,7 @@ class MetricsRecords:
     reader: ReaderStatistics | None = None
     fuse: OperationsStatistics | None = None
     readahead: ReadAheadStatistics | None = None  # None while read-ahead is off or not wired: no readahead series
+    pages: PagePushStatistics | None = None  # None while page pushes are off: no page series
     pins: PinsStatistics | None = None  # pin progress
 
 
@@ -237,6 +238,30 @@ def readahead_families(ra: ReadAheadStatistics | None) -> list[Metric]:
     ]
 
 
+def page_families(pages: PagePushStatistics | None) -> list[Metric]:
+    """Chunks pushed into the kernel's page cache (pages.py); absent while pushing is off."""
+    if pages is None:
+        return []
+    pushes = CounterMetricFamily("musicfs_page_pushes", "Verified chunks offered to the kernel's page cache, by what "
+                                 "became of them: pushed, dropped_full (queue full), dropped_stale (their inode was "
+                                 "released or retired first), failed (the kernel refused)", labels=["result"])
+    for result, value in (("pushed", pages.pushes), ("dropped_full", pages.dropped_full),
+                          ("dropped_stale", pages.dropped_stale), ("failed", pages.failed)):
+        pushes.add_metric([result], value)
+    failed = CounterMetricFamily("musicfs_page_push_failures", "Pushes the kernel refused, by errno",
+                                 labels=["errno"])
+    for name, value in sorted(pages.failed_by_errno.items()):
+        failed.add_metric([name], value)
+    return [
+        pushes, failed,
+        CounterMetricFamily("musicfs_page_pushed_bytes", "Bytes stored into the kernel's page cache",
+                            value=pages.pushed_bytes),
+        GaugeMetricFamily("musicfs_page_push_queued_bytes", "Bytes waiting to be pushed", value=pages.queued_bytes),
+        CounterMetricFamily("musicfs_page_retired_inodes", "Inodes retired from the page cache by rescans",
+                            value=pages.retired),
+    ]
+
+
 def pin_families(pins: PinsStatistics | None) -> list[Metric]:
     """Pin progress (`musicfs pin`): what the pins want kept and how much of it is cached."""
     if pins is None:
@@ -258,7 +283,8 @@ def pin_families(pins: PinsStatistics | None) -> list[Metric]:
 
 def families(records: MetricsRecords) -> list[Metric]:
     return [*origin_families(records.origins), *cache_families(records.cache, records.reader),
-            *fuse_families(records.fuse), *readahead_families(records.readahead), *pin_families(records.pins)]
+            *fuse_families(records.fuse), *readahead_families(records.readahead), *page_families(records.pages),
+            *pin_families(records.pins)]
 
 
 class MusicFSCollector(Collector):

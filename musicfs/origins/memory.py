@@ -38,12 +38,15 @@ Handler = Callable[[Request], object]
 
 
 class MemoryOrigin(Origin):
-    def __init__(self, handler: Handler, name: str = "memory", *, resolution: float = 0.0):
+    def __init__(self, handler: Handler, name: str = "memory", *, resolution: float = 0.0, whole_ranges: bool = False):
         """`resolution`: the timestamp resolution the fake claims (Origin.timestamp_resolution); 0, the
-        default, says its identities name their content, so nothing it serves is ever racy."""
+        default, says its identities name their content, so nothing it serves is ever racy. `whole_ranges`: the
+        handler answers READ_RANGES itself (one request for many ranges of a file); without it a read_ranges
+        is the READ requests it stands for, as an origin that cannot pipeline does."""
         self.handler = handler
         self.name = name
         self.resolution = resolution
+        self.whole_ranges = whole_ranges
 
     def timestamp_resolution(self, identity: Identity) -> float:
         return self.resolution
@@ -59,6 +62,8 @@ class MemoryOrigin(Origin):
 
     def read_ranges(self, path: str, ranges: Sequence[tuple[int, int]],
                     expect: FileStat | None = None) -> list[bytes]:
+        if not self.whole_ranges:
+            return super().read_ranges(path, ranges, expect)
         return self.handler(Request(READ_RANGES, path, expect=expect, ranges=tuple(ranges)))  # type: ignore
 
     def probe(self) -> None:

@@ -31,3 +31,6 @@ class OpenFile:
     blocks: list[Block] | None = None  # this version's recorded blocks (blocks.py), loaded at the first small read
     unpinned_below: int = 0  # its one reader has passed the chunks below this index (see _unpin_before)
     played: bool = False  # its one reader streams (see _unpin_before)
+    inode: int = 0  # its inode in the mount (0: none, as for a pin's reads): where its pages are pushed
+    sequential: bool = False  # a handle of it streams: its verified chunks go to the kernel's page cache
+    pushed: set[int] = field(default_factory=set)  # chunks offered to the page cache since it was opened

@@ -1,21 +1,15 @@
-"""FileReader: a byte range -> chunks -> verified cache hit or origin fetch (then cached).
+"""FileReader: the handle table, and each read carried out as its plan says (plan.py).
 
-A handle read sequentially gets read-ahead (readahead.py): chunks ahead of it are loaded by the
-ReadAhead's workers through the same path as a read (`_chunk`: one load per chunk, verified, cached),
-and near the end of a track the first chunks of the next track of its album folder. An open file pins
-only the chunks around where it is read (the one before the current one and those ahead), so reading a
-file larger than the cache never holds the cache over its quota. What playback still wants goes last when
-the cache evicts (`Protection`, ChunkCache.protect): the chunks the reader of a file being played (its handle
-streams) has passed, until the file's release, and the heads of the most recent next tracks read-ahead
-loaded, until that track is opened and released (or newer heads push them out).
+A read is planned (blocks or chunks, what to load ahead, what to keep) and carried out by the parts the read
+path is built of (wiring.py): the ChunkLoader (one load per chunk, verified, stored), the BlockReader (small
+reads outside a stream), ReadAhead (loads ahead of the reader), Protection (what the cache evicts last) and the
+PagePusher (verified chunks of a sequential reader into the kernel's page cache). An open file pins only the
+chunks around where it is read (the one before the current one and those ahead), so reading a file larger than
+the cache never holds the cache over its quota; what playback still wants goes last when the cache evicts: the
+chunks a played file's reader has passed, until its release, and the heads of the most recent next tracks.
 
-A small read that is not part of a stream (its handle's read-ahead `Stream` has no window open) of a region
-no cached chunk holds is served from blocks (blocks.py): small verified ranges, fetched aligned to
-`block_size` (several in one origin request when the read spans them), cached in the CAS by hash and recorded
-in the catalog's `blocks` table by (file, identity, offset). The scan's tag reads are kept as blocks too.
-A read that covers a whole chunk, or any read of a stream, loads whole chunks as before; a cached chunk always
-wins over blocks. Without read-ahead (`readahead` 0) there is no stream to tell probes from playback: reads
-load whole chunks.
+Open files are keyed by version (FileVersion): a handle opened before the file changed keeps reading the old
+content's chunks, one opened after reads the new.
 """
 
 from __future__ import annotations
@@ -30,21 +24,16 @@ from typing import Callable
 import trio
 
 from ..cache import ChunkCache
-from ..library import BLOCK_SIZE, Catalog, FileRow, FileVersion
+from ..library import FileRow, FileVersion
 from ..origins import OriginRegistry, RegistryStream
-from ..shared import (
-    CatalogError,
-    MusicFSError,
-    OriginFileChanged,
-    OriginNotFound,
-    OriginTransient,
-    points,
-)
-from .keeping import ChunkLRU, Protection
-from .loads_ahead import LoadsAhead
+from ..shared import MusicFSError
+from .block_reader import BlockReader
+from .keeping import Protection
+from .loader import ChunkLoader
 from .open_files import NextHead, OpenFile
-from .readahead import ReadAhead, ReadAheadStatistics, Stream
-from .small_reads import SmallReads
+from .pages import PagePusher, PagePushStatistics
+from .plan import History, ReadPlan, ReadPolicy
+from .readahead import Lane, ReadAhead, ReadAheadStatistics
 
 log = logging.getLogger(__name__)
 
@@ -69,88 +58,94 @@ class ReaderStatistics:
     block_hits: int = 0  # blocks (small verified ranges, blocks.py) served from memory or the disk cache
     block_fetches: int = 0  # aligned block ranges fetched from the origins for small reads outside a stream
     readahead: ReadAheadStatistics | None = None  # chunks loaded ahead of sequential readers
+    pages: PagePushStatistics | None = None  # chunks pushed into the kernel's page cache
 
 
-class FileReader(SmallReads, LoadsAhead):
-    def __init__(self, catalog: Catalog, cache: ChunkCache, origins: OriginRegistry, *, chunk_size: int,
-                 memory_cache: int, read_timeout: float, threads: int = 8,
-                 on_file_changed: Callable[[str], None] | None = None, readahead: int = 32 << 20,
-                 readahead_window: int = 32 << 20, block_size: int = BLOCK_SIZE):
-        """`readahead`: bytes of chunks that may be in flight ahead of sequential readers, daemon-wide (0: off);
-        `readahead_window`: how far ahead of one reader the window may grow; `block_size`: what a small read
-        outside a stream fetches (aligned); 0, or not below the chunk size: reads always load whole chunks."""
-        self.catalog = catalog
-        self.cache = cache  # the disk cache: verified chunks, passthrough while it is unstable or down
+@dataclass
+class Handle:
+    """One open handle: its file's version, where it has read, and its loads ahead."""
+
+    version: FileVersion
+    history: History | None
+    lane: Lane | None
+
+
+class FileReader:
+    def __init__(self, *, cache: ChunkCache, origins: OriginRegistry, loader: ChunkLoader, blocks: BlockReader | None,
+                 policy: ReadPolicy, readahead: ReadAhead | None, protection: Protection, pages: PagePusher | None,
+                 files: dict[FileVersion, OpenFile], counts: collections.Counter, read_timeout: float):
+        """Built by `build_reader` (wiring.py), which makes the parts it is given."""
+        self.cache = cache
         self.origins = origins
-        #: told the origin path of a file found changed under a read (the daemon rescans)
-        self.on_file_changed = on_file_changed
-        self.chunk_size = chunk_size
+        self.loader = loader
+        self.blocks = blocks
+        self.policy = policy
+        self.readahead = readahead
+        self.protection = protection
+        self.pages = pages
         self.read_timeout = read_timeout
-        self.memory = ChunkLRU(memory_cache)
-        self._counts: collections.Counter[str] = collections.Counter()  # ReaderStatistics' counters
-        self.limiter = trio.CapacityLimiter(threads)
-        self._open: dict[FileVersion, OpenFile] = {}
+        self._open = files
+        self._counts = counts
         self._handles = itertools.count(1)
-        self._fh: dict[int, FileVersion] = {}
-        self._inflight: dict[tuple[FileVersion, int], trio.Event] = {}
-        # chunks of a run fetched in one request, from their arrival until each is stored (readers need not wait)
-        self._fresh: dict[tuple[FileVersion, int], bytes] = {}
-        self.block_size = block_size if 0 < block_size < chunk_size else 0
-        self._block_inflight: dict[tuple[FileVersion, int], trio.Event] = {}  # (version, block offset) being fetched
-        self._streams: dict[int, Stream] = {}  # fh -> where that handle reads (read-ahead)
+        self._fh: dict[int, Handle] = {}
         self._closing: list[RegistryStream] = []  # origin streams of released files, closed by after_release
-        self.protection = Protection(cache)  # chunks playback still wants: evicted last
-        self.readahead = None
-        if readahead >= chunk_size:
-            workers = max(2, min(readahead // chunk_size, origins.fetch_threads - 2))
-            # A window pins its chunks: a quarter of the cache at most, so readers never hold it over quota.
-            window = max(2 * chunk_size, min(readahead_window, cache.quota // 4))
-            self.readahead = ReadAhead(self._prefetch, chunk_size=chunk_size, budget=readahead,
-                                       max_window_bytes=window, workers=workers,
-                                       job_timeout=read_timeout)
 
-    async def _thread(self, fn, *args):
-        return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter, abandon_on_cancel=True)
+    @property
+    def chunk_size(self) -> int:
+        return self.loader.chunk_size
+
+    @property
+    def memory(self):
+        return self.loader.memory
+
+    @property
+    def on_file_changed(self) -> Callable[[str], None] | None:
+        """Told the origin path of a file found changed under a read (the daemon rescans)."""
+        return self.loader.on_file_changed
+
+    @on_file_changed.setter
+    def on_file_changed(self, tell: Callable[[str], None] | None) -> None:
+        self.loader.on_file_changed = tell
 
     # -- open / release ---------------------------------------------------------
-    async def open(self, row: FileRow, next_track: Callable[[], FileRow | None] | None = None) -> int:
-        """A handle for reading; the chunks around where it reads are pinned until release.
-
-        Open files are keyed by (id, identity): a handle opened before the file changed keeps
-        reading the old content's chunks, one opened after reads the new. `next_track` names the track
-        that follows in its album folder (read-ahead fetches its head when this one is read to its end).
-        """
+    async def open(self, row: FileRow, next_track: Callable[[], FileRow | None] | None = None, *,
+                   inode: int = 0) -> int:
+        """A handle for reading; the chunks around where it reads are pinned until release. `next_track` names
+        the track that follows in its album folder (its head is loaded when this one is read to its end);
+        `inode`: the file's inode in the mount, where its pages are pushed (0: none)."""
         key = row.version
         if key not in self._open:
             with trio.fail_after(self.read_timeout):  # a locked catalog must not hang open()
-                manifest, seen = await self._thread(self._version, row)
+                manifest, seen = await self.loader.thread(self.loader.version, row)
             if key not in self._open:  # another open may have won while we waited
                 self._open[key] = OpenFile(row, manifest, seen, refs=0, next_track=next_track)
-        self._open[key].refs += 1
+        of = self._open[key]
+        of.refs += 1
+        if inode and not of.inode:
+            of.inode = inode
+            if self.pages is not None:
+                self.pages.bind(inode, key)
         self.protection.opened(key)
         fh = next(self._handles)
-        self._fh[fh] = key
-        if self.readahead is not None:
-            self._streams[fh] = self.readahead.open(key, row.size)
+        lane = Lane(key) if self.readahead is not None else None
+        self._fh[fh] = Handle(key, self.policy.history(row.size), lane)
         return fh
-
-    def _version(self, row: FileRow) -> tuple[dict[int, str], float]:
-        """(In a thread.) The catalog's manifest of the file's version, and when it first recorded that version."""
-        return self.catalog.manifest(row.version), self.catalog.version_seen(row.version)
 
     def settled(self, fh: int) -> bool:
         """Whether the handle's version is settled now (origins/base.py): every fetch of it from now on may be
         cached. The FUSE open lets the kernel keep pages only of such handles: a handle of a racy version reads
         with direct I/O, so bytes of a version that may still change unseen never enter the page cache."""
-        of = self._open.get(self._fh.get(fh))
+        handle = self._fh.get(fh)
+        of = self._open.get(handle.version) if handle is not None else None
         return of is not None and self.origins.settled(of.row.identity, of.seen, self.origins.wall_clock())
 
     def release(self, fh: int) -> None:
-        stream = self._streams.pop(fh, None)
-        if stream is not None:
-            self.readahead.close(stream)  # what it still fetches ahead for this handle is cancelled
-        key = self._fh.pop(fh, None)
-        of = self._open.get(key) if key is not None else None
+        handle = self._fh.pop(fh, None)
+        if handle is None:
+            return
+        if handle.lane is not None:
+            self.readahead.cancel(handle.lane)  # what it still loads ahead for this handle is cancelled
+        of = self._open.get(handle.version)
         if of is None:
             return
         of.refs -= 1
@@ -158,11 +153,13 @@ class FileReader(SmallReads, LoadsAhead):
             for digest in of.pinned:
                 self.cache.pins.release(digest)
             of.pinned.clear()
-            self.protection.drop(key)  # what it passed (and its head) is ordinary again
+            self.protection.drop(handle.version)  # what it passed (and its head) is ordinary again
+            if of.inode and self.pages is not None:
+                self.pages.unbind(of.inode)
             if of.origin is not None:
                 self._closing.append(of.origin)  # closing it is network I/O: after_release, in a thread
                 of.origin = None
-            del self._open[key]
+            del self._open[handle.version]
 
     async def after_release(self) -> None:
         """After a release (the FUSE handler awaits it): close the origin streams of files no longer open, in
@@ -176,52 +173,69 @@ class FileReader(SmallReads, LoadsAhead):
 
     def statistics(self) -> ReaderStatistics:
         return ReaderStatistics(open_files=len(self._open), open_handles=len(self._fh),
-                                memory_bytes=self.memory.nbytes, **self._counts,
-                                readahead=self.readahead.statistics() if self.readahead else None)
+                                memory_bytes=self.loader.memory.nbytes, **self._counts,
+                                readahead=self.readahead.statistics() if self.readahead else None,
+                                pages=self.pages.statistics() if self.pages else None)
 
     # -- reading --------------------------------------------------------------
     async def read(self, fh: int, offset: int, size: int) -> bytes:
         """Bytes [offset, offset+size) of the file, short only at EOF. Bounded by read_timeout."""
-        of = self._open.get(self._fh.get(fh))
+        return bytes(await self.read_buffer(fh, offset, size))
+
+    async def read_buffer(self, fh: int, offset: int, size: int) -> bytes | memoryview:
+        """`read`, as a buffer: a read that one chunk in memory serves is a slice of it, no copy and no await."""
+        handle = self._fh.get(fh)
+        of = self._open.get(handle.version) if handle is not None else None
         if of is None:
             raise BadHandle(f"read on unknown file handle {fh}")
         end = min(offset + size, of.row.size)
         if offset >= end:
             return b""
-        first, last = offset // self.chunk_size, (end - 1) // self.chunk_size
-        stream = self._streams.get(fh)
-        if stream is not None and (stream.window or not self.origins.ordered_streams):
-            self._stream_origin(of)  # (SFTP: any read of an open file, on the handle kept open)
+        streaming = handle.history is not None and handle.history.window > 0
+        plan = self.policy.plan(handle.history, offset, end, lambda idx: self.loader.ready(of, idx),
+                                of.pushed.__contains__)
+        if handle.lane is not None and (streaming or not self.origins.ordered_streams):
+            self.loader.stream_origin(of)  # (SFTP: any read of an open file, on the handle kept open)
+        if plan.sequential:
+            of.sequential = True
+        if plan.restart:
+            self.readahead.cancel(handle.lane)
+        cs = self.chunk_size
+        if plan.first == plan.last and not plan.blocks:  # the lean path: one chunk, in memory
+            data = self.loader.in_memory(of, plan.first)
+            if data is not None:
+                self.loader.offer_pages(of, plan.first, data)  # in memory: verified and kept
+                self._after(handle, of, plan)
+                base = plan.first * cs
+                return memoryview(data)[offset - base:end - base]
         with trio.fail_after(self.read_timeout):
-            parts = []
-            if self._small_read(fh, of, offset, end):
-                parts.append(await self._read_blocks(of, offset, end, self._streaming_soon(stream, offset)))
+            if plan.blocks:
+                out = await self.blocks.read(of, offset, end, plan.to_chunk_end)
             else:
-                for idx in range(first, last + 1):
-                    data = await self._chunk(of, idx)
-                    base = idx * self.chunk_size
-                    parts.append(data[max(offset - base, 0) : end - base])
+                parts = []
+                for idx in range(plan.first, plan.last + 1):
+                    data = await self.loader.chunk(of, idx)  # offered to the page cache if it was kept
+                    base = idx * cs
+                    parts.append(memoryview(data)[max(offset - base, 0):end - base])
+                out = parts[0] if len(parts) == 1 else b"".join(parts)
+        self._after(handle, of, plan)
+        return out
+
+    def _after(self, handle: Handle, of: OpenFile, plan: ReadPlan) -> None:
+        """What a plan asks once its read is served: what the reader passed is released (one reader), the
+        chunks ahead and the next track's head are loaded."""
         if of.refs == 1:  # one reader: what lies behind it may be evicted again (last, while it is played)
-            self._unpin_before(of, first - 1, played=stream is None or stream.window > 0)
-        if stream is not None:
-            following = None
-            if last == (of.row.size - 1) // self.chunk_size and of.next_track is not None:
-                row = of.next_track()
-                if row is not None and row.size:
-                    following = (NextHead(row), -(-row.size // self.chunk_size))
-            self.readahead.observe(stream, offset, end - offset, next_track=following)
-        return b"".join(parts)
-
-    # -- small reads: blocks (blocks.py) --------------------------------------------------------------
-
-
-    def _stream_origin(self, of: OpenFile) -> None:
-        """A file read as a stream reads its origins through one open stream (S3: one GET read on; SFTP: the
-        remote file kept open), for read-ahead and for the reader's own fetches alike; where streams need no
-        order (SFTP), every read of an open file does (no open and close of the remote file per small read)."""
-        if of.origin is None:
-            of.origin = self.origins.open_stream(of.row.path, of.row.stat())
-
+            self._unpin_before(of, plan.first - 1, played=plan.played)
+        if handle.lane is None:
+            return
+        if plan.ahead:
+            self.readahead.queue(handle.lane, plan.ahead)
+        if plan.next_head and of.next_track is not None:
+            row = of.next_track()
+            if row is not None and row.size:
+                chunks = -(-row.size // self.chunk_size)
+                # its own lane: closing this file (the player moves on) must not cancel it
+                self.readahead.queue(Lane(NextHead(row)), range(min(plan.next_head, chunks)), low=True)
 
     def _unpin_before(self, of: OpenFile, idx: int, played: bool) -> None:
         """Unpin the chunks behind the reader: the quota may take them again; those of a file being `played`
@@ -235,113 +249,3 @@ class FileReader(SmallReads, LoadsAhead):
         for digest in behind:
             del of.pinned[digest]
             self.cache.pins.release(digest)
-
-    async def _chunk(self, of: OpenFile, idx: int) -> bytes:
-        key = (of.row.version, idx)
-        while key in self._inflight:  # someone is loading this chunk: wait, then use it
-            fresh = self._fresh.get(key)
-            if fresh is not None:  # fetched (identity-checked) and being stored: served as a fetch serves it
-                self._counts["memory_hits"] += 1
-                return fresh
-            await self._inflight[key].wait()
-        digest = of.manifest.get(idx)
-        if digest is not None:
-            data = self.memory.get(digest)
-            if data is not None:
-                self._counts["memory_hits"] += 1
-                return data
-        # Kernel readahead sends several reads into one chunk at once: load (and hash) it once.
-        event = self._inflight[key] = trio.Event()
-        try:
-            return await self._load(of, idx, digest)
-        finally:
-            del self._inflight[key]
-            event.set()
-
-    async def _load(self, of: OpenFile, idx: int, digest: str | None) -> bytes:
-        """A chunk from the disk cache (verified), else from the origin."""
-        if digest is not None:
-            data = await self.cache.get(digest)
-            if data is not None:
-                self._counts["cache_hits"] += 1
-                self._keep(of, idx, digest, data)
-                return data
-        return await self._fetch(of, idx)
-
-    async def _fetch(self, of: OpenFile, idx: int) -> bytes:
-        return await self._store_fetched(of, idx, *await self._fetch_span(of, idx, idx))
-
-    async def _fetch_span(self, of: OpenFile, first: int, last: int) -> tuple[bytes, bool]:
-        """Chunks first..last of the file from the origins, in one request (checked against the file's identity
-        before and after, like every fetch), and whether they may be kept; the caller verifies, stores and names
-        each chunk."""
-        start = first * self.chunk_size
-        [data], keep = await self._from_origin(of, [(start, min((last + 1) * self.chunk_size, of.row.size) - start)])
-        self._counts["origin_fetches"] += last - first + 1
-        return data, keep
-
-    async def _from_origin(self, of: OpenFile, ranges: list[tuple[int, int]]) -> tuple[list[bytes], bool]:
-        """The only way bytes come from the origins: `ranges` of the file's version, checked against its identity
-        before and after (through its origin stream while it is streamed), and whether they may be kept: not
-        while the version is racy (origins/base.py, settled) when the fetch starts; they are served to this read
-        only. Offline fails at once; else a thread of the registry's own limiter (never the cache's). A changed
-        file (or one gone) raises OriginFileChanged: nothing of it is cached, this read fails with EIO, and the
-        daemon is told to rescan."""
-        row = of.row
-        await points.hit_async(points.READER_MANIFEST_FETCH, OriginTransient)
-        started = self.origins.wall_clock()
-        try:
-            if of.origin is not None:
-                datas = await of.origin.fetch_ranges(ranges, exact=True)
-            elif len(ranges) == 1:
-                datas = [await self.origins.fetch(row.path, *ranges[0], row.stat(), exact=True)]
-            else:
-                datas = await self.origins.fetch_ranges(row.path, ranges, row.stat(), exact=True)
-        except (OriginFileChanged, OriginNotFound) as exc:
-            self._counts["changed_files"] += 1
-            if self.on_file_changed is not None:
-                self.on_file_changed(row.path)
-            if isinstance(exc, OriginNotFound):  # read(2) answers EIO for a file that went away under it
-                raise OriginFileChanged(f"{exc} (gone at the origin since it was scanned)", origin=exc.origin,
-                                        path=row.path) from exc
-            raise
-        keep = self.origins.settled(row.identity, of.seen, started)
-        if not keep:
-            self._counts["racy_fetches"] += 1
-        return datas, keep
-
-    async def _store_fetched(self, of: OpenFile, idx: int, data: bytes, keep: bool) -> bytes:
-        """Cache a chunk the origin gave and name it in the manifest, if it may be kept (not racy); the bytes
-        are served either way.
-
-        The manifest write is the catalog's, outside the cache's timeout: a locked catalog delays this read
-        (within its own deadline) but never marks the cache disk unstable.
-        """
-        row = of.row
-        if not keep:
-            return data
-        digest = await self.cache.store(data, f"a chunk of {row.path}")
-        if digest is None:
-            return data
-        try:
-            await self._thread(self.catalog.set_manifest_chunk, row.version, idx, digest)
-        except CatalogError as exc:
-            self._counts["manifest_failures"] += 1
-            log.warning("catalog: cannot record a chunk of %s (%s); serving it uncached", row.path, exc)
-            return data
-        of.manifest[idx] = digest
-        self._keep(of, idx, digest, data)
-        return data
-
-    def _keep(self, of: OpenFile, idx: int, digest: str, data: bytes) -> None:
-        self.memory.put(digest, data)
-        # a closed file (or a next track's head) pins nothing; a chunk its reader has passed is protected if the
-        # file is played (as _unpin_before does), else ordinary
-        if of.refs > 0 and digest not in of.pinned:
-            if idx >= of.unpinned_below:
-                of.pinned[digest] = idx
-                self.cache.pins.hold(digest)
-            elif of.played:
-                self.protection.add(of.row.version, [digest])
-
-

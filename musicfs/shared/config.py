@@ -77,6 +77,7 @@ class Config:
     include_hidden: bool = False  # scan files and folders whose names start with a dot (`._*` never)
     metrics: str = ""  # HOST:PORT of the Prometheus endpoint (/metrics); "" = off
     metrics_public: bool = False  # serve /metrics on an address other machines can reach (else loopback only)
+    page_push: bool = False  # push verified chunks of sequential readers into the kernel's page cache (see README)
     origin_options: dict = field(default_factory=dict)
 
     def resolved(self) -> "Config":
@@ -111,7 +112,7 @@ SECONDS_RANGES = {
     "failover_grace": (0.1, 86400.0),
 }
 _FILE_KEYS = {f.name for f in fields(Config)} - {"sources", "mountpoint"}
-_BOOL_KEYS = {"allow_other", "allow_non_empty", "include_hidden", "metrics_public"}
+_BOOL_KEYS = {"allow_other", "allow_non_empty", "include_hidden", "metrics_public", "page_push"}
 MAX_CONFIG_BYTES = 1 << 20  # a config file is a few lines of TOML: a bigger one (or /dev/zero) is a mistake
 
 

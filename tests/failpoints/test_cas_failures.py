@@ -26,7 +26,7 @@ from musicfs.daemon.notify import Notifier
 from musicfs.failpoints import FailPointPanic
 from musicfs.library.search import IndexDoc, SearchIndex
 from musicfs.library.storage import Library
-from musicfs.read.reader import FileReader
+from musicfs.read import build_reader
 from musicfs.shared import points
 from musicfs.shared.config import Config
 from musicfs.shared.errors import ChunkMissing
@@ -259,7 +259,7 @@ def daemon_parts(tmp_path, monkeypatch):
     lib.scan()
     tree = lib.build_tree()
     lib.reindex(tree)
-    daemon.ops = MusicOperations(tree, FileReader(lib.catalog, ChunkCache(lib.cas), lib.registry, chunk_size=CHUNK,
+    daemon.ops = MusicOperations(tree, build_reader(lib.catalog, ChunkCache(lib.cas), lib.registry, chunk_size=CHUNK,
                                                   memory_cache=1 << 20, read_timeout=10.0))
     yield root, daemon
     lib.close()

@@ -26,7 +26,7 @@ from musicfs.origins.factory import open_origin
 from musicfs.origins.health import HealthMonitor
 from musicfs.origins.health_records import HEALTHY, UNHEALTHY
 from musicfs.origins.registry import OriginRegistry
-from musicfs.read.reader import FileReader
+from musicfs.read import FileReader, build_reader
 from musicfs.shared.errors import OriginOffline
 from musicfs_test_utils.eventually import eventually_async
 from musicfs_test_utils.fixtures import open_catalog, setup_test_cas
@@ -121,7 +121,7 @@ async def chaos_rig(kind: str, via_proxy, library, tmp_path: Path, *, read_timeo
     cat.upsert_files([FileRow(path=st.path, kind="track", size=st.size, mtime_ns=st.mtime_ns, etag=st.etag)
                       for st in listing])
     cas = setup_test_cas(tmp_path / f"cache-{kind}")
-    reader = FileReader(cat, ChunkCache(cas, op_timeout=min(5.0, read_timeout / 3)), registry, chunk_size=CHUNK, memory_cache=16 << 20, read_timeout=read_timeout)
+    reader = build_reader(cat, ChunkCache(cas, op_timeout=min(5.0, read_timeout / 3)), registry, chunk_size=CHUNK, memory_cache=16 << 20, read_timeout=read_timeout)
     monitor = HealthMonitor(registry, interval=0.2, timeout=1.0)
     rig = Rig(AsyncProxy(proxy), registry, monitor, reader, cat, cas, library, hooks)
     try:

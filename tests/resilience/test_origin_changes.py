@@ -181,3 +181,42 @@ def test_an_in_place_edit_during_a_fetch_is_never_cached_mixed_and_starts_a_resc
         assert read_range(mounted, at0, CHUNK) == new[at0:at1]
     assert "changed under a read: rescanning" in daemon.log_text()
     assert daemon.stop() == 0
+
+
+@pytest.mark.resilience("4.5")
+def test_a_change_during_a_pushed_sequential_read_leaves_no_page_of_the_old_version_for_later_reads(
+        big_track, daemons, tmp_path):
+    root, track = big_track
+    daemon = start(daemons, root, tmp_path, page_push=True)
+    mounted = mount_file_for(daemon.mountpoint, track)
+    old = track.read_bytes()
+    new = other_audio(old)
+    half = len(old) // 2
+    fd = os.open(mounted, os.O_RDONLY)
+    try:
+        assert read_fd(fd, 0, half) == old[:half]  # sequential: chunks ahead of the reader are pushed
+        eventually(lambda: daemon.status()["reader"]["pages"]["pushes"] > 0, 30, "chunks pushed to the page cache")
+        with open(track, "r+b") as fh:  # the origin file changes in place, mid-read
+            fh.write(new)
+        offset = half
+        while offset < len(old):  # the old handle: its pushed pages are its own version's; the rest fails
+            try:
+                data = os.pread(fd, 128 << 10, offset)
+            except OSError as exc:
+                assert exc.errno == errno.EIO
+                break
+            assert data and data == old[offset:offset + len(data)], f"bytes at {offset} of no version"
+            offset += len(data)
+    finally:
+        os.close(fd)
+
+    daemon.signal(signal.SIGHUP)
+    eventually(lambda: shows_version(mounted, track), 30, "the rescan showing the new version")
+    for _ in range(2):  # fresh opens, page cache and all: only the new bytes
+        with open(mounted, "rb") as fh:
+            got = fh.read()
+        assert got == new, f"{stale_pages(got, old, new)} of {len(got) // PAGE} pages are the old version's"
+    assert read_range(mounted, half, 1 << 20, drop_cache=False) == new[half:half + (1 << 20)]
+    pages = daemon.status()["reader"]["pages"]
+    assert pages["retired"] >= 1 and pages["failed"] == 0
+    assert daemon.stop() == 0

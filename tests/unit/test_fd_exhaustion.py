@@ -24,7 +24,7 @@ CHILD = textwrap.dedent(r"""
     from musicfs.origins.local import LocalOrigin
     from musicfs.origins.registry import OriginRegistry
     from musicfs.cache.chunk_cache import ChunkCache
-    from musicfs.read.reader import FileReader
+    from musicfs.read import build_reader
     from musicfs_test_utils.fixtures import setup_test_tree
 
     base = sys.argv[1]
@@ -53,7 +53,7 @@ CHILD = textwrap.dedent(r"""
     ino = {n.file.path: n.ino for n in tree.walk_files()}
 
     def ops():  # memory_cache=0: every read reaches the disk cache or the origin
-        reader = FileReader(catalog, ChunkCache(cas), OriginRegistry([origin], backoff=0.0), chunk_size=CHUNK, memory_cache=0,
+        reader = build_reader(catalog, ChunkCache(cas), OriginRegistry([origin], backoff=0.0), chunk_size=CHUNK, memory_cache=0,
                             read_timeout=10.0)
         return MusicOperations(tree, reader)
 

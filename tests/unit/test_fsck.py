@@ -31,7 +31,7 @@ from musicfs.commands.fsck import (
 )
 from musicfs.library.search import SearchIndex
 from musicfs.library.storage import Library
-from musicfs.read.reader import FileReader
+from musicfs.read import build_reader
 from musicfs.shared.config import Config
 from musicfs.shared.damage import RunMarker, pid_is_musicfs
 from musicfs_test_utils.eventually import eventually
@@ -57,7 +57,7 @@ def template(small_library, tmp_path_factory):
         rows = sorted(lib.catalog.files("track"), key=lambda r: -r.size)[:3]  # the biggest: several chunks each
 
         async def read_some():
-            reader = FileReader(lib.catalog, ChunkCache(lib.cas), lib.registry, chunk_size=CHUNK, memory_cache=0, read_timeout=30)
+            reader = build_reader(lib.catalog, ChunkCache(lib.cas), lib.registry, chunk_size=CHUNK, memory_cache=0, read_timeout=30)
             for row in rows:
                 fh = await reader.open(row)
                 assert len(await reader.read(fh, 0, row.size)) == row.size

@@ -24,13 +24,13 @@ class BrokenReader:
         self.exc: BaseException | None = None
         self.open_files = 0
 
-    async def open(self, row, next_track=None):
+    async def open(self, row, next_track=None, *, inode=0):
         return 7
 
     def settled(self, fh):
         return True
 
-    async def read(self, fh, off, size):
+    async def read_buffer(self, fh, off, size):
         if self.exc is not None:
             raise self.exc
         return b"x" * size
@@ -137,7 +137,8 @@ async def test_an_inode_removed_by_a_rescan_answers_until_the_kernel_forgets_it(
     ino = await _file_ino(ops, b"02 - Song 1.flac")
     kept = make_file_meta(1, "a/0.flac", 1000, **make_audio_meta("Artist", "Album", "Song 0", track_no=1))
     smaller = setup_test_tree([kept], inodes={"d:Artist": 2, "d:Artist/Album": 3, file_key(kept, "Artist", "Album"): 4})
-    ops.swap_tree(smaller)
+    _, gone = ops.swap_tree(smaller)
+    assert ino in gone  # its pages are retired
     assert (await ops.getattr(ino, None)).st_ino == ino  # the kernel still holds a reference
     await ops.forget([(ino, 1)])
     with pytest.raises(pyfuse3.FUSEError):

@@ -220,3 +220,21 @@ def test_a_bad_metrics_address_names_the_flag_or_the_key(tmp_path, value):
     conf.write_text("metrics = 9567\n")
     with pytest.raises(ConfigError, match=r"^metrics: must be a string HOST:PORT"):
         load(str(conf), {})
+
+
+def test_page_push_series_are_absent_while_pushing_is_off_and_exported_with_it():
+    from dataclasses import replace
+
+    from musicfs.read import PagePushStatistics
+
+    assert not [n for n, _ in _scrape(MusicFSCollector(lambda: _records())) if n.startswith("musicfs_page")]
+    pages = PagePushStatistics(pushed_bytes=5 << 20, pushes=5, queued_bytes=1 << 20, dropped_full=2, dropped_stale=1,
+                               failed=3, failed_by_errno={"ENOENT": 2, "ENOMEM": 1}, retired=4)
+    samples = _scrape(MusicFSCollector(lambda: replace(_records(), pages=pages)))
+    assert samples[("musicfs_page_pushes_total", (("result", "pushed"),))] == 5
+    assert samples[("musicfs_page_pushes_total", (("result", "dropped_full"),))] == 2
+    assert samples[("musicfs_page_pushes_total", (("result", "failed"),))] == 3
+    assert samples[("musicfs_page_push_failures_total", (("errno", "ENOENT"),))] == 2
+    assert samples[("musicfs_page_pushed_bytes_total", ())] == 5 << 20
+    assert samples[("musicfs_page_push_queued_bytes", ())] == 1 << 20
+    assert samples[("musicfs_page_retired_inodes_total", ())] == 4

@@ -1,4 +1,5 @@
-"""ReadAhead on its own: sequential detection, the window, seeks and closes, the global budget, next track."""
+"""ReadAhead (the executor of loads ahead) on its own: lanes, cancels, one batch per lane at the origin, the global
+budget, next tracks at low priority, failures. What is queued is the policy's (test_read_plan.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import trio
 import trio.testing
 
-from musicfs.read.readahead import ReadAhead
+from musicfs.read.readahead import Lane, ReadAhead
 
 CHUNK = 1 << 20
 READ = 128 << 10  # FUSE's read size
@@ -41,10 +42,9 @@ class Fetches:
             self.running -= len(indexes)
 
 
-async def sequential(ra: ReadAhead, stream, start: int, end: int, **kw) -> None:
-    for offset in range(start, end, READ):
-        ra.observe(stream, offset, READ, **kw)
-        await trio.testing.wait_all_tasks_blocked()
+async def queued(ra: ReadAhead, lane: Lane, indexes, **kw) -> None:
+    ra.queue(lane, indexes, **kw)
+    await trio.testing.wait_all_tasks_blocked()
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ async def running(nursery):
     made = []
 
     def make(fetch, **kw):
-        ra = ReadAhead(fetch, chunk_size=CHUNK, **{"budget": 32 * CHUNK, "max_window_bytes": 8 * CHUNK, **kw})
+        ra = ReadAhead(fetch, chunk_size=CHUNK, **{"budget": 32 * CHUNK, **kw})
         nursery.start_soon(ra.run)
         made.append(ra)
         return ra
@@ -60,74 +60,58 @@ async def running(nursery):
     return make
 
 
-async def test_sequential_reads_start_a_window_that_grows_to_its_bound(running):
+async def test_queued_chunks_are_loaded_each_once(running):
     fetch = Fetches()
     ra = running(fetch)
-    stream = ra.open("f", 40 * CHUNK)
-    await sequential(ra, stream, 0, CHUNK - READ)
-    assert fetch.calls == []  # less than a chunk read: nothing ahead yet
-    await sequential(ra, stream, CHUNK - READ, CHUNK)
-    assert sorted(i for _, i in fetch.calls) == [1, 2]  # the window opens at 2 chunks
-    await sequential(ra, stream, CHUNK, 6 * CHUNK)
-    indexes = [i for _, i in fetch.calls]
-    assert len(indexes) == len(set(indexes)), "a chunk was queued twice"
-    assert max(indexes) == 5 + 8  # 8 chunks (max_window_bytes) ahead of chunk 5
-    assert ra.statistics().streams == 1
+    lane = Lane("f")
+    await queued(ra, lane, [1, 2])
+    await queued(ra, lane, range(3, 14))
+    assert [i for _, i in fetch.calls] == list(range(1, 14)) and {k for k, _ in fetch.calls} == {"f"}
+    assert ra.statistics().streams == 1 and ra.statistics().started == 13
 
 
-async def test_a_tag_reader_pattern_never_starts_read_ahead(running):
-    fetch = Fetches()
-    ra = running(fetch)
-    for _ in range(3):  # open, read the head, seek to the tail, close; again and again
-        stream = ra.open("f", 40 * CHUNK)
-        await sequential(ra, stream, 0, 4 * READ)  # mutagen reads a few blocks of the head
-        ra.observe(stream, 40 * CHUNK - READ, READ)
-        ra.observe(stream, 20 * CHUNK, READ)  # and an Ogg's last page, an MP4 moov
-        ra.close(stream)
-    await trio.testing.wait_all_tasks_blocked()
-    assert fetch.calls == []
-
-
-async def test_a_seek_cancels_what_is_in_flight_and_drops_what_is_queued(running):
+async def test_a_cancel_cancels_what_is_in_flight_and_drops_what_is_queued(running):
     fetch = Fetches(hold=True)
     ra = running(fetch, budget=2 * CHUNK)
-    stream = ra.open("f", 40 * CHUNK)
-    await sequential(ra, stream, 0, 3 * CHUNK)
+    lane = Lane("f")
+    await queued(ra, lane, range(1, 8))
     assert fetch.running == 2 and ra.statistics().queued > 0  # two in flight (the budget), more queued
-    ra.observe(stream, 30 * CHUNK, READ)  # a seek
+    ra.cancel(lane)  # a seek
     await trio.testing.wait_all_tasks_blocked()
     assert fetch.cancelled == 2 and fetch.running == 0
     stats = ra.statistics()
     assert stats.queued == 0 and stats.dropped > 0 and stats.streams == 0 and stats.inflight_bytes == 0
+    await queued(ra, lane, [30])  # the run after the seek is loaded
+    assert ("f", 30) in fetch.calls
 
 
-async def test_close_cancels_the_stream(running):
-    fetch = Fetches(hold=True)
-    ra = running(fetch)
-    stream = ra.open("f", 40 * CHUNK)
-    await sequential(ra, stream, 0, 2 * CHUNK)
-    assert fetch.running > 0
-    ra.close(stream)
-    await trio.testing.wait_all_tasks_blocked()
-    assert fetch.running == 0 and ra.statistics().streams == 0
-
-
-async def test_a_stream_has_one_batch_at_the_origin_and_the_jobs_behind_it_join_into_the_next(running):
+async def test_a_lane_has_one_batch_at_the_origin_and_the_jobs_behind_it_join_into_the_next(running):
     # its origin stream (one S3 GET body, one SFTP handle) is read in order: a second batch of the same file must
     # not overtake the first; other files are not held up by it
     fetch = Fetches(hold=True)
-    ra = running(fetch, workers=8)
-    a, b = ra.open("a", 40 * CHUNK), ra.open("b", 40 * CHUNK)
-    await sequential(ra, a, 0, 5 * CHUNK)
-    await sequential(ra, b, 0, 2 * CHUNK)
-    assert fetch.batches == [2, 2]  # one batch each (a's first window; b's), though a has more queued
+    ra = running(fetch, workers=8, batch=2)
+    a, b = Lane("a"), Lane("b")
+    await queued(ra, a, [1, 2])
+    await queued(ra, a, range(3, 8))
+    await queued(ra, b, [1, 2])
+    assert fetch.batches == [2, 2]  # one batch each (a's first; b's), though a has more queued
     assert ra.statistics().queued > 0
-    fetch.release.set()  # their bytes are in hand: a's queued jobs go as one batch
+    fetch.release.set()  # their bytes are in hand: a's queued jobs go on, in batches
     await trio.testing.wait_all_tasks_blocked()
-    assert len(fetch.batches) == 4 and max(fetch.batches[2:]) > 2
     calls = [i for key, i in fetch.calls if key == "a"]
-    assert calls == sorted(calls) and len(calls) == len(set(calls))  # in order, each chunk once
+    assert calls == list(range(1, 8))  # in order, each chunk once
 
+
+async def test_jobs_queued_behind_a_busy_lane_join_into_one_batch(running):
+    fetch = Fetches(hold=True)
+    ra = running(fetch)
+    lane = Lane("a")
+    await queued(ra, lane, [1, 2])
+    for i in range(3, 9):
+        await queued(ra, lane, [i])
+    fetch.release.set()
+    await trio.testing.wait_all_tasks_blocked()
+    assert fetch.batches == [2, 6]
 
 async def test_a_batch_ending_after_its_bytes_came_does_not_free_the_next_batchs_stream(running):
     # batch 1's bytes came (fetched()), it is being stored while batch 2 is at the origin; when batch 1 ends,
@@ -149,10 +133,11 @@ async def test_a_batch_ending_after_its_bytes_came_does_not_free_the_next_batchs
         if first:
             await stored.wait()  # the first is still being stored
 
-    ra = running(fetch)
-    stream = ra.open("a", 40 * CHUNK)
-    await sequential(ra, stream, 0, 2 * CHUNK)
-    await sequential(ra, stream, 2 * CHUNK, 4 * CHUNK)  # more jobs queue behind batch 2
+    ra = running(fetch, batch=2)
+    lane = Lane("a")
+    await queued(ra, lane, [1, 2])
+    await queued(ra, lane, [3, 4])
+    await queued(ra, lane, [5, 6])  # more jobs queue behind batch 2
     assert len(calls) == 2 and ra.statistics().queued > 0
     stored.set()
     await trio.testing.wait_all_tasks_blocked()
@@ -165,9 +150,8 @@ async def test_a_batch_ending_after_its_bytes_came_does_not_free_the_next_batchs
 async def test_fifty_streams_stay_within_the_global_budget(running):
     fetch = Fetches(hold=True)
     ra = running(fetch, budget=4 * CHUNK, workers=16)
-    streams = [ra.open(f"f{i}", 20 * CHUNK) for i in range(50)]
-    for stream in streams:
-        await sequential(ra, stream, 0, 2 * CHUNK)
+    for i in range(50):
+        await queued(ra, Lane(f"f{i}"), [1, 2])
     assert 2 <= fetch.running == fetch.most <= 4  # never more than the budget in flight
     assert ra.statistics().inflight_bytes == fetch.running * CHUNK
     fetch.release.set()
@@ -175,16 +159,16 @@ async def test_fifty_streams_stay_within_the_global_budget(running):
     assert fetch.most <= 4 and ra.statistics().queued == 0
 
 
-async def test_the_next_track_is_queued_once_at_low_priority_from_the_last_chunk(running):
-    fetch = Fetches()
-    ra = running(fetch)
-    stream = ra.open("a", 3 * CHUNK)
-    nxt = ("b", 10)
-    await sequential(ra, stream, 0, 2 * CHUNK, next_track=nxt)
-    assert ("b", 0) not in fetch.calls
-    await sequential(ra, stream, 2 * CHUNK, 3 * CHUNK, next_track=nxt)
-    await sequential(ra, stream, 2 * CHUNK + READ, 3 * CHUNK, next_track=nxt)  # reread of the end: not twice
-    assert sorted(c for c in fetch.calls if c[0] == "b") == [("b", 0), ("b", 1)]
+async def test_next_track_heads_wait_for_every_window_job(running):
+    fetch = Fetches(hold=True)
+    ra = running(fetch, budget=2 * CHUNK, batch=1, workers=1)
+    await queued(ra, Lane("a"), [1])  # the one worker busy: what comes next waits in the queues
+    await queued(ra, Lane("b"), [1])
+    await queued(ra, Lane("next"), [0, 1], low=True)
+    await queued(ra, Lane("c"), [1])
+    fetch.release.set()
+    await trio.testing.wait_all_tasks_blocked()
+    assert [k for k, _ in fetch.calls] == ["a", "b", "c", "next", "next"]
     assert ra.statistics().next_track == 2
 
 
@@ -193,7 +177,6 @@ async def test_a_failing_fetch_is_counted_and_forgotten(running):
         raise OSError("origin down")
 
     ra = running(broken)
-    stream = ra.open("f", 10 * CHUNK)
-    await sequential(ra, stream, 0, CHUNK)
+    await queued(ra, Lane("f"), [1, 2])
     stats = ra.statistics()
     assert stats.failed == stats.started == 2

@@ -20,7 +20,7 @@ from musicfs.library.scanner import Scanner
 from musicfs.library.storage import Library
 from musicfs.origins.memory import READ, MemoryOrigin, serve
 from musicfs.origins.registry import OriginRegistry
-from musicfs.read.small_reads import STREAMING_SOON
+from musicfs.read.plan import STREAMING_SOON
 from musicfs.shared.errors import OriginFileChanged
 from musicfs_test_utils.fixtures import make_library
 from musicfs_test_utils.reader_rig import ReaderRig, settle_readahead

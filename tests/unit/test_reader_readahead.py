@@ -110,8 +110,8 @@ async def test_a_seek_cancels_the_window_and_reading_goes_on_right(rig):
     far = 30 * CHUNK
     assert await rig.reader.read(fh, far, READ_SIZE) == FILES[path][far:far + READ_SIZE]
     await settle(rig.reader)
-    stream = rig.reader._streams[fh]
-    assert stream.window == 0 and stream.generation == 1  # the seek closed the window
+    handle = rig.reader._fh[fh]
+    assert handle.history.window == 0 and handle.lane.generation == 1  # the seek closed the window
     assert rig.reader.statistics().readahead.streams == 0
     rig.reader.release(fh)
 

@@ -17,7 +17,7 @@ from musicfs.library.tree import FIRST_INO, build_tree
 from musicfs.origins.base import unescape_name
 from musicfs.origins.local import LocalOrigin
 from musicfs.origins.registry import OriginRegistry
-from musicfs.read.reader import FileReader
+from musicfs.read import build_reader
 from musicfs_test_utils.faulty_origin import FaultyOrigin
 from musicfs_test_utils.fixtures import make_library, open_catalog
 from musicfs_test_utils.reader_rig import current_row, read_range
@@ -272,7 +272,7 @@ async def test_a_file_name_that_is_not_utf8_is_scanned_shown_and_read_by_its_rea
 
     assert scanner(cat, root)[0].scan().unchanged == result.added + result.unchanged + result.skipped  # stable key
     cas = CasStore(str(tmp_path / "cache"), 1 << 30)
-    reader = FileReader(cat, ChunkCache(cas), OriginRegistry([LocalOrigin(root)]), chunk_size=64 << 10,
+    reader = build_reader(cat, ChunkCache(cas), OriginRegistry([LocalOrigin(root)]), chunk_size=64 << 10,
                         memory_cache=1 << 20, read_timeout=10.0)
     try:
         assert await read_range(reader, current_row(cat, row.path)) == original

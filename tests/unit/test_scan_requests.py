@@ -13,7 +13,14 @@ import pytest
 from musicfs.library import tags
 from musicfs.library.scanner import Scanner
 from musicfs.origins.local import LocalOrigin
-from musicfs.origins.memory import READ, READ_RANGES, WALK, MemoryOrigin, Request, forward
+from musicfs.origins.memory import (
+    READ,
+    READ_RANGES,
+    WALK,
+    MemoryOrigin,
+    Request,
+    forward,
+)
 from musicfs.origins.registry import OriginRegistry
 from musicfs.shared.errors import OriginFileChanged
 from musicfs_test_utils.fixtures import make_library, open_catalog
@@ -70,7 +77,7 @@ def library(tmp_path_factory):
 def _scan(root, tmp_path, name, **kwargs):
     cat = open_catalog(str(tmp_path / name))
     counting = Counting(LocalOrigin(root), **{k: v for k, v in kwargs.items() if k == "change"})
-    origin = MemoryOrigin(counting, name="counting")
+    origin = MemoryOrigin(counting, name="counting", whole_ranges=True)
     Scanner(cat, OriginRegistry([origin]), **{k: v for k, v in kwargs.items() if k != "change"}).scan()
     return cat, counting
 

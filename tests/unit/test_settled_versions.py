@@ -18,7 +18,8 @@ from musicfs.origins.base import SETTLE_MARGIN, Identity, settled
 from musicfs.origins.local import LocalOrigin
 from musicfs.origins.memory import MemoryOrigin, serve
 from musicfs.origins.registry import OriginRegistry
-from musicfs.read.reader import FileReader
+from musicfs.read import build_reader
+from musicfs_test_utils.clocks import Clock, Ticking
 from musicfs_test_utils.reader_rig import read_range
 
 CHUNK = 4096
@@ -60,14 +61,6 @@ def test_local_resolution_is_measured_from_the_file_and_its_ctime_settles_it_on_
     assert not origin.changed_before(whole, 7.0 + 2.0 + SETTLE_MARGIN - 0.01)
 
 
-class Clock:
-    def __init__(self, now: float):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def racy(tmp_path):
     """(reader, files, row, clock): one 3-chunk file on a whole-second origin, recorded by the catalog at the
@@ -80,7 +73,7 @@ def racy(tmp_path):
     [row] = catalog.files()
     clock.now = catalog.version_seen(row.version)
     cas = CasStore(str(tmp_path / "cache"), 1 << 30)
-    reader = FileReader(catalog, ChunkCache(cas), registry, chunk_size=CHUNK, memory_cache=1 << 20,
+    reader = build_reader(catalog, ChunkCache(cas), registry, chunk_size=CHUNK, memory_cache=1 << 20,
                         read_timeout=10.0)
     yield reader, files, row, clock
     cas.close()
@@ -92,7 +85,7 @@ async def test_bytes_of_a_racy_version_are_served_never_kept_and_a_same_identity
     reader, files, row, clock = racy
     clock.now += 0.5  # within a second of the version being seen: another write could keep its identity
     assert await read_range(reader, row) == files["a.flac"]
-    assert reader.catalog.manifest(row.version) == {}
+    assert reader.loader.catalog.manifest(row.version) == {}
     assert reader.statistics().racy_fetches == 3  # one fetch a chunk
 
     files["a.flac"] = bytes(reversed(range(256))) * 48  # same size, same mtime: the same identity
@@ -104,20 +97,8 @@ async def test_bytes_of_a_racy_version_are_served_never_kept_and_a_same_identity
     assert reader.settled(fh)
     reader.release(fh)
     assert await read_range(reader, row) == files["a.flac"]
-    assert sorted(reader.catalog.manifest(row.version)) == [0, 1, 2]
+    assert sorted(reader.loader.catalog.manifest(row.version)) == [0, 1, 2]
     assert reader.statistics().racy_fetches == 6  # the settled read was kept
-
-
-class Ticking:
-    """A wall clock that moves `step` seconds each time it is read."""
-
-    def __init__(self, now: float, step: float):
-        self.now, self.step = now, step
-
-    def __call__(self) -> float:
-        now = self.now
-        self.now += self.step
-        return now
 
 
 @pytest.mark.resilience("4.6")

@@ -1,4 +1,4 @@
-"""Small reads outside a stream, served from blocks (library/blocks.py): small verified ranges fetched aligned."""
+"""BlockReader: small reads outside a stream, from blocks (library/blocks.py): small verified ranges fetched aligned."""
 
 from __future__ import annotations
 
@@ -10,72 +10,47 @@ from ..library import Block, FileVersion, aligned, cover, cut, merge
 from ..shared import (
     CatalogError,
 )
+from .loader import ChunkLoader
 from .open_files import OpenFile
-from .readahead import Stream
 
 log = logging.getLogger(__name__)
 
 
-# A sequential run this long (a few FUSE reads) is no tag reader's: its next uncached small read fetches the rest
-# of its chunk at once (mediainfo, ffprobe, beets and mpd read less than this of a file's head in a row).
-STREAMING_SOON = 512 << 10
+class BlockReader:
+    """Reads from blocks (see plan.py for when): each block verified, the aligned blocks none covers fetched (one
+    origin request for a read that spans several), stored in the cache and recorded in the catalog."""
 
+    def __init__(self, loader: ChunkLoader, *, block_size: int):
+        self.loader = loader
+        self.block_size = block_size
+        self.chunk_size = loader.chunk_size
+        self._block_inflight: dict[tuple[FileVersion, int], trio.Event] = {}  # (version, block offset) being fetched
 
-class SmallReads:
-    """FileReader's small reads (see the reader's docstring); state lives in FileReader."""
-
-    def _small_read(self, fh: int, of: OpenFile, offset: int, end: int) -> bool:
-        """Whether [offset, end) is read from blocks: blocks are on, the handle is not streaming (no read-ahead
-        window, and not a long sequential run entering a new chunk: that chunk is loaded whole, as read-ahead is
-        about to), the read covers no whole chunk, and some chunk it touches is neither cached nor being loaded."""
-        if not self.block_size:
-            return False
-        stream = self._streams.get(fh)
-        cs, row = self.chunk_size, of.row
-        if stream is None or stream.window or (offset % cs == 0 and self._streaming_soon(stream, offset)):
-            return False
-        indexes = range(offset // cs, (end - 1) // cs + 1)
-        if any(offset <= i * cs and end >= min((i + 1) * cs, row.size) for i in indexes):
-            return False
-        for idx in indexes:
-            digest = of.manifest.get(idx)
-            if (row.version, idx) in self._inflight:
-                continue
-            if digest is None or not (self.memory.has(digest) or self.cache.may_have(digest)):
-                return True
-        return False
-
-    def _streaming_soon(self, stream: Stream | None, offset: int) -> bool:
-        """Whether this read continues a sequential run of STREAMING_SOON bytes or more: longer than tag readers
-        read, so a player or a copy on its way to read-ahead (which starts at a chunk)."""
-        return (stream is not None and stream.run >= STREAMING_SOON
-                and abs(offset - stream.next_offset) <= self.readahead.tolerance)
-
-    async def _read_blocks(self, of: OpenFile, offset: int, end: int, to_chunk_end: bool = False) -> bytes:
+    async def read(self, of: OpenFile, offset: int, end: int, to_chunk_end: bool = False) -> bytes:
         """[offset, end) from the file's blocks (each verified), fetching the aligned blocks none covers;
         `to_chunk_end`: the last gap is fetched on to the end of its chunk (or the next block in hand), in the
         same request, so a reader about to stream needs one request for the rest of the chunk, not one a read."""
         row = of.row
         if of.blocks is None:
-            rows = await self._thread(self.catalog.blocks, row.version)
+            rows = await self.loader.thread(self.loader.catalog.blocks, row.version)
             if of.blocks is None:  # another read may have loaded them meanwhile
                 of.blocks = [Block(*r) for r in rows]
         got: dict[Block, bytes] = {}  # bytes in hand for this read: verified from the cache, or just fetched
         while True:
-            usable = set(got) | {b for b in of.blocks if self.memory.has(b.digest) or self.cache.may_have(b.digest)}
+            usable = set(got) | {b for b in of.blocks if self.loader.memory.has(b.digest) or self.loader.cache.may_have(b.digest)}
             used, gaps = cover(offset, end, usable)
             missing = [b for b in used if b not in got]
             if missing:
                 for b in missing:
-                    data = self.memory.get(b.digest)
+                    data = self.loader.memory.get(b.digest)
                     if data is None:
-                        data = await self.cache.get(b.digest)  # verified; None: bad (quarantined), gone, bypassed
+                        data = await self.loader.cache.get(b.digest)  # verified; None: bad (quarantined), gone, bypassed
                     if data is None or len(data) != b.length:
                         if b in of.blocks:
                             of.blocks.remove(b)  # fetched again below, as a gap
                         break
-                    self.memory.put(b.digest, data)
-                    self._counts["block_hits"] += 1
+                    self.loader.memory.put(b.digest, data)
+                    self.loader.counts["block_hits"] += 1
                     got[b] = data
                 continue
             if not gaps:
@@ -109,23 +84,23 @@ class SmallReads:
         events = {key: trio.Event() for key in keys}
         self._block_inflight.update(events)
         try:
-            datas, keep = await self._from_origin(of, wanted)
-            self._counts["block_fetches"] += len(wanted)
+            datas, keep = await self.loader.from_origin(of, wanted)
+            self.loader.counts["block_fetches"] += len(wanted)
             out: dict[Block, bytes] = {}
             stored: list[Block] = []
             for off, data in cut(zip((start for start, _ in wanted), datas), self.block_size):
-                digest = await self.cache.store(data, f"a block of {row.path}") if keep else None
+                digest = await self.loader.cache.store(data, f"a block of {row.path}") if keep else None
                 block = Block(off, len(data), digest or "")
                 out[block] = data
                 if digest is not None:
-                    self.memory.put(digest, data)
+                    self.loader.memory.put(digest, data)
                     stored.append(block)
             if stored:
                 try:
-                    await self._thread(self.catalog.add_blocks, row.version,
+                    await self.loader.thread(self.loader.catalog.add_blocks, row.version,
                                        [(b.offset, b.length, b.digest) for b in stored])
                 except CatalogError as exc:
-                    self._counts["manifest_failures"] += 1
+                    self.loader.counts["manifest_failures"] += 1
                     log.warning("catalog: cannot record blocks of %s (%s); serving them uncached", row.path, exc)
                 else:
                     offsets = {b.offset for b in stored}

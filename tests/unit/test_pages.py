@@ -1,0 +1,136 @@
+"""PagePusher on its own (pages.py), with the kernel's calls recorded: what is pushed, what is dropped, the order
+of pushes and retirements, and failures counted, never raised."""
+
+from __future__ import annotations
+
+import errno
+import threading
+
+import pytest
+import trio
+import trio.testing
+
+from musicfs.library import FileVersion
+from musicfs.read.pages import PagePusher
+from musicfs_test_utils.eventually import eventually_async
+
+V1, V2 = FileVersion(1, "10:1:a"), FileVersion(1, "10:2:b")
+
+
+class Kernel:
+    """notify_store and invalidate_inode, recorded; `fail` makes stores raise that errno."""
+
+    def __init__(self):
+        self.stored: list[tuple[int, int, bytes]] = []
+        self.invalidated: list[int] = []
+        self.events: list[str] = []
+        self.fail: int | None = None
+        self.hold = threading.Event()
+        self.hold.set()
+        self.entered = threading.Event()  # a store has begun
+
+    def store(self, inode: int, offset: int, data) -> None:
+        self.entered.set()
+        self.hold.wait(10)
+        if self.fail is not None:
+            raise OSError(self.fail, "refused")
+        self.stored.append((inode, offset, bytes(data)))
+        self.events.append(f"store {inode}")
+
+    def invalidate(self, inode: int) -> None:
+        self.invalidated.append(inode)
+        self.events.append(f"invalidate {inode}")
+
+
+@pytest.fixture
+async def pusher(nursery):
+    kernel = Kernel()
+    pages = PagePusher(kernel.store, kernel.invalidate, queue_bytes=1 << 20, piece=4096)
+    nursery.start_soon(pages.run)
+    return pages, kernel
+
+
+async def drained(pages: PagePusher, offers: int) -> None:
+    """Until the worker has handled `offers` queued pushes (stored, dropped or failed)."""
+    def handled():
+        s = pages.statistics()
+        return s.pushes + s.dropped_stale + s.failed >= offers
+    await eventually_async(handled, 10, f"{offers} pushes handled")
+
+
+async def test_a_bound_inode_gets_its_chunks_in_pieces_and_never_past_the_end_of_the_file(pusher):
+    pages, kernel = pusher
+    pages.bind(5, V1)
+    assert pages.offer(5, V1, 8192, b"x" * 10000, size=12000)  # the file ends 3808 bytes into this chunk
+    await drained(pages, 1)
+    assert [(i, o, len(d)) for i, o, d in kernel.stored] == [(5, 8192, 3808)]
+    assert not pages.offer(5, V1, 12000, b"y" * 100, size=12000)  # nothing left within the file
+    stats = pages.statistics()
+    assert stats.pushes == 1 and stats.pushed_bytes == 3808
+
+
+async def test_a_push_for_an_unbound_or_other_version_inode_is_dropped(pusher):
+    pages, kernel = pusher
+    pages.offer(5, V1, 0, b"x" * 100, size=100)  # never bound
+    pages.bind(6, V2)
+    pages.offer(6, V1, 0, b"x" * 100, size=100)  # bound to another version
+    pages.bind(7, V1)
+    pages.offer(7, V1, 0, b"x" * 100, size=100)
+    pages.unbind(7)  # its last handle released before its turn
+    await drained(pages, 3)
+    assert kernel.stored == [] and pages.statistics().dropped_stale == 3
+
+
+@pytest.mark.resilience("4.5")
+async def test_a_retirement_waits_for_the_push_under_way_and_no_push_follows_it(pusher):
+    pages, kernel = pusher
+    pages.bind(5, V1)
+    kernel.hold.clear()  # the kernel holds the store (a READ of that page is pending)
+    pages.offer(5, V1, 0, b"a" * 4096, size=1 << 20)
+    pages.offer(5, V1, 4096, b"b" * 4096, size=1 << 20)  # queued behind it
+    await eventually_async(kernel.entered.is_set, 10, "the first store under way")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pages.retire, [5])
+        await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+        assert kernel.invalidated == []  # ordered after the store under way
+        kernel.hold.set()
+    await drained(pages, 2)
+    assert kernel.events == ["store 5", "invalidate 5"]  # the queued push came after: dropped
+    assert pages.statistics().dropped_stale == 1 and pages.statistics().retired == 1
+
+
+async def test_a_full_queue_drops_the_offer(pusher):
+    pages, kernel = pusher
+    pages.bind(5, V1)
+    kernel.hold.clear()
+    assert pages.offer(5, V1, 0, b"x" * (600 << 10), size=4 << 20)
+    assert pages.offer(5, V1, 600 << 10, b"x" * (300 << 10), size=4 << 20)
+    assert not pages.offer(5, V1, 900 << 10, b"x" * (300 << 10), size=4 << 20)  # over the 1 MiB queue
+    kernel.hold.set()
+    await drained(pages, 2)
+    assert pages.statistics().dropped_full == 1 and pages.statistics().pushes == 2
+
+
+@pytest.mark.parametrize("code", [errno.ENOENT, errno.ENOMEM, errno.EIO])
+async def test_a_refused_push_is_counted_by_errno_and_pushing_goes_on(pusher, code):
+    pages, kernel = pusher
+    pages.bind(5, V1)
+    kernel.fail = code
+    pages.offer(5, V1, 0, b"x" * 100, size=100)
+    await drained(pages, 1)
+    kernel.fail = None
+    pages.offer(5, V1, 100, b"y" * 100, size=200)
+    await drained(pages, 2)
+    stats = pages.statistics()
+    assert stats.failed == 1 and stats.failed_by_errno == {errno.errorcode[code]: 1} and stats.pushes == 1
+    assert stats.enabled
+
+
+async def test_a_kernel_without_notify_store_turns_pushing_off(pusher):
+    pages, kernel = pusher
+    pages.bind(5, V1)
+    kernel.fail = errno.ENOSYS
+    pages.offer(5, V1, 0, b"x" * 100, size=100)
+    await drained(pages, 1)
+    assert not pages.statistics().enabled
+    assert not pages.offer(5, V1, 0, b"x" * 100, size=100)
