@@ -9,7 +9,8 @@ Writes the `read-path` section of docs/benchmarks.md. Needs root for dropping th
 
 * Cold read: a fresh MusicFS mount (empty cache) of `musicfs demo --big-file-mb N`, the page cache dropped,
   the big file read start to end in 1 MiB reads; `musicfs status` counts the READ requests the daemon served.
-  Once with `page_push = false`, once with the default (`true`); SHA-256 checked against the source.
+  Warm read: the daemon restarted on that cache, the page cache dropped, the same read. Once with
+  `page_push = false` (the default), once with `true`; SHA-256 checked against the source.
 * Requests per second from memory: O_DIRECT reads of 128 KiB (each one a FUSE READ) over the last 32 MiB of the
   big file right after that read (the daemon's chunk LRU holds them), for `--seconds`; the same loop against a
   minimal pyfuse3 filesystem serving a file from a bytes object (`--trivial-fs`, started here).
@@ -161,24 +162,31 @@ class Trivial:
 
 # -- MusicFS ---------------------------------------------------------------------------------------
 
+def _read_big(daemon: MusicfsDaemon, source: Path, big_rel: str, tag: str) -> tuple[str, dict]:
+    """(the big file's mount path, figures of one read of it start to end, page cache dropped first)."""
+    listing = [(p, p.stat().st_size) for p in Path(daemon.mountpoint).rglob("*") if p.is_file()]
+    big = str(max(listing, key=lambda t: t[1])[0])
+    before = daemon.status()["fuse"]["reads"]
+    drop_caches(level=3)
+    secs, digest = read_through(big)
+    if digest != sha256(str(source / big_rel)):
+        raise BenchError(f"MusicFS ({tag}): the big file's bytes differ from the source's")
+    status = daemon.status()
+    return big, {"mbps": os.path.getsize(big) / MB / secs, "requests": status["fuse"]["reads"] - before,
+                 "pages": status["reader"].get("pages") or {}, "rss": status["process"].get("rss_bytes") or 0}
+
+
 def musicfs_run(source: Path, big_rel: str, work: Path, push: bool, tag: str, seconds: float) -> dict:
+    """Cold (a fresh mount, empty cache), then warm (a restart on that cache): figures of both reads."""
     cfg = write_config(work / f"{tag}.toml", page_push=push)
     daemon = MusicfsDaemon([source], work / f"mnt-{tag}", work / tag, extra_args=["--config", str(cfg)])
     with daemon:
-        listing = [(p, p.stat().st_size) for p in Path(daemon.mountpoint).rglob("*") if p.is_file()]
-        big = str(max(listing, key=lambda t: t[1])[0])
-        size = os.path.getsize(big)
-        before = daemon.status()["fuse"]["reads"]
-        drop_caches(level=3)
-        secs, digest = read_through(big)
-        if digest != sha256(str(source / big_rel)):
-            raise BenchError(f"MusicFS ({tag}): the big file's bytes differ from the source's")
-        status = daemon.status()
-        requests = status["fuse"]["reads"] - before
-        rss = status["process"].get("rss_bytes") or status["process"].get("rss") or 0
-        per_second = direct_requests(big, size - TAIL, TAIL, seconds) if push else None
-    return {"mbps": size / MB / secs, "requests": requests, "size": size, "rps": per_second,
-            "pages": status["reader"].get("pages") or {}, "rss": rss}
+        big, cold = _read_big(daemon, source, big_rel, f"{tag} cold")
+        cold["size"] = os.path.getsize(big)
+        cold["rps"] = direct_requests(big, cold["size"] - TAIL, TAIL, seconds) if push else None
+    with daemon:  # the same state and cache folders: the chunks come from the cache on disk
+        _, warm = _read_big(daemon, source, big_rel, f"{tag} warm")
+    return {**cold, "warm": warm}
 
 
 def main() -> int:
@@ -208,8 +216,9 @@ def main() -> int:
                 tag = f"{'on' if push else 'off'}-{rep}"
                 r = musicfs_run(source, big_rel, work, push, tag, args.seconds)
                 runs["on" if push else "off"].append(r)
-                log(f"#{rep + 1} page_push={push}: {r['mbps']:.0f} MB/s, {r['requests']} READ requests"
-                    + (f", {r['rps']:.0f} requests/s from memory" if r["rps"] else ""))
+                log(f"#{rep + 1} page_push={push}: cold {r['mbps']:.0f} MB/s, {r['requests']} READ requests; warm "
+                    f"{r['warm']['mbps']:.0f} MB/s, {r['warm']['requests']} READ requests"
+                    + (f"; {r['rps']:.0f} requests/s from memory" if r["rps"] else ""))
             with Trivial(str(work / "mnt-trivial"), 64 << 20) as path:
                 trivial.append(direct_requests(path, 0, TAIL, args.seconds))
             log(f"#{rep + 1} trivial pyfuse3: {trivial[-1]:.0f} requests/s")
@@ -238,6 +247,14 @@ def report(args, argv, started, seconds, load0, runs, trivial) -> str:
               f"{ratio(med(r['requests'] for r in on), med(r['requests'] for r in off))} |",
               f"| cold read, MB/s | {med(r['mbps'] for r in off):.0f} | {med(r['mbps'] for r in on):.0f} | "
               f"{ratio(med(r['mbps'] for r in on), med(r['mbps'] for r in off))} |",
+              f"| READ requests, warm (restart on the cache, page cache dropped) | "
+              f"{med(r['warm']['requests'] for r in off):.0f} | {med(r['warm']['requests'] for r in on):.0f} | "
+              f"{ratio(med(r['warm']['requests'] for r in on), med(r['warm']['requests'] for r in off))} |",
+              f"| warm read, MB/s | {med(r['warm']['mbps'] for r in off):.0f} | "
+              f"{med(r['warm']['mbps'] for r in on):.0f} | "
+              f"{ratio(med(r['warm']['mbps'] for r in on), med(r['warm']['mbps'] for r in off))} |",
+              f"| daemon RSS after the warm read, MiB | {med(r['warm']['rss'] for r in off) / 2**20:.0f} | "
+              f"{med(r['warm']['rss'] for r in on) / 2**20:.0f} | |",
               "", "| Requests per second, O_DIRECT 128 KiB reads | MusicFS (chunk LRU) | trivial pyfuse3 | ratio |",
               "|---|---:|---:|---:|",
               f"| median | {med(r['rps'] for r in on):.0f} | {med(trivial):.0f} | "

@@ -10,25 +10,26 @@ from pathlib import Path
 from musicfs.library.catalog import FileRow
 from musicfs.library.scanner import TAGS_VERSION
 from musicfs.library.storage import Library
+from musicfs.origins.local import local_etag
 from musicfs.shared.config import Config
 
 
 def synthetic_rows(tracks: int, per_album: int = 10, albums_per_artist: int = 10, root: Path | None = None) -> list[FileRow]:
     """Rows for Artist NNNN/Album NN/NN Track.mp3; with `root`, tiny real files are written there
-    and the rows carry their real size and mtime, so a rescan finds every one unchanged."""
+    and the rows carry their real identity (size, mtime, the local ETag), so a rescan finds every one unchanged."""
     rows = []
     for i in range(tracks):
         album, track = divmod(i, per_album)
         artist = album // albums_per_artist
         path = f"Artist {artist:05d}/Album {album % albums_per_artist:02d}/{track + 1:02d} Track.mp3"
-        size, mtime = 4096, 1_700_000_000_000_000_000
+        size, mtime, etag = 4096, 1_700_000_000_000_000_000, ""
         if root is not None:
             full = root / path
             full.parent.mkdir(parents=True, exist_ok=True)
             full.write_bytes(b"\0" * 128)
             st = full.stat()
-            size, mtime = st.st_size, st.st_mtime_ns
-        rows.append(FileRow(path=path, kind="track", size=size, mtime_ns=mtime, artist=f"Artist {artist:05d}",
+            size, mtime, etag = st.st_size, st.st_mtime_ns, local_etag(st)
+        rows.append(FileRow(path=path, kind="track", size=size, mtime_ns=mtime, etag=etag, artist=f"Artist {artist:05d}",
                             album=f"Album {album % albums_per_artist:02d}", title=f"Track {i}",
                             track_no=track + 1))
     return rows
