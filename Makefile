@@ -61,7 +61,9 @@ test-failpoints:
 
 bench:
 	$(MAKE) setup-test EXTRA_DEBS="$(BENCH_DEBS)"
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[bench]'
 	$(BIN)/python bench/run_bench.py
+	$(BIN)/python bench/read_path.py
 	$(BIN)/python bench/large_library.py
 	$(BIN)/python bench/remote_bench.py
 	$(BIN)/python bench/media_scan.py $(MEDIA_SCAN_ARGS)

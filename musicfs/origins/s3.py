@@ -88,90 +88,35 @@ def _requested_bytes(body: Any, response: dict, offset: int, length: int, total:
     return whole[offset:offset + length], want
 
 
-STREAM_SPAN = 64 << 20  # what one GET of a stream asks for: the reads that continue it take the body's next bytes
+PART = 4 << 20  # a part GET: a stream's read of a batch goes as this many bytes per GET, all at once
 
 
-class _S3Stream(OriginStream):
-    """Sequential reads of one object through one long ranged GET (as a downloader streams a file): a read that
-    starts where the previous one ended takes the next bytes of the open body; any other read opens a new GET
-    of up to STREAM_SPAN bytes from its offset. Each GET is one version (If-Match on the pinned identity and the
-    response's own ETag); reads of one stream run one at a time (the body is a single HTTP response)."""
+class _S3Parts(OriginStream):
+    """Reads of one version of one object as concurrent part GETs, as a parallel downloader fetches a file: a read
+    is cut into PART-sized ranges fetched at once (through the origin's pool, up to max_pool_connections GETs),
+    each one version (If-Match on the pinned identity and the response's own ETag), so an object that changes
+    fails the read and never mixes. Reads of one stream may run at once (`ordered_streams` is False): read-ahead
+    keeps several batches, so several parts, in flight per file."""
 
     def __init__(self, origin: "S3Origin", path: str, expect: FileStat | None):
         super().__init__(origin, path, expect)
         self.s3 = origin
-        self._serial = threading.Lock()
-        self._body: Any = None
-        self._pos = self._end = 0
 
     def read(self, offset: int, length: int) -> bytes:
         if self.closed:
             raise ValueError(f"{self.origin.name}: stream of {self.path} is closed")
         expect = self._pinned()
-        want = max(0, min(length, expect.size - offset))
-        if want == 0:
-            return self.s3.read(self.path, offset, length, expect)  # at or past the end: read's own checks
-        with self._serial:
-            if self._body is None or self._pos != offset or self._end - offset < want:
-                self._open(offset, max(want, min(STREAM_SPAN, expect.size - offset)), expect)
-            key = self.s3._key(self.path)
-            try:
-                points.hit(points.ORIGIN_READ_CHECKED, OriginTransient)
-                parts, got = [], 0
-                while got < want:
-                    part = self._body.read(want - got)
-                    if not part:
-                        break
-                    parts.append(part)
-                    got += len(part)
-            except Exception as exc:
-                self._drop()
-                raise classify_s3_error(exc, self.origin.name, key) from exc
-            if got != want:
-                self._drop()
-                raise ShortRead(f"{self.origin.name}: {key}: got {got} bytes at offset {offset}, expected {want}",
-                                origin=self.origin.name, path=key)
-            self._pos += got
-            if self._pos >= self._end:
-                self._drop()
-            return b"".join(parts)
+        if length <= PART:
+            return self.s3.read(self.path, offset, length, expect)
+        parts = [(at, min(PART, offset + length - at)) for at in range(offset, offset + length, PART)]
+        return b"".join(self.s3.read_ranges(self.path, parts, expect))
 
-    def _open(self, offset: int, span: int, expect: FileStat) -> None:
-        self._drop()
-        key = self.s3._key(self.path)
-        try:
-            response = self.s3._get_client().get_object(**self.s3._get_object_args(key, offset, span, expect))
-        except Exception as exc:
-            raise classify_s3_error(exc, self.origin.name, key) from exc
-        body = response["Body"]
-        try:
-            total = self.s3._total_size(response, offset)
-            self.s3._check_identity(self.path, _response_stat(self.path, response, total), expect)
-            if not response.get("ContentRange") and offset:
-                raise OriginTransient(f"{self.origin.name}: {key}: the server ignored the range", origin=self.origin.name,
-                                      path=key)
-        except BaseException:
-            body.close()
-            raise
-        self._body, self._pos, self._end = body, offset, offset + span
-
-    def _drop(self) -> None:
-        body, self._body = self._body, None
-        if body is not None:
-            try:
-                body.close()
-            except Exception:
-                pass
-
-    def close(self) -> None:
-        super().close()
-        with self._serial:
-            self._drop()
+    def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        return [self.read(offset, length) for offset, length in ranges]
 
 
 class S3Origin(Origin):
     OPTION_KEYS = option_keys("s3")  # declared in origins/options.py
-    ordered_streams = True  # a stream is one GET read on (_S3Stream): a read elsewhere opens another
 
     def timestamp_resolution(self, identity: Identity) -> float:
         """An ETag names the object's content: a version is never racy (without one, S3's whole seconds)."""
@@ -346,8 +291,8 @@ class S3Origin(Origin):
                 f.cancel()  # after an error: the GETs not started yet are not sent
 
     def open_stream(self, path: str, expect: FileStat | None = None) -> OriginStream:
-        """Sequential reads through one long GET (see _S3Stream)."""
-        return _S3Stream(self, path, expect)
+        """Reads of one version as concurrent part GETs (see _S3Parts)."""
+        return _S3Parts(self, path, expect)
 
     def _ranges_executor(self) -> ThreadPoolExecutor:
         with self._lock:

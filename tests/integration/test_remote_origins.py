@@ -536,21 +536,56 @@ def test_sftp_connection_killed_under_the_pool_is_replaced(
         origin.close()
 
 
-def test_s3_sequential_stream_reads_share_one_get_and_stay_one_version(request: pytest.FixtureRequest,
-                                                                       library: Any) -> None:
-    """A read-ahead stream of S3 reads: consecutive reads take the next bytes of one long GET (a server pays
-    per request); a read elsewhere opens another; every byte is right."""
+def test_s3_a_failing_part_get_fails_the_whole_read(request: pytest.FixtureRequest, library: Any,
+                                                   monkeypatch) -> None:
+    """One part GET of a stream's read fails (the connection drops): the read raises a transient origin error
+    (the registry retries it), never returns the other parts' bytes as the whole."""
+    from botocore.exceptions import EndpointConnectionError
+
+    from musicfs.origins import s3
+    from musicfs.shared.errors import OriginTransient
+
+    monkeypatch.setattr(s3, "PART", 1 << 20)
     origin = _open("s3", request)
     try:
-        gets = []
-        origin._get_client().meta.events.register("before-call.s3.GetObject", lambda **kw: gets.append(1))
+        calls = []
+
+        def drop_the_second(**kw):
+            calls.append(1)
+            if len(calls) == 2:
+                raise EndpointConnectionError(endpoint_url="http://s3.test")
+
+        origin._get_client().meta.events.register("before-call.s3.GetObject", drop_the_second)
         path, data = "big.flac", library.data("big.flac")
         stream = origin.open_stream(path, origin.stat(path))
-        step = 256 << 10
-        got = [stream.read(offset, step) for offset in range(0, 2 << 20, step)]
-        assert b"".join(got) == data[:2 << 20] and len(gets) == 1
-        assert stream.read(100, 10) == data[100:110] and len(gets) == 2  # a seek: a new GET from there
-        assert stream.read(110, 5000) == data[110:5110] and len(gets) == 2  # and on from it
+        with pytest.raises(OriginTransient):
+            stream.read(0, 3 << 20)
+        assert stream.read(0, 3 << 20) == data[:3 << 20]  # the next try reads every part
+        stream.close()
+    finally:
+        origin.close()
+
+
+def test_s3_stream_reads_go_as_concurrent_part_gets_of_one_version(request: pytest.FixtureRequest,
+                                                                  library: Any, monkeypatch) -> None:
+    """A read-ahead batch over S3: a read longer than a part is cut into part GETs sent at once, each with the
+    pinned identity (If-Match); a short read is one GET; every byte is right."""
+    from musicfs.origins import s3
+
+    PART = 1 << 20
+    monkeypatch.setattr(s3, "PART", PART)  # the test file is 3 MiB
+    origin = _open("s3", request)
+    try:
+        gets: list[dict] = []
+        origin._get_client().meta.events.register("before-call.s3.GetObject",
+                                                  lambda params, **kw: gets.append(params))
+        path, data = "big.flac", library.data("big.flac")
+        assert len(data) > 2 * PART
+        stream = origin.open_stream(path, origin.stat(path))
+        span = 2 * PART + 12345
+        assert stream.read(1000, span) == data[1000:1000 + span]
+        assert len(gets) == 3 and all(g["headers"].get("If-Match") for g in gets)
+        assert stream.read(100, 10) == data[100:110] and len(gets) == 4
         assert stream.read(len(data) - 10, 100) == data[-10:]
         stream.close()
     finally:
