@@ -100,10 +100,13 @@ def _at_least_one(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="musicfs", description="Mount a music library as Artist/Album/NN - Title.ext")
     parser.add_argument("--version", action="version", version=f"musicfs {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("mount", help="mount SOURCE(s) on MOUNTPOINT in the foreground")
-    p.add_argument("paths", nargs="+", metavar="SOURCE [SOURCE ...] MOUNTPOINT")
+    p = sub.add_parser("mount", help="mount SOURCE(s) on MOUNTPOINT in the foreground",
+                       usage="musicfs mount [options] SOURCE [SOURCE ...] MOUNTPOINT",
+                       description="SOURCE is a folder, s3://BUCKET[/PREFIX] or sftp://[USER@]HOST[:PORT]/PATH; "
+                                   "several SOURCEs are replicas of one library, read in the order given.")
+    p.add_argument("paths", nargs="+", metavar="SOURCE", help="the library's origin(s), then the MOUNTPOINT")
     _add_state_args(p, cache=True)
     p.add_argument("--cache-size", help="chunk cache quota, e.g. 500M or 10G (default 10G)")
     p.add_argument("--rescan-interval", type=float, metavar="SECONDS", help="seconds between rescans (default 900)")
@@ -160,7 +163,7 @@ def _add_maintenance_parsers(sub) -> None:
     p.add_argument("--tracks", type=int, default=24)
     p.add_argument("--big-file-mb", type=int, default=0, help="also write one FLAC of this many MB")
 
-    p = sub.add_parser("failpoints", help="failpoint tools")
+    p = sub.add_parser("failpoints")  # no help: a test tool, left out of the user's command list
     p.add_argument("action", choices=["list"])
 
 
@@ -296,6 +299,9 @@ def cmd_demo(args) -> int:
     from ..shared import Progress
     from .demo import make_library
 
+    if os.path.isdir(args.dir) and os.listdir(args.dir):
+        raise BadArgument("DIR", f"{args.dir} is not empty: the demo writes a library of its own into an empty or "
+                                 "new folder (nothing of yours is overwritten)")
     bar = Progress("writing demo library", args.tracks)
     made = make_library(args.dir, args.tracks, big_file_mb=args.big_file_mb, progress=lambda done, total: bar.advance())
     bar.finish()
@@ -395,7 +401,11 @@ COMMANDS = {"mount": cmd_mount, "scan": cmd_scan, "search": cmd_search, "status"
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # `musicfs` alone: the commands, as a usage error
+        parser.print_help(sys.stderr)
+        return EX_USAGE
     try:
         code = COMMANDS[args.command](args)
         sys.stdout.flush()  # a reader that went away (`| head`) shows here, not in the interpreter's exit

@@ -17,8 +17,9 @@ from .catalog import Catalog, FileRow
 log = logging.getLogger(__name__)
 
 # What read_file_row makes of tags (tags.catalog_fields). A catalog scanned by an older rule set has every
-# file's tags read again by the next scan, so what it already holds is normalised like new files.
-TAGS_VERSION = "2"
+# file's tags read again by the next scan, so what it already holds is normalised like new files. 3: M4A
+# compilations by `cpil`, WAV and AIFF tags by their ID3 frames.
+TAGS_VERSION = "3"
 
 # Far below any real codec (even FLAC of pure silence needs ~200 B/s): less means a truncated file.
 MIN_BYTES_PER_SECOND = 100

@@ -10,6 +10,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 import mutagen
+from mutagen.easyid3 import EasyID3
+from mutagen.easymp4 import EasyMP4Tags
+from mutagen.id3 import ID3
 
 from ..shared import normalise_opt
 
@@ -196,12 +199,38 @@ def _duration(info) -> float | None:
     return length if math.isfinite(length) and length > 0 else None
 
 
+# Keys of the tags parse reads, and where a plain ID3 tag (WAV, AIFF: mutagen gives their ID3 frames, not the
+# easy keys) keeps each. TCMP is iTunes' compilation flag.
+_ID3_FRAMES = {"artist": "TPE1", "albumartist": "TPE2", "album": "TALB", "title": "TIT2", "tracknumber": "TRCK",
+               "discnumber": "TPOS", "date": "TDRC", "year": "TYER", "genre": "TCON", "compilation": "TCMP"}
+
+
+def _cpil(tags, key) -> list[str]:
+    """An MP4's compilation flag (the `cpil` atom, as iTunes writes it) as the easy key `compilation`."""
+    return ["1" if tags["cpil"] else "0"]
+
+
+EasyMP4Tags.RegisterKey("compilation", getter=_cpil)
+
+
+class _ID3Keys:
+    """A plain ID3 tag looked up by the easy keys."""
+
+    def __init__(self, id3):
+        self.id3 = id3
+
+    def __getitem__(self, key: str):
+        return self.id3[_ID3_FRAMES[key]]
+
+
 def parse(fileobj: RangeFile) -> Tags | None:
     """Tags of an audio file, or None when mutagen does not recognise it."""
     audio = mutagen.File(fileobj, easy=True)
     if audio is None:
         return None
     tags = audio.tags or {}
+    if isinstance(tags, ID3) and not isinstance(tags, EasyID3):
+        tags = _ID3Keys(tags)
     return Tags(
         artist=_first(tags, "artist"),
         albumartist=_first(tags, "albumartist", "album artist"),

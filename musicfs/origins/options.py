@@ -67,13 +67,14 @@ def option_keys(kind: str) -> tuple[str, ...]:
 
 
 def kind_of(source: str) -> str:
-    """The kind of a SOURCE: by its scheme, 'local' for one without; ConfigError for another scheme."""
+    """The kind of a SOURCE: by its scheme, 'local' for one without; BadArgument for another scheme."""
     for key, kind in KINDS.items():
         if kind.scheme and source.startswith(f"{kind.scheme}://"):
             return key
     if "://" in source:
         schemes = ", ".join(f"{k.scheme}://" for k in KINDS.values() if k.scheme)
-        raise ConfigError("SOURCE", f"unsupported scheme in {source!r} (use a directory, {schemes})")
+        # SOURCEs come from the command line only (a config file has no sources): a usage error, exit 2
+        raise BadArgument("SOURCE", f"unsupported scheme in {source!r} (use a directory, {schemes})")
     return "local"
 
 

@@ -256,3 +256,62 @@ def test_tag_text_is_always_storable():
     assert tags._duration(type("Info", (), {"length": float("nan")})()) is None
     assert tags._duration(type("Info", (), {"length": float("inf")})()) is None
     assert tags._duration(type("Info", (), {"length": 12.5})()) == 12.5
+
+
+def _parse_file(path: Path) -> Tags | None:
+    data = path.read_bytes()
+    return tags.parse(RangeFile(Source(data).fetch, len(data), name=path.name))
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg writes the M4A")
+def test_an_itunes_compilation_m4a_is_filed_under_various_artists(tmp_path):
+    """iTunes marks a compilation with the `cpil` atom and leaves the album artist empty: one album folder."""
+    import subprocess
+
+    import mutagen.mp4
+
+    made = []
+    for n, artist in enumerate(("Singer One", "Singer Two"), 1):
+        path = tmp_path / f"{n}.m4a"
+        subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=frequency=440:duration=1", "-c:a", "aac",
+                        str(path)], check=True, timeout=60)
+        m4a = mutagen.mp4.MP4(path)
+        m4a.tags = m4a.tags or mutagen.mp4.MP4Tags()
+        m4a.tags.update({"\xa9ART": [artist], "\xa9alb": ["Hits of the Year"], "\xa9nam": [f"Song {n}"],
+                         "trkn": [(n, 2)], "cpil": True})
+        m4a.save()
+        made.append(_parse_file(path))
+    assert all(t.compilation and t.albumartist is None for t in made)
+    filed = [tags.catalog_fields(t) for t in made]
+    assert {f["albumartist"] for f in filed} == {tags.VARIOUS_ARTISTS}
+    assert [f["artist"] for f in filed] == ["Singer One", "Singer Two"] and filed[1]["track_no"] == 2
+    plain = tmp_path / "1.m4a"  # the same file without the flag is its artist's own
+    m4a = mutagen.mp4.MP4(plain)
+    del m4a.tags["cpil"]
+    m4a.save()
+    assert not _parse_file(plain).compilation
+
+
+def test_a_wav_with_an_id3_chunk_is_read_by_its_frames(tmp_path):
+    import wave
+
+    from mutagen.id3 import TALB, TCMP, TDRC, TIT2, TPE1, TPE2, TRCK
+    from mutagen.wave import WAVE
+
+    path = tmp_path / "take.wav"
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(b"\0\0" * 8000)
+    audio = WAVE(path)
+    audio.add_tags()
+    for frame in (TPE1(encoding=3, text=["Field Recorder"]), TPE2(encoding=3, text=["The Band"]),
+                  TALB(encoding=3, text=["Rehearsals"]), TIT2(encoding=3, text=["Take 3"]),
+                  TRCK(encoding=3, text=["3/9"]), TDRC(encoding=3, text=["2021"]), TCMP(encoding=3, text=["0"])):
+        audio.tags.add(frame)
+    audio.save()
+    found = _parse_file(path)
+    assert (found.artist, found.albumartist, found.album, found.title, found.track_no, found.year) == (
+        "Field Recorder", "The Band", "Rehearsals", "Take 3", 3, "2021")
+    assert not found.compilation and found.duration == pytest.approx(1.0, abs=0.01)
