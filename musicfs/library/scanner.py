@@ -35,7 +35,9 @@ class ScanResult:
     changed: int = 0
     removed: int = 0
     unchanged: int = 0
-    skipped: int = 0
+    skipped: int = 0  # listed audio that could not be read (or named)
+    not_audio: int = 0  # listed files that are neither audio nor a cover image: never read
+    hidden: int = 0  # listed files under a dot name (or AppleDouble `._*`), unless include_hidden
     seconds: float = 0.0
 
     @property
@@ -43,8 +45,10 @@ class ScanResult:
         return bool(self.added or self.changed or self.removed)
 
     def summary(self) -> str:
+        ignored = "".join(f", {n} {what}" for n, what in ((self.not_audio, "not audio"), (self.hidden, "hidden"))
+                          if n)
         return (f"{self.added} added, {self.changed} changed, {self.removed} removed, "
-                f"{self.unchanged} unchanged, {self.skipped} unreadable in {self.seconds:.1f}s")
+                f"{self.unchanged} unchanged, {self.skipped} unreadable{ignored} in {self.seconds:.1f}s")
 
 
 # What the scan keeps of the ranges it fetched to read one file's tags (see `Scanner.on_fetched`).
@@ -143,8 +147,15 @@ class Scanner:
         """One full pass. Blocking: run it in a worker thread."""
         started = time.monotonic()
         origin = self._pick_origin()
-        listing = sorted((st for st in origin.walk() if tags.classify(st.path)
-                          and not is_hidden(st.path, self.include_hidden)), key=lambda st: st.path)
+        listing, not_audio, hidden = [], 0, 0
+        for st in origin.walk():
+            if is_hidden(st.path, self.include_hidden):
+                hidden += 1
+            elif not tags.classify(st.path):
+                not_audio += 1
+            else:
+                listing.append(st)
+        listing.sort(key=lambda st: st.path)
         walked = self.registry.wall_clock()  # every listed version existed by now (racy versions: its `seen`)
         # Origins escape names that are not UTF-8 (origins/base.py escape_name); one that does not
         # cannot have them stored (SQLite TEXT refuses lone surrogates): skipped with one line each.
@@ -157,7 +168,8 @@ class Scanner:
         if not current:
             log.info("scan: the catalog's tags were read by an older version: reading every file's tags again")
         todo = [st for st in listing if not current or known.get(st.path) != st.identity]
-        result = ScanResult(unchanged=len(listing) - len(todo), skipped=len(unnamed))
+        result = ScanResult(unchanged=len(listing) - len(todo), skipped=len(unnamed), not_audio=not_audio,
+                            hidden=hidden)
         for st in unnamed:
             log.warning("scan: skipping %r: its name is not valid UTF-8", st.path)
         self.catalog.set_scan_state(in_progress="1", total=str(len(todo)))

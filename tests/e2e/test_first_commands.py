@@ -51,3 +51,22 @@ def test_a_source_of_an_unknown_scheme_is_a_usage_error_naming_it(tmp_path):
         assert result.stderr.strip().splitlines()[-1] == (
             f"musicfs: SOURCE: unsupported scheme in {source!r} (use a directory, s3://, sftp://)")
         assert not (tmp_path / "mnt").exists()
+
+
+def test_the_scan_summary_counts_what_it_skipped_by_reason(tmp_path):
+    from musicfs_test_utils.fixtures import make_library
+
+    source = tmp_path / "library"
+    make_library(source, 3, hostile=False)
+    (source / "notes.txt").write_text("not music")
+    (source / "Artist" / "booklet.pdf").parent.mkdir(exist_ok=True)
+    (source / "Artist" / "booklet.pdf").write_bytes(b"%PDF-1.4")
+    (source / ".trash").mkdir()
+    (source / ".trash" / "old.mp3").write_bytes(b"ID3")
+    (source / "._old.mp3").write_bytes(b"\0\5\26\7")
+    (source / "truncated.flac").write_bytes(b"fLaC")
+    result = musicfs("scan", str(source), "--state-dir", str(tmp_path / "state"))
+    assert result.returncode == 0, result.stderr
+    summary = result.stdout.strip().splitlines()[-1]
+    assert ", 1 unreadable, 2 not audio, 2 hidden in " in summary, summary
+    assert "truncated.flac" in result.stderr  # the unreadable one is named in a line of its own
