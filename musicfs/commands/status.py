@@ -393,16 +393,16 @@ def library_status(state_dir: str, timeout: float = 2.0) -> tuple[dict, int]:
 
 
 def all_libraries(libs: list[Path], timeout: float = 2.0) -> tuple[list[dict], int]:
-    """Every library's document (each with its `state_dir`) and the worst exit code among them: 1 when one
-    could not be determined, else 3 when one is not running, else 0."""
+    """Every library's document (each with its `state_dir`), and the listing's exit code: 1 when one could not
+    be determined, else 0 (a stopped library in the list is no failure of the listing: 3 is for the one
+    library asked about)."""
     docs, codes = [], []
     for lib in libs:
         doc, code = library_status(str(lib), timeout)
         doc.setdefault("state_dir", str(lib))
         docs.append(doc)
         codes.append(code)
-    code = EXIT_ERROR if EXIT_ERROR in codes else EXIT_NOT_RUNNING if EXIT_NOT_RUNNING in codes else EXIT_RUNNING
-    return docs, code
+    return docs, EXIT_ERROR if EXIT_ERROR in codes else EXIT_RUNNING
 
 
 def render_libraries(docs: list[dict]) -> str:
