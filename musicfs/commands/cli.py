@@ -124,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", help="print the paths in the mount of the tracks matching QUERY (exit 1: none)")
     p.add_argument("query", metavar="QUERY")
-    _add_library_args(p, "default: every library under XDG state")
+    _add_library_args(p, "default: the mounted libraries (every one when none is mounted)")
+    p.add_argument("--all", action="store_true", help="search every library under XDG state, mounted or not")
     p.add_argument("--limit", type=_at_least_one, default=20, metavar="N", help="at most N results (default 20)")
     p.add_argument("--json", action="store_true", help="print path, artist, album, title and duration as JSON")
 
@@ -246,10 +247,13 @@ def cmd_search(args) -> int:
     chosen = _chosen_library(args)
     if chosen:
         states = [chosen]
-    else:  # every library: each one's hits, merged best first
+    else:  # the mounted libraries (every one with --all, or when none is mounted): their hits merged best first
         states = [str(p) for p in libraries()]
         if not states:
             raise ConfigError("--state-dir", f"no library found under {state_base()}: mount or scan one first")
+        mounted = [state for state in states if _is_mounted(recorded_mountpoint(state))]
+        if mounted and not args.all:
+            states = mounted
     scored = []
     for state in states:
         hits = SearchIndex(os.path.join(state, "index"), create=False).hits(args.query, args.limit)
@@ -269,6 +273,14 @@ def cmd_search(args) -> int:
         print(f"musicfs: nothing matches {args.query!r}", file=sys.stderr)
         return 1
     return 0
+
+
+def _is_mounted(mountpoint: str) -> bool:
+    """Whether a musicfs mount is on `mountpoint` now (the mount table; nothing is asked of the mount)."""
+    from ..shared import mount_entries
+
+    target = os.path.abspath(mountpoint) if mountpoint else None
+    return target is not None and any(e.mountpoint == target and e.fstype == "fuse.musicfs" for e in mount_entries())
 
 
 def cmd_status(args) -> int:

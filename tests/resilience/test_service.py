@@ -186,4 +186,9 @@ def test_two_libraries_both_show_in_status_and_search_covers_both(small_library,
     states = {d["mountpoint"]: (d["state"], d["sources"]) for d in json.loads(listed.stdout)}
     assert states == {one.mountpoint: ("running", one.sources), two.mountpoint: ("stopped", two.sources)}
     assert musicfs("status", "--mount", two.mountpoint, env_extra=env).returncode == 3
+    # search: the mounted library only (a stopped one's paths lead nowhere); --all searches both again
+    mounted = musicfs("search", word, "--limit", "100", env_extra=env).stdout.splitlines()
+    assert mounted and all(p.startswith(one.mountpoint + "/") for p in mounted), mounted
+    every = musicfs("search", word, "--limit", "100", "--all", env_extra=env).stdout.splitlines()
+    assert any(p.startswith(two.mountpoint + "/") for p in every) and len(every) > len(mounted)
     assert one.stop() == 0
