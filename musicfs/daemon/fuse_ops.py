@@ -102,9 +102,6 @@ class MusicOperations(pyfuse3.Operations):
         self._next_dir = itertools.count(1)
         self.uid, self.gid = os.getuid(), os.getgid()
         self.read_latency = LatencyHistogram()
-        # a node's attributes, made once: the tree is immutable, and an inode number is never given to another
-        # node (a changed file is a new inode), so they hold for as long as the node is served
-        self._attrs: dict[int, pyfuse3.EntryAttributes] = {}
 
     # -- tree swap ----------------------------------------------------------------
     def swap_tree(self, new: VirtualTree) -> tuple[list[tuple[int, bytes]], list[int]]:
@@ -116,7 +113,6 @@ class MusicOperations(pyfuse3.Operations):
         which only handles opened before the change still reach.
         """
         old, self.tree = self.tree, new
-        self._attrs = {}  # (a moved node keeps its number: its attributes are made again from `new`)
         stale, gone = [], []
         for ino, node in old.nodes.items():
             fresh = new.get(ino)
@@ -136,12 +132,6 @@ class MusicOperations(pyfuse3.Operations):
         return node
 
     def _attr(self, node: Node) -> pyfuse3.EntryAttributes:
-        a = self._attrs.get(node.ino)
-        if a is None:
-            a = self._attrs[node.ino] = self._make_attr(node)
-        return a
-
-    def _make_attr(self, node: Node) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
         a.st_ino = node.ino
         a.generation = 0

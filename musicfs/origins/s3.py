@@ -111,9 +111,6 @@ class _S3Parts(OriginStream):
         parts = [(at, min(PART, offset + length - at)) for at in range(offset, offset + length, PART)]
         return b"".join(self.s3.read_ranges(self.path, parts, expect))
 
-    def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
-        return [self.read(offset, length) for offset, length in ranges]
-
 
 class S3Origin(Origin):
     OPTION_KEYS = option_keys("s3")  # declared in origins/options.py

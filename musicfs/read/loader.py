@@ -71,19 +71,22 @@ class ChunkLoader:
         return digest is not None and (self.memory.has(digest) or self.cache.may_have(digest))
 
     def in_memory(self, of: OpenFile, idx: int) -> bytes | None:
-        """Chunk idx if memory holds it (verified when it was loaded) and no load of it is under way."""
+        """Chunk idx if memory holds it (verified and kept when it was loaded: offered to the page cache) and no
+        load of it is under way."""
         digest = of.manifest.get(idx)
         if digest is None or (of.row.version, idx) in self._inflight:
             return None
         data = self.memory.get(digest)
         if data is not None:
             self.counts["memory_hits"] += 1
+            self.offer_pages(of, idx, data)
         return data
 
     def stream_origin(self, of: OpenFile) -> None:
-        """A file read as a stream reads its origins through one open stream (S3: one GET read on; SFTP: the
-        remote file kept open), for read-ahead and for the reader's own fetches alike; where streams need no
-        order (SFTP), every read of an open file does (no open and close of the remote file per small read)."""
+        """A file read as a stream reads its origins through one open stream (S3: part GETs of the pinned version;
+        SFTP: the remote file kept open), for read-ahead and for the reader's own fetches alike; where streams need
+        no order (SFTP, S3), every read of an open file does (no open and close of the remote file per small
+        read)."""
         if of.origin is None:
             of.origin = self.origins.open_stream(of.row.path, of.row.stat())
 
@@ -97,13 +100,10 @@ class ChunkLoader:
                 self.counts["memory_hits"] += 1
                 return fresh
             await self._inflight[key].wait()
+        data = self.in_memory(of, idx)
+        if data is not None:
+            return data
         digest = of.manifest.get(idx)
-        if digest is not None:
-            data = self.memory.get(digest)
-            if data is not None:
-                self.counts["memory_hits"] += 1
-                self.offer_pages(of, idx, data)
-                return data
         # Kernel readahead sends several reads into one chunk at once: load (and hash) it once.
         event = self._inflight[key] = trio.Event()
         try:

@@ -191,10 +191,10 @@ class FileReader:
         end = min(offset + size, of.row.size)
         if offset >= end:
             return b""
-        streaming = handle.history is not None and handle.history.window > 0
         plan = self.policy.plan(handle.history, offset, end, lambda idx: self.loader.ready(of, idx),
                                 of.pushed.__contains__)
-        if handle.lane is not None and (streaming or not self.origins.ordered_streams):
+        # plan.played: the handle was streaming before this read (a window open)
+        if handle.lane is not None and (plan.played or not self.origins.ordered_streams):
             self.loader.stream_origin(of)  # (SFTP: any read of an open file, on the handle kept open)
         if plan.sequential:
             of.sequential = True
@@ -202,9 +202,8 @@ class FileReader:
             self.readahead.cancel(handle.lane)
         cs = self.chunk_size
         if plan.first == plan.last and not plan.blocks:  # the lean path: one chunk, in memory
-            data = self.loader.in_memory(of, plan.first)
+            data = self.loader.in_memory(of, plan.first)  # (offered to the page cache: verified and kept)
             if data is not None:
-                self.loader.offer_pages(of, plan.first, data)  # in memory: verified and kept
                 self._after(handle, of, plan)
                 base = plan.first * cs
                 return memoryview(data)[offset - base:end - base]

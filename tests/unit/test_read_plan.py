@@ -86,10 +86,13 @@ def test_a_long_sequential_run_stops_using_blocks_at_a_chunk_boundary_and_asks_f
     plans = [policy.plan(h, off, off + BLOCK, nothing_ready) for off in range(0, STREAMING_SOON + BLOCK, BLOCK)]
     assert all(p.blocks for p in plans)
     assert not any(p.to_chunk_end for p in plans[:STREAMING_SOON // BLOCK]) and plans[-1].to_chunk_end
-    at_boundary = policy.history(10 * CHUNK)
+    slow = ReadPolicy(CHUNK, block_size=BLOCK, min_run=4 * CHUNK)  # no window yet: the boundary rule alone
+    at_boundary = slow.history(10 * CHUNK)
     for off in range(0, CHUNK, BLOCK):
-        policy.plan(at_boundary, off, off + BLOCK, nothing_ready)
-    assert not policy.plan(at_boundary, CHUNK, CHUNK + BLOCK, nothing_ready).blocks  # read-ahead is about to
+        assert slow.plan(at_boundary, off, off + BLOCK, nothing_ready).blocks
+    assert at_boundary.window == 0
+    assert not slow.plan(at_boundary, CHUNK, CHUNK + BLOCK, nothing_ready).blocks  # read-ahead is about to
+    assert slow.plan(at_boundary, CHUNK + BLOCK, CHUNK + 2 * BLOCK, nothing_ready).blocks  # mid-chunk: blocks
 
 
 def test_a_reader_asking_past_chunks_it_read_from_the_page_cache_keeps_its_window():
