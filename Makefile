@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-DEBS := fuse3 libfuse3-dev pkg-config
+DEBS := fuse3 libfuse3-dev pkg-config openssh-client
 TEST_DEBS := flac ffmpeg openssh-server e2fsprogs
 # bench/media_scan.py runs real media scanners (mediainfo, ffprobe, mpd + mpc, beets) and strace
 BENCH_DEBS := rclone mediainfo mpd mpc beets strace ffmpeg

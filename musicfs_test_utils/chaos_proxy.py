@@ -11,7 +11,7 @@ Two layers:
   (``add_toxic``, ``disable``, ...) are plain synchronous functions that must
   be called from the proxy's trio thread.
 * ``ProxyThread`` runs a ``ChaosProxy`` in a background thread with its own
-  ``trio.run`` so that synchronous tests (boto3, paramiko, a daemon in another
+  ``trio.run`` so that synchronous tests (boto3, the SFTP client, a daemon in another
   process) can use it::
 
       with ProxyThread("127.0.0.1", s3_port, seed=1) as proxy:

@@ -217,17 +217,14 @@ class MotoServer:
 # ---------------------------------------------------------------------------
 # SFTP (OpenSSH sshd)
 # ---------------------------------------------------------------------------
-def ed25519_keypair() -> tuple[bytes, str]:
-    """(OpenSSH private key PEM, 'ssh-ed25519 AAAA...') for a fresh key."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    key = Ed25519PrivateKey.generate()
-    private = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
-    )
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    return private, public.decode()
+def ed25519_keypair(passphrase: str = "") -> tuple[bytes, str]:
+    """(OpenSSH private key, 'ssh-ed25519 AAAA...') for a fresh key, made by ssh-keygen (encrypted with
+    `passphrase` when one is given)."""
+    with tempfile.TemporaryDirectory(prefix="musicfs-key-") as tmp:
+        path = Path(tmp) / "key"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", passphrase, "-C", "musicfs-test", "-f", str(path)],
+                       check=True, capture_output=True, timeout=30)
+        return path.read_bytes(), path.with_suffix(".pub").read_text().strip()
 
 
 def _write_private(path: Path, data: bytes | str) -> None:

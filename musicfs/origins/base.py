@@ -190,7 +190,7 @@ Verdict = tuple[type[OriginError], str]  # the error class, and the message's de
 
 
 def classify_error(exc: BaseException, origin: str, path: str, decide: Callable[[BaseException], Verdict]) -> OriginError:
-    """`exc` (a boto3, paramiko or socket exception) as an OriginError of the class `decide` says, its message
+    """`exc` (a boto3, SFTP or socket exception) as an OriginError of the class `decide` says, its message
     naming the origin and the path; an OriginError stays as it is. Every remote origin maps its SDK's
     exceptions through this, so they all name things alike."""
     if isinstance(exc, OriginError):

@@ -8,7 +8,7 @@ from . import options as _options
 from .base import Origin
 
 # Keys of the config table `origin_options` per kind (S3Origin/SftpOrigin.OPTION_KEYS are the same tuples);
-# declared in origins/options.py so a local-only library need not import boto3 or paramiko to check them.
+# declared in origins/options.py so a local-only library need not import boto3 to check them.
 S3_OPTION_KEYS = _options.option_keys("s3")
 SFTP_OPTION_KEYS = _options.option_keys("sftp")
 

@@ -1,7 +1,7 @@
 """Every origin kind, declared once (`KINDS`: its scheme, display name, options and class), and the checks of
 the options (config table `origin_options`).
 
-Imports neither boto3 nor paramiko: a library is checked before any origin is built, and a local-only one never
+Imports no SDK (boto3): a library is checked before any origin is built, and a local-only one never
 loads the remote libraries. An option that no source kind of the library knows, or a value of the wrong type,
 is a ConfigError naming `origin_options.<key>` (exit 78); an option that came from a flag (`--sftp-identity`)
 is a BadArgument naming the flag (exit 2).
@@ -40,7 +40,7 @@ def _seconds(*keys: str) -> tuple[Option, ...]:
 class Kind:
     """One kind of origin: the scheme of its SOURCEs ("" for a directory), its name in messages, the options it
     knows (README "Origin options" lists them), and its class ("module:Class", imported only when one is built:
-    a local-only library never loads boto3 or paramiko)."""
+    a local-only library never loads boto3)."""
 
     scheme: str
     name: str

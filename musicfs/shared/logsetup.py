@@ -231,9 +231,9 @@ def setup_logging(level: str, stream=None, *, window: float = 10.0, burst: int =
     return handler
 
 
-# Libraries whose INFO lines are connection chatter ("Connected (version 2.0, client OpenSSH_9.2)",
-# "Authentication (publickey) successful!"): only their warnings and errors are shown unless the level is DEBUG.
-CHATTY_LOGGERS = ("paramiko",)
+# Libraries whose INFO lines are connection chatter (botocore's "Found credentials in environment variables."):
+# only their warnings and errors are shown unless the level is DEBUG.
+CHATTY_LOGGERS = ("botocore",)
 
 
 def quiet_chatty_libraries(level) -> None:

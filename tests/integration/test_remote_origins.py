@@ -31,6 +31,7 @@ from musicfs.shared.errors import (
     PathEscape,
     ShortRead,
 )
+from musicfs_test_utils.eventually import eventually
 from musicfs_test_utils.servers import MotoServer, SshServer, ed25519_keypair, free_port
 
 pytestmark = pytest.mark.l3
@@ -534,6 +535,88 @@ def test_sftp_connection_killed_under_the_pool_is_replaced(
         assert outcomes[-1] is True, outcomes
     finally:
         origin.close()
+
+
+def _outcome(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except Exception as exc:
+        return exc
+
+
+def _reaped(pid: int) -> bool:
+    """No process and no zombie is left with this pid."""
+    return not os.path.exists(f"/proc/{pid}")
+
+
+@pytest.mark.resilience("N.2")
+def test_sftp_ssh_killed_in_the_middle_of_a_read_fails_it_and_a_new_ssh_takes_over(via_proxy, library: Any) -> None:
+    """ssh dies while a stream's read is in flight: that read raises a transient error (the registry retries it),
+    never part of the bytes as the whole; ssh is reaped, and the stream's next read runs on a new ssh."""
+    proxy, url, options = via_proxy("sftp", pool_size=1)
+    origin = SftpOrigin.from_url(url, options)
+    path, data = "big.flac", library.data("big.flac")
+    try:
+        stream = origin.open_stream(path, origin.stat(path))
+        assert stream.read(0, 10) == data[:10]
+        [pid] = origin.ssh_pids()
+        proxy.add_toxic("thin", "bandwidth", rate_kbps=100)  # the read below takes half a minute
+        result: list[Any] = []
+        reader = threading.Thread(target=lambda: result.append(_outcome(lambda: stream.read(0, len(data)))))
+        reader.start()
+        eventually(lambda: origin.statistics().requests_waiting > 0, 10, "the read's requests in flight")
+        os.kill(pid, signal.SIGKILL)
+        reader.join(30)
+        assert not reader.is_alive()
+        assert isinstance(result[0], OriginTransient), result[0]
+        assert "ssh" in str(result[0]) and origin.name in str(result[0])
+        proxy.remove_toxic("thin")
+        eventually(lambda: _reaped(pid), 10, "the killed ssh reaped")
+        assert stream.read(0, len(data)) == data
+        assert origin.ssh_pids() and pid not in origin.ssh_pids()
+        assert origin.statistics().replaced == 1
+        stream.close()
+    finally:
+        origin.close()
+
+
+def test_sftp_close_kills_and_reaps_every_ssh(ssh_server: SshServer, sftp_library: str, library: Any) -> None:
+    origin = SftpOrigin.from_url(sftp_library, ssh_server.origin_options(pool_size=3))
+    data = library.data("big.flac")
+    try:
+        with ThreadPoolExecutor(6) as pool:  # enough requests at once that one session is not enough
+            got = list(pool.map(lambda _: origin.read("big.flac", 0, len(data)), range(6)))
+        assert got == [data] * 6
+        pids = origin.ssh_pids()
+        assert 1 < len(pids) <= 3
+    finally:
+        origin.close()
+    assert origin.ssh_pids() == []
+    assert all(_reaped(pid) for pid in pids)  # killed and waited for: no zombie
+
+
+def test_sftp_an_encrypted_key_is_unlocked_through_askpass(ssh_server: SshServer, sftp_library: str,
+                                                           library: Any, tmp_path: Path) -> None:
+    private, public = ed25519_keypair(passphrase="open sesame")
+    key = tmp_path / "id_locked"
+    key.write_bytes(private)
+    key.chmod(0o600)
+    assert ssh_server.dir is not None
+    with open(ssh_server.dir / "authorized_keys", "a") as keys:
+        keys.write(public + "\n")
+    origin = SftpOrigin.from_url(sftp_library, ssh_server.origin_options(identity_file=str(key),
+                                                                         passphrase="open sesame"))
+    try:
+        assert origin.read("one.bin", 0, 1) == library.data("one.bin")[:1]
+    finally:
+        origin.close()
+    wrong = SftpOrigin.from_url(sftp_library, ssh_server.origin_options(identity_file=str(key), passphrase="nope"))
+    try:
+        with pytest.raises(OriginFatal, match="authentication failed"):
+            wrong.probe()
+    finally:
+        wrong.close()
+
 
 
 def test_s3_a_failing_part_get_fails_the_whole_read(request: pytest.FixtureRequest, library: Any,

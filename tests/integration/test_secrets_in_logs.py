@@ -59,7 +59,7 @@ def test_a_debug_log_of_s3_requests_holds_no_key_secret_or_session_token(where, 
 def test_an_sftp_password_is_never_logged_whatever_the_line_around_it(sftp_library, debug_log):
     password = "correct horse battery staple"
     SftpOrigin.from_url(sftp_library, {"password": password})  # an origin that holds it: never written
-    logging.getLogger("paramiko.transport").debug("auth with %r failed", password)
+    logging.getLogger("musicfs.origins.sftp_session").debug("ssh said: auth with %r failed", password)
     logging.getLogger("musicfs.test").debug("connecting with password=%s to %s", password, sftp_library)
     text = debug_log.getvalue()
     assert password not in text and "correct" not in text and text.count("***") == 2

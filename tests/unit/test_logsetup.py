@@ -337,22 +337,22 @@ def test_a_summary_reads_like_the_lines_it_stands_for_through_setup_logging():
     assert "%s" not in text
 
 
-@pytest.mark.expected_log(r"paramiko.transport: Unknown exec request")
-def test_paramiko_info_is_quiet_at_the_default_level_and_shown_at_debug():
+@pytest.mark.expected_log(r"botocore.credentials: Refreshing temporary credentials failed")
+def test_botocore_info_is_quiet_at_the_default_level_and_shown_at_debug():
     stream = io.StringIO()
-    paramiko = logging.getLogger("paramiko.transport")
+    botocore = logging.getLogger("botocore.credentials")
     try:
         logsetup.setup_logging("INFO", stream)
-        paramiko.info("Connected (version 2.0, client OpenSSH_9.2)")
-        paramiko.warning("Unknown exec request")
-        assert "Connected" not in stream.getvalue()
-        assert "Unknown exec request" in stream.getvalue()
+        botocore.info("Found credentials in environment variables.")
+        botocore.warning("Refreshing temporary credentials failed")
+        assert "Found credentials" not in stream.getvalue()
+        assert "Refreshing temporary credentials failed" in stream.getvalue()
         logsetup.setup_logging("DEBUG", stream)
-        paramiko.info("Authentication (publickey) successful!")
-        assert "Authentication (publickey) successful!" in stream.getvalue()
+        botocore.info("Found credentials in shared credentials file")
+        assert "Found credentials in shared credentials file" in stream.getvalue()
     finally:
         logsetup.teardown_logging()
-        logging.getLogger("paramiko").setLevel(logging.NOTSET)
+        logging.getLogger("botocore").setLevel(logging.NOTSET)
         logging.getLogger().setLevel(logging.WARNING)
 
 

@@ -32,7 +32,7 @@ def test_remote_origins_are_built_without_connecting(tmp_path):
     sftp = open_origin("sftp://me@192.0.2.1:2222/srv/music", {"known_hosts": str(tmp_path / "none")})
     assert time.monotonic() - started < 1.0  # 192.0.2.1 (TEST-NET-1) never answers: a connect would hang
     assert isinstance(s3, S3Origin) and (s3.bucket, s3.prefix) == ("bucket", "music/")
-    assert isinstance(sftp, SftpOrigin) and (sftp.user, sftp.host, sftp.port, sftp.root) == ("me", "192.0.2.1", 2222,
+    assert isinstance(sftp, SftpOrigin) and (sftp.target.user, sftp.host, sftp.target.port, sftp.root) == ("me", "192.0.2.1", 2222,
                                                                                                "/srv/music")
     s3.close()
     sftp.close()

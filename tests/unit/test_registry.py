@@ -16,6 +16,8 @@ from musicfs.origins.memory import PROBE, READ, MemoryOrigin, Request, serve
 from musicfs.origins.registry import OriginRegistry
 from musicfs.origins.s3 import classify_s3_error
 from musicfs.origins.sftp_errors import classify_sftp_error
+from musicfs.origins.sftp_ssh import SshTarget
+from musicfs.origins.sftp_wire import FAILURE, NO_SUCH_FILE, PERMISSION_DENIED, StatusError
 from musicfs.shared.errors import (
     OriginError,
     OriginFatal,
@@ -205,11 +207,11 @@ def test_s3_error_classes_drive_the_retry_policy(make, retried):
 
 @pytest.mark.resilience("4.1")
 @pytest.mark.parametrize("make, retried", [
-    (lambda: EOFError(), True),
-    (lambda: ConnectionResetError(104, "Connection reset by peer"), True),
-    (lambda: FileNotFoundError(2, "No such file"), False),
-    (lambda: PermissionError(13, "Permission denied"), False),
-], ids=["sftp-eof", "sftp-reset", "sftp-enoent", "sftp-eacces"])
+    (lambda: SshTarget("nas").failure("Connection closed by 10.0.0.2 port 22\n", 255, "sftp"), True),
+    (lambda: StatusError(FAILURE, "Failure"), True),
+    (lambda: StatusError(NO_SUCH_FILE, "No such file"), False),
+    (lambda: StatusError(PERMISSION_DENIED, "Permission denied"), False),
+], ids=["sftp-ssh-gone", "sftp-failure", "sftp-enoent", "sftp-eacces"])
 def test_sftp_error_classes_drive_the_retry_policy(make, retried):
     t = FakeTime()
     origin = memory_origin("sftp", FILES)
