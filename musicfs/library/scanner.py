@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
-from ..origins import SETTLE_MARGIN, FileStat, Origin, OriginRegistry, settled
+from ..origins import FileStat, Origin, OriginRegistry
 from ..shared import MusicFSError, OriginError, OriginTransient, Progress, points
 from . import tags
 from .catalog import Catalog, FileRow
@@ -173,7 +173,6 @@ class Scanner:
         for st in unnamed:
             log.warning("scan: skipping %r: its name is not valid UTF-8", st.path)
         self.catalog.set_scan_state(in_progress="1", total=str(len(todo)))
-        self._wait_until_settled(origin, todo, walked)
         self._read_and_commit(origin, todo, known, result, walked)
         result.removed = self._remove_gone(origin, known, listing)
         points.hit(points.SCAN_CHECKPOINT)
@@ -183,20 +182,6 @@ class Scanner:
             self.registry.adopt_identities(origin)  # committed: the catalog holds this origin's identities
         result.seconds = time.monotonic() - started
         return result
-
-    def _wait_until_settled(self, origin: Origin, todo: list[FileStat], walked: float) -> None:
-        """Wait, at most a timestamp resolution and the margin (SFTP: 1.25 s), until the listed versions are no
-        longer racy (origins/base.py, settled), unless the origin's own clock says they are already: what the
-        scan then reads for tags is kept as blocks, and the mount that follows reads settled versions at full
-        speed, through the page cache. A wait, not a poll: nothing but time settles a version."""
-        now = self.registry.wall_clock()
-        racy = [st for st in todo if not settled(origin, st.identity, walked, now)]
-        if not racy:
-            return
-        until = time.monotonic() + max(0.0, walked + SETTLE_MARGIN - now
-                                       + max(origin.timestamp_resolution(st.identity) for st in racy))
-        while not self.should_stop() and time.monotonic() < until:
-            time.sleep(min(0.05, max(0.0, until - time.monotonic())))
 
     def _read_and_commit(self, origin: Origin, todo: list[FileStat], known: dict, result: ScanResult,
                          walked: float) -> None:
