@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-size", help="chunk cache quota, e.g. 500M or 10G (default 10G)")
     p.add_argument("--rescan-interval", type=float, metavar="SECONDS", help="seconds between rescans (default 900)")
     p.add_argument("--allow-other", action="store_true", default=None, help="let other users read the mount")
+    p.add_argument("--allow-empty", action="store_true", default=None,
+                   help="mount even when the first scan finds no audio (a library empty on purpose)")
     p.add_argument("--allow-non-empty", action="store_true", default=None,
                    help="mount over a folder that holds files (they are hidden while mounted)")
     p.add_argument("--metrics", metavar="HOST:PORT",
@@ -159,6 +161,10 @@ def _add_maintenance_parsers(sub) -> None:
     _add_library_args(p, "default: the only library under XDG state")
     p.add_argument("--cache-dir", help="its cache folder (default: the one the daemon recorded in daemon.json)")
 
+    p = sub.add_parser("forget", help="remove a stopped library's state and cache (say which: its state folder, its "
+                                      "mountpoint or its SOURCE)")
+    p.add_argument("library", metavar="LIBRARY")
+
     p = sub.add_parser("demo", help="write a sample library of real audio files into DIR")
     p.add_argument("dir", metavar="DIR")
     p.add_argument("--tracks", type=int, default=24)
@@ -177,6 +183,7 @@ def _config(args, sources: list[str], mountpoint: str = "") -> Config:
         "rescan_interval": getattr(args, "rescan_interval", None),
         "allow_other": getattr(args, "allow_other", None),
         "allow_non_empty": getattr(args, "allow_non_empty", None),
+        "allow_empty": getattr(args, "allow_empty", None),
         "metrics": getattr(args, "metrics", None),
         "sources": tuple(sources),
         "mountpoint": mountpoint,
@@ -288,6 +295,14 @@ def cmd_status(args) -> int:
     from .status import run_status
 
     return run_status(_chosen_library(args), as_json=args.json)
+
+
+def cmd_forget(args) -> int:
+    setup_logging("WARNING")
+    from .forget import forget
+
+    print(forget(args.library))
+    return 0
 
 
 def cmd_fsck(args) -> int:
@@ -409,7 +424,7 @@ def cmd_pins(args) -> int:
 
 
 COMMANDS = {"mount": cmd_mount, "scan": cmd_scan, "search": cmd_search, "status": cmd_status, "demo": cmd_demo,
-            "failpoints": cmd_failpoints, "fsck": cmd_fsck, "pin": cmd_pin, "unpin": cmd_pin, "pins": cmd_pins}
+            "failpoints": cmd_failpoints, "fsck": cmd_fsck, "forget": cmd_forget, "pin": cmd_pin, "unpin": cmd_pin, "pins": cmd_pins}
 
 
 def main(argv: list[str] | None = None) -> int:

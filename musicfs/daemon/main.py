@@ -24,13 +24,16 @@ from .. import __version__, failpoints
 from ..library import Library, PinSet, ScanCancelled
 from ..origins import OriginStatistics
 from ..shared import (
+    STATE_FILE,
     Config,
     ConfigError,
+    EmptyLibrary,
     LibraryLock,
     MusicFSError,
     OriginError,
     cap_arenas,
     flush_summaries,
+    forget_folders,
     human_size,
     points,
     private_state,
@@ -238,10 +241,15 @@ class Daemon:
             self.notifier.extend_timeout(SCAN_EXTEND, "scanning the library")
             on_progress = lambda done, total: self.notifier.extend_timeout(SCAN_EXTEND, f"scanning: {done}/{total} files")  # noqa: E731
             try:
-                await trio.to_thread.run_sync(self.lib.scan, on_progress, self.stopping.is_set)
+                result = await trio.to_thread.run_sync(self.lib.scan, on_progress, self.stopping.is_set)
             except ScanCancelled as exc:
                 log.info("%s", exc)
                 return None
+            if not result.added and not self.cfg.allow_empty:
+                listed = result.not_audio + result.hidden + result.skipped
+                raise EmptyLibrary(f"no audio files under {', '.join(self.cfg.sources)} ({listed} files listed: "
+                                   f"{result.not_audio} not audio, {result.hidden} hidden, {result.skipped} "
+                                   "unreadable); check the source, or mount it with --allow-empty")
         tree = await trio.to_thread.run_sync(self.lib.build_tree)
         if self.lib.index.count() != tree.track_count:
             await trio.to_thread.run_sync(self.lib.reindex, tree)
@@ -390,6 +398,7 @@ def run(cfg: Config) -> int:
     raise_fd_limit()
     cap_arenas()  # before the worker threads exist: each would take an arena of its own
     # one daemon per library: a second one is refused here, before it touches anything of the first's
+    fresh = [d for d in (cfg.state_dir, cfg.cache_dir) if not os.path.exists(d)]
     lock = LibraryLock(cfg.state_dir).acquire({"mountpoint": cfg.mountpoint, "sources": redact_all(list(cfg.sources))})
     metrics = MetricsServer(cfg.metrics) if cfg.metrics else None
     try:
@@ -401,6 +410,10 @@ def run(cfg: Config) -> int:
             trio.run(_main, cfg, notifier, metrics)
         finally:
             notifier.close()
+    except BaseException:
+        if cfg.state_dir in fresh and not os.path.exists(os.path.join(cfg.state_dir, STATE_FILE)):
+            forget_folders(fresh)  # a library never mounted leaves no trace of its failed first mount
+        raise
     finally:
         if metrics is not None:
             metrics.stop()  # the server thread ends with the daemon

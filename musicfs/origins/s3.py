@@ -112,6 +112,10 @@ class _S3Parts(OriginStream):
         return b"".join(self.s3.read_ranges(self.path, parts, expect))
 
 
+#: What the S3 client takes as a bucket name (servers may be stricter: AWS wants 3 to 63 of them, in lower case).
+_BUCKET = re.compile(r"[A-Za-z0-9._-]{1,255}")
+
+
 class S3Origin(Origin):
     OPTION_KEYS = option_keys("s3")  # declared in origins/options.py
 
@@ -154,6 +158,9 @@ class S3Origin(Origin):
         bucket = parts.netloc
         if "@" in bucket or ":" in bucket:
             raise OriginFatal(f"{url}: put credentials and endpoints in options/environment, not in the URL", origin=url)
+        if not _BUCKET.fullmatch(bucket):
+            raise OriginFatal(f"{url}: {bucket!r} is not a bucket name (letters, digits, '.', '-' and '_' only)",
+                              origin=url)
         return cls(url, bucket, parts.path, **options)  # checked and typed by parse_options
 
     # -- client ------------------------------------------------------------

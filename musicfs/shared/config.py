@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from .errors import BadArgument, ConfigError
+from .sources import canonical_source
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -74,6 +75,7 @@ class Config:
     log_level: str = "INFO"
     allow_other: bool = False
     allow_non_empty: bool = False  # mount over a folder that holds files (hidden until unmounted)
+    allow_empty: bool = False  # mount a library whose first scan finds no audio (else refused: a typo'd source)
     include_hidden: bool = False  # scan files and folders whose names start with a dot (`._*` never)
     metrics: str = ""  # HOST:PORT of the Prometheus endpoint (/metrics); "" = off
     metrics_public: bool = False  # serve /metrics on an address other machines can reach (else loopback only)
@@ -81,11 +83,19 @@ class Config:
     origin_options: dict = field(default_factory=dict)
 
     def resolved(self) -> "Config":
-        """Fill state/cache dirs from XDG defaults (one set per library)."""
-        lib = library_id(list(self.sources)) if self.sources else "default"
-        state = self.state_dir or str(xdg_dir("XDG_STATE_HOME", ".local/state") / "musicfs" / lib)
+        """Sources in canonical form (BadArgument for one that cannot be), and state/cache dirs from XDG defaults
+        (one set per library, named by its canonical sources)."""
+        try:
+            sources = tuple(canonical_source(s) for s in self.sources)
+        except ValueError as exc:
+            raise BadArgument("SOURCE", str(exc)) from None
+        lib = library_id(list(sources)) if sources else "default"
+        before = library_id(list(self.sources)) if sources else lib
+        state_base = xdg_dir("XDG_STATE_HOME", ".local/state") / "musicfs"
+        if before != lib and (state_base / before).is_dir() and not (state_base / lib).exists():
+            lib = before  # a library first mounted under another spelling keeps its state and cache
+        state = self.state_dir or str(state_base / lib)
         cache = self.cache_dir or str(xdg_dir("XDG_CACHE_HOME", ".cache") / "musicfs" / lib)
-        sources = tuple(s if "://" in s else os.path.abspath(s) for s in self.sources)
         return replace(self, sources=sources, state_dir=os.path.abspath(state), cache_dir=os.path.abspath(cache))
 
 
@@ -112,7 +122,7 @@ SECONDS_RANGES = {
     "failover_grace": (0.1, 86400.0),
 }
 _FILE_KEYS = {f.name for f in fields(Config)} - {"sources", "mountpoint"}
-_BOOL_KEYS = {"allow_other", "allow_non_empty", "include_hidden", "metrics_public", "page_push"}
+_BOOL_KEYS = {"allow_other", "allow_non_empty", "allow_empty", "include_hidden", "metrics_public", "page_push"}
 MAX_CONFIG_BYTES = 1 << 20  # a config file is a few lines of TOML: a bigger one (or /dev/zero) is a mistake
 
 

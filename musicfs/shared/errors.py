@@ -76,6 +76,10 @@ class PathEscape(OriginPermission):
 
 
 # --- cache ---------------------------------------------------------------
+class EmptyLibrary(MusicFSError):
+    """A first scan found no audio: a mistyped source far more often than an empty library (--allow-empty)."""
+
+
 class CasError(MusicFSError):
     """The chunk store failed."""
 

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
+import shutil
 import sqlite3
 import time
 from pathlib import Path
@@ -141,6 +143,30 @@ def cache_dir_of(state_dir: str) -> str:
     if isinstance(recorded, str) and recorded:
         return os.path.abspath(recorded)
     return str(cache_base() / os.path.basename(os.path.abspath(state_dir)))
+
+
+def folder_size(folder: str) -> int:
+    """Bytes of the files under `folder` (0 when it is gone)."""
+    total = 0
+    for here, _, names in os.walk(folder):
+        for name in names:
+            try:
+                total += os.lstat(os.path.join(here, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def forget_folders(folders: list[str]) -> None:
+    """Remove these folders of a library (its state, its cache) and all they hold; a folder that is gone already
+    is no error, one that cannot be removed is logged."""
+    for folder in folders:
+        try:
+            shutil.rmtree(folder)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            logging.getLogger(__name__).warning("could not remove %s: %s", folder, exc)
 
 
 # -- processes ------------------------------------------------------------------------------------------------
