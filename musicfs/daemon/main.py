@@ -24,7 +24,6 @@ from .. import __version__, failpoints
 from ..library import Library, PinSet, ScanCancelled
 from ..origins import OriginStatistics
 from ..shared import (
-    STATE_FILE,
     Config,
     ConfigError,
     EmptyLibrary,
@@ -34,6 +33,7 @@ from ..shared import (
     cap_arenas,
     flush_summaries,
     forget_folders,
+    holds_nothing,
     human_size,
     points,
     private_state,
@@ -233,7 +233,9 @@ class Daemon:
             remove_created(self.created_mountpoint)  # unmounted by now (or never mounted)
 
     async def prepare(self):
-        """Scan first if this library was never scanned; build the tree from the catalog."""
+        """Scan first if this library was never scanned; build the tree from the catalog. A first scan that finds no
+        audio refuses the mount (EmptyLibrary) unless allow_empty."""
+        result = None
         if self.lib.ever_scanned:
             self._wake_rescan.set()  # serve the persisted catalog now, rescan in the background
         else:
@@ -245,12 +247,12 @@ class Daemon:
             except ScanCancelled as exc:
                 log.info("%s", exc)
                 return None
-            if not result.added and not self.cfg.allow_empty:
-                listed = result.not_audio + result.hidden + result.skipped
-                raise EmptyLibrary(f"no audio files under {', '.join(self.cfg.sources)} ({listed} files listed: "
-                                   f"{result.not_audio} not audio, {result.hidden} hidden, {result.skipped} "
-                                   "unreadable); check the source, or mount it with --allow-empty")
         tree = await trio.to_thread.run_sync(self.lib.build_tree)
+        if result is not None and not tree.track_count and not self.cfg.allow_empty:
+            listed = result.unchanged + result.not_audio + result.hidden + result.skipped
+            raise EmptyLibrary(f"no audio files under {', '.join(self.cfg.sources)} ({listed} files listed: "
+                               f"{result.not_audio} not audio, {result.hidden} hidden, {result.skipped} "
+                               "unreadable); check the source, or mount it with --allow-empty")
         if self.lib.index.count() != tree.track_count:
             await trio.to_thread.run_sync(self.lib.reindex, tree)
         return tree
@@ -411,7 +413,7 @@ def run(cfg: Config) -> int:
         finally:
             notifier.close()
     except BaseException:
-        if cfg.state_dir in fresh and not os.path.exists(os.path.join(cfg.state_dir, STATE_FILE)):
+        if cfg.state_dir in fresh and holds_nothing(cfg.state_dir):
             forget_folders(fresh)  # a library never mounted leaves no trace of its failed first mount
         raise
     finally:

@@ -14,6 +14,7 @@ nothing from musicfs but errors and config.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -155,6 +156,20 @@ def folder_size(folder: str) -> int:
             except OSError:
                 pass
     return total
+
+
+def holds_nothing(state_dir: str) -> bool:
+    """Whether a library's state folder holds nothing worth keeping: never mounted (no daemon.json) and no file
+    in its catalog (a first scan cut short keeps what it committed, for the next start to resume from)."""
+    if os.path.exists(os.path.join(state_dir, STATE_FILE)):
+        return False
+    try:
+        with contextlib.closing(ro_connect(os.path.join(state_dir, CATALOG_FILE))) as db:
+            return not db.execute("SELECT 1 FROM files LIMIT 1").fetchone()
+    except FileNotFoundError:
+        return True
+    except sqlite3.Error:
+        return False  # unreadable: not ours to judge empty
 
 
 def forget_folders(folders: list[str]) -> None:

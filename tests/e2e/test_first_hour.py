@@ -74,6 +74,20 @@ def test_a_failed_first_mount_leaves_no_trace_and_a_known_library_keeps_its_stat
     assert folders(tmp_path) == known  # a known library's state is never removed by a failed mount
 
 
+def test_a_state_folder_with_a_committed_scan_is_kept(tmp_path):
+    from musicfs.shared import holds_nothing
+    from musicfs_test_utils.fixtures import make_library
+
+    source = tmp_path / "library"
+    make_library(source, 2, hostile=False)
+    assert run(tmp_path, "scan", str(source)).returncode == 0
+    [state] = (tmp_path / "state" / "musicfs").iterdir()
+    assert not holds_nothing(str(state))  # a first scan cut short resumes from what it committed: never removed
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert holds_nothing(str(empty))
+
+
 def test_one_library_whatever_the_spelling_of_its_source_and_forget_removes_it(tmp_path):
     from musicfs_test_utils.fixtures import make_library
 
