@@ -33,6 +33,7 @@ from ..shared import (
     cap_arenas,
     flush_summaries,
     forget_folders,
+    fsname,
     holds_nothing,
     human_size,
     points,
@@ -60,7 +61,9 @@ MEMORY_CHECK = 2.0  # seconds between looks at whether reads went quiet (then fr
 
 def fuse_options(cfg: Config) -> set[str]:
     # Our own option set replaces pyfuse3's defaults, so default_permissions is added back.
-    opts = set(pyfuse3.default_options) | {"fsname=musicfs", "subtype=musicfs", "ro", "default_permissions"}
+    # the mount table names the state folder (statefiles.mounted_library): `musicfs pin PATH` finds any library
+    opts = set(pyfuse3.default_options) | {f"fsname={fsname(cfg.state_dir)}", "subtype=musicfs", "ro",
+                                           "default_permissions"}
     if cfg.allow_other:
         opts.add("allow_other")
     return opts

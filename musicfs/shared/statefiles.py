@@ -8,8 +8,11 @@
 - reading SQLite files without writing anything beside them (`ro_uri`, `ro_connect`);
 - one human size formatter (`human_size`: 1536 -> '1.5 KiB').
 
+Which library a path is in: a live mount says so in the mount table (its source is `musicfs:<state folder>`),
+else the libraries under the base are asked where they were last mounted.
+
 Used by status, fsck, the command line, control (the daemon's side) and damage (the run marker); imports
-nothing from musicfs but errors and config.
+nothing from musicfs but errors, config and the mount table reader.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from urllib.parse import quote
 
 from .config import xdg_dir
 from .errors import MusicFSError
+from .mountinfo import mount_entries
 
 STATE_FILE = "daemon.json"  # written by the daemon (musicfs.daemon.control): pid, mountpoint, sources, cache_dir
 RUNNING_FILE = "running.json"  # held while a process uses the library (musicfs.shared.damage.RunMarker)
@@ -93,10 +97,38 @@ def find_library(live: Callable[[Path], bool] | None = None, base: Path | None =
                            + ", ".join(map(str, libs)), base, libs)
 
 
+#: A mount's source in the mount table names the state folder it serves: `musicfs:<state folder>`.
+FSNAME_PREFIX = "musicfs:"
+
+
+def fsname(state_dir: str) -> str:
+    """The mount's source for the mount table (FUSE's fsname option: commas and backslashes escaped)."""
+    return FSNAME_PREFIX + os.path.abspath(state_dir).replace("\\", "\\\\").replace(",", "\\,")
+
+
+def mounted_library(path: str, mountinfo: str = "/proc/self/mountinfo") -> str | None:
+    """The state folder of the live musicfs mount at `path` or above it, as its entry in the mount table says
+    (whatever --state-dir its daemon was given, whoever runs it); None when no such mount says one."""
+    wanted = {os.path.abspath(path), os.path.realpath(path)}
+    best, best_len = None, -1
+    for entry in mount_entries(mountinfo):
+        if entry.fstype != "fuse.musicfs" or not entry.source.startswith(FSNAME_PREFIX):
+            continue
+        point = entry.mountpoint
+        if any(w == point or w.startswith(point.rstrip("/") + "/") for w in wanted) and len(point) >= best_len:
+            best, best_len = entry.source[len(FSNAME_PREFIX):], len(point)  # the last of stacked mounts wins
+    return best if best is not None and is_library(Path(best)) else None
+
+
 def library_for_path(path: str, base: Path | None = None) -> str:
     """The state folder of the library mounted (or last mounted) at `path` or above it: `path` may be the
-    mountpoint or any file or folder inside the mount. Compared as written (absolute) and as realpaths, without
-    touching the mount itself. Raises NoLibrary naming the mountpoints known under `base` otherwise."""
+    mountpoint or any file or folder inside the mount. A live mount says it in the mount table (any state
+    folder); else the libraries under `base` are asked where they were last mounted, compared as written
+    (absolute) and as realpaths, without touching the mount itself. Raises NoLibrary naming the mountpoints known
+    under `base` otherwise."""
+    live = mounted_library(path)
+    if live is not None:
+        return live
     base = state_base() if base is None else base
     wanted = {os.path.abspath(path), os.path.realpath(path)}
     best, best_len, known = None, -1, []

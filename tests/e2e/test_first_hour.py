@@ -125,3 +125,19 @@ def test_a_malformed_source_is_one_line_and_exit_2(tmp_path, source, words):
     assert result.returncode == EX_USAGE
     assert result.stderr.strip().count("\n") == 0 and words in result.stderr and "regex" not in result.stderr
     assert folders(tmp_path) == []
+
+
+def test_a_mount_is_found_from_a_path_inside_it_whatever_its_state_folder(daemons, small_library, tmp_path):
+    """The system unit passes --state-dir: commands given only a path inside the mount still find the library,
+    from the mount table (its source names the state folder), with nothing under the caller's XDG state."""
+    daemon = daemons([small_library[0]])
+    daemon.start()
+    daemon.wait_for_mount()
+    album = next(p for p in Path(daemon.mountpoint).iterdir() if p.is_dir())
+    elsewhere = tmp_path / "nobody"  # this user's XDG state holds no library at all
+    status = run(elsewhere, "status", "--mount", str(album), "--json")
+    assert status.returncode == 0, status.stderr
+    pinned = run(elsewhere, "pin", str(album))
+    assert pinned.returncode == 0, pinned.stderr
+    assert pinned.stdout.startswith(f"pinned {album.name}")
+    assert folders(elsewhere) == []
