@@ -382,7 +382,7 @@ class SftpOrigin(Origin):
         self._pool.close()
 
 
-def _pipelined(session: Session, handle: bytes, pieces: list[tuple[int, int]]) -> tuple[list[bytes], Any]:
+def _pipelined(session: Session, handle: bytes, pieces: list[tuple[int, int]]) -> tuple[list, Any]:
     """The answers to READs of `pieces`, PIPELINE_REQUESTS in flight at once, and an FSTAT sent right after the
     last READ (the server answers it after every read of the handle)."""
     fstat = (wire.FSTAT, wire.string(handle))
@@ -390,7 +390,7 @@ def _pipelined(session: Session, handle: bytes, pieces: list[tuple[int, int]]) -
     inflight = collections.deque(session.send(*_read_request(handle, piece)) for piece in
                                  itertools.islice(todo, PIPELINE_REQUESTS))
     after = session.send(*fstat) if len(inflight) == len(pieces) else None
-    got: list[bytes] = []
+    got: list = []
     while inflight:
         got.append(_data(session.wait(inflight.popleft())))
         following = next(todo, None)
@@ -405,14 +405,14 @@ def _read_request(handle: bytes, piece: tuple[int, int]) -> tuple[int, bytes, by
     return wire.READ, wire.string(handle), wire.u64(piece[0]), wire.u32(piece[1])
 
 
-def _data(reply) -> bytes:
-    """A READ's bytes; b"" at the end of the file."""
+def _data(reply) -> memoryview | bytes:
+    """A READ's bytes (a view into its answer, not copied); b"" at the end of the file."""
     if reply.kind == wire.STATUS:
         error = wire.status(reply.fields)
         if error.code == wire.EOF:
             return b""
         raise error
-    return reply.expect(wire.DATA).string()
+    return reply.expect(wire.DATA).view()
 
 
 def _checked_ranges(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import itertools
 import logging
 import os
@@ -18,6 +20,10 @@ from .sftp_ssh import SshTarget
 
 log = logging.getLogger(__name__)
 
+#: The pipe from ssh holds a few read answers (Linux's default is 64 KiB; an unprivileged process may ask up to
+#: /proc/sys/fs/pipe-max-size, 1 MiB by default).
+PIPE_SIZE = 1 << 20
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 #: How long ssh gets to exit once its output ended, before it is killed.
 EXIT_GRACE = 2.0
 
@@ -69,13 +75,15 @@ class Session:
         try:
             self._proc = subprocess.Popen(target.argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                           stderr=self._stderr, env=target.env(), start_new_session=True,
-                                          bufsize=1 << 16)
+                                          bufsize=1 << 18)
         except BaseException:
             self._stderr.close()
             raise
         assert self._proc.stdin is not None and self._proc.stdout is not None
         self._stdin = self._proc.stdin.fileno()
         os.set_blocking(self._stdin, False)
+        with contextlib.suppress(OSError):  # fewer, bigger reads of ssh's output: a read answer is 255 KiB
+            fcntl.fcntl(self._proc.stdout.fileno(), F_SETPIPE_SZ, PIPE_SIZE)
         self._reader = threading.Thread(target=self._read_answers, name=f"sftp-{self._proc.pid}", daemon=True)
         self._reader.start()
         self.max_read = wire.SAFE_READ

@@ -118,9 +118,13 @@ class Reader:
         return value
 
     def string(self) -> bytes:
+        return bytes(self.view())
+
+    def view(self) -> memoryview:
+        """A string field without copying it (a READ's data: copied once, when the pieces are joined)."""
         size = self.u32()
         self._need(size)
-        value = bytes(self.data[self.at:self.at + size])
+        value = self.data[self.at:self.at + size]
         self.at += size
         return value
 
