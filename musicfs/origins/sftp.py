@@ -143,7 +143,7 @@ class SftpOrigin(Origin):
         self.connect_timeout = float(connect_timeout)
         self.read_timeout = float(read_timeout)
         self.pool_size = int(pool_size)
-        self.scan_parallelism = 8 * self.pool_size  # tags parse while others wait on the network
+        self.scan_parallelism = 16 * self.pool_size  # tags parse while others wait on the network
         self._pool = SessionPool(self._connect, self.pool_size, float(pool_timeout), name)
         self._root_real: bytes | None = None
 

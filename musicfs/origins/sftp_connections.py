@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -9,6 +10,8 @@ from typing import Callable
 
 from ..shared import OriginTimeout
 from .sftp_session import Session
+
+log = logging.getLogger(__name__)
 
 #: Requests waiting on every live session before another session is started (up to the pool's size): one ssh
 #: carries a stream at the speed of its cipher, and a scan's many small requests share a few sessions.
@@ -40,16 +43,24 @@ class SessionPool:
         self._starting = 0
         self._started = 0
         self._replaced = 0
+        self._generation = 0
         self._cond = threading.Condition()
 
     def session(self) -> Session:
+        """A live session: the least busy one. When every live one is busy and the pool has room, another is
+        started beside (the caller goes on with the least busy one: a new ssh takes a few round trips to come
+        up); only a caller that finds no live session at all waits for one."""
         deadline = time.monotonic() + self._wait_timeout
         with self._cond:
             while True:
                 self._drop_dead()
                 best = min(self._sessions, key=lambda s: s.load, default=None)
                 room = len(self._sessions) + self._starting < self._size
-                if best is not None and (best.load < BUSY or not room):
+                if best is not None:
+                    if best.load >= BUSY and room:
+                        self._starting += 1
+                        threading.Thread(target=self._start_beside, args=(self._generation,),
+                                         name=f"sftp-start-{self._name}", daemon=True).start()
                     return best
                 if room:
                     self._starting += 1
@@ -58,6 +69,10 @@ class SessionPool:
                 if left <= 0 or not self._cond.wait(left):
                     raise OriginTimeout(f"{self._name}: no SFTP connection came up in {self._wait_timeout:g}s",
                                         origin=self._name)
+            generation = self._generation
+        return self._start(generation)
+
+    def _start(self, generation: int) -> Session:
         try:
             session = self._spawn()
         finally:
@@ -65,9 +80,19 @@ class SessionPool:
                 self._starting -= 1
                 self._cond.notify_all()
         with self._cond:
-            self._sessions.append(session)
-            self._started += 1
-        return session
+            if generation == self._generation:
+                self._sessions.append(session)
+                self._started += 1
+                return session
+        session.close()  # the pool was closed meanwhile
+        raise OriginTimeout(f"{self._name}: the SFTP connections were closed", origin=self._name)
+
+    def _start_beside(self, generation: int) -> None:
+        """Another session for a busy pool, in a thread of its own; a failure here is the next caller's to see."""
+        try:
+            self._start(generation)
+        except Exception as exc:
+            log.debug("%s: another SFTP session did not start: %s", self._name, exc)
 
     def _drop_dead(self) -> None:
         dead = [s for s in self._sessions if not s.alive]
@@ -88,8 +113,10 @@ class SessionPool:
                                   replaced=self._replaced, requests_waiting=sum(s.load for s in self._sessions))
 
     def close(self) -> None:
-        """Close every session (each ssh killed and reaped). The pool can still be used: it starts new ones."""
+        """Close every session (each ssh killed and reaped; one starting now is closed when it is up). The pool can
+        still be used: it starts new ones."""
         with self._cond:
+            self._generation += 1
             sessions, self._sessions = self._sessions, []
         for session in sessions:
             session.close()

@@ -225,7 +225,7 @@ def test_the_default_scan_parallelism_follows_the_origin(lib, cat):
     root, _ = lib
     assert LocalOrigin(root).scan_parallelism == 4
     assert S3Origin("s3://b/p", "b").scan_parallelism == 32
-    assert SftpOrigin("sftp://h/p", "h", "/p", pool_size=4).scan_parallelism == 32
+    assert SftpOrigin("sftp://h/p", "h", "/p", pool_size=4).scan_parallelism == 64
     import threading
 
     from musicfs.origins.memory import READ, MemoryOrigin, forward
