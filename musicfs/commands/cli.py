@@ -196,8 +196,9 @@ def cmd_mount(args) -> int:
         raise BadArgument("MOUNTPOINT", "give at least one SOURCE and a MOUNTPOINT")
     *sources, mountpoint = args.paths
     cfg = _config(args, sources, os.path.abspath(mountpoint))
-    from ..daemon import check_mountpoint
+    from ..daemon import check_mountpoint, free_dying_holder
 
+    free_dying_holder(cfg.state_dir)  # a daemon of this library killed mid page store: before its mount is touched
     check_mountpoint(cfg.mountpoint, cfg.sources, cfg.allow_non_empty)  # before anything is written
     _check_source_urls(cfg)
     setup_logging(cfg.log_level)

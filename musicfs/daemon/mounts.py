@@ -1,13 +1,16 @@
-"""Mount table reading and stale FUSE mount cleanup (a killed daemon leaves ENOTCONN behind)."""
+"""The mountpoint before a mount: stale FUSE mounts cleaned (a killed daemon leaves ENOTCONN behind), a daemon that
+cannot finish dying freed (its FUSE connection aborted), local sources kept out."""
 
 from __future__ import annotations
 
 import errno
 import logging
 import os
+import signal
 import subprocess
+import time
 
-from ..shared import MusicFSError, mount_entries
+from ..shared import MusicFSError, mount_entries, read_lock_info
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,73 @@ def unmount(path: str, lazy: bool = False) -> bool:
         return subprocess.run(args, capture_output=True, timeout=10).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
+
+
+FUSECTL = "/sys/fs/fuse/connections"
+
+
+def dying(pid, proc: str = "/proc") -> bool:
+    """Whether `pid` was killed but cannot finish dying: SIGKILL is pending, or its main thread is gone (a zombie)
+    while another thread is still inside the kernel (a page store waiting on a page of its own mount)."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    try:
+        with open(os.path.join(proc, str(pid), "status"), encoding="utf-8") as fh:
+            fields = dict(line.split(":", 1) for line in fh.read().splitlines() if ":" in line)
+    except OSError:
+        return False
+    pending = 0
+    for key in ("SigPnd", "ShdPnd"):
+        try:
+            pending |= int(fields.get(key, "0").strip() or "0", 16)
+        except ValueError:
+            pass
+    threads = fields.get("Threads", "1").strip()
+    zombie_with_threads = fields.get("State", "").strip().startswith("Z") and threads.isdigit() and int(threads) > 1
+    return bool(pending & (1 << (signal.SIGKILL - 1))) or zombie_with_threads
+
+
+def abort_connection(mountpoint: str, mountinfo: str = "/proc/self/mountinfo", fusectl: str = FUSECTL) -> bool:
+    """Abort the FUSE connection of the musicfs mount at `mountpoint` (fusectl's `abort`): every request waiting on it
+    fails, so a thread stuck on one returns. Found through the mount table: the mountpoint itself is never touched
+    (it would hang). Whether it was aborted."""
+    target = os.path.abspath(mountpoint)
+    device = None
+    for entry in mount_entries(mountinfo):
+        if entry.mountpoint == target and entry.fstype == "fuse.musicfs":
+            device = entry.device  # the last one: stacked mounts
+    if device is None:
+        return False
+    path = os.path.join(fusectl, device.split(":")[-1], "abort")
+    if not os.path.exists(path) and fusectl == FUSECTL and os.geteuid() == 0 and os.path.isdir(fusectl) \
+            and not os.listdir(fusectl):
+        # systemd mounts fusectl at boot; a container may not have: root can
+        subprocess.run(["mount", "-t", "fusectl", "fusectl", fusectl], capture_output=True, timeout=10)
+    try:
+        with open(path, "w") as fh:
+            fh.write("1")
+        return True
+    except OSError as exc:
+        log.warning("cannot abort the FUSE connection of %s (%s): %s", mountpoint, path, exc.strerror or exc)
+        return False
+
+
+def free_dying_holder(state_dir: str, wait: float = 10.0, proc: str = "/proc", **where) -> bool:
+    """A daemon of this library killed while a page store waited (page_push) cannot finish dying: it keeps the
+    library's lock and its mount hangs. Abort that mount's FUSE connection so it can die, then wait (at most
+    `wait` seconds) until it has. Whether one was freed."""
+    holder = read_lock_info(state_dir)
+    pid, mountpoint = holder.get("pid"), holder.get("mountpoint")
+    if not mountpoint or not dying(pid, proc):
+        return False
+    log.warning("musicfs pid %s was killed but cannot finish dying (a page store waits on its mount %s): aborting "
+                "that mount's FUSE connection", pid, mountpoint)
+    if not abort_connection(mountpoint, **where):
+        return False
+    deadline = time.monotonic() + wait
+    while os.path.exists(os.path.join(proc, str(pid))) and dying(pid, proc) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the kernel lets it go once the stores it waited on fail
+    return True
 
 
 class MountpointBusy(MusicFSError):

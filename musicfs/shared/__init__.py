@@ -21,7 +21,7 @@ __getattr__, __all__ = public_face(__name__, {
     "redaction": ["add_secrets", "redact", "redact_all"],
     "rounds": ["run_all", "TaskFn"],
     "statefiles": ["cache_dir_of", "find_library", "folder_size", "forget_folders", "fsname", "holds_nothing", "human_size", "is_library", "libraries", "library_for_path", "LibraryLock",
-        "LibraryNotFound", "not_writable", "pid_alive", "read_daemon_info", "recorded_mountpoint", "ro_connect",
+        "LibraryNotFound", "not_writable", "pid_alive", "read_daemon_info", "read_lock_info", "recorded_mountpoint", "ro_connect",
         "SOCKET_NAME", "state_base", "STATE_FILE"],
     "sources": ["canonical_source"],
     "text": ["nfc", "normalise", "normalise_opt"],
