@@ -41,6 +41,7 @@ from ..shared import (
     redact_all,
     trim_heap,
 )
+from . import guard
 from .build import Services, build
 from .control import serve_status, write_state_file
 from .fuse_ops import MusicOperations
@@ -94,6 +95,7 @@ class Daemon:
         self.steps: list[str] = []  # shutdown steps, in the order they happened
         self.started = time.monotonic()
         self.mounted = False
+        self.guard = None  # the watcher process (guard.py) while pages are pushed
         self.created_mountpoint: list[str] = []  # folders prepare_mountpoint made, removed again at stop
         self._tree_stale = False  # the catalog changed but the tree/index do not show it yet
         self.error: MusicFSError | None = None
@@ -220,6 +222,8 @@ class Daemon:
                                                   "cache_dir": self.cfg.cache_dir, "cache_size": self.cfg.cache_size})
             pyfuse3.init(self.ops, self.cfg.mountpoint, fuse_options(self.cfg))
             self.mounted = True
+            # a kill during a page store would leave the mount hung: a watcher process aborts it then
+            self.guard = guard.start(self.cfg.mountpoint) if self.services.reader.pages is not None else None
             try:
                 self._spawn_background()
                 with self._fuse_scope:
@@ -227,6 +231,7 @@ class Daemon:
                 self._after_drain()
             finally:
                 pyfuse3.close(unmount=True)
+                guard.stop(self.guard)
                 self.steps.append("unmounted")
                 log.info("unmounted %s", self.cfg.mountpoint)
             await self._stop_background()

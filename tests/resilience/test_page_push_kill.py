@@ -52,3 +52,16 @@ def test_an_unanswering_mount_is_freed_by_aborting_its_connection_and_mounted_ag
     again.start()
     again.wait_for_mount()
     assert any(os.scandir(mnt))
+
+
+@pytest.mark.resilience("2.7")
+def test_a_pushing_daemon_runs_a_watcher_that_ends_with_it(daemons, small_library):
+    import psutil
+
+    daemon = daemons([small_library[0]])  # page_push is on by default
+    daemon.start()
+    daemon.wait_for_mount()
+    watchers = [p for p in psutil.Process(daemon.pid).children() if "musicfs.daemon.guard" in " ".join(p.cmdline())]
+    assert len(watchers) == 1 and str(daemon.mountpoint) in watchers[0].cmdline()
+    assert daemon.stop() == 0
+    assert not psutil.pid_exists(watchers[0].pid)  # stopped and reaped at a clean stop: no zombie

@@ -67,3 +67,23 @@ def test_the_next_mount_frees_a_dying_holder_of_its_library_and_leaves_a_live_on
     stuck = proc_with(tmp_path, 4242, state="Z (zombie)", threads=2)
     assert free_dying_holder(str(state), wait=0, proc=str(stuck), **where)
     assert (fusectl / "57" / "abort").read_text() == "1"
+
+
+def test_the_watcher_aborts_its_daemons_mount_when_the_daemon_is_dying_and_ends_with_it(monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    from musicfs.daemon import guard
+
+    aborted = []
+    monkeypatch.setattr(guard, "abort_connection", lambda mountpoint: aborted.append(mountpoint) or True)
+    monkeypatch.setattr(guard, "dying", lambda pid: pid == os.getpid())
+    assert guard.watch(os.getpid(), "/music", interval=0) is True
+    assert aborted == ["/music"]
+
+    ended = subprocess.run([sys.executable, "-c", "pass"], check=True)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    assert ended.returncode == 0 and guard.watch(gone.pid, "/music", interval=0) is False  # ended the normal way
+    assert aborted == ["/music"]
