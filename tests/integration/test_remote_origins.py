@@ -9,7 +9,6 @@ import random
 import signal
 import socket
 import threading
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -270,10 +269,9 @@ def test_s3_probe_dead_endpoint_is_transient_and_fast(moto_server: MotoServer) -
         moto_server.origin_options(endpoint_url=f"http://127.0.0.1:{port}", connect_timeout=1, read_timeout=1),
     )
     try:
-        t0 = time.monotonic()
         with pytest.raises(OriginTransient) as info:
             origin.probe()
-        assert time.monotonic() - t0 < 10.0  # bounded by the timeouts, not by a default that waits minutes
+        assert not isinstance(info.value, OriginTimeout)  # refused at once: nothing waited for a timeout
         assert str(port) in str(info.value) or origin.name in str(info.value)
         with pytest.raises(OriginTransient):
             origin.read("one.bin", 0, 1)
@@ -355,29 +353,54 @@ def test_s3_truncated_body_is_a_short_read(moto_server: MotoServer, mode: str) -
             origin.close()
 
 
+class SilentServer:
+    """A port that accepts connections and never says a word; `accepted` counts them (each one a connection
+    attempt of the client: a hidden retry loop would show as more, each costing a whole timeout)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.held: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    @property
+    def accepted(self) -> int:
+        return len(self.held)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.held.append(conn)
+
+
 @contextlib.contextmanager
-def _silent_server() -> Iterator[int]:
-    """A port whose kernel accepts connections that nobody ever answers."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
+def _silent_server() -> Iterator[SilentServer]:
+    server = SilentServer()
     try:
-        yield sock.getsockname()[1]
+        yield server
     finally:
-        sock.close()
+        server.sock.close()
+        for conn in server.held:
+            conn.close()
 
 
 def test_s3_unanswered_request_times_out(moto_server: MotoServer) -> None:
-    with _silent_server() as port:
+    with _silent_server() as silent:
         origin = S3Origin.from_url(
             "s3://bucket/p",
-            moto_server.origin_options(endpoint_url=f"http://127.0.0.1:{port}", connect_timeout=1, read_timeout=1),
+            moto_server.origin_options(endpoint_url=f"http://127.0.0.1:{silent.port}", connect_timeout=1,
+                                       read_timeout=1),
         )
         try:
-            t0 = time.monotonic()
             with pytest.raises(OriginTimeout):
                 origin.read("x.mp3", 0, 10)
-            assert time.monotonic() - t0 < 10.0  # bounded by the timeouts, not by a default that waits minutes
+            assert silent.accepted == 1  # one attempt, one read_timeout: no retries of the SDK's stacked on it
         finally:
             origin.close()
 
@@ -390,25 +413,23 @@ def test_sftp_probe_dead_endpoint_is_transient_and_fast(ssh_server: SshServer, t
     origin = SftpOrigin.from_url(
         f"sftp://{ssh_server.user}@127.0.0.1:{port}/srv", ssh_server.origin_options(connect_timeout=1)
     )
-    t0 = time.monotonic()
     with pytest.raises(OriginTransient) as info:
         origin.probe()
-    assert time.monotonic() - t0 < 10.0  # bounded by the timeouts, not by a default that waits minutes
-    assert not isinstance(info.value, OriginFatal)
+    assert not isinstance(info.value, OriginFatal) and "cannot connect" in str(info.value)  # refused: no wait
     assert origin.name in str(info.value)
     origin.close()
 
 
 def test_sftp_silent_server_times_out(ssh_server: SshServer) -> None:
-    with _silent_server() as port:
+    with _silent_server() as silent:
         origin = SftpOrigin.from_url(
-            f"sftp://{ssh_server.user}@127.0.0.1:{port}/srv",
+            f"sftp://{ssh_server.user}@127.0.0.1:{silent.port}/srv",
             ssh_server.origin_options(connect_timeout=1, read_timeout=1),
         )
-        t0 = time.monotonic()
-        with pytest.raises(OriginTimeout):
+        with pytest.raises(OriginTimeout) as info:
             origin.probe()
-        assert time.monotonic() - t0 < 10.0  # bounded by the timeouts, not by a default that waits minutes
+        assert "timed out" in str(info.value) or "took longer" in str(info.value)  # ssh's ConnectTimeout, or ours
+        assert silent.accepted == 1  # one connection, given up on: not a retry loop
         origin.close()
 
 
@@ -500,10 +521,8 @@ def test_sftp_read_timeout_discards_the_connection(ssh_server: SshServer, sftp_l
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGSTOP)
         try:
-            t0 = time.monotonic()
-            with pytest.raises(OriginTimeout):
+            with pytest.raises(OriginTimeout, match="nothing from .* for 1s"):  # read_timeout's own words
                 origin.read("hundred-k.mp3", 0, 1000)
-            assert time.monotonic() - t0 < 10.0  # bounded by the timeouts, not by a default that waits minutes
         finally:
             for pid in sessions:
                 with contextlib.suppress(ProcessLookupError):
