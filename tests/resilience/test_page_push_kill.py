@@ -55,10 +55,18 @@ def test_an_unanswering_mount_is_freed_by_aborting_its_connection_and_mounted_ag
 
 
 @pytest.mark.resilience("2.7")
-def test_a_pushing_daemon_runs_a_watcher_that_ends_with_it(daemons, small_library):
+def test_a_pushing_daemon_runs_a_watcher_that_ends_with_it(daemons, small_library, tmp_path):
     import psutil
 
-    daemon = daemons([small_library[0]])  # page_push is on by default
+    from musicfs_test_utils.daemon import write_config
+
+    config = write_config(tmp_path / "push.toml", page_push=True)
+    quiet = daemons([small_library[0]], name="quiet")  # without pushing: no watcher
+    quiet.start()
+    quiet.wait_for_mount()
+    assert not [p for p in psutil.Process(quiet.pid).children() if "musicfs.daemon.guard" in " ".join(p.cmdline())]
+    assert quiet.stop() == 0
+    daemon = daemons([small_library[0]], extra_args=["--config", str(config)])
     daemon.start()
     daemon.wait_for_mount()
     watchers = [p for p in psutil.Process(daemon.pid).children() if "musicfs.daemon.guard" in " ".join(p.cmdline())]
