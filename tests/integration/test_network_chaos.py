@@ -27,7 +27,8 @@ from musicfs.origins.health import HealthMonitor
 from musicfs.origins.health_records import HEALTHY, UNHEALTHY
 from musicfs.origins.registry import OriginRegistry
 from musicfs.read import FileReader, build_reader
-from musicfs.shared.errors import OriginOffline
+from musicfs.shared.errors import OriginOffline, OriginTimeout
+from musicfs_test_utils.clocks import Clock
 from musicfs_test_utils.eventually import eventually_async
 from musicfs_test_utils.fixtures import open_catalog, setup_test_cas
 from musicfs_test_utils.reader_rig import READ_ERRORS, current_row, read_range
@@ -37,7 +38,6 @@ pytestmark = [pytest.mark.l3, pytest.mark.expected_log(r"musicfs\.origins\.regis
 KINDS = ["s3", "sftp"]
 CHUNK = 256 * 1024
 READ_TIMEOUT = 2.0
-SLACK = 0.5  # scheduling slack on top of a deadline
 ORIGIN_TIMEOUTS = {"connect_timeout": 1, "read_timeout": 1}  # the origins' own socket timeouts
 BIG = "big.flac"  # 3 MiB: 12 chunks
 SMALL = "hundred-k.mp3"  # one chunk
@@ -104,7 +104,7 @@ class Rig:
 
 @asynccontextmanager
 async def chaos_rig(kind: str, via_proxy, library, tmp_path: Path, *, read_timeout: float = READ_TIMEOUT,
-                    replica: Origin | None = None, grace: float = 60.0):
+                    replica: Origin | None = None, grace: float = 60.0, clock: Callable[[], float] = time.monotonic):
     proxy, url, options = via_proxy(kind, **ORIGIN_TIMEOUTS)
     origin = open_origin(url, options)
     origins = [origin] + ([replica] if replica is not None else [])
@@ -115,7 +115,7 @@ async def chaos_rig(kind: str, via_proxy, library, tmp_path: Path, *, read_timeo
             hooks.pop(0)()
         time.sleep(seconds)
 
-    registry = OriginRegistry(origins, retries=2, backoff=0.05, sleep=sleep, grace=grace, seed=5)
+    registry = OriginRegistry(origins, retries=2, backoff=0.05, sleep=sleep, grace=grace, seed=5, clock=clock)
     cat = open_catalog(str(tmp_path / f"state-{kind}"))
     listing = await trio.to_thread.run_sync(lambda: list(origin.walk()))
     cat.upsert_files([FileRow(path=st.path, kind="track", size=st.size, mtime_ns=st.mtime_ns, etag=st.etag)
@@ -137,14 +137,20 @@ async def chaos_rig(kind: str, via_proxy, library, tmp_path: Path, *, read_timeo
             await trio.to_thread.run_sync(o.close)
 
 
-async def timed(coro) -> tuple[float, object]:
-    """(seconds, result or the READ_ERRORS exception) of awaiting coro."""
-    started = time.monotonic()
+async def outcome(coro) -> object:
+    """The result of awaiting coro, or the READ_ERRORS exception it raised."""
     try:
-        result = await coro
+        return await coro
     except READ_ERRORS as exc:
-        result = exc
-    return time.monotonic() - started, result
+        return exc
+
+
+def assert_a_deadline_ended(got: object) -> None:
+    """The read failed because a deadline ran out: the reader's read_timeout (TooSlowError) or the origin's own
+    timeout (OriginTimeout) — never an answer that came late, never a wait with no end (each is bounded by
+    construction: trio.fail_after, the SDK's socket timeouts)."""
+    assert isinstance(got, (trio.TooSlowError, OriginTimeout)) or "timed out" in str(got) or \
+        "nothing from" in str(got), repr(got)
 
 
 # -- N.1 latency -----------------------------------------------------------------------------------------
@@ -155,14 +161,12 @@ async def test_n1_latency_spike_fails_at_read_timeout_never_past_it(kind, via_pr
         assert await rig.read(SMALL, 0, 10) == rig.want(SMALL, 0, 10)  # connection warm
 
         await rig.proxy.add_toxic("lag", "latency", latency_ms=50)  # some latency: slower, still right
-        elapsed, got = await timed(rig.read(BIG, 0, CHUNK))
-        assert got == rig.want(BIG, 0, CHUNK) and elapsed >= 0.05
+        assert await rig.read(BIG, 0, CHUNK) == rig.want(BIG, 0, CHUNK)
         await rig.proxy.remove_toxic("lag")
 
         await rig.proxy.add_toxic("spike", "latency", latency_ms=5000)  # a spike past the read timeout
-        elapsed, got = await timed(rig.read(BIG, CHUNK, CHUNK))
-        assert isinstance(got, READ_ERRORS), got
-        assert elapsed < READ_TIMEOUT + SLACK, f"answered after {elapsed:.2f}s; read_timeout is {READ_TIMEOUT}s"
+        got = await outcome(rig.read(BIG, CHUNK, CHUNK))
+        assert_a_deadline_ended(got)
         assert 1 not in rig.manifest(BIG)
 
         await rig.proxy.remove_toxic("spike")
@@ -197,9 +201,8 @@ async def test_n3_blackhole_gives_an_error_within_read_timeout_and_marks_the_ori
     async with chaos_rig(kind, via_proxy, library, tmp_path) as rig:
         assert await rig.read(SMALL) == rig.want(SMALL)  # cached
         await rig.proxy.add_toxic("hole", "timeout", timeout_ms=0)  # data goes in, nothing comes back
-        elapsed, got = await timed(rig.read(BIG, 0, CHUNK))
-        assert isinstance(got, READ_ERRORS), got
-        assert elapsed < READ_TIMEOUT + SLACK, f"answered after {elapsed:.2f}s; read_timeout is {READ_TIMEOUT}s"
+        got = await outcome(rig.read(BIG, 0, CHUNK))
+        assert_a_deadline_ended(got)
         await eventually_async(lambda: rig.state() == UNHEALTHY, 15, "origin marked unhealthy")
         assert rig.registry.offline  # its only origin: offline
         assert await rig.read(SMALL) == rig.want(SMALL)  # cached bytes still served
@@ -222,26 +225,28 @@ async def test_n3_blackholed_primary_fails_over_to_the_other_server_and_is_prefe
     else:
         replica = open_origin(request.getfixturevalue("sftp_library"),
                               request.getfixturevalue("ssh_server").origin_options(**ORIGIN_TIMEOUTS))
-    async with chaos_rig(kind, via_proxy, library, tmp_path, replica=replica, grace=1.0) as rig:
+    clock = Clock(1000.0)  # the registry's: the grace period passes when the test says so
+    async with chaos_rig(kind, via_proxy, library, tmp_path, replica=replica, grace=60.0, clock=clock) as rig:
         await eventually_async(lambda: rig.state(replica) == HEALTHY, 15, "replica probed")
         assert rig.registry.active is rig.origin
         assert await rig.read(BIG, 0, CHUNK) == rig.want(BIG, 0, CHUNK)  # from the primary
 
         await rig.proxy.add_toxic("hole", "timeout", timeout_ms=0)
-        elapsed, got = await timed(rig.read(BIG, CHUNK, CHUNK))
-        assert got == rig.want(BIG, CHUNK, CHUNK), got  # failed over: right bytes ...
-        assert elapsed < READ_TIMEOUT + SLACK  # ... within the read timeout
+        assert await rig.read(BIG, CHUNK, CHUNK) == rig.want(BIG, CHUNK, CHUNK)  # failed over: right bytes
+        assert rig.registry.health_of(rig.origin).failovers >= 1
         await eventually_async(lambda: rig.state() == UNHEALTHY, 15, "primary marked unhealthy")
         assert rig.registry.active is replica and not rig.registry.offline
-        elapsed, got = await timed(rig.read(BIG, 2 * CHUNK, CHUNK))
-        assert got == rig.want(BIG, 2 * CHUNK, CHUNK) and elapsed < 1.0  # the dead primary is not even tried
+        asked = sum(rig.registry.health_of(rig.origin).results.values())
+        assert await rig.read(BIG, 2 * CHUNK, CHUNK) == rig.want(BIG, 2 * CHUNK, CHUNK)
+        assert sum(rig.registry.health_of(rig.origin).results.values()) == asked  # the dead primary not even tried
 
         await rig.proxy.remove_toxic("hole")
         await eventually_async(lambda: rig.state() == HEALTHY, 15, "primary healthy again")
-        recovered_at = time.monotonic()
         assert rig.registry.active is replica  # healthy, but not yet for the grace period
-        await eventually_async(lambda: rig.registry.active is rig.origin, 15, "primary preferred again")
-        assert time.monotonic() - recovered_at >= 0.9
+        clock.now += 59.0
+        assert rig.registry.active is replica
+        clock.now += 1.0  # healthy for the whole grace period now
+        assert rig.registry.active is rig.origin  # preferred again
         assert await rig.read(BIG, 3 * CHUNK, CHUNK) == rig.want(BIG, 3 * CHUNK, CHUNK)
         rig.assert_cache_holds_only_good_chunks(BIG)
 
@@ -252,11 +257,11 @@ async def test_n3_blackholed_primary_fails_over_to_the_other_server_and_is_prefe
 async def test_n4_throttled_bandwidth_gives_correct_bytes_without_timeouts(kind, via_proxy, library, tmp_path):
     async with chaos_rig(kind, via_proxy, library, tmp_path, read_timeout=8.0) as rig:
         assert await rig.read(SMALL, 0, 10) == rig.want(SMALL, 0, 10)
-        await rig.proxy.add_toxic("thin", "bandwidth", rate_kbps=150)  # a 256 KiB chunk takes ~1.7 s
-        elapsed, got = await timed(rig.read(BIG, 0, CHUNK))
+        rate = 150  # KB/s: a chunk takes longer than the origins' 1 s socket timeout, which must be one of silence
+        assert CHUNK / (rate * 1000) > ORIGIN_TIMEOUTS["read_timeout"]
+        await rig.proxy.add_toxic("thin", "bandwidth", rate_kbps=rate)
+        got = await outcome(rig.read(BIG, 0, CHUNK))
         assert got == rig.want(BIG, 0, CHUNK), got
-        # Longer than the origins' 1 s socket timeout: it is an idle timeout, and data kept flowing.
-        assert elapsed > ORIGIN_TIMEOUTS["read_timeout"]
         assert rig.registry.health_of(rig.origin).retries == 0 and rig.state() == HEALTHY
         await rig.proxy.remove_toxic("thin")
         rig.assert_cache_holds_only_good_chunks(BIG)
@@ -285,7 +290,7 @@ async def test_n6_truncated_stream_is_retried_and_never_cached_short(kind, via_p
         assert await rig.read(SMALL, 0, 10) == rig.want(SMALL, 0, 10)
         # Every connection is cut after 50 000 bytes, retries included: the read fails, nothing is cached.
         await rig.proxy.add_toxic("cut", "limit_data", bytes=50_000)
-        elapsed, got = await timed(rig.read(BIG, 0, CHUNK))
+        got = await outcome(rig.read(BIG, 0, CHUNK))
         assert isinstance(got, READ_ERRORS), got
         assert rig.registry.health_of(rig.origin).retries >= 1
         assert rig.manifest(BIG) == {}
@@ -311,9 +316,10 @@ async def test_n7_proxy_down_goes_offline_then_recovers_without_restart(kind, vi
         await rig.proxy.disable()
         await eventually_async(lambda: rig.registry.offline, 15, "offline")
         assert await rig.read(SMALL) == rig.want(SMALL)  # cached: served
-        elapsed, got = await timed(rig.read(BIG, 0, CHUNK))
-        assert isinstance(got, OriginOffline), got
-        assert elapsed < 0.2, f"offline reads must fail at once, took {elapsed:.2f}s"
+        asked = sum(rig.registry.health_of(rig.origin).results.values())
+        got = await outcome(rig.read(BIG, 0, CHUNK))
+        assert isinstance(got, OriginOffline), got  # at once: no origin was asked
+        assert sum(rig.registry.health_of(rig.origin).results.values()) == asked
 
         await rig.proxy.enable()
         await rig.recovered()
