@@ -38,7 +38,7 @@ def build(cfg: Config, lib: Library, *, tree: Callable[[], VirtualTree],
           on_origin_change: Callable[[], None] | None = None) -> Services:
     """`tree`: the tree served now (pins resolve their paths in it)."""
     cache = ChunkCache(lib.cas, op_timeout=cache_op_timeout(cfg.read_timeout))
-    pages = PagePusher(pyfuse3.notify_store, pyfuse3.invalidate_inode) if cfg.page_push else None
+    pages = PagePusher(pyfuse3.notify_store) if cfg.page_push else None
     reader = build_reader(lib.catalog, cache, lib.registry, chunk_size=cfg.chunk_size, memory_cache=cfg.memory_cache,
                           read_timeout=cfg.read_timeout, on_file_changed=on_file_changed, readahead=cfg.readahead,
                           pages=pages)

@@ -5,9 +5,11 @@ read from the page cache instead, with no request at all. What is pushed and how
 * only chunks the loader verified and kept: of a settled version (origins/base.py), never racy bytes;
 * only to an inode bound to that version (`bind`, at open): a push for an inode unbound since (its last
   handle released) or retired (`retire`: the tree no longer has it, its file changed) is dropped. Pushes and
-  retirements take one lock in the worker threads, so no page of a retired version is stored after its
-  retirement's invalidation. The trio thread never takes that lock: a store may wait for a page that a READ
-  holds locked until the trio thread answers it;
+  retirements take one lock in the worker threads, so no page is stored after its inode's retirement. The
+  pages already there stay with the old inode, which only handles opened before the change can still reach
+  (a new open looks up the new inode): they read their own version, whole, even once the origin and the cache
+  have moved on, and the kernel drops those pages when it forgets the inode. The trio thread never takes that
+  lock: a store may wait for a page that a READ holds locked until the trio thread answers it;
 * never past the end of the file (a store past it would extend the file's size in the kernel);
 * from a worker thread, never the trio thread: the kernel locks a page while it stores it, and a READ of that
   page waiting on the trio thread would deadlock it. The read path only queues (bounded in bytes: when the
@@ -59,12 +61,10 @@ class _Push:
 
 
 class PagePusher:
-    def __init__(self, store: Callable[[int, int, memoryview], None], invalidate: Callable[[int], None], *,
+    def __init__(self, store: Callable[[int, int, memoryview], None], *,
                  queue_bytes: int = QUEUE_BYTES, piece: int = PIECE, threads: int = 1):
-        """`store(inode, offset, data)` and `invalidate(inode)`: the kernel's (pyfuse3.notify_store,
-        pyfuse3.invalidate_inode); both are called in worker threads only."""
+        """`store(inode, offset, data)`: the kernel's (pyfuse3.notify_store), called in worker threads only."""
         self._store = store
-        self._invalidate = invalidate
         self.queue_bytes = queue_bytes
         self.piece = piece
         self.enabled = True
@@ -113,8 +113,8 @@ class PagePusher:
             await trio.to_thread.run_sync(self._push, push, limiter=self._limiter, abandon_on_cancel=True)
 
     async def retire(self, inodes: list[int]) -> None:
-        """The tree no longer has these inodes (their files changed or went): no push reaches them from now on,
-        and the kernel forgets their pages. In a worker thread, after the push under way."""
+        """The tree no longer has these inodes (their files changed or went): no push reaches them from now on (in a
+        worker thread, after the push under way). Their pages stay for the handles opened before the change."""
         if inodes:
             with trio.move_on_after(10.0):
                 await trio.to_thread.run_sync(self._retire, list(inodes), limiter=self._limiter,
@@ -155,12 +155,7 @@ class PagePusher:
             log.debug("page cache: a push was refused (%s); its pages are read the normal way", name)
 
     def _retire(self, inodes: list[int]) -> None:
-        with self._lock:
+        with self._lock:  # after the store under way: none follows
             for inode in inodes:
                 self._bound.pop(inode, None)
                 self._retired += 1
-                try:
-                    self._invalidate(inode)
-                except OSError as exc:  # ENOENT: the kernel holds nothing of it
-                    if exc.errno not in (errno.ENOENT, errno.ENOSYS):
-                        log.debug("page cache: cannot invalidate inode %d: %s", inode, exc)

@@ -79,7 +79,7 @@ class Config:
     include_hidden: bool = False  # scan files and folders whose names start with a dot (`._*` never)
     metrics: str = ""  # HOST:PORT of the Prometheus endpoint (/metrics); "" = off
     metrics_public: bool = False  # serve /metrics on an address other machines can reach (else loopback only)
-    page_push: bool = False  # push verified chunks of sequential readers into the kernel's page cache (see README)
+    page_push: bool = True  # push verified chunks of sequential readers into the kernel's page cache (see README)
     origin_options: dict = field(default_factory=dict)
 
     def resolved(self) -> "Config":

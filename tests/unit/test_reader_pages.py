@@ -33,9 +33,6 @@ class Kernel:
             self.other.append(inode)
         self.pages[offset] = bytes(data)
 
-    def invalidate(self, inode):
-        pass
-
 
 @pytest.fixture
 async def setup(tmp_path, nursery):
@@ -49,7 +46,7 @@ async def setup(tmp_path, nursery):
     clock.now = catalog.version_seen(row.version) + 1.0 + SETTLE_MARGIN  # settled
     cas = CasStore(str(tmp_path / "cache"), 1 << 30)
     kernel = Kernel()
-    pages = PagePusher(kernel.store, kernel.invalidate)
+    pages = PagePusher(kernel.store)
     reader = build_reader(catalog, ChunkCache(cas), registry, chunk_size=CHUNK, memory_cache=64 * CHUNK,
                           read_timeout=10.0, pages=pages)
     nursery.start_soon(reader.readahead.run)
