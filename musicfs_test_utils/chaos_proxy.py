@@ -105,6 +105,13 @@ class ProxyStats:
     writes_upstream: int = 0  # send calls; a slicer shows up here
     writes_downstream: int = 0
     bytes_dropped: int = 0  # swallowed by a timeout toxic
+    # What the time toxics scheduled (their own arithmetic, in ms: what a test checks instead of a stopwatch)
+    delayed_chunks: int = 0  # chunks held back by a latency toxic
+    latency_ms: float = 0.0  # the delays they were given, summed
+    paced_ms: float = 0.0  # bandwidth: the time the pieces were spread over
+    close_delay_ms: float = 0.0  # slow_close: how late EOFs were passed on
+    timer_closes: int = 0  # connections a timeout or reset_peer timer ended
+    timer_ms: float = 0.0  # how long after the toxic started applying those timers fired
 
 
 @dataclass
@@ -357,7 +364,9 @@ class ChaosProxy:
             await changed.wait()
         slow_close = self._active(conn, direction)["slow_close"]
         if slow_close:
-            await trio.sleep(max(t.attributes["delay_ms"] for t in slow_close) / 1000)
+            delay_ms = max(t.attributes["delay_ms"] for t in slow_close)
+            self._stats.close_delay_ms += delay_ms
+            await trio.sleep(delay_ms / 1000)
         # Half-close: the other direction may still be flowing.
         await dst.send_eof()
 
@@ -381,6 +390,8 @@ class ChaosProxy:
             jitter = toxic.attributes["jitter_ms"]
             delay_ms += toxic.attributes["latency_ms"] + conn.rng.uniform(-jitter, jitter)
         if delay_ms > 0:
+            self._stats.delayed_chunks += 1
+            self._stats.latency_ms += delay_ms
             await trio.sleep_until(read_at + delay_ms / 1000)
 
     def _slice(self, conn: _Conn, slicers: list[Toxic], data: bytes) -> list[bytes]:
@@ -419,6 +430,7 @@ class ChaosProxy:
             if index and gap:
                 await trio.sleep(gap)
             if rate is not None:
+                self._stats.paced_ms += len(piece) / rate * 1000
                 await trio.sleep(len(piece) / rate)
             await dst.send_all(piece)
             self._count(direction, len(piece))
@@ -436,25 +448,27 @@ class ChaosProxy:
         toxic started applying to it, unless the toxic is removed first."""
         while True:
             changed = self._changed
-            deadline, rst = self._next_timer(conn)
+            deadline, rst, after = self._next_timer(conn)
             with trio.move_on_at(deadline) as scope:
                 await changed.wait()  # the toxics changed: recompute
             if scope.cancelled_caught:
+                self._stats.timer_closes += 1
+                self._stats.timer_ms += after * 1000
                 conn.close(rst=rst)
                 return
 
-    def _next_timer(self, conn: _Conn) -> tuple[float, bool]:
-        """(deadline, reset?) of the connection's earliest timer, or (inf, False)."""
-        earliest = (math.inf, False)
+    def _next_timer(self, conn: _Conn) -> tuple[float, bool, float]:
+        """(deadline, reset?, its timeout in seconds) of the connection's earliest timer, or (inf, False, 0)."""
+        earliest = (math.inf, False, 0.0)
         for toxic in self._toxics.values():
             state = conn.applied.get(toxic.uid)
             if state is None:
                 continue
             timeout_s = toxic.attributes.get("timeout_ms", 0) / 1000
             if toxic.type == "reset_peer":
-                earliest = min(earliest, (state.since + timeout_s, True))
+                earliest = min(earliest, (state.since + timeout_s, True, timeout_s))
             elif toxic.type == "timeout" and timeout_s > 0:
-                earliest = min(earliest, (state.since + timeout_s, False))
+                earliest = min(earliest, (state.since + timeout_s, False, timeout_s))
         return earliest
 
     # ------------------------------------------------------------------ control
@@ -535,7 +549,7 @@ class ChaosProxy:
             self.remove_toxic(name)
         self.enable()
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, float]:
         return asdict(self._stats)
 
     def _notify(self) -> None:
@@ -648,7 +662,7 @@ class ProxyThread:
     def reset(self) -> None:
         self._call(self.proxy.reset)
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, float]:
         return self._call(self.proxy.stats)
 
     @property

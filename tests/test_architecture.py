@@ -3,6 +3,7 @@ in pyproject.toml), no import cycle anywhere (imports inside functions included)
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -76,3 +77,12 @@ def test_no_module_over_500_lines_no_class_over_400_no_function_over_50():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and span > 50:
                 too_big.append(f"{rel}: {node.name}(), {span} lines")
     assert not too_big, "\n".join(too_big)
+
+
+def test_no_test_reads_the_wall_clock_to_time_what_it_tests():
+    """Timing is asserted as order and events (a fake clock, trio's MockClock, the failpoints, what a fake counted):
+    a stopwatch in a test fails on a busy machine for nothing. Benchmarks (bench/) time things; tests do not."""
+    stopwatch = re.compile(r"\btime\.(monotonic|perf_counter)(_ns)?\(\)")
+    found = [f"{path.relative_to(ROOT)}:{n}" for path in sorted((ROOT / "tests").rglob("*.py"))
+             for n, line in enumerate(path.read_text().splitlines(), 1) if stopwatch.search(line)]
+    assert not found, f"tests reading the wall clock: {found}"

@@ -66,7 +66,7 @@ async def test_a_sleeping_probe_past_its_timeout_marks_the_origin_unhealthy(tmp_
     registry = OriginRegistry([origin])
     monitor = HealthMonitor(registry, timeout=0.3)
     failpoints.cfg(HANG, "1*sleep(2000)")
-    started = trio.current_time()
     await monitor.probe_all()
-    assert 0.3 <= trio.current_time() - started < 1.5  # real time: the 2 s sleep was not waited for
     assert registry.health_of(origin).state == UNHEALTHY
+    assert "timed out after 0.3s" in registry.health_of(origin).last_error  # the probe's timeout ended it ...
+    assert monitor._inflight  # ... while the 2 s sleep still runs in its thread: not waited for

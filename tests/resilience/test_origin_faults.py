@@ -16,7 +16,6 @@ import errno
 import hashlib
 import os
 import signal
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -123,12 +122,10 @@ def test_100_concurrent_reads_finish_and_a_stuck_file_does_not_stall_cached_read
     eventually(lambda: HANGING in daemon.log_text(), 10, "the daemon's origin read hanging")
     # 100 concurrent cold reads of every file but the stuck one: all finish, all right.
     jobs = [others[i % len(others)] for i in range(100)]
-    started = time.monotonic()
     with ThreadPoolExecutor(100) as pool:
         assert list(pool.map(read, jobs, timeout=60)) == [digests[f] for f in jobs]
-    took = time.monotonic() - started
-    assert took < read_timeout, f"100 reads took {took:.1f}s while one file hung at the origin"
-    assert blocked.poll() is None, "the stuck read ended early: the test proves nothing"
+    # all 100 done while the stuck read still waits for its read_timeout: none of them waited on it
+    assert blocked.poll() is None, "the stuck read ended before the 100 others: they may have waited on it"
     outcome, code, _ = reader_result(blocked)
     assert (outcome, code) == ("ERR", str(errno.EIO))
     # cached reads never wait on the hung call, whatever the origin's state now
