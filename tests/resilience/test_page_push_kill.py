@@ -60,8 +60,9 @@ def test_a_pushing_daemon_runs_a_watcher_that_ends_with_it(daemons, small_librar
 
     from musicfs_test_utils.daemon import write_config
 
-    config = write_config(tmp_path / "push.toml", page_push=True)
-    quiet = daemons([small_library[0]], name="quiet")  # without pushing: no watcher
+    config = write_config(tmp_path / "push.toml", page_push=True)  # the default, said
+    off = write_config(tmp_path / "quiet.toml", page_push=False)
+    quiet = daemons([small_library[0]], name="quiet", extra_args=["--config", str(off)])  # not pushing: no watcher
     quiet.start()
     quiet.wait_for_mount()
     assert not [p for p in psutil.Process(quiet.pid).children() if "musicfs.daemon.guard" in " ".join(p.cmdline())]
