@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
-from ..origins import FileStat, Origin, OriginRegistry
+from ..origins import SETTLE_MARGIN, FileStat, Origin, OriginRegistry, settled
 from ..shared import MusicFSError, OriginError, OriginTransient, Progress, points
 from . import tags
 from .catalog import Catalog, FileRow
@@ -174,6 +174,7 @@ class Scanner:
             log.warning("scan: skipping %r: its name is not valid UTF-8", st.path)
         self.catalog.set_scan_state(in_progress="1", total=str(len(todo)))
         self._read_and_commit(origin, todo, known, result, walked)
+        self._wait_until_settled(origin, todo, walked)  # what is left of it: the reads went on meanwhile
         result.removed = self._remove_gone(origin, known, listing)
         points.hit(points.SCAN_CHECKPOINT)
         self.catalog.set_scan_state(in_progress="0", last_path="", completed_at=str(time.time()), rekeying="0",
@@ -182,6 +183,21 @@ class Scanner:
             self.registry.adopt_identities(origin)  # committed: the catalog holds this origin's identities
         result.seconds = time.monotonic() - started
         return result
+
+    def _wait_until_settled(self, origin: Origin, todo: list[FileStat], walked: float) -> None:
+        """Before the scan returns: wait what is left of a timestamp resolution and the margin since the listing
+        (SFTP: 1.25 s), until the versions it read are no longer racy (origins/base.py, settled), unless the
+        origin's own clock says they are already. The tag reads do not wait for it (only the blocks they read
+        of versions settled by then are kept); the mount that follows a first scan reads settled versions, so it
+        caches what it reads. A wait, not a poll: nothing but time settles a version."""
+        now = self.registry.wall_clock()
+        racy = [st for st in todo if not settled(origin, st.identity, walked, now)]
+        if not racy:
+            return
+        until = time.monotonic() + max(0.0, walked + SETTLE_MARGIN - now
+                                       + max(origin.timestamp_resolution(st.identity) for st in racy))
+        while not self.should_stop() and time.monotonic() < until:
+            time.sleep(min(0.05, max(0.0, until - time.monotonic())))
 
     def _read_and_commit(self, origin: Origin, todo: list[FileStat], known: dict, result: ScanResult,
                          walked: float) -> None:

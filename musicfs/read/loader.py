@@ -26,6 +26,9 @@ from .pages import PagePusher
 
 log = logging.getLogger(__name__)
 
+#: How long a fetched chunk may take to be stored and named once its load was cancelled (a clean stop).
+KEEP_GRACE = 10.0
+
 
 class ChunkLoader:
     """Loads chunks of open files: a chunk being loaded is loaded once (reads of it wait for that load), every
@@ -171,21 +174,26 @@ class ChunkLoader:
         The manifest write is the catalog's, outside the cache's timeout: a locked catalog delays this read
         (within its own deadline) but never marks the cache disk unstable.
         """
+        if keep:
+            # Shielded (and bounded): a reader may have been served these bytes already (`_fresh`), so a clean
+            # stop that cancels the load lets them finish being kept rather than leave them half stored.
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + KEEP_GRACE):
+                await self._store_and_name(of, idx, data)
+        return data
+
+    async def _store_and_name(self, of: OpenFile, idx: int, data: bytes) -> None:
         row = of.row
-        if not keep:
-            return data
         digest = await self.cache.store(data, f"a chunk of {row.path}")
         if digest is None:
-            return data
+            return
         try:
             await self.thread(self.catalog.set_manifest_chunk, row.version, idx, digest)
         except CatalogError as exc:
             self.counts["manifest_failures"] += 1
             log.warning("catalog: cannot record a chunk of %s (%s); serving it uncached", row.path, exc)
-            return data
+            return
         of.manifest[idx] = digest
         self._keep(of, idx, digest, data)
-        return data
 
     def _keep(self, of: OpenFile, idx: int, digest: str, data: bytes) -> None:
         self.memory.put(digest, data)
