@@ -251,7 +251,7 @@ class Daemon:
             self.notifier.extend_timeout(SCAN_EXTEND, "scanning the library")
             on_progress = lambda done, total: self.notifier.extend_timeout(SCAN_EXTEND, f"scanning: {done}/{total} files")  # noqa: E731
             try:
-                result = await trio.to_thread.run_sync(self.lib.scan, on_progress, self.stopping.is_set)
+                result = await trio.to_thread.run_sync(self.lib.scan, on_progress, self.stopping.is_set, True)
             except ScanCancelled as exc:
                 log.info("%s", exc)
                 return None

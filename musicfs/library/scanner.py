@@ -136,12 +136,14 @@ class Scanner:
     def __init__(self, catalog: Catalog, registry: OriginRegistry, *, batch: int = 200, workers: int | None = None,
                  on_progress: Callable[[int, int], None] | None = None,
                  should_stop: Callable[[], bool] = lambda: False, include_hidden: bool = False,
-                 on_fetched: Callable[[list[tuple[FileRow, list[tuple[int, bytes]]]]], None] | None = None):
+                 on_fetched: Callable[[list[tuple[FileRow, list[tuple[int, bytes]]]]], None] | None = None,
+                 settle: bool = False):
         """`on_fetched`: after each batch commits, called (in the scan's thread) with each committed row and the
-        (offset, bytes) ranges read for its tags (the library keeps them as blocks, blocks.py)."""
+        (offset, bytes) ranges read for its tags (the library keeps them as blocks, blocks.py). `settle`: return
+        only once the versions listed are settled (a mount's first scan: the mount then caches what it reads)."""
         self.catalog, self.registry, self.batch, self.workers = catalog, registry, batch, workers
         self.on_progress, self.on_fetched, self.should_stop = on_progress, on_fetched, should_stop
-        self.include_hidden = include_hidden
+        self.include_hidden, self.settle = include_hidden, settle
 
     def scan(self) -> ScanResult:
         """One full pass. Blocking: run it in a worker thread."""
@@ -174,7 +176,8 @@ class Scanner:
             log.warning("scan: skipping %r: its name is not valid UTF-8", st.path)
         self.catalog.set_scan_state(in_progress="1", total=str(len(todo)))
         self._read_and_commit(origin, todo, known, result, walked)
-        self._wait_until_settled(origin, todo, walked)  # what is left of it: the reads went on meanwhile
+        if self.settle:
+            self._wait_until_settled(origin, todo, walked)  # what is left of it: the reads went on meanwhile
         result.removed = self._remove_gone(origin, known, listing)
         points.hit(points.SCAN_CHECKPOINT)
         self.catalog.set_scan_state(in_progress="0", last_path="", completed_at=str(time.time()), rekeying="0",

@@ -85,12 +85,12 @@ class Library:
     def ever_scanned(self) -> bool:
         return "completed_at" in self.catalog.scan_state()
 
-    def scan(self, on_progress=None, should_stop=lambda: False) -> ScanResult:
+    def scan(self, on_progress=None, should_stop=lambda: False, settle: bool = False) -> ScanResult:
         # What the scan read for tags is kept as blocks, for small reads; with chunks no bigger than a block,
         # small reads fetch whole chunks and blocks would never be read.
         keep = self.keep_scan_blocks if self.cas is not None and blocks.BLOCK_SIZE < self.cfg.chunk_size else None
         result = Scanner(self.catalog, self.registry, on_progress=on_progress, should_stop=should_stop,
-                         include_hidden=self.cfg.include_hidden, on_fetched=keep).scan()
+                         include_hidden=self.cfg.include_hidden, on_fetched=keep, settle=settle).scan()
         log.info("scan of %s: %s", ", ".join(self.cfg.sources), result.summary())
         return result
 
