@@ -11,7 +11,7 @@ MEDIA_SCAN_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO := demo
 
-.PHONY: setup setup-test debs test-debs run test test-plain test-failpoints bench clean
+.PHONY: setup setup-test debs test-debs run test test-plain test-failpoints bench mutate clean
 
 setup: debs $(VENV)/.installed-run
 
@@ -68,5 +68,15 @@ bench:
 	$(BIN)/python bench/remote_bench.py
 	$(BIN)/python bench/media_scan.py $(MEDIA_SCAN_ARGS)
 
+# Mutation testing (bench/mutate.py, cosmic-ray) in a clone of HEAD: cosmic-ray rewrites the module it mutates
+# in place, so the working tree is never touched. Writes its report into docs/mutation.md. Not part of CI.
+MUTATE_ARGS ?=
+mutate:
+	$(MAKE) setup-test
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[mutate]'
+	rm -rf .mutate-clone && git clone -q . .mutate-clone
+	cd .mutate-clone && $(abspath $(BIN))/python bench/mutate.py $(MUTATE_ARGS) --out $(abspath docs/mutation.md)
+	rm -rf .mutate-clone
+
 clean:
-	rm -rf $(VENV) $(DEMO) *.egg-info
+	rm -rf $(VENV) $(DEMO) *.egg-info .mutate-clone

@@ -373,7 +373,7 @@ class SftpOrigin(Origin):
 
     def probe(self) -> None:
         remote = self._remote("")
-        attrs = self._run("", lambda session: session.stat(remote))
+        attrs = self._guarded("", lambda: self._pool.session(idle=True).stat(remote))
         if attrs.mode is not None and not stat_mod.S_ISDIR(attrs.mode):
             raise OriginNotFound(f"{self.name}: {remote.decode('utf-8', 'replace')} is not a directory",
                                  origin=self.name)

@@ -46,16 +46,21 @@ class SessionPool:
         self._generation = 0
         self._cond = threading.Condition()
 
-    def session(self) -> Session:
+    def session(self, idle: bool = False) -> Session:
         """A live session: the least busy one. When every live one is busy and the pool has room, another is
         started beside (the caller goes on with the least busy one: a new ssh takes a few round trips to come
-        up); only a caller that finds no live session at all waits for one."""
+        up); only a caller that finds no live session at all waits for one. `idle`: a session with nothing in
+        flight, started for the caller when none is and the pool has room (a health probe must not queue behind
+        a big read on a thin line)."""
         deadline = time.monotonic() + self._wait_timeout
         with self._cond:
             while True:
                 self._drop_dead()
                 best = min(self._sessions, key=lambda s: s.load, default=None)
                 room = len(self._sessions) + self._starting < self._size
+                if idle and room and (best is None or best.load > 0):
+                    self._starting += 1
+                    break
                 if best is not None:
                     if best.load >= BUSY and room:
                         self._starting += 1
