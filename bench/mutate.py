@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PYTEST = "PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 {python} -m pytest -x -q --noconftest -p no:cacheprovider {plugins} {tests}"
+PYTEST = "env PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 {python} -m pytest -x -q --noconftest -p no:cacheprovider {plugins} {tests}"
 
 
 @dataclass(frozen=True)
