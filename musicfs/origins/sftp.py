@@ -329,20 +329,20 @@ class SftpOrigin(Origin):
         last = self._to_stat(path, session.wait(after).expect(wire.ATTRS).attrs())
         self._check(path, last, expect or first, "while it was read")
         size = (expect or first).size
+        wholes = [max(0, min(length, size - offset)) for offset, length in ranges]  # what the file has there
         data, answers, short = [], zip(got, pieces), False
-        for (offset, length), want in zip(ranges, wants):
+        for (offset, _), want, whole in zip(ranges, wants, wholes):
             kept, intact = [], True
             for piece, (_, asked) in itertools.islice(answers, len(range(0, want, step))):
                 if intact:
                     kept.append(piece)
                 intact = intact and len(piece) == asked  # after a short answer the pieces no longer line up
             chunk = b"".join(kept)
-            whole = max(0, min(length, size - offset))
             if len(chunk) < whole:  # the server sent less than asked before the end: read the rest
                 short = True
                 chunk += self._read_rest(session, handle, path, offset + len(chunk), whole - len(chunk))
             data.append(chunk[:whole])
-        self._check_lengths(path, ranges, [max(0, min(n, size - o)) for o, n in ranges], data)
+        self._check_lengths(path, ranges, wholes, data)
         if short:
             self._check(path, self._to_stat(path, session.call(*fstat).expect(wire.ATTRS).attrs()),
                         expect or first, "while it was read")

@@ -134,14 +134,10 @@ class Session:
 
     def forget(self, kind: int, *fields: bytes) -> None:
         """Send a request whose answer nobody waits for (CLOSE of a handle): dropped when it comes."""
-        with self._lock:
-            if self._error is not None:
-                return
-            request_id = next(self._ids) & 0xFFFFFFFF
         try:
-            self._write(wire.request(kind, request_id, *fields))
+            self.abandon(self.send(kind, *fields))
         except OriginError:
-            pass
+            pass  # the session is gone, and the handle with it
 
     def wait(self, pending: _Pending) -> Reply:
         """The answer to `pending`. The timeout is one of silence: while bytes keep coming (a big answer on a thin
@@ -172,10 +168,9 @@ class Session:
 
     # -- what MusicFS asks ------------------------------------------------------------------------------------
     def open(self, path: bytes) -> bytes:
-        return self.wait(self.send_open(path)).expect(wire.HANDLE).string()
-
-    def send_open(self, path: bytes) -> _Pending:
-        return self.send(wire.OPEN, wire.string(path), wire.u32(wire.OPEN_READ), wire.u32(0))
+        """A handle of `path` opened for reading."""
+        reply = self.call(wire.OPEN, wire.string(path), wire.u32(wire.OPEN_READ), wire.u32(0))
+        return reply.expect(wire.HANDLE).string()
 
     def close_handle(self, handle: bytes) -> None:
         self.forget(wire.CLOSE, wire.string(handle))

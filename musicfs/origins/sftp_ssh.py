@@ -71,16 +71,14 @@ class SshTarget:
 
     def failure(self, stderr: str, returncode: int | None, origin: str) -> OriginError:
         """What ssh's exit means, as one line naming the host: the class says whether retrying can help."""
-        cls, detail = self._verdict(stderr)
+        lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+        cls, detail = self._verdict(stderr, lines)
         if detail is None:
-            last = [line.strip() for line in stderr.splitlines() if line.strip()]
             how = f"exited with status {returncode}" if returncode is not None else "closed the connection"
-            detail = f"ssh to {self.where} {how}" + (f": {last[-1]}" if last else "")
+            detail = f"ssh to {self.where} {how}" + (f": {lines[-1]}" if lines else "")
         return cls(f"{origin}: {detail}", origin=origin)
 
-    def _verdict(self, stderr: str) -> tuple[type[OriginError], str | None]:
-        text = stderr
-        lines = [line.strip() for line in text.splitlines() if line.strip()]
+    def _verdict(self, text: str, lines: list[str]) -> tuple[type[OriginError], str | None]:
         known = self.known_hosts or "~/.ssh/known_hosts"
         if "REMOTE HOST IDENTIFICATION HAS CHANGED" in text or "has changed and you have requested" in text:
             return OriginFatal, (f"host key for {self.where} does not match known_hosts file {known}: refusing to "

@@ -88,14 +88,6 @@ def u64(value: int) -> bytes:
     return _U64.pack(value)
 
 
-def open_read(request_id: int, path: bytes) -> bytes:
-    return request(OPEN, request_id, string(path), u32(OPEN_READ), u32(0))
-
-
-def read(request_id: int, handle: bytes, offset: int, length: int) -> bytes:
-    return request(READ, request_id, string(handle), u64(offset), u32(length))
-
-
 class Reader:
     """Fields read in order from one packet's payload."""
 

@@ -82,8 +82,7 @@ def test_the_watcher_aborts_its_daemons_mount_when_the_daemon_is_dying_and_ends_
     assert guard.watch(os.getpid(), "/music", interval=0) is True
     assert aborted == ["/music"]
 
-    ended = subprocess.run([sys.executable, "-c", "pass"], check=True)
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    assert ended.returncode == 0 and guard.watch(gone.pid, "/music", interval=0) is False  # ended the normal way
+    assert guard.watch(gone.pid, "/music", interval=0) is False  # it ended the normal way: nothing aborted
     assert aborted == ["/music"]
