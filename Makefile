@@ -75,7 +75,8 @@ mutate:
 	$(MAKE) setup-test
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[mutate]'
 	rm -rf .mutate-clone && git clone -q . .mutate-clone
-	cd .mutate-clone && $(abspath $(BIN))/python bench/mutate.py $(MUTATE_ARGS) --out $(abspath docs/mutation.md)
+	cd .mutate-clone && $(abspath $(BIN))/python bench/mutate.py $(MUTATE_ARGS) --out $(abspath docs/mutation.md) \
+		--results $(abspath bench/mutation-results.json)
 	rm -rf .mutate-clone
 
 clean:

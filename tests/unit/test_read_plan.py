@@ -3,7 +3,11 @@ next track, and when a small read is served from blocks."""
 
 from __future__ import annotations
 
-from musicfs.read.plan import STREAMING_SOON, History, ReadPolicy
+import dataclasses
+
+import pytest
+
+from musicfs.read.plan import STREAMING_SOON, History, ReadPlan, ReadPolicy
 
 CHUNK = 1 << 20
 READ = 128 << 10  # FUSE's read size
@@ -106,3 +110,171 @@ def test_a_reader_asking_past_chunks_it_read_from_the_page_cache_keeps_its_windo
     assert list(plan.ahead) and min(plan.ahead) > 6
     gap = policy.plan(h, 20 * CHUNK, 20 * CHUNK + READ, nothing_ready, pushed)  # chunks 7..19 were not pushed
     assert gap.restart
+
+
+# -- exact plans and boundaries (the mutation run of plan.py uses this file: bench/mutate.py) --------------------
+HALF = CHUNK // 2
+
+
+def test_a_whole_file_read_in_half_chunks_gives_exactly_these_plans():
+    policy = ReadPolicy(CHUNK, max_window=4)
+    h = policy.history(8 * CHUNK)
+    plans = [policy.plan(h, off, off + HALF, nothing_ready) for off in range(0, 8 * CHUNK, HALF)]
+    assert [list(p.ahead) for p in plans] == [
+        [], [1, 2],  # chunk 0: a chunk read in a row opens a window of 2
+        [3, 4, 5], [],  # chunk 1: the window doubles to 4 (max_window) ahead of chunk 1
+        [6], [], [7], [],  # then one more chunk each time the reader enters one, never past the last
+        [], [], [], [], [], [], [], []]
+    assert [p.next_head for p in plans] == [0] * 14 + [2, 0]  # the next track's head: once, entering the last chunk
+    assert [p.sequential for p in plans] == [False] + [True] * 15  # from the read that opened the window on
+    assert [p.played for p in plans] == [False, False] + [True] * 14  # the handle streamed before this read
+    assert [(p.first, p.last) for p in plans[:3]] == [(0, 0), (0, 0), (1, 1)]
+    assert not any(p.restart or p.blocks for p in plans)
+    assert [p.to_chunk_end for p in plans] == [False] + [True] * 15  # half a MiB read in a row
+    assert (h.window, h.ahead, h.last_chunk, h.next_offset, h.run, h.next_planned) == (4, 8, 7, 8 * CHUNK, 8 * CHUNK, True)
+
+
+def test_the_window_opens_at_exactly_min_run_bytes_from_the_first_byte():
+    policy = ReadPolicy(CHUNK)
+    h = policy.history(8 * CHUNK)
+    assert policy.plan(h, 0, CHUNK - 1, nothing_ready).ahead == range(0) and h.run == CHUNK - 1
+    assert policy.plan(h, CHUNK - 1, CHUNK, nothing_ready).ahead == range(1, 3)
+    one_read = policy.history(8 * CHUNK)
+    assert policy.plan(one_read, 0, CHUNK, nothing_ready).ahead == range(1, 3)
+    later = ReadPolicy(CHUNK, min_run=3 * HALF)
+    h = later.history(8 * CHUNK)
+    assert not list(later.plan(h, 0, CHUNK, nothing_ready).ahead)
+    assert list(later.plan(h, CHUNK, CHUNK + HALF, nothing_ready).ahead) == [2, 3]
+
+
+def test_the_window_defaults_to_32_chunks_and_is_never_below_2():
+    policy = ReadPolicy(CHUNK)
+    h = policy.history(100 * CHUNK)
+    plans = [policy.plan(h, off, off + CHUNK, nothing_ready) for off in range(0, 10 * CHUNK, CHUNK)]
+    assert h.window == 32 and max(i for p in plans for i in p.ahead) == 9 + 32
+    assert ReadPolicy(CHUNK, max_window=1).max_window == 2
+    tiny = ReadPolicy(CHUNK, max_window=0)
+    h = tiny.history(100 * CHUNK)
+    plans = [tiny.plan(h, off, off + CHUNK, nothing_ready) for off in range(0, 5 * CHUNK, CHUNK)]
+    assert h.window == 2 and [list(p.ahead) for p in plans] == [[1, 2], [3], [4], [5], [6]]
+
+
+def test_the_next_track_head_defaults_to_two_chunks():
+    policy = ReadPolicy(CHUNK)
+    h = policy.history(2 * CHUNK)
+    assert [p.next_head for p in (policy.plan(h, 0, CHUNK, nothing_ready), policy.plan(h, CHUNK, 2 * CHUNK,
+                                                                                       nothing_ready))] == [0, 2]
+
+
+@pytest.mark.parametrize("chunk, tolerance", [(CHUNK, CHUNK), (64 << 10, 256 << 10)])
+def test_reads_within_the_tolerance_of_the_run_continue_it_and_beyond_it_seek(chunk, tolerance):
+    policy = ReadPolicy(chunk)
+    assert policy.tolerance == tolerance
+
+    def streaming():
+        h = policy.history(200 * chunk)
+        for off in range(0, 2 * chunk, chunk // 2):
+            policy.plan(h, off, off + chunk // 2, nothing_ready)
+        assert h.window and h.next_offset == 2 * chunk
+        return h
+
+    h = streaming()
+    near = policy.plan(h, 2 * chunk + tolerance, 2 * chunk + tolerance + 4096, nothing_ready)
+    assert not near.restart and h.window and h.run == 2 * chunk + 4096 and h.next_offset == 2 * chunk + tolerance + 4096
+    h = streaming()
+    back = policy.plan(h, 2 * chunk - tolerance, 2 * chunk - tolerance + 4096, nothing_ready)  # behind: also near
+    assert not back.restart and h.next_offset == 2 * chunk and h.run == 2 * chunk
+    h = streaming()
+    assert policy.plan(h, 2 * chunk + tolerance + 1, 2 * chunk + tolerance + 4097, nothing_ready).restart
+    h = streaming()
+    assert policy.plan(h, 2 * chunk - tolerance - 1, 2 * chunk - tolerance + 4095, nothing_ready).restart
+    assert (h.window, h.ahead, h.last_chunk, h.run) == (0, 0, -1, 4096)
+
+
+def test_a_restart_opens_a_new_window_from_where_it_landed():
+    policy = ReadPolicy(CHUNK, max_window=4)
+    h = policy.history(40 * CHUNK)
+    for off in range(0, 4 * CHUNK, HALF):
+        policy.plan(h, off, off + HALF, nothing_ready)
+    policy.plan(h, 20 * CHUNK, 20 * CHUNK + HALF, nothing_ready)
+    assert policy.plan(h, 20 * CHUNK + HALF, 21 * CHUNK, nothing_ready).ahead == range(21, 23)
+
+
+def test_streaming_soon_starts_at_half_a_mebibyte_read_in_a_row():
+    policy = ReadPolicy(CHUNK, block_size=BLOCK)
+    for run, soon in ((512 << 10, True), ((512 << 10) - 4096, False)):
+        h = policy.history(10 * CHUNK)
+        policy.plan(h, 0, run, nothing_ready)
+        assert policy.plan(h, run, run + 4096, nothing_ready).to_chunk_end is soon
+    assert STREAMING_SOON == 512 << 10  # the tests above speak of it in bytes
+    h = policy.history(10 * CHUNK)
+    policy.plan(h, 0, 512 << 10, nothing_ready)
+    far = policy.plan(h, (512 << 10) + policy.tolerance + 1, (512 << 10) + policy.tolerance + 4097, nothing_ready)
+    assert not far.to_chunk_end  # a seek is no stream, however long the run before it
+
+
+def test_block_size_is_used_only_between_zero_and_a_chunk():
+    assert ReadPolicy(CHUNK, block_size=BLOCK).block_size == BLOCK
+    for size in (0, -1, CHUNK, 2 * CHUNK):
+        policy = ReadPolicy(CHUNK, block_size=size)
+        assert policy.block_size == 0
+        assert not policy.plan(policy.history(10 * CHUNK), 10, 4096, nothing_ready).blocks
+    assert ReadPolicy(CHUNK, block_size=CHUNK - 1).block_size == CHUNK - 1
+
+
+def test_blocks_cover_a_read_only_while_it_covers_no_whole_chunk():
+    policy = ReadPolicy(CHUNK, block_size=BLOCK)
+    fresh = lambda: policy.history(10 * CHUNK)
+    assert policy.plan(fresh(), 0, CHUNK - 1, nothing_ready).blocks
+    assert not policy.plan(fresh(), 0, CHUNK, nothing_ready).blocks
+    assert policy.plan(fresh(), 1, CHUNK + 1, nothing_ready).blocks  # two chunks, neither whole
+    assert not policy.plan(fresh(), HALF, 2 * CHUNK, nothing_ready).blocks  # chunk 1 whole
+    half_ready = {0}.__contains__
+    assert policy.plan(fresh(), HALF, CHUNK + 10, half_ready).blocks  # chunk 1 is not ready
+    assert not policy.plan(fresh(), HALF, CHUNK + 10, {0, 1}.__contains__).blocks
+    streaming = fresh()
+    for off in range(0, CHUNK, HALF):
+        policy.plan(streaming, off, off + HALF, nothing_ready)
+    assert streaming.window and not policy.plan(streaming, CHUNK + 10, CHUNK + 20, nothing_ready).blocks
+
+
+def test_pushed_chunks_count_only_when_every_one_between_was_pushed():
+    policy = ReadPolicy(CHUNK, max_window=8)
+
+    def streaming():
+        h = policy.history(40 * CHUNK)
+        sequential(policy, h, 0, 2 * CHUNK)
+        return h
+
+    h = streaming()
+    plan = policy.plan(h, 6 * CHUNK, 6 * CHUNK + READ, nothing_ready, {2, 3, 4, 5}.__contains__)
+    assert not plan.restart and h.run == 6 * CHUNK + READ
+    h = streaming()
+    assert policy.plan(h, 6 * CHUNK, 6 * CHUNK + READ, nothing_ready, {2, 3, 5}.__contains__).restart
+    not_streaming = ReadPolicy(CHUNK, min_run=100 * CHUNK)
+    h = not_streaming.history(40 * CHUNK)
+    not_streaming.plan(h, 0, CHUNK, nothing_ready)
+    not_streaming.plan(h, 6 * CHUNK, 6 * CHUNK + READ, nothing_ready, lambda idx: True)
+    assert h.run == READ  # without a window nothing was pushed for it: a jump is a jump
+
+
+def test_a_plan_is_frozen_and_its_defaults_are_a_plain_read():
+    plan = ReadPlan(3, 4)
+    assert (plan.blocks, plan.to_chunk_end, plan.restart, plan.ahead, plan.next_head, plan.played,
+            plan.sequential) == (False, False, False, range(0), 0, True, False)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.first = 1  # type: ignore[misc]
+    h = ReadPolicy(CHUNK).history(CHUNK + 1)
+    assert (h.chunks, h.next_offset, h.run, h.window, h.ahead, h.last_chunk, h.next_planned) == (2, -1, 0, 0, 0, -1,
+                                                                                               False)
+    assert ReadPolicy(CHUNK).history(0).chunks == 0
+
+
+def test_empty_reads_and_empty_files_plan_nothing_ahead():
+    policy = ReadPolicy(CHUNK)
+    h = policy.history(8 * CHUNK)
+    policy.plan(h, 0, CHUNK, nothing_ready)
+    before = dataclasses.replace(h)
+    assert policy.plan(h, CHUNK, CHUNK, nothing_ready).ahead == range(0) and h == before
+    empty = policy.history(0)
+    assert policy.plan(empty, 0, 0, nothing_ready).ahead == range(0)
