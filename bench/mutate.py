@@ -37,11 +37,26 @@ class Module:
         return PYTEST.format(python=sys.executable, plugins=plugins, tests=" ".join(self.tests))
 
 
+TRIO = ("pytest_trio.plugin",)  # the cache's and the read path's tests run on trio (trio_mode)
+
 MODULES = (
+    # the read path
     Module("plan", "musicfs/read/plan.py", ("tests/unit/test_read_plan.py",)),
-    Module("sftp_wire", "musicfs/origins/sftp_wire.py", ("tests/unit/test_sftp_client.py",)),
+    Module("loader", "musicfs/read/loader.py",
+           ("tests/unit/test_reader_pages.py", "tests/unit/test_settled_versions.py", "tests/unit/test_reader_blocks.py"),
+           TRIO),
+    Module("pages", "musicfs/read/pages.py", ("tests/unit/test_pages.py", "tests/unit/test_reader_pages.py"), TRIO),
+    Module("blocks", "musicfs/library/blocks.py", ("tests/unit/test_reader_blocks.py",), TRIO),
+    # the cache
+    Module("cas", "musicfs/cache/cas.py",
+           ("tests/unit/test_cas.py", "tests/unit/test_cas_contract.py", "tests/unit/test_cas_reconcile.py"), TRIO),
+    Module("index", "musicfs/cache/index.py", ("tests/unit/test_index.py", "tests/unit/test_cas.py"), TRIO),
+    Module("eviction", "musicfs/cache/eviction.py", ("tests/unit/test_cas_lazy_lru.py", "tests/unit/test_cas.py"), TRIO),
+    Module("repair", "musicfs/cache/repair.py", ("tests/unit/test_cas_reconcile.py",), TRIO),
+    # the origins' identity and wire
     Module("identity", "musicfs/origins/base.py",
            ("tests/unit/test_origin_base.py", "tests/unit/test_identity.py", "tests/unit/test_names.py")),
+    Module("sftp_wire", "musicfs/origins/sftp_wire.py", ("tests/unit/test_sftp_wire.py", "tests/unit/test_sftp_client.py")),
 )
 
 
