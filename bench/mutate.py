@@ -11,9 +11,11 @@ with its line and operator) goes between the `mutation` markers of the output fi
 from __future__ import annotations
 
 import argparse
+import ast
 import datetime
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -77,21 +79,67 @@ def run(module: Module, workdir: Path, timeout: float) -> dict:
     subprocess.run([str(bin_dir / "cosmic-ray"), "init", str(config), str(session)], check=True, cwd=ROOT)
     subprocess.run([str(bin_dir / "cosmic-ray"), "exec", str(config), str(session)], check=True, cwd=ROOT)
     return {"key": module.key, "path": module.path, "tests": list(module.tests), "seconds": time.monotonic() - started,
-            "when": f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC", **tally(session)}
+            "when": f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC", **tally(session, module)}
 
 
-def tally(session: Path) -> dict:
+def apply_diff(source: str, diff: str) -> str:
+    """`source` with a unified diff (cosmic-ray's, of one module) applied."""
+    lines, out, at = source.splitlines(keepends=True), [], 0
+    hunks = re.split(r"^@@ -(\d+)(?:,\d+)? \+\d+(?:,\d+)? @@.*\n", diff, flags=re.M)
+    for start, body in zip(hunks[1::2], hunks[2::2]):
+        first = int(start) - 1 if int(start) else 0
+        out += lines[at:first]
+        at = first
+        for line in body.splitlines(keepends=True):
+            if line.startswith(" "):
+                out.append(lines[at])
+                at += 1
+            elif line.startswith("-"):
+                at += 1
+            elif line.startswith("+"):
+                out.append(line[1:])
+    return "".join(out + lines[at:])
+
+
+def annotation_only(source: str, mutated: str) -> bool:
+    """Whether a mutant changed nothing but type annotations, which a module with `from __future__ import
+    annotations` never evaluates (a dataclass reads only the field's name from one): equivalent by construction."""
+    if "from __future__ import annotations" not in source:
+        return False
+
+    def bare(text: str) -> str:
+        tree = ast.parse(text)
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                node.returns = None
+            elif isinstance(node, ast.arg):
+                node.annotation = None
+            elif isinstance(node, ast.AnnAssign):
+                node.annotation = ast.Constant(None)
+        return ast.dump(tree)
+
+    try:
+        return bare(source) == bare(mutated)
+    except SyntaxError:
+        return False
+
+
+def tally(session: Path, module: Module) -> dict:
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import TestOutcome
 
-    counts = {"killed": 0, "survived": 0, "incompetent": 0}
+    counts = {"killed": 0, "survived": 0, "incompetent": 0, "annotation_only": 0}
     survivors = []
+    source = (ROOT / module.path).read_text()
     with use_db(str(session), WorkDB.Mode.open) as db:
         for item, result in db.completed_work_items:
             outcome = result.test_outcome
             key = {TestOutcome.KILLED: "killed", TestOutcome.SURVIVED: "survived"}.get(outcome, "incompetent")
             counts[key] += 1
-            if outcome == TestOutcome.SURVIVED:
+            if outcome == TestOutcome.SURVIVED and annotation_only(source, apply_diff(source, result.diff or "")):
+                counts["survived"] -= 1
+                counts["annotation_only"] += 1
+            elif outcome == TestOutcome.SURVIVED:
                 for mutation in item.mutations:
                     survivors.append([mutation.start_pos[0], mutation.operator_name.split("/")[-1], result.diff or ""])
     return {**counts, "survivors": sorted(survivors)}

@@ -117,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mount over a folder that holds files (they are hidden while mounted)")
     p.add_argument("--metrics", metavar="HOST:PORT",
                    help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)")
+    p.add_argument("--no-published-catalog", dest="published_catalog", action="store_false", default=None,
+                   help="on a first mount, scan the library even when a catalog was published beside it")
     _add_origin_args(p)
 
     p = sub.add_parser("scan", help="scan SOURCE(s) into the catalog and search index without mounting")
@@ -154,12 +156,20 @@ def _add_pin_parsers(sub) -> None:
 
 
 def _add_maintenance_parsers(sub) -> None:
-    """fsck, demo, failpoints."""
+    """fsck, publish, forget, demo, failpoints."""
     p = sub.add_parser("fsck", help="verify chunks, manifests, catalog and search index (exit 0 clean, 1 repaired, "
                                     "4 problems left, 8 could not run)")
     p.add_argument("--repair", action="store_true", help="fix what can be fixed (damaged files are moved aside)")
     _add_library_args(p, "default: the only library under XDG state")
     p.add_argument("--cache-dir", help="its cache folder (default: the one the daemon recorded in daemon.json)")
+
+    p = sub.add_parser("publish", help="write the library's catalog beside it (SOURCE/.musicfs/), so a first mount "
+                                       "elsewhere is ready at once (needs write access to SOURCE)")
+    p.add_argument("source", metavar="SOURCE")
+    _add_state_args(p)
+    p.add_argument("--keep", type=float, metavar="SECONDS",
+                   help="how long a replaced snapshot stays for mounts still fetching it (default 3600)")
+    _add_origin_args(p)
 
     p = sub.add_parser("forget", help="remove a stopped library's state and cache (say which: its state folder, its "
                                       "mountpoint or its SOURCE)")
@@ -185,6 +195,7 @@ def _config(args, sources: list[str], mountpoint: str = "") -> Config:
         "allow_non_empty": getattr(args, "allow_non_empty", None),
         "allow_empty": getattr(args, "allow_empty", None),
         "metrics": getattr(args, "metrics", None),
+        "published_catalog": getattr(args, "published_catalog", None),
         "sources": tuple(sources),
         "mountpoint": mountpoint,
     }
@@ -296,6 +307,18 @@ def cmd_status(args) -> int:
     from .status import run_status
 
     return run_status(_chosen_library(args), as_json=args.json)
+
+
+def cmd_publish(args) -> int:
+    cfg = _config(args, [args.source])
+    if args.keep is not None and not 0 <= args.keep <= 30 * 86400:
+        raise BadArgument("--keep", f"{args.keep:g}: give seconds between 0 and 2592000 (30 days)")
+    _check_source_urls(cfg)
+    setup_logging(cfg.log_level)
+    from .publish import publish
+
+    print(publish(cfg, args.keep))
+    return 0
 
 
 def cmd_forget(args) -> int:
@@ -425,7 +448,7 @@ def cmd_pins(args) -> int:
 
 
 COMMANDS = {"mount": cmd_mount, "scan": cmd_scan, "search": cmd_search, "status": cmd_status, "demo": cmd_demo,
-            "failpoints": cmd_failpoints, "fsck": cmd_fsck, "forget": cmd_forget, "pin": cmd_pin, "unpin": cmd_pin, "pins": cmd_pins}
+            "failpoints": cmd_failpoints, "fsck": cmd_fsck, "forget": cmd_forget, "publish": cmd_publish, "pin": cmd_pin, "unpin": cmd_pin, "pins": cmd_pins}
 
 
 def main(argv: list[str] | None = None) -> int:

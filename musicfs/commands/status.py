@@ -252,6 +252,15 @@ def _when(epoch) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch)) + f" ({_duration(time.time() - epoch)} ago)"
 
 
+def _published_text(published: dict) -> str:
+    """Where the catalog came from when a published snapshot made it, and what its revalidation re-read."""
+    text = (f"from the snapshot {str(published.get('snapshot', '?'))[:12]} published at {published.get('origin', '?')} "
+            f"{_when(published.get('published_at'))} ({published.get('files', '?')} files)")
+    if published.get("revalidated"):
+        return text + f"; revalidated, {published.get('reread', 0)} files re-read"
+    return text + "; revalidating"
+
+
 def _columns(rows: list[list[str]], indent: str = "  ") -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return [indent + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
@@ -289,6 +298,9 @@ def _summary_rows(status: dict) -> list[tuple[str, str]]:
         rows.append(("tracks", "?" if status["tracks"] is None else str(status["tracks"])))
     if "last_scan" in status:
         rows.append(("last scan", _when(status.get("last_scan"))))
+    published = status.get("published")
+    if isinstance(published, dict):
+        rows.append(("catalog", _published_text(published)))
     cache = status.get("cache")
     if isinstance(cache, dict):
         rows.append(("cache", _cache_text(cache)))

@@ -135,6 +135,7 @@ class Daemon:
             "fuse": self._fuse_figures(),
             "metrics": self.metrics.address if self.metrics else None,
             "pins": asdict(self.pins.statistics()) if self.pins else {},
+            "published": asdict(self.lib.published_from) if self.lib and self.lib.published_from else None,
         }
 
     def _fuse_figures(self) -> dict:
@@ -157,7 +158,8 @@ class Daemon:
             fuse=self.ops.statistics() if self.ops else None,
             readahead=reader.readahead if reader is not None else None,
             pages=reader.pages if reader is not None else None,
-            pins=self.pins.statistics() if self.pins else None)
+            pins=self.pins.statistics() if self.pins else None,
+            published=self.lib.published_from if self.lib else None)
 
     # -- signals ---------------------------------------------------------------------
     async def signals(self) -> None:
@@ -246,6 +248,8 @@ class Daemon:
         result = None
         if self.lib.ever_scanned:
             self._wake_rescan.set()  # serve the persisted catalog now, rescan in the background
+        elif self.cfg.published_catalog and await self._adopt_published():
+            self._wake_rescan.set()  # the published catalog now; the rescan revalidates it
         else:
             log.info("first mount of %s: scanning before mounting", ", ".join(self.cfg.sources))
             self.notifier.extend_timeout(SCAN_EXTEND, "scanning the library")
@@ -264,6 +268,11 @@ class Daemon:
         if self.lib.index.count() != tree.track_count:
             await trio.to_thread.run_sync(self.lib.reindex, tree)
         return tree
+
+    async def _adopt_published(self) -> bool:
+        """Whether a catalog published at an origin filled this new library's catalog (library/published.py)."""
+        self.notifier.extend_timeout(SCAN_EXTEND, "fetching the published catalog")
+        return await trio.to_thread.run_sync(self.lib.adopt_published) is not None
 
     def _spawn_background(self) -> None:
         self.sup.spawn_essential("health", self.services.health.run)

@@ -46,7 +46,7 @@ from ..shared import MusicFSError, is_loopback, parse_address, redact
 
 if TYPE_CHECKING:
     from ..cache import CacheStatistics
-    from ..library import PinsStatistics
+    from ..library import PinsStatistics, PublishedStatistics
     from ..origins import OriginStatistics
     from ..read import PagePushStatistics, ReadAheadStatistics, ReaderStatistics
     from .fuse_ops import OperationsStatistics
@@ -79,6 +79,7 @@ class MetricsRecords:
     readahead: ReadAheadStatistics | None = None  # None while read-ahead is off or not wired: no readahead series
     pages: PagePushStatistics | None = None  # None while page pushes are off: no page series
     pins: PinsStatistics | None = None  # pin progress
+    published: PublishedStatistics | None = None  # the published catalog this library's catalog came from
 
 
 RecordsSource = Callable[[], "MetricsRecords | None"]
@@ -281,10 +282,26 @@ def pin_families(pins: PinsStatistics | None) -> list[Metric]:
     ]
 
 
+def published_families(published: PublishedStatistics | None) -> list[Metric]:
+    """Where a catalog came from when a published snapshot made it (`musicfs publish`), and its revalidation."""
+    if published is None:
+        return []
+    info = GaugeMetricFamily("musicfs_published_catalog_info", "The published catalog snapshot this library's catalog "
+                             "came from (1)", labels=["snapshot", "origin"])
+    info.add_metric([published.snapshot, redact(published.origin)], 1)
+    return [info,
+            GaugeMetricFamily("musicfs_published_catalog_files", "Files the published snapshot listed",
+                              value=published.files),
+            GaugeMetricFamily("musicfs_published_catalog_revalidated", "1 once the first rescan after it has "
+                              "revalidated the snapshot", value=int(published.revalidated)),
+            GaugeMetricFamily("musicfs_published_catalog_reread_files", "Files whose tags that revalidation read "
+                              "again (new or changed since the publish)", value=published.reread)]
+
+
 def families(records: MetricsRecords) -> list[Metric]:
     return [*origin_families(records.origins), *cache_families(records.cache, records.reader),
             *fuse_families(records.fuse), *readahead_families(records.readahead), *page_families(records.pages),
-            *pin_families(records.pins)]
+            *pin_families(records.pins), *published_families(records.published)]
 
 
 class MusicFSCollector(Collector):

@@ -8,6 +8,8 @@ __getattr__, __all__ = public_face(__name__, {
     "catalog": ["Catalog", "FileRow", "FileVersion"],
     "catalog_files": ["CATALOG_NAME", "open_checked"],
     "pins": ["PinSet", "PinsStatistics"],
+    "published": ["PublishedStatistics"],
+    "publisher": ["publish_library"],
     "scanner": ["ScanCancelled"],
     "search": ["check_files", "SearchIndex"],
     "storage": ["index_docs", "Library"],

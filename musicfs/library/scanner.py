@@ -13,6 +13,7 @@ from ..origins import SETTLE_MARGIN, FileStat, Origin, OriginRegistry, settled
 from ..shared import MusicFSError, OriginError, OriginTransient, Progress, points
 from . import tags
 from .catalog import Catalog, FileRow
+from .published import is_reserved
 
 log = logging.getLogger(__name__)
 
@@ -115,10 +116,11 @@ def _recording_ranges(fetch_ranges: Callable[[list[tuple[int, int]]], list[bytes
 
 
 def is_hidden(path: str, include_hidden: bool = False) -> bool:
-    """Skipped at scan: AppleDouble files (`._*`, macOS metadata, never audio) always, and anything inside
-    a folder or named with a leading dot unless include_hidden."""
+    """Skipped at scan: AppleDouble files (`._*`, macOS metadata, never audio) and MusicFS's own folder at the
+    origin (`.musicfs/`, published catalogs) always, and anything inside a folder or named with a leading dot
+    unless include_hidden."""
     parts = path.split("/")
-    if parts[-1].startswith("._"):
+    if parts[-1].startswith("._") or is_reserved(path):
         return True
     return not include_hidden and any(part.startswith(".") for part in parts)
 

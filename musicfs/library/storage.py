@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 
 from ..cache import CasStore
 from ..origins import OriginRegistry, open_origins
-from ..shared import Config, MusicFSError, RunMarker, SearchIndexCorrupt
-from . import blocks
+from ..shared import Config, MusicFSError, OriginError, RunMarker, SearchIndexCorrupt
+from . import blocks, published
 from .catalog import Catalog, FileRow
 from .catalog_files import make_state_dir, open_checked
-from .scanner import Scanner, ScanResult, restore_identities
+from .scanner import TAGS_VERSION, Scanner, ScanResult, restore_identities
 from .search import IndexDoc, SearchIndex
 from .tree import (
     FIRST_INO,
@@ -48,6 +49,7 @@ class Library:
     marker: RunMarker | None = None
     repairs: list[str] = field(default_factory=list)  # what opening had to repair, for status and tests
     unclean: bool = False  # the previous run did not stop cleanly: full checks, no tree snapshot
+    published_from: published.PublishedStatistics | None = None  # the published catalog the catalog came from, if one did
     tree_from_snapshot: bool = False  # how the last build_tree got its tree (for tests)
     trees_built: int = 0
 
@@ -79,7 +81,8 @@ class Library:
                 repairs.append(f"cache index: {cas.last_rebuild.summary()}")
         registry = OriginRegistry(origins, grace=cfg.failover_grace)
         restore_identities(catalog, registry)
-        return cls(cfg, catalog, registry, index, cas, marker, repairs, unclean=unclean)
+        return cls(cfg, catalog, registry, index, cas, marker, repairs, unclean=unclean,
+                   published_from=published.statistics(catalog))
 
     @property
     def ever_scanned(self) -> bool:
@@ -92,7 +95,35 @@ class Library:
         result = Scanner(self.catalog, self.registry, on_progress=on_progress, should_stop=should_stop,
                          include_hidden=self.cfg.include_hidden, on_fetched=keep, settle=settle).scan()
         log.info("scan of %s: %s", ", ".join(self.cfg.sources), result.summary())
+        if self.published_from is not None and not self.published_from.revalidated:
+            published.revalidated(self.catalog, result.added + result.changed)
+            self.published_from = published.statistics(self.catalog)
         return result
+
+    def adopt_published(self) -> published.PublishedStatistics | None:
+        """A first mount: the catalog published at the first origin that has one (replicas in their order), checked
+        (bytes against their hash, format, library, that it describes this origin's files), fills the catalog; the
+        next rescan revalidates it. None when no origin has one that can be used (one warning for each that has
+        one but cannot be used): the mount scans."""
+        for origin in self.registry.origins:
+            try:
+                found = published.fetch(origin)
+                if found is None:
+                    log.info("no catalog published at %s", origin.name)
+                    continue
+                pointer, snapshot = found
+                published.check_describes(origin, snapshot)
+            except (published.UnusableSnapshot, OriginError) as exc:
+                log.warning("not using the catalog published at %s: %s", origin.name, exc)
+                continue
+            published.adopt(self.catalog, origin, pointer, snapshot, TAGS_VERSION)
+            self.registry.adopt_identities(origin)
+            log.info("catalog of %d files from the snapshot published at %s (%s, %s); revalidating it in the "
+                     "background", len(snapshot.rows), origin.name, pointer.sha256[:12],
+                     time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(pointer.published_at)))
+            self.published_from = published.statistics(self.catalog)
+            return self.published_from
+        return None
 
     @property
     def snapshot_path(self) -> str:

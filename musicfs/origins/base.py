@@ -157,6 +157,16 @@ class Origin(abc.ABC):
         was first seen."""
         return False
 
+    # -- writing (only `musicfs publish` writes, under the reserved folder; a mount never does) ----------------
+    def write_file(self, path: str, data: bytes) -> None:
+        """Put `data` at `path` whole, replacing what was there at once: a reader sees the old file or the new one,
+        never half of it. Folders are made as needed. OriginPermission when the credentials cannot write."""
+        raise OriginFatal(f"{self.name}: this kind of origin cannot be written", origin=self.name, path=path)
+
+    def remove_file(self, path: str) -> None:
+        """Remove the file at `path`; a file already gone is no error."""
+        raise OriginFatal(f"{self.name}: this kind of origin cannot be written", origin=self.name, path=path)
+
     def close(self) -> None:
         """Release connections. Safe to call twice."""
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import stat as stat_mod
+import threading
 from typing import Iterator
 
 from ..shared import (
@@ -237,6 +239,30 @@ class LocalOrigin(Origin):
             raise map_os_error(exc, self.name, path) from exc
         finally:
             os.close(fd)
+
+    def write_file(self, path: str, data: bytes) -> None:
+        """Written beside the target, flushed, then renamed over it (atomic on one filesystem)."""
+        full = self._resolve(path)
+        temp = f"{full}.{os.getpid()}-{threading.get_ident()}.tmp"
+        try:
+            os.makedirs(os.path.dirname(full), exist_ok=True)
+            with open(temp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temp, full)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise map_os_error(exc, self.name, path) from exc
+
+    def remove_file(self, path: str) -> None:
+        try:
+            os.unlink(self._resolve(path))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise map_os_error(exc, self.name, path) from exc
 
     def probe(self) -> None:
         if not os.path.isdir(self.root):

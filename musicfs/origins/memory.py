@@ -18,20 +18,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Iterator, Mapping, Sequence
 
-from ..shared import OriginNotFound
+from ..shared import OriginNotFound, OriginPermission
 from .base import FileStat, Identity, Origin
 
 WALK, STAT, READ, READ_RANGES, PROBE = "walk", "stat", "read", "read_ranges", "probe"
+WRITE, REMOVE = "write", "remove"  # `musicfs publish` only
 
 
 @dataclass(frozen=True)
 class Request:
-    op: str  # walk | stat | read | read_ranges | probe
+    op: str  # walk | stat | read | read_ranges | probe | write | remove
     path: str = ""
     offset: int = 0
     length: int = 0
     expect: FileStat | None = None
     ranges: tuple[tuple[int, int], ...] = ()  # read_ranges: (offset, length) each
+    data: bytes = b""  # write: the file's new content
 
 
 Handler = Callable[[Request], object]
@@ -69,6 +71,12 @@ class MemoryOrigin(Origin):
     def probe(self) -> None:
         self.handler(Request(PROBE))
 
+    def write_file(self, path: str, data: bytes) -> None:
+        self.handler(Request(WRITE, path, data=data))
+
+    def remove_file(self, path: str) -> None:
+        self.handler(Request(REMOVE, path))
+
 
 def each_range(handler: Handler, request: Request) -> list[bytes]:
     """A read_ranges request as the reads it stands for, each through `handler` (one version: without an
@@ -90,6 +98,10 @@ def forward(origin: Origin) -> Handler:
             return origin.read(request.path, request.offset, request.length, request.expect)
         if request.op == READ_RANGES:
             return origin.read_ranges(request.path, request.ranges, request.expect)
+        if request.op == WRITE:
+            return origin.write_file(request.path, request.data)
+        if request.op == REMOVE:
+            return origin.remove_file(request.path)
         return origin.probe()
 
     return handler
@@ -97,7 +109,8 @@ def forward(origin: Origin) -> Handler:
 
 def serve(files: Mapping[str, bytes], *, mtime_ns: int = 1, etag: str = "", name: str = "memory") -> Handler:
     """The handler of an origin holding `files` (every file with this mtime and ETag); reads check `expect`
-    strictly, as the local origin does. `files` is read at each request: a test may change it."""
+    strictly, as the local origin does. `files` is read at each request: a test may change it. Writes and
+    removals change `files` when it is a dict (else OriginPermission: a read-only origin)."""
 
     def stat(path: str) -> FileStat:
         if path not in files:
@@ -116,6 +129,13 @@ def serve(files: Mapping[str, bytes], *, mtime_ns: int = 1, etag: str = "", name
             return files[request.path][request.offset:request.offset + request.length]
         if request.op == READ_RANGES:
             return each_range(handler, request)
+        if request.op in (WRITE, REMOVE):
+            if not isinstance(files, dict):
+                raise OriginPermission(f"{name}: {request.path}: read-only", origin=name, path=request.path)
+            if request.op == WRITE:
+                files[request.path] = request.data
+            else:
+                files.pop(request.path, None)
         return None  # probe: healthy
 
     return handler

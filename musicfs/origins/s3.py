@@ -355,6 +355,17 @@ class S3Origin(Origin):
         # A GET may not say the size (-1), and a replica's expect may lack the ETag: what both know.
         now.identity.require(expect.identity, origin=self.name, path=self.prefix + path, strict=False)
 
+    def write_file(self, path: str, data: bytes) -> None:
+        """One PUT: S3 replaces an object whole, at once."""
+        key = self._key(path)
+        with self._mapped(key):
+            self._get_client().put_object(Bucket=self.bucket, Key=key, Body=data)
+
+    def remove_file(self, path: str) -> None:
+        key = self._key(path)
+        with self._mapped(key):
+            self._get_client().delete_object(Bucket=self.bucket, Key=key)  # S3: no error when already gone
+
     def probe(self) -> None:
         with self._mapped("", bucket_level=True):
             self._get_client().head_bucket(Bucket=self.bucket)

@@ -378,6 +378,16 @@ class SftpOrigin(Origin):
             raise OriginNotFound(f"{self.name}: {remote.decode('utf-8', 'replace')} is not a directory",
                                  origin=self.name)
 
+    def write_file(self, path: str, data: bytes) -> None:
+        remote = self._remote(path)
+        parts = [p for p in path.split("/") if p][:-1]
+        parents = [self._remote("/".join(parts[:i + 1])) for i in range(len(parts))]
+        self._run(path, lambda session: session.write_file(remote, data, parents))
+
+    def remove_file(self, path: str) -> None:
+        remote = self._remote(path)
+        self._run(path, lambda session: session.remove(remote))
+
     def close(self) -> None:
         self._pool.close()
 

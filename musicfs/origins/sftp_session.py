@@ -90,7 +90,8 @@ class Session:
             fcntl.fcntl(self._proc.stdout.fileno(), F_SETPIPE_SZ, PIPE_SIZE)
         self._reader = threading.Thread(target=self._read_answers, name=f"sftp-{self._proc.pid}", daemon=True)
         self._reader.start()
-        self.max_read = wire.SAFE_READ
+        self.max_read = self.max_write = wire.SAFE_READ
+        self.extensions: frozenset[bytes] = frozenset()
         self._setup(setup_timeout)
 
     # -- state -------------------------------------------------------------------------------------------------
@@ -172,6 +173,41 @@ class Session:
         reply = self.call(wire.OPEN, wire.string(path), wire.u32(wire.OPEN_READ), wire.u32(0))
         return reply.expect(wire.HANDLE).string()
 
+    def write_file(self, path: bytes, data: bytes, parents: list[bytes]) -> None:
+        """`data` at `path`, whole: written to a temporary file beside it (the WRITEs all in flight), closed, then
+        renamed over it (posix-rename@openssh.com replaces at once; a server without it: remove, then rename).
+        `parents`: the folders to make first, outermost first (those that exist already are no error)."""
+        for folder in parents:
+            self.wait(self.send(wire.MKDIR, wire.string(folder), wire.u32(0)))  # STATUS either way: not checked
+        temp = path + b".musicfs-%d.tmp" % os.getpid()
+        flags = wire.OPEN_WRITE | wire.OPEN_CREAT | wire.OPEN_TRUNC
+        handle = self.call(wire.OPEN, wire.string(temp), wire.u32(flags), wire.u32(0)).expect(wire.HANDLE).string()
+        try:
+            step = self.max_write
+            asked = [self.send(wire.WRITE, wire.string(handle), wire.u64(at), wire.string(data[at:at + step]))
+                     for at in range(0, len(data), step)]
+            for pending in asked:
+                reply = self.wait(pending)
+                wire.check_ok(reply.kind, reply.fields)
+        finally:
+            reply = self.call(wire.CLOSE, wire.string(handle))
+        wire.check_ok(reply.kind, reply.fields)
+        if wire.POSIX_RENAME in self.extensions:
+            reply = self.call(wire.EXTENDED, wire.string(wire.POSIX_RENAME), wire.string(temp), wire.string(path))
+        else:
+            self.remove(path)
+            reply = self.call(wire.RENAME, wire.string(temp), wire.string(path))
+        wire.check_ok(reply.kind, reply.fields)
+
+    def remove(self, path: bytes) -> None:
+        """REMOVE `path`; a file already gone is no error."""
+        reply = self.call(wire.REMOVE, wire.string(path))
+        try:
+            wire.check_ok(reply.kind, reply.fields)
+        except wire.StatusError as exc:
+            if exc.code != wire.NO_SUCH_FILE:
+                raise
+
     def close_handle(self, handle: bytes) -> None:
         self.forget(wire.CLOSE, wire.string(handle))
 
@@ -222,10 +258,13 @@ class Session:
             self.close()
             raise OriginTransient(f"{self.origin}: {self.target.where} speaks SFTP version {version}, not 3",
                                   origin=self.origin)
+        self.extensions = frozenset(extensions)
         if wire.LIMITS in extensions:
             limits = wire.limits(self.call(wire.EXTENDED, wire.string(wire.LIMITS)).expect(wire.EXTENDED_REPLY))
             if limits["read"] > 0:
                 self.max_read = min(limits["read"], 1 << 20)
+            if limits["write"] > 0:
+                self.max_write = min(limits["write"], 1 << 20)
 
     def _write(self, data: bytes) -> None:
         """All of `data` to ssh's stdin, within the request timeout (a server that stops reading fills the pipe)."""

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 # -- packet types ---------------------------------------------------------------------------------------------
 INIT, VERSION = 1, 2
-OPEN, CLOSE, READ = 3, 4, 5
+OPEN, CLOSE, READ, WRITE = 3, 4, 5, 6
 LSTAT, FSTAT = 7, 8
-OPENDIR, READDIR = 11, 12
-REALPATH, STAT = 16, 17
+OPENDIR, READDIR, REMOVE, MKDIR = 11, 12, 13, 14
+REALPATH, STAT, RENAME = 16, 17, 18
 EXTENDED = 200
 STATUS, HANDLE, DATA, NAME, ATTRS = 101, 102, 103, 104, 105
 EXTENDED_REPLY = 201
@@ -22,13 +22,14 @@ STATUS_NAMES = {OK: "ok", EOF: "end of file", NO_SUCH_FILE: "no such file", PERM
                 FAILURE: "failure", BAD_MESSAGE: "bad message", NO_CONNECTION: "no connection",
                 CONNECTION_LOST: "connection lost", OP_UNSUPPORTED: "operation unsupported"}
 
-OPEN_READ = 0x1
+OPEN_READ, OPEN_WRITE, OPEN_CREAT, OPEN_TRUNC = 0x1, 0x2, 0x8, 0x10
 _ATTR_SIZE, _ATTR_UIDGID, _ATTR_PERMISSIONS, _ATTR_ACMODTIME, _ATTR_EXTENDED = 0x1, 0x2, 0x4, 0x8, 0x80000000
 
 #: The read size every server accepts (the draft's minimum packet is 34000 bytes); a server that tells its
 #: limits (limits@openssh.com) allows more.
 SAFE_READ = 32 << 10
 LIMITS = b"limits@openssh.com"
+POSIX_RENAME = b"posix-rename@openssh.com"  # a rename that replaces the target at once
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
@@ -149,6 +150,15 @@ def version_reply(payload: bytes) -> tuple[int, dict[bytes, bytes]]:
         name = fields.string()
         extensions[name] = fields.string()
     return version, extensions
+
+
+def check_ok(kind: int, fields: Reader) -> None:
+    """A reply that must be STATUS OK (WRITE, CLOSE, MKDIR, RENAME, REMOVE): StatusError for any other code."""
+    if kind != STATUS:
+        raise ProtocolError(f"expected SFTP packet type {STATUS}, got {kind}")
+    error = status(fields)
+    if error.code != OK:
+        raise error
 
 
 def status(fields: Reader) -> StatusError:

@@ -83,13 +83,13 @@ class ReadPolicy:
         first, last = offset // cs, (end - 1) // cs
         if history is None:
             return ReadPlan(first, last)
-        played = history.window > 0
+        played = bool(history.window)
         soon = self._streaming_soon(history, offset)
         blocks = self._from_blocks(history, offset, end, soon, ready)
         self._skip_pushed(history, offset, pushed)
         restart, ahead, next_head = self._follow(history, offset, end)
         return ReadPlan(first, last, blocks=blocks, to_chunk_end=soon, restart=restart, ahead=ahead,
-                        next_head=next_head, played=played, sequential=history.window > 0)
+                        next_head=next_head, played=played, sequential=bool(history.window))
 
     def _streaming_soon(self, history: History, offset: int) -> bool:
         """Whether this read continues a sequential run of STREAMING_SOON bytes or more: longer than tag readers
@@ -109,16 +109,16 @@ class ReadPolicy:
         """A streaming reader that read pushed chunks from the page cache asks next beyond them: its run goes on
         over what it read there (else the jump would look like a seek and close the window)."""
         cs = self.chunk_size
-        if h.window and offset > h.next_offset >= 0 and all(pushed(i) for i in range(h.next_offset // cs, offset // cs)):
+        if h.window and offset > h.next_offset and all(pushed(i) for i in range(h.next_offset // cs, offset // cs)):
             h.run += offset - h.next_offset
             h.next_offset = offset
 
     def _follow(self, h: History, offset: int, end: int) -> tuple[bool, range, int]:
         """Extend or restart the run with this read; (restart, chunks to load ahead, next head chunks)."""
-        if end <= offset or h.chunks == 0:
+        if end <= offset:  # an empty read (and every read of an empty file)
             return False, range(0), 0
         restart = False
-        if h.next_offset >= 0 and abs(offset - h.next_offset) <= self.tolerance:
+        if abs(offset - h.next_offset) <= self.tolerance:  # (a first read near the start: the same either way)
             h.run += max(0, end - max(offset, h.next_offset))
             h.next_offset = max(h.next_offset, end)
         else:
@@ -129,10 +129,9 @@ class ReadPolicy:
             h.run, h.next_offset = end - offset, end
         if h.run < self.min_run:
             return restart, range(0), 0
-        current = min((end - 1) // self.chunk_size, h.chunks - 1)
+        current = (end - 1) // self.chunk_size  # the read ends within the file
         if not h.window:
             h.window = 2
-            h.ahead = current + 1
         elif current > h.last_chunk:
             h.window = min(self.max_window, h.window * 2)  # the reader keeps up: look further
         h.last_chunk = current

@@ -80,6 +80,7 @@ class Config:
     metrics: str = ""  # HOST:PORT of the Prometheus endpoint (/metrics); "" = off
     metrics_public: bool = False  # serve /metrics on an address other machines can reach (else loopback only)
     page_push: bool = True  # push verified chunks of sequential readers into the kernel's page cache (see README)
+    published_catalog: bool = True  # a first mount starts from the catalog published at the origin (musicfs publish)
     origin_options: dict = field(default_factory=dict)
 
     def resolved(self) -> "Config":
@@ -122,7 +123,8 @@ SECONDS_RANGES = {
     "failover_grace": (0.1, 86400.0),
 }
 _FILE_KEYS = {f.name for f in fields(Config)} - {"sources", "mountpoint"}
-_BOOL_KEYS = {"allow_other", "allow_non_empty", "allow_empty", "include_hidden", "metrics_public", "page_push"}
+_BOOL_KEYS = {"allow_other", "allow_non_empty", "allow_empty", "include_hidden", "metrics_public", "page_push",
+              "published_catalog"}
 MAX_CONFIG_BYTES = 1 << 20  # a config file is a few lines of TOML: a bigger one (or /dev/zero) is a mistake
 
 

@@ -278,3 +278,74 @@ def test_empty_reads_and_empty_files_plan_nothing_ahead():
     assert policy.plan(h, CHUNK, CHUNK, nothing_ready).ahead == range(0) and h == before
     empty = policy.history(0)
     assert policy.plan(empty, 0, 0, nothing_ready).ahead == range(0)
+
+
+def test_the_window_doubles_each_new_chunk_up_to_its_bound_and_not_on_a_step_back():
+    policy = ReadPolicy(CHUNK, max_window=16)
+    h = policy.history(100 * CHUNK)
+    windows = []
+    for off in range(0, 6 * CHUNK, CHUNK):
+        policy.plan(h, off, off + CHUNK, nothing_ready)
+        windows.append(h.window)
+    assert windows == [2, 4, 8, 16, 16, 16]
+    narrow = ReadPolicy(CHUNK, max_window=16)
+    h = narrow.history(100 * CHUNK)
+    narrow.plan(h, 0, 2 * CHUNK, nothing_ready)  # into chunk 1: a window of 2
+    narrow.plan(h, 2 * CHUNK, 2 * CHUNK + HALF, nothing_ready)  # chunk 2: 4
+    assert h.window == 4
+    narrow.plan(h, CHUNK + HALF, 2 * CHUNK, nothing_ready)  # the kernel's reads a little out of order: chunk 1
+    assert h.window == 4 and h.last_chunk == 1
+    narrow.plan(h, 2 * CHUNK + HALF, 3 * CHUNK, nothing_ready)  # chunk 2 again: entered anew, so it doubles
+    assert h.window == 8
+
+
+def test_the_last_chunk_a_read_touches_counts_its_last_byte_only():
+    policy = ReadPolicy(CHUNK)
+    assert (policy.plan(None, 0, CHUNK + 1, nothing_ready).last, policy.plan(None, 0, CHUNK, nothing_ready).last) \
+        == (1, 0)
+    h = policy.history(10 * CHUNK)
+    plan = policy.plan(h, CHUNK - 10, CHUNK + 1, nothing_ready)
+    assert (plan.first, plan.last) == (0, 1)
+
+
+def test_blocks_need_every_touched_chunk_ready_to_be_skipped_and_a_whole_chunk_wins():
+    policy = ReadPolicy(CHUNK, block_size=BLOCK)
+    fresh = lambda: policy.history(10 * CHUNK)
+    assert not policy.plan(fresh(), 5 * CHUNK + 10, 6 * CHUNK, {5}.__contains__).blocks  # ready: the chunk serves it
+    assert policy.plan(fresh(), 5 * CHUNK + 10, 6 * CHUNK, {4, 6}.__contains__).blocks  # its neighbours do not
+    assert policy.plan(fresh(), CHUNK + 10, 2 * CHUNK, nothing_ready).blocks  # to a chunk's end, not from its start
+    assert not policy.plan(fresh(), CHUNK, 2 * CHUNK + 10, nothing_ready).blocks  # chunk 1 whole, and a bit more
+
+
+def test_every_chunk_boundary_of_a_long_run_without_a_window_loads_the_chunk():
+    slow = ReadPolicy(CHUNK, block_size=BLOCK, min_run=8 * CHUNK)
+    h = slow.history(10 * CHUNK)
+    for off in range(0, 2 * CHUNK, BLOCK):
+        slow.plan(h, off, off + BLOCK, nothing_ready)
+    assert h.window == 0 and not slow.plan(h, 2 * CHUNK, 2 * CHUNK + BLOCK, nothing_ready).blocks
+
+
+def test_streaming_soon_counts_the_distance_to_the_run_not_its_bits():
+    policy = ReadPolicy(CHUNK, block_size=BLOCK, min_run=100 * CHUNK)
+    h = policy.history(10 * CHUNK)
+    policy.plan(h, 0, 3 * HALF, nothing_ready)  # a run of 1.5 MiB, no window yet
+    at = 3 * HALF + policy.tolerance  # exactly the tolerance ahead: still the run
+    assert policy.plan(h, at, at + 4096, nothing_ready).to_chunk_end
+
+
+def test_pushed_chunks_extend_the_run_by_exactly_the_bytes_skipped():
+    policy = ReadPolicy(CHUNK, max_window=8)
+    h = policy.history(40 * CHUNK)
+    sequential(policy, h, 0, 3 * CHUNK)
+    policy.plan(h, 6 * CHUNK, 6 * CHUNK + READ, nothing_ready, {3, 4, 5}.__contains__)
+    assert h.run == 6 * CHUNK + READ and h.next_offset == 6 * CHUNK + READ
+
+
+def test_an_empty_read_far_into_a_file_is_no_seek():
+    policy = ReadPolicy(CHUNK)
+    h = policy.history(8 * CHUNK)
+    policy.plan(h, 0, 2 * CHUNK, nothing_ready)
+    before = dataclasses.replace(h)
+    at, end = 5 * CHUNK, int(str(5 * CHUNK))  # equal, and not the same int object
+    plan = policy.plan(h, at, end, nothing_ready)
+    assert not plan.restart and plan.ahead == range(0) and plan.next_head == 0 and h == before
