@@ -212,6 +212,23 @@ def _expected(data: bytes, ranges) -> list[bytes]:
     return [data[offset:offset + length] for offset, length in ranges]
 
 
+def test_a_written_file_replaces_whole_and_a_removed_one_is_gone(origin: Origin):
+    """Only `musicfs publish` writes (library/published.py): whole files, folders made as needed, replaced at once."""
+    path = ".musicfs/catalog/a/deep.bin"
+    origin.write_file(path, BIG)
+    assert origin.stat(path).size == len(BIG) and origin.read(path, 0, len(BIG) + 1) == BIG
+    origin.write_file(path, b"short now")  # replaced, not overwritten in place: no tail of the old content
+    assert origin.read(path, 0, 1000) == b"short now" and origin.stat(path).size == 9
+    origin.write_file(".musicfs/top.json", b"{}")
+    assert {st.path for st in origin.walk()} == set(REFERENCE) | {path, ".musicfs/top.json"}
+    origin.remove_file(path)
+    origin.remove_file(".musicfs/top.json")
+    origin.remove_file(".musicfs/never-there")  # already gone: no error
+    with pytest.raises(OriginNotFound):
+        origin.stat(path)
+    assert {st.path for st in origin.walk()} == set(REFERENCE)
+
+
 def test_read_ranges_answers_each_range_as_read_does(origin: Origin):
     path = "Artist/Album/01 Song.flac"
     want = _expected(BIG, RANGES)
