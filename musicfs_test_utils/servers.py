@@ -282,7 +282,8 @@ class SeaweedServer(MotoServer):
         self.port = free_port(self.host)
         ports = {name: free_port(self.host) for name in (
             "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc",
-            "admin.port", "admin.port.grpc", "webdav.port")}
+            "admin.port", "admin.port.grpc", "webdav.port", "metricsPort")}
+        self.metrics_port = ports["metricsPort"]
         fd, self._log_path = tempfile.mkstemp(prefix="musicfs-weed-", suffix=".log")
         with os.fdopen(fd, "wb") as log:
             self._proc = subprocess.Popen(
@@ -295,6 +296,21 @@ class SeaweedServer(MotoServer):
             self.stop()
             raise RuntimeError(f"weed mini did not start: {exc}\n{self._log_tail()}") from None
         return self
+
+    def s3_requests(self) -> dict[str, int]:
+        """The S3 requests this server has answered, by type (GET, HEAD, PUT, LIST...), from its own Prometheus
+        metrics (`SeaweedFS_s3_request_total`): what a client cost the origin, counted where it is served."""
+        import re
+        import urllib.request
+
+        text = urllib.request.urlopen(f"http://{self.host}:{self.metrics_port}/metrics", timeout=10).read().decode()
+        counts: dict[str, int] = {}
+        for line in text.splitlines():
+            m = re.match(r'SeaweedFS_s3_request_total\{(.*)\} ([0-9.e+]+)$', line)
+            if m:
+                kind = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1))).get("type", "?")
+                counts[kind] = counts.get(kind, 0) + int(float(m.group(2)))
+        return counts
 
     def make_bucket(self, name: str) -> None:
         """As moto's, retried while the S3 gateway waits for its filer (a few seconds after the port opens)."""
