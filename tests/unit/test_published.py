@@ -8,6 +8,7 @@ import gzip
 import json
 import os
 import shutil
+from dataclasses import replace
 
 import pytest
 
@@ -249,3 +250,32 @@ def test_republishing_reads_only_what_changed_since_the_last_publish(tmp_path, m
     monkeypatch.setattr(sync, "read_file_row", lambda *a, **k: read.append(a[2].path) or real(*a, **k))
     line = publish_library(cfg, LocalOrigin(str(root)))
     assert len(read) == 1 and "1 read" in line and "from the snapshot published" in line
+
+
+@pytest.mark.expected_log(r"not using the catalog published at .*does not describe this library")
+def test_with_replicas_the_first_that_has_a_usable_catalog_gives_it(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    make_library(second, 5)
+    shutil.copytree(second, first)
+    publish_library(config(second, tmp_path, "publisher"), LocalOrigin(str(second)))
+    cfg = Config(sources=(str(first), str(second)), state_dir=str(tmp_path / "m" / "state"),
+                 cache_dir=str(tmp_path / "m" / "cache")).resolved()
+    lib = Library.open(cfg)
+    try:  # the first replica has no pointer: the second's catalog, and the second's identities from now on
+        stats = lib.adopt_published()
+        assert stats is not None and stats.origin == cfg.sources[1]
+        assert lib.registry.identity_origin is lib.registry.origins[1]
+        assert lib.catalog.scan_state()["origin"] == cfg.sources[1]
+    finally:
+        lib.close()
+    other = tmp_path / "other"
+    make_library(other / "Elsewhere", 3)  # another library: none of its paths are this one's
+    publish_library(config(other, tmp_path, "other-publisher"), LocalOrigin(str(other)))
+    shutil.copytree(other / ".musicfs", first / ".musicfs")  # another library's catalog copied into the first
+    cfg = replace(cfg, state_dir=str(tmp_path / "n" / "state"), cache_dir=str(tmp_path / "n" / "cache"))
+    lib = Library.open(cfg)
+    try:
+        stats = lib.adopt_published()
+        assert stats is not None and stats.origin == cfg.sources[1]  # the first's is refused, with one warning
+    finally:
+        lib.close()
