@@ -92,7 +92,8 @@ def apply_diff(source: str, diff: str) -> str:
         at = first
         for line in body.splitlines(keepends=True):
             if line.startswith(" "):
-                out.append(lines[at])
+                if at < len(lines):  # (cosmic-ray's diff may end with the empty line after the last newline)
+                    out.append(lines[at])
                 at += 1
             elif line.startswith("-"):
                 at += 1

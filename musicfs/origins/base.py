@@ -125,8 +125,9 @@ class Origin(abc.ABC):
         Origins that can pipeline (SFTP: one open handle, many requests in flight; S3: concurrent
         ranged GETs) override it; this default reads range by range through `read`, so fakes work.
         """
-        if len(ranges) == 1:
-            return [self.read(path, ranges[0][0], ranges[0][1], expect)]
+        if len(ranges) == 1:  # one read, no stream
+            ((offset, length),) = ranges
+            return [self.read(path, offset, length, expect)]
         with self.open_stream(path, expect) as stream:
             return stream.read_ranges(ranges)
 
@@ -220,12 +221,12 @@ _EXHAUSTION = {errno.EMFILE: "too many open files", errno.ENFILE: "too many open
 def exhaustion(exc: BaseException | None) -> str | None:
     """What this process ran out of, when `exc` or an exception behind it (an SDK wraps the socket's error) is
     EMFILE, ENFILE, ENOBUFS or ENOMEM; else None. Such an error is never taken for the origin's failure."""
-    seen = 0
-    while exc is not None and seen < 10:
+    for _ in range(10):  # a chain is not followed for ever
+        if exc is None:
+            return None
         if isinstance(exc, OSError) and exc.errno in _EXHAUSTION:
             return _EXHAUSTION[exc.errno]
         exc = exc.__cause__ or exc.__context__
-        seen += 1
     return None
 
 

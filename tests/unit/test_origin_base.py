@@ -4,12 +4,14 @@ boundaries, error classification and URL splitting. The mutation run of base.py 
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import os
 
 import pytest
 
 from musicfs.origins.base import (SETTLE_MARGIN, FileStat, Identity, Origin, OriginStream, classify_error,
-                                  exhaustion, settled, split_url)
+                                  escape_name, exhaustion, settled, split_url, unescape_name)
 from musicfs.origins.memory import READ, STAT, MemoryOrigin, Request
 from musicfs.shared import (LocalExhaustion, OriginError, OriginFatal, OriginFileChanged, OriginNotFound,
                             OriginTransient)
@@ -209,3 +211,76 @@ def test_split_url(url, error):
         split_url(url, "sftp")
     assert str(err.value) == f"{url}: {error}" and err.value.origin == url
     assert isinstance(err.value, OriginError)
+
+
+# -- sharper edges (the mutation run's survivors) ---------------------------------------------------------------
+def test_identities_compare_by_value_never_by_object():
+    big, same_big = 10**6, int("1000000")  # equal, and not the same int object
+    etag, same_etag = "etag-1", "".join(["etag", "-1"])
+    assert big is not same_big and etag is not same_etag
+    assert Identity(big, 5, etag).matches(Identity(same_big, 9, same_etag), strict=False)
+    assert Identity(big, 10**12).matches(Identity(same_big, int(str(10**12))), strict=False)
+    Identity(same_big, 5, same_etag).require(Identity(big, 5, etag), origin="o", path="p")
+    with pytest.raises(OriginFileChanged) as err:
+        Identity(same_big - 1, 5, same_etag).require(Identity(big, 5, etag), origin="o", path="p")
+    assert str(err.value).endswith("(size 1000000 -> 999999)")  # only what differs, whichever way it moved
+
+
+def test_identities_and_stats_are_frozen_and_compared_by_keyword_too():
+    ident, stat = Identity(1, 2, "e"), FileStat("p", 1, 2, "e")
+    for record, field in ((ident, "size"), (stat, "size")):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(record, field, 3)
+    assert ident.matches(other=Identity(1, 2, "e")) and ident.matches(other=Identity(1, 3, "e"), strict=False)
+    ident.require(expected=Identity(1, 2, "e"), origin="o", path="p")
+
+
+class StreamCounting(MemoryOrigin):
+    def __init__(self, handler):
+        super().__init__(handler, name="m")
+        self.streams = 0
+
+    def open_stream(self, path, expect=None):
+        self.streams += 1
+        return super().open_stream(path, expect)
+
+
+def test_one_range_is_one_read_without_a_stream_and_none_is_nothing():
+    origin, _ = recording({"a": b"0123456789"})
+    counting = StreamCounting(origin.handler)
+    assert Origin.read_ranges(counting, "a", [(3, 4)]) == [b"3456"] and counting.streams == 0
+    assert Origin.read_ranges(counting, "a", [(0, 1), (9, 1)]) == [b"0", b"9"] and counting.streams == 1
+    assert Origin.read_ranges(counting, "a", []) == []
+
+
+def test_settled_past_the_boundary_and_for_content_names():
+    ident, seen = Identity(10, 1), 1000.0
+    assert settled(Clocked(1.0), ident, seen, seen + 1.3)
+    assert settled(Clocked(1.0), ident, seen, seen + 100.0)
+    assert settled(Clocked(-5.0), ident, seen, seen - 10.0)  # no resolution at all: never racy
+
+
+def test_split_url_refuses_any_other_scheme():
+    for url in ("zz://h/music", "http://h/music", "sftpx://h/music"):
+        with pytest.raises(OriginFatal, match="not an sftp:// URL"):
+            split_url(url, "sftp")
+
+
+@pytest.mark.parametrize("raw, escaped", [
+    ("plain name.flac", "plain name.flac"),
+    ("caf\udce9.flac", "caf\ufdd0E9.flac"),  # a Latin-1 byte 0xE9 that is not UTF-8
+    ("\udc80\udcff", "\ufdd080\ufdd0FF"),
+    ("a\ufdd0b", "a\ufdd0\ufdd0b"),  # the escape character itself, doubled
+    ("\ufdd0\udcc3", "\ufdd0\ufdd0\ufdd0C3"),
+])
+def test_names_that_are_not_utf8_are_escaped_exactly_and_back(raw, escaped):
+    assert escape_name(raw) == escaped
+    assert unescape_name(escaped) == raw
+    escaped.encode("utf-8")  # valid text for SQLite and the index
+
+
+def test_every_undecodable_byte_survives_the_round_trip():
+    for byte in range(0x80, 0x100):
+        name = os.fsdecode(b"x" + bytes([byte]) + b"y")
+        assert os.fsencode(unescape_name(escape_name(name))) == b"x" + bytes([byte]) + b"y"
+    assert unescape_name("no escapes \u00e9") == "no escapes \u00e9"
