@@ -349,3 +349,30 @@ def test_an_empty_read_far_into_a_file_is_no_seek():
     at, end = 5 * CHUNK, int(str(5 * CHUNK))  # equal, and not the same int object
     plan = policy.plan(h, at, end, nothing_ready)
     assert not plan.restart and plan.ahead == range(0) and plan.next_head == 0 and h == before
+
+
+def test_policy_options_are_keywords_and_a_one_byte_block_is_a_block():
+    with pytest.raises(TypeError):
+        ReadPolicy(CHUNK, BLOCK)  # type: ignore[misc]
+    assert ReadPolicy(CHUNK, block_size=1).block_size == 1
+
+
+def test_a_read_one_byte_into_a_chunk_touches_that_chunk():
+    policy = ReadPolicy(CHUNK, block_size=BLOCK)
+    assert policy.plan(policy.history(10 * CHUNK), 5 * CHUNK + 10, 6 * CHUNK + 1, {5}.__contains__).blocks
+    eager = ReadPolicy(CHUNK, min_run=1)
+    assert eager.plan(eager.history(10 * CHUNK), 0, CHUNK + 1, nothing_ready).ahead == range(2, 4)
+
+
+def test_the_window_does_not_double_within_the_chunk_it_is_in():
+    policy = ReadPolicy(CHUNK, max_window=16)
+    h = policy.history(100 * CHUNK)
+    for off, window in ((0, 2), (CHUNK, 4), (CHUNK + HALF, 4), (2 * CHUNK, 8)):
+        policy.plan(h, off, off + (CHUNK if off == 0 else HALF), nothing_ready)
+        assert h.window == window, off
+
+
+def test_the_next_track_is_planned_from_the_last_chunk_of_a_long_file_too():
+    policy = ReadPolicy(CHUNK, min_run=1)  # 300 chunks: numbers past the small ints Python shares
+    h = policy.history(300 * CHUNK)
+    assert policy.plan(h, 299 * CHUNK, 300 * CHUNK, nothing_ready).next_head == 2
