@@ -10,9 +10,10 @@ import pytest
 from musicfs.origins import sftp_wire as wire
 
 # The draft's numbers (section 3 packet types, 5 attribute flags, 6.3 pflags, 7 status codes).
-PACKET_TYPES = {"INIT": 1, "VERSION": 2, "OPEN": 3, "CLOSE": 4, "READ": 5, "LSTAT": 7, "FSTAT": 8, "OPENDIR": 11,
-                "READDIR": 12, "REALPATH": 16, "STAT": 17, "STATUS": 101, "HANDLE": 102, "DATA": 103, "NAME": 104,
-                "ATTRS": 105, "EXTENDED": 200, "EXTENDED_REPLY": 201}
+PACKET_TYPES = {"INIT": 1, "VERSION": 2, "OPEN": 3, "CLOSE": 4, "READ": 5, "WRITE": 6, "LSTAT": 7, "FSTAT": 8,
+                "OPENDIR": 11, "READDIR": 12, "REMOVE": 13, "MKDIR": 14, "REALPATH": 16, "STAT": 17, "RENAME": 18,
+                "STATUS": 101, "HANDLE": 102, "DATA": 103, "NAME": 104, "ATTRS": 105, "EXTENDED": 200,
+                "EXTENDED_REPLY": 201}
 STATUS_CODES = {"OK": 0, "EOF": 1, "NO_SUCH_FILE": 2, "PERMISSION_DENIED": 3, "FAILURE": 4, "BAD_MESSAGE": 5,
                 "NO_CONNECTION": 6, "CONNECTION_LOST": 7, "OP_UNSUPPORTED": 8}
 
@@ -23,10 +24,11 @@ def test_the_protocol_numbers_are_the_drafts(name, number):
 
 
 def test_flags_and_the_extension_name_are_the_drafts():
-    assert wire.OPEN_READ == 0x00000001  # SSH_FXF_READ
+    assert (wire.OPEN_READ, wire.OPEN_WRITE, wire.OPEN_CREAT, wire.OPEN_TRUNC) == (0x01, 0x02, 0x08, 0x10)  # SSH_FXF_*
     assert (wire._ATTR_SIZE, wire._ATTR_UIDGID, wire._ATTR_PERMISSIONS, wire._ATTR_ACMODTIME, wire._ATTR_EXTENDED) \
         == (0x00000001, 0x00000002, 0x00000004, 0x00000008, 0x80000000)
     assert wire.LIMITS == b"limits@openssh.com"
+    assert wire.POSIX_RENAME == b"posix-rename@openssh.com"
     assert wire.SAFE_READ == 32768  # a READ answer of this size fits the smallest packet every server takes (34000)
 
 
@@ -112,3 +114,29 @@ def test_version_status_names_limits_byte_for_byte():
     limits = wire.limits(wire.Reader(bytes.fromhex("0000000000040000" "000000000003fc00" "000000000003fc00"
                                                    "0000000000000000")))
     assert limits == {"packet": 262144, "read": 261120, "write": 261120, "handles": 0}
+
+
+def test_a_reply_that_must_be_ok():
+    wire.check_ok(wire.STATUS, wire.Reader(bytes.fromhex("00000000" "00000000" "00000000")))  # OK: nothing raised
+    with pytest.raises(wire.StatusError) as err:
+        wire.check_ok(wire.STATUS, wire.Reader(bytes.fromhex("00000004" "00000004" "66756c6c" "00000000")))
+    assert err.value.code == wire.FAILURE and err.value.strerror == "failure: full"
+    with pytest.raises(wire.StatusError):
+        wire.check_ok(wire.STATUS, wire.Reader(bytes.fromhex("00000001")))  # EOF is no success either
+    for other in (wire.HANDLE, wire.DATA, wire.ATTRS, wire.STATUS - 1, wire.STATUS + 1):
+        with pytest.raises(wire.ProtocolError, match=f"expected SFTP packet type 101, got {other}"):
+            wire.check_ok(other, wire.Reader(bytes.fromhex("00000000")))
+
+
+def test_a_field_past_the_end_counts_from_where_the_reader_is():
+    with pytest.raises(wire.ProtocolError, match="ended 2 bytes early"):
+        wire.Reader(b"\0" * 6, at=4).u32()
+    assert wire.Reader(b"\0" * 7 + b"\5", at=4).u32() == 5
+
+
+def test_parsed_records_are_frozen():
+    import dataclasses
+
+    for record, name in ((wire.Attrs(size=1), "size"), (wire.Entry(b"a", wire.Attrs()), "name")):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(record, name, None)
