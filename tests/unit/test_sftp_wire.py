@@ -140,3 +140,11 @@ def test_parsed_records_are_frozen():
     for record, name in ((wire.Attrs(size=1), "size"), (wire.Entry(b"a", wire.Attrs()), "name")):
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(record, name, None)
+
+
+def test_long_packets_are_read_to_their_exact_end():
+    names = [b"ext%03d@example.com" % i for i in range(20)]  # a VERSION of more than 256 bytes
+    payload = wire.u32(3) + b"".join(wire.string(n) + wire.string(b"1") for n in names)
+    assert len(payload) > 256 and wire.version_reply(payload) == (3, {n: b"1" for n in names})
+    padded = b"\0" * 300 + bytes.fromhex("00000001")  # a STATUS without a message, read from offset 300
+    assert wire.status(wire.Reader(padded, at=300)).strerror == "end of file"
