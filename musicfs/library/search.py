@@ -27,6 +27,7 @@ import re
 import shutil
 import struct
 import threading
+import uuid
 import zlib
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, TypeVar
@@ -264,12 +265,23 @@ class SearchIndex:
         """Replace an index of another schema by an empty one of ours (derived data: removed, not kept)."""
         log.info("search index %s has schema %d, this version uses %d: rebuilding it from the catalog",
                  self.path, self.version, SCHEMA_VERSION)
+        # The old folder is renamed aside, not emptied in place: an index of it still open in this process watches
+        # its meta.json and takes its meta lock again when that file goes, so an rmtree of the live folder can
+        # find it not empty.
+        aside = f"{self.path}.old-{uuid.uuid4().hex[:8]}"
+        self._index = None
         try:
-            shutil.rmtree(self.path)
+            os.rename(self.path, aside)
             self._create()
         except OSError as exc:
             raise SearchIndexError(f"{self.path}: cannot replace the search index of an older version: "
                                    f"{exc.strerror}") from exc
+        for _ in range(3):  # (the watcher of the old index may still drop its lock file in it once)
+            shutil.rmtree(aside, ignore_errors=True)
+            if not os.path.exists(aside):
+                break
+        else:
+            log.warning("search index: could not remove the old index at %s; remove it by hand", aside)
         for name, analyzer in ANALYZERS.items():
             self._index.register_tokenizer(name, analyzer)
 
