@@ -45,7 +45,8 @@ MODULES = (
     # the read path
     Module("plan", "musicfs/read/plan.py", ("tests/unit/test_read_plan.py",)),
     Module("loader", "musicfs/read/loader.py",
-           ("tests/unit/test_reader_pages.py", "tests/unit/test_settled_versions.py", "tests/unit/test_reader_blocks.py"),
+           ("tests/unit/test_chunk_loader.py", "tests/unit/test_reader_pages.py", "tests/unit/test_settled_versions.py",
+            "tests/unit/test_reader_blocks.py"),
            TRIO),
     Module("pages", "musicfs/read/pages.py", ("tests/unit/test_pages.py", "tests/unit/test_reader_pages.py"), TRIO),
     Module("blocks", "musicfs/library/blocks.py", ("tests/unit/test_reader_blocks.py",), TRIO),
