@@ -130,3 +130,62 @@ async def test_a_kernel_without_notify_store_turns_pushing_off(pusher):
     await drained(pages, 1)
     assert not pages.statistics().enabled
     assert not pages.offer(5, V1, 0, b"x" * 100, size=100)
+
+
+# -- the worker's push and the offer, exactly (no trio: _push is what a worker thread runs) ----------------------
+def test_a_new_pusher_reports_zeros_and_its_record_is_frozen():
+    import dataclasses
+
+    from musicfs.read.pages import PagePushStatistics
+
+    stats = PagePusher(Kernel().store).statistics()
+    assert stats == PagePushStatistics()  # the record's defaults are a new pusher's figures
+    assert (stats.enabled, stats.pushed_bytes, stats.pushes, stats.queued_bytes, stats.dropped_full,
+            stats.dropped_stale, stats.failed, stats.failed_by_errno, stats.retired) == (True, 0, 0, 0, 0, 0, 0, {}, 0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        stats.pushes = 1  # type: ignore[misc]
+
+
+def test_a_push_lands_piece_by_piece_at_its_own_offsets():
+    from musicfs.read.pages import _Push
+
+    kernel = Kernel()
+    pages = PagePusher(kernel.store, piece=4096)
+    pages.bind(7, V1)
+    data = bytes(range(256)) * 49  # 12544 bytes: three whole pieces and a short one
+    pages._push(_Push(7, V1, 3 * 4096, data))
+    assert [(inode, offset, len(piece)) for inode, offset, piece in kernel.stored] == [
+        (7, 12288, 4096), (7, 16384, 4096), (7, 20480, 4096), (7, 24576, 256)]
+    assert b"".join(piece for _, _, piece in kernel.stored) == data
+    assert pages.statistics().pushes == 1 and pages.statistics().pushed_bytes == len(data)
+
+
+def test_an_offer_is_cut_at_the_end_of_the_file_and_one_past_it_is_nothing():
+    pages = PagePusher(Kernel().store, queue_bytes=1 << 20)
+    assert pages.offer(1, V1, 5000, b"z" * 10000, size=12000)
+    assert pages.statistics().queued_bytes == 7000
+    assert not pages.offer(1, V1, 12010, b"z" * 100, size=12000)  # past the end: nothing to push
+    assert not pages.offer(1, V1, 12000, b"z" * 100, size=12000)
+    assert pages.statistics().queued_bytes == 7000
+
+
+def test_the_queue_takes_offers_up_to_exactly_its_bound():
+    pages = PagePusher(Kernel().store, queue_bytes=8192)
+    assert pages.offer(1, V1, 0, b"a" * 4096, size=1 << 20) and pages.offer(1, V1, 4096, b"b" * 4096, size=1 << 20)
+    assert not pages.offer(1, V1, 8192, b"c" * 1, size=1 << 20)
+    assert pages.statistics().queued_bytes == 8192 and pages.statistics().dropped_full == 1
+
+
+def test_refusals_are_counted_per_errno_and_only_enosys_turns_pushing_off():
+    from musicfs.read.pages import _Push
+
+    kernel = Kernel()
+    pages = PagePusher(kernel.store)
+    pages.bind(1, V1)
+    for code in (errno.EIO, errno.EIO, errno.ENOTCONN):
+        kernel.fail = code
+        pages._push(_Push(1, V1, 0, b"x"))
+    stats = pages.statistics()
+    assert stats.failed_by_errno == {"EIO": 2, "ENOTCONN": 1} and stats.failed == 3 and stats.enabled
+    pages._failed(OSError("no errno at all"))
+    assert pages.statistics().failed_by_errno["None"] == 1
