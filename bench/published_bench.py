@@ -207,7 +207,8 @@ def report(args, runs, publish_s, publish_requests, publish_line, started, secon
         "",
         f"From the published catalog, the first rescan revalidated it {median([r['revalidated'] for r in pub]):.1f} s "
         f"after the start (requests: {requests_text([r['revalidation_requests'] for r in pub])}; "
-        f"{median([r['reread'] for r in pub]):.0f} files re-read). The publish itself (a first scan into a new "
+        f"{median([r['reread'] for r in pub]):.0f} files re-read). Scanning, the first mount read "
+        f"{args.tracks / ready_scan:.0f} tracks/s (start-up and mount included). The publish itself (a first scan into a new "
         f"catalog, then the snapshot and the pointer written): {publish_s:.1f} s, requests "
         f"{requests_text([publish_requests])}; it printed: `{publish_line}`.",
         END,
