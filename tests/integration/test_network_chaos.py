@@ -270,6 +270,10 @@ async def test_n4_throttled_bandwidth_gives_correct_bytes_without_timeouts(kind,
 # -- N.5 slicer ------------------------------------------------------------------------------------------
 @pytest.mark.resilience("N.5")
 @pytest.mark.parametrize("kind", KINDS)
+# urllib3 logs this when a response ends inside its header block (the socket gave EOF mid-line: 'unparsed data:
+# "Ac"', the start of Accept-Ranges); on a loaded machine a crumb-fed connection can end so, and the request is
+# failed and retried like any cut one (the bytes below are still checked).
+@pytest.mark.expected_log(r"urllib3\.connection: Failed to parse headers")
 async def test_n5_tiny_fragments_give_correct_bytes(kind, via_proxy, library, tmp_path):
     async with chaos_rig(kind, via_proxy, library, tmp_path, read_timeout=10.0) as rig:
         assert await rig.read(SMALL, 0, 10) == rig.want(SMALL, 0, 10)
