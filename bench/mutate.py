@@ -49,7 +49,8 @@ MODULES = (
             "tests/unit/test_reader_blocks.py"),
            TRIO),
     Module("pages", "musicfs/read/pages.py", ("tests/unit/test_pages.py", "tests/unit/test_reader_pages.py"), TRIO),
-    Module("blocks", "musicfs/library/blocks.py", ("tests/unit/test_reader_blocks.py",), TRIO),
+    Module("blocks", "musicfs/library/blocks.py", ("tests/unit/test_blocks_arithmetic.py", "tests/unit/test_reader_blocks.py"),
+           TRIO),
     # the cache
     Module("cas", "musicfs/cache/cas.py",
            ("tests/unit/test_cas.py", "tests/unit/test_cas_contract.py", "tests/unit/test_cas_reconcile.py"), TRIO),
