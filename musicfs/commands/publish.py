@@ -12,6 +12,6 @@ def publish(cfg: Config, keep: float | None = None) -> str:
     """Publish the catalog of `cfg`'s one source; the line to print."""
     (origin,) = open_origins(cfg.sources, cfg.origin_options)
     try:
-        return publish_library(cfg, origin) if keep is None else publish_library(cfg, origin, keep=keep)
+        return publish_library(cfg, origin, keep=keep)
     finally:
         origin.close()

@@ -26,7 +26,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 
-from ..origins import Origin
+from ..origins import Origin, is_safe_relative
 from ..shared import MusicFSError, OriginError, OriginNotFound, redact
 from .catalog import Catalog, FileRow
 from .tags import TrackTags
@@ -165,8 +165,7 @@ def _row(values: list, where: dict[str, int], width: int) -> FileRow:
     for column, value in got.items():
         if value is not None or column in IDENTITY_COLUMNS:
             _typed(value, _TYPES[column])
-    if got["kind"] not in ("track", "cover", "junk") or not got["path"] or is_reserved(got["path"]) \
-            or got["path"].startswith("/") or ".." in got["path"].split("/"):
+    if got["kind"] not in ("track", "cover", "junk") or not is_safe_relative(got["path"]) or is_reserved(got["path"]):
         raise ValueError(f"file row {got['path']!r} ({got['kind']!r})")
     return FileRow(**got)
 

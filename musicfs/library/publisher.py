@@ -10,7 +10,7 @@ import time
 from dataclasses import replace
 
 from ..origins import Origin, OriginRegistry
-from ..shared import CatalogError, Config, OriginError, human_size
+from ..shared import CatalogError, Config, EmptyLibrary, OriginError, human_size
 from . import published
 from .catalog import Catalog
 from .catalog_files import CATALOG_NAME
@@ -19,10 +19,10 @@ from .scanner import TAGS_VERSION, Scanner
 log = logging.getLogger(__name__)
 
 
-def publish_library(cfg: Config, origin: Origin, *, keep: float = published.KEEP_RETIRED) -> str:
+def publish_library(cfg: Config, origin: Origin, *, keep: float | None = None) -> str:
     """Scan `origin` as a mount does, starting from what is already known (this machine's catalog of that library,
     else the catalog published there: only new and changed files are read), and publish the result. Returns the
-    line to print."""
+    line to print. `keep`: seconds a replaced snapshot stays (None: published.KEEP_RETIRED)."""
     with tempfile.TemporaryDirectory(prefix="musicfs-publish-") as tmp:
         catalog = Catalog(os.path.join(tmp, CATALOG_NAME))
         try:
@@ -35,8 +35,9 @@ def publish_library(cfg: Config, origin: Origin, *, keep: float = published.KEEP
             catalog.close()
     tracks = sum(1 for row in rows if row.kind == "track")
     if not tracks:
-        raise OriginError(f"{origin.name}: no audio files found: nothing to publish", origin=origin.name)
-    done = published.publish(origin, rows, tags_version=TAGS_VERSION, keep=keep)
+        raise EmptyLibrary(f"{origin.name}: no audio files found: nothing to publish")
+    done = published.publish(origin, rows, tags_version=TAGS_VERSION,
+                             keep=published.KEEP_RETIRED if keep is None else keep)
     removed = f"; {len(done.removed)} old snapshot(s) removed" if done.removed else ""
     return (f"published {tracks} tracks ({len(rows)} files; {result.added + result.changed} read, "
             f"{result.unchanged} known from {start}) as {done.pointer.snapshot} "

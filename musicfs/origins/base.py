@@ -230,6 +230,14 @@ def exhaustion(exc: BaseException | None) -> str | None:
     return None
 
 
+def is_safe_relative(path: str) -> bool:
+    """Whether `path` is a plain relative path below a root: not empty, no NUL, not absolute, no empty, `.` or
+    `..` segment (what an origin may be asked for, and what a published catalog may name)."""
+    if not path or "\0" in path or path.startswith("/"):
+        return False
+    return all(part not in ("", ".", "..") for part in path.split("/"))
+
+
 def split_url(url: str, scheme: str) -> SplitResult:
     """A remote origin's URL split into its parts; OriginFatal unless it is a `scheme://` URL without a query
     string or fragment."""

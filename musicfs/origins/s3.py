@@ -29,7 +29,7 @@ from ..shared import (
     add_secrets,
     points,
 )
-from .base import FileStat, Identity, Origin, OriginStream, split_url
+from .base import FileStat, Identity, Origin, OriginStream, is_safe_relative, split_url
 from .options import option_keys
 from .options import parse as parse_options
 from .s3_errors import _is_invalid_range, classify_s3_error
@@ -59,12 +59,6 @@ def _mtime_ns(value: Any) -> int:
 
 def _etag(value: Any) -> str:
     return str(value or "").strip().strip('"')
-
-
-def _safe_rel(path: str) -> bool:
-    if not path or "\0" in path or path.startswith("/"):
-        return False
-    return all(part not in ("", ".", "..") for part in path.split("/"))
 
 
 def _response_stat(path: str, response: dict, total: int | None) -> FileStat:
@@ -221,7 +215,7 @@ class S3Origin(Origin):
 
     # -- paths -------------------------------------------------------------
     def _key(self, path: str) -> str:
-        if not _safe_rel(path):
+        if not is_safe_relative(path):
             raise PathEscape(f"{self.name}: refusing path {path!r}", origin=self.name, path=path)
         return self.prefix + path
 
@@ -237,7 +231,7 @@ class S3Origin(Origin):
                     if key.endswith("/") or not key.startswith(self.prefix):
                         continue  # "directory" placeholder
                     rel = key[len(self.prefix):]
-                    if not _safe_rel(rel):
+                    if not is_safe_relative(rel):
                         continue  # keys like a//b or ../x cannot be files of a library
                     yield FileStat(
                         path=rel,

@@ -284,3 +284,12 @@ def test_every_undecodable_byte_survives_the_round_trip():
         name = os.fsdecode(b"x" + bytes([byte]) + b"y")
         assert os.fsencode(unescape_name(escape_name(name))) == b"x" + bytes([byte]) + b"y"
     assert unescape_name("no escapes \u00e9") == "no escapes \u00e9"
+
+
+@pytest.mark.parametrize("path, safe", [
+    ("a/b.flac", True), ("top.mp3", True), ("", False), ("/etc/passwd", False), ("a/../b", False), ("..", False),
+    ("a//b", False), ("./a", False), ("a/\0b", False), ("a/..b/c", True)])
+def test_a_safe_relative_path_stays_below_its_root(path, safe):
+    from musicfs.origins.base import is_safe_relative
+
+    assert is_safe_relative(path) is safe

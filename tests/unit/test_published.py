@@ -174,12 +174,19 @@ def test_a_publish_racing_a_mount_leaves_the_snapshot_it_fetched_the_pointer_of(
 
 
 def test_the_scan_never_reads_musicfs_own_folder_even_with_hidden_files(tmp_path):
-    make_library(tmp_path / "lib", 3)
-    (tmp_path / "lib" / ".musicfs").mkdir()
-    shutil.copy(next((tmp_path / "lib").rglob("*.flac")), tmp_path / "lib" / ".musicfs" / "x.flac")
-    for hidden in (False, True):
-        assert sync.is_hidden(".musicfs/x.flac", hidden) and sync.is_hidden(".musicfs", hidden)
-    assert not sync.is_hidden(".musicfs2/x.flac", True)
+    root = tmp_path / "lib"
+    make_library(root, 3)
+    for folder in (".musicfs", ".musicfs2"):  # MusicFS's own folder, and another hidden folder of music
+        (root / folder).mkdir()
+        shutil.copy(next(root.rglob("*.flac")), root / folder / "x.flac")
+    cfg = replace(config(root, tmp_path, "scan"), include_hidden=True)
+    lib = Library.open(cfg)
+    try:
+        lib.scan()
+        paths = {row.path for row in lib.catalog.files()}
+    finally:
+        lib.close()
+    assert ".musicfs2/x.flac" in paths and not any(p.startswith(".musicfs/") for p in paths)
 
 
 # -- a first mount's library, on a real folder of real audio ---------------------------------------------------
