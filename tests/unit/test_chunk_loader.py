@@ -4,15 +4,25 @@ the origin was asked (the last chunk up to the end of the file, never past it) a
 
 from __future__ import annotations
 
+import collections
 import random
+import tempfile
+import threading
+from pathlib import Path
 
 import pytest
+import trio
+import trio.testing
 
+from musicfs.cache.cas import chunk_hash
 from musicfs.cache.chunk_cache import ChunkCache
 from musicfs.origins.memory import READ, MemoryOrigin, serve
 from musicfs.origins.registry import OriginRegistry
 from musicfs.read import build_reader
-from musicfs.shared.errors import OriginFileChanged
+from musicfs.read.keeping import ChunkLRU, Protection
+from musicfs.read.loader import ChunkLoader
+from musicfs.read.open_files import NextHead, OpenFile
+from musicfs.shared.errors import CatalogError, OriginFileChanged
 from musicfs_test_utils.reader_rig import ReaderRig, read_range
 
 CHUNK = 64 << 10
@@ -85,3 +95,295 @@ async def test_a_file_changed_at_the_origin_is_refused_and_counted_once_per_fetc
         await read_range(reader, row, CHUNK, 10)
     assert counts(reader) == (0, 0, 0, 2)
     assert rig.manifest(PATH) == {}  # nothing of it named in the catalog
+
+
+# -- the loader by itself: built as build_reader builds it, driven as the reader and read-ahead drive it --------
+
+class Pages:
+    """Where offered chunks go (PagePusher's offer), recorded; `accept`: what the kernel side answers."""
+
+    def __init__(self, accept: bool = True):
+        self.accept = accept
+        self.offers: list[tuple[int, int, int, int]] = []  # (inode, offset, length, file size)
+
+    def offer(self, inode, version, offset, data, size) -> bool:
+        self.offers.append((inode, offset, len(data), size))
+        return self.accept
+
+
+class Gate:
+    """An origin handler that serves `files`, holding every READ at a gate until the test opens it."""
+
+    def __init__(self, files: dict[str, bytes]):
+        self.files = files
+        self.reads: list[tuple[int, int]] = []
+        self.arrived = threading.Event()
+        self.open = threading.Event()
+
+    def __call__(self, request):
+        if request.op == READ:
+            self.reads.append((request.offset, request.length))
+            self.arrived.set()
+            if not self.open.wait(10):
+                raise AssertionError("the gate was never opened")
+        return serve(self.files)(request)
+
+    async def wait_arrived(self) -> None:
+        assert await trio.to_thread.run_sync(self.arrived.wait, 10)
+
+
+def direct_loader(rig, *, origin=None, cas=None, pages=None, on_file_changed=None):
+    cache = ChunkCache(cas or rig.cas, op_timeout=3.0)
+    return ChunkLoader(rig.catalog, cache, OriginRegistry([origin or rig.origin], backoff=0.0), files={},
+                       memory=ChunkLRU(16 * CHUNK), protection=Protection(cache), pages=pages,
+                       counts=collections.Counter(), chunk_size=CHUNK, read_timeout=10.0,
+                       on_file_changed=on_file_changed)
+
+
+def open_file(loader, row, **fields) -> OpenFile:
+    manifest, seen = loader.version(row)
+    of = OpenFile(row, manifest, seen, **fields)
+    loader.files[row.version] = of
+    return of
+
+
+def piece(data: bytes, idx: int) -> bytes:
+    return data[idx * CHUNK:(idx + 1) * CHUNK]
+
+
+async def test_ready_and_in_memory_say_where_a_chunk_is(rig):
+    data = rig.recording.files[PATH]
+    loader = direct_loader(rig)
+    of = open_file(loader, rig.row(PATH))
+    assert not loader.ready(of, 0) and loader.in_memory(of, 0) is None  # nowhere yet
+    assert await loader.chunk(of, 1) == piece(data, 1)
+    assert loader.ready(of, 1) and loader.in_memory(of, 1) == piece(data, 1)
+    assert not loader.ready(of, 0) and not loader.ready(of, 2)  # no digest: not in hand
+    loader.memory.discard(of.manifest[1])
+    assert loader.ready(of, 1)  # the disk cache has it
+    assert loader.in_memory(of, 1) is None
+    of.manifest[2] = chunk_hash(b"never stored")
+    assert not loader.ready(of, 2)  # a digest neither memory nor the cache holds
+    assert dict(loader.counts) == {"origin_fetches": 1, "memory_hits": 1}  # in_memory's one hit
+
+
+async def test_a_chunk_being_loaded_is_ready_not_in_memory_and_loaded_once():
+    data = random.Random(5).randbytes(SIZE)
+    gate = Gate({PATH: data})
+    with tempfile.TemporaryDirectory() as tmp:
+        rig = ReaderRig.build(Path(tmp), root=Path(tmp) / "unused", inner=MemoryOrigin(gate), chunk_size=CHUNK,
+                              memory_cache=16 * CHUNK, read_timeout=10.0)
+        try:
+            loader = direct_loader(rig)
+            of = open_file(loader, rig.row(PATH))
+            got = []
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(lambda: _append(got, loader.chunk(of, 2)))
+                await gate.wait_arrived()
+                assert loader.ready(of, 2) and loader.in_memory(of, 2) is None
+                nursery.start_soon(lambda: _append(got, loader.chunk(of, 2)))  # waits for the load under way
+                await trio.testing.wait_all_tasks_blocked()
+                gate.open.set()
+            assert got == [piece(data, 2)] * 2 and gate.reads == [(2 * CHUNK, CHUNK)]
+            assert loader.counts["origin_fetches"] == 1
+        finally:
+            rig.close()
+
+
+async def _append(out: list, awaitable) -> None:
+    out.append(await awaitable)
+
+
+async def test_a_kept_chunk_is_pinned_ahead_of_the_reader_protected_behind_a_player_and_offered_once(rig):
+    data = rig.recording.files[PATH]
+    pages = Pages()
+    loader = direct_loader(rig, pages=pages)
+    of = open_file(loader, rig.row(PATH), unpinned_below=1, played=True, inode=7, sequential=True)
+    await loader.chunk(of, 1)  # at the reader: pinned
+    await loader.chunk(of, 0)  # behind a player: protected, not pinned
+    d0, d1 = of.manifest[0], of.manifest[1]
+    assert of.pinned == {d1: 1} and d1 in loader.cache.pins and d0 not in loader.cache.pins
+    assert d0 in loader.cache.protection and d1 not in loader.cache.protection
+    assert pages.offers == [(7, CHUNK, CHUNK, SIZE), (7, 0, CHUNK, SIZE)]
+    loader.offer_pages(of, 1, piece(data, 1))  # once per open
+    assert len(pages.offers) == 2 and of.pushed == {0, 1}
+
+
+async def test_what_is_not_pinned_or_offered(rig):
+    data = rig.recording.files[PATH]
+    pages = Pages(accept=False)
+    loader = direct_loader(rig, pages=pages)
+    closed = open_file(loader, rig.row(PATH), refs=0, inode=3, sequential=True)
+    await loader.chunk(closed, 3)  # a file nobody holds open pins nothing
+    assert closed.pinned == {} and len(loader.cache.pins) == 0
+    assert pages.offers == [(3, 3 * CHUNK, 1000, SIZE)] and closed.pushed == set()  # refused: not marked pushed
+    other = direct_loader(rig, pages=pages)
+    seeking = open_file(other, rig.row(PATH), unpinned_below=2, inode=3)  # not sequential, not played
+    await other.chunk(seeking, 0)
+    assert seeking.pinned == {} and len(other.cache.protection) == 0
+    assert len(pages.offers) == 1  # a handle that does not stream offers nothing
+    noinode = open_file(direct_loader(rig, pages=pages), rig.row(PATH), sequential=True)
+    assert await direct_loader(rig, pages=pages).chunk(noinode, 1) == piece(data, 1)
+    assert len(pages.offers) == 1  # no inode (a pin's read): nowhere to push
+
+
+async def test_a_file_gone_at_the_origin_is_a_changed_file_and_the_daemon_is_told(rig):
+    told = []
+    loader = direct_loader(rig, on_file_changed=told.append)
+    of = open_file(loader, rig.row(PATH))
+    del rig.recording.files[PATH]
+    with pytest.raises(OriginFileChanged, match="gone at the origin"):
+        await loader.chunk(of, 0)
+    assert told == [PATH] and loader.counts["changed_files"] == 1
+
+
+async def test_a_changed_file_is_told_as_it_was(rig):
+    told = []
+    loader = direct_loader(rig, on_file_changed=told.append)
+    of = open_file(loader, rig.row(PATH))
+    rig.recording.files[PATH] = b"x" * SIZE  # same size: only the fake's strict identity check cannot see it...
+    rig.recording.files[PATH] = b"x" * (SIZE + 1)  # ...so it grows
+    with pytest.raises(OriginFileChanged) as info:
+        await loader.chunk(of, 0)
+    assert "gone at the origin" not in str(info.value) and told == [PATH]
+
+
+async def test_several_ranges_without_a_stream_are_each_their_own_range(rig):
+    data = rig.recording.files[PATH]
+    loader = direct_loader(rig)
+    of = open_file(loader, rig.row(PATH))
+    datas, keep = await loader.from_origin(of, [(5, 10), (CHUNK + 1, 20)])
+    assert datas == [data[5:15], data[CHUNK + 1:CHUNK + 21]] and keep
+    [one], _ = await loader.from_origin(of, [(CHUNK, 7)])
+    assert one == data[CHUNK:CHUNK + 7]
+    assert rig.recording.reads == [(5, 10), (CHUNK + 1, 20), (CHUNK, 7)]
+
+
+async def test_a_racy_version_is_served_counted_and_never_kept(tmp_path):
+    data = random.Random(8).randbytes(SIZE)
+    rig = ReaderRig.build(tmp_path, root=tmp_path / "unused", inner=MemoryOrigin(serve({PATH: data})),
+                          chunk_size=CHUNK, memory_cache=16 * CHUNK, read_timeout=10.0)
+    try:
+        racy = MemoryOrigin(serve({PATH: data}), resolution=3600.0)  # a version seen just now is racy for an hour
+        loader = direct_loader(rig, origin=racy)
+        of = open_file(loader, rig.row(PATH))
+        assert await loader.chunk(of, 0) == piece(data, 0)
+        assert loader.counts["racy_fetches"] == 1 and of.manifest == {} and rig.manifest(PATH) == {}
+        fetched = []
+        await loader.prefetch(rig.row(PATH).version, [1, 2], lambda: fetched.append(1))
+        assert fetched and loader.counts["origin_fetches"] == 1  # read-ahead fetches nothing racy
+    finally:
+        rig.close()
+
+
+@pytest.mark.expected_log(r"catalog: cannot record a chunk of a/b.flac \(database is locked\)")
+async def test_a_chunk_the_catalog_cannot_name_is_served_and_counted(rig, monkeypatch):
+    data = rig.recording.files[PATH]
+    loader = direct_loader(rig)
+    of = open_file(loader, rig.row(PATH))
+
+    def locked(*args):
+        raise CatalogError("database is locked")
+
+    monkeypatch.setattr(rig.catalog, "set_manifest_chunk", locked)
+    assert await loader.chunk(of, 0) == piece(data, 0)
+    assert loader.counts["manifest_failures"] == 1 and of.manifest == {} and len(loader.memory._data) == 0
+
+
+async def test_read_ahead_fetches_a_run_of_missing_chunks_in_one_request_and_stores_each(rig):
+    data = rig.recording.files[PATH]
+    loader = direct_loader(rig)
+    row = rig.row(PATH)
+    of = open_file(loader, row)
+    calls = []
+    await loader.prefetch(row.version, [1, 2, 3, 4, 5], lambda: calls.append(1))  # 4, 5: past the end
+    assert rig.recording.reads == [(CHUNK, 2 * CHUNK + 1000)] and calls
+    assert of.manifest == {i: chunk_hash(piece(data, i)) for i in (1, 2, 3)} == rig.manifest(PATH)
+    assert loader.counts["origin_fetches"] == 3
+    assert [loader.in_memory(of, i) for i in (1, 2, 3)] == [piece(data, i) for i in (1, 2, 3)]
+    await loader.prefetch(row.version, [0, 1], lambda: calls.append(2))  # 1 cached: 0 alone, chunk by chunk
+    assert rig.recording.reads[1:] == [(0, CHUNK)] and calls[-1] == 2
+    await loader.prefetch(row.version, [2, 3], lambda: calls.append(3))  # all cached: nothing asked
+    assert len(rig.recording.reads) == 2 and calls[-1] == 3
+
+
+async def test_read_ahead_of_scattered_chunks_loads_them_one_by_one(rig):
+    loader = direct_loader(rig)
+    row = rig.row(PATH)
+    of = open_file(loader, row)
+    calls = []
+    await loader._fetch_missing(of, [0, 2], lambda: calls.append(1))
+    assert rig.recording.reads == [(0, CHUNK), (2 * CHUNK, CHUNK)] and calls == [1]
+    assert sorted(of.manifest) == [0, 2]
+
+
+async def test_read_ahead_of_a_closed_file_does_nothing(rig):
+    loader = direct_loader(rig)
+    calls = []
+    await loader.prefetch(rig.row(PATH).version, [0, 1], lambda: calls.append(1))
+    assert rig.recording.reads == [] and calls == []
+
+
+async def test_a_reader_takes_a_fetched_chunk_while_it_is_being_stored(tmp_path):
+    data = random.Random(9).randbytes(SIZE)
+    rig = ReaderRig.build(tmp_path, root=tmp_path / "unused", inner=MemoryOrigin(serve({PATH: data})),
+                          chunk_size=CHUNK, memory_cache=16 * CHUNK, read_timeout=10.0, faulty_cas=True)
+    try:
+        rig.cas.hang = threading.Event()  # the disk hangs: fetched chunks wait to be stored
+        loader = direct_loader(rig)
+        row = rig.row(PATH)
+        of = open_file(loader, row)
+        got = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(loader.prefetch, row.version, [0, 1, 2], lambda: None)
+            with trio.fail_after(10):
+                while rig.cas.hung == 0:  # the span is in hand, its stores are under way
+                    await trio.testing.wait_all_tasks_blocked(cushion=0.001)
+            for idx in (2, 0, 1):
+                got.append(await loader.chunk(of, idx))
+            assert loader.counts["memory_hits"] == 3 and loader.counts["origin_fetches"] == 3
+            rig.cas.hang.set()
+        assert got == [piece(data, 2), piece(data, 0), piece(data, 1)]
+        assert of.manifest == {i: chunk_hash(piece(data, i)) for i in (0, 1, 2)}
+    finally:
+        rig.cas.hang.set()
+        rig.close()
+
+
+async def test_the_head_of_a_next_track_is_loaded_and_protected(rig):
+    data = rig.recording.files[PATH]
+    loader = direct_loader(rig)
+    row = rig.row(PATH)
+    calls = []
+    await loader.prefetch(NextHead(row), [0, 1], lambda: calls.append(1))
+    digests = [chunk_hash(piece(data, i)) for i in (0, 1)]
+    assert rig.manifest(PATH) == dict(enumerate(digests)) and calls == [1]
+    assert sorted(loader.cache.protection.held()) == sorted(digests) and len(loader.cache.pins) == 0
+    of = open_file(loader, row)  # opened meanwhile: the head is the open file's (as the reader's open says)
+    loader.protection.opened(row.version)
+    await loader.prefetch(NextHead(row), [2], lambda: None)
+    assert loader.protection._digests[row.version] == {*digests, of.manifest[2]}
+    assert row.version not in loader.protection._waiting
+
+
+async def test_read_ahead_frees_its_lane_before_the_origin_answers_when_streams_need_no_order():
+    """An origin whose streams read in any order (here, as SFTP's): `fetched()` comes before the origin answers,
+    so the file's next batch may go beside this one."""
+    data = random.Random(6).randbytes(SIZE)
+    gate = Gate({PATH: data})
+    with tempfile.TemporaryDirectory() as tmp:
+        rig = ReaderRig.build(Path(tmp), root=Path(tmp) / "unused", inner=MemoryOrigin(gate), chunk_size=CHUNK,
+                              memory_cache=16 * CHUNK, read_timeout=10.0)
+        try:
+            loader = direct_loader(rig)
+            row = rig.row(PATH)
+            of = open_file(loader, row)
+            calls = []
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(loader.prefetch, row.version, [0, 1], lambda: calls.append(1))
+                await gate.wait_arrived()
+                assert calls and not of.manifest  # freed while the origin still holds the batch
+                gate.open.set()
+            assert sorted(of.manifest) == [0, 1] and of.origin is not None  # read through the file's stream
+        finally:
+            rig.close()
