@@ -41,6 +41,15 @@ class Module:
 
 TRIO = ("pytest_trio.plugin",)  # the cache's and the read path's tests run on trio (trio_mode)
 
+#: The chunk store's fast tests (CasStore is one class made of cas.py, index.py, eviction.py and repair.py), and the
+#: two of the integrity tests that open a store over a damaged or a lost index.
+CACHE_TESTS = (
+    "tests/unit/test_cas.py", "tests/unit/test_cas_edges.py", "tests/unit/test_cas_contract.py",
+    "tests/unit/test_cas_reconcile.py", "tests/unit/test_cas_lazy_lru.py", "tests/unit/test_fd_exhaustion.py",
+    "tests/unit/test_integrity.py::test_a_damaged_cache_index_is_moved_aside_and_rebuilt_from_verified_chunk_files",
+    "tests/unit/test_integrity.py::test_a_lost_cache_index_is_rebuilt_from_the_chunk_files",
+)
+
 MODULES = (
     # the read path
     Module("plan", "musicfs/read/plan.py", ("tests/unit/test_read_plan.py",)),
@@ -51,12 +60,11 @@ MODULES = (
     Module("pages", "musicfs/read/pages.py", ("tests/unit/test_pages.py", "tests/unit/test_reader_pages.py"), TRIO),
     Module("blocks", "musicfs/library/blocks.py", ("tests/unit/test_blocks_arithmetic.py", "tests/unit/test_reader_blocks.py"),
            TRIO),
-    # the cache
-    Module("cas", "musicfs/cache/cas.py",
-           ("tests/unit/test_cas.py", "tests/unit/test_cas_contract.py", "tests/unit/test_cas_reconcile.py"), TRIO),
-    Module("index", "musicfs/cache/index.py", ("tests/unit/test_index.py", "tests/unit/test_cas.py"), TRIO),
-    Module("eviction", "musicfs/cache/eviction.py", ("tests/unit/test_cas_lazy_lru.py", "tests/unit/test_cas.py"), TRIO),
-    Module("repair", "musicfs/cache/repair.py", ("tests/unit/test_cas_reconcile.py",), TRIO),
+    # the cache (one store, CasStore, made of these mixins: each is run against the store's tests)
+    Module("cas", "musicfs/cache/cas.py", CACHE_TESTS, TRIO),
+    Module("index", "musicfs/cache/index.py", CACHE_TESTS, TRIO),
+    Module("eviction", "musicfs/cache/eviction.py", CACHE_TESTS, TRIO),
+    Module("repair", "musicfs/cache/repair.py", CACHE_TESTS, TRIO),
     # the origins' identity and wire
     Module("identity", "musicfs/origins/base.py",
            ("tests/unit/test_origin_base.py", "tests/unit/test_identity.py", "tests/unit/test_names.py")),
