@@ -96,8 +96,9 @@ class Origin(abc.ABC):
     #: overrides it), few for a local disk.
     scan_parallelism: int = 4
 
-    #: Whether reads of one stream (open_stream) are cheap only in offset order (S3: one GET body read on), so a
-    #: reader sends them one batch at a time; otherwise batches may run at once (SFTP: pooled connections).
+    #: Whether reads of one stream (open_stream) are cheap only in offset order (an origin that reads one long body
+    #: on), so a reader sends them one batch at a time; otherwise batches may run at once (none of ours is ordered:
+    #: SFTP reads on pooled connections, S3 in part GETs).
     ordered_streams: bool = False
 
     @abc.abstractmethod

@@ -362,7 +362,7 @@ class OriginRegistry:
 
     @property
     def ordered_streams(self) -> bool:
-        """Whether some origin reads a stream cheaply only in offset order (Origin.ordered_streams: S3)."""
+        """Whether some origin reads a stream cheaply only in offset order (Origin.ordered_streams)."""
         return any(origin.ordered_streams for origin in self.origins)
 
     def open_stream(self, path: str, expect: FileStat | None = None) -> "RegistryStream":

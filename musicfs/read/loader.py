@@ -40,7 +40,7 @@ class ChunkLoader:
 
     def __init__(self, catalog: Catalog, cache: ChunkCache, origins: OriginRegistry, *, files: dict[FileVersion, OpenFile],
                  memory: ChunkLRU, protection: Protection, pages: PagePusher | None, counts: collections.Counter,
-                 chunk_size: int, read_timeout: float, threads: int = 8,
+                 chunk_size: int, read_timeout: float, threads: int,
                  on_file_changed: Callable[[str], None] | None = None):
         self.catalog = catalog
         self.cache = cache  # the disk cache: verified chunks, passthrough while it is unstable or down
@@ -151,7 +151,8 @@ class ChunkLoader:
             if of.origin is not None:
                 datas = await of.origin.fetch_ranges(ranges, exact=True)
             elif len(ranges) == 1:
-                datas = [await self.origins.fetch(row.path, *ranges[0], row.stat(), exact=True)]
+                [(offset, length)] = ranges
+                datas = [await self.origins.fetch(row.path, offset, length, row.stat(), exact=True)]
             else:
                 datas = await self.origins.fetch_ranges(row.path, ranges, row.stat(), exact=True)
         except (OriginFileChanged, OriginNotFound) as exc:

@@ -16,13 +16,18 @@ import trio.testing
 
 from musicfs.cache.cas import chunk_hash
 from musicfs.cache.chunk_cache import ChunkCache
-from musicfs.origins.memory import READ, MemoryOrigin, serve
+from musicfs.origins.memory import READ, READ_RANGES, MemoryOrigin, serve
 from musicfs.origins.registry import OriginRegistry
 from musicfs.read import build_reader
 from musicfs.read.keeping import ChunkLRU, Protection
-from musicfs.read.loader import ChunkLoader
+from musicfs.read.loader import KEEP_GRACE, ChunkLoader
 from musicfs.read.open_files import NextHead, OpenFile
-from musicfs.shared.errors import CatalogError, OriginFileChanged
+from musicfs.shared.errors import (
+    CatalogError,
+    OriginFileChanged,
+    OriginTransient,
+    ShortRead,
+)
 from musicfs_test_utils.reader_rig import ReaderRig, read_range
 
 CHUNK = 64 << 10
@@ -111,6 +116,21 @@ class Pages:
         return self.accept
 
 
+class Hang(threading.Event):
+    """FaultyCasStore's `hang` that tells when the first call blocked on it."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocked = threading.Event()
+
+    def wait(self, timeout=None):
+        self.blocked.set()
+        return super().wait(timeout)
+
+    async def wait_blocked(self) -> None:
+        assert await trio.to_thread.run_sync(self.blocked.wait, 10)
+
+
 class Gate:
     """An origin handler that serves `files`, holding every READ at a gate until the test opens it."""
 
@@ -132,11 +152,11 @@ class Gate:
         assert await trio.to_thread.run_sync(self.arrived.wait, 10)
 
 
-def direct_loader(rig, *, origin=None, cas=None, pages=None, on_file_changed=None):
-    cache = ChunkCache(cas or rig.cas, op_timeout=3.0)
+def direct_loader(rig, *, origin=None, cas=None, pages=None, on_file_changed=None, op_timeout=3.0):
+    cache = ChunkCache(cas or rig.cas, op_timeout=op_timeout)
     return ChunkLoader(rig.catalog, cache, OriginRegistry([origin or rig.origin], backoff=0.0), files={},
                        memory=ChunkLRU(16 * CHUNK), protection=Protection(cache), pages=pages,
-                       counts=collections.Counter(), chunk_size=CHUNK, read_timeout=10.0,
+                       counts=collections.Counter(), chunk_size=CHUNK, read_timeout=10.0, threads=8,
                        on_file_changed=on_file_changed)
 
 
@@ -329,16 +349,14 @@ async def test_a_reader_takes_a_fetched_chunk_while_it_is_being_stored(tmp_path)
     rig = ReaderRig.build(tmp_path, root=tmp_path / "unused", inner=MemoryOrigin(serve({PATH: data})),
                           chunk_size=CHUNK, memory_cache=16 * CHUNK, read_timeout=10.0, faulty_cas=True)
     try:
-        rig.cas.hang = threading.Event()  # the disk hangs: fetched chunks wait to be stored
+        rig.cas.hang = Hang()  # the disk hangs: fetched chunks wait to be stored
         loader = direct_loader(rig)
         row = rig.row(PATH)
         of = open_file(loader, row)
         got = []
         async with trio.open_nursery() as nursery:
             nursery.start_soon(loader.prefetch, row.version, [0, 1, 2], lambda: None)
-            with trio.fail_after(10):
-                while rig.cas.hung == 0:  # the span is in hand, its stores are under way
-                    await trio.testing.wait_all_tasks_blocked(cushion=0.001)
+            await rig.cas.hang.wait_blocked()  # the span is in hand, its stores are under way
             for idx in (2, 0, 1):
                 got.append(await loader.chunk(of, idx))
             assert loader.counts["memory_hits"] == 3 and loader.counts["origin_fetches"] == 3
@@ -387,3 +405,202 @@ async def test_read_ahead_frees_its_lane_before_the_origin_answers_when_streams_
             assert sorted(of.manifest) == [0, 1] and of.origin is not None  # read through the file's stream
         finally:
             rig.close()
+
+
+async def test_a_run_of_two_missing_chunks_is_one_request_counted_as_two_fetches(rig):
+    loader = direct_loader(rig)
+    of = open_file(loader, rig.row(PATH))
+    await loader.prefetch(of.row.version, [1, 2], lambda: None)
+    assert rig.recording.reads == [(CHUNK, 2 * CHUNK)] and loader.counts["origin_fetches"] == 2
+    assert sorted(of.manifest) == [1, 2]
+
+
+async def test_read_ahead_stops_at_the_end_of_a_file_of_whole_chunks(tmp_path):
+    data = random.Random(10).randbytes(2 * CHUNK)  # chunk 2 would start exactly at the end
+    recording = Recording({PATH: data})
+    rig = ReaderRig.build(tmp_path, root=tmp_path / "unused", inner=MemoryOrigin(recording), chunk_size=CHUNK,
+                          memory_cache=16 * CHUNK, read_timeout=10.0)
+    try:
+        loader = direct_loader(rig)
+        of = open_file(loader, rig.row(PATH))
+        await loader.prefetch(of.row.version, [0, 1, 2], lambda: None)
+        assert recording.reads == [(0, 2 * CHUNK)] and loader.counts["origin_fetches"] == 2
+        assert rig.manifest(PATH) == {0: chunk_hash(piece(data, 0)), 1: chunk_hash(piece(data, 1))}
+    finally:
+        rig.close()
+
+
+class Short:
+    """An origin handler that answers every READ one byte short (a server that lies about a range)."""
+
+    def __init__(self, files):
+        self.files = files
+        self.ops: list[str] = []
+
+    def __call__(self, request):
+        self.ops.append(request.op)
+        got = serve(self.files)(request)
+        return got[:-1] if request.op == READ and got else got
+
+
+@pytest.mark.parametrize("how", ["stream", "one range", "ranges"])
+async def test_a_short_answer_is_never_served_whichever_way_the_origin_is_asked(tmp_path, how):
+    data = random.Random(11).randbytes(SIZE)
+    short = Short({PATH: data})
+    rig = ReaderRig.build(tmp_path, root=tmp_path / "unused", inner=MemoryOrigin(short), chunk_size=CHUNK,
+                          memory_cache=16 * CHUNK, read_timeout=10.0)
+    try:
+        loader = direct_loader(rig)
+        of = open_file(loader, rig.row(PATH))
+        if how == "stream":
+            loader.stream_origin(of)
+        ranges = [(0, 10)] if how == "one range" else [(0, 10), (CHUNK, 10)]
+        with pytest.raises(ShortRead):
+            await loader.from_origin(of, ranges)
+        assert READ in short.ops
+    finally:
+        rig.close()
+
+
+async def test_one_range_is_one_read_not_a_batch(tmp_path):
+    data = random.Random(12).randbytes(SIZE)
+    ops = []
+
+    def handler(request):
+        ops.append(request.op)
+        return serve({PATH: data})(request)
+
+    origin = MemoryOrigin(handler, whole_ranges=True)  # answers a batch of ranges as one request
+    rig = ReaderRig.build(tmp_path, root=tmp_path / "unused", inner=origin, chunk_size=CHUNK,
+                          memory_cache=16 * CHUNK, read_timeout=10.0)
+    try:
+        loader = direct_loader(rig, origin=origin)
+        of = open_file(loader, rig.row(PATH))
+        ops.clear()
+        [got], _ = await loader.from_origin(of, [(CHUNK, 10)])
+        assert got == data[CHUNK:CHUNK + 10] and ops == [READ]
+        got2, _ = await loader.from_origin(of, [(0, 5), (CHUNK, 5)])
+        assert got2 == [data[:5], data[CHUNK:CHUNK + 5]] and ops == [READ, READ_RANGES]
+    finally:
+        rig.close()
+
+
+async def test_a_chunk_pinned_ahead_of_the_reader_and_the_next_one_too(rig):
+    loader = direct_loader(rig)
+    of = open_file(loader, rig.row(PATH), unpinned_below=1)
+    await loader.chunk(of, 2)
+    assert of.pinned == {of.manifest[2]: 2}
+
+
+async def test_a_failed_read_ahead_run_lets_the_readers_waiting_for_it_fetch_their_own(tmp_path):
+    data = random.Random(13).randbytes(SIZE)
+    gate = Gate({PATH: data})
+    failed = []
+
+    def handler(request):
+        if request.op == READ and not failed:
+            failed.append(request.offset)
+            gate(request)  # held at the gate, then refused
+            raise OriginTransient("connection reset", origin="m", path=request.path)
+        return serve({PATH: data})(request)
+
+    rig = ReaderRig.build(tmp_path, root=tmp_path / "unused", inner=MemoryOrigin(handler), chunk_size=CHUNK,
+                          memory_cache=16 * CHUNK, read_timeout=10.0)
+    try:
+        loader = direct_loader(rig, origin=MemoryOrigin(handler))
+        loader.origins.retries = 0
+        of = open_file(loader, rig.row(PATH))
+        got = []
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(lambda: _quiet(loader.prefetch(of.row.version, [0, 1], lambda: None)))
+                await gate.wait_arrived()
+                nursery.start_soon(lambda: _append(got, loader.chunk(of, 1)))  # waits for the run
+                await trio.testing.wait_all_tasks_blocked()
+                gate.open.set()
+        assert got == [piece(data, 1)] and failed == [0]
+    finally:
+        rig.close()
+
+
+async def _quiet(awaitable) -> None:
+    try:
+        await awaitable
+    except* OriginTransient:  # the run failed (read-ahead is best effort)
+        pass
+
+
+async def _load_in(scope: trio.CancelScope, loader, of, idx: int) -> None:
+    with scope:
+        await loader.chunk(of, idx)
+
+
+async def test_a_load_cancelled_while_it_is_stored_finishes_storing_what_was_fetched(tmp_path):
+    data = random.Random(14).randbytes(SIZE)
+    rig = ReaderRig.build(tmp_path, root=tmp_path / "unused", inner=MemoryOrigin(serve({PATH: data})),
+                          chunk_size=CHUNK, memory_cache=16 * CHUNK, read_timeout=10.0, faulty_cas=True)
+    rig.cas.hang = Hang()
+    try:
+        loader = direct_loader(rig, op_timeout=10 * KEEP_GRACE)
+        of = open_file(loader, rig.row(PATH))
+        scope = trio.CancelScope()
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_load_in, scope, loader, of, 0)
+                await rig.cas.hang.wait_blocked()
+                scope.cancel()  # a clean stop
+                await trio.testing.wait_all_tasks_blocked()
+                rig.cas.hang.set()  # the disk answers: what was fetched is still stored and named
+        assert rig.manifest(PATH) == {0: chunk_hash(piece(data, 0))}
+    finally:
+        rig.cas.hang.set()
+        rig.close()
+
+
+async def test_a_load_cancelled_while_the_disk_hangs_gives_up_after_its_grace(tmp_path, mock_clock):
+    data = random.Random(15).randbytes(SIZE)
+    rig = ReaderRig.build(tmp_path, root=tmp_path / "unused", inner=MemoryOrigin(serve({PATH: data})),
+                          chunk_size=CHUNK, memory_cache=16 * CHUNK, read_timeout=10.0, faulty_cas=True)
+    rig.cas.hang = Hang()
+    try:
+        loader = direct_loader(rig, op_timeout=10 * KEEP_GRACE)  # the cache's own deadline comes later
+        of = open_file(loader, rig.row(PATH))
+        scope = trio.CancelScope()
+        done = trio.Event()
+
+        async def load() -> None:
+            await _load_in(scope, loader, of, 0)
+            done.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(load)
+            await rig.cas.hang.wait_blocked()
+            scope.cancel()
+            mock_clock.jump(KEEP_GRACE - 0.01)  # the test's clock: trio's deadlines only
+            await trio.testing.wait_all_tasks_blocked()
+            assert not done.is_set()  # still storing, shielded
+            mock_clock.jump(0.02)
+            await done.wait()
+        assert rig.manifest(PATH) == {}
+    finally:
+        rig.cas.hang.set()
+        rig.close()
+
+
+async def test_a_thread_call_cancelled_is_abandoned_not_waited_for(rig):
+    loader = direct_loader(rig)
+    stuck = threading.Event()
+    entered = threading.Event()
+
+    def hung():
+        entered.set()
+        stuck.wait(10)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(loader.thread, hung)
+            assert await trio.to_thread.run_sync(entered.wait, 10)
+            nursery.cancel_scope.cancel()
+        assert not stuck.is_set()  # back while the call still hangs
+    finally:
+        stuck.set()
