@@ -64,7 +64,7 @@ class Config:
     cache_dir: str = ""
     cache_size: int = 10 << 30
     chunk_size: int = 1 << 20
-    memory_cache: int = 64 << 20
+    memory_cache: int = 32 << 20  # verified chunks in RAM; the kernel's page cache holds what readers stream (page_push)
     readahead: int = 32 << 20  # bytes of chunks in flight ahead of sequential readers, daemon-wide (0: off)
     rescan_interval: float = 900.0
     read_timeout: float = 30.0
