@@ -10,7 +10,7 @@ Writes the `read-path` section of docs/benchmarks.md. Needs root for dropping th
 * Cold read: a fresh MusicFS mount (empty cache) of `musicfs demo --big-file-mb N`, the page cache dropped,
   the big file read start to end in 1 MiB reads; `musicfs status` counts the READ requests the daemon served.
   Warm read: the daemon restarted on that cache, the page cache dropped, the same read. Once with
-  `page_push = false` (the default), once with `true`; SHA-256 checked against the source.
+  `page_push = false`, once with `true` (the default); SHA-256 checked against the source.
 * Requests per second from memory: O_DIRECT reads of 128 KiB (each one a FUSE READ) over the last 32 MiB of the
   big file right after that read (the daemon's chunk LRU holds them), for `--seconds`; the same loop against a
   minimal pyfuse3 filesystem serving a file from a bytes object (`--trivial-fs`, started here).

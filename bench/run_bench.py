@@ -495,14 +495,10 @@ def bench_direct(fs: FileSet, args, rep: int) -> dict:
     return r
 
 
-MUSICFS_CONFIG: str | None = None  # --page-push: a config file with page_push = true
-
-
 def musicfs_argv(source: str, mp: str, state: str, cache: str) -> list[str]:
     exe = REPO / ".venv" / "bin" / "musicfs"
     exe = str(exe) if exe.exists() else (shutil.which("musicfs") or "musicfs")
-    config = ["--config", MUSICFS_CONFIG] if MUSICFS_CONFIG else []
-    return [exe, "mount", source, mp, "--state-dir", state, "--cache-dir", cache, *config]
+    return [exe, "mount", source, mp, "--state-dir", state, "--cache-dir", cache]
 
 
 def rclone_argv(source: str, mp: str, state: str, cache: str) -> list[str]:
@@ -808,7 +804,8 @@ def build_report(args, argv, info, fs: FileSet, res: dict, spread: dict, load: d
             f"- Storage for the source, caches and mountpoints: {info['disk']}",
             f"- Page cache dropping (`sync; echo 3 > /proc/sys/vm/drop_caches`): "
             f"{'FAILED, cold figures are not cold' if drop_failed() else 'worked'}",
-            f"- MusicFS: {'`page_push = true` (verified chunks pushed into the page cache)' if args.page_push else 'default config (`page_push = false`)'}",
+            "- MusicFS: its default config (`page_push = true`: verified chunks pushed into the page cache; "
+            "`memory_cache = 32M`)",
             f"- Repetitions: {args.repeat} (each a full set of sessions per contestant, contestant order "
             "rotating); the table gives medians over repetitions, first-byte latencies pooled over them",
             f"- Machine load while measuring: the CPUs were {load['busy_pct']:.0f}% busy on average, "
@@ -1011,7 +1008,7 @@ def kept_sections(path: str) -> str:
 
 
 def main() -> int:
-    global PHASE_TIMEOUT, MUSICFS_CONFIG
+    global PHASE_TIMEOUT
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tracks", type=int, default=60, help="tracks in the generated library (default 60)")
     p.add_argument("--big-mb", type=int, default=100, help="size of the one big FLAC in MB (default 100)")
@@ -1025,7 +1022,6 @@ def main() -> int:
                         f"(default {PHASE_TIMEOUT:.0f})")
     p.add_argument("--tmpdir", default=None, help="where the temporary work folder goes")
     p.add_argument("--keep", action="store_true", help="keep the work folder (library, caches, logs)")
-    p.add_argument("--page-push", action="store_true", help="mount MusicFS with page_push = true")
     args = p.parse_args()
     PHASE_TIMEOUT = args.phase_timeout
     argv = [".venv/bin/python", "bench/run_bench.py"] + sys.argv[1:]
@@ -1046,10 +1042,6 @@ def main() -> int:
     t_start = time.perf_counter()
     work = tempfile.mkdtemp(prefix="musicfs-bench-", dir=args.tmpdir)
     log(f"work folder {work}")
-    if args.page_push:
-        MUSICFS_CONFIG = os.path.join(work, "musicfs.toml")
-        with open(MUSICFS_CONFIG, "w") as fh:
-            fh.write("page_push = true\n")
     ok = False
     try:
         source = os.path.join(work, "library")
