@@ -23,7 +23,7 @@ from musicfs.shared.errors import (
     TooManyOpenFiles,
 )
 from musicfs_test_utils.assertions import assert_logs
-from musicfs_test_utils.cas_damage import SIZE, blob, chunk_file
+from musicfs_test_utils.cas_damage import SIZE, blob, chunk_file, drop_index_row
 from musicfs_test_utils.fixtures import setup_test_cas
 
 REBUILT = r"cache: index .*index\.db rebuilt: 1 chunk files \(1000 bytes\) verified and indexed"
@@ -288,7 +288,8 @@ def test_a_put_gives_up_once_the_claim_outlasts_its_wait(tmp_path, monkeypatch):
     data = blob(16)
     digest = chunk_hash(data)
     store._claimed.add(digest)  # the reconciliation holds it and never lets go
-    monkeypatch.setattr(cas_module, "time", Clock(1000.0, 1000.0 + cas_module.CLAIM_WAIT))
+    # past the deadline at the first look (small readings: a deadline mixed up with the clock shows)
+    monkeypatch.setattr(cas_module, "time", Clock(10.0, 11.0 + cas_module.CLAIM_WAIT))
     outcome = []
     t = thread(lambda: outcome.append(_attempt(store.put, data)))
     t.join(WAIT)
@@ -348,3 +349,46 @@ def test_close_survives_access_times_it_cannot_save_and_leaves_the_store_closed(
     assert not store.available and store.open_error == "closed"
     with pytest.raises(CacheUnavailable, match=r"unavailable \(closed\)"):
         store.get(digest)
+
+
+# -- lookups around the LRU's load ------------------------------------------------------------------------------
+def test_once_loaded_a_lookup_answers_from_the_index_alone(tmp_path):
+    store = setup_test_cas(tmp_path)
+    known, orphan = store.put(blob(20)), store.put(blob(21))
+    store.close()
+    drop_index_row(tmp_path, orphan)  # its file stays: the reconciliation's business, not a lookup's
+    again = setup_test_cas(tmp_path, reconcile_later=True)
+    again.load_lru()
+    assert again.lookup(known) == blob(20)
+    assert again.lookup(orphan) is None and again.lookup(chunk_hash(b"never")) is None
+    assert again.usage() == (SIZE, 1)
+    again.close()
+
+
+def test_a_lookup_before_the_load_is_remembered_with_its_access_time(tmp_path):
+    store = setup_test_cas(tmp_path)
+    digest = store.put(blob(22))
+    store.close()
+    again = setup_test_cas(tmp_path, reconcile_later=True)
+    assert again.lookup(digest) == blob(22)
+    assert again.has(digest) and digest in again._touched and again.usage() == (SIZE, 1)
+    again.close()
+
+
+def test_a_chunk_evicted_while_its_lookup_read_it_is_not_brought_back(tmp_path, monkeypatch):
+    store = setup_test_cas(tmp_path)
+    digest = store.put(blob(23))
+    store.close()
+    again = setup_test_cas(tmp_path, reconcile_later=True)
+    real_read = again._read_verified
+
+    def read_then_load_and_evict(d, injectable=False):
+        data = real_read(d, injectable)
+        again.load_lru()  # the cache task loads the LRU meanwhile, and the chunk is evicted
+        again.evict_to(0)
+        return data
+
+    monkeypatch.setattr(again, "_read_verified", read_then_load_and_evict)
+    assert again.lookup(digest) == blob(23)  # served: it was verified
+    assert not again.has(digest) and again.usage() == (0, 0) and digest not in again._touched
+    again.close()
