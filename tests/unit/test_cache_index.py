@@ -11,7 +11,13 @@ import pytest
 
 from musicfs.cache import index as index_module
 from musicfs.cache.cas import CasStore
-from musicfs.shared.damage import SQLITE_CORRUPT, SQLITE_FULL, SQLITE_IOERR
+from musicfs.shared.damage import (
+    SQLITE_CANTOPEN,
+    SQLITE_CORRUPT,
+    SQLITE_FULL,
+    SQLITE_IOERR,
+    SQLITE_NOTADB,
+)
 from musicfs.shared.errors import CacheFull, CacheUnavailable, CasError, CasIndexError
 from musicfs_test_utils.assertions import assert_logs
 from musicfs_test_utils.cas_damage import SIZE, blob
@@ -49,11 +55,16 @@ def test_a_start_runs_the_quick_check_and_after_an_unclean_stop_the_full_one(sto
     assert store._check_index(db) == "" and db.sql[0] == pragma
 
 
+ROW = "row 12 missing from index sqlite_autoindex_chunks_1"  # what SQLite says, in its own words
+PAGE = "Page 7 is never used"
+TREE = "*** in database main ***"
+
+
 @pytest.mark.parametrize("problems, said", [
-    (["a"], "a"),
-    (["a", "b", "c"], "a; b; c"),
-    (["a", "b", "c", "d"], "a; b; c (+1 more)"),
-    (["a", "b", "c", "d", "e", "f"], "a; b; c (+3 more)"),
+    ([ROW], ROW),
+    ([TREE, PAGE, ROW], f"{TREE}; {PAGE}; {ROW}"),
+    ([ROW, PAGE, TREE, ROW], f"{ROW}; {PAGE}; {TREE} (+1 more)"),
+    ([PAGE, ROW, ROW, TREE, ROW, PAGE], f"{PAGE}; {ROW}; {ROW} (+3 more)"),
 ])
 def test_a_damaged_index_is_said_to_have_its_first_three_problems(store, problems, said):
     assert store._check_index(Rows([("ok",)] + [(p,) for p in problems])) == said
@@ -108,7 +119,9 @@ class Failing:
 @pytest.mark.parametrize("code, error, said", [
     (SQLITE_FULL, CacheFull, "index store is full"),
     (SQLITE_IOERR | (3 << 8), CasError, "cannot be written"),  # SQLITE_IOERR_WRITE: extended codes count by their low byte
+    (SQLITE_CANTOPEN, CasError, "cannot be written"),
     (SQLITE_CORRUPT, CasIndexError, "failed"),
+    (SQLITE_NOTADB, CasIndexError, "failed"),
 ])
 def test_each_failure_of_an_index_write_is_classed(store, code, error, said):
     real = store._db
