@@ -150,10 +150,7 @@ class ChunkLoader:
         try:
             if of.origin is not None:
                 datas = await of.origin.fetch_ranges(ranges, exact=True)
-            elif len(ranges) == 1:
-                [(offset, length)] = ranges
-                datas = [await self.origins.fetch(row.path, offset, length, row.stat(), exact=True)]
-            else:
+            else:  # (one range is one read there)
                 datas = await self.origins.fetch_ranges(row.path, ranges, row.stat(), exact=True)
         except (OriginFileChanged, OriginNotFound) as exc:
             self.counts["changed_files"] += 1

@@ -112,3 +112,39 @@ def test_a_release_past_the_holds_leaves_nothing_held():
     counts.hold("a")
     counts.release("a")
     assert "a" not in counts
+
+
+@pytest.mark.expected_log(r"cache: chunk \w{12} failed verification; moved to")
+def test_the_quarantine_alone_can_put_a_restarted_cache_over_its_quota(tmp_path):
+    store = setup_test_cas(tmp_path)
+    small = fill(store, 19, size=500)  # 9,500 bytes
+    bad = store.put(blob(50))
+    with open(chunk_file(store, bad), "r+b") as fh:
+        fh.write(b"garbage")
+    store.close()
+    again = setup_test_cas(tmp_path, 10_000)
+    with pytest.raises(ChunkCorrupt):
+        again.get(bad)
+    assert again.usage() == (9_500, 19) and again.quarantine_usage() == (1000, 1)
+    assert again.trim_over_quota() == 2000  # 10,500 with the quarantine: down to 8,500 - 1,000
+    assert [d for d in small if not again.has(d)] == small[:4]
+    again.close()
+
+
+def test_a_restart_over_its_quota_with_nothing_in_quarantine_is_trimmed(tmp_path):
+    store = setup_test_cas(tmp_path)
+    fill(store, 11)
+    store.close()
+    again = setup_test_cas(tmp_path, 10_000)
+    assert again.trim_over_quota() == 3000 and again.usage() == (8000, 8)
+    again.close()
+
+
+def test_a_full_disk_over_the_quota_keeps_at_most_the_low_watermark(tmp_path):
+    store = setup_test_cas(tmp_path)
+    fill(store, 12)
+    store.close()
+    again = setup_test_cas(tmp_path, 10_000)  # over its quota after a restart, not trimmed yet
+    assert again._evict_for_disk(1000) == 5000  # min(8,500, 10,200) - 1,000 = 7,500 kept at most
+    assert again.usage() == (7000, 7)
+    again.close()

@@ -591,16 +591,18 @@ async def test_a_thread_call_cancelled_is_abandoned_not_waited_for(rig):
     loader = direct_loader(rig)
     stuck = threading.Event()
     entered = threading.Event()
+    ended = threading.Event()
 
     def hung():
         entered.set()
         stuck.wait(10)
+        ended.set()
 
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(loader.thread, hung)
             assert await trio.to_thread.run_sync(entered.wait, 10)
             nursery.cancel_scope.cancel()
-        assert not stuck.is_set()  # back while the call still hangs
+        assert not ended.is_set()  # back while the call still hangs
     finally:
         stuck.set()
