@@ -46,7 +46,7 @@ TRIO = ("pytest_trio.plugin",)  # the cache's and the read path's tests run on t
 CACHE_TESTS = (
     "tests/unit/test_cas.py", "tests/unit/test_cas_edges.py", "tests/unit/test_cache_index.py", "tests/unit/test_cas_contract.py",
     "tests/unit/test_cas_reconcile.py", "tests/unit/test_cas_lazy_lru.py", "tests/unit/test_cas_eviction.py",
-    "tests/unit/test_fd_exhaustion.py",
+    "tests/unit/test_cas_repair.py", "tests/unit/test_fd_exhaustion.py",
     "tests/unit/test_integrity.py::test_a_damaged_cache_index_is_moved_aside_and_rebuilt_from_verified_chunk_files",
     "tests/unit/test_integrity.py::test_a_lost_cache_index_is_rebuilt_from_the_chunk_files",
 )

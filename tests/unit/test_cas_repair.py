@@ -1,0 +1,164 @@
+"""The chunk store's repairs (cache/repair.py) by exact outcomes: what a rebuild and a reconciliation report, an
+unclean start checking sizes, work interrupted by a stop, a probe's failures, a rebuild that fails, and a
+reconciliation that cannot read its index or list its files."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+import pytest
+
+from musicfs.cache import repair as repair_module
+from musicfs.cache.cas import CasStore, chunk_hash
+from musicfs.cache.repair import RebuildReport, ReconcileReport
+from musicfs.shared import points
+from musicfs.shared.errors import CacheUnavailable, CasError, CasIndexError
+from musicfs_test_utils.assertions import assert_logs
+from musicfs_test_utils.cas_damage import SIZE, blob, chunk_file
+from musicfs_test_utils.fixtures import setup_test_cas
+
+
+def test_what_a_rebuild_and_a_reconciliation_say():
+    assert RebuildReport(chunks=3, bytes=3000).summary() == "3 chunk files (3000 bytes) verified and indexed"
+    assert RebuildReport(chunks=2, bytes=20, quarantined=["a"]).summary() == (
+        "2 chunk files (20 bytes) verified and indexed; 1 failed verification and were quarantined")
+    assert RebuildReport(chunks=4, bytes=40, reused=True).summary() == (
+        "4 chunks (40 bytes) indexed, reconciled with the chunk files")
+    assert ReconcileReport(indexed=5, files=6, dropped=1, adopted=2, removed=3, resized=4).summary() == (
+        "5 index rows and 6 chunk files compared: 1 rows without a file dropped, 2 orphans adopted, 3 bad orphans "
+        "quarantined, 4 sizes fixed")
+
+
+def _lie_about_the_size(root, digest: str, size: int) -> None:
+    db = sqlite3.connect(os.path.join(root, "index.db"))
+    with db:
+        db.execute("UPDATE chunks SET size = ? WHERE hash = ?", (size, digest))
+    db.close()
+
+
+def test_an_unclean_start_checks_every_size_and_a_clean_one_does_not(tmp_path):
+    store = setup_test_cas(tmp_path)
+    digest = store.put(blob(1))
+    store.close()
+    _lie_about_the_size(tmp_path, digest, 5)
+    clean = setup_test_cas(tmp_path)
+    assert clean.usage() == (5, 1)  # a clean start trusts the index's sizes
+    clean.close()
+    unclean = setup_test_cas(tmp_path, full_check=True)
+    assert unclean.usage() == (SIZE, 1) and unclean.get(digest) == blob(1)
+    unclean.close()
+
+
+@pytest.mark.expected_log(r"cache: chunk \w{12} failed verification; moved to", r"cache: index .* (rebuilt|is missing)")
+def test_a_rebuild_verifies_every_chunk_file_and_reports_the_bad_ones(tmp_path):
+    store = setup_test_cas(tmp_path)
+    good, bad = store.put(blob(2)), store.put(blob(3))
+    store.close()
+    with open(chunk_file(store, bad), "r+b") as fh:
+        fh.write(b"garbage")
+    os.unlink(tmp_path / "index.db")
+    again = setup_test_cas(tmp_path)
+    report = again.last_rebuild
+    assert (report.chunks, report.bytes, report.quarantined, report.reused) == (1, SIZE, [bad], False)
+    assert again.has(good) and not again.has(bad) and again.quarantine_usage() == (SIZE, 1)
+    again.close()
+
+
+def test_a_reconciliation_stops_when_asked(tmp_path):
+    store = setup_test_cas(tmp_path)
+    store.put(blob(4))
+    store.close()
+    os.unlink(chunk_file(store, chunk_hash(blob(4))))  # one row without a file: work to do
+    again = setup_test_cas(tmp_path, reconcile_later=True)
+    with pytest.raises(CasError, match="reconciliation interrupted"):
+        again.reconcile(should_stop=lambda: True)
+    assert again.reconcile_pending and again.reconciliations == 0
+    report = again.reconcile(should_stop=lambda: False)
+    assert report.dropped == 1 and not again.reconcile_pending and again.reconciliations == 1
+    again.close()
+
+
+@pytest.mark.expected_log(r"cache: index .*index\.db failed")
+def test_a_rebuild_stops_when_asked_and_the_store_stays_unavailable(tmp_path):
+    store = setup_test_cas(tmp_path)
+    store.put(blob(5))
+    (tmp_path / "index.db").unlink()
+    with pytest.raises(CasError, match="cannot rebuild the index .*index rebuild interrupted"):
+        store.rebuild_index(should_stop=lambda: True)
+    assert not store.available and store.open_error == "index rebuild failed: cache: index rebuild interrupted"
+    with pytest.raises(CacheUnavailable):
+        store.get(chunk_hash(blob(5)))
+    store.close()
+
+
+def test_a_reconciliation_of_a_closed_or_broken_index_is_an_error(tmp_path, monkeypatch):
+    store = setup_test_cas(tmp_path, reconcile_later=True)
+    store.load_lru()
+
+    class Broken:
+        def execute(self, *args):
+            raise sqlite3.DatabaseError("database disk image is malformed")
+
+    real = store._db
+    store._db = Broken()
+    with pytest.raises(CasIndexError, match="failed: database disk image is malformed"):
+        store.reconcile()
+    store._db = None
+    with pytest.raises(CacheUnavailable, match=r"unavailable \(closed\)"):
+        store.open_error = ""
+        store.reconcile()
+    store._db = real
+
+    def unlistable(root):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(repair_module, "scan_chunk_sizes", unlistable)
+    with pytest.raises(CasError, match="cannot list the chunk files: Permission denied"):
+        store.reconcile()
+    store.close()
+
+
+def test_a_probe_fails_on_its_failpoint_a_disk_that_fails_or_lies(tmp_path, monkeypatch):
+    store = setup_test_cas(tmp_path)
+    store.probe()  # a healthy disk
+    monkeypatch.setattr(repair_module, "fail_point", lambda name: "x" if name == points.CAS_PROBE else None)
+    with pytest.raises(CasError, match=r"probe failed \(injected by failpoint\)"):
+        store.probe()
+    monkeypatch.undo()
+    real_open = open
+
+    def lying_open(path, mode="r", *args, **kwargs):
+        fh = real_open(path, mode, *args, **kwargs)
+        if "probe." in str(path) and "r" in mode:
+            fh.read = lambda *a: b"not what was written"
+        return fh
+
+    monkeypatch.setattr(repair_module, "open", lying_open, raising=False)
+    with pytest.raises(CasError, match="read back different bytes"):
+        store.probe()
+    monkeypatch.undo()
+
+    def failing_open(path, mode="r", *args, **kwargs):
+        raise OSError(5, "Input/output error", path)
+
+    monkeypatch.setattr(repair_module, "open", failing_open, raising=False)
+    with pytest.raises(CasError, match=f"probe of {tmp_path} failed: Input/output error"):
+        store.probe()
+    monkeypatch.undo()
+    assert not [n for n in os.listdir(tmp_path / "tmp") if n.startswith("probe.")]  # nothing left behind
+    store.close()
+
+
+@pytest.mark.expected_log(r"cache: cannot open .*; reads go straight to the origins")
+def test_a_probe_that_cannot_open_the_store_says_why(tmp_path):
+    root = tmp_path / "cache"
+    root.write_text("a file where the cache folder should be")
+    store = CasStore(str(root), 1 << 20)
+    with pytest.raises(CasError) as info:
+        store.probe()
+    assert str(info.value) == f"cache: cannot open {root}: {store.open_error}" and not store.available
+    root.unlink()
+    with assert_logs(rf"cache: {root} opened \(0 chunks, 0 bytes\)", count=1, level=20):
+        store.probe()
+    store.close()
