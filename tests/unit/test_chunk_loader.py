@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import collections
 import random
-import tempfile
 import threading
 from pathlib import Path
 
@@ -49,8 +48,7 @@ class Recording:
 @pytest.fixture
 def rig(tmp_path):
     recording = Recording({PATH: random.Random(3).randbytes(SIZE)})
-    r = ReaderRig.build(tmp_path, root=tmp_path / "unused", inner=MemoryOrigin(recording), chunk_size=CHUNK,
-                        memory_cache=16 * CHUNK, read_timeout=10.0)
+    r = memory_rig(tmp_path, MemoryOrigin(recording))
     r.recording = recording
     yield r
     r.close()
@@ -152,6 +150,12 @@ class Gate:
         assert await trio.to_thread.run_sync(self.arrived.wait, 10)
 
 
+def memory_rig(base: Path, origin, **kwargs) -> ReaderRig:
+    """A ReaderRig over `origin` (a MemoryOrigin: the catalog holds what it walks), chunked as these tests are."""
+    return ReaderRig.build(base, root=base / "unused", inner=origin, chunk_size=CHUNK, memory_cache=16 * CHUNK,
+                           read_timeout=10.0, **kwargs)
+
+
 def direct_loader(rig, *, origin=None, cas=None, pages=None, on_file_changed=None, op_timeout=3.0):
     cache = ChunkCache(cas or rig.cas, op_timeout=op_timeout)
     return ChunkLoader(rig.catalog, cache, OriginRegistry([origin or rig.origin], backoff=0.0), files={},
@@ -187,27 +191,25 @@ async def test_ready_and_in_memory_say_where_a_chunk_is(rig):
     assert dict(loader.counts) == {"origin_fetches": 1, "memory_hits": 1}  # in_memory's one hit
 
 
-async def test_a_chunk_being_loaded_is_ready_not_in_memory_and_loaded_once():
+async def test_a_chunk_being_loaded_is_ready_not_in_memory_and_loaded_once(tmp_path):
     data = random.Random(5).randbytes(SIZE)
     gate = Gate({PATH: data})
-    with tempfile.TemporaryDirectory() as tmp:
-        rig = ReaderRig.build(Path(tmp), root=Path(tmp) / "unused", inner=MemoryOrigin(gate), chunk_size=CHUNK,
-                              memory_cache=16 * CHUNK, read_timeout=10.0)
-        try:
-            loader = direct_loader(rig)
-            of = open_file(loader, rig.row(PATH))
-            got = []
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(lambda: _append(got, loader.chunk(of, 2)))
-                await gate.wait_arrived()
-                assert loader.ready(of, 2) and loader.in_memory(of, 2) is None
-                nursery.start_soon(lambda: _append(got, loader.chunk(of, 2)))  # waits for the load under way
-                await trio.testing.wait_all_tasks_blocked()
-                gate.open.set()
-            assert got == [piece(data, 2)] * 2 and gate.reads == [(2 * CHUNK, CHUNK)]
-            assert loader.counts["origin_fetches"] == 1
-        finally:
-            rig.close()
+    rig = memory_rig(tmp_path, MemoryOrigin(gate))
+    try:
+        loader = direct_loader(rig)
+        of = open_file(loader, rig.row(PATH))
+        got = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: _append(got, loader.chunk(of, 2)))
+            await gate.wait_arrived()
+            assert loader.ready(of, 2) and loader.in_memory(of, 2) is None
+            nursery.start_soon(lambda: _append(got, loader.chunk(of, 2)))  # waits for the load under way
+            await trio.testing.wait_all_tasks_blocked()
+            gate.open.set()
+        assert got == [piece(data, 2)] * 2 and gate.reads == [(2 * CHUNK, CHUNK)]
+        assert loader.counts["origin_fetches"] == 1
+    finally:
+        rig.close()
 
 
 async def _append(out: list, awaitable) -> None:
@@ -281,8 +283,7 @@ async def test_several_ranges_without_a_stream_are_each_their_own_range(rig):
 
 async def test_a_racy_version_is_served_counted_and_never_kept(tmp_path):
     data = random.Random(8).randbytes(SIZE)
-    rig = ReaderRig.build(tmp_path, root=tmp_path / "unused", inner=MemoryOrigin(serve({PATH: data})),
-                          chunk_size=CHUNK, memory_cache=16 * CHUNK, read_timeout=10.0)
+    rig = memory_rig(tmp_path, MemoryOrigin(serve({PATH: data})))
     try:
         racy = MemoryOrigin(serve({PATH: data}), resolution=3600.0)  # a version seen just now is racy for an hour
         loader = direct_loader(rig, origin=racy)
@@ -346,8 +347,7 @@ async def test_read_ahead_of_a_closed_file_does_nothing(rig):
 
 async def test_a_reader_takes_a_fetched_chunk_while_it_is_being_stored(tmp_path):
     data = random.Random(9).randbytes(SIZE)
-    rig = ReaderRig.build(tmp_path, root=tmp_path / "unused", inner=MemoryOrigin(serve({PATH: data})),
-                          chunk_size=CHUNK, memory_cache=16 * CHUNK, read_timeout=10.0, faulty_cas=True)
+    rig = memory_rig(tmp_path, MemoryOrigin(serve({PATH: data})), faulty_cas=True)
     try:
         rig.cas.hang = Hang()  # the disk hangs: fetched chunks wait to be stored
         loader = direct_loader(rig)
@@ -384,27 +384,25 @@ async def test_the_head_of_a_next_track_is_loaded_and_protected(rig):
     assert row.version not in loader.protection._waiting
 
 
-async def test_read_ahead_frees_its_lane_before_the_origin_answers_when_streams_need_no_order():
+async def test_read_ahead_frees_its_lane_before_the_origin_answers_when_streams_need_no_order(tmp_path):
     """An origin whose streams read in any order (here, as SFTP's): `fetched()` comes before the origin answers,
     so the file's next batch may go beside this one."""
     data = random.Random(6).randbytes(SIZE)
     gate = Gate({PATH: data})
-    with tempfile.TemporaryDirectory() as tmp:
-        rig = ReaderRig.build(Path(tmp), root=Path(tmp) / "unused", inner=MemoryOrigin(gate), chunk_size=CHUNK,
-                              memory_cache=16 * CHUNK, read_timeout=10.0)
-        try:
-            loader = direct_loader(rig)
-            row = rig.row(PATH)
-            of = open_file(loader, row)
-            calls = []
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(loader.prefetch, row.version, [0, 1], lambda: calls.append(1))
-                await gate.wait_arrived()
-                assert calls and not of.manifest  # freed while the origin still holds the batch
-                gate.open.set()
-            assert sorted(of.manifest) == [0, 1] and of.origin is not None  # read through the file's stream
-        finally:
-            rig.close()
+    rig = memory_rig(tmp_path, MemoryOrigin(gate))
+    try:
+        loader = direct_loader(rig)
+        row = rig.row(PATH)
+        of = open_file(loader, row)
+        calls = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(loader.prefetch, row.version, [0, 1], lambda: calls.append(1))
+            await gate.wait_arrived()
+            assert calls and not of.manifest  # freed while the origin still holds the batch
+            gate.open.set()
+        assert sorted(of.manifest) == [0, 1] and of.origin is not None  # read through the file's stream
+    finally:
+        rig.close()
 
 
 async def test_a_run_of_two_missing_chunks_is_one_request_counted_as_two_fetches(rig):
@@ -418,8 +416,7 @@ async def test_a_run_of_two_missing_chunks_is_one_request_counted_as_two_fetches
 async def test_read_ahead_stops_at_the_end_of_a_file_of_whole_chunks(tmp_path):
     data = random.Random(10).randbytes(2 * CHUNK)  # chunk 2 would start exactly at the end
     recording = Recording({PATH: data})
-    rig = ReaderRig.build(tmp_path, root=tmp_path / "unused", inner=MemoryOrigin(recording), chunk_size=CHUNK,
-                          memory_cache=16 * CHUNK, read_timeout=10.0)
+    rig = memory_rig(tmp_path, MemoryOrigin(recording))
     try:
         loader = direct_loader(rig)
         of = open_file(loader, rig.row(PATH))
@@ -447,8 +444,7 @@ class Short:
 async def test_a_short_answer_is_never_served_whichever_way_the_origin_is_asked(tmp_path, how):
     data = random.Random(11).randbytes(SIZE)
     short = Short({PATH: data})
-    rig = ReaderRig.build(tmp_path, root=tmp_path / "unused", inner=MemoryOrigin(short), chunk_size=CHUNK,
-                          memory_cache=16 * CHUNK, read_timeout=10.0)
+    rig = memory_rig(tmp_path, MemoryOrigin(short))
     try:
         loader = direct_loader(rig)
         of = open_file(loader, rig.row(PATH))
@@ -471,8 +467,7 @@ async def test_one_range_is_one_read_not_a_batch(tmp_path):
         return serve({PATH: data})(request)
 
     origin = MemoryOrigin(handler, whole_ranges=True)  # answers a batch of ranges as one request
-    rig = ReaderRig.build(tmp_path, root=tmp_path / "unused", inner=origin, chunk_size=CHUNK,
-                          memory_cache=16 * CHUNK, read_timeout=10.0)
+    rig = memory_rig(tmp_path, origin)
     try:
         loader = direct_loader(rig, origin=origin)
         of = open_file(loader, rig.row(PATH))
@@ -504,8 +499,7 @@ async def test_a_failed_read_ahead_run_lets_the_readers_waiting_for_it_fetch_the
             raise OriginTransient("connection reset", origin="m", path=request.path)
         return serve({PATH: data})(request)
 
-    rig = ReaderRig.build(tmp_path, root=tmp_path / "unused", inner=MemoryOrigin(handler), chunk_size=CHUNK,
-                          memory_cache=16 * CHUNK, read_timeout=10.0)
+    rig = memory_rig(tmp_path, MemoryOrigin(handler))
     try:
         loader = direct_loader(rig, origin=MemoryOrigin(handler))
         loader.origins.retries = 0
@@ -537,8 +531,7 @@ async def _load_in(scope: trio.CancelScope, loader, of, idx: int) -> None:
 
 async def test_a_load_cancelled_while_it_is_stored_finishes_storing_what_was_fetched(tmp_path):
     data = random.Random(14).randbytes(SIZE)
-    rig = ReaderRig.build(tmp_path, root=tmp_path / "unused", inner=MemoryOrigin(serve({PATH: data})),
-                          chunk_size=CHUNK, memory_cache=16 * CHUNK, read_timeout=10.0, faulty_cas=True)
+    rig = memory_rig(tmp_path, MemoryOrigin(serve({PATH: data})), faulty_cas=True)
     rig.cas.hang = Hang()
     try:
         loader = direct_loader(rig, op_timeout=10 * KEEP_GRACE)
@@ -559,8 +552,7 @@ async def test_a_load_cancelled_while_it_is_stored_finishes_storing_what_was_fet
 
 async def test_a_load_cancelled_while_the_disk_hangs_gives_up_after_its_grace(tmp_path, mock_clock):
     data = random.Random(15).randbytes(SIZE)
-    rig = ReaderRig.build(tmp_path, root=tmp_path / "unused", inner=MemoryOrigin(serve({PATH: data})),
-                          chunk_size=CHUNK, memory_cache=16 * CHUNK, read_timeout=10.0, faulty_cas=True)
+    rig = memory_rig(tmp_path, MemoryOrigin(serve({PATH: data})), faulty_cas=True)
     rig.cas.hang = Hang()
     try:
         loader = direct_loader(rig, op_timeout=10 * KEEP_GRACE)  # the cache's own deadline comes later
