@@ -347,8 +347,16 @@ def _origin_lines(status: dict) -> list[str]:
         if isinstance(status.get("origins"), list) else []
     if not origins:
         return []
-    return ["origins:"] + _columns([[str(o.get("name", "?")), str(o.get("state", "?")), str(o.get("last_error") or "")]
-                                    for o in origins])
+    return ["origins:"] + _columns([[str(o.get("name", "?")), str(o.get("state", "?")), _sessions_text(o.get("sessions")),
+                                     str(o.get("last_error") or "")] for o in origins])
+
+
+def _sessions_text(sessions) -> str:
+    """An origin's own connections (SessionStatistics), when it keeps any: '2 sessions (5 started, 1 replaced)'."""
+    if not isinstance(sessions, dict):
+        return ""
+    live, started, replaced = (sessions.get(k, "?") for k in ("sessions", "started", "replaced"))
+    return f"{live} session{'' if live == 1 else 's'} ({started} started, {replaced} replaced)"
 
 
 def _record_lines(status: dict, key: str) -> list[str]:

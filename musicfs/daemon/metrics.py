@@ -138,8 +138,21 @@ def origin_families(origins: Iterable[OriginStatistics]) -> list[Metric]:
                                     "the next one", labels=["origin"])
     stuck = GaugeMetricFamily("musicfs_origin_stuck_calls", "Calls to the origin still running past their read's "
                               "deadline (a hung file or share); their threads are left to finish", labels=["origin"])
+    sessions = GaugeMetricFamily("musicfs_origin_sessions", "Connections the origin keeps open itself (SFTP: ssh "
+                                 "sessions), live now", labels=["origin"])
+    started = CounterMetricFamily("musicfs_origin_sessions_started", "Connections the origin started (SFTP: ssh "
+                                  "processes)", labels=["origin"])
+    replaced = CounterMetricFamily("musicfs_origin_sessions_replaced", "Connections found dead and started again",
+                                   labels=["origin"])
+    waiting = GaugeMetricFamily("musicfs_origin_requests_waiting", "Requests sent on the origin's connections and "
+                                "not answered yet", labels=["origin"])
     for o in origins:
         name = redact(o.name)  # never a credential in a label
+        if o.sessions is not None:  # only origins that keep connections of their own
+            sessions.add_metric([name], o.sessions.sessions)
+            started.add_metric([name], o.sessions.started)
+            replaced.add_metric([name], o.sessions.replaced)
+            waiting.add_metric([name], o.sessions.requests_waiting)
         nbytes.add_metric([name], o.bytes_fetched)
         for result in (*ORIGIN_RESULTS, *sorted(set(o.results) - set(ORIGIN_RESULTS))):
             requests.add_metric([name, result], o.results.get(result, 0))
@@ -150,7 +163,7 @@ def origin_families(origins: Iterable[OriginStatistics]) -> list[Metric]:
         retries.add_metric([name], o.retries)
         failovers.add_metric([name], o.failovers)
         stuck.add_metric([name], o.stuck)
-    return [nbytes, requests, up, state, active, retries, failovers, stuck]
+    return [nbytes, requests, up, state, active, retries, failovers, stuck, sessions, started, replaced, waiting]
 
 
 def cache_families(cache: CacheStatistics | None, reader: ReaderStatistics | None) -> list[Metric]:

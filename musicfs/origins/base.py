@@ -61,6 +61,17 @@ class Identity:
 
 
 @dataclass(frozen=True)
+class SessionStatistics:
+    """The connections an origin keeps open itself (SFTP: its ssh sessions), trio's statistics() style."""
+
+    sessions: int  # live now
+    starting: int  # being set up now
+    started: int  # since the origin was made
+    replaced: int  # found dead and started again
+    requests_waiting: int  # requests sent and not answered yet, over every live session
+
+
+@dataclass(frozen=True)
 class FileStat:
     """What an origin says about one file. `path` is relative, '/'-separated."""
 
@@ -100,6 +111,10 @@ class Origin(abc.ABC):
     #: on), so a reader sends them one batch at a time; otherwise batches may run at once (none of ours is ordered:
     #: SFTP reads on pooled connections, S3 in part GETs).
     ordered_streams: bool = False
+
+    def sessions(self) -> SessionStatistics | None:
+        """The connections this origin keeps open itself (status and metrics show them); None when it keeps none."""
+        return None
 
     @abc.abstractmethod
     def walk(self) -> Iterator[FileStat]:

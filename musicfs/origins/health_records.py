@@ -6,6 +6,7 @@ import collections
 from dataclasses import dataclass, field
 
 from .. import shared as errors  # the origin error tree, by name
+from .base import SessionStatistics
 
 UNKNOWN = "unknown"
 
@@ -50,6 +51,7 @@ class OriginStatistics:
     retries: int = 0
     failovers: int = 0
     stuck: int = 0  # calls still running past their read's deadline: their threads, left to finish
+    sessions: SessionStatistics | None = None  # the connections it keeps open itself (SFTP's ssh sessions)
 
 
 _RESULTS = ((errors.OriginNotFound, "not_found"), (errors.OriginPermission, "permission"),

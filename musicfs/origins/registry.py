@@ -221,13 +221,14 @@ class OriginRegistry:
 
     def statistics(self) -> tuple[OriginStatistics, ...]:
         active = self.active
+        sessions = [o.sessions() for o in self.origins]  # (each origin's own lock, not under the registry's)
         with self._lock:
             return tuple(OriginStatistics(
                 name=h.name, state=h.state, active=o is active, last_error=h.last_error, last_ok=h.last_ok,
                 last_check=h.last_check, failures=h.failures, requests=sum(h.results.values()),
                 results=dict(h.results), bytes_fetched=h.bytes_fetched, retries=h.retries, failovers=h.failovers,
-                stuck=self._calls.stuck(o))
-                for o, h in zip(self.origins, self.health))
+                stuck=self._calls.stuck(o), sessions=kept)
+                for o, h, kept in zip(self.origins, self.health, sessions))
 
     def counted(self, origin: Origin, data):
         """`data` (bytes, or a list of them) that a caller read from `origin` itself (a scan's tag reads): counted

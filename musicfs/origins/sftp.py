@@ -37,13 +37,14 @@ from .base import (
     Identity,
     Origin,
     OriginStream,
+    SessionStatistics,
     escape_name,
     split_url,
     unescape_name,
 )
 from .options import option_keys
 from .options import parse as parse_options
-from .sftp_connections import SessionPool, SftpStatistics
+from .sftp_connections import SessionPool
 from .sftp_errors import classify_sftp_error
 from .sftp_session import Session
 from .sftp_ssh import SshTarget
@@ -192,7 +193,7 @@ class SftpOrigin(Origin):
         except Exception as exc:
             raise classify_sftp_error(exc, self.name, path) from exc
 
-    def statistics(self) -> SftpStatistics:
+    def sessions(self) -> SessionStatistics:
         return self._pool.statistics()
 
     def ssh_pids(self) -> list[int]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from typing import Callable
 
 from ..shared import OriginTimeout
+from .base import SessionStatistics
 from .sftp_session import Session
 
 log = logging.getLogger(__name__)
@@ -16,17 +16,6 @@ log = logging.getLogger(__name__)
 #: Requests waiting on every live session before another session is started (up to the pool's size): one ssh
 #: carries a stream at the speed of its cipher, and a scan's many small requests share a few sessions.
 BUSY = 8
-
-
-@dataclass(frozen=True)
-class SftpStatistics:
-    """The sessions of one SFTP origin (trio's statistics() style)."""
-
-    sessions: int
-    starting: int
-    started: int
-    replaced: int
-    requests_waiting: int
 
 
 class SessionPool:
@@ -112,10 +101,10 @@ class SessionPool:
         with self._cond:
             return [s.pid for s in self._sessions if s.alive]
 
-    def statistics(self) -> SftpStatistics:
+    def statistics(self) -> SessionStatistics:
         with self._cond:
-            return SftpStatistics(sessions=len(self._sessions), starting=self._starting, started=self._started,
-                                  replaced=self._replaced, requests_waiting=sum(s.load for s in self._sessions))
+            return SessionStatistics(sessions=len(self._sessions), starting=self._starting, started=self._started,
+                                     replaced=self._replaced, requests_waiting=sum(s.load for s in self._sessions))
 
     def close(self) -> None:
         """Close every session (each ssh killed and reaped; one starting now is closed when it is up). The pool can

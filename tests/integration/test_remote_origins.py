@@ -19,6 +19,7 @@ import pytest
 
 from musicfs.origins.base import FileStat, Origin
 from musicfs.origins.factory import open_origin
+from musicfs.origins.registry import OriginRegistry
 from musicfs.origins.s3 import S3Origin
 from musicfs.origins.sftp import SftpOrigin
 from musicfs.shared.errors import (
@@ -583,7 +584,7 @@ def test_sftp_ssh_killed_in_the_middle_of_a_read_fails_it_and_a_new_ssh_takes_ov
         result: list[Any] = []
         reader = threading.Thread(target=lambda: result.append(_outcome(lambda: stream.read(0, len(data)))))
         reader.start()
-        eventually(lambda: origin.statistics().requests_waiting > 0, 10, "the read's requests in flight")
+        eventually(lambda: origin.sessions().requests_waiting > 0, 10, "the read's requests in flight")
         os.kill(pid, signal.SIGKILL)
         reader.join(30)
         assert not reader.is_alive()
@@ -593,7 +594,9 @@ def test_sftp_ssh_killed_in_the_middle_of_a_read_fails_it_and_a_new_ssh_takes_ov
         eventually(lambda: _reaped(pid), 10, "the killed ssh reaped")
         assert stream.read(0, len(data)) == data
         assert origin.ssh_pids() and pid not in origin.ssh_pids()
-        assert origin.statistics().replaced == 1
+        assert origin.sessions().replaced == 1
+        [seen] = OriginRegistry([origin]).statistics()  # what status and metrics show
+        assert seen.sessions == origin.sessions() and seen.sessions.replaced == 1 and seen.sessions.sessions >= 1
         stream.close()
     finally:
         origin.close()

@@ -21,6 +21,7 @@ from musicfs.daemon.metrics import (
     on_loop,
 )
 from musicfs.library.pins import PinInfo, PinsStatistics
+from musicfs.origins.base import SessionStatistics
 from musicfs.origins.health_records import OriginStatistics
 from musicfs.read.readahead import ReadAheadStatistics
 from musicfs.read.reader import ReaderStatistics
@@ -40,6 +41,9 @@ def _records(readahead: ReadAheadStatistics | None = None) -> MetricsRecords:
             OriginStatistics(name="/srv/music", state="healthy", active=True, requests=7,
                              results={"ok": 6, "timeout": 1}, bytes_fetched=6 << 20, retries=2, failovers=1),
             OriginStatistics(name=SECRET_SOURCE, state="unhealthy", results={"odd": 3}),
+            OriginStatistics(name="sftp://me@nas/music", state="healthy",
+                             sessions=SessionStatistics(sessions=2, starting=0, started=5, replaced=1,
+                                                        requests_waiting=9)),
         ),
         cache=CacheStatistics(state="unstable", reason="EIO", since_s=1.0, used_bytes=3 << 20,
                               quota_bytes=10 << 30, chunks=3, pinned=2, protected=1, quarantine_bytes=0,
@@ -78,6 +82,12 @@ def test_the_collector_exports_the_records_with_redacted_origin_labels():
     assert samples[("musicfs_origin_state", redacted + (("state", "healthy"),))] == 0
     assert samples[("musicfs_origin_requests_total", redacted + (("result", "odd"),))] == 3  # an unknown result
     assert not any("s3cr3t" in v or "AKIAKEY" in v for _, labels in samples for _, v in labels)
+    nas = (("origin", "sftp://me@nas/music"),)  # an origin that keeps connections of its own: its ssh sessions
+    assert samples[("musicfs_origin_sessions", nas)] == 2
+    assert samples[("musicfs_origin_sessions_started_total", nas)] == 5
+    assert samples[("musicfs_origin_sessions_replaced_total", nas)] == 1
+    assert samples[("musicfs_origin_requests_waiting", nas)] == 9
+    assert ("musicfs_origin_sessions", o) not in samples  # a folder keeps none
 
     assert samples[("musicfs_cache_hits_total", (("tier", "memory"),))] == 11
     assert samples[("musicfs_cache_hits_total", (("tier", "disk"),))] == 4

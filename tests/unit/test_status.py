@@ -372,3 +372,19 @@ async def test_the_daemon_snapshot_is_the_components_statistics_records(small_li
     assert doc["fuse"]["requests"] == 0 and doc["tasks"] == {} and doc["degraded"] == []
     text = render_table(doc)
     assert "reader:" in text and "fuse:" in text and "origin_fetches" in text
+
+
+def test_the_origins_section_shows_the_connections_an_origin_keeps():
+    doc = {"state": "running", "origins": [
+        {"name": "sftp://me@nas/music", "state": "healthy", "last_error": "",
+         "sessions": {"sessions": 2, "starting": 0, "started": 5, "replaced": 1, "requests_waiting": 0}},
+        {"name": "sftp://me@backup/music", "state": "unhealthy", "last_error": "ssh: connection refused",
+         "sessions": {"sessions": 1, "starting": 1, "started": 1, "replaced": 0, "requests_waiting": 0}},
+        {"name": "/srv/music", "state": "healthy", "last_error": "", "sessions": None}]}
+    lines = render_table(doc).splitlines()
+    origins = lines[lines.index("origins:") + 1:]
+    assert [line.split() for line in origins] == [
+        ["sftp://me@nas/music", "healthy", "2", "sessions", "(5", "started,", "1", "replaced)"],
+        ["sftp://me@backup/music", "unhealthy", "1", "session", "(1", "started,", "0", "replaced)", "ssh:",
+         "connection", "refused"],
+        ["/srv/music", "healthy"]]
