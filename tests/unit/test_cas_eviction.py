@@ -11,7 +11,7 @@ import sqlite3
 import pytest
 
 from musicfs.cache.eviction import RefCounts
-from musicfs.shared.errors import CacheFull, ChunkCorrupt
+from musicfs.shared.errors import CacheFull, CacheUnavailable, CasIndexError, ChunkCorrupt
 from musicfs_test_utils.cas_damage import blob, chunk_file, drop_index_row
 from musicfs_test_utils.fixtures import setup_test_cas
 
@@ -147,4 +147,54 @@ def test_a_full_disk_over_the_quota_keeps_at_most_the_low_watermark(tmp_path):
     again = setup_test_cas(tmp_path, 10_000)  # over its quota after a restart, not trimmed yet
     assert again._evict_for_disk(1000) == 5000  # min(8,500, 10,200) - 1,000 = 7,500 kept at most
     assert again.usage() == (7000, 7)
+    again.close()
+
+
+def test_a_restart_within_its_quota_is_not_trimmed_even_above_the_low_watermark(tmp_path):
+    store = setup_test_cas(tmp_path)
+    fill(store, 9)
+    store.close()
+    again = setup_test_cas(tmp_path, 10_000)  # 9,000 bytes: over the low watermark, within the quota
+    assert again.trim_over_quota() == 0 and again.usage() == (9000, 9)
+    again.close()
+
+
+@pytest.mark.expected_log(r"cache: chunk \w{12} failed verification; moved to")
+def test_the_quarantine_is_added_to_what_is_held_not_merged_with_it(tmp_path):
+    store = setup_test_cas(tmp_path)
+    kept = fill(store, 8) + [store.put(blob(60, 1008))]  # 9,008 bytes
+    bad = store.put(blob(61))
+    with open(chunk_file(store, bad), "r+b") as fh:
+        fh.write(b"garbage")
+    store.close()
+    again = setup_test_cas(tmp_path, 10_000)
+    with pytest.raises(ChunkCorrupt):
+        again.get(bad)
+    assert again.usage() == (9008, 9) and again.quarantine_usage() == (1000, 1)  # 10,008 in all: over
+    assert again.trim_over_quota() == 2000 and [d for d in kept if not again.has(d)] == kept[:2]
+    again.close()
+
+
+def test_an_index_that_cannot_be_read_when_the_lru_loads_is_an_index_failure(tmp_path):
+    store = setup_test_cas(tmp_path)
+    store.put(blob(70))
+    store.close()
+    again = setup_test_cas(tmp_path, reconcile_later=True)
+    real = again._db
+
+    class Broken:
+        def execute(self, *args):
+            raise sqlite3.DatabaseError("database disk image is malformed")
+
+    again._db = Broken()
+    with pytest.raises(CasIndexError, match="index store .*index.db failed: database disk image is malformed"):
+        again.load_lru()
+    assert not again.loaded
+    again._db = None
+    again.open_error = "gone"
+    with pytest.raises(CacheUnavailable, match=r"unavailable \(gone\)"):
+        again.load_lru()
+    again._db = real
+    again.load_lru()
+    assert again.loaded and again.usage() == (1000, 1)
     again.close()
