@@ -15,7 +15,7 @@ from musicfs.cache.repair import RebuildReport, ReconcileReport
 from musicfs.shared import points
 from musicfs.shared.errors import CacheUnavailable, CasError, CasIndexError
 from musicfs_test_utils.assertions import assert_logs
-from musicfs_test_utils.cas_damage import SIZE, blob, chunk_file
+from musicfs_test_utils.cas_damage import SIZE, blob, chunk_file, drop_index_row
 from musicfs_test_utils.fixtures import setup_test_cas
 
 
@@ -162,3 +162,69 @@ def test_a_probe_that_cannot_open_the_store_says_why(tmp_path):
     with assert_logs(rf"cache: {root} opened \(0 chunks, 0 bytes\)", count=1, level=20):
         store.probe()
     store.close()
+
+
+def test_an_unclean_start_fixes_a_row_that_says_more_than_the_file_holds(tmp_path):
+    store = setup_test_cas(tmp_path)
+    digest = store.put(blob(6))
+    store.close()
+    _lie_about_the_size(tmp_path, digest, 5000)
+    again = setup_test_cas(tmp_path, full_check=True)
+    assert again.usage() == (SIZE, 1) and again.get(digest) == blob(6)
+    again.close()
+
+
+def test_an_unclean_start_goes_on_past_a_chunk_file_gone_while_it_checks_sizes(tmp_path, monkeypatch):
+    store = setup_test_cas(tmp_path)
+    gone, kept = store.put(blob(7)), store.put(blob(8))
+    store.close()
+    real_stat = os.stat
+
+    def stat(path, *args, **kwargs):
+        if str(path).endswith(gone):  # listed, then gone before its size was read
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(repair_module.os, "stat", stat)
+    again = setup_test_cas(tmp_path, full_check=True)
+    monkeypatch.undo()
+    assert again.has(kept) and again.usage()[1] == 2
+    again.close()
+
+
+def test_a_reconciliation_leaves_to_the_live_store_what_changed_since_its_listing(tmp_path, monkeypatch):
+    """Its listing of the disk is older than the store: a chunk put and indexed since (an orphan no longer), a row
+    whose file was not listed but is there (not gone), a listed file gone since (no orphan): each skipped."""
+    store = setup_test_cas(tmp_path, reconcile_later=True)
+    store.load_lru()
+    indexed_since, not_listed = store.put(blob(9)), store.put(blob(10))
+    drop_index_row(tmp_path, indexed_since)  # the reconciliation's index snapshot lacks it; memory has it
+    vanished = chunk_hash(b"listed, then removed")
+    listing = {indexed_since: SIZE, vanished: 20}  # `not_listed` is missing from the listing
+
+    monkeypatch.setattr(repair_module, "scan_chunk_sizes", lambda root: iter(listing.items()))
+    report = store.reconcile()
+    assert (report.skipped, report.dropped, report.adopted, report.removed) == (3, 0, 0, 0)
+    assert store.has(indexed_since) and store.has(not_listed) and store.usage() == (2 * SIZE, 2)
+    store.close()
+
+
+def test_a_chunk_the_reconciliation_cannot_read_is_an_error_naming_it(tmp_path, monkeypatch):
+    store = setup_test_cas(tmp_path)
+    digest = store.put(blob(11))
+    store.close()
+    drop_index_row(tmp_path, digest)  # an orphan that cannot be read
+    real_open = open
+
+    def unreadable(path, *args, **kwargs):
+        if str(path).endswith(digest):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    again = setup_test_cas(tmp_path, reconcile_later=True)
+    monkeypatch.setattr(repair_module, "open", unreadable, raising=False)
+    with pytest.raises(CasError) as info:
+        again.reconcile()
+    assert str(info.value) == f"cache: cannot reconcile chunk {digest[:12]}: Permission denied"
+    monkeypatch.undo()
+    again.close()
