@@ -198,3 +198,19 @@ def test_an_index_that_cannot_be_read_when_the_lru_loads_is_an_index_failure(tmp
     again.load_lru()
     assert again.loaded and again.usage() == (1000, 1)
     again.close()
+
+
+@pytest.mark.expected_log(r"cache: chunk \w{12} failed verification; moved to")
+def test_a_restart_within_its_quota_with_a_quarantine_is_not_trimmed(tmp_path):
+    store = setup_test_cas(tmp_path)
+    fill(store, 8)
+    bad = store.put(blob(80))
+    with open(chunk_file(store, bad), "r+b") as fh:
+        fh.write(b"garbage")
+    store.close()
+    again = setup_test_cas(tmp_path, 10_000)
+    with pytest.raises(ChunkCorrupt):
+        again.get(bad)
+    assert again.usage() == (8000, 8) and again.quarantine_usage() == (1000, 1)  # 9,000 in all: within
+    assert again.trim_over_quota() == 0 and again.usage() == (8000, 8)
+    again.close()
