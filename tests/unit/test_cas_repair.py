@@ -13,7 +13,12 @@ from musicfs.cache import repair as repair_module
 from musicfs.cache.cas import CasStore, chunk_hash
 from musicfs.cache.repair import RebuildReport, ReconcileReport
 from musicfs.shared import points
-from musicfs.shared.errors import CacheUnavailable, CasError, CasIndexError
+from musicfs.shared.errors import (
+    CacheUnavailable,
+    CasError,
+    CasIndexError,
+    TooManyOpenFiles,
+)
 from musicfs_test_utils.assertions import assert_logs
 from musicfs_test_utils.cas_damage import SIZE, blob, chunk_file, drop_index_row
 from musicfs_test_utils.fixtures import setup_test_cas
@@ -226,5 +231,101 @@ def test_a_chunk_the_reconciliation_cannot_read_is_an_error_naming_it(tmp_path, 
     with pytest.raises(CasError) as info:
         again.reconcile()
     assert str(info.value) == f"cache: cannot reconcile chunk {digest[:12]}: Permission denied"
+    monkeypatch.undo()
+    again.close()
+
+
+@pytest.mark.expected_log(r"cache: chunk \w{12} failed verification; moved to")
+def test_a_background_reconciliation_reports_exactly_what_it_fixed(tmp_path):
+    store = setup_test_cas(tmp_path)
+    sound, small, big, bad, orphan = (store.put(blob(i)) for i in range(20, 25))
+    store.close()
+    _lie_about_the_size(tmp_path, small, 10)  # rows that say less, and more, than the file holds
+    _lie_about_the_size(tmp_path, big, 5000)
+    _lie_about_the_size(tmp_path, bad, 10)  # ... and one whose file is damaged besides
+    with open(chunk_file(store, bad), "r+b") as fh:
+        fh.write(b"garbage")
+    drop_index_row(tmp_path, orphan)
+    again = setup_test_cas(tmp_path, reconcile_later=True)
+    with assert_logs(rf"cache: fixed the indexed size of chunk ({small[:12]}|{big[:12]})$", count=2, level=20), \
+            assert_logs(rf"cache: adopted chunk {orphan[:12]} found on disk but not in the index", count=1, level=20):
+        report = again.reconcile()
+    assert (report.indexed, report.files, report.dropped, report.adopted, report.removed, report.resized,
+            report.skipped) == (4, 5, 0, 1, 0, 3, 0)
+    assert [again.has(d) for d in (sound, small, big, bad, orphan)] == [True, True, True, False, True]
+    assert again.usage() == (4 * SIZE, 4)
+    assert again.reconcile().summary() == ("4 index rows and 4 chunk files compared: 0 rows without a file dropped, "
+                                           "0 orphans adopted, 0 bad orphans quarantined, 0 sizes fixed")
+    again.close()
+
+
+@pytest.mark.expected_log(r"cache: index .*index\.db is missing; rebuilding it")
+def test_a_rebuild_that_loses_a_chunk_file_on_the_way_indexes_the_rest(tmp_path, monkeypatch):
+    store = setup_test_cas(tmp_path)
+    digests = [store.put(blob(i)) for i in range(30, 40)]
+    store.close()
+    os.unlink(tmp_path / "index.db")
+    gone = digests[3]
+    real_open = open
+
+    def vanishing(path, *args, **kwargs):
+        if str(path).endswith(gone):
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(repair_module, "open", vanishing, raising=False)
+    with assert_logs(r"cache: index .*index\.db rebuilt: 9 chunk files \(9000 bytes\) verified and indexed", count=1):
+        again = setup_test_cas(tmp_path)
+    monkeypatch.undo()
+    assert [again.has(d) for d in digests].count(True) == 9 and not again.has(gone)
+    again.close()
+
+
+def test_an_unclean_start_checks_every_size_past_a_file_gone(tmp_path, monkeypatch):
+    store = setup_test_cas(tmp_path)
+    digests = [store.put(blob(i)) for i in range(40, 50)]
+    store.close()
+    for d in digests:
+        _lie_about_the_size(tmp_path, d, 7)
+    gone = digests[0]
+    real_stat = os.stat
+
+    def stat(path, *args, **kwargs):
+        if str(path).endswith(gone):
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(repair_module.os, "stat", stat)
+    again = setup_test_cas(tmp_path, full_check=True)
+    monkeypatch.undo()
+    assert again.usage() == (9 * SIZE + 7, 10)  # every size fixed but the one it could not read
+    again.close()
+
+
+@pytest.mark.expected_log(r"cache: index .*index\.db reopened \(its file is sound\)")
+def test_a_runtime_rebuild_over_a_sound_file_reopens_and_reconciles_it(tmp_path):
+    store = setup_test_cas(tmp_path)
+    digest = store.put(blob(50))
+    store._close_db()  # the connection failed, not the file
+    with assert_logs(r"cache: index .*index\.db reopened \(its file is sound\): 1 chunks \(1000 bytes\) indexed, "
+                     r"reconciled with the chunk files", count=1, level=20):
+        report = store.rebuild_index()
+    assert report.reused and (report.chunks, report.bytes) == (1, SIZE) and store.has(digest)
+    store.close()
+
+
+def test_running_out_of_descriptors_while_reconciling_names_the_chunk(tmp_path, monkeypatch):
+    store = setup_test_cas(tmp_path)
+    digest = store.put(blob(51))
+    store.close()
+    drop_index_row(tmp_path, digest)
+
+    def exhausted(path, *args, **kwargs):
+        raise OSError(24, "Too many open files", str(path))
+
+    again = setup_test_cas(tmp_path, reconcile_later=True)
+    monkeypatch.setattr(repair_module, "open", exhausted, raising=False)
+    with pytest.raises(TooManyOpenFiles, match=rf"\(EMFILE\) reconciling chunk {digest[:12]};"):
+        again.reconcile()
     monkeypatch.undo()
     again.close()
