@@ -329,3 +329,69 @@ def test_running_out_of_descriptors_while_reconciling_names_the_chunk(tmp_path, 
         again.reconcile()
     monkeypatch.undo()
     again.close()
+
+
+@pytest.mark.expected_log(r"cache: removed orphan chunk \w{12} whose bytes do not match")
+def test_orphans_are_logged_by_their_short_names_at_a_start_and_in_the_background(tmp_path):
+    store = setup_test_cas(tmp_path)
+    good, bad = store.put(blob(60)), store.put(blob(61))
+    store.close()
+    for d in (good, bad):
+        drop_index_row(tmp_path, d)
+    with open(chunk_file(store, bad), "r+b") as fh:
+        fh.write(b"garbage")
+    with assert_logs(rf"cache: adopted chunk {good[:12]} found on disk but not in the index$", count=1, level=20), \
+            assert_logs(rf"cache: removed orphan chunk {bad[:12]} whose bytes do not match its name", count=1):
+        again = setup_test_cas(tmp_path)  # the default start reconciles in the constructor
+    again.close()
+    store = setup_test_cas(tmp_path)
+    later_bad = store.put(blob(62))
+    store.close()
+    drop_index_row(tmp_path, later_bad)
+    with open(chunk_file(store, later_bad), "r+b") as fh:
+        fh.write(b"garbage")
+    again = setup_test_cas(tmp_path, reconcile_later=True)
+    with assert_logs(rf"cache: removed orphan chunk {later_bad[:12]} whose bytes do not match its name", count=1):
+        assert again.reconcile().removed == 1
+    again.close()
+
+
+def test_a_resized_row_whose_file_went_is_dropped_and_said_once(tmp_path, monkeypatch):
+    store = setup_test_cas(tmp_path)
+    digest, other = store.put(blob(63)), store.put(blob(64))
+    store.close()
+    _lie_about_the_size(tmp_path, digest, 10)
+    real_open = open
+
+    def gone(path, *args, **kwargs):
+        if str(path).endswith(digest):
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+        return real_open(path, *args, **kwargs)
+
+    again = setup_test_cas(tmp_path, reconcile_later=True)
+    monkeypatch.setattr(repair_module, "open", gone, raising=False)
+    with assert_logs(r"cache: dropped 1 index rows whose chunk files are gone", count=1, level=20):
+        report = again.reconcile()
+    monkeypatch.undo()
+    assert (report.dropped, report.resized) == (1, 0) and not again.has(digest) and again.has(other)
+    with assert_logs(r"cache: dropped", count=0, level=20):
+        assert again.reconcile().dropped == 0
+    again.close()
+
+
+@pytest.mark.parametrize("lie", [b"\x00" * 4096, b"\xff" * 4096])
+def test_a_probe_catches_a_disk_that_reads_back_other_bytes_either_way(tmp_path, monkeypatch, lie):
+    store = setup_test_cas(tmp_path)
+    real_open = open
+
+    def lying_open(path, mode="r", *args, **kwargs):
+        fh = real_open(path, mode, *args, **kwargs)
+        if "probe." in str(path) and "r" in mode:
+            fh.read = lambda *a: lie
+        return fh
+
+    monkeypatch.setattr(repair_module, "open", lying_open, raising=False)
+    with pytest.raises(CasError, match="read back different bytes"):
+        store.probe()
+    monkeypatch.undo()
+    store.close()
