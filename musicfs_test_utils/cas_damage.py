@@ -8,7 +8,7 @@ import sqlite3
 
 from musicfs.cache.cas import CasStore, chunk_hash
 
-__all__ = ["SIZE", "blob", "chunk_file", "quarantined", "drop_index_row", "damage_orphan_and_stray"]
+__all__ = ["SIZE", "blob", "chunk_file", "corrupt", "damage_orphan_and_stray", "drop_index_row", "quarantined"]
 
 SIZE = 1000
 
@@ -21,6 +21,12 @@ def blob(i: int, size: int = SIZE) -> bytes:
 
 def chunk_file(cas: CasStore, digest: str) -> str:
     return os.path.join(cas.root, "chunks", digest[:2], digest)
+
+
+def corrupt(cas: CasStore, digest: str) -> None:
+    """Garbage over the start of the chunk's file: its bytes no longer have its name's hash."""
+    with open(chunk_file(cas, digest), "r+b") as fh:
+        fh.write(b"garbage")
 
 
 def quarantined(cas: CasStore) -> list[str]:

@@ -23,7 +23,13 @@ from musicfs.shared.errors import (
     TooManyOpenFiles,
 )
 from musicfs_test_utils.assertions import assert_logs
-from musicfs_test_utils.cas_damage import SIZE, blob, chunk_file, drop_index_row
+from musicfs_test_utils.cas_damage import (
+    SIZE,
+    blob,
+    chunk_file,
+    corrupt,
+    drop_index_row,
+)
 from musicfs_test_utils.fixtures import setup_test_cas
 
 REBUILT = r"cache: index .*index\.db rebuilt: 1 chunk files \(1000 bytes\) verified and indexed"
@@ -184,8 +190,7 @@ def test_eviction_of_a_chunk_whose_file_went_away_just_forgets_it_and_a_stuck_on
 def test_a_bad_chunk_is_logged_by_its_short_name(tmp_path):
     store = setup_test_cas(tmp_path)
     digest = store.put(blob(9))
-    with open(chunk_file(store, digest), "r+b") as fh:
-        fh.write(b"garbage")
+    corrupt(store, digest)
     with assert_logs(rf"cache: chunk {digest[:12]} failed verification; moved to .*quarantine", count=1):
         store.quarantine(digest)
     assert not store.has(digest)

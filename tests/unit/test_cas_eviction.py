@@ -11,13 +11,24 @@ import sqlite3
 import pytest
 
 from musicfs.cache.eviction import RefCounts
-from musicfs.shared.errors import CacheFull, CacheUnavailable, CasIndexError, ChunkCorrupt
-from musicfs_test_utils.cas_damage import blob, chunk_file, drop_index_row
+from musicfs.shared.errors import (
+    CacheFull,
+    CacheUnavailable,
+    CasIndexError,
+    ChunkCorrupt,
+)
+from musicfs_test_utils.cas_damage import blob, corrupt, drop_index_row
 from musicfs_test_utils.fixtures import setup_test_cas
 
 
 def fill(store, n: int, size: int = 1000, first: int = 0) -> list[str]:
     return [store.put(blob(first + i, size)) for i in range(n)]
+
+
+def restart(store, quota: int):
+    """The store closed and opened again, as a restart with `quota` opens it."""
+    store.close()
+    return setup_test_cas(store.root, quota)
 
 
 def test_the_high_watermark_starts_an_eviction_down_to_the_low_one(tmp_path):
@@ -43,10 +54,8 @@ def test_a_restart_with_a_smaller_quota_trims_to_the_low_watermark_less_the_quar
     store = setup_test_cas(tmp_path)
     digests = fill(store, 12)
     bad = digests[0]
-    with open(chunk_file(store, bad), "r+b") as fh:
-        fh.write(b"garbage")
-    store.close()
-    smaller = setup_test_cas(tmp_path, 10_000)  # the bad chunk is found and quarantined at its first read
+    corrupt(store, bad)
+    smaller = restart(store, 10_000)  # the bad chunk is found and quarantined at its first read
     with pytest.raises(ChunkCorrupt):
         smaller.get(bad)
     assert smaller.quarantine_usage() == (1000, 1) and smaller.usage() == (11_000, 11)
@@ -59,8 +68,7 @@ def test_a_restart_with_a_smaller_quota_trims_to_the_low_watermark_less_the_quar
 def test_no_trim_at_exactly_the_quota(tmp_path):
     store = setup_test_cas(tmp_path)
     fill(store, 10)
-    store.close()
-    same = setup_test_cas(tmp_path, 10_000)
+    same = restart(store, 10_000)
     assert same.trim_over_quota() == 0 and same.usage() == (10_000, 10)
     same.close()
 
@@ -119,10 +127,8 @@ def test_the_quarantine_alone_can_put_a_restarted_cache_over_its_quota(tmp_path)
     store = setup_test_cas(tmp_path)
     small = fill(store, 19, size=500)  # 9,500 bytes
     bad = store.put(blob(50))
-    with open(chunk_file(store, bad), "r+b") as fh:
-        fh.write(b"garbage")
-    store.close()
-    again = setup_test_cas(tmp_path, 10_000)
+    corrupt(store, bad)
+    again = restart(store, 10_000)
     with pytest.raises(ChunkCorrupt):
         again.get(bad)
     assert again.usage() == (9_500, 19) and again.quarantine_usage() == (1000, 1)
@@ -134,8 +140,7 @@ def test_the_quarantine_alone_can_put_a_restarted_cache_over_its_quota(tmp_path)
 def test_a_restart_over_its_quota_with_nothing_in_quarantine_is_trimmed(tmp_path):
     store = setup_test_cas(tmp_path)
     fill(store, 11)
-    store.close()
-    again = setup_test_cas(tmp_path, 10_000)
+    again = restart(store, 10_000)
     assert again.trim_over_quota() == 3000 and again.usage() == (8000, 8)
     again.close()
 
@@ -143,8 +148,7 @@ def test_a_restart_over_its_quota_with_nothing_in_quarantine_is_trimmed(tmp_path
 def test_a_full_disk_over_the_quota_keeps_at_most_the_low_watermark(tmp_path):
     store = setup_test_cas(tmp_path)
     fill(store, 12)
-    store.close()
-    again = setup_test_cas(tmp_path, 10_000)  # over its quota after a restart, not trimmed yet
+    again = restart(store, 10_000)  # over its quota after a restart, not trimmed yet
     assert again._evict_for_disk(1000) == 5000  # min(8,500, 10,200) - 1,000 = 7,500 kept at most
     assert again.usage() == (7000, 7)
     again.close()
@@ -153,8 +157,7 @@ def test_a_full_disk_over_the_quota_keeps_at_most_the_low_watermark(tmp_path):
 def test_a_restart_within_its_quota_is_not_trimmed_even_above_the_low_watermark(tmp_path):
     store = setup_test_cas(tmp_path)
     fill(store, 9)
-    store.close()
-    again = setup_test_cas(tmp_path, 10_000)  # 9,000 bytes: over the low watermark, within the quota
+    again = restart(store, 10_000)  # 9,000 bytes: over the low watermark, within the quota
     assert again.trim_over_quota() == 0 and again.usage() == (9000, 9)
     again.close()
 
@@ -164,10 +167,8 @@ def test_the_quarantine_is_added_to_what_is_held_not_merged_with_it(tmp_path):
     store = setup_test_cas(tmp_path)
     kept = fill(store, 8) + [store.put(blob(60, 1008))]  # 9,008 bytes
     bad = store.put(blob(61))
-    with open(chunk_file(store, bad), "r+b") as fh:
-        fh.write(b"garbage")
-    store.close()
-    again = setup_test_cas(tmp_path, 10_000)
+    corrupt(store, bad)
+    again = restart(store, 10_000)
     with pytest.raises(ChunkCorrupt):
         again.get(bad)
     assert again.usage() == (9008, 9) and again.quarantine_usage() == (1000, 1)  # 10,008 in all: over
@@ -205,10 +206,8 @@ def test_a_restart_within_its_quota_with_a_quarantine_is_not_trimmed(tmp_path):
     store = setup_test_cas(tmp_path)
     fill(store, 8)
     bad = store.put(blob(80))
-    with open(chunk_file(store, bad), "r+b") as fh:
-        fh.write(b"garbage")
-    store.close()
-    again = setup_test_cas(tmp_path, 10_000)
+    corrupt(store, bad)
+    again = restart(store, 10_000)
     with pytest.raises(ChunkCorrupt):
         again.get(bad)
     assert again.usage() == (8000, 8) and again.quarantine_usage() == (1000, 1)  # 9,000 in all: within

@@ -20,7 +20,13 @@ from musicfs.shared.errors import (
     TooManyOpenFiles,
 )
 from musicfs_test_utils.assertions import assert_logs
-from musicfs_test_utils.cas_damage import SIZE, blob, chunk_file, drop_index_row
+from musicfs_test_utils.cas_damage import (
+    SIZE,
+    blob,
+    chunk_file,
+    corrupt,
+    drop_index_row,
+)
 from musicfs_test_utils.fixtures import setup_test_cas
 
 
@@ -60,8 +66,7 @@ def test_a_rebuild_verifies_every_chunk_file_and_reports_the_bad_ones(tmp_path):
     store = setup_test_cas(tmp_path)
     good, bad = store.put(blob(2)), store.put(blob(3))
     store.close()
-    with open(chunk_file(store, bad), "r+b") as fh:
-        fh.write(b"garbage")
+    corrupt(store, bad)
     os.unlink(tmp_path / "index.db")
     again = setup_test_cas(tmp_path)
     report = again.last_rebuild
@@ -243,8 +248,7 @@ def test_a_background_reconciliation_reports_exactly_what_it_fixed(tmp_path):
     _lie_about_the_size(tmp_path, small, 10)  # rows that say less, and more, than the file holds
     _lie_about_the_size(tmp_path, big, 5000)
     _lie_about_the_size(tmp_path, bad, 10)  # ... and one whose file is damaged besides
-    with open(chunk_file(store, bad), "r+b") as fh:
-        fh.write(b"garbage")
+    corrupt(store, bad)
     drop_index_row(tmp_path, orphan)
     again = setup_test_cas(tmp_path, reconcile_later=True)
     with assert_logs(rf"cache: fixed the indexed size of chunk ({small[:12]}|{big[:12]})$", count=2, level=20), \
@@ -338,8 +342,7 @@ def test_orphans_are_logged_by_their_short_names_at_a_start_and_in_the_backgroun
     store.close()
     for d in (good, bad):
         drop_index_row(tmp_path, d)
-    with open(chunk_file(store, bad), "r+b") as fh:
-        fh.write(b"garbage")
+    corrupt(store, bad)
     with assert_logs(rf"cache: adopted chunk {good[:12]} found on disk but not in the index$", count=1, level=20), \
             assert_logs(rf"cache: removed orphan chunk {bad[:12]} whose bytes do not match its name", count=1):
         again = setup_test_cas(tmp_path)  # the default start reconciles in the constructor
@@ -348,8 +351,7 @@ def test_orphans_are_logged_by_their_short_names_at_a_start_and_in_the_backgroun
     later_bad = store.put(blob(62))
     store.close()
     drop_index_row(tmp_path, later_bad)
-    with open(chunk_file(store, later_bad), "r+b") as fh:
-        fh.write(b"garbage")
+    corrupt(store, later_bad)
     again = setup_test_cas(tmp_path, reconcile_later=True)
     with assert_logs(rf"cache: removed orphan chunk {later_bad[:12]} whose bytes do not match its name", count=1):
         assert again.reconcile().removed == 1
