@@ -27,7 +27,7 @@ Policy (rows 4.1, 4.2.3, 4.3 of the resilience catalogue):
 * Stuck calls (row 4.7, stuck.py): a call past its read's deadline costs only itself.
 
 The registry itself is blocking, like the origins: `read`, `call` and `first_healthy` run in worker
-threads; `fetch` is the async entry used by the FileReader.
+threads; `fetch_ranges` is the async entry used by the reader.
 """
 
 from __future__ import annotations
@@ -372,18 +372,14 @@ class OriginRegistry:
 
     async def fetch_ranges(self, path: str, ranges: Sequence[tuple[int, int]], expect: FileStat | None = None,
                            exact: bool = False, *, stream: "RegistryStream | None" = None) -> list[bytes]:
-        """`read_ranges` from trio, as `fetch` (offline fails at once; worker thread bounded by the deadline)."""
-        return await self._in_thread(path, functools.partial(self.read_ranges, path, list(ranges), expect, exact,
-                                                             stream=stream))
-
-    async def fetch(self, path: str, offset: int, length: int, expect: FileStat | None = None,
-                    exact: bool = False) -> bytes:
-        """`read` from trio: offline fails at once; otherwise a worker thread bounded by the caller's deadline.
+        """`read_ranges` from trio (one range is one `read`): offline fails at once; otherwise a worker thread bounded
+        by the caller's deadline.
 
         Origin fetches have their own thread limiter, so hung origin calls never take the threads that
         serve cached chunks; a cancelled fetch abandons its thread, which stops retrying at the deadline.
         """
-        return await self._in_thread(path, functools.partial(self.read, path, offset, length, expect, exact))
+        return await self._in_thread(path, functools.partial(self.read_ranges, path, list(ranges), expect, exact,
+                                                             stream=stream))
 
     async def _in_thread(self, path: str, work: Callable[..., object]):
         """work(deadline=...) in a thread of the fetch limiter, bounded by the caller's trio deadline (turned

@@ -47,7 +47,8 @@ def hanging(release: threading.Event, name: str) -> MemoryOrigin:
 async def fetch(registry: OriginRegistry, path: str) -> bytes | None:
     """The file whole, or None when the read gave up at DEADLINE."""
     with trio.move_on_after(DEADLINE):
-        return await registry.fetch(path, 0, 1000)
+        [data] = await registry.fetch_ranges(path, [(0, 1000)])
+        return data
     return None
 
 
@@ -87,7 +88,7 @@ async def test_the_only_origin_hung_is_offline_and_probes_cannot_revive_it_while
         registry.record_ok(origin, probe=True)  # the share's root still lists: the probe passes
     assert registry.offline and registry.statistics()[0].stuck == STUCK_LIMIT
     with pytest.raises(OriginOffline):  # at once: the kernel's retry of the read does not wait again
-        await registry.fetch("ok.flac", 0, 1000)
+        await registry.fetch_ranges("ok.flac", [(0, 1000)])
 
     release.set()
     await eventually_async(lambda: registry.statistics()[0].stuck == 0, 5, "the hung calls returned, uncounted")
