@@ -102,6 +102,7 @@ class Failing:
 
     def __init__(self, code: int):
         self.code = code
+        self.close_calls = 0
 
     def execute(self, *args):
         exc = sqlite3.OperationalError(f"error {self.code}")
@@ -111,6 +112,7 @@ class Failing:
     executemany = execute
 
     def close(self):
+        self.close_calls += 1
         exc = sqlite3.OperationalError("cannot close")
         exc.sqlite_errorcode = self.code
         raise exc
@@ -139,9 +141,12 @@ def test_each_failure_of_an_index_write_is_classed(store, code, error, said):
 
 def test_a_closed_index_is_neither_checkpointed_nor_closed_twice(store):
     store.close()
-    store._checkpoint()
+    store._checkpoint()  # no connection: nothing to fold back, and no error
     store._close_db()
-    index_module._close_quietly(Failing(SQLITE_IOERR))  # a connection that fails to close is let go
+    assert store._db is None and not store.available
+    failing = Failing(SQLITE_IOERR)
+    index_module._close_quietly(failing)  # a connection that fails to close is let go
+    assert failing.close_calls == 1
 
 
 def test_a_checkpoint_gives_the_wal_back(store):

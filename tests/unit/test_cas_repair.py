@@ -30,6 +30,31 @@ from musicfs_test_utils.cas_damage import (
 from musicfs_test_utils.fixtures import setup_test_cas
 
 
+def refuse_open(monkeypatch, error: OSError, digest: str | None = None) -> None:
+    """repair.py's open() raises `error` for the chunk file of `digest` (for every file when None)."""
+    real_open = open
+
+    def fake(path, *args, **kwargs):
+        if digest is None or str(path).endswith(digest):
+            raise error
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(repair_module, "open", fake, raising=False)
+
+
+def lying_disk(monkeypatch, back: bytes) -> None:
+    """A disk whose probe file reads back `back`, whatever was written."""
+    real_open = open
+
+    def fake(path, mode="r", *args, **kwargs):
+        fh = real_open(path, mode, *args, **kwargs)
+        if "probe." in str(path) and "r" in mode:
+            fh.read = lambda *a: back
+        return fh
+
+    monkeypatch.setattr(repair_module, "open", fake, raising=False)
+
+
 def test_what_a_rebuild_and_a_reconciliation_say():
     assert RebuildReport(chunks=3, bytes=3000).summary() == "3 chunk files (3000 bytes) verified and indexed"
     assert RebuildReport(chunks=2, bytes=20, quarantined=["a"]).summary() == (
@@ -129,30 +154,14 @@ def test_a_reconciliation_of_a_closed_or_broken_index_is_an_error(tmp_path, monk
     store.close()
 
 
-def test_a_probe_fails_on_its_failpoint_a_disk_that_fails_or_lies(tmp_path, monkeypatch):
+def test_a_probe_fails_on_its_failpoint_and_on_a_disk_that_fails(tmp_path, monkeypatch):
     store = setup_test_cas(tmp_path)
     store.probe()  # a healthy disk
     monkeypatch.setattr(repair_module, "fail_point", lambda name: "x" if name == points.CAS_PROBE else None)
     with pytest.raises(CasError, match=r"probe failed \(injected by failpoint\)"):
         store.probe()
     monkeypatch.undo()
-    real_open = open
-
-    def lying_open(path, mode="r", *args, **kwargs):
-        fh = real_open(path, mode, *args, **kwargs)
-        if "probe." in str(path) and "r" in mode:
-            fh.read = lambda *a: b"not what was written"
-        return fh
-
-    monkeypatch.setattr(repair_module, "open", lying_open, raising=False)
-    with pytest.raises(CasError, match="read back different bytes"):
-        store.probe()
-    monkeypatch.undo()
-
-    def failing_open(path, mode="r", *args, **kwargs):
-        raise OSError(5, "Input/output error", path)
-
-    monkeypatch.setattr(repair_module, "open", failing_open, raising=False)
+    refuse_open(monkeypatch, OSError(5, "Input/output error"))
     with pytest.raises(CasError, match=f"probe of {tmp_path} failed: Input/output error"):
         store.probe()
     monkeypatch.undo()
@@ -224,15 +233,8 @@ def test_a_chunk_the_reconciliation_cannot_read_is_an_error_naming_it(tmp_path, 
     digest = store.put(blob(11))
     store.close()
     drop_index_row(tmp_path, digest)  # an orphan that cannot be read
-    real_open = open
-
-    def unreadable(path, *args, **kwargs):
-        if str(path).endswith(digest):
-            raise PermissionError(13, "Permission denied", str(path))
-        return real_open(path, *args, **kwargs)
-
     again = setup_test_cas(tmp_path, reconcile_later=True)
-    monkeypatch.setattr(repair_module, "open", unreadable, raising=False)
+    refuse_open(monkeypatch, PermissionError(13, "Permission denied"), digest)
     with pytest.raises(CasError) as info:
         again.reconcile()
     assert str(info.value) == f"cache: cannot reconcile chunk {digest[:12]}: Permission denied"
@@ -270,14 +272,7 @@ def test_a_rebuild_that_loses_a_chunk_file_on_the_way_indexes_the_rest(tmp_path,
     store.close()
     os.unlink(tmp_path / "index.db")
     gone = digests[3]
-    real_open = open
-
-    def vanishing(path, *args, **kwargs):
-        if str(path).endswith(gone):
-            raise FileNotFoundError(2, "No such file or directory", str(path))
-        return real_open(path, *args, **kwargs)
-
-    monkeypatch.setattr(repair_module, "open", vanishing, raising=False)
+    refuse_open(monkeypatch, FileNotFoundError(2, "No such file or directory"), gone)
     with assert_logs(r"cache: index .*index\.db rebuilt: 9 chunk files \(9000 bytes\) verified and indexed", count=1):
         again = setup_test_cas(tmp_path)
     monkeypatch.undo()
@@ -323,12 +318,8 @@ def test_running_out_of_descriptors_while_reconciling_names_the_chunk(tmp_path, 
     digest = store.put(blob(51))
     store.close()
     drop_index_row(tmp_path, digest)
-
-    def exhausted(path, *args, **kwargs):
-        raise OSError(24, "Too many open files", str(path))
-
     again = setup_test_cas(tmp_path, reconcile_later=True)
-    monkeypatch.setattr(repair_module, "open", exhausted, raising=False)
+    refuse_open(monkeypatch, OSError(24, "Too many open files"))
     with pytest.raises(TooManyOpenFiles, match=rf"\(EMFILE\) reconciling chunk {digest[:12]};"):
         again.reconcile()
     monkeypatch.undo()
@@ -363,15 +354,8 @@ def test_a_resized_row_whose_file_went_is_dropped_and_said_once(tmp_path, monkey
     digest, other = store.put(blob(63)), store.put(blob(64))
     store.close()
     _lie_about_the_size(tmp_path, digest, 10)
-    real_open = open
-
-    def gone(path, *args, **kwargs):
-        if str(path).endswith(digest):
-            raise FileNotFoundError(2, "No such file or directory", str(path))
-        return real_open(path, *args, **kwargs)
-
     again = setup_test_cas(tmp_path, reconcile_later=True)
-    monkeypatch.setattr(repair_module, "open", gone, raising=False)
+    refuse_open(monkeypatch, FileNotFoundError(2, "No such file or directory"), digest)
     with assert_logs(r"cache: dropped 1 index rows whose chunk files are gone", count=1, level=20):
         report = again.reconcile()
     monkeypatch.undo()
@@ -384,15 +368,7 @@ def test_a_resized_row_whose_file_went_is_dropped_and_said_once(tmp_path, monkey
 @pytest.mark.parametrize("lie", [b"\x00" * 4096, b"\xff" * 4096])
 def test_a_probe_catches_a_disk_that_reads_back_other_bytes_either_way(tmp_path, monkeypatch, lie):
     store = setup_test_cas(tmp_path)
-    real_open = open
-
-    def lying_open(path, mode="r", *args, **kwargs):
-        fh = real_open(path, mode, *args, **kwargs)
-        if "probe." in str(path) and "r" in mode:
-            fh.read = lambda *a: lie
-        return fh
-
-    monkeypatch.setattr(repair_module, "open", lying_open, raising=False)
+    lying_disk(monkeypatch, lie)
     with pytest.raises(CasError, match="read back different bytes"):
         store.probe()
     monkeypatch.undo()

@@ -480,7 +480,7 @@ async def test_one_range_is_one_read_not_a_batch(tmp_path):
         rig.close()
 
 
-async def test_a_chunk_pinned_ahead_of_the_reader_and_the_next_one_too(rig):
+async def test_a_chunk_beyond_where_the_reader_unpinned_is_pinned(rig):
     loader = direct_loader(rig)
     of = open_file(loader, rig.row(PATH), unpinned_below=1)
     await loader.chunk(of, 2)
