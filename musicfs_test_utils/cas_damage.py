@@ -23,6 +23,16 @@ def chunk_file(cas: CasStore, digest: str) -> str:
     return os.path.join(cas.root, "chunks", digest[:2], digest)
 
 
+#: What a store that cannot open logs (an expected_log pattern).
+UNOPENED = r"cache: cannot open .*; reads go straight to the origins"
+
+
+def store_over_a_file(root) -> CasStore:
+    """A store whose folder is a regular file: it cannot open (unavailable until a probe finds the folder)."""
+    root.write_text("a file where the cache folder should be")
+    return CasStore(str(root), 1 << 20)
+
+
 def corrupt(cas: CasStore, digest: str) -> None:
     """Garbage over the start of the chunk's file: its bytes no longer have its name's hash."""
     with open(chunk_file(cas, digest), "r+b") as fh:

@@ -20,7 +20,7 @@ from musicfs.shared.damage import (
 )
 from musicfs.shared.errors import CacheFull, CacheUnavailable, CasError, CasIndexError
 from musicfs_test_utils.assertions import assert_logs
-from musicfs_test_utils.cas_damage import SIZE, blob
+from musicfs_test_utils.cas_damage import SIZE, UNOPENED, blob, store_over_a_file
 from musicfs_test_utils.fixtures import setup_test_cas
 
 REBUILT = r"cache: index .*index\.db rebuilt: 1 chunk files \(1000 bytes\) verified and indexed"
@@ -86,11 +86,10 @@ def test_an_index_with_another_schema_is_damaged_and_rebuilt(tmp_path):
     again.close()
 
 
-@pytest.mark.expected_log(r"cache: cannot open .*; reads go straight to the origins")
+@pytest.mark.expected_log(UNOPENED)
 def test_an_open_error_names_the_file(tmp_path):
     root = tmp_path / "cache"
-    root.write_text("not a folder")
-    store = CasStore(str(root), 1 << 20)
+    store = store_over_a_file(root)
     assert store.open_error == f"Not a directory: {root / 'chunks'}"
     with pytest.raises(CacheUnavailable) as info:
         store._write_index("INSERT INTO probe VALUES(1, 0)", ())

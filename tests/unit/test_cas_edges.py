@@ -26,10 +26,12 @@ from musicfs.shared.errors import (
 from musicfs_test_utils.assertions import assert_logs
 from musicfs_test_utils.cas_damage import (
     SIZE,
+    UNOPENED,
     blob,
     chunk_file,
     corrupt,
     drop_index_row,
+    store_over_a_file,
 )
 from musicfs_test_utils.fixtures import setup_test_cas
 
@@ -44,11 +46,10 @@ def thread(target) -> threading.Thread:
 
 
 # -- opening -----------------------------------------------------------------------------------------------------
-@pytest.mark.expected_log(r"cache: cannot open .*; reads go straight to the origins")
+@pytest.mark.expected_log(UNOPENED)
 def test_a_store_that_cannot_open_is_unavailable_until_a_probe_opens_it(tmp_path):
     root = tmp_path / "cache"
-    root.write_text("a file where the cache folder should be")
-    store = CasStore(str(root), 1 << 20)
+    store = store_over_a_file(root)
     assert not store.available and store.open_error
     assert store.usage() == (0, 0) and store.quarantine_usage() == (0, 0) and store.lru_loads == 0
     assert not store.reconcile_pending

@@ -10,7 +10,7 @@ import sqlite3
 import pytest
 
 from musicfs.cache import repair as repair_module
-from musicfs.cache.cas import CasStore, chunk_hash
+from musicfs.cache.cas import chunk_hash
 from musicfs.cache.repair import RebuildReport, ReconcileReport
 from musicfs.shared import points
 from musicfs.shared.errors import (
@@ -22,10 +22,12 @@ from musicfs.shared.errors import (
 from musicfs_test_utils.assertions import assert_logs
 from musicfs_test_utils.cas_damage import (
     SIZE,
+    UNOPENED,
     blob,
     chunk_file,
     corrupt,
     drop_index_row,
+    store_over_a_file,
 )
 from musicfs_test_utils.fixtures import setup_test_cas
 
@@ -169,11 +171,10 @@ def test_a_probe_fails_on_its_failpoint_and_on_a_disk_that_fails(tmp_path, monke
     store.close()
 
 
-@pytest.mark.expected_log(r"cache: cannot open .*; reads go straight to the origins")
+@pytest.mark.expected_log(UNOPENED)
 def test_a_probe_that_cannot_open_the_store_says_why(tmp_path):
     root = tmp_path / "cache"
-    root.write_text("a file where the cache folder should be")
-    store = CasStore(str(root), 1 << 20)
+    store = store_over_a_file(root)
     with pytest.raises(CasError) as info:
         store.probe()
     assert str(info.value) == f"cache: cannot open {root}: {store.open_error}" and not store.available
