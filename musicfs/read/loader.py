@@ -266,32 +266,64 @@ class ChunkLoader:
         await run_all(loads)
 
     async def _fetch_missing(self, of: OpenFile, missing: list[int], fetched: Callable[[], None]) -> None:
-        """Uncached chunks: consecutive ones nobody loads yet in one origin request (reads of any of them wait
-        for it, as _chunk, each until its own chunk is stored), else chunk by chunk. `fetched()` once no origin
-        request is left."""
-        keys = [(of.row.version, idx) for idx in missing]
-        if (len(missing) < 2 or missing != list(range(missing[0], missing[-1] + 1))
-                or any(k in self._inflight for k in keys)):  # (someone started one meanwhile)
-            try:
-                for idx in missing:
-                    await self.chunk(of, idx)
-            finally:
+        """Uncached chunks: each run of consecutive ones nobody loads yet is fetched in one origin request (reads of
+        any of them wait for it, as _chunk, each until its own chunk is stored), the runs side by side (one after
+        the other where the origin reads a stream only in order); a chunk somebody loads already (the reader's
+        own read got there first) is waited for, never fetched twice nor made to split the rest into chunk-by-chunk
+        requests. `fetched()` once no origin request is left."""
+        runs: list[list[int]] = []
+        waits: list[int] = []
+        for idx in missing:
+            if (of.row.version, idx) in self._inflight:
+                waits.append(idx)
+            elif runs and runs[-1][-1] == idx - 1:
+                runs[-1].append(idx)
+            else:
+                runs.append([idx])
+        # Registered before anything awaits: a read of any of these chunks from now on waits for this load.
+        claims = [self._claim(of, run) for run in runs]
+        left = len(runs)
+
+        def arrived() -> None:  # one run's bytes are in hand (or its request failed): fetched() after the last
+            nonlocal left
+            left -= 1
+            if left == 0:
                 fetched()
-            return
-        events = {key: trio.Event() for key in keys}
+
+        if not runs:
+            fetched()
+        loads = [(f"fetch-{run[0]}", functools.partial(self._fetch_run, of, run, events, arrived))
+                 for run, events in zip(runs, claims)]
+        loads += [(f"load-{idx}", functools.partial(self.chunk, of, idx)) for idx in waits]
+        try:
+            if of.origin is not None and of.origin.ordered:  # one request at a time on this stream
+                for _name, load in loads:
+                    await load()
+            else:
+                await run_all(loads)
+        finally:  # a run that never got to go (an earlier one failed) is no longer claimed, nor at the origin
+            for events in claims:
+                for key, event in events.items():
+                    self._release(key, event)
+            if left > 0:
+                left = 0
+                fetched()
+
+    def _claim(self, of: OpenFile, run: list[int]) -> dict[tuple[FileVersion, int], trio.Event]:
+        events = {(of.row.version, idx): trio.Event() for idx in run}
         self._inflight.update(events)
+        return events
 
-        def done(key) -> None:
-            self._fresh.pop(key, None)
-            if self._inflight.get(key) is events[key]:
-                del self._inflight[key]
-            events[key].set()
-
+    async def _fetch_run(self, of: OpenFile, run: list[int], events: dict[tuple[FileVersion, int], trio.Event],
+                         arrived: Callable[[], None]) -> None:
+        """Chunks of `run` (claimed: `events`) in one origin request, then each verified, stored and named at once;
+        readers take them as they arrive (`_fresh`). `arrived()` once the request is done."""
+        keys = list(events)
         try:
             try:
-                data, keep = await self._fetch_span(of, missing[0], missing[-1])
+                data, keep = await self._fetch_span(of, run[0], run[-1])
             finally:
-                fetched()
+                arrived()
             if not keep:  # racy: nobody else takes these bytes; each read fetches its own
                 return
             cs = self.chunk_size
@@ -303,10 +335,20 @@ class ChunkLoader:
                 try:
                     await self._store_fetched(of, idx, self._fresh[keys[n]], True)
                 finally:
-                    done(keys[n])
+                    self._release(keys[n], events[keys[n]])
 
             # The chunks are hashed, written and named at once, on the cache's and the catalog's threads.
-            await run_all([(f"store-{idx}", functools.partial(store, n, idx)) for n, idx in enumerate(missing)])
+            await run_all([(f"store-{idx}", functools.partial(store, n, idx)) for n, idx in enumerate(run)])
         finally:
             for key in keys:
-                done(key)
+                self._release(key, events[key])
+
+    def _release(self, key: tuple[FileVersion, int], event: trio.Event) -> None:
+        """A claimed chunk's load is over (stored, or not): readers waiting for it go on (and load it themselves
+        if it was not kept). Once per claim."""
+        if event.is_set():
+            return
+        self._fresh.pop(key, None)
+        if self._inflight.get(key) is event:
+            del self._inflight[key]
+        event.set()

@@ -10,7 +10,9 @@
   free again as soon as the batch's bytes are in hand (`fetched()`; at once, when the file's origin reads a
   stream in any order: SFTP's batches run on several connections), so the next batch reads on while the
   previous one is hashed and stored, and meanwhile the jobs queued behind it join into a bigger batch. The
-  bytes in flight are bounded for the whole daemon by `budget` (config `readahead`): a batch waits for room.
+  bytes in flight are bounded for the whole daemon by `budget` (config `readahead`), counted in chunks: a batch
+  waits (in turn, first come first served) until its chunks fit, so the small batch at a file's end goes beside
+  a big one rather than after it.
 * Next tracks' heads are queued at low priority: taken only when no window job waits.
 
 The load itself is the loader's (`fetch(key, indexes, fetched)`: the chunks into the caches, verified, calling
@@ -47,6 +49,43 @@ class ReadAheadStatistics:
     next_track: int  # chunks of next tracks queued
 
 
+class Room:
+    """Chunks that may be in flight, taken by batches of any size in the order they asked (a big batch is not
+    overtaken for ever by small ones); a batch takes at most the whole room."""
+
+    def __init__(self, chunks: int):
+        self.total = chunks
+        self.used = 0
+        self._waiters: collections.deque[tuple[int, trio.Event]] = collections.deque()
+
+    async def acquire(self, n: int) -> None:
+        n = min(n, self.total)
+        if not self._waiters and self.used + n <= self.total:
+            self.used += n
+            return
+        waiter = (n, trio.Event())
+        self._waiters.append(waiter)
+        try:
+            await waiter[1].wait()
+        except BaseException:
+            if waiter[1].is_set():  # granted as it was cancelled: give it back
+                self.release(n)
+            else:
+                self._waiters.remove(waiter)
+                self._grant()  # the one behind it may fit now
+            raise
+
+    def release(self, n: int) -> None:
+        self.used -= min(n, self.total)
+        self._grant()
+
+    def _grant(self) -> None:
+        while self._waiters and self.used + self._waiters[0][0] <= self.total:
+            n, event = self._waiters.popleft()
+            self.used += n
+            event.set()
+
+
 @dataclass(eq=False)
 class Lane:
     """The loads ahead of one handle (or of one next track's head)."""
@@ -73,9 +112,9 @@ class ReadAhead:
         self.workers = workers
         self.job_timeout = job_timeout
         # Up to `batch` consecutive chunks of one lane go to the origin as one request (fewer round trips);
-        # the budget is counted in batches: `budget // (batch * chunk)` of them in flight, at least one.
+        # the budget is counted in chunks (at least one batch of them).
         self.batch = max(1, min(batch, budget // chunk_size))
-        self._room = trio.CapacityLimiter(max(1, budget // (self.batch * chunk_size)))
+        self._room = Room(max(self.batch, budget // chunk_size))
         self._high: collections.deque[Job] = collections.deque()
         self._low: collections.deque[Job] = collections.deque()
         self._lot = trio.lowlevel.ParkingLot()
@@ -154,7 +193,7 @@ class ReadAhead:
                 continue
             self._waiting += len(jobs)
             try:
-                await self._room.acquire()
+                await self._room.acquire(len(jobs))
             finally:
                 self._waiting -= len(jobs)
             try:
@@ -164,7 +203,7 @@ class ReadAhead:
                     continue
                 await self._run(jobs)
             finally:
-                self._room.release()
+                self._room.release(len(jobs))
 
     async def _run(self, jobs: list[Job]) -> None:
         job = jobs[0]

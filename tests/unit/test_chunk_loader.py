@@ -328,14 +328,57 @@ async def test_read_ahead_fetches_a_run_of_missing_chunks_in_one_request_and_sto
     assert len(rig.recording.reads) == 2 and calls[-1] == 3
 
 
-async def test_read_ahead_of_scattered_chunks_loads_them_one_by_one(rig):
+async def test_read_ahead_of_scattered_chunks_asks_for_each_run_side_by_side(rig):
     loader = direct_loader(rig)
     row = rig.row(PATH)
     of = open_file(loader, row)
     calls = []
     await loader._fetch_missing(of, [0, 2], lambda: calls.append(1))
-    assert rig.recording.reads == [(0, CHUNK), (2 * CHUNK, CHUNK)] and calls == [1]
+    assert sorted(rig.recording.reads) == [(0, CHUNK), (2 * CHUNK, CHUNK)] and calls == [1]
     assert sorted(of.manifest) == [0, 2]
+
+
+async def test_a_chunk_the_reader_loads_already_leaves_the_rest_of_the_batch_one_request(tmp_path):
+    # the reader's own read of chunk 1 got to the origin first: read-ahead's batch 1..3 waits for that load and
+    # asks for 2..3 in one request, not chunk by chunk (one round trip each)
+    data = random.Random(12).randbytes(SIZE)
+    gate = Gate({PATH: data})
+    rig = memory_rig(tmp_path, MemoryOrigin(gate))
+    try:
+        loader = direct_loader(rig)
+        row = rig.row(PATH)
+        of = open_file(loader, row)
+        got, calls = [], []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: _append(got, loader.chunk(of, 1)))
+            await gate.wait_arrived()
+            nursery.start_soon(loader._fetch_missing, of, [1, 2, 3], lambda: calls.append(1))
+            await trio.testing.wait_all_tasks_blocked()
+            gate.open.set()
+        assert got == [piece(data, 1)] and calls == [1]
+        assert sorted(gate.reads) == [(CHUNK, CHUNK), (2 * CHUNK, SIZE - 2 * CHUNK)]
+        assert sorted(of.manifest) == [1, 2, 3] and loader.counts["origin_fetches"] == 3
+        assert loader._inflight == {} and loader._fresh == {}
+    finally:
+        rig.close()
+
+
+async def test_runs_that_never_went_are_no_longer_claimed_when_one_fails(rig, monkeypatch):
+    # on a stream read in order, the runs go one after the other: when the first fails, the second's chunks must
+    # not stay claimed (a reader of them would wait for a load that never comes)
+    loader = direct_loader(rig)
+    of = open_file(loader, rig.row(PATH))
+    loader.stream_origin(of)
+    monkeypatch.setattr(type(of.origin), "ordered", property(lambda self: True))
+
+    async def refused(*args, **kwargs):
+        raise OriginTransient("origin down")
+
+    monkeypatch.setattr(of.origin, "fetch_ranges", refused)
+    calls = []
+    with pytest.raises(OriginTransient):
+        await loader._fetch_missing(of, [0, 2], lambda: calls.append(1))
+    assert loader._inflight == {} and loader._fresh == {} and calls == [1]  # no origin request left: told once
 
 
 async def test_read_ahead_of_a_closed_file_does_nothing(rig):

@@ -7,7 +7,7 @@ import pytest
 import trio
 import trio.testing
 
-from musicfs.read.readahead import Lane, ReadAhead
+from musicfs.read.readahead import Lane, ReadAhead, Room
 
 CHUNK = 1 << 20
 READ = 128 << 10  # FUSE's read size
@@ -180,3 +180,69 @@ async def test_a_failing_fetch_is_counted_and_forgotten(running):
     await queued(ra, Lane("f"), [1, 2])
     stats = ra.statistics()
     assert stats.failed == stats.started == 2
+
+
+async def test_the_budget_is_counted_in_chunks_so_a_small_batch_goes_beside_a_big_one(running):
+    # a file's last few chunks need not wait for the whole batch before them to be stored
+    fetch = Fetches(hold=True)
+    ra = running(fetch, budget=20 * CHUNK, batch=16)
+    a, b = Lane("a"), Lane("b")
+    await queued(ra, a, range(1, 17))
+    await queued(ra, b, range(1, 4))
+    assert fetch.batches == [16, 3] and fetch.running == 19
+    await queued(ra, Lane("c"), range(1, 3))  # two more would pass the budget: it waits
+    assert fetch.batches == [16, 3] and ra.statistics().queued == 2
+    fetch.release.set()
+    await trio.testing.wait_all_tasks_blocked()
+    assert fetch.batches == [16, 3, 2] and fetch.most == 19
+
+
+async def test_a_big_batch_waiting_for_room_is_not_overtaken_by_small_ones():
+    room = Room(4)
+    order = []
+
+    async def take(name, n, hold):
+        await room.acquire(n)
+        order.append(name)
+        await hold.wait()
+        room.release(n)
+
+    holds = {name: trio.Event() for name in "abcd"}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(take, "a", 3, holds["a"])
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(take, "b", 4, holds["b"])  # waits for a
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(take, "c", 1, holds["c"])  # would fit now, but b asked first
+        await trio.testing.wait_all_tasks_blocked()
+        assert order == ["a"] and room.used == 3
+        holds["a"].set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert order == ["a", "b"] and room.used == 4
+        holds["b"].set()
+        holds["c"].set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert order == ["a", "b", "c"]
+    assert room.used == 0
+
+
+async def test_a_batch_cancelled_while_waiting_for_room_lets_the_one_behind_it_in():
+    room = Room(4)
+    await room.acquire(3)
+    got = []
+    first = trio.CancelScope()
+
+    async def take(n, scope=None):
+        with scope or trio.CancelScope():
+            await room.acquire(n)
+            got.append(n)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(take, 4, first)  # waits for the 3 taken
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(take, 1)  # fits, but waits behind the first
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == []
+        first.cancel()  # a seek: the first gives up its turn
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == [1] and room.used == 4
