@@ -8,6 +8,8 @@ by an option key (see `S3Origin.OPTION_KEYS`).
 One botocore client is shared by every worker thread (clients are thread-safe,
 sessions are not: the client is built once, under a lock). botocore never
 retries (total_max_attempts=1; its max_attempts=1 would mean one retry): retry policy lives above the origin.
+GETs, the bulk of the traffic (scans, streams), go as presigned URLs on that client's connection pool
+(`_get_object`), at less than half the CPU of its get_object.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from __future__ import annotations
 import calendar
 import contextlib
 import datetime as _dt
+import email.utils
+import html
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -80,6 +84,33 @@ def _requested_bytes(body: Any, response: dict, offset: int, length: int, total:
     whole = body.read()
     want = max(0, min(length, len(whole) - offset))
     return whole[offset:offset + length], want
+
+
+#: How long a GET's presigned URL is valid (it is sent at once).
+PRESIGNED_SECONDS = 300
+
+_ERROR_FIELD = re.compile(rb"<(Code|Message)>([^<]*)</\1>")
+
+
+def _client_error(status: int, document: bytes) -> Exception:
+    """A refused GET as the client's ClientError (what classify_s3_error sorts): the code and message of S3's
+    error document, else the HTTP status."""
+    from botocore.exceptions import ClientError
+
+    fields = {name.decode(): html.unescape(value.decode("utf-8", "replace"))
+              for name, value in _ERROR_FIELD.findall(document[:4096])}
+    error = {"Code": fields.get("Code") or str(status), "Message": fields.get("Message", "")}
+    return ClientError({"Error": error, "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+
+
+def _http_date(value: str | None) -> _dt.datetime | None:
+    """An HTTP date (Last-Modified) as a datetime; None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
 
 
 #: A part GET: a stream's read of a batch goes as this many bytes per GET, all at once. A server that pays a fixed
@@ -259,9 +290,8 @@ class S3Origin(Origin):
             raise ValueError(f"bad range offset={offset} length={length}")
         if length == 0:
             return b""
-        client = self._get_client()
         try:
-            response = client.get_object(**self._get_object_args(key, offset, length, expect))
+            response = self._get_object(key, offset, length, expect)
         except OriginError:
             raise
         except Exception as exc:
@@ -300,15 +330,43 @@ class S3Origin(Origin):
                 self._ranges_pool = ThreadPoolExecutor(self.max_pool_connections, thread_name_prefix="s3-ranges")
             return self._ranges_pool
 
-    def _get_object_args(self, key: str, offset: int, length: int, expect: FileStat | None) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {
-            "Bucket": self.bucket,
-            "Key": key,
-            "Range": f"bytes={offset}-{offset + length - 1}",
-        }
+    def _get_object(self, key: str, offset: int, length: int, expect: FileStat | None) -> dict[str, Any]:
+        """One ranged GET (If-Match on the expected ETag), answered as the client's get_object answers: a
+        refusal raises ClientError (its code from the error document), else the response's fields and Body.
+
+        Sent as a presigned URL on the client's own connection pool (its endpoint, TLS, proxy and timeouts):
+        botocore's whole request pipeline costs about 2 ms of CPU per GET under the GIL, this about 0.8 ms,
+        and a scan or a read-ahead stream is made of GETs."""
+        headers = {"Range": f"bytes={offset}-{offset + length - 1}"}
         if expect is not None and expect.etag:
-            kwargs["IfMatch"] = f'"{expect.etag}"'
-        return kwargs
+            headers["If-Match"] = f'"{expect.etag}"'
+        status, answer, body = self._send_get(key, headers)
+        if status >= 300:
+            try:
+                document = body.read()
+            finally:
+                body.close()
+            raise _client_error(status, document)
+        length_header = answer.get("Content-Length")
+        return {"Body": body, "ETag": answer.get("ETag"), "LastModified": _http_date(answer.get("Last-Modified")),
+                "ContentRange": answer.get("Content-Range"),
+                "ContentLength": int(length_header) if length_header and length_header.isdigit() else None}
+
+    def _send_get(self, key: str, headers: dict[str, str]) -> tuple[int, Any, Any]:
+        """The HTTP exchange of a GET of `key`: (status, headers, body); the body has read() and close()."""
+        from botocore.awsrequest import AWSPreparedRequest
+
+        client = self._get_client()
+        url = client.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": key},
+                                            ExpiresIn=PRESIGNED_SECONDS)
+        try:
+            response = client._endpoint.http_session.send(AWSPreparedRequest("GET", url, headers, None, True))
+        except Exception as exc:  # a transport error names the URL: not its signed query (one line, no token)
+            kwargs = getattr(exc, "kwargs", None)
+            if not isinstance(kwargs, dict) or "?" not in str(kwargs.get("endpoint_url", "")):
+                raise
+            raise type(exc)(**{**kwargs, "endpoint_url": url.split("?", 1)[0]}) from None
+        return response.status_code, response.headers, response.raw
 
     def _read_body(
         self, response: dict, path: str, key: str, offset: int, length: int, expect: FileStat | None

@@ -11,14 +11,13 @@ OriginFileChanged), each guard alone is needed: every test below fails when that
 from __future__ import annotations
 
 import datetime
+import email.utils
 import io
 import os
 import re
 from dataclasses import dataclass, field
 
 import pytest
-from botocore.exceptions import ClientError
-
 from musicfs.origins.local import LocalOrigin
 from musicfs.origins.s3 import S3Origin
 from musicfs.shared import OriginFileChanged
@@ -29,7 +28,8 @@ MODIFIED = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)  # both versions i
 
 @dataclass
 class Bucket:
-    """A boto3 client's get_object/head_object over one object, behaving as a given server does."""
+    """One object behind S3's HTTP API, answering as a given server does: HEAD through the client, GETs as the
+    origin sends them (S3Origin._send_get: status, headers, body)."""
 
     data: bytes
     etag: str
@@ -43,19 +43,20 @@ class Bucket:
     def head_object(self, Bucket: str, Key: str) -> dict:  # noqa: N803 (boto3's names)
         return {"ContentLength": len(self.data), "ETag": f'"{self.etag}"', "LastModified": MODIFIED}
 
-    def get_object(self, Bucket: str, Key: str, Range: str, IfMatch: str | None = None) -> dict:  # noqa: N803
-        self.gets.append({"Range": Range, "IfMatch": IfMatch})
-        if self.honours_if_match and IfMatch is not None and IfMatch.strip('"') != self.etag:
-            raise ClientError({"Error": {"Code": "PreconditionFailed", "Message": "At least one of the pre-conditions "
-                                         "you specified did not hold"}, "ResponseMetadata": {"HTTPStatusCode": 412}},
-                              "GetObject")
-        first, last = map(int, re.fullmatch(r"bytes=(\d+)-(\d+)", Range).groups())
+    def send_get(self, key: str, headers: dict[str, str]) -> tuple[int, dict, io.BytesIO]:
+        self.gets.append(dict(headers))
+        if_match = headers.get("If-Match")
+        if self.honours_if_match and if_match is not None and if_match.strip('"') != self.etag:
+            return 412, {}, io.BytesIO(b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>PreconditionFailed"
+                                       b"</Code><Message>At least one of the pre-conditions you specified did not "
+                                       b"hold</Message></Error>")
+        first, last = map(int, re.fullmatch(r"bytes=(\d+)-(\d+)", headers["Range"]).groups())
         body = self.data[first:last + 1]
-        response = {"Body": io.BytesIO(body), "ContentLength": len(body), "LastModified": MODIFIED,
-                    "ContentRange": f"bytes {first}-{first + len(body) - 1}/{len(self.data)}"}
+        answer = {"Content-Length": str(len(body)), "Last-Modified": email.utils.format_datetime(MODIFIED, True),
+                  "Content-Range": f"bytes {first}-{first + len(body) - 1}/{len(self.data)}"}
         if self.sends_etag:
-            response["ETag"] = f'"{self.etag}"'
-        return response
+            answer["ETag"] = f'"{self.etag}"'
+        return 206, answer, io.BytesIO(body)
 
     def close(self) -> None:
         pass
@@ -63,7 +64,8 @@ class Bucket:
 
 def s3_over(bucket: Bucket) -> S3Origin:
     origin = S3Origin("s3://b/", "b")
-    origin._client = bucket  # the client it would make: this server's behaviour instead
+    origin._client = bucket  # the client it would make (HEAD): this server's behaviour instead
+    origin._send_get = bucket.send_get  # and its GETs
     return origin
 
 
@@ -87,7 +89,7 @@ def test_s3_a_replaced_object_is_never_read_for_the_old_version(honours_if_match
         origin.read("a.flac", 0, 1024, expect)
     with pytest.raises(OriginFileChanged, match="a.flac"), origin.open_stream("a.flac", expect) as stream:
         stream.read_ranges([(0, 1024), (1024, 1024)])
-    assert bucket.gets and all(g["IfMatch"] == '"old"' for g in bucket.gets)
+    assert bucket.gets and all(g["If-Match"] == '"old"' for g in bucket.gets)
 
 
 def test_s3_if_match_is_all_that_guards_a_server_without_etags_on_ranged_gets():

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
 import errno
+import io
+import re
 import socket
 
 import botocore.exceptions as bce
@@ -121,6 +124,69 @@ def test_s3_short_read_and_timeout_are_transient() -> None:
     assert issubclass(ShortRead, OriginTransient) and issubclass(OriginTimeout, OriginTransient)
     err = classify_s3_error(bce.IncompleteReadError(actual_bytes=1, expected_bytes=2), ORIGIN, KEY)
     assert err.kind == "transient"
+
+
+class Answers:
+    """S3's HTTP answers to the origin's GETs (S3Origin._send_get), one per GET, in order."""
+
+    def __init__(self, *answers: tuple[int, dict, bytes]):
+        self.answers = list(answers)
+
+    def __call__(self, key, headers):
+        status, fields, body = self.answers.pop(0)
+        return status, fields, io.BytesIO(body)
+
+
+def error_document(code: str, message: str) -> bytes:
+    return (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message>'
+            f"<Key>song.flac</Key><RequestId>4442587FB7D0A2F9</RequestId></Error>").encode()
+
+
+@pytest.mark.parametrize(
+    "status,body,expected,words",
+    [
+        (404, error_document("NoSuchKey", "The specified key does not exist."), OriginNotFound, "NoSuchKey"),
+        (403, error_document("AccessDenied", "Access &amp; denied"), OriginPermission, "AccessDenied (Access & denied)"),
+        (412, error_document("PreconditionFailed", "no"), OriginFileChanged, "changed at the origin"),
+        (503, error_document("SlowDown", "Please reduce your request rate."), OriginTransient, "SlowDown"),
+        (502, b"<html><body>Bad Gateway</body></html>", OriginTransient, "502"),  # a proxy's page, not S3's
+        (400, b"", OriginFatal, "400"),
+    ],
+)
+def test_s3_a_refused_get_is_classed_by_its_error_document(status, body, expected, words) -> None:
+    origin = S3Origin(ORIGIN, "bucket", "music")
+    origin._send_get = Answers((status, {}, body))
+    with pytest.raises(expected, match=re.escape(words)) as caught:
+        origin.read("song.flac", 0, 10)
+    assert "song.flac" in str(caught.value)
+
+
+def test_s3_a_get_past_the_end_reads_nothing_once_the_object_is_the_one_expected() -> None:
+    origin = S3Origin(ORIGIN, "bucket", "music")
+    origin._send_get = Answers((416, {}, error_document("InvalidRange", "The requested range is not satisfiable")))
+    assert origin.read("song.flac", 100, 10) == b""
+
+
+def test_s3_a_get_reads_its_answer_fields_and_refuses_a_short_body() -> None:
+    origin = S3Origin(ORIGIN, "bucket", "music")
+    fields = {"Content-Range": "bytes 0-9/100", "Content-Length": "10", "ETag": '"abc"',
+              "Last-Modified": "Mon, 07 Dec 2026 17:02:19 GMT"}
+    origin._send_get = Answers((206, fields, b"0123456789"), (206, fields, b"01234"))
+    response = origin._get_object("music/song.flac", 0, 10, None)
+    assert response["ETag"] == '"abc"' and response["ContentLength"] == 10 and response["Body"].read() == b"0123456789"
+    assert response["LastModified"] == datetime.datetime(2026, 12, 7, 17, 2, 19, tzinfo=datetime.timezone.utc)
+    with pytest.raises(ShortRead, match="got 5 bytes"):
+        origin.read("song.flac", 0, 10)
+
+
+def test_s3_a_transport_error_names_the_url_without_its_signed_query(monkeypatch) -> None:
+    origin = S3Origin(ORIGIN, "bucket", "music", endpoint_url="http://127.0.0.1:9", access_key_id="AKIAEXAMPLEKEY000000",
+                      secret_access_key="x" * 40, connect_timeout=0.5)
+    with pytest.raises(OriginTransient) as caught:
+        origin.read("song.flac", 0, 10)
+    text = str(caught.value)
+    assert "http://127.0.0.1:9/bucket/music/song.flac" in text and "?" not in text and "X-Amz" not in text
+    origin.close()
 
 
 def test_s3_origin_errors_pass_through() -> None:
