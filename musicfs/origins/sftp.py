@@ -59,7 +59,7 @@ DEFAULT_POOL_TIMEOUT = 30.0
 #: chunk costs about one round trip.
 PIPELINE_REQUESTS = 16
 #: Folders listed and links resolved at once by a walk.
-WALK_PARALLELISM = 16
+WALK_PARALLELISM = 64
 
 T = TypeVar("T")
 
