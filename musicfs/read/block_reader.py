@@ -31,13 +31,10 @@ class BlockReader:
         `to_chunk_end`: the last gap is fetched on to the end of its chunk (or the next block in hand), in the
         same request, so a reader about to stream needs one request for the rest of the chunk, not one a read."""
         row = of.row
-        if of.blocks is None:
-            rows = await self.loader.thread(self.loader.catalog.blocks, row.version)
-            if of.blocks is None:  # another read may have loaded them meanwhile
-                of.blocks = [Block(*r) for r in rows]
+        await self._load_blocks(of)
         got: dict[Block, bytes] = {}  # bytes in hand for this read: verified from the cache, or just fetched
         while True:
-            usable = set(got) | {b for b in of.blocks if self.loader.memory.has(b.digest) or self.loader.cache.may_have(b.digest)}
+            usable = set(got) | self._usable(of)
             used, gaps = cover(offset, end, usable)
             missing = [b for b in used if b not in got]
             if missing:
@@ -75,6 +72,23 @@ class BlockReader:
             out += got[b][pos - b.offset : min(end, b.end) - b.offset]
             pos = min(end, b.end)
         return bytes(out)
+
+    async def holds(self, of: OpenFile, offset: int, end: int) -> bool:
+        """Whether blocks in hand cover [offset, end) whole (a small file the scan read for its tags, all of it):
+        read there, it needs no origin request."""
+        await self._load_blocks(of)
+        return not cover(offset, end, self._usable(of))[1]
+
+    async def _load_blocks(self, of: OpenFile) -> None:
+        """The file's blocks recorded in the catalog, once per open file."""
+        if of.blocks is None:
+            rows = await self.loader.thread(self.loader.catalog.blocks, of.row.version)
+            if of.blocks is None:  # another read may have loaded them meanwhile
+                of.blocks = [Block(*r) for r in rows]
+
+    def _usable(self, of: OpenFile) -> set[Block]:
+        """The file's blocks memory or the cache holds (a get still verifies each)."""
+        return {b for b in of.blocks or () if self.loader.memory.has(b.digest) or self.loader.cache.may_have(b.digest)}
 
     async def _fetch_blocks(self, of: OpenFile, wanted: list[tuple[int, int]],
                             keys: list[tuple[FileVersion, int]]) -> dict[Block, bytes]:

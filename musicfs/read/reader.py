@@ -208,7 +208,7 @@ class FileReader:
                 base = plan.first * cs
                 return memoryview(data)[offset - base:end - base]
         with trio.fail_after(self.read_timeout):
-            if plan.blocks:
+            if plan.blocks or await self._blocks_hold(of, plan, offset, end):
                 out = await self.blocks.read(of, offset, end, plan.to_chunk_end)
             else:
                 parts = []
@@ -219,6 +219,13 @@ class FileReader:
                 out = parts[0] if len(parts) == 1 else b"".join(parts)
         self._after(handle, of, plan)
         return out
+
+    async def _blocks_hold(self, of: OpenFile, plan: ReadPlan, offset: int, end: int) -> bool:
+        """A read planned from chunks that are not in hand, whose bytes blocks hold whole (a small file the scan
+        read all of): served from the blocks, with no origin request."""
+        if self.blocks is None or all(self.loader.ready(of, idx) for idx in range(plan.first, plan.last + 1)):
+            return False
+        return await self.blocks.holds(of, offset, end)
 
     def _after(self, handle: Handle, of: OpenFile, plan: ReadPlan) -> None:
         """What a plan asks once its read is served: what the reader passed is released (one reader), the

@@ -110,6 +110,24 @@ async def test_a_probe_of_a_never_scanned_region_fetches_only_the_aligned_block(
     assert restarted.statistics().block_hits == 3  # the two blocks across the edge, and the tail
 
 
+async def test_a_small_file_whose_blocks_are_in_hand_is_read_whole_without_the_origin(tmp_path):
+    # a scan reads small files whole for their tags and keeps the bytes as blocks; a player's (or a copy's) read of
+    # the whole file covers its one chunk, which is not in hand: the blocks serve it
+    small = "album/short.mp3"
+    r = build(tmp_path, {small: random.Random(3).randbytes(9000)})
+    try:
+        row, data = r.row(small), r.recording.files[small]
+        assert await read(r.reader, row, 100, 50) == data[100:150]  # a probe: the aligned block is the whole file
+        assert r.recording.reads == [(small, 0, 9000)]
+        r.recording.reads.clear()
+        reader = r.new_reader()
+        assert await read(reader, row, 0, 16384) == data
+        assert r.recording.reads == [] and reader.statistics().block_hits == 1
+        assert reader.statistics().origin_fetches == 0
+    finally:
+        r.close()
+
+
 async def test_a_cached_chunk_serves_small_reads_and_a_whole_chunk_read_fetches_the_chunk(rig):
     row, data = rig.row(BIG), rig.recording.files[BIG]
     assert await read(rig.reader, row, CHUNK, CHUNK) == data[CHUNK:2 * CHUNK]  # a pin's read: the whole chunk

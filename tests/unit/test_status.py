@@ -364,10 +364,12 @@ async def test_the_daemon_snapshot_is_the_components_statistics_records(small_li
         lib.close()
     assert set(doc["cache"]) == {f.name for f in fields(CacheStatistics)}
     assert doc["cache"]["state"] == "normal" and doc["cache"]["used_bytes"] == sum(held.values())
-    assert doc["reader"]["origin_fetches"] == 1 and doc["cache"]["chunks"] == len(held)
-    assert doc["reader"]["block_fetches"] == 0 and doc["reader"]["open_handles"] == 1
+    # the scan read this small track whole for its tags: the read is served from those blocks, no origin request
+    assert doc["reader"]["origin_fetches"] == 0 and doc["cache"]["chunks"] == len(held)
+    assert doc["reader"]["block_fetches"] == 0 and doc["reader"]["block_hits"] >= 1
+    assert doc["reader"]["open_handles"] == 1
     [origin] = doc["origins"]
-    assert origin["bytes_fetched"] == scanned.bytes_fetched + row.size and scanned.bytes_fetched > 0
+    assert origin["bytes_fetched"] == scanned.bytes_fetched > 0
     assert origin["results"] == {"ok": origin["requests"]}
     assert doc["fuse"]["requests"] == 0 and doc["tasks"] == {} and doc["degraded"] == []
     text = render_table(doc)
