@@ -108,17 +108,20 @@ class PagePusher:
         while True:
             while not self._queue:
                 await self._lot.park()
-            push = self._queue.popleft()
-            self._queued -= len(push.data)
-            await trio.to_thread.run_sync(self._push, push, limiter=self._limiter, abandon_on_cancel=True)
+            # everything queued goes in one thread call: a thread hop per chunk let a fast reader overtake its pushes
+            pushes = list(self._queue)
+            self._queue.clear()
+            self._queued -= sum(len(push.data) for push in pushes)
+            await trio.to_thread.run_sync(self._push_all, pushes, limiter=self._limiter, abandon_on_cancel=True)
 
     async def retire(self, inodes: list[int]) -> None:
         """The tree no longer has these inodes (their files changed or went): no push reaches them from now on (in a
         worker thread, after the push under way). Their pages stay for the handles opened before the change."""
         if inodes:
-            with trio.move_on_after(10.0):
-                await trio.to_thread.run_sync(self._retire, list(inodes), limiter=self._limiter,
-                                              abandon_on_cancel=True)
+            for inode in inodes:  # the pushes still queued for them are dropped when their turn comes
+                self._bound.pop(inode, None)
+            with trio.move_on_after(10.0):  # (not behind the queued pushes: on a thread of its own)
+                await trio.to_thread.run_sync(self._retire, list(inodes), abandon_on_cancel=True)
 
     def statistics(self) -> PagePushStatistics:
         return PagePushStatistics(enabled=self.enabled, pushed_bytes=self._pushed_bytes, pushes=self._pushes,
@@ -127,6 +130,10 @@ class PagePusher:
                                   failed_by_errno=dict(self._errnos), retired=self._retired)
 
     # -- worker threads ----------------------------------------------------------------------------------
+    def _push_all(self, pushes: list[_Push]) -> None:
+        for push in pushes:
+            self._push(push)
+
     def _push(self, push: _Push) -> None:
         view = memoryview(push.data)
         with self._lock:
@@ -155,7 +162,7 @@ class PagePusher:
             log.debug("page cache: a push was refused (%s); its pages are read the normal way", name)
 
     def _retire(self, inodes: list[int]) -> None:
-        with self._lock:  # after the store under way: none follows
+        with self._lock:  # after the store under way: none follows (unbound already, _push drops the rest)
             for inode in inodes:
                 self._bound.pop(inode, None)
                 self._retired += 1

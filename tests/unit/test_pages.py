@@ -95,6 +95,28 @@ async def test_a_retirement_waits_for_the_push_under_way_and_no_push_follows_it(
     assert pages.statistics().dropped_stale == 1 and pages.statistics().retired == 1
 
 
+async def test_what_queues_while_a_push_is_under_way_goes_in_one_thread_call(pusher, monkeypatch):
+    # a thread hop per chunk let a fast reader overtake its pushes: the worker takes everything queued at once
+    pages, kernel = pusher
+    calls = []
+    push_all = pages._push_all
+
+    def recorded(pushes):
+        calls.append(len(pushes))
+        push_all(pushes)
+
+    monkeypatch.setattr(pages, "_push_all", recorded)
+    pages.bind(5, V1)
+    kernel.hold.clear()
+    pages.offer(5, V1, 0, b"a" * 4096, size=1 << 20)
+    await eventually_async(kernel.entered.is_set, 10, "the first store under way")
+    for n in range(1, 4):
+        pages.offer(5, V1, n * 4096, b"b" * 4096, size=1 << 20)
+    kernel.hold.set()
+    await drained(pages, 4)
+    assert calls == [1, 3] and [o for _, o, _ in kernel.stored] == [0, 4096, 8192, 12288]
+
+
 async def test_a_full_queue_drops_the_offer(pusher):
     pages, kernel = pusher
     pages.bind(5, V1)
