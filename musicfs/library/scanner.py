@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -150,15 +151,14 @@ class Scanner:
     def scan(self) -> ScanResult:
         """One full pass. Blocking: run it in a worker thread."""
         started = time.monotonic()
-        origin = self._pick_origin()
-        listing, not_audio, hidden = [], 0, 0
-        for st in origin.walk():
-            if is_hidden(st.path, self.include_hidden):
-                hidden += 1
-            elif not tags.classify(st.path):
-                not_audio += 1
-            else:
-                listing.append(st)
+        # mutagen's format modules are imported while the listing waits on the network, not by the first parse of
+        # every reading thread at once (they would queue on the import lock)
+        parsers = threading.Thread(target=tags.load_parsers, name="scan-parsers", daemon=True)
+        parsers.start()
+        try:
+            origin, listing, not_audio, hidden = self._list()
+        finally:
+            parsers.join()
         listing.sort(key=lambda st: st.path)
         walked = self.registry.wall_clock()  # every listed version existed by now (racy versions: its `seen`)
         # Origins escape names that are not UTF-8 (origins/base.py escape_name); one that does not
@@ -188,6 +188,20 @@ class Scanner:
             self.registry.adopt_identities(origin)  # committed: the catalog holds this origin's identities
         result.seconds = time.monotonic() - started
         return result
+
+    def _list(self) -> tuple[Origin, list[FileStat], int, int]:
+        """The origin to scan and its audio files (unsorted), with the counts of files that are not audio and of
+        hidden ones."""
+        origin = self._pick_origin()
+        listing, not_audio, hidden = [], 0, 0
+        for st in origin.walk():
+            if is_hidden(st.path, self.include_hidden):
+                hidden += 1
+            elif not tags.classify(st.path):
+                not_audio += 1
+            else:
+                listing.append(st)
+        return origin, listing, not_audio, hidden
 
     def _wait_until_settled(self, origin: Origin, todo: list[FileStat], walked: float) -> None:
         """Before the scan returns: wait what is left of a timestamp resolution and the margin since the listing

@@ -223,6 +223,15 @@ class _ID3Keys:
         return self.id3[_ID3_FRAMES[key]]
 
 
+def load_parsers() -> None:
+    """Import every format module mutagen.File may try. It imports them on its first call (20-30 ms), and the scan's
+    threads, which parse at once, would all wait on the import lock meanwhile."""
+    try:
+        mutagen.File(io.BytesIO(b"\0" * 64))
+    except Exception:  # nothing recognises 64 zero bytes; whatever it says, the modules are imported
+        pass
+
+
 def parse(fileobj: RangeFile) -> Tags | None:
     """Tags of an audio file, or None when mutagen does not recognise it."""
     audio = mutagen.File(fileobj, easy=True)
