@@ -9,7 +9,7 @@ What a plan says, and why:
   several reads at once; or past chunks pushed into the page cache, which the reader read there) extends the
   handle's run; any other read is a seek: the run starts again and what
   was planned ahead of the old run is dropped (`restart`). Once a run covers `min_run` bytes (a chunk: a tag
-  reader's head read never gets there), chunks are loaded ahead: 2 at first, doubling each time the reader
+  reader's head read never gets there), chunks are loaded ahead: 4 at first, doubling each time the reader
   enters a new chunk, up to `max_window`.
 * **the next track.** When a stream reads into its file's last chunk, the first chunks of the next track of
   its album folder are loaded too (once per handle).
@@ -57,13 +57,16 @@ class ReadPlan:
 
 class ReadPolicy:
     def __init__(self, chunk_size: int, *, block_size: int = 0, readahead: bool = True, max_window: int = 32,
-                 min_run: int | None = None, next_track_chunks: int = 2):
+                 min_run: int | None = None, next_track_chunks: int = 2, first_window: int = 4):
         """`block_size`: what a small read outside a stream fetches (0: reads always load whole chunks);
-        `readahead`: whether handles are followed at all; `max_window`: chunks kept ahead of one reader."""
+        `readahead`: whether handles are followed at all; `max_window`: chunks kept ahead of one reader;
+        `first_window`: chunks ahead when a run opens its window (4: every request costs a round trip, and none of
+        the tag scanners bench/media_scan.py runs reads a chunk in a row, so none opens a window)."""
         self.chunk_size = chunk_size
         self.block_size = block_size if 0 < block_size < chunk_size else 0
         self.readahead = readahead
         self.max_window = max(2, max_window)
+        self.first_window = max(1, min(first_window, self.max_window))
         self.min_run = chunk_size if min_run is None else min_run
         self.tolerance = max(chunk_size, 256 << 10)  # reads the kernel sends at once arrive a little out of order
         self.next_track_chunks = next_track_chunks
@@ -131,7 +134,7 @@ class ReadPolicy:
             return restart, range(0), 0
         current = (end - 1) // self.chunk_size  # the read ends within the file
         if not h.window:
-            h.window = 2
+            h.window = self.first_window
         elif current > h.last_chunk:
             h.window = min(self.max_window, h.window * 2)  # the reader keeps up: look further
         h.last_chunk = current

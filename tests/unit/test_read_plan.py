@@ -32,7 +32,7 @@ def test_sequential_reads_open_a_window_that_grows_to_its_bound():
     h = policy.history(40 * CHUNK)
     assert ahead(sequential(policy, h, 0, CHUNK - READ)) == []  # less than a chunk read: nothing ahead yet
     plans = sequential(policy, h, CHUNK - READ, CHUNK)
-    assert ahead(plans) == [1, 2] and plans[-1].sequential  # the window opens at 2 chunks
+    assert ahead(plans) == [1, 2, 3, 4] and plans[-1].sequential  # the window opens at 4 chunks
     indexes = ahead(sequential(policy, h, CHUNK, 6 * CHUNK))
     assert len(indexes) == len(set(indexes)), "a chunk was planned twice"
     assert max(indexes) == 5 + 8  # 8 chunks (max_window) ahead of chunk 5
@@ -121,8 +121,8 @@ def test_a_whole_file_read_in_half_chunks_gives_exactly_these_plans():
     h = policy.history(8 * CHUNK)
     plans = [policy.plan(h, off, off + HALF, nothing_ready) for off in range(0, 8 * CHUNK, HALF)]
     assert [list(p.ahead) for p in plans] == [
-        [], [1, 2],  # chunk 0: a chunk read in a row opens a window of 2
-        [3, 4, 5], [],  # chunk 1: the window doubles to 4 (max_window) ahead of chunk 1
+        [], [1, 2, 3, 4],  # chunk 0: a chunk read in a row opens a window of 4 (max_window here)
+        [5], [],  # chunk 1: 4 ahead of chunk 1, one more
         [6], [], [7], [],  # then one more chunk each time the reader enters one, never past the last
         [], [], [], [], [], [], [], []]
     assert [p.next_head for p in plans] == [0] * 14 + [2, 0]  # the next track's head: once, entering the last chunk
@@ -138,13 +138,13 @@ def test_the_window_opens_at_exactly_min_run_bytes_from_the_first_byte():
     policy = ReadPolicy(CHUNK)
     h = policy.history(8 * CHUNK)
     assert policy.plan(h, 0, CHUNK - 1, nothing_ready).ahead == range(0) and h.run == CHUNK - 1
-    assert policy.plan(h, CHUNK - 1, CHUNK, nothing_ready).ahead == range(1, 3)
+    assert policy.plan(h, CHUNK - 1, CHUNK, nothing_ready).ahead == range(1, 5)
     one_read = policy.history(8 * CHUNK)
-    assert policy.plan(one_read, 0, CHUNK, nothing_ready).ahead == range(1, 3)
+    assert policy.plan(one_read, 0, CHUNK, nothing_ready).ahead == range(1, 5)
     later = ReadPolicy(CHUNK, min_run=3 * HALF)
     h = later.history(8 * CHUNK)
     assert not list(later.plan(h, 0, CHUNK, nothing_ready).ahead)
-    assert list(later.plan(h, CHUNK, CHUNK + HALF, nothing_ready).ahead) == [2, 3]
+    assert list(later.plan(h, CHUNK, CHUNK + HALF, nothing_ready).ahead) == [2, 3, 4, 5]
 
 
 def test_the_window_defaults_to_32_chunks_and_is_never_below_2():
@@ -197,7 +197,7 @@ def test_a_restart_opens_a_new_window_from_where_it_landed():
     for off in range(0, 4 * CHUNK, HALF):
         policy.plan(h, off, off + HALF, nothing_ready)
     policy.plan(h, 20 * CHUNK, 20 * CHUNK + HALF, nothing_ready)
-    assert policy.plan(h, 20 * CHUNK + HALF, 21 * CHUNK, nothing_ready).ahead == range(21, 23)
+    assert policy.plan(h, 20 * CHUNK + HALF, 21 * CHUNK, nothing_ready).ahead == range(21, 25)
 
 
 def test_streaming_soon_starts_at_half_a_mebibyte_read_in_a_row():
@@ -287,16 +287,21 @@ def test_the_window_doubles_each_new_chunk_up_to_its_bound_and_not_on_a_step_bac
     for off in range(0, 6 * CHUNK, CHUNK):
         policy.plan(h, off, off + CHUNK, nothing_ready)
         windows.append(h.window)
-    assert windows == [2, 4, 8, 16, 16, 16]
+    assert windows == [4, 8, 16, 16, 16, 16]
+    slow_start = ReadPolicy(CHUNK, max_window=16, first_window=2)
+    h = slow_start.history(100 * CHUNK)
+    assert [slow_start.plan(h, off, off + CHUNK, nothing_ready) and h.window
+            for off in range(0, 5 * CHUNK, CHUNK)] == [2, 4, 8, 16, 16]
+    assert ReadPolicy(CHUNK, max_window=3).first_window == 3  # never past the bound
     narrow = ReadPolicy(CHUNK, max_window=16)
     h = narrow.history(100 * CHUNK)
-    narrow.plan(h, 0, 2 * CHUNK, nothing_ready)  # into chunk 1: a window of 2
-    narrow.plan(h, 2 * CHUNK, 2 * CHUNK + HALF, nothing_ready)  # chunk 2: 4
-    assert h.window == 4
-    narrow.plan(h, CHUNK + HALF, 2 * CHUNK, nothing_ready)  # the kernel's reads a little out of order: chunk 1
-    assert h.window == 4 and h.last_chunk == 1
-    narrow.plan(h, 2 * CHUNK + HALF, 3 * CHUNK, nothing_ready)  # chunk 2 again: entered anew, so it doubles
+    narrow.plan(h, 0, 2 * CHUNK, nothing_ready)  # into chunk 1: a window of 4
+    narrow.plan(h, 2 * CHUNK, 2 * CHUNK + HALF, nothing_ready)  # chunk 2: 8
     assert h.window == 8
+    narrow.plan(h, CHUNK + HALF, 2 * CHUNK, nothing_ready)  # the kernel's reads a little out of order: chunk 1
+    assert h.window == 8 and h.last_chunk == 1
+    narrow.plan(h, 2 * CHUNK + HALF, 3 * CHUNK, nothing_ready)  # chunk 2 again: entered anew, so it doubles
+    assert h.window == 16
 
 
 def test_the_last_chunk_a_read_touches_counts_its_last_byte_only():
@@ -361,13 +366,13 @@ def test_a_read_one_byte_into_a_chunk_touches_that_chunk():
     policy = ReadPolicy(CHUNK, block_size=BLOCK)
     assert policy.plan(policy.history(10 * CHUNK), 5 * CHUNK + 10, 6 * CHUNK + 1, {5}.__contains__).blocks
     eager = ReadPolicy(CHUNK, min_run=1)
-    assert eager.plan(eager.history(10 * CHUNK), 0, CHUNK + 1, nothing_ready).ahead == range(2, 4)
+    assert eager.plan(eager.history(10 * CHUNK), 0, CHUNK + 1, nothing_ready).ahead == range(2, 6)
 
 
 def test_the_window_does_not_double_within_the_chunk_it_is_in():
     policy = ReadPolicy(CHUNK, max_window=16)
     h = policy.history(100 * CHUNK)
-    for off, window in ((0, 2), (CHUNK, 4), (CHUNK + HALF, 4), (2 * CHUNK, 8)):
+    for off, window in ((0, 4), (CHUNK, 8), (CHUNK + HALF, 8), (2 * CHUNK, 16)):
         policy.plan(h, off, off + (CHUNK if off == 0 else HALF), nothing_ready)
         assert h.window == window, off
 
