@@ -120,7 +120,7 @@ PART = 8 << 20
 
 class _S3Parts(OriginStream):
     """Reads of one version of one object as concurrent part GETs, as a parallel downloader fetches a file: a read
-    is cut into PART-sized ranges fetched at once (through the origin's pool, up to max_pool_connections GETs),
+    is cut into even ranges of about PART bytes fetched at once (through the origin's pool, up to max_pool_connections GETs),
     each one version (If-Match on the pinned identity and the response's own ETag), so an object that changes
     fails the read and never mixes. Reads of one stream may run at once (`ordered_streams` is False): read-ahead
     keeps several batches, so several parts, in flight per file."""
@@ -133,9 +133,11 @@ class _S3Parts(OriginStream):
         if self.closed:
             raise ValueError(f"{self.origin.name}: stream of {self.path} is closed")
         expect = self._pinned()
-        if length <= PART:
+        count = max(1, (length + PART // 2) // PART)  # parts of about PART bytes, even: no small GET at the end
+        if count == 1:
             return self.s3.read(self.path, offset, length, expect)
-        parts = [(at, min(PART, offset + length - at)) for at in range(offset, offset + length, PART)]
+        size = -(-length // count)
+        parts = [(at, min(size, offset + length - at)) for at in range(offset, offset + length, size)]
         return b"".join(self.s3.read_ranges(self.path, parts, expect))
 
 
