@@ -200,6 +200,9 @@ class FileReader:
             of.sequential = True
         if plan.restart:
             self.readahead.cancel(handle.lane)
+        # What lies ahead is queued before this read waits for its own bytes: a reader waiting on a chunk still on
+        # its way must not hold back the loads beyond it (one round trip each, on a remote origin)
+        self._queue_ahead(handle, of, plan)
         cs = self.chunk_size
         if plan.first == plan.last and not plan.blocks:  # the lean path: one chunk, in memory
             data = self.loader.in_memory(of, plan.first)  # (offered to the page cache: verified and kept)
@@ -228,10 +231,12 @@ class FileReader:
         return await self.blocks.holds(of, offset, end)
 
     def _after(self, handle: Handle, of: OpenFile, plan: ReadPlan) -> None:
-        """What a plan asks once its read is served: what the reader passed is released (one reader), the
-        chunks ahead and the next track's head are loaded."""
+        """What a plan asks once its read is served: what the reader passed is released (one reader)."""
         if of.refs == 1:  # one reader: what lies behind it may be evicted again (last, while it is played)
             self._unpin_before(of, plan.first - 1, played=plan.played)
+
+    def _queue_ahead(self, handle: Handle, of: OpenFile, plan: ReadPlan) -> None:
+        """The chunks ahead and the next track's head a plan asks for, to read-ahead."""
         if handle.lane is None:
             return
         if plan.ahead:

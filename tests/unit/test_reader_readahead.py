@@ -9,6 +9,7 @@ import trio
 import trio.testing
 
 from musicfs.origins.memory import READ, MemoryOrigin, serve
+from musicfs_test_utils.eventually import eventually_async
 from musicfs_test_utils.reader_rig import ReaderRig, pattern_bytes, read_range
 from musicfs_test_utils.reader_rig import settle_readahead as settle
 
@@ -297,3 +298,28 @@ async def test_probe_reads_use_the_files_kept_open_stream_only_where_streams_nee
         rig.reader.release(fh)
     await rig.reader.after_release()
     assert opened == ([] if ordered else [path])
+
+
+async def test_the_chunks_past_the_window_are_asked_for_while_a_read_waits_for_its_own(rig):
+    # a reader entering a chunk still on its way grows the window: the loads beyond go at once, not after that
+    # chunk came (on a remote origin every step would cost a round trip)
+    path = "album/02.flac"
+    rig.recording.gate, rig.recording.hold_from = threading.Event(), 1
+    fh = await rig.reader.open(rig.row(path))
+    try:
+        first = await read_sequentially(rig.reader, fh, 0, CHUNK)  # chunk 0: the window opens (1..4, held)
+        await eventually_async(lambda: 1 in rig.recording.chunks(path), 10, "the window asked for")
+        got = []
+
+        async def reading():
+            got.append(await rig.reader.read(fh, CHUNK, READ_SIZE))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reading)  # chunk 1: held at the origin
+            await eventually_async(lambda: 5 in rig.recording.chunks(path), 10, "the chunks past the window")
+            assert not got  # asked for while the read of chunk 1 still waited
+            rig.recording.gate.set()
+        assert first + got[0] == FILES[path][:CHUNK + READ_SIZE]
+    finally:
+        rig.recording.gate.set()
+        rig.reader.release(fh)
