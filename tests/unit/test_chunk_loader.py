@@ -5,6 +5,7 @@ the origin was asked (the last chunk up to the end of the file, never past it) a
 from __future__ import annotations
 
 import collections
+import contextlib
 import random
 import threading
 from pathlib import Path
@@ -150,6 +151,20 @@ class Gate:
         assert await trio.to_thread.run_sync(self.arrived.wait, 10)
 
 
+@contextlib.contextmanager
+def gated(base: Path, seed: int):
+    """A loader over a file of random bytes whose origin holds every READ at a Gate: (data, gate, loader, the
+    file opened)."""
+    data = random.Random(seed).randbytes(SIZE)
+    gate = Gate({PATH: data})
+    rig = memory_rig(base, MemoryOrigin(gate))
+    try:
+        loader = direct_loader(rig)
+        yield data, gate, loader, open_file(loader, rig.row(PATH))
+    finally:
+        rig.close()
+
+
 def memory_rig(base: Path, origin, **kwargs) -> ReaderRig:
     """A ReaderRig over `origin` (a MemoryOrigin: the catalog holds what it walks), chunked as these tests are."""
     return ReaderRig.build(base, root=base / "unused", inner=origin, chunk_size=CHUNK, memory_cache=16 * CHUNK,
@@ -192,12 +207,7 @@ async def test_ready_and_in_memory_say_where_a_chunk_is(rig):
 
 
 async def test_a_chunk_being_loaded_is_ready_not_in_memory_and_loaded_once(tmp_path):
-    data = random.Random(5).randbytes(SIZE)
-    gate = Gate({PATH: data})
-    rig = memory_rig(tmp_path, MemoryOrigin(gate))
-    try:
-        loader = direct_loader(rig)
-        of = open_file(loader, rig.row(PATH))
+    with gated(tmp_path, 5) as (data, gate, loader, of):
         got = []
         async with trio.open_nursery() as nursery:
             nursery.start_soon(lambda: _append(got, loader.chunk(of, 2)))
@@ -208,8 +218,6 @@ async def test_a_chunk_being_loaded_is_ready_not_in_memory_and_loaded_once(tmp_p
             gate.open.set()
         assert got == [piece(data, 2)] * 2 and gate.reads == [(2 * CHUNK, CHUNK)]
         assert loader.counts["origin_fetches"] == 1
-    finally:
-        rig.close()
 
 
 async def _append(out: list, awaitable) -> None:
@@ -341,13 +349,7 @@ async def test_read_ahead_of_scattered_chunks_asks_for_each_run_side_by_side(rig
 async def test_a_chunk_the_reader_loads_already_leaves_the_rest_of_the_batch_one_request(tmp_path):
     # the reader's own read of chunk 1 got to the origin first: read-ahead's batch 1..3 waits for that load and
     # asks for 2..3 in one request, not chunk by chunk (one round trip each)
-    data = random.Random(12).randbytes(SIZE)
-    gate = Gate({PATH: data})
-    rig = memory_rig(tmp_path, MemoryOrigin(gate))
-    try:
-        loader = direct_loader(rig)
-        row = rig.row(PATH)
-        of = open_file(loader, row)
+    with gated(tmp_path, 12) as (data, gate, loader, of):
         got, calls = [], []
         async with trio.open_nursery() as nursery:
             nursery.start_soon(lambda: _append(got, loader.chunk(of, 1)))
@@ -359,8 +361,6 @@ async def test_a_chunk_the_reader_loads_already_leaves_the_rest_of_the_batch_one
         assert sorted(gate.reads) == [(CHUNK, CHUNK), (2 * CHUNK, SIZE - 2 * CHUNK)]
         assert sorted(of.manifest) == [1, 2, 3] and loader.counts["origin_fetches"] == 3
         assert loader._inflight == {} and loader._fresh == {}
-    finally:
-        rig.close()
 
 
 async def test_runs_that_never_went_are_no_longer_claimed_when_one_fails(rig, monkeypatch):
@@ -430,22 +430,14 @@ async def test_the_head_of_a_next_track_is_loaded_and_protected(rig):
 async def test_read_ahead_frees_its_lane_before_the_origin_answers_when_streams_need_no_order(tmp_path):
     """An origin whose streams read in any order (here, as SFTP's): `fetched()` comes before the origin answers,
     so the file's next batch may go beside this one."""
-    data = random.Random(6).randbytes(SIZE)
-    gate = Gate({PATH: data})
-    rig = memory_rig(tmp_path, MemoryOrigin(gate))
-    try:
-        loader = direct_loader(rig)
-        row = rig.row(PATH)
-        of = open_file(loader, row)
+    with gated(tmp_path, 6) as (_data, gate, loader, of):
         calls = []
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(loader.prefetch, row.version, [0, 1], lambda: calls.append(1))
+            nursery.start_soon(loader.prefetch, of.row.version, [0, 1], lambda: calls.append(1))
             await gate.wait_arrived()
             assert calls and not of.manifest  # freed while the origin still holds the batch
             gate.open.set()
         assert sorted(of.manifest) == [0, 1] and of.origin is not None  # read through the file's stream
-    finally:
-        rig.close()
 
 
 async def test_a_run_of_two_missing_chunks_is_one_request_counted_as_two_fetches(rig):
