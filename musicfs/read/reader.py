@@ -24,7 +24,7 @@ from typing import Callable
 import trio
 
 from ..cache import ChunkCache
-from ..library import FileRow, FileVersion
+from ..library import Block, FileRow, FileVersion
 from ..origins import OriginRegistry, RegistryStream
 from ..shared import MusicFSError
 from .block_reader import BlockReader
@@ -116,9 +116,9 @@ class FileReader:
         key = row.version
         if key not in self._open:
             with trio.fail_after(self.read_timeout):  # a locked catalog must not hang open()
-                manifest, seen = await self.loader.thread(self.loader.version, row)
+                manifest, seen, blocks = await self.loader.thread(self._opening, row)
             if key not in self._open:  # another open may have won while we waited
-                self._open[key] = OpenFile(row, manifest, seen, refs=0, next_track=next_track)
+                self._open[key] = OpenFile(row, manifest, seen, refs=0, next_track=next_track, blocks=blocks)
         of = self._open[key]
         of.refs += 1
         if inode and not of.inode:
@@ -130,6 +130,13 @@ class FileReader:
         lane = Lane(key) if self.readahead is not None else None
         self._fh[fh] = Handle(key, self.policy.history(row.size), lane)
         return fh
+
+    def _opening(self, row: FileRow) -> tuple[dict[int, str], float, list[Block] | None]:
+        """(In a thread.) What an open needs of the catalog, in one call: the version's manifest, when it was first
+        recorded, and its blocks (a first small read then asks the catalog nothing more)."""
+        manifest, seen = self.loader.version(row)
+        blocks = None if self.blocks is None else [Block(*r) for r in self.loader.catalog.blocks(row.version)]
+        return manifest, seen, blocks
 
     def settled(self, fh: int) -> bool:
         """Whether the handle's version is settled now (origins/base.py): every fetch of it from now on may be

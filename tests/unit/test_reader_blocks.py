@@ -121,6 +121,9 @@ async def test_a_small_file_whose_blocks_are_in_hand_is_read_whole_without_the_o
         assert r.recording.reads == [(small, 0, 9000)]
         r.recording.reads.clear()
         reader = r.new_reader()
+        fh = await reader.open(row)
+        assert [b.length for b in reader._open[row.version].blocks] == [9000]  # known at open: one catalog call
+        reader.release(fh)
         assert await read(reader, row, 0, 16384) == data
         assert r.recording.reads == [] and reader.statistics().block_hits == 1
         assert reader.statistics().origin_fetches == 0
