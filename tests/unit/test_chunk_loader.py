@@ -28,6 +28,7 @@ from musicfs.shared.errors import (
     OriginTransient,
     ShortRead,
 )
+from musicfs_test_utils.eventually import eventually_async
 from musicfs_test_utils.reader_rig import ReaderRig, read_range
 
 CHUNK = 64 << 10
@@ -344,6 +345,36 @@ async def test_read_ahead_of_scattered_chunks_asks_for_each_run_side_by_side(rig
     await loader._fetch_missing(of, [0, 2], lambda: calls.append(1))
     assert sorted(rig.recording.reads) == [(0, CHUNK), (2 * CHUNK, CHUNK)] and calls == [1]
     assert sorted(of.manifest) == [0, 2]
+
+
+async def test_runs_of_a_scattered_batch_are_each_one_request_and_each_chunk_gets_its_own_bytes(rig):
+    # chunk 1 is cached: 0 alone, then 2..3 in one request whose bytes are cut for 2 and 3
+    data = rig.recording.files[PATH]
+    loader = direct_loader(rig)
+    of = open_file(loader, rig.row(PATH))
+    await loader._fetch_missing(of, [0, 2, 3], lambda: None)
+    assert sorted(rig.recording.reads) == [(0, CHUNK), (2 * CHUNK, SIZE - 2 * CHUNK)]
+    assert of.manifest == {i: chunk_hash(piece(data, i)) for i in (0, 2, 3)}
+
+
+async def test_a_batch_says_its_bytes_are_in_hand_before_they_are_stored(tmp_path):
+    data = random.Random(14).randbytes(SIZE)
+    rig = memory_rig(tmp_path, MemoryOrigin(serve({PATH: data})), faulty_cas=True)
+    try:
+        rig.cas.hang = Hang()  # the disk hangs: the fetched chunks wait to be stored
+        loader = direct_loader(rig)
+        of = open_file(loader, rig.row(PATH))
+        calls = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(loader._fetch_missing, of, [0, 2], lambda: calls.append(1))
+            await rig.cas.hang.wait_blocked()  # a store is under way (and hangs)
+            # both runs answered: the lane may go on while they are stored
+            await eventually_async(lambda: calls == [1], 10, "fetched() while the stores hang")
+            rig.cas.hang.set()
+        assert calls == [1] and sorted(of.manifest) == [0, 2]
+    finally:
+        rig.cas.hang.set()
+        rig.close()
 
 
 async def test_a_chunk_the_reader_loads_already_leaves_the_rest_of_the_batch_one_request(tmp_path):
