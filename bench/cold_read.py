@@ -93,8 +93,8 @@ def main() -> int:
 
             server = (SeaweedServer() if args.origin == "seaweedfs" else MotoServer(mode="process")).start()
             servers.append(server)
-            s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{server.port}", **{
-                "aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"})
+            s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{server.port}", aws_access_key_id="testing",
+                              aws_secret_access_key="testing", region_name="us-east-1")
             s3.create_bucket(Bucket="bench")
             for path in glob.glob(os.path.join(lib, "**", "*"), recursive=True):
                 if os.path.isfile(path):

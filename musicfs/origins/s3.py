@@ -120,8 +120,8 @@ PART = 8 << 20
 
 class _S3Parts(OriginStream):
     """Reads of one version of one object as concurrent part GETs, as a parallel downloader fetches a file: a read
-    is cut into even ranges of about PART bytes fetched at once (through the origin's pool, up to max_pool_connections GETs),
-    each one version (If-Match on the pinned identity and the response's own ETag), so an object that changes
+    is cut into even ranges of about PART bytes fetched at once (through the origin's pool, up to
+    max_pool_connections GETs), each one version (If-Match on the pinned identity and the response's own ETag), so an object that changes
     fails the read and never mixes. Reads of one stream may run at once (`ordered_streams` is False): read-ahead
     keeps several batches, so several parts, in flight per file."""
 

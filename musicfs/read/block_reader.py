@@ -88,7 +88,8 @@ class BlockReader:
 
     def _usable(self, of: OpenFile) -> set[Block]:
         """The file's blocks memory or the cache holds (a get still verifies each)."""
-        return {b for b in of.blocks or () if self.loader.memory.has(b.digest) or self.loader.cache.may_have(b.digest)}
+        memory, cache = self.loader.memory, self.loader.cache
+        return {b for b in of.blocks or () if memory.has(b.digest) or cache.may_have(b.digest)}
 
     async def _fetch_blocks(self, of: OpenFile, wanted: list[tuple[int, int]],
                             keys: list[tuple[FileVersion, int]]) -> dict[Block, bytes]:

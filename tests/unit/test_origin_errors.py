@@ -180,8 +180,8 @@ def test_s3_a_get_reads_its_answer_fields_and_refuses_a_short_body() -> None:
 
 
 def test_s3_a_transport_error_names_the_url_without_its_signed_query(monkeypatch) -> None:
-    origin = S3Origin(ORIGIN, "bucket", "music", endpoint_url="http://127.0.0.1:9", access_key_id="AKIAEXAMPLEKEY000000",
-                      secret_access_key="x" * 40, connect_timeout=0.5)
+    origin = S3Origin(ORIGIN, "bucket", "music", endpoint_url="http://127.0.0.1:9",
+                      access_key_id="AKIAEXAMPLEKEY000000", secret_access_key="x" * 40, connect_timeout=0.5)
     with pytest.raises(OriginTransient) as caught:
         origin.read("song.flac", 0, 10)
     text = str(caught.value)
